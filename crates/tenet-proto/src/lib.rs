@@ -1,0 +1,43 @@
+//! # tenet-proto: the TENeT wire protocol
+//!
+//! What travels between entities and hosts, as plain types with one codec
+//! trait ([`Codec`]). This crate does no I/O and has no async runtime: it
+//! turns bytes into typed values and back, and refuses malformed input with a
+//! [`DecodeError`] instead of panicking.
+//!
+//! Layout, bottom up:
+//!
+//! - [`codec`]: the [`Codec`] trait and a bounded [`Reader`].
+//! - [`id`]: [`Domain`] (12 bytes), [`Port`] (u32), [`EntityId`] (16 bytes)
+//!   and their text form `DOMAINHEX:PORT`.
+//! - [`mtype`]: [`Mtype`] and the registry of known message types.
+//! - [`message`]: the eTP [`Message`] with its 34-byte [`Header`], and
+//!   [`MAX_MESSAGE_LEN`].
+//! - [`frame`]: u32 length-prefixed stream framing.
+//! - [`tlv`]: BER-TLV for params.
+//! - [`filter`]: header [`Filter`]s used by handlers, taps and guards.
+//! - [`notice`]: the framework's own notices (undeliverable, refused).
+//! - [`app`]: the app-socket protocol between the client library and the
+//!   host daemon.
+//!
+//! What it does not do: routing, storage, sockets (see `tenet-dispatch` and
+//! `tenet-host`). The byte layouts are documented in `docs/wire.md`.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod codec;
+pub mod filter;
+pub mod frame;
+pub mod id;
+pub mod message;
+pub mod mtype;
+pub mod notice;
+pub mod tlv;
+
+pub use codec::{Codec, DecodeError, Reader};
+pub use filter::Filter;
+pub use id::{Domain, EntityId, IdParseError, Port};
+pub use message::{HEADER_LEN, Header, MAX_MESSAGE_LEN, MAX_PARAM_LEN, Message};
+pub use mtype::Mtype;

@@ -1,0 +1,128 @@
+//! Message types (`mtype`, a big-endian u16 in the eTP header).
+//!
+//! [`Mtype`] is a newtype over the integer, so an mtype this build does not
+//! know still round-trips and prints as hex (`0x7f01`). Known mtypes have a
+//! name; names and hex both parse.
+//!
+//! Ranges (documented in `docs/wire.md`):
+//!
+//! | range           | owner                                   |
+//! |-----------------|-----------------------------------------|
+//! | `0x0000-0x00ff` | framework (echo, undeliverable, refused)|
+//! | `0x0100-0x01ff` | card services (ports, PIN, card info)   |
+//! | `0x0200-0x02ff` | voucher application                     |
+//! | `0x8000-0xffff` | free for applications                   |
+
+use std::fmt;
+use std::str::FromStr;
+
+use thiserror::Error;
+
+/// An eTP message type.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Mtype(pub u16);
+
+/// The registry: every mtype this build knows, with its name.
+const REGISTRY: &[(Mtype, &str)] = &[
+    (Mtype::ECHO_REQUEST, "echo-request"),
+    (Mtype::ECHO_REPLY, "echo-reply"),
+    (Mtype::UNDELIVERABLE, "undeliverable"),
+    (Mtype::REFUSED, "refused"),
+];
+
+impl Mtype {
+    /// Asks the destination to answer with [`Mtype::ECHO_REPLY`] carrying the
+    /// same param. Every entity answers it.
+    pub const ECHO_REQUEST: Mtype = Mtype(0x0001);
+    /// The answer to an echo request; param is copied from the request.
+    pub const ECHO_REPLY: Mtype = Mtype(0x0002);
+    /// A host could not deliver a message; param is an
+    /// [`Undeliverable`](crate::notice::Undeliverable) notice.
+    pub const UNDELIVERABLE: Mtype = Mtype(0x0003);
+    /// The destination refused a message (for example a privileged mtype from
+    /// an unauthenticated sender); param is a
+    /// [`Refused`](crate::notice::Refused) notice.
+    pub const REFUSED: Mtype = Mtype(0x0004);
+
+    /// The registered name, if this build knows the mtype.
+    pub fn name(self) -> Option<&'static str> {
+        REGISTRY.iter().find(|(m, _)| *m == self).map(|(_, n)| *n)
+    }
+
+    /// All registered mtypes and their names.
+    pub fn registry() -> impl Iterator<Item = (Mtype, &'static str)> {
+        REGISTRY.iter().copied()
+    }
+}
+
+impl fmt::Display for Mtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(n) => f.write_str(n),
+            None => write!(f, "{:#06x}", self.0),
+        }
+    }
+}
+
+impl fmt::Debug for Mtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Mtype({self})")
+    }
+}
+
+/// An mtype name that is neither registered nor hex.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("unknown mtype {0:?}: use a registered name (echo-request, ...) or hex like 0x8001")]
+pub struct MtypeParseError(pub String);
+
+impl FromStr for Mtype {
+    type Err = MtypeParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some((m, _)) = REGISTRY.iter().find(|(_, n)| n.eq_ignore_ascii_case(s)) {
+            return Ok(*m);
+        }
+        let hex = s
+            .strip_prefix("0x")
+            .or_else(|| s.strip_prefix("0X"))
+            .ok_or_else(|| MtypeParseError(s.to_owned()))?;
+        if hex.is_empty() || hex.len() > 4 {
+            return Err(MtypeParseError(s.to_owned()));
+        }
+        u16::from_str_radix(hex, 16)
+            .map(Mtype)
+            .map_err(|_| MtypeParseError(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn known_mtypes_print_names_unknown_print_hex() {
+        assert_eq!(Mtype::ECHO_REQUEST.to_string(), "echo-request");
+        assert_eq!(Mtype(0x7f01).to_string(), "0x7f01");
+        assert_eq!("echo-reply".parse(), Ok(Mtype::ECHO_REPLY));
+        assert_eq!("0x0001".parse(), Ok(Mtype::ECHO_REQUEST));
+        assert!("no-such".parse::<Mtype>().is_err());
+        assert!("0x12345".parse::<Mtype>().is_err());
+    }
+
+    #[test]
+    fn registry_names_are_unique() {
+        let names: std::collections::HashSet<_> = Mtype::registry().map(|(_, n)| n).collect();
+        let codes: std::collections::HashSet<_> = Mtype::registry().map(|(m, _)| m).collect();
+        assert_eq!(names.len(), REGISTRY.len());
+        assert_eq!(codes.len(), REGISTRY.len());
+    }
+
+    proptest! {
+        #[test]
+        fn every_mtype_round_trips_through_text(n in any::<u16>()) {
+            let m = Mtype(n);
+            prop_assert_eq!(m.to_string().parse::<Mtype>(), Ok(m));
+        }
+    }
+}
