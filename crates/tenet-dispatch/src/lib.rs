@@ -1,1 +1,28 @@
-//! wip
+//! # tenet-dispatch: the dispatch core
+//!
+//! The host's dispatch table (paper 4.3.1) with its handlers and taps
+//! (4.3.2) and the Guard chain on every inbound path (4.3.6, 4.4), as a
+//! plain data structure: no sockets, no clock, no async runtime. Inputs are
+//! method calls with `now`; outputs are return values and [`Event`]s the
+//! runtime polls. The host daemon (`tenet-host`) wraps a
+//! [`DispatchTable`] in a short `std::sync::Mutex`; tests drive it directly.
+//!
+//! - [`table`]: storage until read, routing, bounds, time to live,
+//!   undeliverable notices.
+//! - [`guard`]: the [`Guard`] trait, the chain, and the paper's default
+//!   remote-ingress guard.
+//! - [`rules`]: rule guards read from the configuration.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod guard;
+pub mod rules;
+pub mod table;
+
+pub use guard::{Dropped, Guard, GuardChain, GuardContext, Ingress, RemoteIngressGuard, Verdict};
+pub use rules::{RuleError, RuleGuard, RuleSpec};
+pub use table::{
+    Delivery, DispatchTable, EndpointId, Event, Limits, Stats, StoreError, Stored, TableError,
+    TapItem,
+};

@@ -1,0 +1,697 @@
+//! The dispatch table (paper 4.3.1, 4.3.2).
+//!
+//! Every message entering the host is stored here until its reader takes
+//! it. Readers are *endpoints*: an app connection, a smartcard proxy, a
+//! remote proxy, or one of the daemon's built-in entities. An endpoint
+//! reads messages for the ids bound to it, and messages claimed by its
+//! handlers (subscriptions with a [`Filter`]). Taps get copies.
+//!
+//! Routing of a stored message, in order:
+//! 1. the endpoint its `dst` is bound to, tagged with that endpoint's first
+//!    matching subscription (or [`SubscriptionId`] 0);
+//! 2. otherwise the first subscription, in registration order, whose filter
+//!    matches;
+//! 3. otherwise an `undeliverable` notice goes to the sender: reason
+//!    *unknown destination* if `dst` is in a local domain, *no route* if not.
+//!
+//! Bounds: at most [`Limits::per_destination`] messages wait for one
+//! endpoint and [`Limits::total`] in the whole table. A message that would
+//! exceed either is refused with [`StoreError::QueueFull`]; nothing already
+//! stored is dropped. Notices the table generates itself may exceed the
+//! per-destination bound (never the total one), so a sender always learns
+//! of a failure unless the whole table is full; a notice that cannot be
+//! stored is counted in [`Stats::notices_dropped`] and reported as
+//! [`Event::NoticeDropped`]. No notice is ever generated about a notice.
+//!
+//! Time to live: a message not read within [`Limits::ttl`] is removed and
+//! its sender gets an `undeliverable` notice with reason *expired*. Time is
+//! an input (`now`); call [`DispatchTable::handle_timeout`] at or after
+//! [`DispatchTable::poll_timeout`].
+//!
+//! When an endpoint is removed (an app disconnects), the messages waiting
+//! for it produce *destination gone* notices.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use tenet_proto::app::{SubscriptionId, TapId};
+use tenet_proto::notice::{Undeliverable, UndeliverableReason};
+use tenet_proto::{Codec, Domain, EntityId, Filter, Message, Mtype};
+
+use crate::guard::{Dropped, Guard, GuardChain, GuardContext, Ingress};
+
+/// A reader of the table.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub struct EndpointId(pub u64);
+
+/// The table's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Messages waiting for one endpoint.
+    pub per_destination: usize,
+    /// Messages waiting in the whole table.
+    pub total: usize,
+    /// How long a message may wait to be read.
+    pub ttl: Duration,
+    /// Tap copies waiting for one endpoint before copies are skipped.
+    pub tap_queue: usize,
+    /// Subscriptions plus taps per endpoint.
+    pub handlers_per_endpoint: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            per_destination: 1024,
+            total: 65_536,
+            ttl: Duration::from_secs(30),
+            tap_queue: 1024,
+            handlers_per_endpoint: 64,
+        }
+    }
+}
+
+/// Why a message was not stored. The table is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// A bound is reached.
+    #[error("queue full: {which} bound of {limit} messages reached for {dst}")]
+    QueueFull {
+        /// The message's destination.
+        dst: EntityId,
+        /// `"per-destination"` or `"total"`.
+        which: &'static str,
+        /// The bound.
+        limit: usize,
+    },
+    /// A guard dropped the message.
+    #[error(transparent)]
+    Guard(#[from] Dropped),
+    /// The message exceeds the maximum size.
+    #[error("message of {len} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// Its size.
+        len: usize,
+        /// The maximum.
+        max: usize,
+    },
+}
+
+/// Why a table operation on endpoints or handlers failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TableError {
+    /// No such endpoint.
+    #[error("no endpoint {0:?}")]
+    NoEndpoint(EndpointId),
+    /// The id is already bound to an endpoint.
+    #[error("id {0} is already bound")]
+    AlreadyBound(EntityId),
+    /// No subscription or tap with that id on this endpoint.
+    #[error("no subscription or tap {0} on this endpoint")]
+    NoSuchHandler(u32),
+    /// Too many subscriptions and taps on this endpoint.
+    #[error("endpoint has {0} subscriptions and taps already")]
+    TooManyHandlers(usize),
+}
+
+/// Where a stored message went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Queued for an endpoint.
+    Queued(EndpointId),
+    /// Not deliverable; a notice went to the sender (unless the message was
+    /// itself a notice).
+    Undeliverable(UndeliverableReason),
+}
+
+/// Something the runtime should act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The endpoint's message queue went from empty to non-empty.
+    Readable(EndpointId),
+    /// The endpoint's tap queue went from empty to non-empty.
+    TapReadable(EndpointId),
+    /// A guard note (a `log` rule) to write to the log.
+    GuardNote(String),
+    /// A message a guard dropped, for the log.
+    GuardDropped {
+        /// The path it came in on.
+        ingress: Ingress,
+        /// Its sender.
+        src: EntityId,
+        /// Its destination.
+        dst: EntityId,
+        /// Its mtype.
+        mtype: Mtype,
+        /// The guard and reason.
+        why: Dropped,
+    },
+    /// A notice that could not be stored (the table was full).
+    NoticeDropped {
+        /// Who it was for.
+        to: EntityId,
+        /// Why it was sent.
+        reason: UndeliverableReason,
+    },
+}
+
+/// A message taken from the table by its reader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The subscription that claimed it; 0 for a message to a bound id
+    /// that no subscription of the endpoint matched.
+    pub subscription: SubscriptionId,
+    /// The message.
+    pub message: Message,
+}
+
+/// An item from an endpoint's tap queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TapItem {
+    /// A copy of a matching message, with the time it was stored.
+    Copy {
+        /// The tap.
+        tap: TapId,
+        /// When it was stored.
+        at: Instant,
+        /// The copy.
+        message: Message,
+    },
+    /// Copies skipped because the tap queue was full.
+    Lagged {
+        /// The tap.
+        tap: TapId,
+        /// How many.
+        missed: u64,
+    },
+}
+
+/// Counters since the table was made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Messages stored for a reader.
+    pub stored: u64,
+    /// Messages taken by their readers.
+    pub delivered: u64,
+    /// Messages removed after their time to live.
+    pub expired: u64,
+    /// Messages that could not be routed.
+    pub undeliverable: u64,
+    /// Messages refused because a bound was reached.
+    pub refused_full: u64,
+    /// Messages dropped by a guard.
+    pub guard_dropped: u64,
+    /// Notices that could not be stored.
+    pub notices_dropped: u64,
+    /// Tap copies skipped.
+    pub tap_skipped: u64,
+}
+
+struct Queued {
+    subscription: SubscriptionId,
+    deadline: Instant,
+    message: Message,
+}
+
+struct Handler {
+    id: u32,
+    endpoint: EndpointId,
+    filter: Filter,
+}
+
+#[derive(Default)]
+struct Endpoint {
+    queue: VecDeque<Queued>,
+    taps: VecDeque<TapItem>,
+    lagged: Vec<(TapId, u64)>,
+    in_heap: bool,
+    bound: Vec<EntityId>,
+    handlers: usize,
+}
+
+/// The dispatch table. A plain data structure: no I/O, no clock, no
+/// locking; the runtime wraps it in a short mutex.
+pub struct DispatchTable {
+    host_id: EntityId,
+    limits: Limits,
+    local_domains: Vec<Domain>,
+    guard_cx: GuardContext,
+    guards: GuardChain,
+    bound: HashMap<EntityId, EndpointId>,
+    endpoints: HashMap<EndpointId, Endpoint>,
+    subscriptions: Vec<Handler>,
+    taps: Vec<Handler>,
+    total: usize,
+    next_endpoint: u64,
+    next_handler: u32,
+    deadlines: BinaryHeap<Reverse<(Instant, EndpointId)>>,
+    events: VecDeque<Event>,
+    stats: Stats,
+    notes: Vec<String>,
+}
+
+impl DispatchTable {
+    /// A table for a host whose own id (the `src` of its notices) is
+    /// `host_id`, with the default guard chain.
+    pub fn new(host_id: EntityId, limits: Limits) -> Self {
+        Self {
+            host_id,
+            limits,
+            local_domains: vec![host_id.domain()],
+            guard_cx: GuardContext::default(),
+            guards: GuardChain::with_defaults(),
+            bound: HashMap::new(),
+            endpoints: HashMap::new(),
+            subscriptions: Vec::new(),
+            taps: Vec::new(),
+            total: 0,
+            next_endpoint: 1,
+            next_handler: 1,
+            deadlines: BinaryHeap::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// The host's own id.
+    pub fn host_id(&self) -> EntityId {
+        self.host_id
+    }
+
+    /// The bounds.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Messages waiting in the table.
+    pub fn len(&self) -> usize {
+        self.total
+    }
+
+    /// True if no message waits.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// Adds a guard at the end of the chain.
+    pub fn push_guard(&mut self, g: Box<dyn Guard>) {
+        self.guards.push(g);
+    }
+
+    /// Names of the guards in the chain.
+    pub fn guard_names(&self) -> Vec<String> {
+        self.guards.names()
+    }
+
+    /// Declares a domain local (its unknown ids are *unknown destination*,
+    /// not *no route*).
+    pub fn add_local_domain(&mut self, d: Domain) {
+        if !self.local_domains.contains(&d) {
+            self.local_domains.push(d);
+        }
+    }
+
+    /// Declares a local card's domain and the mtypes its applets hold
+    /// privileged; the remote-ingress guard protects both.
+    pub fn add_card(&mut self, d: Domain, privileged: impl IntoIterator<Item = Mtype>) {
+        self.add_local_domain(d);
+        self.guard_cx.card_domains.insert(d);
+        self.guard_cx.privileged.extend(privileged);
+    }
+
+    /// True if `d` is a local domain.
+    pub fn is_local_domain(&self, d: Domain) -> bool {
+        self.local_domains.contains(&d)
+    }
+
+    /// Adds a reader.
+    pub fn add_endpoint(&mut self) -> EndpointId {
+        let id = EndpointId(self.next_endpoint);
+        self.next_endpoint += 1;
+        self.endpoints.insert(id, Endpoint::default());
+        id
+    }
+
+    /// Binds `id` to `ep`: messages to `id` are queued for `ep`.
+    pub fn bind(&mut self, ep: EndpointId, id: EntityId) -> Result<(), TableError> {
+        if self.bound.contains_key(&id) {
+            return Err(TableError::AlreadyBound(id));
+        }
+        let e = self
+            .endpoints
+            .get_mut(&ep)
+            .ok_or(TableError::NoEndpoint(ep))?;
+        e.bound.push(id);
+        self.bound.insert(id, ep);
+        Ok(())
+    }
+
+    /// The endpoint `id` is bound to.
+    pub fn bound_to(&self, id: EntityId) -> Option<EndpointId> {
+        self.bound.get(&id).copied()
+    }
+
+    /// Removes a reader with its bindings, subscriptions and taps. Messages
+    /// waiting for it produce *destination gone* notices.
+    pub fn remove_endpoint(&mut self, ep: EndpointId, now: Instant) {
+        let Some(e) = self.endpoints.remove(&ep) else {
+            return;
+        };
+        for id in &e.bound {
+            self.bound.remove(id);
+        }
+        self.subscriptions.retain(|h| h.endpoint != ep);
+        self.taps.retain(|h| h.endpoint != ep);
+        self.total -= e.queue.len();
+        for q in e.queue {
+            self.notify_sender(&q.message, UndeliverableReason::DESTINATION_GONE, now);
+        }
+    }
+
+    fn add_handler(
+        &mut self,
+        ep: EndpointId,
+        filter: Filter,
+        tap: bool,
+    ) -> Result<u32, TableError> {
+        let max = self.limits.handlers_per_endpoint;
+        let e = self
+            .endpoints
+            .get_mut(&ep)
+            .ok_or(TableError::NoEndpoint(ep))?;
+        if e.handlers >= max {
+            return Err(TableError::TooManyHandlers(e.handlers));
+        }
+        e.handlers += 1;
+        let id = self.next_handler;
+        self.next_handler = self.next_handler.wrapping_add(1).max(1);
+        let h = Handler {
+            id,
+            endpoint: ep,
+            filter,
+        };
+        if tap {
+            self.taps.push(h);
+        } else {
+            self.subscriptions.push(h);
+        }
+        Ok(id)
+    }
+
+    fn remove_handler(&mut self, ep: EndpointId, id: u32, tap: bool) -> Result<(), TableError> {
+        let list = if tap {
+            &mut self.taps
+        } else {
+            &mut self.subscriptions
+        };
+        let pos = list
+            .iter()
+            .position(|h| h.id == id && h.endpoint == ep)
+            .ok_or(TableError::NoSuchHandler(id))?;
+        list.remove(pos);
+        if let Some(e) = self.endpoints.get_mut(&ep) {
+            e.handlers -= 1;
+        }
+        Ok(())
+    }
+
+    /// Registers a handler: messages matching `filter` that no bound id
+    /// claims are queued for `ep`, tagged with the returned id. For
+    /// messages to ids bound to `ep` itself, the id tags the first
+    /// matching subscription.
+    pub fn subscribe(
+        &mut self,
+        ep: EndpointId,
+        filter: Filter,
+    ) -> Result<SubscriptionId, TableError> {
+        self.add_handler(ep, filter, false).map(SubscriptionId)
+    }
+
+    /// Drops a subscription of `ep`.
+    pub fn unsubscribe(&mut self, ep: EndpointId, id: SubscriptionId) -> Result<(), TableError> {
+        self.remove_handler(ep, id.0, false)
+    }
+
+    /// Registers a tap: `ep` gets a copy of every stored message matching
+    /// `filter`, without consuming it.
+    pub fn tap(&mut self, ep: EndpointId, filter: Filter) -> Result<TapId, TableError> {
+        self.add_handler(ep, filter, true).map(TapId)
+    }
+
+    /// Drops a tap of `ep`.
+    pub fn untap(&mut self, ep: EndpointId, id: TapId) -> Result<(), TableError> {
+        self.remove_handler(ep, id.0, true)
+    }
+
+    /// Stores a message that arrived on `ingress`. On success the message
+    /// is in the table (or a notice about it is); on error nothing changed
+    /// but the counters.
+    pub fn store(
+        &mut self,
+        ingress: Ingress,
+        message: Message,
+        now: Instant,
+    ) -> Result<Stored, StoreError> {
+        if message.encoded_len() > tenet_proto::MAX_MESSAGE_LEN {
+            return Err(StoreError::TooLarge {
+                len: message.encoded_len(),
+                max: tenet_proto::MAX_MESSAGE_LEN,
+            });
+        }
+        let h = message.header;
+        let checked = self
+            .guards
+            .check(&self.guard_cx, ingress, &h, now, &mut self.notes);
+        for n in self.notes.drain(..) {
+            self.events.push_back(Event::GuardNote(n));
+        }
+        if let Err(why) = checked {
+            self.stats.guard_dropped += 1;
+            self.events.push_back(Event::GuardDropped {
+                ingress,
+                src: h.src,
+                dst: h.dst,
+                mtype: h.mtype,
+                why: why.clone(),
+            });
+            return Err(why.into());
+        }
+        match self.route(&message) {
+            Ok((ep, subscription)) => {
+                self.enqueue(ep, subscription, message, now, false)?;
+                Ok(Stored::Queued(ep))
+            }
+            Err(reason) => {
+                self.stats.undeliverable += 1;
+                self.tap_copies(&message, now);
+                self.notify_sender(&message, reason, now);
+                Ok(Stored::Undeliverable(reason))
+            }
+        }
+    }
+
+    fn route(&self, m: &Message) -> Result<(EndpointId, SubscriptionId), UndeliverableReason> {
+        let h = &m.header;
+        if let Some(&ep) = self.bound.get(&h.dst) {
+            let sub = self
+                .subscriptions
+                .iter()
+                .find(|s| s.endpoint == ep && s.filter.matches(h))
+                .map_or(SubscriptionId(0), |s| SubscriptionId(s.id));
+            return Ok((ep, sub));
+        }
+        if let Some(s) = self.subscriptions.iter().find(|s| s.filter.matches(h)) {
+            return Ok((s.endpoint, SubscriptionId(s.id)));
+        }
+        if self.is_local_domain(h.dst.domain()) {
+            Err(UndeliverableReason::UNKNOWN_DESTINATION)
+        } else {
+            Err(UndeliverableReason::NO_ROUTE)
+        }
+    }
+
+    fn enqueue(
+        &mut self,
+        ep: EndpointId,
+        subscription: SubscriptionId,
+        message: Message,
+        now: Instant,
+        notice: bool,
+    ) -> Result<(), StoreError> {
+        let limits = self.limits;
+        let e = self
+            .endpoints
+            .get_mut(&ep)
+            .expect("routed to a live endpoint");
+        if self.total >= limits.total {
+            self.stats.refused_full += 1;
+            return Err(StoreError::QueueFull {
+                dst: message.dst(),
+                which: "total",
+                limit: limits.total,
+            });
+        }
+        if !notice && e.queue.len() >= limits.per_destination {
+            self.stats.refused_full += 1;
+            return Err(StoreError::QueueFull {
+                dst: message.dst(),
+                which: "per-destination",
+                limit: limits.per_destination,
+            });
+        }
+        let deadline = now + limits.ttl;
+        let was_empty = e.queue.is_empty();
+        e.queue.push_back(Queued {
+            subscription,
+            deadline,
+            message,
+        });
+        if !e.in_heap {
+            e.in_heap = true;
+            self.deadlines.push(Reverse((deadline, ep)));
+        }
+        self.total += 1;
+        self.stats.stored += 1;
+        if was_empty {
+            self.events.push_back(Event::Readable(ep));
+        }
+        let e = &self.endpoints[&ep];
+        let m = &e.queue.back().expect("just pushed").message;
+        // Borrow juggling: copy the message out only if some tap wants it.
+        if self.taps.iter().any(|t| t.filter.matches(&m.header)) {
+            let m = m.clone();
+            self.tap_copies(&m, now);
+        }
+        Ok(())
+    }
+
+    fn tap_copies(&mut self, m: &Message, now: Instant) {
+        let max = self.limits.tap_queue;
+        for t in &self.taps {
+            if !t.filter.matches(&m.header) {
+                continue;
+            }
+            let Some(e) = self.endpoints.get_mut(&t.endpoint) else {
+                continue;
+            };
+            let tap = TapId(t.id);
+            if e.taps.len() >= max {
+                self.stats.tap_skipped += 1;
+                match e.lagged.iter_mut().find(|(id, _)| *id == tap) {
+                    Some((_, n)) => *n += 1,
+                    None => e.lagged.push((tap, 1)),
+                }
+                continue;
+            }
+            if let Some(pos) = e.lagged.iter().position(|(id, _)| *id == tap) {
+                let (_, missed) = e.lagged.swap_remove(pos);
+                e.taps.push_back(TapItem::Lagged { tap, missed });
+            }
+            let was_empty = e.taps.is_empty();
+            e.taps.push_back(TapItem::Copy {
+                tap,
+                at: now,
+                message: m.clone(),
+            });
+            if was_empty {
+                self.events.push_back(Event::TapReadable(t.endpoint));
+            }
+        }
+    }
+
+    fn notify_sender(&mut self, failed: &Message, reason: UndeliverableReason, now: Instant) {
+        let h = failed.header;
+        if h.mtype == Mtype::UNDELIVERABLE || h.mtype == Mtype::REFUSED {
+            return;
+        }
+        let notice = Undeliverable {
+            reason,
+            dst: h.dst,
+            mtype: h.mtype,
+        };
+        let m = Message::new(self.host_id, h.src, Mtype::UNDELIVERABLE, notice.to_bytes());
+        let stored = match self.route(&m) {
+            Ok((ep, sub)) => self.enqueue(ep, sub, m, now, true).is_ok(),
+            Err(_) => false,
+        };
+        if !stored {
+            self.stats.notices_dropped += 1;
+            self.events
+                .push_back(Event::NoticeDropped { to: h.src, reason });
+        }
+    }
+
+    /// Takes the oldest message waiting for `ep`.
+    pub fn take(&mut self, ep: EndpointId) -> Option<Delivery> {
+        let q = self.endpoints.get_mut(&ep)?.queue.pop_front()?;
+        self.total -= 1;
+        self.stats.delivered += 1;
+        Some(Delivery {
+            subscription: q.subscription,
+            message: q.message,
+        })
+    }
+
+    /// Messages waiting for `ep`.
+    pub fn pending(&self, ep: EndpointId) -> usize {
+        self.endpoints.get(&ep).map_or(0, |e| e.queue.len())
+    }
+
+    /// Takes the oldest tap item waiting for `ep`.
+    pub fn take_tap(&mut self, ep: EndpointId) -> Option<TapItem> {
+        let e = self.endpoints.get_mut(&ep)?;
+        if let Some(item) = e.taps.pop_front() {
+            return Some(item);
+        }
+        let (tap, missed) = e.lagged.pop()?;
+        Some(TapItem::Lagged { tap, missed })
+    }
+
+    /// The next event for the runtime.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The earliest time at which [`handle_timeout`](Self::handle_timeout)
+    /// has work (a lower bound: it may find nothing to do).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadlines.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Removes messages whose time to live has passed and notifies their
+    /// senders.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&Reverse((t, ep))) = self.deadlines.peek() {
+            if t > now {
+                break;
+            }
+            self.deadlines.pop();
+            let mut expired = Vec::new();
+            let Some(e) = self.endpoints.get_mut(&ep) else {
+                continue;
+            };
+            while e.queue.front().is_some_and(|q| q.deadline <= now) {
+                expired.push(e.queue.pop_front().expect("front exists").message);
+            }
+            match e.queue.front() {
+                Some(q) => self.deadlines.push(Reverse((q.deadline, ep))),
+                None => e.in_heap = false,
+            }
+            self.total -= expired.len();
+            self.stats.expired += expired.len() as u64;
+            for m in expired {
+                self.notify_sender(&m, UndeliverableReason::EXPIRED, now);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

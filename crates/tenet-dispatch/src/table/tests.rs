@@ -1,0 +1,577 @@
+use super::*;
+use crate::rules::{RuleGuard, RuleSpec};
+use tenet_proto::Port;
+
+fn dom(b: u8) -> Domain {
+    Domain::new([b; 12])
+}
+
+fn id(d: u8, p: u32) -> EntityId {
+    EntityId::new(dom(d), Port::new(p))
+}
+
+fn msg(src: EntityId, dst: EntityId, mt: u16) -> Message {
+    Message::new(src, dst, Mtype(mt), vec![mt as u8])
+}
+
+fn table(limits: Limits) -> DispatchTable {
+    DispatchTable::new(id(1, 0), limits)
+}
+
+fn notice(d: &Delivery) -> Undeliverable {
+    assert_eq!(d.message.mtype(), Mtype::UNDELIVERABLE);
+    Undeliverable::decode(&d.message.param).unwrap()
+}
+
+fn events(t: &mut DispatchTable) -> Vec<Event> {
+    std::iter::from_fn(|| t.poll_event()).collect()
+}
+
+#[test]
+fn message_waits_until_its_reader_takes_it() {
+    let mut t = table(Limits::default());
+    let now = Instant::now();
+    let (a, b) = (t.add_endpoint(), t.add_endpoint());
+    t.bind(a, id(1, 1)).unwrap();
+    t.bind(b, id(1, 2)).unwrap();
+    assert_eq!(
+        t.store(Ingress::App, msg(id(1, 1), id(1, 2), 9), now),
+        Ok(Stored::Queued(b))
+    );
+    assert_eq!(events(&mut t), vec![Event::Readable(b)]);
+    assert_eq!(t.len(), 1);
+    assert_eq!(t.take(a), None, "not a's message");
+    let d = t.take(b).unwrap();
+    assert_eq!(d.message, msg(id(1, 1), id(1, 2), 9));
+    assert_eq!(d.subscription, SubscriptionId(0));
+    assert_eq!(t.take(b), None, "read once only");
+    assert!(t.is_empty());
+}
+
+#[test]
+fn readable_fires_on_empty_to_nonempty_only() {
+    let mut t = table(Limits::default());
+    let now = Instant::now();
+    let b = t.add_endpoint();
+    t.bind(b, id(1, 2)).unwrap();
+    for _ in 0..3 {
+        t.store(Ingress::App, msg(id(1, 1), id(1, 2), 9), now)
+            .unwrap();
+    }
+    assert_eq!(events(&mut t), vec![Event::Readable(b)]);
+    while t.take(b).is_some() {}
+    t.store(Ingress::App, msg(id(1, 1), id(1, 2), 9), now)
+        .unwrap();
+    assert_eq!(events(&mut t), vec![Event::Readable(b)]);
+}
+
+#[test]
+fn handlers_claim_by_each_filter_field_in_registration_order() {
+    let mut t = table(Limits::default());
+    let now = Instant::now();
+    let (p1, p2, p3) = (t.add_endpoint(), t.add_endpoint(), t.add_endpoint());
+    let s_mtype = t
+        .subscribe(
+            p1,
+            Filter {
+                dst_domain: Some(dom(7)),
+                mtype: Some(Mtype(0x42)),
+                ..Filter::ANY
+            },
+        )
+        .unwrap();
+    let s_dom = t.subscribe(p2, Filter::to_domain(dom(7))).unwrap();
+    let s_src = t
+        .subscribe(
+            p3,
+            Filter {
+                src_domain: Some(dom(5)),
+                ..Filter::ANY
+            },
+        )
+        .unwrap();
+    let s_src_id = t
+        .subscribe(
+            p3,
+            Filter {
+                src: Some(id(6, 3)),
+                ..Filter::ANY
+            },
+        )
+        .unwrap();
+    let s_dst = t.subscribe(p1, Filter::to(id(8, 1))).unwrap();
+
+    t.store(Ingress::App, msg(id(1, 1), id(7, 4), 0x42), now)
+        .unwrap();
+    t.store(Ingress::App, msg(id(1, 1), id(7, 4), 0x43), now)
+        .unwrap();
+    t.store(Ingress::App, msg(id(5, 1), id(9, 9), 1), now)
+        .unwrap();
+    t.store(Ingress::App, msg(id(6, 3), id(9, 9), 1), now)
+        .unwrap();
+    t.store(Ingress::App, msg(id(1, 1), id(8, 1), 1), now)
+        .unwrap();
+    assert_eq!(t.take(p1).unwrap().subscription, s_mtype);
+    assert_eq!(t.take(p2).unwrap().subscription, s_dom);
+    assert_eq!(t.take(p3).unwrap().subscription, s_src);
+    assert_eq!(t.take(p3).unwrap().subscription, s_src_id);
+    assert_eq!(t.take(p1).unwrap().subscription, s_dst);
+
+    t.unsubscribe(p1, s_mtype).unwrap();
+    t.store(Ingress::App, msg(id(1, 1), id(7, 4), 0x42), now)
+        .unwrap();
+    assert_eq!(
+        t.take(p2).unwrap().subscription,
+        s_dom,
+        "after unsubscribe the next handler claims it"
+    );
+    assert_eq!(
+        t.unsubscribe(p1, s_mtype),
+        Err(TableError::NoSuchHandler(s_mtype.0))
+    );
+    assert_eq!(
+        t.unsubscribe(p2, s_src),
+        Err(TableError::NoSuchHandler(s_src.0)),
+        "not p2's handler"
+    );
+}
+
+#[test]
+fn bound_id_beats_foreign_subscription_and_tags_own_subscription() {
+    let mut t = table(Limits::default());
+    let now = Instant::now();
+    let (app, thief) = (t.add_endpoint(), t.add_endpoint());
+    t.bind(app, id(1, 5)).unwrap();
+    t.subscribe(thief, Filter::to(id(1, 5))).unwrap();
+    let own = t
+        .subscribe(
+            app,
+            Filter {
+                dst: Some(id(1, 5)),
+                mtype: Some(Mtype(3)),
+                ..Filter::ANY
+            },
+        )
+        .unwrap();
+    t.store(Ingress::App, msg(id(1, 9), id(1, 5), 3), now)
+        .unwrap();
+    t.store(Ingress::App, msg(id(1, 9), id(1, 5), 4), now)
+        .unwrap();
+    assert_eq!(t.take(thief), None);
+    assert_eq!(t.take(app).unwrap().subscription, own);
+    assert_eq!(t.take(app).unwrap().subscription, SubscriptionId(0));
+}
+
+#[test]
+fn taps_observe_without_consuming() {
+    let mut t = table(Limits::default());
+    let now = Instant::now();
+    let (b, watcher) = (t.add_endpoint(), t.add_endpoint());
+    t.bind(b, id(1, 2)).unwrap();
+    let tap = t
+        .tap(
+            watcher,
+            Filter {
+                mtype: Some(Mtype(9)),
+                ..Filter::ANY
+            },
+        )
+        .unwrap();
+    t.store(Ingress::App, msg(id(1, 1), id(1, 2), 9), now)
+        .unwrap();
+    t.store(Ingress::App, msg(id(1, 1), id(1, 2), 8), now)
+        .unwrap();
+    assert_eq!(
+        events(&mut t),
+        vec![Event::Readable(b), Event::TapReadable(watcher)]
+    );
+    assert_eq!(
+        t.take_tap(watcher),
+        Some(TapItem::Copy {
+            tap,
+            at: now,
+            message: msg(id(1, 1), id(1, 2), 9)
+        })
+    );
+    assert_eq!(t.take_tap(watcher), None, "mtype 8 did not match");
+    assert_eq!(
+        t.take(b).unwrap().message.mtype(),
+        Mtype(9),
+        "the tap did not consume it"
+    );
+    assert_eq!(t.take(watcher), None);
+}
+
+#[test]
+fn full_tap_queue_reports_lag_and_never_blocks_delivery() {
+    let limits = Limits {
+        tap_queue: 2,
+        ..Limits::default()
+    };
+    let mut t = table(limits);
+    let now = Instant::now();
+    let (b, w) = (t.add_endpoint(), t.add_endpoint());
+    t.bind(b, id(1, 2)).unwrap();
+    let tap = t.tap(w, Filter::ANY).unwrap();
+    for _ in 0..5 {
+        t.store(Ingress::App, msg(id(1, 1), id(1, 2), 9), now)
+            .unwrap();
+    }
+    assert_eq!(t.pending(b), 5);
+    assert!(matches!(t.take_tap(w), Some(TapItem::Copy { .. })));
+    assert!(matches!(t.take_tap(w), Some(TapItem::Copy { .. })));
+    assert_eq!(t.take_tap(w), Some(TapItem::Lagged { tap, missed: 3 }));
+    assert_eq!(t.stats().tap_skipped, 3);
+}
+
+#[test]
+fn unknown_local_id_and_unroutable_domain_notify_sender() {
+    let mut t = table(Limits::default());
+    let now = Instant::now();
+    let a = t.add_endpoint();
+    t.bind(a, id(1, 1)).unwrap();
+    assert_eq!(
+        t.store(Ingress::App, msg(id(1, 1), id(1, 77), 9), now),
+        Ok(Stored::Undeliverable(
+            UndeliverableReason::UNKNOWN_DESTINATION
+        ))
+    );
+    assert_eq!(
+        t.store(Ingress::App, msg(id(1, 1), id(4, 1), 9), now),
+        Ok(Stored::Undeliverable(UndeliverableReason::NO_ROUTE))
+    );
+    let n1 = t.take(a).unwrap();
+    assert_eq!(n1.message.src(), id(1, 0), "notices come from the host id");
+    assert_eq!(
+        notice(&n1),
+        Undeliverable {
+            reason: UndeliverableReason::UNKNOWN_DESTINATION,
+            dst: id(1, 77),
+            mtype: Mtype(9)
+        }
+    );
+    assert_eq!(
+        notice(&t.take(a).unwrap()).reason,
+        UndeliverableReason::NO_ROUTE
+    );
+    assert_eq!(t.stats().undeliverable, 2);
+}
+
+#[test]
+fn no_notice_about_a_notice() {
+    let mut t = table(Limits::default());
+    let now = Instant::now();
+    let m = Message::new(id(1, 0), id(1, 99), Mtype::UNDELIVERABLE, vec![]);
+    assert_eq!(
+        t.store(Ingress::Internal, m, now),
+        Ok(Stored::Undeliverable(
+            UndeliverableReason::UNKNOWN_DESTINATION
+        ))
+    );
+    assert!(t.is_empty());
+    assert_eq!(t.stats().notices_dropped, 0);
+}
+
+#[test]
+fn per_destination_bound_refuses_and_keeps_what_is_stored() {
+    let limits = Limits {
+        per_destination: 3,
+        ..Limits::default()
+    };
+    let mut t = table(limits);
+    let now = Instant::now();
+    let (a, b, c) = (t.add_endpoint(), t.add_endpoint(), t.add_endpoint());
+    t.bind(a, id(1, 1)).unwrap();
+    t.bind(b, id(1, 2)).unwrap();
+    t.bind(c, id(1, 3)).unwrap();
+    for _ in 0..3 {
+        t.store(Ingress::App, msg(id(1, 1), id(1, 2), 9), now)
+            .unwrap();
+    }
+    assert_eq!(
+        t.store(Ingress::App, msg(id(1, 1), id(1, 2), 9), now),
+        Err(StoreError::QueueFull {
+            dst: id(1, 2),
+            which: "per-destination",
+            limit: 3
+        })
+    );
+    assert_eq!(t.pending(b), 3);
+    assert_eq!(
+        t.store(Ingress::App, msg(id(1, 1), id(1, 3), 9), now),
+        Ok(Stored::Queued(c)),
+        "others unaffected"
+    );
+    assert_eq!(t.stats().refused_full, 1);
+}
+
+#[test]
+fn total_bound_refuses() {
+    let limits = Limits {
+        total: 4,
+        ..Limits::default()
+    };
+    let mut t = table(limits);
+    let now = Instant::now();
+    let eps: Vec<_> = (0..5).map(|_| t.add_endpoint()).collect();
+    for (i, ep) in eps.iter().enumerate() {
+        t.bind(*ep, id(1, 10 + i as u32)).unwrap();
+    }
+    for i in 0..4 {
+        t.store(Ingress::App, msg(id(1, 1), id(1, 10 + i), 9), now)
+            .unwrap();
+    }
+    assert!(matches!(
+        t.store(Ingress::App, msg(id(1, 1), id(1, 14), 9), now),
+        Err(StoreError::QueueFull { which: "total", .. })
+    ));
+    assert_eq!(t.len(), 4);
+}
+
+#[test]
+fn notice_that_cannot_be_stored_is_counted_and_reported() {
+    let limits = Limits {
+        total: 1,
+        ..Limits::default()
+    };
+    let mut t = table(limits);
+    let now = Instant::now();
+    let (a, b) = (t.add_endpoint(), t.add_endpoint());
+    t.bind(a, id(1, 1)).unwrap();
+    t.bind(b, id(1, 2)).unwrap();
+    t.store(Ingress::App, msg(id(1, 2), id(1, 2), 9), now)
+        .unwrap();
+    events(&mut t);
+    // The table is full, so the notice for a's unroutable message cannot be stored.
+    t.store(Ingress::App, msg(id(1, 1), id(4, 4), 9), now)
+        .unwrap();
+    assert_eq!(t.stats().notices_dropped, 1);
+    assert_eq!(
+        events(&mut t),
+        vec![Event::NoticeDropped {
+            to: id(1, 1),
+            reason: UndeliverableReason::NO_ROUTE
+        }]
+    );
+}
+
+#[test]
+fn notices_may_exceed_the_per_destination_bound() {
+    let limits = Limits {
+        per_destination: 1,
+        ..Limits::default()
+    };
+    let mut t = table(limits);
+    let now = Instant::now();
+    let a = t.add_endpoint();
+    t.bind(a, id(1, 1)).unwrap();
+    t.store(Ingress::App, msg(id(1, 1), id(1, 1), 9), now)
+        .unwrap();
+    t.store(Ingress::App, msg(id(1, 1), id(4, 4), 9), now)
+        .unwrap();
+    assert_eq!(t.pending(a), 2, "the sender still learns of the failure");
+}
+
+#[test]
+fn expired_messages_are_removed_and_notified() {
+    let limits = Limits {
+        ttl: Duration::from_secs(10),
+        ..Limits::default()
+    };
+    let mut t = table(limits);
+    let t0 = Instant::now();
+    let (a, b) = (t.add_endpoint(), t.add_endpoint());
+    t.bind(a, id(1, 1)).unwrap();
+    t.bind(b, id(1, 2)).unwrap();
+    t.store(Ingress::App, msg(id(1, 1), id(1, 2), 1), t0)
+        .unwrap();
+    t.store(
+        Ingress::App,
+        msg(id(1, 1), id(1, 2), 2),
+        t0 + Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(t.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+    t.handle_timeout(t0 + Duration::from_secs(9));
+    assert_eq!(t.pending(b), 2, "nothing expires early");
+    t.handle_timeout(t0 + Duration::from_secs(10));
+    assert_eq!(t.pending(b), 1);
+    let n = notice(&t.take(a).unwrap());
+    assert_eq!(
+        (n.reason, n.mtype),
+        (UndeliverableReason::EXPIRED, Mtype(1))
+    );
+    assert_eq!(t.poll_timeout(), Some(t0 + Duration::from_secs(15)));
+    // The second one is read in time and never expires.
+    assert_eq!(t.take(b).unwrap().message.mtype(), Mtype(2));
+    t.handle_timeout(t0 + Duration::from_secs(60));
+    assert_eq!(t.stats().expired, 1);
+    assert_eq!(t.poll_timeout(), None);
+}
+
+#[test]
+fn removing_an_endpoint_notifies_senders_and_frees_its_id() {
+    let mut t = table(Limits::default());
+    let now = Instant::now();
+    let (a, b) = (t.add_endpoint(), t.add_endpoint());
+    t.bind(a, id(1, 1)).unwrap();
+    t.bind(b, id(1, 2)).unwrap();
+    t.tap(b, Filter::ANY).unwrap();
+    t.store(Ingress::App, msg(id(1, 1), id(1, 2), 9), now)
+        .unwrap();
+    t.remove_endpoint(b, now);
+    assert_eq!(
+        notice(&t.take(a).unwrap()).reason,
+        UndeliverableReason::DESTINATION_GONE
+    );
+    assert_eq!(t.bound_to(id(1, 2)), None);
+    assert_eq!(
+        t.store(Ingress::App, msg(id(1, 1), id(1, 2), 9), now),
+        Ok(Stored::Undeliverable(
+            UndeliverableReason::UNKNOWN_DESTINATION
+        ))
+    );
+    assert!(t.bind(a, id(1, 1)).is_err(), "an id binds once");
+}
+
+#[test]
+fn every_store_passes_the_guard_chain() {
+    let mut t = table(Limits::default());
+    let now = Instant::now();
+    t.add_card(dom(3), [Mtype(0x0201)]);
+    let card = t.add_endpoint();
+    t.bind(card, id(3, 0)).unwrap();
+    let forged = msg(id(3, 7), id(3, 0), 1);
+    let err = t.store(Ingress::Remote, forged.clone(), now).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Guard(ref d) if d.guard == "remote-ingress"),
+        "{err}"
+    );
+    assert!(matches!(
+        events(&mut t).as_slice(),
+        [Event::GuardDropped {
+            ingress: Ingress::Remote,
+            ..
+        }]
+    ));
+    assert_eq!(t.pending(card), 0);
+    assert_eq!(t.stats().guard_dropped, 1);
+    // A local app of the card's domain may send the same header.
+    assert!(t.store(Ingress::App, forged, now).is_ok());
+
+    let spec: RuleSpec =
+        toml::from_str("action = \"drop\"\ningress = \"app\"\nmtype = \"0x0063\"").unwrap();
+    t.push_guard(Box::new(RuleGuard::from_specs(&[spec]).unwrap()));
+    assert!(matches!(
+        t.store(Ingress::App, msg(id(3, 7), id(3, 0), 0x63), now),
+        Err(StoreError::Guard(ref d)) if d.guard == "rules"
+    ));
+}
+
+#[test]
+fn oversized_message_is_refused() {
+    let mut t = table(Limits::default());
+    let m = Message::new(
+        id(1, 1),
+        id(1, 2),
+        Mtype(1),
+        vec![0; tenet_proto::MAX_PARAM_LEN + 1],
+    );
+    assert!(matches!(
+        t.store(Ingress::App, m, Instant::now()),
+        Err(StoreError::TooLarge { .. })
+    ));
+    assert!(t.is_empty());
+}
+
+#[test]
+fn handler_limit_per_endpoint() {
+    let limits = Limits {
+        handlers_per_endpoint: 2,
+        ..Limits::default()
+    };
+    let mut t = table(limits);
+    let e = t.add_endpoint();
+    t.subscribe(e, Filter::ANY).unwrap();
+    let tap = t.tap(e, Filter::ANY).unwrap();
+    assert_eq!(t.tap(e, Filter::ANY), Err(TableError::TooManyHandlers(2)));
+    t.untap(e, tap).unwrap();
+    assert!(t.tap(e, Filter::ANY).is_ok());
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Store { src: u32, dst: u32, mt: u16 },
+        Take(usize),
+        Advance(u64),
+        Remove(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u32..6, 0u32..8, 0u16..4).prop_map(|(src, dst, mt)| Op::Store { src, dst, mt }),
+            3 => (0usize..6).prop_map(Op::Take),
+            1 => (0u64..20).prop_map(Op::Advance),
+            1 => (0usize..6).prop_map(Op::Remove),
+        ]
+    }
+
+    proptest! {
+        /// Every message accepted is eventually accounted for exactly once:
+        /// taken by a reader, expired, or returned as destination gone.
+        #[test]
+        fn every_accepted_message_is_accounted_for(ops in proptest::collection::vec(op(), 1..200)) {
+            let limits = Limits { per_destination: 4, total: 12, ttl: Duration::from_secs(10), ..Limits::default() };
+            let mut t = table(limits);
+            let t0 = Instant::now();
+            let mut now = t0;
+            let eps: Vec<_> = (0..6).map(|_| t.add_endpoint()).collect();
+            for (i, ep) in eps.iter().enumerate() {
+                t.bind(*ep, id(1, i as u32 + 1)).unwrap();
+            }
+            let mut live = [true; 6];
+            let mut accepted = 0u64;
+            let mut taken_user = 0u64;
+            for o in ops {
+                match o {
+                    Op::Store { src, dst, mt } => {
+                        let r = t.store(Ingress::App, msg(id(1, src + 1), id(1, dst + 1), 0x100 + mt), now);
+                        if let Ok(Stored::Queued(_)) = r { accepted += 1; }
+                    }
+                    Op::Take(i) => {
+                        if let Some(d) = t.take(eps[i]) {
+                            if d.message.mtype() != Mtype::UNDELIVERABLE { taken_user += 1; }
+                        }
+                    }
+                    Op::Advance(s) => { now += Duration::from_secs(s); t.handle_timeout(now); }
+                    Op::Remove(i) => {
+                        if live[i] {
+                            while let Some(d) = t.take(eps[i]) {
+                                if d.message.mtype() != Mtype::UNDELIVERABLE { taken_user += 1; }
+                            }
+                            live[i] = false;
+                            t.remove_endpoint(eps[i], now);
+                        }
+                    }
+                }
+                let s = t.stats();
+                prop_assert_eq!(s.stored, s.delivered + s.expired + t.len() as u64, "conservation");
+                prop_assert!(t.len() <= limits.total);
+                for ep in &eps { prop_assert!(t.pending(*ep) <= limits.per_destination + limits.total); }
+            }
+            // Expired messages leave notices, which expire in turn (no notice about a notice).
+            for _ in 0..2 {
+                now += Duration::from_secs(100);
+                t.handle_timeout(now);
+            }
+            let s = t.stats();
+            prop_assert!(t.is_empty(), "everything expired or was read");
+            prop_assert_eq!(s.stored, s.delivered + s.expired);
+            prop_assert!(taken_user <= accepted);
+        }
+    }
+}
