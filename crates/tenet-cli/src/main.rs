@@ -1,1 +1,282 @@
-fn main() {}
+//! `tenet`: the command line over the TENeT crates.
+//!
+//! - `tenet host [--config FILE]`: run the host daemon.
+//! - `tenet ping DST [-c N] [-i SECS] [-W SECS] [-s BYTES]`: echo like ping(8).
+//! - `tenet tap [--src ID] [--dst ID] [--src-domain D] [--dst-domain D] [--mtype M] [-c N]`:
+//!   print one line per observed message.
+//! - `tenet bench core`: side-by-side benchmarks of the messaging core.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tenet_client::{Capability, ClientError, Incoming};
+use tenet_proto::{Domain, EntityId, Filter, Mtype};
+
+mod bench;
+
+#[derive(Parser)]
+#[command(
+    name = "tenet",
+    version,
+    about = "TENeT: distributed inter-smartcard communication"
+)]
+struct Cli {
+    /// App socket of the host daemon (default: $TENET_SOCKET, else the
+    /// documented per-user default).
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the host daemon.
+    Host {
+        /// TOML configuration (see docs/host.example.toml).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Send echo requests to an entity and report round-trip times.
+    Ping {
+        /// Destination id, DOMAIN:PORT.
+        dst: EntityId,
+        /// Number of requests.
+        #[arg(short = 'c', long, default_value_t = 4)]
+        count: u32,
+        /// Seconds between requests.
+        #[arg(short = 'i', long, default_value_t = 1.0)]
+        interval: f64,
+        /// Seconds to wait for each reply.
+        #[arg(short = 'W', long, default_value_t = 2.0)]
+        timeout: f64,
+        /// Payload bytes per request (besides the 8-byte sequence number).
+        #[arg(short = 's', long, default_value_t = 0)]
+        size: usize,
+    },
+    /// Print one line per message matching the filter.
+    Tap {
+        /// Only messages from this id.
+        #[arg(long)]
+        src: Option<EntityId>,
+        /// Only messages to this id.
+        #[arg(long)]
+        dst: Option<EntityId>,
+        /// Only messages from this domain (24 hex digits).
+        #[arg(long)]
+        src_domain: Option<Domain>,
+        /// Only messages to this domain (24 hex digits).
+        #[arg(long)]
+        dst_domain: Option<Domain>,
+        /// Only this mtype (name or hex).
+        #[arg(long)]
+        mtype: Option<Mtype>,
+        /// Stop after this many messages.
+        #[arg(short = 'c', long)]
+        count: Option<u64>,
+    },
+    /// Run benchmarks side by side and print ratios.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TENET_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tenet: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tenet: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let socket = cli.socket.unwrap_or_else(tenet_client::default_socket_path);
+    match cli.cmd {
+        Cmd::Host { config } => host(config, socket).await,
+        Cmd::Ping {
+            dst,
+            count,
+            interval,
+            timeout,
+            size,
+        } => ping(socket, dst, count, interval, timeout, size).await,
+        Cmd::Tap {
+            src,
+            dst,
+            src_domain,
+            dst_domain,
+            mtype,
+            count,
+        } => {
+            let f = Filter {
+                src,
+                dst,
+                src_domain,
+                dst_domain,
+                mtype,
+            };
+            tap(socket, f, count).await
+        }
+        Cmd::Bench { which } => bench::run(which).await,
+    }
+}
+
+async fn host(config: Option<PathBuf>, socket: PathBuf) -> Result<ExitCode> {
+    let mut cfg = match &config {
+        Some(p) => tenet_host::Config::load(p)?,
+        None => tenet_host::Config::default(),
+    };
+    if cfg.host.socket.is_none() {
+        cfg.host.socket = Some(socket);
+    }
+    let handle = tenet_host::start(&cfg).await?;
+    eprintln!(
+        "tenet host {} listening on {}",
+        handle.host_id(),
+        handle.socket_path().display()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    handle.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn secs(name: &str, v: f64) -> Result<Duration> {
+    Duration::try_from_secs_f64(v)
+        .with_context(|| format!("{name} must be a non-negative number of seconds, got {v}"))
+}
+
+async fn ping(
+    socket: PathBuf,
+    dst: EntityId,
+    count: u32,
+    interval: f64,
+    timeout: f64,
+    size: usize,
+) -> Result<ExitCode> {
+    let interval = secs("interval", interval)?;
+    let timeout = secs("timeout", timeout)?;
+    let max = tenet_proto::MAX_PARAM_LEN - 8;
+    anyhow::ensure!(
+        size <= max,
+        "size {size} exceeds the maximum payload of {max} bytes"
+    );
+    let mut cap = Capability::acquire(&socket).await?;
+    let payload = vec![0xa5u8; size];
+    println!("PING {dst} from {}: {} bytes of param", cap.id(), size + 8);
+    let mut rtts = Vec::new();
+    for seq in 1..=count {
+        match cap.echo(dst, &payload, timeout).await {
+            Ok(rtt) => {
+                println!(
+                    "reply from {dst}: seq={seq} time={:.3} ms",
+                    rtt.as_secs_f64() * 1e3
+                );
+                rtts.push(rtt);
+            }
+            Err(e @ (ClientError::Undeliverable { .. } | ClientError::Timeout { .. })) => {
+                println!("seq={seq}: {e}");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if seq < count && !interval.is_zero() {
+            tokio::time::sleep(interval).await;
+        }
+    }
+    let lost = count as usize - rtts.len();
+    println!("--- {dst} ping statistics ---");
+    println!(
+        "{count} requests sent, {} replies received, {:.1}% loss",
+        rtts.len(),
+        if count == 0 {
+            0.0
+        } else {
+            100.0 * lost as f64 / f64::from(count)
+        }
+    );
+    if !rtts.is_empty() {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let min = rtts.iter().min().copied().unwrap_or_default();
+        let max = rtts.iter().max().copied().unwrap_or_default();
+        let avg = rtts.iter().sum::<Duration>() / rtts.len() as u32;
+        println!(
+            "rtt min/avg/max = {:.3}/{:.3}/{:.3} ms",
+            ms(min),
+            ms(avg),
+            ms(max)
+        );
+    }
+    Ok(if lost == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn time_of_day(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let s = d.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:06}",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        d.subsec_micros()
+    )
+}
+
+async fn tap(socket: PathBuf, filter: Filter, count: Option<u64>) -> Result<ExitCode> {
+    let mut cap = Capability::acquire(&socket).await?;
+    let me = cap.id();
+    cap.tap(filter).await?;
+    eprintln!("tapping as {me}; times are UTC");
+    let mut seen = 0u64;
+    while count.is_none_or(|c| seen < c) {
+        match cap.next().await? {
+            Incoming::Tapped { at, message, .. } => {
+                seen += 1;
+                println!(
+                    "{} {} -> {} {} len={}",
+                    time_of_day(at),
+                    message.src(),
+                    message.dst(),
+                    message.mtype(),
+                    message.param.len()
+                );
+            }
+            Incoming::Lagged { missed, .. } => {
+                println!("(tap lagged: {missed} messages not shown)")
+            }
+            Incoming::Message { .. } => {}
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

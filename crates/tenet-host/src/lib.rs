@@ -1,1 +1,31 @@
-//! wip
+//! # tenet-host: the host daemon runtime
+//!
+//! Runs the dispatch core ([`tenet_dispatch`]) on tokio: it listens on the
+//! app socket, binds each connection to the id it acquires (the capability
+//! of paper 4.4), stamps and checks `src`, moves messages between the
+//! dispatch table and the apps' sockets, answers echo for the host's own
+//! entity, and expires messages.
+//!
+//! - [`config`]: the TOML configuration.
+//! - [`state`]: the persistent software domain and port counter.
+//! - [`entity`]: what the host's own entity (`DOMAIN:0`) answers.
+//! - [`server`]: the socket server; [`start`] runs a daemon.
+//!
+//! Not here yet: smartcard proxies and remote proxies; they plug into the
+//! same table as further endpoints.
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod entity;
+pub mod server;
+pub mod state;
+
+pub use config::{Config, ConfigError};
+pub use server::{HostError, HostHandle, start};
+
+/// True when the daemon runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}

@@ -1,0 +1,293 @@
+//! The host daemon's TOML configuration.
+//!
+//! Every field has a default, so an empty file (or no file) is a working
+//! configuration. Unknown keys are errors, so a typo never silently
+//! disables a setting. The commented example is `docs/host.example.toml`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tenet_dispatch::{Limits, RuleError, RuleGuard, RuleSpec};
+use tenet_proto::Domain;
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said (line, column, key).
+        message: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("invalid config value {key}: {detail}")]
+    Value {
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A guard rule is malformed.
+    #[error("invalid config: {0}")]
+    Rule(#[from] RuleError),
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[host]`.
+    #[serde(default)]
+    pub host: HostSection,
+    /// `[dispatch]`.
+    #[serde(default)]
+    pub dispatch: DispatchSection,
+    /// `[guard]`.
+    #[serde(default)]
+    pub guard: GuardSection,
+}
+
+/// `[host]`: where the daemon listens and keeps its state.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSection {
+    /// App socket path; default: see [`tenet_client::default_socket_path`].
+    pub socket: Option<PathBuf>,
+    /// Permission bits of the app socket, octal string; default `"0660"`.
+    /// Bits for "others" are refused: the socket is the capability boundary.
+    pub socket_mode: Option<String>,
+    /// Directory for persistent state (domain, port counter); default
+    /// `/var/lib/tenet` for root, else `$XDG_STATE_HOME/tenet` or
+    /// `~/.local/state/tenet`.
+    pub state_dir: Option<PathBuf>,
+    /// The host's software domain, 24 hex digits; default: generated at
+    /// first start and kept in the state directory.
+    pub domain: Option<String>,
+    /// Whether apps may tap traffic; default `true`.
+    pub allow_taps: Option<bool>,
+}
+
+/// `[dispatch]`: the dispatch table's bounds.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchSection {
+    /// Messages waiting for one destination; default 1024.
+    pub per_destination: Option<usize>,
+    /// Messages waiting in the table; default 65536.
+    pub total: Option<usize>,
+    /// Seconds a message may wait to be read; default 30.
+    pub ttl_secs: Option<f64>,
+    /// Tap copies waiting for one app; default 1024.
+    pub tap_queue: Option<usize>,
+    /// Subscriptions plus taps per app; default 64.
+    pub handlers_per_app: Option<usize>,
+}
+
+/// `[guard]`: rule guards, checked after the default remote-ingress guard.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardSection {
+    /// `[[guard.rules]]`, in order.
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+}
+
+impl Config {
+    /// Reads and checks a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks TOML text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks every value that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.socket_mode()?;
+        self.domain()?;
+        self.limits()?;
+        RuleGuard::from_specs(&self.guard.rules)?;
+        Ok(())
+    }
+
+    /// The app socket's permission bits.
+    pub fn socket_mode(&self) -> Result<u32, ConfigError> {
+        let Some(s) = &self.host.socket_mode else {
+            return Ok(0o660);
+        };
+        let mode =
+            u32::from_str_radix(s.trim_start_matches("0o"), 8).map_err(|_| ConfigError::Value {
+                key: "host.socket_mode",
+                detail: format!("{s:?} is not an octal mode like \"0660\""),
+            })?;
+        if mode & !0o770 != 0 {
+            return Err(ConfigError::Value {
+                key: "host.socket_mode",
+                detail: format!("{s} grants access beyond owner and group; use at most 0770"),
+            });
+        }
+        Ok(mode)
+    }
+
+    /// The configured software domain, if any.
+    pub fn domain(&self) -> Result<Option<Domain>, ConfigError> {
+        self.host
+            .domain
+            .as_deref()
+            .map(|s| {
+                s.parse().map_err(|e| ConfigError::Value {
+                    key: "host.domain",
+                    detail: format!("{e}"),
+                })
+            })
+            .transpose()
+    }
+
+    /// The dispatch table's bounds.
+    pub fn limits(&self) -> Result<Limits, ConfigError> {
+        let d = Limits::default();
+        let s = &self.dispatch;
+        let positive = |key, v: Option<usize>, default| match v {
+            Some(0) => Err(ConfigError::Value {
+                key,
+                detail: "must be at least 1".into(),
+            }),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        let ttl = match s.ttl_secs {
+            None => d.ttl,
+            Some(t) if t.is_finite() && t > 0.0 && t <= 86_400.0 => Duration::from_secs_f64(t),
+            Some(t) => {
+                return Err(ConfigError::Value {
+                    key: "dispatch.ttl_secs",
+                    detail: format!("{t} is not between 0 and 86400 seconds"),
+                });
+            }
+        };
+        Ok(Limits {
+            per_destination: positive(
+                "dispatch.per_destination",
+                s.per_destination,
+                d.per_destination,
+            )?,
+            total: positive("dispatch.total", s.total, d.total)?,
+            ttl,
+            tap_queue: positive("dispatch.tap_queue", s.tap_queue, d.tap_queue)?,
+            handlers_per_endpoint: positive(
+                "dispatch.handlers_per_app",
+                s.handlers_per_app,
+                d.handlers_per_endpoint,
+            )?,
+        })
+    }
+
+    /// The app socket path.
+    pub fn socket_path(&self) -> PathBuf {
+        self.host
+            .socket
+            .clone()
+            .unwrap_or_else(tenet_client::default_socket_path)
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(d) = &self.host.state_dir {
+            return d.clone();
+        }
+        if crate::is_root() {
+            return PathBuf::from("/var/lib/tenet");
+        }
+        if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {
+            return PathBuf::from(x).join("tenet");
+        }
+        let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+        PathBuf::from(home).join(".local/state/tenet")
+    }
+
+    /// The rule guard made of `[[guard.rules]]`.
+    pub fn rule_guard(&self) -> Result<RuleGuard, ConfigError> {
+        Ok(RuleGuard::from_specs(&self.guard.rules)?)
+    }
+
+    /// Whether apps may tap.
+    pub fn allow_taps(&self) -> bool {
+        self.host.allow_taps.unwrap_or(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(s, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_config_is_valid_with_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.socket_mode().unwrap(), 0o660);
+        assert_eq!(c.limits().unwrap(), Limits::default());
+        assert!(c.allow_taps());
+    }
+
+    #[test]
+    fn shipped_example_config_parses() {
+        let text = include_str!("../../../docs/host.example.toml");
+        let c = parse(text).unwrap();
+        assert_eq!(c.rule_guard().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("[host]\nsocket_mode = \"0666\"", "host.socket_mode"),
+            ("[host]\nsocket_mode = \"rw\"", "host.socket_mode"),
+            ("[host]\ndomain = \"12\"", "host.domain"),
+            ("[dispatch]\ntotal = 0", "dispatch.total"),
+            ("[dispatch]\nttl_secs = -1.0", "dispatch.ttl_secs"),
+        ];
+        for (text, key) in cases {
+            match parse(text) {
+                Err(ConfigError::Value { key: k, .. }) => assert_eq!(k, key, "{text}"),
+                other => panic!("{text}: expected a value error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_rules_are_errors() {
+        assert!(matches!(
+            parse("[host]\nsokcet = \"/x\""),
+            Err(ConfigError::Parse { .. })
+        ));
+        assert!(matches!(parse("[hots]"), Err(ConfigError::Parse { .. })));
+        assert!(matches!(
+            parse("[[guard.rules]]\naction = \"explode\""),
+            Err(ConfigError::Rule(_))
+        ));
+    }
+}

@@ -1,0 +1,671 @@
+//! The daemon: the app socket server around a [`DispatchTable`].
+//!
+//! One task per app connection reads requests; a message stored for a
+//! connection is written straight into its socket by whichever task caused
+//! it to be stored (a non-blocking write under the connection's output
+//! lock), so an app-to-app message costs no task switch inside the daemon.
+//! When a socket is full, the rest waits in that connection's output buffer
+//! and a per-connection writer task finishes it; meanwhile further messages
+//! stay in the dispatch table, where the table's bounds apply (flow
+//! control: a slow app fills its own queue, then its senders get "queue
+//! full"). Lock order: connection output, then table.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tenet_dispatch::{DispatchTable, EndpointId, Event, Ingress, StoreError, TapItem};
+use tenet_proto::app::{ClientFrame, DaemonFrame, ErrorCode, MAX_APP_FRAME, TapId};
+use tenet_proto::frame::{begin_frame, finish_frame, split_frame};
+use tenet_proto::{Codec, Domain, EntityId, Filter, Message};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, ConfigError};
+use crate::state::{self, PortAllocator, StateError};
+
+/// Output bytes waiting for one app beyond which the daemon stops reading
+/// that app's requests until it reads its replies.
+const MAX_PENDING_OUT: usize = 1 << 20;
+/// Bytes taken from the table per write.
+const WRITE_BATCH: usize = 64 * 1024;
+/// How often expired messages are removed.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The state directory is unusable.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The app socket could not be set up.
+    #[error("app socket {path}: {source}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Another daemon answers on the socket path.
+    #[error("another tenet host is already running at {0}")]
+    AlreadyRunning(PathBuf),
+    /// Something that is not a socket is in the way.
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+}
+
+#[derive(Default)]
+struct Out {
+    pending: Vec<u8>,
+    off: usize,
+    closed: bool,
+}
+
+impl Out {
+    fn pending_len(&self) -> usize {
+        self.pending.len() - self.off
+    }
+}
+
+struct Conn {
+    ep: EndpointId,
+    stream: UnixStream,
+    out: Mutex<Out>,
+    kick: Notify,
+    drained: Notify,
+}
+
+struct Clock {
+    instant: Instant,
+    system: SystemTime,
+}
+
+impl Clock {
+    fn micros(&self, at: Instant) -> u64 {
+        let t = self.system + at.saturating_duration_since(self.instant);
+        t.duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64)
+    }
+}
+
+struct Shared {
+    table: Mutex<DispatchTable>,
+    conns: Mutex<HashMap<EndpointId, Arc<Conn>>>,
+    ports: Mutex<PortAllocator>,
+    domain: Domain,
+    host_ep: EndpointId,
+    allow_taps: bool,
+    clock: Clock,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks is a bug; the data is still
+    // consistent enough to keep serving other apps.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A running daemon. Dropping it does not stop it; call
+/// [`HostHandle::shutdown`].
+pub struct HostHandle {
+    shared: Arc<Shared>,
+    socket: PathBuf,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl HostHandle {
+    /// The app socket path.
+    pub fn socket_path(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The host's own id (`DOMAIN:0` of its software domain).
+    pub fn host_id(&self) -> EntityId {
+        self.shared.domain.owner()
+    }
+
+    /// Counters of the dispatch table.
+    pub fn stats(&self) -> tenet_dispatch::Stats {
+        lock(&self.shared.table).stats()
+    }
+
+    /// Stops accepting, closes every connection and removes the socket.
+    pub async fn shutdown(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        info!(socket = %self.socket.display(), "host stopped");
+    }
+}
+
+/// Starts a daemon from `config` on the current tokio runtime.
+pub async fn start(config: &Config) -> Result<HostHandle, HostError> {
+    config.validate()?;
+    let state_dir = config.state_dir();
+    state::ensure_dir(&state_dir)?;
+    let domain = state::load_domain(&state_dir, config.domain()?)?;
+    let ports = PortAllocator::open(&state_dir, domain)?;
+    let mut table = DispatchTable::new(domain.owner(), config.limits()?);
+    let rules = config.rule_guard()?;
+    if !rules.is_empty() {
+        table.push_guard(Box::new(rules));
+    }
+    let host_ep = table.add_endpoint();
+    table
+        .bind(host_ep, domain.owner())
+        .expect("fresh table has no bindings");
+    let socket = config.socket_path();
+    let listener = bind_socket(&socket, config.socket_mode()?)?;
+    info!(socket = %socket.display(), host = %domain.owner(), guards = ?table.guard_names(), "host started");
+    let shared = Arc::new(Shared {
+        table: Mutex::new(table),
+        conns: Mutex::new(HashMap::new()),
+        ports: Mutex::new(ports),
+        domain,
+        host_ep,
+        allow_taps: config.allow_taps(),
+        clock: Clock {
+            instant: Instant::now(),
+            system: SystemTime::now(),
+        },
+    });
+    let accept = tokio::spawn(accept_loop(shared.clone(), listener));
+    let timer = tokio::spawn(timer_loop(shared.clone()));
+    Ok(HostHandle {
+        shared,
+        socket,
+        tasks: vec![accept, timer],
+    })
+}
+
+fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, HostError> {
+    let err = |source| HostError::Socket {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(parent)
+                .map_err(err)?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(HostError::NotASocket(path.to_owned()));
+        }
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(HostError::AlreadyRunning(path.to_owned()));
+            }
+            std::fs::remove_file(path).map_err(err)?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    // Create the socket without any group/other bits, then widen to `mode`:
+    // there is no moment at which others could connect.
+    // SAFETY: umask only swaps the process's file mode mask.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    let listener = bound.map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    Ok(listener)
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let ep = lock(&shared.table).add_endpoint();
+                    let conn = Arc::new(Conn {
+                        ep,
+                        stream,
+                        out: Mutex::new(Out::default()),
+                        kick: Notify::new(),
+                        drained: Notify::new(),
+                    });
+                    lock(&shared.conns).insert(ep, conn.clone());
+                    conns.spawn(serve(shared.clone(), conn));
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+async fn timer_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let events = {
+            let mut t = lock(&shared.table);
+            if t.poll_timeout().is_some_and(|d| d <= Instant::now()) {
+                t.handle_timeout(Instant::now());
+            }
+            drain_events(&mut t)
+        };
+        run_events(&shared, events);
+    }
+}
+
+fn drain_events(t: &mut DispatchTable) -> Vec<Event> {
+    std::iter::from_fn(|| t.poll_event()).collect()
+}
+
+/// Acts on table events until none are left.
+fn run_events(shared: &Shared, events: Vec<Event>) {
+    let mut work = std::collections::VecDeque::from(events);
+    while let Some(ev) = work.pop_front() {
+        match ev {
+            Event::Readable(ep) | Event::TapReadable(ep) if ep == shared.host_ep => {
+                let mut t = lock(&shared.table);
+                let me = shared.domain.owner();
+                while let Some(d) = t.take(ep) {
+                    if let Some(answer) = crate::entity::answer(me, &d.message) {
+                        if let Err(e) = t.store(Ingress::Internal, answer, Instant::now()) {
+                            warn!(error = %e, to = %d.message.src(), "host entity answer not stored");
+                        }
+                    }
+                }
+                work.extend(drain_events(&mut t));
+            }
+            Event::Readable(ep) | Event::TapReadable(ep) => {
+                let conn = lock(&shared.conns).get(&ep).cloned();
+                if let Some(conn) = conn {
+                    pump(shared, &conn);
+                }
+            }
+            Event::GuardNote(n) => info!(target: "tenet::guard", "{n}"),
+            Event::GuardDropped {
+                ingress,
+                src,
+                dst,
+                mtype,
+                why,
+            } => {
+                warn!(target: "tenet::guard", ingress = ingress.name(), %src, %dst, %mtype, "{why}")
+            }
+            Event::NoticeDropped { to, reason } => {
+                warn!(%to, %reason, "undeliverable notice dropped: dispatch table full")
+            }
+        }
+    }
+}
+
+/// Moves messages waiting for `conn` from the table into its socket until
+/// the table has none or the socket is full.
+fn pump(shared: &Shared, conn: &Conn) {
+    let mut out = lock(&conn.out);
+    if out.closed {
+        return;
+    }
+    if out.pending_len() > 0 {
+        conn.kick.notify_one();
+        return;
+    }
+    loop {
+        let mut buf = Vec::new();
+        {
+            let mut t = lock(&shared.table);
+            while buf.len() < WRITE_BATCH {
+                let frame = if let Some(d) = t.take(conn.ep) {
+                    DaemonFrame::Deliver {
+                        subscription: d.subscription,
+                        message: d.message,
+                    }
+                } else if let Some(item) = t.take_tap(conn.ep) {
+                    match item {
+                        TapItem::Copy { tap, at, message } => DaemonFrame::Tapped {
+                            tap,
+                            at_micros: shared.clock.micros(at),
+                            message,
+                        },
+                        TapItem::Lagged { tap, missed } => DaemonFrame::Lagged { tap, missed },
+                    }
+                } else {
+                    break;
+                };
+                let at = begin_frame(&mut buf);
+                frame.encode(&mut buf);
+                finish_frame(&mut buf, at);
+            }
+        }
+        if buf.is_empty() {
+            return;
+        }
+        write_now(conn, &mut out, buf);
+        if out.closed || out.pending_len() > 0 {
+            return;
+        }
+    }
+}
+
+/// Writes as much of `buf` as the socket takes now; keeps the rest for the
+/// writer task. `out` must have nothing pending.
+fn write_now(conn: &Conn, out: &mut Out, buf: Vec<u8>) {
+    let mut off = 0;
+    while off < buf.len() {
+        match conn.stream.try_write(&buf[off..]) {
+            Ok(0) => {
+                out.closed = true;
+                return;
+            }
+            Ok(n) => off += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                out.closed = true;
+                conn.kick.notify_one();
+                return;
+            }
+        }
+    }
+    if off < buf.len() {
+        out.pending = buf;
+        out.off = off;
+        conn.kick.notify_one();
+    }
+}
+
+fn reply(conn: &Conn, frame: &DaemonFrame) {
+    let mut buf = Vec::new();
+    let at = begin_frame(&mut buf);
+    frame.encode(&mut buf);
+    finish_frame(&mut buf, at);
+    let mut out = lock(&conn.out);
+    if out.closed {
+        return;
+    }
+    if out.pending_len() > 0 {
+        out.pending.extend_from_slice(&buf);
+    } else {
+        write_now(conn, &mut out, buf);
+    }
+}
+
+fn error(conn: &Conn, code: ErrorCode, text: impl Into<String>) {
+    reply(
+        conn,
+        &DaemonFrame::Error {
+            code,
+            text: text.into(),
+        },
+    );
+}
+
+async fn writer(shared: Arc<Shared>, conn: Arc<Conn>) {
+    loop {
+        conn.kick.notified().await;
+        loop {
+            let pending = {
+                let out = lock(&conn.out);
+                if out.closed {
+                    return;
+                }
+                out.pending_len()
+            };
+            if pending == 0 {
+                pump(&shared, &conn);
+                let out = lock(&conn.out);
+                if out.closed {
+                    return;
+                }
+                if out.pending_len() == 0 {
+                    break;
+                }
+            }
+            if conn.stream.writable().await.is_err() {
+                lock(&conn.out).closed = true;
+                return;
+            }
+            let mut out = lock(&conn.out);
+            while out.pending_len() > 0 {
+                let off = out.off;
+                match conn.stream.try_write(&out.pending[off..]) {
+                    Ok(0) => {
+                        out.closed = true;
+                        return;
+                    }
+                    Ok(n) => out.off += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        out.closed = true;
+                        return;
+                    }
+                }
+            }
+            if out.pending_len() == 0 {
+                out.pending = Vec::new();
+                out.off = 0;
+                conn.drained.notify_waiters();
+            }
+        }
+    }
+}
+
+/// Per-connection state owned by its reader.
+struct Session {
+    id: Option<EntityId>,
+}
+
+async fn serve(shared: Arc<Shared>, conn: Arc<Conn>) {
+    let writer = tokio::spawn(writer(shared.clone(), conn.clone()));
+    let mut session = Session { id: None };
+    let reason = read_loop(&shared, &conn, &mut session).await;
+    debug!(endpoint = conn.ep.0, id = ?session.id, reason, "app disconnected");
+    lock(&conn.out).closed = true;
+    conn.kick.notify_one();
+    lock(&shared.conns).remove(&conn.ep);
+    let events = {
+        let mut t = lock(&shared.table);
+        t.remove_endpoint(conn.ep, Instant::now());
+        drain_events(&mut t)
+    };
+    run_events(&shared, events);
+    writer.abort();
+}
+
+async fn read_loop(shared: &Shared, conn: &Conn, session: &mut Session) -> &'static str {
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    loop {
+        // Backpressure: an app that does not read its replies is not read.
+        loop {
+            let drained = conn.drained.notified();
+            {
+                let out = lock(&conn.out);
+                if out.closed {
+                    return "socket closed";
+                }
+                if out.pending_len() <= MAX_PENDING_OUT {
+                    break;
+                }
+            }
+            drained.await;
+        }
+        if conn.stream.readable().await.is_err() {
+            return "read error";
+        }
+        buf.reserve(16 * 1024);
+        match conn.stream.try_read_buf(&mut buf) {
+            Ok(0) => return "end of stream",
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return "read error",
+        }
+        let mut start = 0;
+        loop {
+            match split_frame(&buf[start..], MAX_APP_FRAME) {
+                Ok(Some((used, body))) => {
+                    handle(shared, conn, session, body);
+                    start += used;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(endpoint = conn.ep.0, id = ?session.id, error = %e, "closing app connection: bad framing");
+                    error(
+                        conn,
+                        ErrorCode::TOO_LARGE,
+                        format!("{e}; closing the connection"),
+                    );
+                    return "bad framing";
+                }
+            }
+        }
+        buf.drain(..start);
+    }
+}
+
+fn handle(shared: &Shared, conn: &Conn, session: &mut Session, body: &[u8]) {
+    let req = match ClientFrame::decode(body) {
+        Ok(r) => r,
+        Err(e) => {
+            debug!(endpoint = conn.ep.0, error = %e, "malformed request");
+            return error(
+                conn,
+                ErrorCode::MALFORMED,
+                format!("malformed request: {e}"),
+            );
+        }
+    };
+    if let ClientFrame::Acquire = req {
+        return acquire(shared, conn, session);
+    }
+    let Some(id) = session.id else {
+        return error(
+            conn,
+            ErrorCode::NOT_ACQUIRED,
+            "acquire an id before any other request",
+        );
+    };
+    match req {
+        ClientFrame::Acquire => unreachable!("handled above"),
+        ClientFrame::Send(m) => send(shared, conn, id, m),
+        ClientFrame::Subscribe(f) => subscribe(shared, conn, id, f),
+        ClientFrame::Tap(f) => {
+            if !shared.allow_taps {
+                return error(
+                    conn,
+                    ErrorCode::PERMISSION_DENIED,
+                    "taps are disabled on this host (host.allow_taps)",
+                );
+            }
+            let r = lock(&shared.table).tap(conn.ep, f);
+            match r {
+                Ok(TapId(t)) => reply(conn, &DaemonFrame::Ok(t)),
+                Err(e) => error(conn, ErrorCode::LIMIT, e.to_string()),
+            }
+        }
+        ClientFrame::Unsubscribe(s) => {
+            let r = lock(&shared.table).unsubscribe(conn.ep, s);
+            match r {
+                Ok(()) => reply(conn, &DaemonFrame::Ok(0)),
+                Err(e) => error(conn, ErrorCode::NO_SUCH_ID, e.to_string()),
+            }
+        }
+        ClientFrame::Untap(t) => {
+            let r = lock(&shared.table).untap(conn.ep, t);
+            match r {
+                Ok(()) => reply(conn, &DaemonFrame::Ok(0)),
+                Err(e) => error(conn, ErrorCode::NO_SUCH_ID, e.to_string()),
+            }
+        }
+    }
+}
+
+fn acquire(shared: &Shared, conn: &Conn, session: &mut Session) {
+    if let Some(id) = session.id {
+        return error(
+            conn,
+            ErrorCode::ALREADY_ACQUIRED,
+            format!("this connection already holds {id}"),
+        );
+    }
+    let port = lock(&shared.ports).allocate();
+    let port = match port {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(error = %e, "cannot assign a port");
+            return error(conn, ErrorCode::ID_UNAVAILABLE, e.to_string());
+        }
+    };
+    let id = EntityId::new(shared.domain, port);
+    if let Err(e) = lock(&shared.table).bind(conn.ep, id) {
+        warn!(error = %e, "fresh port already bound");
+        return error(conn, ErrorCode::INTERNAL, e.to_string());
+    }
+    session.id = Some(id);
+    debug!(endpoint = conn.ep.0, %id, "id acquired");
+    reply(conn, &DaemonFrame::Acquired(id));
+}
+
+fn send(shared: &Shared, conn: &Conn, id: EntityId, m: Message) {
+    if m.src() != id {
+        warn!(endpoint = conn.ep.0, bound = %id, claimed = %m.src(), dst = %m.dst(), mtype = %m.mtype(), "forged src rejected");
+        return error(
+            conn,
+            ErrorCode::FORGED_SRC,
+            format!("src {} is not this connection's id {id}", m.src()),
+        );
+    }
+    let (result, events) = {
+        let mut t = lock(&shared.table);
+        let r = t.store(Ingress::App, m, Instant::now());
+        (r, drain_events(&mut t))
+    };
+    // Deliver first, then acknowledge: the destination's latency matters more.
+    run_events(shared, events);
+    match result {
+        Ok(_) => reply(conn, &DaemonFrame::Ok(0)),
+        Err(e @ StoreError::QueueFull { .. }) => error(conn, ErrorCode::QUEUE_FULL, e.to_string()),
+        Err(e @ StoreError::Guard(_)) => error(conn, ErrorCode::REJECTED_BY_GUARD, e.to_string()),
+        Err(e @ StoreError::TooLarge { .. }) => error(conn, ErrorCode::TOO_LARGE, e.to_string()),
+    }
+}
+
+fn subscribe(shared: &Shared, conn: &Conn, id: EntityId, f: Filter) {
+    // Apps may only claim messages addressed to themselves: anything wider
+    // would let one app read another entity's messages.
+    let f = if f.dst.is_none() && f.dst_domain.is_none() {
+        Filter { dst: Some(id), ..f }
+    } else {
+        f
+    };
+    if f.fixed_dst() != Some(id) {
+        return error(
+            conn,
+            ErrorCode::PERMISSION_DENIED,
+            format!("apps may subscribe only to messages addressed to themselves ({id})"),
+        );
+    }
+    let r = lock(&shared.table).subscribe(conn.ep, f);
+    match r {
+        Ok(s) => reply(conn, &DaemonFrame::Ok(s.0)),
+        Err(e) => error(conn, ErrorCode::LIMIT, e.to_string()),
+    }
+}
