@@ -17,6 +17,8 @@
 //! - [`tlv`]: BER-TLV for params.
 //! - [`filter`]: header [`Filter`]s used by handlers, taps and guards.
 //! - [`notice`]: the framework's own notices (undeliverable, refused).
+//! - [`apdu`]: ISO 7816-4 APDUs and the TENeT card mapping.
+//! - [`card`]: params of the card services (PIN, card info).
 //! - [`app`]: the app-socket protocol between the client library and the
 //!   host daemon.
 //!
@@ -26,7 +28,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod apdu;
 pub mod app;
+pub mod card;
 pub mod codec;
 pub mod filter;
 pub mod frame;

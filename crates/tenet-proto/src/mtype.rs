@@ -28,6 +28,13 @@ const REGISTRY: &[(Mtype, &str)] = &[
     (Mtype::ECHO_REPLY, "echo-reply"),
     (Mtype::UNDELIVERABLE, "undeliverable"),
     (Mtype::REFUSED, "refused"),
+    (Mtype::VERIFY_PIN, "verify-pin"),
+    (Mtype::PIN_STATUS, "pin-status"),
+    (Mtype::UNBLOCK_PIN, "unblock-pin"),
+    (Mtype::CHANGE_PIN, "change-pin"),
+    (Mtype::LOGOUT, "logout"),
+    (Mtype::CARD_INFO_REQUEST, "card-info-request"),
+    (Mtype::CARD_INFO, "card-info"),
 ];
 
 impl Mtype {
@@ -43,6 +50,24 @@ impl Mtype {
     /// an unauthenticated sender); param is a
     /// [`Refused`](crate::notice::Refused) notice.
     pub const REFUSED: Mtype = Mtype(0x0004);
+
+    /// Card service: verify the sending app's PIN
+    /// ([`VerifyPin`](crate::card::VerifyPin)); answered by `pin-status`.
+    pub const VERIFY_PIN: Mtype = Mtype(0x0101);
+    /// Card service answer: [`PinStatus`](crate::card::PinStatus).
+    pub const PIN_STATUS: Mtype = Mtype(0x0102);
+    /// Card service: unblock the PIN with the PUK
+    /// ([`UnblockPin`](crate::card::UnblockPin)).
+    pub const UNBLOCK_PIN: Mtype = Mtype(0x0103);
+    /// Card service, privileged: change the PIN
+    /// ([`ChangePin`](crate::card::ChangePin)).
+    pub const CHANGE_PIN: Mtype = Mtype(0x0104);
+    /// Card service: remove the sender from the authenticated set.
+    pub const LOGOUT: Mtype = Mtype(0x0105);
+    /// Card service: ask for the card's [`CardInfo`](crate::card::CardInfo).
+    pub const CARD_INFO_REQUEST: Mtype = Mtype(0x0106);
+    /// Card service answer: [`CardInfo`](crate::card::CardInfo).
+    pub const CARD_INFO: Mtype = Mtype(0x0107);
 
     /// The registered name, if this build knows the mtype.
     pub fn name(self) -> Option<&'static str> {
