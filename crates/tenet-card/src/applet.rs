@@ -1,0 +1,98 @@
+//! The applet runtime's interface: what an applet implements and what it
+//! is given.
+//!
+//! An applet handles the eTP messages of the mtypes it claims. It never
+//! does I/O: the runtime hands it the message, a mutable copy of its own
+//! persistent data, randomness, the time, and the card's signing key, and
+//! collects the messages it emits. When the handler returns `Ok`, the
+//! runtime commits the applet's data and releases its messages together
+//! (one atomic store update); when it returns `Err` or the commit fails,
+//! neither happens.
+
+use tenet_proto::{EntityId, Message, Mtype};
+
+/// Randomness, injected so tests are deterministic.
+pub trait Entropy: Send {
+    /// Fills `buf` with random bytes.
+    fn fill(&mut self, buf: &mut [u8]);
+}
+
+/// The operating system's randomness.
+#[derive(Debug, Default)]
+pub struct SystemEntropy;
+
+impl Entropy for SystemEntropy {
+    fn fill(&mut self, buf: &mut [u8]) {
+        getrandom::fill(buf).expect("the operating system provides randomness");
+    }
+}
+
+/// A deterministic generator for tests (xorshift; not for keys in use).
+#[derive(Debug, Clone)]
+pub struct SeededEntropy(u64);
+
+impl SeededEntropy {
+    /// A generator with the given seed.
+    pub fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+}
+
+impl Entropy for SeededEntropy {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            *b = self.0 as u8;
+        }
+    }
+}
+
+/// Why an applet refused a message; the runtime answers the sender with a
+/// `refused` notice carrying the text, and changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
+/// What an applet sees while handling one message.
+pub struct AppletCx<'a> {
+    /// The card's id.
+    pub card: EntityId,
+    /// Whether the sender is in the authenticated-ID set.
+    pub sender_authenticated: bool,
+    /// The applet's persistent data (a copy; committed on `Ok`).
+    pub data: &'a mut Vec<u8>,
+    /// Randomness.
+    pub entropy: &'a mut dyn Entropy,
+    /// Seconds since the Unix epoch, as the host told the card.
+    pub now: u64,
+    pub(crate) out: &'a mut Vec<Message>,
+    pub(crate) signer: &'a dyn Fn(&[u8]) -> Vec<u8>,
+}
+
+impl AppletCx<'_> {
+    /// Emits a message from the card.
+    pub fn send(&mut self, dst: EntityId, mtype: Mtype, param: Vec<u8>) {
+        self.out.push(Message::new(self.card, dst, mtype, param));
+    }
+
+    /// Signs `msg` with the card's key (ECDSA P-256, SHA-256, ASN.1 DER).
+    pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        (self.signer)(msg)
+    }
+}
+
+/// An applet on the card.
+pub trait Applet: Send {
+    /// Its id, which keys its persistent data.
+    fn id(&self) -> u16;
+    /// A short name for refusals and logs.
+    fn name(&self) -> &'static str;
+    /// True for the mtypes it handles.
+    fn handles(&self, mtype: Mtype) -> bool;
+    /// The mtypes it accepts only from authenticated senders.
+    fn privileged(&self) -> &[Mtype];
+    /// Handles one message addressed to the card.
+    fn handle(&mut self, cx: &mut AppletCx<'_>, m: &Message) -> Result<(), Refusal>;
+}

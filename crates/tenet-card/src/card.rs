@@ -1,0 +1,696 @@
+//! The card: its APDU front end, the applet runtime and the card services.
+//!
+//! Sans-IO: [`Card::process_apdu`] takes command bytes and returns response
+//! bytes; the power line is [`Card::power_off`] / [`Card::reset`]. The only
+//! side effect is the [`Storage`] it was given. The APDU mapping is
+//! documented in `docs/apdu.md`.
+
+use std::collections::{BTreeSet, VecDeque};
+
+use ring::digest;
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+use tenet_proto::apdu::{Command, Response, StatusWord, tenet};
+use tenet_proto::card::{
+    CardInfo, ChangePin, PinOutcome, PinStatus, UnblockPin, VerifyPin, check_pin,
+};
+use tenet_proto::notice::Refused;
+use tenet_proto::{Codec, DecodeError, Domain, EntityId, MAX_MESSAGE_LEN, Message, Mtype, Port};
+use tracing::debug;
+
+use crate::applet::{Applet, AppletCx, Entropy, Refusal};
+use crate::state::{CardState, PIN_TRIES, PUK_TRIES};
+use crate::store::{Storage, StoreError};
+
+/// The card's answer to reset: T=1, no historical bytes.
+pub const ATR: &[u8] = &[0x3b, 0x80, 0x80, 0x01, 0x01];
+
+/// Limits a card enforces besides its storage budget (the store's capacity).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CardLimits {
+    /// Largest eTP message accepted or emitted.
+    pub max_message: usize,
+}
+
+impl Default for CardLimits {
+    fn default() -> Self {
+        Self {
+            max_message: MAX_MESSAGE_LEN,
+        }
+    }
+}
+
+/// What personalization writes onto a blank card.
+#[derive(Debug, Clone)]
+pub struct Personalization {
+    /// The card's domain.
+    pub domain: Domain,
+    /// The PIN, 4 to 12 digits.
+    pub pin: Vec<u8>,
+    /// The PUK, 4 to 12 digits.
+    pub puk: Vec<u8>,
+}
+
+/// Why a card cannot be opened or personalized.
+#[derive(Debug, thiserror::Error)]
+pub enum CardError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The store holds no card yet.
+    #[error("the card store is blank; personalize it with `tenet card new`")]
+    Blank,
+    /// The store already holds a card.
+    #[error("the card store already holds a personalized card")]
+    AlreadyPersonalized,
+    /// The stored record is unreadable.
+    #[error("the card's stored state is corrupt: {0}")]
+    Corrupt(DecodeError),
+    /// The key could not be made or loaded.
+    #[error("card key: {0}")]
+    Key(String),
+    /// A PIN or PUK is malformed.
+    #[error("{0}")]
+    BadSecret(DecodeError),
+}
+
+struct PendingResponse {
+    bytes: Vec<u8>,
+    off: usize,
+    sw: StatusWord,
+    from_outbox: bool,
+}
+
+struct Chain {
+    ins: u8,
+    data: Vec<u8>,
+}
+
+/// A TENeT smartcard.
+pub struct Card<S: Storage> {
+    store: S,
+    state: CardState,
+    key: EcdsaKeyPair,
+    rng: SystemRandom,
+    limits: CardLimits,
+    entropy: Box<dyn Entropy>,
+    applets: Vec<Box<dyn Applet>>,
+    selected: bool,
+    authenticated: BTreeSet<EntityId>,
+    outbox: VecDeque<Message>,
+    chain: Option<Chain>,
+    pending: Option<PendingResponse>,
+    now: u64,
+}
+
+fn secret_hash(salt: &[u8; 16], secret: &[u8]) -> [u8; 32] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(salt);
+    ctx.update(secret);
+    ctx.finish()
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 is 32 bytes")
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn load_key(pkcs8: &[u8], rng: &SystemRandom) -> Result<EcdsaKeyPair, CardError> {
+    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8, rng)
+        .map_err(|e| CardError::Key(e.to_string()))
+}
+
+impl<S: Storage> Card<S> {
+    /// Personalizes a blank store: the card generates its key pair, which
+    /// never leaves it, and stores the PIN and PUK hashes.
+    pub fn personalize(
+        mut store: S,
+        p: &Personalization,
+        limits: CardLimits,
+        mut entropy: Box<dyn Entropy>,
+    ) -> Result<Self, CardError> {
+        if store.load()?.is_some() {
+            return Err(CardError::AlreadyPersonalized);
+        }
+        check_pin(&p.pin, "PIN").map_err(CardError::BadSecret)?;
+        check_pin(&p.puk, "PUK").map_err(CardError::BadSecret)?;
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+            .map_err(|e| CardError::Key(e.to_string()))?;
+        let key = load_key(pkcs8.as_ref(), &rng)?;
+        let mut salt = [0u8; 16];
+        entropy.fill(&mut salt);
+        let state = CardState {
+            domain: p.domain,
+            key_pkcs8: pkcs8.as_ref().to_vec(),
+            public_key: key.public_key().as_ref().to_vec(),
+            salt,
+            pin_hash: secret_hash(&salt, &p.pin),
+            pin_tries: PIN_TRIES,
+            puk_hash: secret_hash(&salt, &p.puk),
+            puk_tries: PUK_TRIES,
+            next_port: 1,
+            certificate: None,
+            applets: Default::default(),
+        };
+        store.commit(&state.to_bytes())?;
+        Ok(Self::assemble(store, state, key, rng, limits, entropy))
+    }
+
+    /// Opens a personalized card from its store.
+    pub fn open(
+        mut store: S,
+        limits: CardLimits,
+        entropy: Box<dyn Entropy>,
+    ) -> Result<Self, CardError> {
+        let record = store.load()?.ok_or(CardError::Blank)?;
+        let state = CardState::decode(&record).map_err(CardError::Corrupt)?;
+        let rng = SystemRandom::new();
+        let key = load_key(&state.key_pkcs8, &rng)?;
+        Ok(Self::assemble(store, state, key, rng, limits, entropy))
+    }
+
+    fn assemble(
+        store: S,
+        state: CardState,
+        key: EcdsaKeyPair,
+        rng: SystemRandom,
+        limits: CardLimits,
+        entropy: Box<dyn Entropy>,
+    ) -> Self {
+        Self {
+            store,
+            state,
+            key,
+            rng,
+            limits,
+            entropy,
+            applets: Vec::new(),
+            selected: false,
+            authenticated: BTreeSet::new(),
+            outbox: VecDeque::new(),
+            chain: None,
+            pending: None,
+            now: 0,
+        }
+    }
+
+    /// Installs an applet.
+    pub fn install(&mut self, applet: Box<dyn Applet>) {
+        self.applets.push(applet);
+    }
+
+    /// The card's id, `domain:0`.
+    pub fn id(&self) -> EntityId {
+        self.state.domain.owner()
+    }
+
+    /// The persistent state (for tests and inspection; holds no way to get
+    /// the private key out: [`CardState`]'s `Debug` hides it and nothing
+    /// sends it).
+    pub fn state(&self) -> &CardState {
+        &self.state
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Mutable access to the store (tests inject failures through it).
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// Ids in the authenticated set.
+    pub fn authenticated(&self) -> impl Iterator<Item = &EntityId> {
+        self.authenticated.iter()
+    }
+
+    /// Mtypes accepted only from authenticated senders.
+    pub fn privileged(&self) -> Vec<Mtype> {
+        let mut p = vec![Mtype::CHANGE_PIN];
+        for a in &self.applets {
+            p.extend_from_slice(a.privileged());
+        }
+        p
+    }
+
+    /// What the card says about itself.
+    pub fn info(&self) -> CardInfo {
+        CardInfo {
+            domain: self.state.domain,
+            public_key: self.state.public_key.clone(),
+            privileged: self.privileged(),
+            max_message: self.limits.max_message as u32,
+            certificate: self.state.certificate.clone(),
+        }
+    }
+
+    /// Sets the card's notion of time (seconds since the Unix epoch).
+    pub fn set_time(&mut self, now: u64) {
+        self.now = now;
+    }
+
+    /// Power off: everything volatile is lost (selection, authenticated
+    /// set, unsent messages, chains); the store is kept.
+    pub fn power_off(&mut self) {
+        self.selected = false;
+        self.authenticated.clear();
+        self.outbox.clear();
+        self.chain = None;
+        self.pending = None;
+    }
+
+    /// Warm reset: the same as a power cycle for this card.
+    pub fn reset(&mut self) {
+        self.power_off();
+    }
+
+    /// Messages waiting to leave the card.
+    pub fn waiting(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// Handles one command APDU and returns the response APDU. Never
+    /// panics on any input.
+    pub fn process_apdu(&mut self, raw: &[u8]) -> Vec<u8> {
+        let cmd = match Command::decode(raw) {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(error = %e, "malformed APDU");
+                return Response::status(StatusWord::WRONG_LENGTH).to_bytes();
+            }
+        };
+        if cmd.cla & 0x03 != 0 {
+            return Response::status(StatusWord::CLA_NOT_SUPPORTED).to_bytes();
+        }
+        // A new command abandons an unfinished GET RESPONSE sequence; a
+        // message it carried goes back to the outbox, so nothing is lost.
+        if !(cmd.cla == 0x00 && cmd.ins == tenet::INS_GET_RESPONSE) {
+            self.abandon_pending();
+        }
+        match (cmd.cla & !0x10, cmd.ins) {
+            (0x00, tenet::INS_SELECT) => self.select(&cmd),
+            (0x00, tenet::INS_GET_RESPONSE) => self.get_response(&cmd),
+            (0x00, _) => Response::status(StatusWord::INS_NOT_SUPPORTED).to_bytes(),
+            (tenet::CLA, _) if !self.selected => {
+                Response::status(StatusWord::CONDITIONS_NOT_SATISFIED).to_bytes()
+            }
+            (tenet::CLA, ins) => self.proprietary(ins, cmd),
+            _ => Response::status(StatusWord::CLA_NOT_SUPPORTED).to_bytes(),
+        }
+    }
+
+    fn abandon_pending(&mut self) {
+        if let Some(p) = self.pending.take() {
+            if p.from_outbox {
+                if let Ok(m) = Message::decode(&p.bytes) {
+                    self.outbox.push_front(m);
+                }
+            }
+        }
+    }
+
+    fn select(&mut self, cmd: &Command) -> Vec<u8> {
+        if cmd.p1 != 0x04 {
+            return Response::status(StatusWord::INCORRECT_P1P2).to_bytes();
+        }
+        if cmd.data != tenet::AID {
+            self.selected = false;
+            return Response::status(StatusWord::NOT_FOUND).to_bytes();
+        }
+        self.selected = true;
+        Response::status(StatusWord::OK).to_bytes()
+    }
+
+    fn get_response(&mut self, cmd: &Command) -> Vec<u8> {
+        let Some(p) = self.pending.take() else {
+            return Response::status(StatusWord::CONDITIONS_NOT_SATISFIED).to_bytes();
+        };
+        let rest = p.bytes[p.off..].to_vec();
+        self.respond_chunked(
+            cmd.le.or(Some(256)),
+            rest,
+            p.sw,
+            p.from_outbox,
+            Some((p.bytes, p.off)),
+        )
+    }
+
+    /// Sends `data` within the command's Le; the rest waits for GET RESPONSE.
+    fn respond_chunked(
+        &mut self,
+        le: Option<usize>,
+        data: Vec<u8>,
+        sw: StatusWord,
+        from_outbox: bool,
+        whole: Option<(Vec<u8>, usize)>,
+    ) -> Vec<u8> {
+        let le = le.unwrap_or(0);
+        if data.len() <= le {
+            return Response { data, sw }.to_bytes();
+        }
+        let (bytes, base) = whole.unwrap_or_else(|| (data.clone(), 0));
+        let first = data[..le].to_vec();
+        let off = base + le;
+        let left = bytes.len() - off;
+        self.pending = Some(PendingResponse {
+            bytes,
+            off,
+            sw,
+            from_outbox,
+        });
+        Response {
+            data: first,
+            sw: StatusWord::more_bytes(left),
+        }
+        .to_bytes()
+    }
+
+    fn proprietary(&mut self, ins: u8, cmd: Command) -> Vec<u8> {
+        // Command chaining (ISO 7816-4 5.1.1.1).
+        if cmd.is_chained() {
+            let chain = self.chain.get_or_insert_with(|| Chain {
+                ins,
+                data: Vec::new(),
+            });
+            if chain.ins != ins {
+                self.chain = None;
+                return Response::status(StatusWord::CHAIN_EXPECTED).to_bytes();
+            }
+            if chain.data.len() + cmd.data.len() > self.limits.max_message {
+                self.chain = None;
+                return Response::status(StatusWord::NOT_ENOUGH_MEMORY).to_bytes();
+            }
+            chain.data.extend_from_slice(&cmd.data);
+            return Response::status(StatusWord::OK).to_bytes();
+        }
+        let data = match self.chain.take() {
+            Some(c) if c.ins != ins => {
+                return Response::status(StatusWord::CHAIN_EXPECTED).to_bytes();
+            }
+            Some(mut c) => {
+                c.data.extend_from_slice(&cmd.data);
+                c.data
+            }
+            None => cmd.data,
+        };
+        match ins {
+            tenet::INS_DELIVER => self.deliver(&data, cmd.le),
+            tenet::INS_POLL => self.next_out(cmd.le),
+            tenet::INS_ASSIGN_PORT => self.assign_port(cmd.le),
+            tenet::INS_GET_INFO => {
+                let info = self.info().to_bytes();
+                self.respond_chunked(cmd.le, info, StatusWord::OK, false, None)
+            }
+            _ => Response::status(StatusWord::INS_NOT_SUPPORTED).to_bytes(),
+        }
+    }
+
+    fn deliver(&mut self, data: &[u8], le: Option<usize>) -> Vec<u8> {
+        if data.len() > self.limits.max_message {
+            return Response::status(StatusWord::NOT_ENOUGH_MEMORY).to_bytes();
+        }
+        let m = match Message::decode(data) {
+            Ok(m) => m,
+            Err(e) => {
+                debug!(error = %e, "DELIVER of a malformed eTP message");
+                return Response::status(StatusWord::INCORRECT_DATA).to_bytes();
+            }
+        };
+        if m.dst() != self.id() {
+            return Response::status(StatusWord::DATA_NOT_FOUND).to_bytes();
+        }
+        if let Err(e) = self.handle_message(m) {
+            debug!(error = %e, "store update failed; message had no effect");
+            return Response::status(match e {
+                StoreError::Full { .. } => StatusWord::NOT_ENOUGH_MEMORY,
+                _ => StatusWord::MEMORY_FAILURE,
+            })
+            .to_bytes();
+        }
+        self.next_out(le)
+    }
+
+    fn next_out(&mut self, le: Option<usize>) -> Vec<u8> {
+        match self.outbox.pop_front() {
+            None => Response::status(StatusWord::OK).to_bytes(),
+            Some(m) => {
+                let sw = StatusWord::messages_waiting(self.outbox.len());
+                self.respond_chunked(le, m.to_bytes(), sw, true, None)
+            }
+        }
+    }
+
+    fn assign_port(&mut self, le: Option<usize>) -> Vec<u8> {
+        let port = self.state.next_port;
+        let Some(next) = port.checked_add(1) else {
+            return Response::status(StatusWord::NOT_ENOUGH_MEMORY).to_bytes();
+        };
+        let mut s = self.state.clone();
+        s.next_port = next;
+        if self.commit(s).is_err() {
+            return Response::status(StatusWord::MEMORY_FAILURE).to_bytes();
+        }
+        self.respond_chunked(
+            le.or(Some(4)),
+            port.to_be_bytes().to_vec(),
+            StatusWord::OK,
+            false,
+            None,
+        )
+    }
+
+    /// Assigns a port without the APDU layer (the in-process link uses the
+    /// APDU; this is for tests and tools).
+    pub fn next_port(&self) -> Port {
+        Port::new(self.state.next_port)
+    }
+
+    fn commit(&mut self, new: CardState) -> Result<(), StoreError> {
+        self.store.commit(&new.to_bytes())?;
+        self.state = new;
+        Ok(())
+    }
+
+    fn emit(&mut self, dst: EntityId, mtype: Mtype, param: Vec<u8>) {
+        let m = Message::new(self.id(), dst, mtype, param);
+        if m.encoded_len() <= self.limits.max_message {
+            self.outbox.push_back(m);
+        } else {
+            debug!(%dst, %mtype, "outgoing message exceeds the card's limit; dropped");
+        }
+    }
+
+    fn refuse(&mut self, to: EntityId, mtype: Mtype, text: String) {
+        debug!(%to, %mtype, %text, "refused");
+        self.emit(to, Mtype::REFUSED, Refused { mtype, text }.to_bytes());
+    }
+
+    fn pin_status(&mut self, to: EntityId, outcome: PinOutcome) {
+        let tries_left = self.state.pin_tries;
+        self.emit(
+            to,
+            Mtype::PIN_STATUS,
+            PinStatus {
+                outcome,
+                tries_left,
+            }
+            .to_bytes(),
+        );
+    }
+
+    /// Only apps of the card's own domain may authenticate (paper 4.4).
+    fn may_authenticate(&self, src: EntityId) -> bool {
+        src.domain() == self.state.domain && !src.is_owner()
+    }
+
+    /// Handles one eTP message addressed to the card. On a store failure
+    /// the message has had no effect and nothing was emitted.
+    pub fn handle_message(&mut self, m: Message) -> Result<(), StoreError> {
+        let src = m.src();
+        let mt = m.mtype();
+        if self.privileged().contains(&mt) && !self.authenticated.contains(&src) {
+            self.refuse(
+                src,
+                mt,
+                format!("{mt} is privileged: {src} is not authenticated on this card; verify the PIN first"),
+            );
+            return Ok(());
+        }
+        match mt {
+            Mtype::ECHO_REQUEST => self.emit(src, Mtype::ECHO_REPLY, m.param),
+            Mtype::VERIFY_PIN => return self.verify_pin(src, &m.param),
+            Mtype::UNBLOCK_PIN => return self.unblock_pin(src, &m.param),
+            Mtype::CHANGE_PIN => return self.change_pin(src, &m.param),
+            Mtype::LOGOUT => {
+                self.authenticated.remove(&src);
+                self.pin_status(src, PinOutcome::LoggedOut);
+            }
+            Mtype::CARD_INFO_REQUEST => {
+                let info = self.info().to_bytes();
+                self.emit(src, Mtype::CARD_INFO, info);
+            }
+            _ => return self.to_applet(m),
+        }
+        Ok(())
+    }
+
+    fn verify_pin(&mut self, src: EntityId, param: &[u8]) -> Result<(), StoreError> {
+        let v = match VerifyPin::decode(param) {
+            Ok(v) => v,
+            Err(e) => {
+                self.refuse(src, Mtype::VERIFY_PIN, format!("malformed verify-pin: {e}"));
+                return Ok(());
+            }
+        };
+        if !self.may_authenticate(src) {
+            self.pin_status(src, PinOutcome::NotAllowed);
+            return Ok(());
+        }
+        if self.state.pin_tries == 0 {
+            self.pin_status(src, PinOutcome::Blocked);
+            return Ok(());
+        }
+        // Count the try before comparing, so cutting the power after a
+        // wrong guess cannot save the try.
+        let mut s = self.state.clone();
+        s.pin_tries -= 1;
+        self.commit(s)?;
+        if ct_eq(&secret_hash(&self.state.salt, &v.pin), &self.state.pin_hash) {
+            let mut s = self.state.clone();
+            s.pin_tries = PIN_TRIES;
+            self.commit(s)?;
+            self.authenticated.insert(src);
+            self.pin_status(src, PinOutcome::Verified);
+        } else {
+            self.authenticated.remove(&src);
+            let outcome = if self.state.pin_tries == 0 {
+                PinOutcome::Blocked
+            } else {
+                PinOutcome::Wrong
+            };
+            self.pin_status(src, outcome);
+        }
+        Ok(())
+    }
+
+    fn unblock_pin(&mut self, src: EntityId, param: &[u8]) -> Result<(), StoreError> {
+        let u = match UnblockPin::decode(param) {
+            Ok(u) => u,
+            Err(e) => {
+                self.refuse(
+                    src,
+                    Mtype::UNBLOCK_PIN,
+                    format!("malformed unblock-pin: {e}"),
+                );
+                return Ok(());
+            }
+        };
+        if !self.may_authenticate(src) {
+            self.pin_status(src, PinOutcome::NotAllowed);
+            return Ok(());
+        }
+        if self.state.puk_tries == 0 {
+            self.refuse(
+                src,
+                Mtype::UNBLOCK_PIN,
+                "the PUK is blocked; the card must be re-personalized".into(),
+            );
+            return Ok(());
+        }
+        let mut s = self.state.clone();
+        s.puk_tries -= 1;
+        self.commit(s)?;
+        if ct_eq(&secret_hash(&self.state.salt, &u.puk), &self.state.puk_hash) {
+            let mut s = self.state.clone();
+            s.puk_tries = PUK_TRIES;
+            s.pin_tries = PIN_TRIES;
+            s.pin_hash = secret_hash(&s.salt, &u.new_pin);
+            self.commit(s)?;
+            self.pin_status(src, PinOutcome::Changed);
+        } else {
+            self.pin_status(src, PinOutcome::WrongPuk);
+        }
+        Ok(())
+    }
+
+    fn change_pin(&mut self, src: EntityId, param: &[u8]) -> Result<(), StoreError> {
+        let c = match ChangePin::decode(param) {
+            Ok(c) => c,
+            Err(e) => {
+                self.refuse(src, Mtype::CHANGE_PIN, format!("malformed change-pin: {e}"));
+                return Ok(());
+            }
+        };
+        let mut s = self.state.clone();
+        s.pin_hash = secret_hash(&s.salt, &c.new_pin);
+        s.pin_tries = PIN_TRIES;
+        self.commit(s)?;
+        self.pin_status(src, PinOutcome::Changed);
+        Ok(())
+    }
+
+    fn to_applet(&mut self, m: Message) -> Result<(), StoreError> {
+        let src = m.src();
+        let mt = m.mtype();
+        let Some(i) = self.applets.iter().position(|a| a.handles(mt)) else {
+            // Notices and replies nobody asked for are dropped silently by
+            // design (answering them could loop); anything else is refused.
+            if !matches!(
+                mt,
+                Mtype::ECHO_REPLY
+                    | Mtype::UNDELIVERABLE
+                    | Mtype::REFUSED
+                    | Mtype::PIN_STATUS
+                    | Mtype::CARD_INFO
+            ) {
+                self.refuse(src, mt, format!("no applet on this card handles {mt}"));
+            }
+            return Ok(());
+        };
+        let app_id = self.applets[i].id();
+        let before = self.state.applets.get(&app_id).cloned().unwrap_or_default();
+        let mut data = before.clone();
+        let mut out = Vec::new();
+        let key = &self.key;
+        let rng = &self.rng;
+        let signer = |msg: &[u8]| -> Vec<u8> {
+            key.sign(rng, msg)
+                .map(|s| s.as_ref().to_vec())
+                .unwrap_or_default()
+        };
+        let mut cx = AppletCx {
+            card: self.state.domain.owner(),
+            sender_authenticated: self.authenticated.contains(&src),
+            data: &mut data,
+            entropy: self.entropy.as_mut(),
+            now: self.now,
+            out: &mut out,
+            signer: &signer,
+        };
+        let result = self.applets[i].handle(&mut cx, &m);
+        match result {
+            Ok(()) => {
+                if data != before {
+                    let mut s = self.state.clone();
+                    s.applets.insert(app_id, data);
+                    self.commit(s)?;
+                }
+                for o in out {
+                    if o.encoded_len() <= self.limits.max_message {
+                        self.outbox.push_back(o);
+                    }
+                }
+            }
+            Err(Refusal(text)) => {
+                let name = self.applets[i].name();
+                self.refuse(src, mt, format!("{name}: {text}"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,386 @@
+//! The card's persistent store: its EEPROM.
+//!
+//! A store holds one record (the card's whole persistent state) and
+//! replaces it atomically: after a power cut at any moment the store holds
+//! the old record or the new one, never a mix.
+//!
+//! [`FileStore`] keeps two slots in one file and writes each new record into
+//! the slot that does not hold the current one, then syncs:
+//!
+//! ```text
+//! header  16 bytes  "TENETEE1" ‖ capacity u32 ‖ 0u32
+//! slot 0  48 + capacity bytes
+//! slot 1  48 + capacity bytes
+//! slot    seq u64 ‖ len u32 ‖ 0u32 ‖ sha256(seq ‖ len ‖ data) ‖ data (capacity bytes, zero padded)
+//! ```
+//!
+//! On open, the valid slot (length within capacity, hash matching) with the
+//! highest sequence number is the current record. A torn write can only
+//! damage the slot being written, whose hash then fails. The file is locked
+//! (`flock`) for as long as the store is open, so two processes cannot run
+//! the same card.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use ring::digest;
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file could not be read or written.
+    #[error("card store {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not a card store.
+    #[error("card store {path} is not a TENeT card store: {detail}")]
+    NotAStore {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Another process has the store open.
+    #[error("card store {0} is in use by another process")]
+    InUse(PathBuf),
+    /// The record exceeds the store's capacity.
+    #[error("record of {len} bytes exceeds the card's storage budget of {capacity}")]
+    Full {
+        /// The record's size.
+        len: usize,
+        /// The capacity.
+        capacity: usize,
+    },
+    /// A test store was told to fail.
+    #[error("injected store failure")]
+    Injected,
+}
+
+/// An atomic single-record store.
+pub trait Storage: Send {
+    /// The current record, if one was ever committed.
+    fn load(&mut self) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Replaces the record atomically.
+    fn commit(&mut self, record: &[u8]) -> Result<(), StoreError>;
+    /// The largest record.
+    fn capacity(&self) -> usize;
+}
+
+const MAGIC: &[u8; 8] = b"TENETEE1";
+const HEADER: u64 = 16;
+const SLOT_META: usize = 48;
+
+/// Default storage budget of a virtual card.
+pub const DEFAULT_CAPACITY: usize = 32 * 1024;
+
+/// The two-slot file store.
+#[derive(Debug)]
+pub struct FileStore {
+    file: File,
+    path: PathBuf,
+    capacity: usize,
+    seq: u64,
+    current: Option<usize>,
+}
+
+impl FileStore {
+    /// Creates a new store file; an existing file is never overwritten.
+    pub fn create(path: &Path, capacity: usize) -> Result<Self, StoreError> {
+        let io = |source| StoreError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let cap = u32::try_from(capacity).map_err(|_| StoreError::NotAStore {
+            path: path.to_owned(),
+            detail: format!("capacity {capacity} is too large"),
+        })?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(io)?;
+        lock(&file, path)?;
+        let mut header = Vec::with_capacity(HEADER as usize);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&cap.to_be_bytes());
+        header.extend_from_slice(&[0; 4]);
+        file.write_all_at(&header, 0).map_err(io)?;
+        file.set_len(HEADER + 2 * (SLOT_META + capacity) as u64)
+            .map_err(io)?;
+        file.sync_all().map_err(io)?;
+        Ok(Self {
+            file,
+            path: path.to_owned(),
+            capacity,
+            seq: 0,
+            current: None,
+        })
+    }
+
+    /// Opens an existing store file.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let io = |source| StoreError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io)?;
+        lock(&file, path)?;
+        let mut header = [0u8; HEADER as usize];
+        file.read_exact_at(&mut header, 0)
+            .map_err(|e| StoreError::NotAStore {
+                path: path.to_owned(),
+                detail: format!("header unreadable: {e}"),
+            })?;
+        if &header[..8] != MAGIC {
+            return Err(StoreError::NotAStore {
+                path: path.to_owned(),
+                detail: "bad magic".into(),
+            });
+        }
+        let capacity = u32::from_be_bytes([header[8], header[9], header[10], header[11]]) as usize;
+        let need = HEADER + 2 * (SLOT_META + capacity) as u64;
+        let len = file.metadata().map_err(io)?.len();
+        if len < need {
+            return Err(StoreError::NotAStore {
+                path: path.to_owned(),
+                detail: format!("file is {len} bytes, expected {need}"),
+            });
+        }
+        let mut s = Self {
+            file,
+            path: path.to_owned(),
+            capacity,
+            seq: 0,
+            current: None,
+        };
+        for slot in 0..2 {
+            if let Some((seq, _)) = s.read_slot(slot)? {
+                if s.current.is_none() || seq > s.seq {
+                    s.seq = seq;
+                    s.current = Some(slot);
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn slot_offset(&self, slot: usize) -> u64 {
+        HEADER + (slot * (SLOT_META + self.capacity)) as u64
+    }
+
+    fn read_slot(&self, slot: usize) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let mut buf = vec![0u8; SLOT_META + self.capacity];
+        self.file
+            .read_exact_at(&mut buf, self.slot_offset(slot))
+            .map_err(|source| StoreError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        let seq = u64::from_be_bytes(buf[0..8].try_into().expect("8 bytes"));
+        let len = u32::from_be_bytes(buf[8..12].try_into().expect("4 bytes")) as usize;
+        if seq == 0 || len > self.capacity {
+            return Ok(None);
+        }
+        let data = &buf[SLOT_META..SLOT_META + len];
+        if hash(seq, data).as_ref() != &buf[16..48] {
+            return Ok(None);
+        }
+        Ok(Some((seq, data.to_vec())))
+    }
+}
+
+fn lock(file: &File, path: &Path) -> Result<(), StoreError> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse(path.to_owned())),
+        Err(std::fs::TryLockError::Error(source)) => Err(StoreError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn hash(seq: u64, data: &[u8]) -> digest::Digest {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(&seq.to_be_bytes());
+    ctx.update(&(data.len() as u32).to_be_bytes());
+    ctx.update(data);
+    ctx.finish()
+}
+
+impl Storage for FileStore {
+    fn load(&mut self) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.current {
+            None => Ok(None),
+            Some(slot) => Ok(self.read_slot(slot)?.map(|(_, d)| d)),
+        }
+    }
+
+    fn commit(&mut self, record: &[u8]) -> Result<(), StoreError> {
+        if record.len() > self.capacity {
+            return Err(StoreError::Full {
+                len: record.len(),
+                capacity: self.capacity,
+            });
+        }
+        let slot = match self.current {
+            Some(s) => 1 - s,
+            None => 0,
+        };
+        let seq = self.seq + 1;
+        let mut buf = Vec::with_capacity(SLOT_META + record.len());
+        buf.extend_from_slice(&seq.to_be_bytes());
+        buf.extend_from_slice(&(record.len() as u32).to_be_bytes());
+        buf.extend_from_slice(&[0; 4]);
+        buf.extend_from_slice(hash(seq, record).as_ref());
+        buf.extend_from_slice(record);
+        let io = |source| StoreError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        self.file
+            .write_all_at(&buf, self.slot_offset(slot))
+            .map_err(io)?;
+        self.file.sync_data().map_err(io)?;
+        self.seq = seq;
+        self.current = Some(slot);
+        Ok(())
+    }
+
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+/// A store in memory, for tests; it can be told to fail.
+#[derive(Debug, Default, Clone)]
+pub struct MemStore {
+    record: Option<Vec<u8>>,
+    capacity: usize,
+    /// When set, the next commits fail with [`StoreError::Injected`].
+    pub fail_commits: bool,
+    /// Number of successful commits.
+    pub commits: u64,
+}
+
+impl MemStore {
+    /// An empty store of the given capacity.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            ..Self::default()
+        }
+    }
+}
+
+impl Storage for MemStore {
+    fn load(&mut self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.record.clone())
+    }
+
+    fn commit(&mut self, record: &[u8]) -> Result<(), StoreError> {
+        if self.fail_commits {
+            return Err(StoreError::Injected);
+        }
+        if record.len() > self.capacity {
+            return Err(StoreError::Full {
+                len: record.len(),
+                capacity: self.capacity,
+            });
+        }
+        self.record = Some(record.to_vec());
+        self.commits += 1;
+        Ok(())
+    }
+
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_survive_reopen_and_alternate_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("card");
+        let mut s = FileStore::create(&p, 100).unwrap();
+        assert_eq!(s.load().unwrap(), None);
+        s.commit(b"one").unwrap();
+        s.commit(b"two").unwrap();
+        drop(s);
+        let mut s = FileStore::open(&p).unwrap();
+        assert_eq!(s.load().unwrap().as_deref(), Some(&b"two"[..]));
+        s.commit(b"three").unwrap();
+        drop(s);
+        assert_eq!(
+            FileStore::open(&p).unwrap().load().unwrap().as_deref(),
+            Some(&b"three"[..])
+        );
+    }
+
+    #[test]
+    fn torn_write_of_new_slot_keeps_old_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("card");
+        let mut s = FileStore::create(&p, 64).unwrap();
+        s.commit(b"old").unwrap();
+        s.commit(b"newer").unwrap();
+        // Damage the slot holding "newer" as a torn write would.
+        let off = s.slot_offset(s.current.unwrap()) + SLOT_META as u64;
+        s.file.write_all_at(b"XX", off).unwrap();
+        drop(s);
+        assert_eq!(
+            FileStore::open(&p).unwrap().load().unwrap().as_deref(),
+            Some(&b"old"[..])
+        );
+    }
+
+    #[test]
+    fn over_budget_record_is_refused_and_old_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("card");
+        let mut s = FileStore::create(&p, 8).unwrap();
+        s.commit(b"ok").unwrap();
+        assert!(matches!(
+            s.commit(&[0; 9]),
+            Err(StoreError::Full {
+                len: 9,
+                capacity: 8
+            })
+        ));
+        assert_eq!(s.load().unwrap().as_deref(), Some(&b"ok"[..]));
+    }
+
+    #[test]
+    fn second_opener_is_refused_and_foreign_files_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("card");
+        let _s = FileStore::create(&p, 8).unwrap();
+        assert!(matches!(FileStore::open(&p), Err(StoreError::InUse(_))));
+        assert!(FileStore::create(&p, 8).is_err(), "never overwrites");
+        let q = dir.path().join("other");
+        std::fs::write(&q, b"hello world, not a store").unwrap();
+        assert!(matches!(
+            FileStore::open(&q),
+            Err(StoreError::NotAStore { .. })
+        ));
+    }
+}
