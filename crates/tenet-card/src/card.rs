@@ -305,12 +305,11 @@ impl<S: Storage> Card<S> {
     }
 
     fn abandon_pending(&mut self) {
-        if let Some(p) = self.pending.take() {
-            if p.from_outbox {
-                if let Ok(m) = Message::decode(&p.bytes) {
-                    self.outbox.push_front(m);
-                }
-            }
+        if let Some(p) = self.pending.take()
+            && p.from_outbox
+            && let Ok(m) = Message::decode(&p.bytes)
+        {
+            self.outbox.push_front(m);
         }
     }
 
@@ -534,7 +533,7 @@ impl<S: Storage> Card<S> {
                 let info = self.info().to_bytes();
                 self.emit(src, Mtype::CARD_INFO, info);
             }
-            _ => return self.to_applet(m),
+            _ => return self.run_applet(m),
         }
         Ok(())
     }
@@ -634,7 +633,7 @@ impl<S: Storage> Card<S> {
         Ok(())
     }
 
-    fn to_applet(&mut self, m: Message) -> Result<(), StoreError> {
+    fn run_applet(&mut self, m: Message) -> Result<(), StoreError> {
         let src = m.src();
         let mt = m.mtype();
         let Some(i) = self.applets.iter().position(|a| a.handles(mt)) else {

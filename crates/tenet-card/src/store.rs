@@ -164,11 +164,11 @@ impl FileStore {
             current: None,
         };
         for slot in 0..2 {
-            if let Some((seq, _)) = s.read_slot(slot)? {
-                if s.current.is_none() || seq > s.seq {
-                    s.seq = seq;
-                    s.current = Some(slot);
-                }
+            if let Some((seq, _)) = s.read_slot(slot)?
+                && (s.current.is_none() || seq > s.seq)
+            {
+                s.seq = seq;
+                s.current = Some(slot);
             }
         }
         Ok(s)

@@ -395,15 +395,15 @@ impl Capability {
                 if m.mtype() == Mtype::ECHO_REPLY && m.src() == dst && m.param == param {
                     break Ok(start.elapsed());
                 }
-                if m.mtype() == Mtype::UNDELIVERABLE {
-                    if let Ok(n) = Undeliverable::decode(&m.param) {
-                        if n.dst == dst && n.mtype == Mtype::ECHO_REQUEST {
-                            break Err(ClientError::Undeliverable {
-                                dst,
-                                reason: n.reason,
-                            });
-                        }
-                    }
+                if m.mtype() == Mtype::UNDELIVERABLE
+                    && let Ok(n) = Undeliverable::decode(&m.param)
+                    && n.dst == dst
+                    && n.mtype == Mtype::ECHO_REQUEST
+                {
+                    break Err(ClientError::Undeliverable {
+                        dst,
+                        reason: n.reason,
+                    });
                 }
                 if m.mtype() == Mtype::ECHO_REPLY && m.src() == dst {
                     // A late reply to an earlier, timed-out request.

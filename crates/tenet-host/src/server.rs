@@ -194,15 +194,15 @@ fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, HostError> {
         path: path.to_owned(),
         source,
     };
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.exists() {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o750)
-                .create(parent)
-                .map_err(err)?;
-        }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.exists()
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(parent)
+            .map_err(err)?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if !meta.file_type().is_socket() => {
@@ -285,10 +285,10 @@ fn run_events(shared: &Shared, events: Vec<Event>) {
                 let mut t = lock(&shared.table);
                 let me = shared.domain.owner();
                 while let Some(d) = t.take(ep) {
-                    if let Some(answer) = crate::entity::answer(me, &d.message) {
-                        if let Err(e) = t.store(Ingress::Internal, answer, Instant::now()) {
-                            warn!(error = %e, to = %d.message.src(), "host entity answer not stored");
-                        }
+                    if let Some(answer) = crate::entity::answer(me, &d.message)
+                        && let Err(e) = t.store(Ingress::Internal, answer, Instant::now())
+                    {
+                        warn!(error = %e, to = %d.message.src(), "host entity answer not stored");
                     }
                 }
                 work.extend(drain_events(&mut t));

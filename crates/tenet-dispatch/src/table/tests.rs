@@ -543,9 +543,8 @@ mod props {
                         if let Ok(Stored::Queued(_)) = r { accepted += 1; }
                     }
                     Op::Take(i) => {
-                        if let Some(d) = t.take(eps[i]) {
-                            if d.message.mtype() != Mtype::UNDELIVERABLE { taken_user += 1; }
-                        }
+                        if let Some(d) = t.take(eps[i])
+                            && d.message.mtype() != Mtype::UNDELIVERABLE { taken_user += 1; }
                     }
                     Op::Advance(s) => { now += Duration::from_secs(s); t.handle_timeout(now); }
                     Op::Remove(i) => {
