@@ -606,6 +606,14 @@ impl DispatchTable {
         }
     }
 
+    /// Tells the sender of `failed` that it could not be delivered: for
+    /// proxies that took a message from the table and then failed to pass
+    /// it on. Counted in [`Stats::undeliverable`].
+    pub fn undeliverable(&mut self, failed: &Message, reason: UndeliverableReason, now: Instant) {
+        self.stats.undeliverable += 1;
+        self.notify_sender(failed, reason, now);
+    }
+
     fn notify_sender(&mut self, failed: &Message, reason: UndeliverableReason, now: Instant) {
         let h = failed.header;
         if h.mtype == Mtype::UNDELIVERABLE || h.mtype == Mtype::REFUSED {

@@ -56,6 +56,28 @@ pub struct Config {
     /// `[guard]`.
     #[serde(default)]
     pub guard: GuardSection,
+    /// `[card]`: the host's smartcard, if it has one.
+    #[serde(default)]
+    pub card: CardSection,
+}
+
+/// `[card]`: the host's smartcard. With a card, apps acquire their ids from
+/// it (its domain, ports it assigns); without one, from the software domain.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CardSection {
+    /// A virtual card's store file, run inside the daemon (`tenet card new`
+    /// makes one).
+    #[serde(rename = "virtual")]
+    pub virtual_store: Option<PathBuf>,
+    /// A PC/SC reader name (needs the `pcsc` build feature), e.g.
+    /// `"Virtual PCD 00 00"` for vpcd's first slot.
+    pub reader: Option<String>,
+    /// Use short APDUs with command chaining even if the link could carry
+    /// extended ones; default `false`.
+    pub short_apdus: Option<bool>,
+    /// Seconds to wait at startup for a card in the reader; default 10.
+    pub wait_secs: Option<f64>,
 }
 
 /// `[host]`: where the daemon listens and keeps its state.
@@ -129,7 +151,34 @@ impl Config {
         self.domain()?;
         self.limits()?;
         RuleGuard::from_specs(&self.guard.rules)?;
+        self.card_wait()?;
+        if self.card.virtual_store.is_some() && self.card.reader.is_some() {
+            return Err(ConfigError::Value {
+                key: "card",
+                detail: "set either `virtual` or `reader`, not both".into(),
+            });
+        }
+        if self.card.reader.is_some() && !cfg!(feature = "pcsc") {
+            return Err(ConfigError::Value {
+                key: "card.reader",
+                detail: "this build has no PC/SC support; rebuild with `--features pcsc`".into(),
+            });
+        }
         Ok(())
+    }
+
+    /// How long to wait for a card at startup.
+    pub fn card_wait(&self) -> Result<Duration, ConfigError> {
+        match self.card.wait_secs {
+            None => Ok(Duration::from_secs(10)),
+            Some(t) if t.is_finite() && (0.0..=3600.0).contains(&t) => {
+                Ok(Duration::from_secs_f64(t))
+            }
+            Some(t) => Err(ConfigError::Value {
+                key: "card.wait_secs",
+                detail: format!("{t} is not between 0 and 3600 seconds"),
+            }),
+        }
     }
 
     /// The app socket's permission bits.
@@ -269,6 +318,8 @@ mod tests {
             ("[host]\ndomain = \"12\"", "host.domain"),
             ("[dispatch]\ntotal = 0", "dispatch.total"),
             ("[dispatch]\nttl_secs = -1.0", "dispatch.ttl_secs"),
+            ("[card]\nvirtual = \"a\"\nreader = \"b\"", "card"),
+            ("[card]\nwait_secs = -3.0", "card.wait_secs"),
         ];
         for (text, key) in cases {
             match parse(text) {

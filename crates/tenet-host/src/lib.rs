@@ -9,15 +9,19 @@
 //! - [`config`]: the TOML configuration.
 //! - [`state`]: the persistent software domain and port counter.
 //! - [`entity`]: what the host's own entity (`DOMAIN:0`) answers.
+//! - [`link`]: card links (in-process, PC/SC) and the APDU session.
+//! - `proxy`: the smartcard proxy thread between table and card.
 //! - [`server`]: the socket server; [`start`] runs a daemon.
 //!
-//! Not here yet: smartcard proxies and remote proxies; they plug into the
-//! same table as further endpoints.
+//! Not here yet: remote proxies; they plug into the same table as further
+//! endpoints.
 
 #![warn(missing_docs)]
 
 pub mod config;
 pub mod entity;
+pub mod link;
+mod proxy;
 pub mod server;
 pub mod state;
 

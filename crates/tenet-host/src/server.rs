@@ -26,7 +26,12 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use tenet_card::{Card, CardLimits, FileStore, SystemEntropy};
+use tenet_proto::card::CardInfo;
+
 use crate::config::{Config, ConfigError};
+use crate::link::{CardSession, InProcessLink, LinkStats};
+use crate::proxy::ProxyCmd;
 use crate::state::{self, PortAllocator, StateError};
 
 /// Output bytes waiting for one app beyond which the daemon stops reading
@@ -60,6 +65,57 @@ pub enum HostError {
     /// Something that is not a socket is in the way.
     #[error("{0} exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
+    /// The configured card cannot be used.
+    #[error("card: {0}")]
+    Card(String),
+}
+
+/// Opens the configured card link, selects the applet and reads the card's
+/// info; waits up to `card.wait_secs` for a card in a PC/SC reader.
+async fn open_card(config: &Config) -> Result<Option<(CardSession, CardInfo)>, HostError> {
+    let short = config.card.short_apdus.unwrap_or(false);
+    if let Some(path) = config.card.virtual_store.clone() {
+        let opened = tokio::task::spawn_blocking(move || -> Result<_, HostError> {
+            let store = FileStore::open(&path).map_err(|e| HostError::Card(e.to_string()))?;
+            let card = Card::open(store, CardLimits::default(), Box::new(SystemEntropy))
+                .map_err(|e| HostError::Card(format!("{}: {e}", path.display())))?;
+            let mut session = CardSession::new(Box::new(InProcessLink::new(card)), short);
+            let info = session
+                .reconnect()
+                .map_err(|e| HostError::Card(e.to_string()))?;
+            Ok((session, info))
+        })
+        .await
+        .map_err(|e| HostError::Card(e.to_string()))??;
+        return Ok(Some(opened));
+    }
+    #[cfg(feature = "pcsc")]
+    if let Some(reader) = config.card.reader.clone() {
+        let wait = config.card_wait()?;
+        let opened = tokio::task::spawn_blocking(move || -> Result<_, HostError> {
+            let deadline = Instant::now() + wait;
+            loop {
+                let attempt = crate::link::PcscLink::connect(&reader, !short)
+                    .map_err(crate::link::SessionError::from)
+                    .and_then(|link| {
+                        let mut session = CardSession::new(Box::new(link), short);
+                        let info = session.select()?;
+                        Ok((session, info))
+                    });
+                match attempt {
+                    Ok(ok) => return Ok(ok),
+                    Err(e) if Instant::now() >= deadline => {
+                        return Err(HostError::Card(format!("reader {reader:?}: {e}")));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                }
+            }
+        })
+        .await
+        .map_err(|e| HostError::Card(e.to_string()))??;
+        return Ok(Some(opened));
+    }
+    Ok(None)
 }
 
 #[derive(Default)]
@@ -96,17 +152,28 @@ impl Clock {
     }
 }
 
-struct Shared {
-    table: Mutex<DispatchTable>,
+pub(crate) struct Shared {
+    pub(crate) table: Mutex<DispatchTable>,
     conns: Mutex<HashMap<EndpointId, Arc<Conn>>>,
     ports: Mutex<PortAllocator>,
     domain: Domain,
     host_ep: EndpointId,
     allow_taps: bool,
     clock: Clock,
+    card: Option<CardAttach>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// The host's card, as the daemon sees it.
+struct CardAttach {
+    ep: EndpointId,
+    id: EntityId,
+    tx: std::sync::mpsc::Sender<ProxyCmd>,
+    stats: Arc<LinkStats>,
+    link: String,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks is a bug; the data is still
     // consistent enough to keep serving other apps.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -131,6 +198,16 @@ impl HostHandle {
         self.shared.domain.owner()
     }
 
+    /// The host's card id, if it has a card.
+    pub fn card_id(&self) -> Option<EntityId> {
+        self.shared.card.as_ref().map(|c| c.id)
+    }
+
+    /// `(apdus, bytes_out, bytes_in)` on the card link so far.
+    pub fn card_link_stats(&self) -> Option<(u64, u64, u64)> {
+        self.shared.card.as_ref().map(|c| c.stats.snapshot())
+    }
+
     /// Counters of the dispatch table.
     pub fn stats(&self) -> tenet_dispatch::Stats {
         lock(&self.shared.table).stats()
@@ -143,6 +220,13 @@ impl HostHandle {
         }
         for t in self.tasks {
             let _ = t.await;
+        }
+        if let Some(card) = &self.shared.card {
+            let _ = card.tx.send(ProxyCmd::Stop);
+            let thread = lock(&card.thread).take();
+            if let Some(t) = thread {
+                let _ = tokio::task::spawn_blocking(move || t.join()).await;
+            }
         }
         let _ = std::fs::remove_file(&self.socket);
         info!(socket = %self.socket.display(), "host stopped");
@@ -165,9 +249,30 @@ pub async fn start(config: &Config) -> Result<HostHandle, HostError> {
     table
         .bind(host_ep, domain.owner())
         .expect("fresh table has no bindings");
+    let card = open_card(config).await?;
+    let card_ep = card.as_ref().map(|(_, info)| {
+        table.add_card(info.domain, info.privileged.iter().copied());
+        let ep = table.add_endpoint();
+        table
+            .bind(ep, info.domain.owner())
+            .expect("card id differs from the host id");
+        ep
+    });
     let socket = config.socket_path();
     let listener = bind_socket(&socket, config.socket_mode()?)?;
     info!(socket = %socket.display(), host = %domain.owner(), guards = ?table.guard_names(), "host started");
+    let (proxy_tx, proxy_rx) = std::sync::mpsc::channel();
+    let attach = card
+        .as_ref()
+        .zip(card_ep)
+        .map(|((session, info), ep)| CardAttach {
+            ep,
+            id: info.domain.owner(),
+            tx: proxy_tx,
+            stats: session.stats(),
+            link: session.describe(),
+            thread: Mutex::new(None),
+        });
     let shared = Arc::new(Shared {
         table: Mutex::new(table),
         conns: Mutex::new(HashMap::new()),
@@ -179,7 +284,17 @@ pub async fn start(config: &Config) -> Result<HostHandle, HostError> {
             instant: Instant::now(),
             system: SystemTime::now(),
         },
+        card: attach,
     });
+    if let (Some((session, info)), Some(a)) = (card, &shared.card) {
+        info!(card = %info.domain.owner(), link = %a.link, privileged = ?info.privileged, "card attached");
+        let (sh, ep, id) = (shared.clone(), a.ep, a.id);
+        let t = std::thread::Builder::new()
+            .name("tenet-card-proxy".into())
+            .spawn(move || crate::proxy::run(sh, session, proxy_rx, ep, id))
+            .map_err(|e| HostError::Card(format!("cannot start the smartcard proxy: {e}")))?;
+        *lock(&a.thread) = Some(t);
+    }
     let accept = tokio::spawn(accept_loop(shared.clone(), listener));
     let timer = tokio::spawn(timer_loop(shared.clone()));
     Ok(HostHandle {
@@ -272,12 +387,12 @@ async fn timer_loop(shared: Arc<Shared>) {
     }
 }
 
-fn drain_events(t: &mut DispatchTable) -> Vec<Event> {
+pub(crate) fn drain_events(t: &mut DispatchTable) -> Vec<Event> {
     std::iter::from_fn(|| t.poll_event()).collect()
 }
 
 /// Acts on table events until none are left.
-fn run_events(shared: &Shared, events: Vec<Event>) {
+pub(crate) fn run_events(shared: &Shared, events: Vec<Event>) {
     let mut work = std::collections::VecDeque::from(events);
     while let Some(ev) = work.pop_front() {
         match ev {
@@ -292,6 +407,11 @@ fn run_events(shared: &Shared, events: Vec<Event>) {
                     }
                 }
                 work.extend(drain_events(&mut t));
+            }
+            Event::Readable(ep) if shared.card.as_ref().is_some_and(|c| c.ep == ep) => {
+                if let Some(c) = &shared.card {
+                    let _ = c.tx.send(ProxyCmd::Wake);
+                }
             }
             Event::Readable(ep) | Event::TapReadable(ep) => {
                 let conn = lock(&shared.conns).get(&ep).cloned();
@@ -522,7 +642,7 @@ async fn read_loop(shared: &Shared, conn: &Conn, session: &mut Session) -> &'sta
         loop {
             match split_frame(&buf[start..], MAX_APP_FRAME) {
                 Ok(Some((used, body))) => {
-                    handle(shared, conn, session, body);
+                    handle(shared, conn, session, body).await;
                     start += used;
                 }
                 Ok(None) => break,
@@ -541,7 +661,7 @@ async fn read_loop(shared: &Shared, conn: &Conn, session: &mut Session) -> &'sta
     }
 }
 
-fn handle(shared: &Shared, conn: &Conn, session: &mut Session, body: &[u8]) {
+async fn handle(shared: &Shared, conn: &Conn, session: &mut Session, body: &[u8]) {
     let req = match ClientFrame::decode(body) {
         Ok(r) => r,
         Err(e) => {
@@ -554,7 +674,7 @@ fn handle(shared: &Shared, conn: &Conn, session: &mut Session, body: &[u8]) {
         }
     };
     if let ClientFrame::Acquire = req {
-        return acquire(shared, conn, session);
+        return acquire(shared, conn, session).await;
     }
     let Some(id) = session.id else {
         return error(
@@ -598,7 +718,9 @@ fn handle(shared: &Shared, conn: &Conn, session: &mut Session, body: &[u8]) {
     }
 }
 
-fn acquire(shared: &Shared, conn: &Conn, session: &mut Session) {
+/// Assigns an id: from the card when the host has one (paper 4.2), else
+/// from the software domain.
+async fn acquire(shared: &Shared, conn: &Conn, session: &mut Session) {
     if let Some(id) = session.id {
         return error(
             conn,
@@ -606,15 +728,42 @@ fn acquire(shared: &Shared, conn: &Conn, session: &mut Session) {
             format!("this connection already holds {id}"),
         );
     }
-    let port = lock(&shared.ports).allocate();
-    let port = match port {
-        Ok(p) => p,
-        Err(e) => {
-            warn!(error = %e, "cannot assign a port");
-            return error(conn, ErrorCode::ID_UNAVAILABLE, e.to_string());
+    let id = match &shared.card {
+        Some(card) => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if card.tx.send(ProxyCmd::AssignPort(tx)).is_err() {
+                return error(
+                    conn,
+                    ErrorCode::ID_UNAVAILABLE,
+                    "the smartcard proxy has stopped",
+                );
+            }
+            match rx.await {
+                Ok(Ok(port)) => EntityId::new(card.id.domain(), port),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "card cannot assign a port");
+                    return error(conn, ErrorCode::ID_UNAVAILABLE, e);
+                }
+                Err(_) => {
+                    return error(
+                        conn,
+                        ErrorCode::ID_UNAVAILABLE,
+                        "the smartcard proxy has stopped",
+                    );
+                }
+            }
+        }
+        None => {
+            let port = lock(&shared.ports).allocate();
+            match port {
+                Ok(p) => EntityId::new(shared.domain, p),
+                Err(e) => {
+                    warn!(error = %e, "cannot assign a port");
+                    return error(conn, ErrorCode::ID_UNAVAILABLE, e.to_string());
+                }
+            }
         }
     };
-    let id = EntityId::new(shared.domain, port);
     if let Err(e) = lock(&shared.table).bind(conn.ep, id) {
         warn!(error = %e, "fresh port already bound");
         return error(conn, ErrorCode::INTERNAL, e.to_string());

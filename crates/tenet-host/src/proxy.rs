@@ -1,0 +1,184 @@
+//! The smartcard proxy (paper 4.3.4): moves messages between the dispatch
+//! table and the host's card.
+//!
+//! It owns the card link on a thread of its own (PC/SC calls block). The
+//! card's id `DOMAIN:0` is bound to the proxy's endpoint; when messages for
+//! it are stored, the daemon wakes the proxy, which takes them one at a
+//! time, delivers each with one DELIVER APDU, and stores what the card
+//! answers (ingress path `card`). It also assigns ports for apps acquiring
+//! ids (ASSIGN PORT).
+//!
+//! A missing card: when the link reports the card gone, the message being
+//! delivered is returned to its sender as *destination gone* (the card may
+//! or may not have seen it, so it is never sent twice), the proxy retries
+//! the connection every 500 ms, and other messages wait in the table under
+//! its usual bounds and time to live. A card that comes back is reset and
+//! re-selected, so its authenticated set is empty; a different card (other
+//! domain) in the reader is refused. A reset by another PC/SC client is
+//! handled the same way, and the command it interrupted (not executed by
+//! the card) is sent again.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use tenet_dispatch::{EndpointId, Ingress};
+use tenet_proto::notice::{Refused, UndeliverableReason};
+use tenet_proto::{Codec, EntityId, Message, Mtype, Port};
+use tracing::{info, warn};
+
+use crate::link::{CardSession, LinkError, SessionError};
+use crate::server::{Shared, drain_events, lock, run_events};
+
+/// Requests to the proxy thread.
+pub(crate) enum ProxyCmd {
+    /// Messages for the card wait in the table.
+    Wake,
+    /// Assign a port for an app acquiring its id.
+    AssignPort(tokio::sync::oneshot::Sender<Result<Port, String>>),
+    /// Stop the thread.
+    Stop,
+}
+
+const RETRY: Duration = Duration::from_millis(500);
+
+pub(crate) fn run(
+    shared: Arc<Shared>,
+    mut session: CardSession,
+    rx: Receiver<ProxyCmd>,
+    ep: EndpointId,
+    card: EntityId,
+) {
+    let mut connected = true;
+    loop {
+        let cmd = if connected {
+            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        } else {
+            rx.recv_timeout(RETRY)
+        };
+        let cmd = match cmd {
+            Ok(c) => c,
+            Err(RecvTimeoutError::Timeout) => ProxyCmd::Wake,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        if !connected {
+            connected = reconnect(&mut session, card);
+        }
+        match cmd {
+            ProxyCmd::Stop => return,
+            ProxyCmd::AssignPort(reply) => {
+                let r = if connected {
+                    match session.assign_port() {
+                        Ok(p) => Ok(p),
+                        Err(SessionError::Link(e)) => {
+                            connected = handle_link_error(&mut session, card, &e);
+                            Err(format!("card not available: {e}"))
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
+                } else {
+                    Err("card not present".into())
+                };
+                let _ = reply.send(r);
+            }
+            ProxyCmd::Wake => {}
+        }
+        if connected {
+            connected = drain(&shared, &mut session, ep, card);
+        }
+    }
+}
+
+fn reconnect(session: &mut CardSession, card: EntityId) -> bool {
+    match session.reconnect() {
+        Ok(info) if info.domain == card.domain() => {
+            info!(%card, link = session.describe(), "card is back (reset: authenticated set cleared)");
+            true
+        }
+        Ok(info) => {
+            warn!(expected = %card, found = %info.domain.owner(), "a different card is in the reader; not using it");
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+/// After a link error: reconnects at once for a reset, else reports the
+/// card missing. Returns whether the card is usable.
+fn handle_link_error(session: &mut CardSession, card: EntityId, e: &LinkError) -> bool {
+    match e {
+        LinkError::Reset => reconnect(session, card),
+        _ => {
+            warn!(%card, error = %e, "card link lost; messages for the card wait in the table");
+            false
+        }
+    }
+}
+
+/// Delivers everything waiting for the card. Returns whether the card is
+/// still connected.
+fn drain(shared: &Shared, session: &mut CardSession, ep: EndpointId, card: EntityId) -> bool {
+    loop {
+        let Some(d) = lock(&shared.table).take(ep) else {
+            return true;
+        };
+        let m = d.message;
+        let mut result = session.deliver(&m);
+        if let Err(SessionError::Link(LinkError::Reset)) = result {
+            // The command was not executed; the card was reset by someone
+            // else. Select again and send it once more.
+            if !reconnect(session, card) {
+                undeliverable(shared, &m);
+                return false;
+            }
+            result = session.deliver(&m);
+        }
+        match result {
+            Ok(out) => store_from_card(shared, card, out),
+            Err(SessionError::Link(e)) => {
+                undeliverable(shared, &m);
+                return handle_link_error(session, card, &e);
+            }
+            Err(e) => {
+                warn!(%card, src = %m.src(), mtype = %m.mtype(), error = %e, "card did not take a message");
+                let refusal = Message::new(
+                    card,
+                    m.src(),
+                    Mtype::REFUSED,
+                    Refused {
+                        mtype: m.mtype(),
+                        text: format!("the card refused the message: {e}"),
+                    }
+                    .to_bytes(),
+                );
+                store_from_card(shared, card, vec![refusal]);
+            }
+        }
+    }
+}
+
+fn undeliverable(shared: &Shared, m: &Message) {
+    let events = {
+        let mut t = lock(&shared.table);
+        t.undeliverable(m, UndeliverableReason::DESTINATION_GONE, Instant::now());
+        drain_events(&mut t)
+    };
+    run_events(shared, events);
+}
+
+fn store_from_card(shared: &Shared, card: EntityId, out: Vec<Message>) {
+    let events = {
+        let mut t = lock(&shared.table);
+        for m in out {
+            if m.src() != card {
+                warn!(%card, claimed = %m.src(), "message from the card with another src dropped");
+                continue;
+            }
+            if let Err(e) = t.store(Ingress::Card, m, Instant::now()) {
+                warn!(%card, error = %e, "message from the card not stored");
+            }
+        }
+        drain_events(&mut t)
+    };
+    run_events(shared, events);
+}
