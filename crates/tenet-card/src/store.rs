@@ -30,7 +30,7 @@ use ring::digest;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The file could not be read or written.
-    #[error("card store {path}: {source}")]
+    #[error("card store {path}")]
     Io {
         /// The file.
         path: PathBuf,

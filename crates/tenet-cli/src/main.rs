@@ -4,6 +4,8 @@
 //! - `tenet ping DST [-c N] [-i SECS] [-W SECS] [-s BYTES]`: echo like ping(8).
 //! - `tenet tap [--src ID] [--dst ID] [--src-domain D] [--dst-domain D] [--mtype M] [-c N]`:
 //!   print one line per observed message.
+//! - `tenet card new|info|serve`: personalize, inspect, and plug a virtual
+//!   card into pcscd via vpcd.
 //! - `tenet bench core`: side-by-side benchmarks of the messaging core.
 
 use std::path::PathBuf;
@@ -16,6 +18,7 @@ use tenet_client::{Capability, ClientError, Incoming};
 use tenet_proto::{Domain, EntityId, Filter, Mtype};
 
 mod bench;
+mod card;
 
 #[derive(Parser)]
 #[command(
@@ -77,6 +80,11 @@ enum Cmd {
         /// Stop after this many messages.
         #[arg(short = 'c', long)]
         count: Option<u64>,
+    },
+    /// Make, inspect and serve virtual cards.
+    Card {
+        #[command(subcommand)]
+        cmd: card::CardCmd,
     },
     /// Run benchmarks side by side and print ratios.
     Bench {
@@ -141,6 +149,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             tap(socket, f, count).await
         }
+        Cmd::Card { cmd } => tokio::task::spawn_blocking(move || card::run(cmd)).await?,
         Cmd::Bench { which } => bench::run(which).await,
     }
 }

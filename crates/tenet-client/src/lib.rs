@@ -67,7 +67,7 @@ pub fn default_socket_path() -> PathBuf {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Nothing listens at the socket path.
-    #[error("tenet host daemon is not running at {path} ({source}); start it with `tenet host`")]
+    #[error("tenet host daemon is not running at {path}; start it with `tenet host`")]
     NotRunning {
         /// The socket path tried.
         path: PathBuf,

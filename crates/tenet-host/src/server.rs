@@ -52,7 +52,7 @@ pub enum HostError {
     #[error(transparent)]
     State(#[from] StateError),
     /// The app socket could not be set up.
-    #[error("app socket {path}: {source}")]
+    #[error("app socket {path}")]
     Socket {
         /// The socket path.
         path: PathBuf,
@@ -76,9 +76,11 @@ async fn open_card(config: &Config) -> Result<Option<(CardSession, CardInfo)>, H
     let short = config.card.short_apdus.unwrap_or(false);
     if let Some(path) = config.card.virtual_store.clone() {
         let opened = tokio::task::spawn_blocking(move || -> Result<_, HostError> {
-            let store = FileStore::open(&path).map_err(|e| HostError::Card(e.to_string()))?;
-            let card = Card::open(store, CardLimits::default(), Box::new(SystemEntropy))
-                .map_err(|e| HostError::Card(format!("{}: {e}", path.display())))?;
+            let store = FileStore::open(&path).map_err(|e| HostError::Card(crate::chain(&e)))?;
+            let card =
+                Card::open(store, CardLimits::default(), Box::new(SystemEntropy)).map_err(|e| {
+                    HostError::Card(format!("{}: {}", path.display(), crate::chain(&e)))
+                })?;
             let mut session = CardSession::new(Box::new(InProcessLink::new(card)), short);
             let info = session
                 .reconnect()
@@ -758,8 +760,8 @@ async fn acquire(shared: &Shared, conn: &Conn, session: &mut Session) {
             match port {
                 Ok(p) => EntityId::new(shared.domain, p),
                 Err(e) => {
-                    warn!(error = %e, "cannot assign a port");
-                    return error(conn, ErrorCode::ID_UNAVAILABLE, e.to_string());
+                    warn!(error = %crate::chain(&e), "cannot assign a port");
+                    return error(conn, ErrorCode::ID_UNAVAILABLE, crate::chain(&e));
                 }
             }
         }

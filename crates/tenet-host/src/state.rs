@@ -25,7 +25,7 @@ pub const PORT_BLOCK: u32 = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// Reading or writing failed.
-    #[error("state file {path}: {source}")]
+    #[error("state file {path}")]
     Io {
         /// The file.
         path: PathBuf,

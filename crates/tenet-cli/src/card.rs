@@ -1,0 +1,126 @@
+//! `tenet card ...`: make, inspect and serve virtual cards.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use tenet_card::{Card, CardLimits, FileStore, Personalization, SystemEntropy};
+use tenet_proto::Domain;
+
+/// Card subcommands.
+#[derive(Subcommand)]
+pub enum CardCmd {
+    /// Personalize a new virtual card: the card generates its key pair,
+    /// which never leaves it.
+    New {
+        /// The card's store file (created; never overwritten).
+        #[arg(long, value_name = "FILE")]
+        store: PathBuf,
+        /// The card's domain: 24 hex digits, or `random`.
+        #[arg(long, default_value = "random")]
+        domain: String,
+        /// The PIN, 4 to 12 digits.
+        #[arg(long)]
+        pin: String,
+        /// The PUK, 4 to 12 digits; default: 8 random digits, printed once.
+        #[arg(long)]
+        puk: Option<String>,
+        /// Storage budget in bytes (the card's EEPROM).
+        #[arg(long, default_value_t = tenet_card::store::DEFAULT_CAPACITY)]
+        capacity: usize,
+    },
+    /// Print a virtual card's id and public key.
+    Info {
+        /// The card's store file.
+        #[arg(long, value_name = "FILE")]
+        store: PathBuf,
+    },
+    /// Plug a virtual card into pcscd through vsmartcard's vpcd driver.
+    Serve {
+        /// The card's store file.
+        #[arg(long, value_name = "FILE")]
+        store: PathBuf,
+        /// vpcd's address (its reader.conf CHANNELID port).
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:35963")]
+        vpcd: String,
+    },
+}
+
+fn open(store: &Path) -> Result<Card<FileStore>> {
+    let s = FileStore::open(store)?;
+    Ok(
+        Card::open(s, CardLimits::default(), Box::new(SystemEntropy))
+            .with_context(|| format!("opening card {}", store.display()))?,
+    )
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn run(cmd: CardCmd) -> Result<ExitCode> {
+    match cmd {
+        CardCmd::New {
+            store,
+            domain,
+            pin,
+            puk,
+            capacity,
+        } => {
+            let domain = if domain == "random" {
+                let mut b = [0u8; 12];
+                getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+                Domain::new(b)
+            } else {
+                domain.parse::<Domain>()?
+            };
+            if capacity < 1024 {
+                bail!("capacity {capacity} is too small; a card needs at least 1024 bytes");
+            }
+            let generated = puk.is_none();
+            let puk = match puk {
+                Some(p) => p,
+                None => {
+                    let mut b = [0u8; 8];
+                    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+                    b.iter().map(|x| char::from(b'0' + x % 10)).collect()
+                }
+            };
+            let s = FileStore::create(&store, capacity)?;
+            let p = Personalization {
+                domain,
+                pin: pin.into_bytes(),
+                puk: puk.clone().into_bytes(),
+            };
+            let card =
+                match Card::personalize(s, &p, CardLimits::default(), Box::new(SystemEntropy)) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&store);
+                        return Err(e.into());
+                    }
+                };
+            println!("card {}", card.id());
+            println!("public key {}", hex(&card.state().public_key));
+            if generated {
+                println!("PUK {puk} (write it down; it is shown only now)");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CardCmd::Info { store } => {
+            let card = open(&store)?;
+            println!("card {}", card.id());
+            println!("public key {}", hex(&card.state().public_key));
+            println!("PIN tries left {}", card.state().pin_tries);
+            println!("next port {}", card.state().next_port);
+            Ok(ExitCode::SUCCESS)
+        }
+        CardCmd::Serve { store, vpcd } => {
+            let mut card = open(&store)?;
+            eprintln!("card {} serving vpcd at {vpcd}", card.id());
+            tenet_card::vpcd::serve(&mut card, &vpcd)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! The daemon with an in-process virtual card: ids from the card, echo,
+//! PIN and privileged messages through the dispatch table.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tenet_card::{Card, CardLimits, FileStore, Personalization, SeededEntropy};
+use tenet_client::Capability;
+use tenet_host::{Config, HostHandle};
+use tenet_proto::card::{ChangePin, PinOutcome, PinStatus, VerifyPin};
+use tenet_proto::notice::Refused;
+use tenet_proto::{Codec, Domain, EntityId, Message, Mtype};
+
+const WAIT: Duration = Duration::from_secs(5);
+const DOMAIN: Domain = Domain::new([0xca; 12]);
+
+fn make_card(dir: &Path) -> PathBuf {
+    let path = dir.join("card.store");
+    let store = FileStore::create(&path, 16 * 1024).unwrap();
+    let p = Personalization {
+        domain: DOMAIN,
+        pin: b"2468".to_vec(),
+        puk: b"13572468".to_vec(),
+    };
+    drop(
+        Card::personalize(
+            store,
+            &p,
+            CardLimits::default(),
+            Box::new(SeededEntropy::new(5)),
+        )
+        .unwrap(),
+    );
+    path
+}
+
+async fn host(dir: &Path, card: &Path) -> HostHandle {
+    let mut cfg = Config::default();
+    cfg.host.socket = Some(dir.join("host.sock"));
+    cfg.host.state_dir = Some(dir.join("state"));
+    cfg.card.virtual_store = Some(card.to_owned());
+    tenet_host::start(&cfg).await.unwrap()
+}
+
+async fn recv(c: &mut Capability) -> Message {
+    tokio::time::timeout(WAIT, c.receive())
+        .await
+        .expect("answer in time")
+        .unwrap()
+}
+
+async fn verify(c: &mut Capability, pin: &[u8]) -> PinStatus {
+    c.send(
+        DOMAIN.owner(),
+        Mtype::VERIFY_PIN,
+        VerifyPin { pin: pin.to_vec() }.to_bytes(),
+    )
+    .await
+    .unwrap();
+    let m = recv(c).await;
+    assert_eq!((m.src(), m.mtype()), (DOMAIN.owner(), Mtype::PIN_STATUS));
+    PinStatus::decode(&m.param).unwrap()
+}
+
+#[tokio::test]
+async fn apps_get_ids_from_the_card_and_the_card_answers_echo() {
+    let dir = tempfile::tempdir().unwrap();
+    let card = make_card(dir.path());
+    let h = host(dir.path(), &card).await;
+    assert_eq!(h.card_id(), Some(DOMAIN.owner()));
+    let mut a = Capability::acquire(h.socket_path()).await.unwrap();
+    let b = Capability::acquire(h.socket_path()).await.unwrap();
+    assert_eq!(a.id().domain(), DOMAIN, "ids come from the card's domain");
+    assert_ne!(a.id(), b.id());
+    let (apdus_before, _, _) = h.card_link_stats().unwrap();
+    a.echo(DOMAIN.owner(), b"hello card", WAIT)
+        .await
+        .expect("the card answers echo");
+    let (apdus_after, out, inn) = h.card_link_stats().unwrap();
+    assert_eq!(
+        apdus_after - apdus_before,
+        1,
+        "one APDU per message to the card"
+    );
+    assert!(out > 0 && inn > 0);
+    // The host's own entity still answers too.
+    a.echo(h.host_id(), b"", WAIT).await.unwrap();
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn pin_and_privilege_are_per_entity_through_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let card = make_card(dir.path());
+    let h = host(dir.path(), &card).await;
+    let mut alice = Capability::acquire(h.socket_path()).await.unwrap();
+    let mut mallory = Capability::acquire(h.socket_path()).await.unwrap();
+    let change = ChangePin {
+        new_pin: b"0000".to_vec(),
+    }
+    .to_bytes();
+
+    mallory
+        .send(DOMAIN.owner(), Mtype::CHANGE_PIN, change.clone())
+        .await
+        .unwrap();
+    let r = recv(&mut mallory).await;
+    assert_eq!(r.mtype(), Mtype::REFUSED);
+    assert!(
+        Refused::decode(&r.param)
+            .unwrap()
+            .text
+            .contains("not authenticated")
+    );
+
+    assert_eq!(verify(&mut alice, b"1111").await.outcome, PinOutcome::Wrong);
+    assert_eq!(
+        verify(&mut alice, b"2468").await,
+        PinStatus {
+            outcome: PinOutcome::Verified,
+            tries_left: 3
+        }
+    );
+    // Alice is privileged now; Mallory still is not.
+    mallory
+        .send(DOMAIN.owner(), Mtype::CHANGE_PIN, change.clone())
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut mallory).await.mtype(), Mtype::REFUSED);
+    alice
+        .send(DOMAIN.owner(), Mtype::CHANGE_PIN, change)
+        .await
+        .unwrap();
+    let m = recv(&mut alice).await;
+    assert_eq!(
+        PinStatus::decode(&m.param).unwrap().outcome,
+        PinOutcome::Changed
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn card_ports_are_never_reused_across_daemon_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let card = make_card(dir.path());
+    let mut seen: Vec<EntityId> = Vec::new();
+    for _ in 0..3 {
+        let h = host(dir.path(), &card).await;
+        for _ in 0..2 {
+            let id = Capability::acquire(h.socket_path()).await.unwrap().id();
+            assert!(!seen.contains(&id), "{id} assigned twice");
+            seen.push(id);
+        }
+        h.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_card_store_serves_one_daemon_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let card = make_card(dir.path());
+    let h = host(dir.path(), &card).await;
+    let other = tempfile::tempdir().unwrap();
+    let mut cfg = Config::default();
+    cfg.host.socket = Some(other.path().join("host.sock"));
+    cfg.host.state_dir = Some(other.path().join("state"));
+    cfg.card.virtual_store = Some(card.clone());
+    let err = tenet_host::start(&cfg).await.err().expect("refused");
+    assert!(
+        err.to_string().contains("in use by another process"),
+        "{err}"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_blank_or_missing_card_store_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::default();
+    cfg.host.socket = Some(dir.path().join("host.sock"));
+    cfg.host.state_dir = Some(dir.path().join("state"));
+    cfg.card.virtual_store = Some(dir.path().join("missing.store"));
+    let err = tenet_host::start(&cfg).await.err().expect("refused");
+    assert!(err.to_string().contains("missing.store"), "{err}");
+    let blank = dir.path().join("blank.store");
+    drop(FileStore::create(&blank, 4096).unwrap());
+    cfg.card.virtual_store = Some(blank);
+    let err = tenet_host::start(&cfg).await.err().expect("refused");
+    assert!(err.to_string().contains("blank"), "{err}");
+    assert!(
+        !dir.path().join("host.sock").exists(),
+        "nothing left behind"
+    );
+}
