@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tenet_dispatch::{EndpointId, Ingress};
 use tenet_proto::notice::{Refused, UndeliverableReason};
 use tenet_proto::{Codec, EntityId, Message, Mtype, Port};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::link::{CardSession, LinkError, SessionError};
 use crate::server::{Shared, drain_events, lock, run_events};
@@ -99,7 +99,10 @@ fn reconnect(session: &mut CardSession, card: EntityId) -> bool {
             warn!(expected = %card, found = %info.domain.owner(), "a different card is in the reader; not using it");
             false
         }
-        Err(_) => false,
+        Err(e) => {
+            debug!(%card, error = %e, "card not back yet");
+            false
+        }
     }
 }
 
