@@ -49,10 +49,8 @@ pub enum CardCmd {
 
 fn open(store: &Path) -> Result<Card<FileStore>> {
     let s = FileStore::open(store)?;
-    Ok(
-        Card::open(s, CardLimits::default(), Box::new(SystemEntropy))
-            .with_context(|| format!("opening card {}", store.display()))?,
-    )
+    Card::open(s, CardLimits::default(), Box::new(SystemEntropy))
+        .with_context(|| format!("opening card {}", store.display()))
 }
 
 fn hex(b: &[u8]) -> String {

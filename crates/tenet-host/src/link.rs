@@ -348,13 +348,12 @@ mod pcsc_link {
         }
 
         fn reconnect(&mut self) -> Result<(), LinkError> {
-            if let Some(card) = self.card.as_mut() {
-                if card
+            if let Some(card) = self.card.as_mut()
+                && card
                     .reconnect(ShareMode::Shared, Protocols::ANY, Disposition::ResetCard)
                     .is_ok()
-                {
-                    return Ok(());
-                }
+            {
+                return Ok(());
             }
             self.card = None;
             let card = self

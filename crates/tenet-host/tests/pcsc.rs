@@ -9,7 +9,6 @@
 
 use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tenet_card::{Card, CardLimits, FileStore, Personalization, SeededEntropy, SystemEntropy};
@@ -22,7 +21,7 @@ const WAIT: Duration = Duration::from_secs(5);
 const DOMAIN: Domain = Domain::new([0x5c; 12]);
 
 /// One reader slot: tests take turns.
-static READER: Mutex<()> = Mutex::new(());
+static READER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn vpcd_addr() -> String {
     std::env::var("TENET_VPCD_ADDR").unwrap_or_else(|_| "127.0.0.1:35963".into())
@@ -140,7 +139,7 @@ async fn recv(c: &mut Capability) -> Message {
 
 #[tokio::test]
 async fn ping_the_card_through_pcscd_with_extended_apdus() {
-    let _slot = READER.lock().unwrap_or_else(|p| p.into_inner());
+    let _slot = READER.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let card = insert(&make_card(dir.path()));
     let h = host(dir.path(), false).await;
@@ -168,7 +167,7 @@ async fn ping_the_card_through_pcscd_with_extended_apdus() {
 
 #[tokio::test]
 async fn short_apdu_mode_chains_through_pcscd() {
-    let _slot = READER.lock().unwrap_or_else(|p| p.into_inner());
+    let _slot = READER.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let card = insert(&make_card(dir.path()));
     let h = host(dir.path(), true).await;
@@ -185,7 +184,7 @@ async fn short_apdu_mode_chains_through_pcscd() {
 
 #[tokio::test]
 async fn card_removal_and_reinsertion() {
-    let _slot = READER.lock().unwrap_or_else(|p| p.into_inner());
+    let _slot = READER.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let store = make_card(dir.path());
     let card = insert(&store);
