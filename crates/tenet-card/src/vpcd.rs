@@ -48,12 +48,16 @@ pub fn set_quickack(s: &TcpStream) -> io::Result<()> {
     }
 }
 
-fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
-    set_quickack(s)?;
+fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>, quickack: bool) -> io::Result<()> {
+    if quickack {
+        set_quickack(s)?;
+    }
     let mut len = [0u8; 2];
     s.read_exact(&mut len)?;
     buf.resize(usize::from(u16::from_be_bytes(len)), 0);
-    set_quickack(s)?;
+    if quickack {
+        set_quickack(s)?;
+    }
     s.read_exact(buf)
 }
 
@@ -68,12 +72,22 @@ fn write_frame(s: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
 
 /// Serves one vpcd connection until it closes. Returns the number of
 /// APDUs handled.
-pub fn serve_connection<S: Storage>(card: &mut Card<S>, mut s: TcpStream) -> io::Result<u64> {
+pub fn serve_connection<S: Storage>(card: &mut Card<S>, s: TcpStream) -> io::Result<u64> {
+    serve_connection_tuned(card, s, true)
+}
+
+/// [`serve_connection`] with `TCP_QUICKACK` re-arming switched on or off
+/// (off only to measure what it saves).
+pub fn serve_connection_tuned<S: Storage>(
+    card: &mut Card<S>,
+    mut s: TcpStream,
+    quickack: bool,
+) -> io::Result<u64> {
     s.set_nodelay(true)?;
     let mut buf = Vec::with_capacity(1024);
     let mut apdus = 0u64;
     loop {
-        match read_frame(&mut s, &mut buf) {
+        match read_frame(&mut s, &mut buf, quickack) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(apdus),
             Err(e) => return Err(e),

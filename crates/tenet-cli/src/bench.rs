@@ -26,21 +26,40 @@ pub enum Which {
         #[arg(long, default_value_t = 20_000)]
         echoes: u32,
     },
+    /// One APDU through pcscd + vpcd next to the in-process card link, and
+    /// `ping CARD-ID` through the daemon over both (needs `--features pcsc`
+    /// and pcscd running with the vpcd driver).
+    Card {
+        /// Round trips per contender.
+        #[arg(long, default_value_t = 5_000)]
+        rounds: u32,
+        /// vpcd's address.
+        #[arg(long, default_value = "127.0.0.1:35963")]
+        vpcd: String,
+        /// The PC/SC reader of that vpcd slot.
+        #[arg(long, default_value = "Virtual PCD 00 00")]
+        reader: String,
+    },
 }
 
 pub async fn run(which: Which) -> Result<ExitCode> {
     match which {
         Which::Core { messages, echoes } => core(messages, echoes).await,
+        Which::Card {
+            rounds,
+            vpcd,
+            reader,
+        } => crate::bench_card::run(rounds, &vpcd, &reader).await,
     }
 }
 
-struct Summary {
-    mean: Duration,
-    p50: Duration,
-    p99: Duration,
+pub(crate) struct Summary {
+    pub(crate) mean: Duration,
+    pub(crate) p50: Duration,
+    pub(crate) p99: Duration,
 }
 
-fn summarize(mut v: Vec<Duration>) -> Summary {
+pub(crate) fn summarize(mut v: Vec<Duration>) -> Summary {
     v.sort();
     let n = v.len().max(1);
     Summary {
@@ -50,7 +69,7 @@ fn summarize(mut v: Vec<Duration>) -> Summary {
     }
 }
 
-fn us(d: Duration) -> f64 {
+pub(crate) fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 

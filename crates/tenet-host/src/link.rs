@@ -318,6 +318,17 @@ mod pcsc_link {
             Ok(l)
         }
 
+        /// Whether pcscd sees a card in reader `name`.
+        pub fn card_present(name: &str) -> Result<bool, LinkError> {
+            let ctx = Context::establish(Scope::User).map_err(map)?;
+            let name = CString::new(name)
+                .map_err(|_| LinkError::Other("reader name contains NUL".into()))?;
+            let mut states = [pcsc::ReaderState::new(name, pcsc::State::UNAWARE)];
+            ctx.get_status_change(std::time::Duration::from_millis(100), &mut states)
+                .map_err(map)?;
+            Ok(states[0].event_state().contains(pcsc::State::PRESENT))
+        }
+
         /// Names of the readers pcscd knows.
         pub fn readers() -> Result<Vec<String>, LinkError> {
             let ctx = Context::establish(Scope::User).map_err(map)?;

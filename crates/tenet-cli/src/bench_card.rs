@@ -1,0 +1,252 @@
+//! `tenet bench card`: the card links side by side.
+
+#[cfg(not(feature = "pcsc"))]
+pub async fn run(
+    _rounds: u32,
+    _vpcd: &str,
+    _reader: &str,
+) -> anyhow::Result<std::process::ExitCode> {
+    anyhow::bail!("`tenet bench card` compares against PC/SC: rebuild with `--features pcsc`")
+}
+
+#[cfg(feature = "pcsc")]
+pub use with_pcsc::run;
+
+#[cfg(feature = "pcsc")]
+mod with_pcsc {
+    use std::net::{Shutdown, TcpStream};
+    use std::path::{Path, PathBuf};
+    use std::process::ExitCode;
+    use std::time::{Duration, Instant};
+
+    use anyhow::{Context, Result, bail};
+    use tenet_card::{Card, CardLimits, FileStore, Personalization, SystemEntropy};
+    use tenet_client::Capability;
+    use tenet_host::link::{CardSession, InProcessLink, PcscLink};
+    use tenet_proto::{Domain, EntityId, Message, Mtype, Port};
+
+    use crate::bench::{Summary, summarize, us};
+
+    fn make_card(path: &Path, seed: u8) -> Result<Domain> {
+        let mut b = [seed; 12];
+        getrandom::fill(&mut b[..8]).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let domain = Domain::new(b);
+        let p = Personalization {
+            domain,
+            pin: b"1234".to_vec(),
+            puk: b"12345678".to_vec(),
+        };
+        Card::personalize(
+            FileStore::create(path, 16 * 1024)?,
+            &p,
+            CardLimits::default(),
+            Box::new(SystemEntropy),
+        )?;
+        Ok(domain)
+    }
+
+    fn open(path: &Path) -> Result<Card<FileStore>> {
+        Ok(Card::open(
+            FileStore::open(path)?,
+            CardLimits::default(),
+            Box::new(SystemEntropy),
+        )?)
+    }
+
+    /// The card plugged into vpcd on a thread.
+    struct Plugged {
+        stream: TcpStream,
+        thread: std::thread::JoinHandle<()>,
+    }
+
+    fn plug(store: PathBuf, vpcd: &str, quickack: bool) -> Result<Plugged> {
+        let stream = TcpStream::connect(vpcd)
+            .with_context(|| format!("vpcd at {vpcd}; is pcscd running with the vpcd driver?"))?;
+        let theirs = stream.try_clone()?;
+        let mut card = open(&store)?;
+        let thread = std::thread::spawn(move || {
+            let _ = tenet_card::vpcd::serve_connection_tuned(&mut card, theirs, quickack);
+        });
+        Ok(Plugged { stream, thread })
+    }
+
+    impl Plugged {
+        fn unplug(self) {
+            let _ = self.stream.shutdown(Shutdown::Both);
+            let _ = self.thread.join();
+        }
+    }
+
+    fn pcsc_session(reader: &str) -> Result<CardSession> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let attempt = PcscLink::connect(reader, true)
+                .map_err(anyhow::Error::from)
+                .and_then(|l| {
+                    let mut s = CardSession::new(Box::new(l), false);
+                    s.select()?;
+                    Ok(s)
+                });
+            match attempt {
+                Ok(s) => return Ok(s),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e.context(format!("card in reader {reader:?}")));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    fn wait_reader_empty(reader: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while PcscLink::card_present(reader).unwrap_or(false) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn time_apdus(s: &mut CardSession, card: EntityId, n: u32) -> Result<Vec<Duration>> {
+        let m = Message::new(
+            EntityId::new(card.domain(), Port::new(1)),
+            card,
+            Mtype::ECHO_REQUEST,
+            vec![0; 8],
+        );
+        let mut out = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let t = Instant::now();
+            let r = s.deliver(&m)?;
+            out.push(t.elapsed());
+            if r.len() != 1 {
+                bail!("expected one echo reply, got {}", r.len());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn host(
+        dir: &Path,
+        card: tenet_host::config::CardSection,
+    ) -> Result<tenet_host::HostHandle> {
+        let mut cfg = tenet_host::Config::default();
+        cfg.host.socket = Some(dir.join("host.sock"));
+        cfg.host.state_dir = Some(dir.join("state"));
+        cfg.card = card;
+        Ok(tenet_host::start(&cfg).await?)
+    }
+
+    fn row(name: &str, s: &Summary, base: &Summary) {
+        println!(
+            "{:<52} {:>10.1} {:>10.1} {:>10.1} {:>9.2}x",
+            name,
+            us(s.mean),
+            us(s.p50),
+            us(s.p99),
+            s.p50.as_secs_f64() / base.p50.as_secs_f64()
+        );
+    }
+
+    pub async fn run(rounds: u32, vpcd: &str, reader: &str) -> Result<ExitCode> {
+        let dir = tempfile::tempdir()?;
+        let (store_a, store_b) = (dir.path().join("a.store"), dir.path().join("b.store"));
+        let card_a = make_card(&store_a, 0xaa)?.owner();
+        let card_b = make_card(&store_b, 0xbb)?.owner();
+        println!("# tenet bench card: {rounds} round trips per contender, interleaved in 5 rounds");
+
+        // APDU level: one DELIVER (echo, 42-byte message) per round trip.
+        let (sa, vpcd2, reader2, sb) = (
+            store_a.clone(),
+            vpcd.to_owned(),
+            reader.to_owned(),
+            store_b.clone(),
+        );
+        let (inproc, pcsc, no_quickack) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let mut a = CardSession::new(Box::new(InProcessLink::new(open(&sa)?)), false);
+            a.select()?;
+            let plugged = plug(sb.clone(), &vpcd2, true)?;
+            let mut b = pcsc_session(&reader2)?;
+            let per = (rounds / 5).max(1);
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            time_apdus(&mut b, card_b, 50)?;
+            for _ in 0..5 {
+                x.extend(time_apdus(&mut a, card_a, per)?);
+                y.extend(time_apdus(&mut b, card_b, per)?);
+            }
+            drop(b);
+            plugged.unplug();
+            wait_reader_empty(&reader2);
+            // The same without re-arming TCP_QUICKACK on the card's socket.
+            let plugged = plug(sb, &vpcd2, false)?;
+            let mut b = pcsc_session(&reader2)?;
+            let z = time_apdus(&mut b, card_b, 20)?;
+            drop(b);
+            plugged.unplug();
+            wait_reader_empty(&reader2);
+            Ok((summarize(x), summarize(y), summarize(z)))
+        })
+        .await??;
+
+        // Through the daemon: `ping CARD-ID` from an app, over both links.
+        let plugged = plug(store_b.clone(), vpcd, true)?;
+        let (da, db) = (dir.path().join("ha"), dir.path().join("hb"));
+        std::fs::create_dir_all(&da)?;
+        std::fs::create_dir_all(&db)?;
+        let ha = host(
+            &da,
+            tenet_host::config::CardSection {
+                virtual_store: Some(store_a.clone()),
+                ..Default::default()
+            },
+        )
+        .await?;
+        let hb = host(
+            &db,
+            tenet_host::config::CardSection {
+                reader: Some(reader.to_owned()),
+                ..Default::default()
+            },
+        )
+        .await?;
+        let mut app_a = Capability::acquire(ha.socket_path()).await?;
+        let mut app_b = Capability::acquire(hb.socket_path()).await?;
+        let per = (rounds / 5).max(1);
+        let (mut pa, mut pb) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            for _ in 0..per {
+                pa.push(app_a.echo(card_a, &[], Duration::from_secs(5)).await?);
+            }
+            for _ in 0..per {
+                pb.push(app_b.echo(card_b, &[], Duration::from_secs(5)).await?);
+            }
+        }
+        drop((app_a, app_b));
+        ha.shutdown().await;
+        hb.shutdown().await;
+        tokio::task::spawn_blocking(move || plugged.unplug()).await?;
+        let (pa, pb) = (summarize(pa), summarize(pb));
+
+        println!(
+            "\n{:<52} {:>10} {:>10} {:>10} {:>10}",
+            "round trip", "mean us", "p50 us", "p99 us", "p50 ratio"
+        );
+        row("APDU, in-process card link (baseline)", &inproc, &inproc);
+        row("APDU, pcscd + vpcd, TCP_QUICKACK re-armed", &pcsc, &inproc);
+        row(
+            "APDU, pcscd + vpcd, no TCP_QUICKACK (20 only)",
+            &no_quickack,
+            &inproc,
+        );
+        row("ping CARD-ID via daemon, in-process card", &pa, &inproc);
+        row("ping CARD-ID via daemon, pcscd + vpcd", &pb, &inproc);
+        println!(
+            "\naim: one APDU through pcscd at most 150 us on this machine class: {} (p50 {:.1} us); QUICKACK saves {:.0}x",
+            if us(pcsc.p50) <= 150.0 {
+                "met"
+            } else {
+                "NOT met"
+            },
+            us(pcsc.p50),
+            no_quickack.p50.as_secs_f64() / pcsc.p50.as_secs_f64()
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+}
