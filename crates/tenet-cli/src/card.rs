@@ -44,12 +44,15 @@ pub enum CardCmd {
         /// vpcd's address (its reader.conf CHANNELID port).
         #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:35963")]
         vpcd: String,
+        /// Largest eTP message the card accepts and emits (34 to 65535).
+        #[arg(long, default_value_t = tenet_proto::MAX_MESSAGE_LEN)]
+        max_message: usize,
     },
 }
 
-fn open(store: &Path) -> Result<Card<FileStore>> {
+fn open(store: &Path, limits: CardLimits) -> Result<Card<FileStore>> {
     let s = FileStore::open(store)?;
-    Card::open(s, CardLimits::default(), Box::new(SystemEntropy))
+    Card::open(s, limits, Box::new(SystemEntropy))
         .with_context(|| format!("opening card {}", store.display()))
 }
 
@@ -107,15 +110,22 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         CardCmd::Info { store } => {
-            let card = open(&store)?;
+            let card = open(&store, CardLimits::default())?;
             println!("card {}", card.id());
             println!("public key {}", hex(&card.state().public_key));
             println!("PIN tries left {}", card.state().pin_tries);
             println!("next port {}", card.state().next_port);
             Ok(ExitCode::SUCCESS)
         }
-        CardCmd::Serve { store, vpcd } => {
-            let mut card = open(&store)?;
+        CardCmd::Serve {
+            store,
+            vpcd,
+            max_message,
+        } => {
+            if !(tenet_proto::HEADER_LEN..=tenet_proto::MAX_MESSAGE_LEN).contains(&max_message) {
+                bail!("--max-message {max_message} is not between 34 and 65535");
+            }
+            let mut card = open(&store, CardLimits { max_message })?;
             eprintln!("card {} serving vpcd at {vpcd}", card.id());
             tenet_card::vpcd::serve(&mut card, &vpcd)?;
             Ok(ExitCode::SUCCESS)

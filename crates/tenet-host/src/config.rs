@@ -78,6 +78,9 @@ pub struct CardSection {
     pub short_apdus: Option<bool>,
     /// Seconds to wait at startup for a card in the reader; default 10.
     pub wait_secs: Option<f64>,
+    /// Largest eTP message the virtual card accepts and emits, 34 to 65535;
+    /// default 65535. Larger ones are refused with status `6a84`.
+    pub max_message: Option<usize>,
 }
 
 /// `[host]`: where the daemon listens and keeps its state.
@@ -152,6 +155,7 @@ impl Config {
         self.limits()?;
         RuleGuard::from_specs(&self.guard.rules)?;
         self.card_wait()?;
+        self.card_limits()?;
         if self.card.virtual_store.is_some() && self.card.reader.is_some() {
             return Err(ConfigError::Value {
                 key: "card",
@@ -165,6 +169,20 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The virtual card's limits.
+    pub fn card_limits(&self) -> Result<tenet_card::CardLimits, ConfigError> {
+        match self.card.max_message {
+            None => Ok(tenet_card::CardLimits::default()),
+            Some(n) if (tenet_proto::HEADER_LEN..=tenet_proto::MAX_MESSAGE_LEN).contains(&n) => {
+                Ok(tenet_card::CardLimits { max_message: n })
+            }
+            Some(n) => Err(ConfigError::Value {
+                key: "card.max_message",
+                detail: format!("{n} is not between 34 and 65535"),
+            }),
+        }
     }
 
     /// How long to wait for a card at startup.
@@ -320,6 +338,7 @@ mod tests {
             ("[dispatch]\nttl_secs = -1.0", "dispatch.ttl_secs"),
             ("[card]\nvirtual = \"a\"\nreader = \"b\"", "card"),
             ("[card]\nwait_secs = -3.0", "card.wait_secs"),
+            ("[card]\nmax_message = 70000", "card.max_message"),
         ];
         for (text, key) in cases {
             match parse(text) {

@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use tenet_card::{Card, CardLimits, FileStore, SystemEntropy};
+use tenet_card::{Card, FileStore, SystemEntropy};
 use tenet_proto::card::CardInfo;
 
 use crate::config::{Config, ConfigError};
@@ -74,13 +74,13 @@ pub enum HostError {
 /// info; waits up to `card.wait_secs` for a card in a PC/SC reader.
 async fn open_card(config: &Config) -> Result<Option<(CardSession, CardInfo)>, HostError> {
     let short = config.card.short_apdus.unwrap_or(false);
+    let limits = config.card_limits()?;
     if let Some(path) = config.card.virtual_store.clone() {
         let opened = tokio::task::spawn_blocking(move || -> Result<_, HostError> {
             let store = FileStore::open(&path).map_err(|e| HostError::Card(crate::chain(&e)))?;
-            let card =
-                Card::open(store, CardLimits::default(), Box::new(SystemEntropy)).map_err(|e| {
-                    HostError::Card(format!("{}: {}", path.display(), crate::chain(&e)))
-                })?;
+            let card = Card::open(store, limits, Box::new(SystemEntropy)).map_err(|e| {
+                HostError::Card(format!("{}: {}", path.display(), crate::chain(&e)))
+            })?;
             let mut session = CardSession::new(Box::new(InProcessLink::new(card)), short);
             let info = session
                 .reconnect()

@@ -192,3 +192,27 @@ async fn a_blank_or_missing_card_store_is_a_clear_error() {
         "nothing left behind"
     );
 }
+
+#[tokio::test]
+async fn a_message_above_the_cards_limit_is_refused_with_its_status_word() {
+    let dir = tempfile::tempdir().unwrap();
+    let card = make_card(dir.path());
+    let mut cfg = Config::default();
+    cfg.host.socket = Some(dir.path().join("host.sock"));
+    cfg.host.state_dir = Some(dir.path().join("state"));
+    cfg.card.virtual_store = Some(card);
+    cfg.card.max_message = Some(100);
+    let h = tenet_host::start(&cfg).await.unwrap();
+    let mut a = Capability::acquire(h.socket_path()).await.unwrap();
+    a.send(DOMAIN.owner(), Mtype::ECHO_REQUEST, vec![0; 200])
+        .await
+        .unwrap();
+    let m = recv(&mut a).await;
+    assert_eq!((m.src(), m.mtype()), (DOMAIN.owner(), Mtype::REFUSED));
+    let r = Refused::decode(&m.param).unwrap();
+    assert!(r.text.contains("6a84"), "{}", r.text);
+    a.echo(DOMAIN.owner(), &[0; 50], WAIT)
+        .await
+        .expect("small ones pass");
+    h.shutdown().await;
+}
