@@ -12,11 +12,14 @@
 //! - [`guard`]: the [`Guard`] trait, the chain, and the paper's default
 //!   remote-ingress guard.
 //! - [`rules`]: rule guards read from the configuration.
+//! - [`reliable`]: sequencing, acknowledgement and retransmission on links
+//!   between hosts.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod guard;
+pub mod reliable;
 pub mod rules;
 pub mod table;
 

@@ -15,6 +15,7 @@
 //!   [`MAX_MESSAGE_LEN`].
 //! - [`frame`]: u32 length-prefixed stream framing.
 //! - [`tlv`]: BER-TLV for params.
+//! - [`link`]: frames between hosts (hello, data, ack).
 //! - [`filter`]: header [`Filter`]s used by handlers, taps and guards.
 //! - [`notice`]: the framework's own notices (undeliverable, refused).
 //! - [`apdu`]: ISO 7816-4 APDUs and the TENeT card mapping.
@@ -35,6 +36,7 @@ pub mod codec;
 pub mod filter;
 pub mod frame;
 pub mod id;
+pub mod link;
 pub mod message;
 pub mod mtype;
 pub mod notice;
