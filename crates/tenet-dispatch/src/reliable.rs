@@ -309,18 +309,16 @@ mod tests {
                         }
                     }
                 }
-                if ack_back {
-                    if let Some(LinkFrame::Ack { ack }) = b.ack_due() { a.on_ack(ack); }
-                }
+                if ack_back
+                    && let Some(LinkFrame::Ack { ack }) = b.ack_due() { a.on_ack(ack); }
                 // The link breaks and comes back.
                 wire.clear();
                 let (ra, _) = greet(&mut a, &mut b, 10, 20);
                 wire.extend(ra.resend);
             }
             while let Some(f) = wire.pop_front() {
-                if let LinkFrame::Data { seq, message, .. } = f {
-                    if b.on_data(seq) == Inbound::New { b.stored(); delivered.push(message.param[0]); }
-                }
+                if let LinkFrame::Data { seq, message, .. } = f
+                    && b.on_data(seq) == Inbound::New { b.stored(); delivered.push(message.param[0]); }
             }
             let expected: Vec<u8> = (0..next as usize).map(|i| i as u8).collect();
             prop_assert_eq!(delivered, expected);

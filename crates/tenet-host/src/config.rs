@@ -59,6 +59,48 @@ pub struct Config {
     /// `[card]`: the host's smartcard, if it has one.
     #[serde(default)]
     pub card: CardSection,
+    /// `[remote]`: links to other hosts.
+    #[serde(default)]
+    pub remote: RemoteSection,
+}
+
+/// `[remote]`: links to other hosts over TLS (see `docs/remote.md`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteSection {
+    /// Address to accept links on, e.g. `"127.0.0.1:7001"`.
+    pub listen: Option<String>,
+    /// CA certificate(s) that peers' certificates must chain to (PEM).
+    pub ca: Option<PathBuf>,
+    /// This host's certificate chain (PEM).
+    pub cert: Option<PathBuf>,
+    /// This host's private key (PEM).
+    pub key: Option<PathBuf>,
+    /// Links without TLS and without peer authentication. Only for tests on
+    /// a closed machine; default `false`.
+    pub danger_plaintext: Option<bool>,
+    /// Messages in flight to one peer before waiting for its acknowledgement;
+    /// default 1024.
+    pub window: Option<usize>,
+    /// Messages per second one peer may send; default 20000.
+    pub rate: Option<f64>,
+    /// Burst allowance of `rate`; default 2 × rate.
+    pub burst: Option<f64>,
+    /// `[[remote.peers]]`: hosts to dial.
+    #[serde(default)]
+    pub peers: Vec<PeerSection>,
+}
+
+/// One `[[remote.peers]]` entry: a host this one dials and keeps a link to.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    /// `HOST:PORT` of its `remote.listen`.
+    pub address: String,
+    /// Domains routed to it even before it connects (24 hex digits each);
+    /// they are authorized for this peer in addition to its certificate.
+    #[serde(default)]
+    pub domains: Vec<String>,
 }
 
 /// `[card]`: the host's smartcard. With a card, apps acquire their ids from
@@ -156,6 +198,7 @@ impl Config {
         RuleGuard::from_specs(&self.guard.rules)?;
         self.card_wait()?;
         self.card_limits()?;
+        self.remote_checked()?;
         if self.card.virtual_store.is_some() && self.card.reader.is_some() {
             return Err(ConfigError::Value {
                 key: "card",
@@ -169,6 +212,53 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// Checks `[remote]` and returns the static peer routes.
+    pub fn remote_checked(&self) -> Result<Vec<(String, Vec<Domain>)>, ConfigError> {
+        let r = &self.remote;
+        let active = r.listen.is_some() || !r.peers.is_empty();
+        if active
+            && !r.danger_plaintext.unwrap_or(false)
+            && (r.ca.is_none() || r.cert.is_none() || r.key.is_none())
+        {
+            return Err(ConfigError::Value {
+                key: "remote",
+                detail: "links need ca, cert and key (make them with `tenet host certs`), or danger_plaintext = true".into(),
+            });
+        }
+        if r.window == Some(0) {
+            return Err(ConfigError::Value {
+                key: "remote.window",
+                detail: "must be at least 1".into(),
+            });
+        }
+        for (key, v) in [("remote.rate", r.rate), ("remote.burst", r.burst)] {
+            if let Some(x) = v
+                && !(x.is_finite() && x > 0.0)
+            {
+                return Err(ConfigError::Value {
+                    key,
+                    detail: format!("{x} is not a positive number"),
+                });
+            }
+        }
+        r.peers
+            .iter()
+            .map(|p| {
+                let domains = p
+                    .domains
+                    .iter()
+                    .map(|d| {
+                        d.parse::<Domain>().map_err(|e| ConfigError::Value {
+                            key: "remote.peers.domains",
+                            detail: e.to_string(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((p.address.clone(), domains))
+            })
+            .collect()
     }
 
     /// The virtual card's limits.
@@ -339,6 +429,15 @@ mod tests {
             ("[card]\nvirtual = \"a\"\nreader = \"b\"", "card"),
             ("[card]\nwait_secs = -3.0", "card.wait_secs"),
             ("[card]\nmax_message = 70000", "card.max_message"),
+            ("[remote]\nlisten = \"127.0.0.1:1\"", "remote"),
+            (
+                "[remote]\ndanger_plaintext = true\nwindow = 0",
+                "remote.window",
+            ),
+            (
+                "[remote]\ndanger_plaintext = true\n[[remote.peers]]\naddress = \"x:1\"\ndomains = [\"zz\"]",
+                "remote.peers.domains",
+            ),
         ];
         for (text, key) in cases {
             match parse(text) {

@@ -13,15 +13,17 @@
 //! - `proxy`: the smartcard proxy thread between table and card.
 //! - [`server`]: the socket server; [`start`] runs a daemon.
 //!
-//! Not here yet: remote proxies; they plug into the same table as further
-//! endpoints.
+//! - [`remote`]: the remote proxy: links to other hosts over TLS, routing
+//!   by domain, reliable delivery across link breaks.
 
 #![warn(missing_docs)]
 
+pub mod certs;
 pub mod config;
 pub mod entity;
 pub mod link;
 mod proxy;
+pub mod remote;
 pub mod server;
 pub mod state;
 

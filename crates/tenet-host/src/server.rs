@@ -68,6 +68,9 @@ pub enum HostError {
     /// The configured card cannot be used.
     #[error("card: {0}")]
     Card(String),
+    /// The remote links cannot be set up.
+    #[error("remote links: {0}")]
+    Remote(String),
 }
 
 /// Opens the configured card link, selects the applet and reads the card's
@@ -163,6 +166,7 @@ pub(crate) struct Shared {
     allow_taps: bool,
     clock: Clock,
     card: Option<CardAttach>,
+    pub(crate) remote: Option<Arc<crate::remote::Remote>>,
 }
 
 /// The host's card, as the daemon sees it.
@@ -208,6 +212,20 @@ impl HostHandle {
     /// `(apdus, bytes_out, bytes_in)` on the card link so far.
     pub fn card_link_stats(&self) -> Option<(u64, u64, u64)> {
         self.shared.card.as_ref().map(|c| c.stats.snapshot())
+    }
+
+    /// Counters of the remote proxy, if links are configured.
+    pub fn remote_stats(&self) -> Option<crate::remote::RemoteCounters> {
+        self.shared.remote.as_ref().map(|r| r.stats.snapshot())
+    }
+
+    /// Remote routes: domain -> (peer, link up).
+    pub fn remote_routes(&self) -> std::collections::HashMap<Domain, (String, bool)> {
+        self.shared
+            .remote
+            .as_ref()
+            .map(|r| crate::remote::routes(r))
+            .unwrap_or_default()
     }
 
     /// Counters of the dispatch table.
@@ -263,6 +281,11 @@ pub async fn start(config: &Config) -> Result<HostHandle, HostError> {
     let socket = config.socket_path();
     let listener = bind_socket(&socket, config.socket_mode()?)?;
     info!(socket = %socket.display(), host = %domain.owner(), guards = ?table.guard_names(), "host started");
+    let mut my_domains = vec![domain];
+    if let Some((_, info)) = &card {
+        my_domains.push(info.domain);
+    }
+    let remote = crate::remote::Remote::new(config, domain.owner(), my_domains)?;
     let (proxy_tx, proxy_rx) = std::sync::mpsc::channel();
     let attach = card
         .as_ref()
@@ -287,6 +310,7 @@ pub async fn start(config: &Config) -> Result<HostHandle, HostError> {
             system: SystemTime::now(),
         },
         card: attach,
+        remote: remote.map(Arc::new),
     });
     if let (Some((session, info)), Some(a)) = (card, &shared.card) {
         info!(card = %info.domain.owner(), link = %a.link, privileged = ?info.privileged, "card attached");
@@ -299,10 +323,21 @@ pub async fn start(config: &Config) -> Result<HostHandle, HostError> {
     }
     let accept = tokio::spawn(accept_loop(shared.clone(), listener));
     let timer = tokio::spawn(timer_loop(shared.clone()));
+    let mut tasks = vec![accept, timer];
+    match crate::remote::start(shared.clone(), config).await {
+        Ok(t) => tasks.extend(t),
+        Err(e) => {
+            for t in &tasks {
+                t.abort();
+            }
+            let _ = std::fs::remove_file(&socket);
+            return Err(e);
+        }
+    }
     Ok(HostHandle {
         shared,
         socket,
-        tasks: vec![accept, timer],
+        tasks,
     })
 }
 
@@ -413,6 +448,17 @@ pub(crate) fn run_events(shared: &Shared, events: Vec<Event>) {
             Event::Readable(ep) if shared.card.as_ref().is_some_and(|c| c.ep == ep) => {
                 if let Some(c) = &shared.card {
                     let _ = c.tx.send(ProxyCmd::Wake);
+                }
+            }
+            Event::Readable(ep)
+                if shared
+                    .remote
+                    .as_ref()
+                    .and_then(|r| r.peer_by_ep(ep))
+                    .is_some() =>
+            {
+                if let Some(p) = shared.remote.as_ref().and_then(|r| r.peer_by_ep(ep)) {
+                    p.wake();
                 }
             }
             Event::Readable(ep) | Event::TapReadable(ep) => {

@@ -1,0 +1,818 @@
+//! The remote proxy (paper 4.3.5): links to other hosts, routing by
+//! domain, and the remote ingress path through the guard chain.
+//!
+//! Each peer host has one dispatch endpoint for the daemon's lifetime. The
+//! domains routed to it (listed in the config, or announced by the peer and
+//! authorized by its certificate) are handler subscriptions of that
+//! endpoint, so the dispatch table does the routing. While a peer's link is
+//! down, messages for it wait in the table under its bounds and time to
+//! live, then their senders get `undeliverable`.
+//!
+//! A link is a byte stream (TLS 1.3 with mutual authentication, or
+//! plaintext under `danger_plaintext`) carrying length-prefixed
+//! [`LinkFrame`]s. [`PeerLink`] numbers messages and resends what the peer
+//! has not acknowledged after a reconnect, and the receiver drops what it
+//! already stored: a link that breaks and comes back loses and duplicates
+//! nothing while both daemons stay up. See `docs/remote.md`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tenet_dispatch::reliable::{Inbound, PeerLink};
+use tenet_dispatch::{EndpointId, Ingress, StoreError};
+use tenet_proto::frame::{begin_frame, finish_frame, split_frame};
+use tenet_proto::link::{LinkFrame, MAX_LINK_FRAME};
+use tenet_proto::notice::UndeliverableReason;
+use tenet_proto::{Codec, Domain, EntityId, Filter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, mpsc};
+use tracing::{debug, info, warn};
+
+use crate::certs::{HOST_NAME, domain_name};
+use crate::config::Config;
+use crate::server::{HostError, Shared, drain_events, lock, run_events};
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Counters of the remote proxy.
+#[derive(Debug, Default)]
+pub struct RemoteStats {
+    /// Messages from a peer whose src domain the peer is not authorized for.
+    pub forged_dropped: AtomicU64,
+    /// Messages dropped by the guard chain on remote ingress.
+    pub guard_dropped: AtomicU64,
+    /// Messages over a peer's rate limit.
+    pub rate_dropped: AtomicU64,
+    /// Links refused (bad hello, unauthorized or conflicting domains,
+    /// duplicates).
+    pub links_refused: AtomicU64,
+    /// Links closed for a malformed or oversized frame or a protocol error.
+    pub links_broken: AtomicU64,
+    /// Messages received from peers and stored.
+    pub received: AtomicU64,
+    /// Links that came up (hello accepted), reconnects included.
+    pub links_up: AtomicU64,
+}
+
+struct Tls {
+    acceptor: tokio_rustls::TlsAcceptor,
+    connector: tokio_rustls::TlsConnector,
+}
+
+/// An active link of a peer.
+struct Active {
+    id: u64,
+    dialer: EntityId,
+    tx: mpsc::UnboundedSender<LinkFrame>,
+    stop: Arc<Notify>,
+}
+
+struct PeerInner {
+    host: Option<EntityId>,
+    link: PeerLink,
+    active: Option<Active>,
+    authorized: Vec<Domain>,
+    subscribed: Vec<Domain>,
+    tokens: f64,
+    last: Instant,
+}
+
+/// One peer host.
+pub(crate) struct Peer {
+    ep: EndpointId,
+    label: String,
+    config_domains: Vec<Domain>,
+    inner: std::sync::Mutex<PeerInner>,
+    wake: Notify,
+}
+
+/// The remote proxy's state.
+pub(crate) struct Remote {
+    session: u64,
+    me: EntityId,
+    my_domains: Vec<Domain>,
+    tls: Option<Tls>,
+    window: usize,
+    rate: f64,
+    burst: f64,
+    peers: std::sync::Mutex<Vec<Arc<Peer>>>,
+    next_link: AtomicU64,
+    pub(crate) stats: RemoteStats,
+}
+
+fn load_tls(cfg: &Config) -> Result<Option<Tls>, HostError> {
+    let r = &cfg.remote;
+    if r.danger_plaintext.unwrap_or(false) {
+        return Ok(None);
+    }
+    let (Some(ca), Some(cert), Some(key)) = (&r.ca, &r.cert, &r.key) else {
+        return Ok(None);
+    };
+    let err = |what: &str, e: &dyn std::fmt::Display| HostError::Remote(format!("{what}: {e}"));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca)
+        .map_err(|e| err(&format!("CA file {}", ca.display()), &e))?
+    {
+        roots
+            .add(c.map_err(|e| err(&format!("CA file {}", ca.display()), &e))?)
+            .map_err(|e| err("CA certificate", &e))?;
+    }
+    let roots = Arc::new(roots);
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| err(&format!("certificate file {}", cert.display()), &e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(&format!("certificate file {}", cert.display()), &e))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| err(&format!("key file {}", key.display()), &e))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        roots.clone(),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| err("client verifier", &e))?;
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| err("TLS", &e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain.clone(), key.clone_key())
+        .map_err(|e| err("host certificate", &e))?;
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| err("TLS", &e))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| err("host certificate", &e))?;
+    Ok(Some(Tls {
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+        connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+    }))
+}
+
+impl Remote {
+    /// Builds the remote proxy from the config; `None` when no links are
+    /// configured.
+    pub(crate) fn new(
+        cfg: &Config,
+        me: EntityId,
+        my_domains: Vec<Domain>,
+    ) -> Result<Option<Self>, HostError> {
+        let r = &cfg.remote;
+        if r.listen.is_none() && r.peers.is_empty() {
+            return Ok(None);
+        }
+        cfg.remote_checked()?;
+        let mut session = [0u8; 8];
+        getrandom::fill(&mut session)
+            .map_err(|e| HostError::Remote(format!("no randomness: {e}")))?;
+        let rate = r.rate.unwrap_or(20_000.0);
+        Ok(Some(Self {
+            session: u64::from_be_bytes(session) | 1,
+            me,
+            my_domains,
+            tls: load_tls(cfg)?,
+            window: r.window.unwrap_or(1024),
+            rate,
+            burst: r.burst.unwrap_or(2.0 * rate),
+            peers: std::sync::Mutex::new(Vec::new()),
+            next_link: AtomicU64::new(1),
+            stats: RemoteStats::default(),
+        }))
+    }
+
+    fn new_peer(&self, shared: &Shared, label: String, config_domains: Vec<Domain>) -> Arc<Peer> {
+        let ep = {
+            let mut t = lock(&shared.table);
+            let ep = t.add_endpoint();
+            for d in &config_domains {
+                let _ = t.subscribe(ep, Filter::to_domain(*d));
+            }
+            ep
+        };
+        let p = Arc::new(Peer {
+            ep,
+            label,
+            config_domains: config_domains.clone(),
+            inner: std::sync::Mutex::new(PeerInner {
+                host: None,
+                link: PeerLink::new(self.session, self.window),
+                active: None,
+                authorized: config_domains.clone(),
+                subscribed: config_domains,
+                tokens: self.burst,
+                last: Instant::now(),
+            }),
+            wake: Notify::new(),
+        });
+        lock(&self.peers).push(p.clone());
+        p
+    }
+
+    /// The peer that reads endpoint `ep`, if any.
+    pub(crate) fn peer_by_ep(&self, ep: EndpointId) -> Option<Arc<Peer>> {
+        lock(&self.peers).iter().find(|p| p.ep == ep).cloned()
+    }
+
+    /// Domains served by connected peers, with the peer's label.
+    pub(crate) fn routes(&self) -> Vec<(Domain, String, bool)> {
+        let mut out = Vec::new();
+        for p in lock(&self.peers).iter() {
+            let i = lock(&p.inner);
+            for d in &i.subscribed {
+                out.push((*d, p.label.clone(), i.active.is_some()));
+            }
+        }
+        out
+    }
+}
+
+impl Peer {
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// Starts the listener and the dialers; returns their tasks.
+pub(crate) async fn start(
+    shared: Arc<Shared>,
+    cfg: &Config,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, HostError> {
+    let Some(remote) = shared.remote.clone() else {
+        return Ok(Vec::new());
+    };
+    let mut tasks = Vec::new();
+    for (addr, domains) in cfg.remote_checked()? {
+        let peer = remote.new_peer(&shared, addr.clone(), domains);
+        tasks.push(tokio::spawn(dial_loop(
+            shared.clone(),
+            remote.clone(),
+            peer,
+            addr,
+        )));
+    }
+    if let Some(listen) = &cfg.remote.listen {
+        let l = TcpListener::bind(listen)
+            .await
+            .map_err(|e| HostError::Remote(format!("cannot listen on {listen}: {e}")))?;
+        info!(address = %listen, tls = remote.tls.is_some(), "accepting host links");
+        tasks.push(tokio::spawn(accept_loop(shared.clone(), remote.clone(), l)));
+    }
+    Ok(tasks)
+}
+
+async fn dial_loop(shared: Arc<Shared>, remote: Arc<Remote>, peer: Arc<Peer>, addr: String) {
+    let mut backoff = BACKOFF_MIN;
+    let mut logged = false;
+    loop {
+        match TcpStream::connect(&addr).await {
+            Ok(tcp) => {
+                let _ = tcp.set_nodelay(true);
+                let up = Instant::now();
+                match &remote.tls {
+                    Some(tls) => {
+                        let name = ServerName::try_from(HOST_NAME).expect("valid DNS name");
+                        match tls.connector.connect(name, tcp).await {
+                            Ok(s) => {
+                                let cert = s
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .and_then(|c| c.first())
+                                    .cloned();
+                                logged = false;
+                                run_link(&shared, &remote, s, Some(peer.clone()), cert).await;
+                            }
+                            Err(e) => {
+                                remote.stats.links_refused.fetch_add(1, Ordering::Relaxed);
+                                warn!(peer = %addr, error = %e, "TLS handshake with peer failed");
+                            }
+                        }
+                    }
+                    None => {
+                        logged = false;
+                        run_link(&shared, &remote, tcp, Some(peer.clone()), None).await;
+                    }
+                }
+                if up.elapsed() > Duration::from_secs(5) {
+                    backoff = BACKOFF_MIN;
+                }
+            }
+            Err(e) => {
+                if !logged {
+                    info!(peer = %addr, error = %e, "peer not reachable; retrying");
+                    logged = true;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, remote: Arc<Remote>, l: TcpListener) {
+    let mut links = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = l.accept() => {
+                let Ok((tcp, from)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                let (shared, remote) = (shared.clone(), remote.clone());
+                links.spawn(async move {
+                    match &remote.tls {
+                        Some(tls) => match tokio::time::timeout(HELLO_TIMEOUT, tls.acceptor.accept(tcp)).await {
+                            Ok(Ok(s)) => {
+                                let cert = s.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned();
+                                run_link(&shared, &remote, s, None, cert).await;
+                            }
+                            Ok(Err(e)) => {
+                                remote.stats.links_refused.fetch_add(1, Ordering::Relaxed);
+                                warn!(%from, error = %e, "TLS handshake refused");
+                            }
+                            Err(_) => warn!(%from, "TLS handshake timed out"),
+                        },
+                        None => run_link(&shared, &remote, tcp, None, None).await,
+                    }
+                });
+            }
+            Some(_) = links.join_next(), if !links.is_empty() => {}
+        }
+    }
+}
+
+/// Reads length-prefixed link frames.
+struct FrameReader<R> {
+    r: R,
+    buf: Vec<u8>,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// The next frames available (at least one), or why the link ended.
+    async fn next_batch(&mut self) -> Result<Vec<LinkFrame>, String> {
+        loop {
+            let mut out = Vec::new();
+            let mut start = 0;
+            loop {
+                match split_frame(&self.buf[start..], MAX_LINK_FRAME) {
+                    Ok(Some((used, body))) => {
+                        out.push(
+                            LinkFrame::decode(body).map_err(|e| format!("malformed frame: {e}"))?,
+                        );
+                        start += used;
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(format!("bad framing: {e}")),
+                }
+            }
+            self.buf.drain(..start);
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            self.buf.reserve(16 * 1024);
+            match self.r.read_buf(&mut self.buf).await {
+                Ok(0) => return Err("closed by peer".into()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("read error: {e}")),
+            }
+        }
+    }
+}
+
+fn encode(frames: &[LinkFrame], out: &mut Vec<u8>) {
+    for f in frames {
+        let at = begin_frame(out);
+        f.encode(out);
+        finish_frame(out, at);
+    }
+}
+
+async fn send_close<W: AsyncWrite + Unpin>(w: &mut W, reason: &str) {
+    let mut buf = Vec::new();
+    encode(
+        &[LinkFrame::Close {
+            reason: reason.into(),
+        }],
+        &mut buf,
+    );
+    let _ = w.write_all(&buf).await;
+    let _ = w.flush().await;
+}
+
+fn cert_allows(cert: Option<&CertificateDer<'static>>, d: Domain) -> bool {
+    let Some(cert) = cert else { return false };
+    let Ok(ee) = webpki::EndEntityCert::try_from(cert) else {
+        return false;
+    };
+    let Ok(name) = ServerName::try_from(domain_name(d)) else {
+        return false;
+    };
+    ee.verify_is_valid_for_subject_name(&name).is_ok()
+}
+
+/// Runs one link until it ends.
+async fn run_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    shared: &Arc<Shared>,
+    remote: &Arc<Remote>,
+    stream: S,
+    dialed: Option<Arc<Peer>>,
+    cert: Option<CertificateDer<'static>>,
+) {
+    let (rd, mut wr) = tokio::io::split(stream);
+    let mut reader = FrameReader {
+        r: rd,
+        buf: Vec::new(),
+    };
+    let hello = |fields: (u64, u64)| LinkFrame::Hello {
+        host: remote.me,
+        session: remote.session,
+        your_session: fields.0,
+        recv_upto: fields.1,
+        domains: remote.my_domains.clone(),
+    };
+    if let Some(p) = &dialed {
+        let f = hello(lock(&p.inner).link.hello_fields());
+        let mut buf = Vec::new();
+        encode(&[f], &mut buf);
+        if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
+            return;
+        }
+    }
+    let their = match tokio::time::timeout(HELLO_TIMEOUT, reader.next_batch()).await {
+        Ok(Ok(mut frames)) if matches!(frames.first(), Some(LinkFrame::Hello { .. })) => {
+            let first = frames.remove(0);
+            if !frames.is_empty() {
+                // The peer must wait for our hello before sending data.
+                reader.buf.splice(0..0, {
+                    let mut b = Vec::new();
+                    encode(&frames, &mut b);
+                    b
+                });
+            }
+            first
+        }
+        Ok(Ok(_)) => {
+            remote.stats.links_refused.fetch_add(1, Ordering::Relaxed);
+            send_close(&mut wr, "the first frame must be a hello").await;
+            return;
+        }
+        Ok(Err(e)) => {
+            debug!(error = %e, "link ended before hello");
+            return;
+        }
+        Err(_) => {
+            send_close(&mut wr, "no hello in time").await;
+            return;
+        }
+    };
+    let LinkFrame::Hello {
+        host,
+        session,
+        your_session,
+        recv_upto,
+        domains,
+    } = their
+    else {
+        unreachable!("checked above")
+    };
+    let peer = match &dialed {
+        Some(p) => p.clone(),
+        None => {
+            let known = lock(&remote.peers)
+                .iter()
+                .find(|p| lock(&p.inner).host == Some(host))
+                .cloned();
+            match known {
+                Some(p) => p,
+                None => remote.new_peer(shared, host.to_string(), Vec::new()),
+            }
+        }
+    };
+    // Authorize: the host id's domain and every announced domain must be
+    // named by the peer's certificate or listed for it in the config.
+    let plaintext = remote.tls.is_none();
+    let mut wanted = domains.clone();
+    if !wanted.contains(&host.domain()) {
+        wanted.push(host.domain());
+    }
+    let others: Vec<Domain> = {
+        let peers: Vec<Arc<Peer>> = lock(&remote.peers)
+            .iter()
+            .filter(|p| p.ep != peer.ep)
+            .cloned()
+            .collect();
+        peers
+            .iter()
+            .flat_map(|p| lock(&p.inner).subscribed.clone())
+            .collect()
+    };
+    let pinned = lock(&peer.inner).host;
+    let local: Vec<bool> = {
+        let t = lock(&shared.table);
+        wanted.iter().map(|d| t.is_local_domain(*d)).collect()
+    };
+    let refusal = {
+        if pinned.is_some_and(|h| h != host) {
+            Some(format!(
+                "expected host {}, got {host}",
+                pinned.expect("checked")
+            ))
+        } else if host == remote.me {
+            Some("a link to itself".into())
+        } else {
+            wanted.iter().zip(&local).find_map(|(d, is_local)| {
+                if *is_local {
+                    Some(format!("domain {d} is local here"))
+                } else if others.contains(d) {
+                    Some(format!("domain {d} is already served by another peer"))
+                } else if !(plaintext
+                    || peer.config_domains.contains(d)
+                    || cert_allows(cert.as_ref(), *d))
+                {
+                    Some(format!("not authorized for domain {d}"))
+                } else {
+                    None
+                }
+            })
+        }
+    };
+    if let Some(reason) = refusal {
+        remote.stats.links_refused.fetch_add(1, Ordering::Relaxed);
+        warn!(peer = %peer.label, %host, %reason, "link refused");
+        send_close(&mut wr, &reason).await;
+        return;
+    }
+    // One link per peer: a reconnect in the same direction replaces the old
+    // one; of two links dialed in opposite directions, the one dialed by the
+    // smaller host id stays.
+    let dialer = if dialed.is_some() { remote.me } else { host };
+    let id = remote.next_link.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::unbounded_channel::<LinkFrame>();
+    let stop = Arc::new(Notify::new());
+    let duplicate = lock(&peer.inner)
+        .active
+        .as_ref()
+        .is_some_and(|old| old.dialer != dialer && old.dialer < dialer);
+    if duplicate {
+        remote.stats.links_refused.fetch_add(1, Ordering::Relaxed);
+        debug!(peer = %peer.label, "duplicate link in the other direction closed");
+        send_close(&mut wr, "duplicate link").await;
+        return;
+    }
+    let (resume, new_domains, our_hello) = {
+        let mut i = lock(&peer.inner);
+        if let Some(old) = &i.active {
+            old.stop.notify_one();
+        }
+        let our_hello = hello(i.link.hello_fields());
+        i.host = Some(host);
+        let resume = i.link.on_hello(session, your_session, recv_upto);
+        let new_domains: Vec<Domain> = wanted
+            .iter()
+            .copied()
+            .filter(|d| !i.subscribed.contains(d))
+            .collect();
+        i.subscribed.extend(&new_domains);
+        for d in &wanted {
+            if !i.authorized.contains(d) {
+                i.authorized.push(*d);
+            }
+        }
+        i.active = Some(Active {
+            id,
+            dialer,
+            tx: tx.clone(),
+            stop: stop.clone(),
+        });
+        (resume, new_domains, our_hello)
+    };
+    let events = {
+        let mut t = lock(&shared.table);
+        for d in &new_domains {
+            let _ = t.subscribe(peer.ep, Filter::to_domain(*d));
+        }
+        for m in &resume.lost {
+            t.undeliverable(m, UndeliverableReason::DESTINATION_GONE, Instant::now());
+        }
+        drain_events(&mut t)
+    };
+    run_events(shared, events);
+    remote.stats.links_up.fetch_add(1, Ordering::Relaxed);
+    info!(peer = %peer.label, %host, domains = ?wanted, resent = resume.resend.len(), lost = resume.lost.len(), restarted = resume.peer_restarted, "link up");
+    let mut first = Vec::new();
+    if dialed.is_none() {
+        first.push(our_hello);
+    }
+    first.extend(resume.resend);
+    let _ = tx.send(LinkFrame::Ack { ack: 0 }); // nudges the writer to drain the table
+    drop(tx);
+
+    let writer = async {
+        let mut buf = Vec::new();
+        encode(&first, &mut buf);
+        loop {
+            // Take what waits in the table while the window has room.
+            {
+                let mut i = lock(&peer.inner);
+                let mut t = lock(&shared.table);
+                let mut frames = Vec::new();
+                while i.link.has_room() {
+                    let Some(d) = t.take(peer.ep) else { break };
+                    frames.push(i.link.send(d.message));
+                }
+                drop(t);
+                drop(i);
+                encode(&frames, &mut buf);
+            }
+            if !buf.is_empty() {
+                if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
+                    return "write failed".to_owned();
+                }
+                buf.clear();
+            }
+            tokio::select! {
+                f = rx.recv() => match f {
+                    Some(LinkFrame::Ack { ack: 0 }) => {}
+                    Some(f) => encode(&[f], &mut buf),
+                    None => return "replaced by a newer link".to_owned(),
+                },
+                _ = peer.wake.notified() => {}
+            }
+            while let Ok(f) = rx.try_recv() {
+                if !matches!(f, LinkFrame::Ack { ack: 0 }) {
+                    encode(&[f], &mut buf);
+                }
+            }
+        }
+    };
+    let reading = read_loop(shared, remote, &peer, &mut reader, id);
+    let reason = tokio::select! {
+        r = writer => r,
+        r = reading => r,
+        _ = stop.notified() => "replaced by a newer link".to_owned(),
+    };
+    {
+        let mut i = lock(&peer.inner);
+        if i.active.as_ref().is_some_and(|a| a.id == id) {
+            i.active = None;
+        }
+    }
+    info!(peer = %peer.label, %host, %reason, "link down");
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    shared: &Shared,
+    remote: &Remote,
+    peer: &Peer,
+    reader: &mut FrameReader<R>,
+    id: u64,
+) -> String {
+    loop {
+        let frames = match reader.next_batch().await {
+            Ok(f) => f,
+            Err(e) => {
+                if !e.starts_with("closed") {
+                    remote.stats.links_broken.fetch_add(1, Ordering::Relaxed);
+                    warn!(peer = %peer.label, error = %e, "closing link");
+                }
+                return e;
+            }
+        };
+        let mut stored = Vec::new();
+        let mut outcome: Option<String> = None;
+        {
+            let mut i = lock(&peer.inner);
+            for f in frames {
+                match f {
+                    LinkFrame::Data { seq, ack, message } => {
+                        i.link.on_ack(ack);
+                        match i.link.on_data(seq) {
+                            Inbound::Duplicate => {}
+                            Inbound::Gap { expected } => {
+                                outcome =
+                                    Some(format!("sequence gap: expected {expected}, got {seq}"));
+                                break;
+                            }
+                            Inbound::New => {
+                                i.link.stored();
+                                let now = Instant::now();
+                                let dt = now.saturating_duration_since(i.last).as_secs_f64();
+                                i.tokens = (i.tokens + dt * remote.rate).min(remote.burst);
+                                i.last = now;
+                                if i.tokens < 1.0 {
+                                    remote.stats.rate_dropped.fetch_add(1, Ordering::Relaxed);
+                                    continue;
+                                }
+                                i.tokens -= 1.0;
+                                if !i.authorized.contains(&message.src().domain()) {
+                                    remote.stats.forged_dropped.fetch_add(1, Ordering::Relaxed);
+                                    warn!(peer = %peer.label, src = %message.src(), "message with a src the peer does not serve dropped");
+                                    continue;
+                                }
+                                stored.push(message);
+                            }
+                        }
+                    }
+                    LinkFrame::Ack { ack } => i.link.on_ack(ack),
+                    LinkFrame::Close { reason } => {
+                        outcome = Some(format!("peer closed: {reason}"));
+                        break;
+                    }
+                    LinkFrame::Hello { .. } => {
+                        outcome = Some("second hello".into());
+                        break;
+                    }
+                }
+            }
+        }
+        if !stored.is_empty() {
+            let events = {
+                let mut t = lock(&shared.table);
+                for m in stored {
+                    match t.store(Ingress::Remote, m.clone(), Instant::now()) {
+                        Ok(_) => {
+                            remote.stats.received.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(StoreError::Guard(_)) => {
+                            remote.stats.guard_dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            debug!(peer = %peer.label, error = %e, "remote message not stored");
+                            t.undeliverable(&m, UndeliverableReason::QUEUE_FULL, Instant::now());
+                        }
+                    }
+                }
+                drain_events(&mut t)
+            };
+            run_events(shared, events);
+        }
+        // Acknowledge what is stored (unless a data frame carries it) and let
+        // the writer use the room acknowledgements opened.
+        {
+            let mut i = lock(&peer.inner);
+            if let Some(ack) = i.link.ack_due()
+                && let Some(a) = i.active.as_ref().filter(|a| a.id == id)
+            {
+                let _ = a.tx.send(ack);
+            }
+        }
+        peer.wake();
+        if let Some(reason) = outcome {
+            remote.stats.links_broken.fetch_add(1, Ordering::Relaxed);
+            warn!(peer = %peer.label, %reason, "closing link");
+            return reason;
+        }
+    }
+}
+
+/// A snapshot of [`RemoteStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RemoteCounters {
+    /// See [`RemoteStats::forged_dropped`].
+    pub forged_dropped: u64,
+    /// See [`RemoteStats::guard_dropped`].
+    pub guard_dropped: u64,
+    /// See [`RemoteStats::rate_dropped`].
+    pub rate_dropped: u64,
+    /// See [`RemoteStats::links_refused`].
+    pub links_refused: u64,
+    /// See [`RemoteStats::links_broken`].
+    pub links_broken: u64,
+    /// See [`RemoteStats::received`].
+    pub received: u64,
+    /// See [`RemoteStats::links_up`].
+    pub links_up: u64,
+}
+
+impl RemoteStats {
+    /// The counters now.
+    pub fn snapshot(&self) -> RemoteCounters {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RemoteCounters {
+            forged_dropped: g(&self.forged_dropped),
+            guard_dropped: g(&self.guard_dropped),
+            rate_dropped: g(&self.rate_dropped),
+            links_refused: g(&self.links_refused),
+            links_broken: g(&self.links_broken),
+            received: g(&self.received),
+            links_up: g(&self.links_up),
+        }
+    }
+}
+
+/// Routes by domain: `(domain, peer label, link up)`.
+pub(crate) fn routes(remote: &Remote) -> HashMap<Domain, (String, bool)> {
+    remote
+        .routes()
+        .into_iter()
+        .map(|(d, l, up)| (d, (l, up)))
+        .collect()
+}
