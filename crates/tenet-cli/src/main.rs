@@ -37,12 +37,34 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum HostAction {
+    /// Make a development CA (once) and a TLS certificate for one host,
+    /// naming the domains it may serve.
+    Certs {
+        /// Directory of the CA (`ca.pem`, `ca.key`) and the host files
+        /// (`NAME.pem`, `NAME.key`).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The host's name (file names and certificate subject).
+        #[arg(long)]
+        name: String,
+        /// A domain the host may serve (its software domain, its card's
+        /// domain); repeat for several.
+        #[arg(long = "domain", value_name = "HEX", required = true)]
+        domains: Vec<Domain>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Cmd {
-    /// Run the host daemon.
+    /// Run the host daemon (or `tenet host certs ...`).
+    #[command(args_conflicts_with_subcommands = true)]
     Host {
         /// TOML configuration (see docs/host.example.toml).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: Option<HostAction>,
     },
     /// Send echo requests to an entity and report round-trip times.
     Ping {
@@ -125,7 +147,25 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode> {
     let socket = cli.socket.unwrap_or_else(tenet_client::default_socket_path);
     match cli.cmd {
-        Cmd::Host { config } => host(config, socket).await,
+        Cmd::Host {
+            action: Some(HostAction::Certs { dir, name, domains }),
+            ..
+        } => {
+            if tenet_host::certs::ensure_ca(&dir, "tenet development CA")? {
+                println!("made CA {}", dir.join("ca.pem").display());
+            }
+            let files = tenet_host::certs::issue_host(&dir, &name, &domains)?;
+            println!("made {} and {}", files.cert.display(), files.key.display());
+            println!(
+                "config: [remote] ca = {:?}, cert = {:?}, key = {:?}",
+                files.ca, files.cert, files.key
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Host {
+            config,
+            action: None,
+        } => host(config, socket).await,
         Cmd::Ping {
             dst,
             count,
