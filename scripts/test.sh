@@ -3,8 +3,10 @@
 #
 # Installs what the tests need when it is missing (as root, with apt-get):
 # pcscd, the vsmartcard vpcd driver, libpcsclite-dev and pkg-config for the
-# PC/SC card link, opensc-tool for the interop test. Starts pcscd with the
-# vpcd reader (unless one already runs) and stops what it started at the end.
+# PC/SC card link, opensc-tool for the interop test, nats-server for the
+# NATS transport. Starts pcscd with the vpcd reader (unless one already
+# runs) and stops what it started at the end; the NATS tests start and stop
+# their own nats-server on private loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -16,6 +18,7 @@ command -v pcscd >/dev/null || missing+=(pcscd)
 command -v pkg-config >/dev/null || missing+=(pkgconf)
 pkg-config --exists libpcsclite 2>/dev/null || missing+=(libpcsclite-dev)
 command -v opensc-tool >/dev/null || missing+=(opensc)
+command -v nats-server >/dev/null || missing+=(nats-server)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "missing Debian packages: ${missing[*]}; install them or run this as root" >&2

@@ -11,7 +11,9 @@
 //!    matching subscription (or [`SubscriptionId`] 0);
 //! 2. otherwise the first subscription, in registration order, whose filter
 //!    matches;
-//! 3. otherwise an `undeliverable` notice goes to the sender: reason
+//! 3. otherwise, for a `dst` outside the local domains, the default route
+//!    (a broker link) if one is set;
+//! 4. otherwise an `undeliverable` notice goes to the sender: reason
 //!    *unknown destination* if `dst` is in a local domain, *no route* if not.
 //!
 //! Bounds: at most [`Limits::per_destination`] messages wait for one
@@ -242,6 +244,7 @@ pub struct DispatchTable {
     endpoints: HashMap<EndpointId, Endpoint>,
     subscriptions: Vec<Handler>,
     taps: Vec<Handler>,
+    default_route: Option<EndpointId>,
     total: usize,
     next_endpoint: u64,
     next_handler: u32,
@@ -265,6 +268,7 @@ impl DispatchTable {
             endpoints: HashMap::new(),
             subscriptions: Vec::new(),
             taps: Vec::new(),
+            default_route: None,
             total: 0,
             next_endpoint: 1,
             next_handler: 1,
@@ -324,6 +328,12 @@ impl DispatchTable {
         self.add_local_domain(d);
         self.guard_cx.card_domains.insert(d);
         self.guard_cx.privileged.extend(privileged);
+    }
+
+    /// Sets the endpoint that gets messages for non-local domains that no
+    /// subscription claims (a broker link such as NATS).
+    pub fn set_default_route(&mut self, ep: Option<EndpointId>) {
+        self.default_route = ep;
     }
 
     /// True if `d` is a local domain.
@@ -512,6 +522,11 @@ impl DispatchTable {
         }
         if self.is_local_domain(h.dst.domain()) {
             Err(UndeliverableReason::UNKNOWN_DESTINATION)
+        } else if let Some(ep) = self
+            .default_route
+            .filter(|ep| self.endpoints.contains_key(ep))
+        {
+            Ok((ep, SubscriptionId(0)))
         } else {
             Err(UndeliverableReason::NO_ROUTE)
         }

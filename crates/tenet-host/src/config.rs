@@ -89,6 +89,26 @@ pub struct RemoteSection {
     /// `[[remote.peers]]`: hosts to dial.
     #[serde(default)]
     pub peers: Vec<PeerSection>,
+    /// `[remote.nats]`: route through a NATS server or cluster.
+    pub nats: Option<NatsSection>,
+}
+
+/// `[remote.nats]`: hosts reach each other through NATS subjects derived
+/// from their domains, with no routing table (see `docs/remote.md`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSection {
+    /// Server URL(s), e.g. `"nats://127.0.0.1:4222"`; comma-separated for a
+    /// cluster.
+    pub url: String,
+    /// User name (with `password`).
+    pub user: Option<String>,
+    /// Password.
+    pub password: Option<String>,
+    /// Token, instead of user and password.
+    pub token: Option<String>,
+    /// Subject prefix; default `"tenet"` (subjects are `PREFIX.d.DOMAINHEX`).
+    pub prefix: Option<String>,
 }
 
 /// One `[[remote.peers]]` entry: a host this one dials and keeps a link to.
@@ -217,6 +237,29 @@ impl Config {
     /// Checks `[remote]` and returns the static peer routes.
     pub fn remote_checked(&self) -> Result<Vec<(String, Vec<Domain>)>, ConfigError> {
         let r = &self.remote;
+        if let Some(n) = &r.nats {
+            if n.user.is_some() != n.password.is_some() {
+                return Err(ConfigError::Value {
+                    key: "remote.nats",
+                    detail: "user and password go together".into(),
+                });
+            }
+            if n.token.is_some() && n.user.is_some() {
+                return Err(ConfigError::Value {
+                    key: "remote.nats",
+                    detail: "use either a token or user and password".into(),
+                });
+            }
+            if n.prefix
+                .as_deref()
+                .is_some_and(|p| p.is_empty() || p.contains(['*', '>', ' ']))
+            {
+                return Err(ConfigError::Value {
+                    key: "remote.nats.prefix",
+                    detail: "must be a non-empty subject without wildcards or spaces".into(),
+                });
+            }
+        }
         let active = r.listen.is_some() || !r.peers.is_empty();
         if active
             && !r.danger_plaintext.unwrap_or(false)

@@ -15,6 +15,8 @@
 //!
 //! - [`remote`]: the remote proxy: links to other hosts over TLS, routing
 //!   by domain, reliable delivery across link breaks.
+//! - `nats`: the NATS transport: subjects derived from domains, no routing
+//!   table.
 
 #![warn(missing_docs)]
 
@@ -22,6 +24,7 @@ pub mod certs;
 pub mod config;
 pub mod entity;
 pub mod link;
+mod nats;
 mod proxy;
 pub mod remote;
 pub mod server;

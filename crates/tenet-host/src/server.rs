@@ -167,6 +167,13 @@ pub(crate) struct Shared {
     clock: Clock,
     card: Option<CardAttach>,
     pub(crate) remote: Option<Arc<crate::remote::Remote>>,
+    pub(crate) nats: Option<Arc<crate::nats::Nats>>,
+}
+
+impl Shared {
+    pub(crate) fn remote_stats(&self) -> Option<&crate::remote::RemoteStats> {
+        self.remote.as_ref().map(|r| &r.stats)
+    }
 }
 
 /// The host's card, as the daemon sees it.
@@ -285,7 +292,15 @@ pub async fn start(config: &Config) -> Result<HostHandle, HostError> {
     if let Some((_, info)) = &card {
         my_domains.push(info.domain);
     }
-    let remote = crate::remote::Remote::new(config, domain.owner(), my_domains)?;
+    let remote = crate::remote::Remote::new(config, domain.owner(), my_domains.clone())?;
+    let nats = config.remote.nats.as_ref().map(|_| {
+        let ep = table.add_endpoint();
+        table.set_default_route(Some(ep));
+        Arc::new(crate::nats::Nats {
+            ep,
+            wake: tokio::sync::Notify::new(),
+        })
+    });
     let (proxy_tx, proxy_rx) = std::sync::mpsc::channel();
     let attach = card
         .as_ref()
@@ -311,6 +326,7 @@ pub async fn start(config: &Config) -> Result<HostHandle, HostError> {
         },
         card: attach,
         remote: remote.map(Arc::new),
+        nats,
     });
     if let (Some((session, info)), Some(a)) = (card, &shared.card) {
         info!(card = %info.domain.owner(), link = %a.link, privileged = ?info.privileged, "card attached");
@@ -324,7 +340,16 @@ pub async fn start(config: &Config) -> Result<HostHandle, HostError> {
     let accept = tokio::spawn(accept_loop(shared.clone(), listener));
     let timer = tokio::spawn(timer_loop(shared.clone()));
     let mut tasks = vec![accept, timer];
-    match crate::remote::start(shared.clone(), config).await {
+    let started = match crate::remote::start(shared.clone(), config).await {
+        Ok(t) => match &config.remote.nats {
+            Some(n) => crate::nats::start(shared.clone(), n, my_domains)
+                .await
+                .map(|u| t.into_iter().chain(u).collect()),
+            None => Ok(t),
+        },
+        Err(e) => Err(e),
+    };
+    match started {
         Ok(t) => tasks.extend(t),
         Err(e) => {
             for t in &tasks {
@@ -444,6 +469,11 @@ pub(crate) fn run_events(shared: &Shared, events: Vec<Event>) {
                     }
                 }
                 work.extend(drain_events(&mut t));
+            }
+            Event::Readable(ep) if shared.nats.as_ref().is_some_and(|n| n.ep == ep) => {
+                if let Some(n) = &shared.nats {
+                    n.wake.notify_one();
+                }
             }
             Event::Readable(ep) if shared.card.as_ref().is_some_and(|c| c.ep == ep) => {
                 if let Some(c) = &shared.card {

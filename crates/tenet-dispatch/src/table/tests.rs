@@ -574,3 +574,28 @@ mod props {
         }
     }
 }
+
+#[test]
+fn default_route_takes_only_unclaimed_foreign_domains() {
+    let mut t = table(Limits::default());
+    let now = Instant::now();
+    let (broker, peer, app) = (t.add_endpoint(), t.add_endpoint(), t.add_endpoint());
+    t.bind(app, id(1, 1)).unwrap();
+    t.subscribe(peer, Filter::to_domain(dom(5))).unwrap();
+    t.set_default_route(Some(broker));
+    assert_eq!(
+        t.store(Ingress::App, msg(id(1, 1), id(5, 1), 9), now),
+        Ok(Stored::Queued(peer))
+    );
+    assert_eq!(
+        t.store(Ingress::App, msg(id(1, 1), id(6, 1), 9), now),
+        Ok(Stored::Queued(broker))
+    );
+    assert_eq!(
+        t.store(Ingress::App, msg(id(1, 1), id(1, 42), 9), now),
+        Ok(Stored::Undeliverable(
+            UndeliverableReason::UNKNOWN_DESTINATION
+        )),
+        "never for a local domain"
+    );
+}
