@@ -26,6 +26,14 @@ pub enum Which {
         #[arg(long, default_value_t = 20_000)]
         echoes: u32,
     },
+    /// A remote echo through two daemons over TLS and over NATS, next to a
+    /// raw TCP loopback echo and a plain NATS request/reply (starts its own
+    /// nats-server if the binary is installed).
+    Remote {
+        /// Round trips per contender.
+        #[arg(long, default_value_t = 5_000)]
+        echoes: u32,
+    },
     /// One APDU through pcscd + vpcd next to the in-process card link, and
     /// `ping CARD-ID` through the daemon over both (needs `--features pcsc`
     /// and pcscd running with the vpcd driver).
@@ -45,6 +53,7 @@ pub enum Which {
 pub async fn run(which: Which) -> Result<ExitCode> {
     match which {
         Which::Core { messages, echoes } => core(messages, echoes).await,
+        Which::Remote { echoes } => crate::bench_remote::run(echoes).await,
         Which::Card {
             rounds,
             vpcd,

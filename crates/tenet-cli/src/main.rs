@@ -19,6 +19,7 @@ use tenet_proto::{Domain, EntityId, Filter, Mtype};
 
 mod bench;
 mod bench_card;
+mod bench_remote;
 mod card;
 
 #[derive(Parser)]

@@ -30,7 +30,7 @@ use tenet_proto::notice::UndeliverableReason;
 use tenet_proto::{Codec, Domain, EntityId, Filter};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::certs::{HOST_NAME, domain_name};
@@ -40,6 +40,8 @@ use crate::server::{HostError, Shared, drain_events, lock, run_events};
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Longest delay of a bare acknowledgement.
+const ACK_DELAY: Duration = Duration::from_millis(20);
 
 /// Counters of the remote proxy.
 #[derive(Debug, Default)]
@@ -70,7 +72,6 @@ struct Tls {
 struct Active {
     id: u64,
     dialer: EntityId,
-    tx: mpsc::UnboundedSender<LinkFrame>,
     stop: Arc<Notify>,
 }
 
@@ -555,7 +556,6 @@ async fn run_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
     // smaller host id stays.
     let dialer = if dialed.is_some() { remote.me } else { host };
     let id = remote.next_link.fetch_add(1, Ordering::Relaxed);
-    let (tx, mut rx) = mpsc::unbounded_channel::<LinkFrame>();
     let stop = Arc::new(Notify::new());
     let duplicate = lock(&peer.inner)
         .active
@@ -589,7 +589,6 @@ async fn run_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
         i.active = Some(Active {
             id,
             dialer,
-            tx: tx.clone(),
             stop: stop.clone(),
         });
         (resume, new_domains, our_hello)
@@ -612,10 +611,10 @@ async fn run_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
         first.push(our_hello);
     }
     first.extend(resume.resend);
-    let _ = tx.send(LinkFrame::Ack { ack: 0 }); // nudges the writer to drain the table
-    drop(tx);
 
     let writer = async {
+        let mut ack_tick = tokio::time::interval(ACK_DELAY);
+        ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buf = Vec::new();
         encode(&first, &mut buf);
         loop {
@@ -639,21 +638,18 @@ async fn run_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 buf.clear();
             }
             tokio::select! {
-                f = rx.recv() => match f {
-                    Some(LinkFrame::Ack { ack: 0 }) => {}
-                    Some(f) => encode(&[f], &mut buf),
-                    None => return "replaced by a newer link".to_owned(),
-                },
                 _ = peer.wake.notified() => {}
-            }
-            while let Ok(f) = rx.try_recv() {
-                if !matches!(f, LinkFrame::Ack { ack: 0 }) {
-                    encode(&[f], &mut buf);
+                _ = ack_tick.tick() => {
+                    // Delayed acknowledgement: data frames carry acks for
+                    // free; a bare one goes out only when none did lately.
+                    if let Some(a) = lock(&peer.inner).link.ack_due() {
+                        encode(&[a], &mut buf);
+                    }
                 }
             }
         }
     };
-    let reading = read_loop(shared, remote, &peer, &mut reader, id);
+    let reading = read_loop(shared, remote, &peer, &mut reader);
     let reason = tokio::select! {
         r = writer => r,
         r = reading => r,
@@ -673,7 +669,6 @@ async fn read_loop<R: AsyncRead + Unpin>(
     remote: &Remote,
     peer: &Peer,
     reader: &mut FrameReader<R>,
-    id: u64,
 ) -> String {
     loop {
         let frames = match reader.next_batch().await {
@@ -688,8 +683,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
         };
         let mut stored = Vec::new();
         let mut outcome: Option<String> = None;
+        let reopened;
         {
             let mut i = lock(&peer.inner);
+            let was_full = !i.link.has_room();
             for f in frames {
                 match f {
                     LinkFrame::Data { seq, ack, message } => {
@@ -732,6 +729,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     }
                 }
             }
+            reopened = was_full && i.link.has_room();
         }
         if !stored.is_empty() {
             let events = {
@@ -754,17 +752,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
             };
             run_events(shared, events);
         }
-        // Acknowledge what is stored (unless a data frame carries it) and let
-        // the writer use the room acknowledgements opened.
-        {
-            let mut i = lock(&peer.inner);
-            if let Some(ack) = i.link.ack_due()
-                && let Some(a) = i.active.as_ref().filter(|a| a.id == id)
-            {
-                let _ = a.tx.send(ack);
-            }
+        // Let the writer use the room that acknowledgements opened; our own
+        // acknowledgements ride on data frames or go out on the writer's tick.
+        if reopened {
+            peer.wake();
         }
-        peer.wake();
         if let Some(reason) = outcome {
             remote.stats.links_broken.fetch_add(1, Ordering::Relaxed);
             warn!(peer = %peer.label, %reason, "closing link");

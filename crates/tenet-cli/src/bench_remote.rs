@@ -1,0 +1,252 @@
+//! `tenet bench remote`: host-to-host links side by side with their raw
+//! baselines.
+
+use std::path::Path;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use futures_util::StreamExt;
+use tenet_client::Capability;
+use tenet_host::config::{NatsSection, PeerSection};
+use tenet_proto::Domain;
+use tenet_proto::frame::{split_frame, write_frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::bench::{Summary, summarize, us};
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn raw_tcp_echo(n: u32, body: usize) -> Result<Vec<Duration>> {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    let server = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await?;
+        s.set_nodelay(true)?;
+        let mut buf = Vec::with_capacity(4096);
+        loop {
+            if s.read_buf(&mut buf).await? == 0 {
+                return Ok::<_, std::io::Error>(());
+            }
+            let mut start = 0;
+            let mut out = Vec::new();
+            while let Ok(Some((used, b))) = split_frame(&buf[start..], 1 << 16) {
+                write_frame(&mut out, b);
+                start += used;
+            }
+            buf.drain(..start);
+            s.write_all(&out).await?;
+        }
+    });
+    let mut c = tokio::net::TcpStream::connect(addr).await?;
+    c.set_nodelay(true)?;
+    let mut frame = Vec::new();
+    write_frame(&mut frame, &vec![7u8; body]);
+    let mut rbuf = vec![0u8; frame.len()];
+    let mut out = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let t = Instant::now();
+        c.write_all(&frame).await?;
+        c.read_exact(&mut rbuf).await?;
+        out.push(t.elapsed());
+    }
+    drop(c);
+    server.await??;
+    Ok(out)
+}
+
+async fn daemon_echo(
+    app: &mut Capability,
+    dst: tenet_proto::EntityId,
+    n: u32,
+) -> Result<Vec<Duration>> {
+    let mut out = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        out.push(app.echo(dst, &[], Duration::from_secs(5)).await?);
+    }
+    Ok(out)
+}
+
+async fn nats_request(client: &async_nats::Client, n: u32, body: usize) -> Result<Vec<Duration>> {
+    let payload = bytes_of(body);
+    let mut out = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let t = Instant::now();
+        client.request("bench.echo", payload.clone().into()).await?;
+        out.push(t.elapsed());
+    }
+    Ok(out)
+}
+
+fn bytes_of(n: usize) -> Vec<u8> {
+    vec![7u8; n]
+}
+
+async fn ready(app: &mut Capability, dst: tenet_proto::EntityId) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match app.echo(dst, &[], Duration::from_secs(1)).await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e).context("the link never came up"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+fn config(dir: &Path, name: &str, domain: Domain) -> tenet_host::Config {
+    let mut c = tenet_host::Config::default();
+    c.host.socket = Some(dir.join(format!("{name}.sock")));
+    c.host.state_dir = Some(dir.join(format!("{name}-state")));
+    c.host.domain = Some(domain.to_string());
+    c
+}
+
+pub async fn run(echoes: u32) -> Result<ExitCode> {
+    let dir = tempfile::tempdir()?;
+    let (da, db) = (Domain::new([0xa1; 12]), Domain::new([0xb2; 12]));
+    let body = tenet_proto::HEADER_LEN + 8;
+    println!("# tenet bench remote: {echoes} round trips per contender, interleaved in 5 rounds");
+
+    // TLS: A dials B; an app on A echoes B's host entity.
+    let ca = dir.path().join("ca");
+    tenet_host::certs::ensure_ca(&ca, "bench CA")?;
+    let fa = tenet_host::certs::issue_host(&ca, "a", &[da])?;
+    let fb = tenet_host::certs::issue_host(&ca, "b", &[db])?;
+    let pb = free_port()?;
+    let mut cb = config(dir.path(), "tls-b", db);
+    cb.remote.listen = Some(format!("127.0.0.1:{pb}"));
+    (cb.remote.ca, cb.remote.cert, cb.remote.key) =
+        (Some(fb.ca.clone()), Some(fb.cert), Some(fb.key));
+    let mut cfa = config(dir.path(), "tls-a", da);
+    (cfa.remote.ca, cfa.remote.cert, cfa.remote.key) = (Some(fa.ca), Some(fa.cert), Some(fa.key));
+    cfa.remote.peers = vec![PeerSection {
+        address: format!("127.0.0.1:{pb}"),
+        domains: Vec::new(),
+    }];
+    let hb = tenet_host::start(&cb).await?;
+    let ha = tenet_host::start(&cfa).await?;
+    let mut tls_app = Capability::acquire(ha.socket_path()).await?;
+    ready(&mut tls_app, db.owner()).await?;
+
+    // NATS: a private nats-server, two daemons, and a plain request/reply.
+    let nats_port = free_port()?;
+    let nats = match Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &nats_port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        Ok(c) => Some(Kill(c)),
+        Err(e) => {
+            println!("(nats-server not available: {e}; NATS rows skipped)");
+            None
+        }
+    };
+    let mut nats_parts = None;
+    if nats.is_some() {
+        let url = format!("nats://127.0.0.1:{nats_port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", nats_port)).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "nats-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let section = NatsSection {
+            url: url.clone(),
+            ..Default::default()
+        };
+        let (nda, ndb) = (Domain::new([0xa3; 12]), Domain::new([0xb4; 12]));
+        let mut na = config(dir.path(), "nats-a", nda);
+        na.remote.nats = Some(section.clone());
+        let mut nb = config(dir.path(), "nats-b", ndb);
+        nb.remote.nats = Some(section);
+        let hna = tenet_host::start(&na).await?;
+        let hnb = tenet_host::start(&nb).await?;
+        let mut app = Capability::acquire(hna.socket_path()).await?;
+        ready(&mut app, ndb.owner()).await?;
+        let client = async_nats::connect(url.as_str()).await?;
+        let mut sub = client.subscribe("bench.echo").await?;
+        let responder_client = client.clone();
+        let responder = tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                if let Some(r) = m.reply {
+                    let _ = responder_client.publish(r, m.payload).await;
+                }
+            }
+        });
+        client.flush().await?;
+        nats_parts = Some((hna, hnb, app, ndb.owner(), client, responder));
+    }
+
+    let per = (echoes / 5).max(1);
+    let (mut raw, mut tls, mut nreq, mut ndae) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    raw_tcp_echo(200, body).await?;
+    daemon_echo(&mut tls_app, db.owner(), 200).await?;
+    for _ in 0..5 {
+        raw.extend(raw_tcp_echo(per, body).await?);
+        tls.extend(daemon_echo(&mut tls_app, db.owner(), per).await?);
+        if let Some((_, _, app, dst, client, _)) = nats_parts.as_mut() {
+            nreq.extend(nats_request(client, per, body).await?);
+            ndae.extend(daemon_echo(app, *dst, per).await?);
+        }
+    }
+    let (raw, tls) = (summarize(raw), summarize(tls));
+    println!(
+        "\n{:<52} {:>10} {:>10} {:>10} {:>10}",
+        "round trip", "mean us", "p50 us", "p99 us", "p50 ratio"
+    );
+    let row = |name: &str, s: &Summary| {
+        println!(
+            "{:<52} {:>10.1} {:>10.1} {:>10.1} {:>9.2}x",
+            name,
+            us(s.mean),
+            us(s.p50),
+            us(s.p99),
+            s.p50.as_secs_f64() / raw.p50.as_secs_f64()
+        );
+    };
+    row("raw TCP loopback echo, nodelay (baseline)", &raw);
+    row("app -> daemon =TLS=> daemon -> host entity, back", &tls);
+    if !nreq.is_empty() {
+        row(
+            "plain NATS request/reply through nats-server",
+            &summarize(nreq),
+        );
+        row(
+            "app -> daemon =NATS=> daemon -> host entity, back",
+            &summarize(ndae),
+        );
+    }
+    println!(
+        "\naim: the TLS path within 2x the raw TCP echo: {} ({:.2}x)",
+        if tls.p50.as_secs_f64() <= 2.0 * raw.p50.as_secs_f64() {
+            "met"
+        } else {
+            "NOT met"
+        },
+        tls.p50.as_secs_f64() / raw.p50.as_secs_f64()
+    );
+    if let Some((hna, hnb, app, _, _, responder)) = nats_parts {
+        responder.abort();
+        drop(app);
+        hna.shutdown().await;
+        hnb.shutdown().await;
+    }
+    drop(tls_app);
+    ha.shutdown().await;
+    hb.shutdown().await;
+    drop(nats);
+    Ok(ExitCode::SUCCESS)
+}
