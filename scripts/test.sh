@@ -4,7 +4,8 @@
 # Installs what the tests need when it is missing (as root, with apt-get):
 # pcscd, the vsmartcard vpcd driver, libpcsclite-dev and pkg-config for the
 # PC/SC card link, opensc-tool for the interop test, nats-server for the
-# NATS transport. Starts pcscd with the vpcd reader (unless one already
+# NATS transport, iproute2 for the network-namespace test (which needs
+# root, like the installs). Starts pcscd with the vpcd reader (unless one already
 # runs) and stops what it started at the end; the NATS tests start and stop
 # their own nats-server on private loopback ports.
 set -euo pipefail
@@ -19,6 +20,7 @@ command -v pkg-config >/dev/null || missing+=(pkgconf)
 pkg-config --exists libpcsclite 2>/dev/null || missing+=(libpcsclite-dev)
 command -v opensc-tool >/dev/null || missing+=(opensc)
 command -v nats-server >/dev/null || missing+=(nats-server)
+command -v ip >/dev/null || missing+=(iproute2)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "missing Debian packages: ${missing[*]}; install them or run this as root" >&2
