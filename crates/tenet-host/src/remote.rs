@@ -63,6 +63,41 @@ pub struct RemoteStats {
     pub links_up: AtomicU64,
 }
 
+/// A byte stream to a peer host: the one interface the link code needs from
+/// a stream transport. TLS streams (both directions) carry the peer's
+/// certificate; plaintext TCP (`danger_plaintext`) carries none.
+pub trait LinkStream: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The peer's end-entity certificate, when the transport authenticated
+    /// the peer.
+    fn peer_certificate(&self) -> Option<CertificateDer<'static>>;
+}
+
+impl LinkStream for tokio_rustls::client::TlsStream<TcpStream> {
+    fn peer_certificate(&self) -> Option<CertificateDer<'static>> {
+        self.get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .cloned()
+    }
+}
+
+impl LinkStream for tokio_rustls::server::TlsStream<TcpStream> {
+    fn peer_certificate(&self) -> Option<CertificateDer<'static>> {
+        self.get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .cloned()
+    }
+}
+
+impl LinkStream for TcpStream {
+    fn peer_certificate(&self) -> Option<CertificateDer<'static>> {
+        None
+    }
+}
+
 struct Tls {
     acceptor: tokio_rustls::TlsAcceptor,
     connector: tokio_rustls::TlsConnector,
@@ -281,14 +316,8 @@ async fn dial_loop(shared: Arc<Shared>, remote: Arc<Remote>, peer: Arc<Peer>, ad
                         let name = ServerName::try_from(HOST_NAME).expect("valid DNS name");
                         match tls.connector.connect(name, tcp).await {
                             Ok(s) => {
-                                let cert = s
-                                    .get_ref()
-                                    .1
-                                    .peer_certificates()
-                                    .and_then(|c| c.first())
-                                    .cloned();
                                 logged = false;
-                                run_link(&shared, &remote, s, Some(peer.clone()), cert).await;
+                                run_link(&shared, &remote, s, Some(peer.clone())).await;
                             }
                             Err(e) => {
                                 remote.stats.links_refused.fetch_add(1, Ordering::Relaxed);
@@ -298,7 +327,7 @@ async fn dial_loop(shared: Arc<Shared>, remote: Arc<Remote>, peer: Arc<Peer>, ad
                     }
                     None => {
                         logged = false;
-                        run_link(&shared, &remote, tcp, Some(peer.clone()), None).await;
+                        run_link(&shared, &remote, tcp, Some(peer.clone())).await;
                     }
                 }
                 if up.elapsed() > Duration::from_secs(5) {
@@ -331,17 +360,14 @@ async fn accept_loop(shared: Arc<Shared>, remote: Arc<Remote>, l: TcpListener) {
                 links.spawn(async move {
                     match &remote.tls {
                         Some(tls) => match tokio::time::timeout(HELLO_TIMEOUT, tls.acceptor.accept(tcp)).await {
-                            Ok(Ok(s)) => {
-                                let cert = s.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned();
-                                run_link(&shared, &remote, s, None, cert).await;
-                            }
+                            Ok(Ok(s)) => run_link(&shared, &remote, s, None).await,
                             Ok(Err(e)) => {
                                 remote.stats.links_refused.fetch_add(1, Ordering::Relaxed);
                                 warn!(%from, error = %e, "TLS handshake refused");
                             }
                             Err(_) => warn!(%from, "TLS handshake timed out"),
                         },
-                        None => run_link(&shared, &remote, tcp, None, None).await,
+                        None => run_link(&shared, &remote, tcp, None).await,
                     }
                 });
             }
@@ -420,13 +446,13 @@ fn cert_allows(cert: Option<&CertificateDer<'static>>, d: Domain) -> bool {
 }
 
 /// Runs one link until it ends.
-async fn run_link<S: AsyncRead + AsyncWrite + Unpin + Send>(
+async fn run_link<S: LinkStream>(
     shared: &Arc<Shared>,
     remote: &Arc<Remote>,
     stream: S,
     dialed: Option<Arc<Peer>>,
-    cert: Option<CertificateDer<'static>>,
 ) {
+    let cert = stream.peer_certificate();
     let (rd, mut wr) = tokio::io::split(stream);
     let mut reader = FrameReader {
         r: rd,

@@ -522,3 +522,76 @@ async fn restarted_peer_resumes_and_expired_messages_are_undeliverable() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn malformed_or_oversized_frames_close_only_that_link_and_floods_are_limited() {
+    let root = tempfile::tempdir().unwrap();
+    let ca = root.path().join("ca");
+    ensure_ca(&ca, "test CA").unwrap();
+    let mut a = Host::new(root.path(), &ca, 0xa1);
+    let mut b = Host::new(root.path(), &ca, 0xb2);
+    b.dial(&a);
+    let mut cfg = a.config();
+    cfg.remote.rate = Some(50.0);
+    cfg.remote.burst = Some(10.0);
+    a.handle = Some(tenet_host::start(&cfg).await.unwrap());
+    b.start().await;
+    let mut on_b = b.app().await;
+    echo_eventually(&mut on_b, a.id()).await;
+
+    let rogue = dom(0x66);
+    let files = issue_host(&ca, "rogue", &[rogue]).unwrap();
+    // A frame that is not a link frame.
+    let mut s = rogue_link(a.port, &files, rogue.owner(), vec![rogue]).await;
+    let mut buf = Vec::new();
+    assert!(matches!(
+        read_frame(&mut s, &mut buf).await,
+        Some(LinkFrame::Hello { .. })
+    ));
+    s.write_all(&[0, 0, 0, 3, 0x7f, 1, 2]).await.unwrap();
+    s.flush().await.unwrap();
+    assert_eq!(read_frame(&mut s, &mut buf).await, None, "link closed");
+    // A length prefix above the maximum.
+    let mut s = rogue_link(a.port, &files, rogue.owner(), vec![rogue]).await;
+    let mut buf = Vec::new();
+    read_frame(&mut s, &mut buf).await;
+    s.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    s.flush().await.unwrap();
+    assert_eq!(read_frame(&mut s, &mut buf).await, None, "link closed");
+    assert!(a.h().remote_stats().unwrap().links_broken >= 2);
+    // A flood: far more than the rate allows in an instant.
+    let mut s = rogue_link(a.port, &files, rogue.owner(), vec![rogue]).await;
+    let mut buf = Vec::new();
+    read_frame(&mut s, &mut buf).await;
+    let m = Message::new(
+        EntityId::new(rogue, Port::new(1)),
+        a.id(),
+        Mtype::ECHO_REPLY,
+        vec![],
+    );
+    for seq in 1..=200u64 {
+        send(
+            &mut s,
+            LinkFrame::Data {
+                seq,
+                ack: 0,
+                message: m.clone(),
+            },
+        )
+        .await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let st = a.h().remote_stats().unwrap();
+        if st.rate_dropped + st.received >= 200 {
+            assert!(st.rate_dropped >= 150, "{st:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{st:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The honest peer was never disturbed.
+    echo_eventually(&mut on_b, a.id()).await;
+    a.stop().await;
+    b.stop().await;
+}
