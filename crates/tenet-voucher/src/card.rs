@@ -1,0 +1,658 @@
+//! The voucher applet's logic: what a card does with each exchange message,
+//! as a plain value that consumes an input and returns outputs (no I/O).
+//!
+//! The whole [`VoucherCard`] is the applet's persistent data. The card
+//! runtime commits it and releases the outputs in one atomic store update,
+//! so a card never holds a deleted voucher without the pending exchange
+//! that recovers it or its counterpart: the debit and the exchange record
+//! are one write. An input that is refused changes nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tenet_proto::codec::{Codec, DecodeError, Reader};
+use tenet_proto::tlv::{self, Fields, Tag};
+use tenet_proto::{EntityId, Mtype};
+
+use crate::crypto::Crypto;
+use crate::model::{Amount, Balances};
+use crate::msg::{
+    self, Admission, Agreement, Commitment, Confirmation, ExchangeId, Kind, Offer, RecoveryRequest,
+    StartExchange,
+};
+
+/// Mint (privileged): an issuer's card creates vouchers of its own class.
+pub const MINT: Mtype = Mtype(0x020a);
+/// Progress report to the wallet app (tap-free notification).
+pub const PROGRESS: Mtype = Mtype(0x020b);
+
+/// A refused input, in words for the sender.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
+fn refuse<T>(s: impl Into<String>) -> Result<T, Refusal> {
+    Err(Refusal(s.into()))
+}
+
+/// Which side of an exchange this card is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Role {
+    /// `S_A`: made the offer, gives `v1`.
+    Initiator,
+    /// `S_B`: accepted it, gives `v2`.
+    Responder,
+}
+
+/// Where an exchange stands on this card.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Phase {
+    /// Initiator: `v1` deleted, `m3` sent, waiting for `m4`.
+    AwaitingCommitment,
+    /// Responder: `v2` deleted, `m2` sent, waiting for `m3`.
+    AwaitingConfirmation,
+    /// Initiator: asked the TTP to resolve.
+    Resolving,
+    /// Responder: asked the TTP to abort.
+    Aborting,
+    /// Finished by the main protocol: both swapped.
+    Committed,
+    /// Finished by the TTP: swapped.
+    Resolved,
+    /// Finished by the TTP: undone.
+    Aborted,
+}
+
+impl Phase {
+    /// True once the exchange can no longer change.
+    pub fn is_final(self) -> bool {
+        matches!(self, Phase::Committed | Phase::Resolved | Phase::Aborted)
+    }
+
+    fn code(self) -> u8 {
+        self as u8
+    }
+
+    fn from_code(c: u8) -> Result<Self, DecodeError> {
+        Ok(match c {
+            0 => Phase::AwaitingCommitment,
+            1 => Phase::AwaitingConfirmation,
+            2 => Phase::Resolving,
+            3 => Phase::Aborting,
+            4 => Phase::Committed,
+            5 => Phase::Resolved,
+            6 => Phase::Aborted,
+            _ => {
+                return Err(DecodeError::Invalid {
+                    what: "phase",
+                    detail: format!("unknown code {c}"),
+                });
+            }
+        })
+    }
+}
+
+/// One exchange past the offer.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Exchange {
+    /// This card's side.
+    pub role: Role,
+    /// The offer.
+    pub offer: Offer,
+    /// `S_B`'s agreement.
+    pub agreement: Agreement,
+    /// `n2`, known to the responder from the start and to the initiator
+    /// once `m4` arrives.
+    pub n2: Option<[u8; 16]>,
+    /// Where it stands.
+    pub phase: Phase,
+}
+
+impl Exchange {
+    /// What this card gave.
+    pub fn gives(&self) -> &Amount {
+        match self.role {
+            Role::Initiator => &self.offer.give,
+            Role::Responder => &self.offer.want,
+        }
+    }
+
+    /// What this card gets.
+    pub fn gets(&self) -> &Amount {
+        match self.role {
+            Role::Initiator => &self.offer.want,
+            Role::Responder => &self.offer.give,
+        }
+    }
+
+    /// The other card.
+    pub fn peer(&self) -> EntityId {
+        match self.role {
+            Role::Initiator => self.offer.responder,
+            Role::Responder => self.offer.initiator,
+        }
+    }
+}
+
+/// A message to send.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Out {
+    /// Destination.
+    pub dst: EntityId,
+    /// Mtype.
+    pub mtype: Mtype,
+    /// Param.
+    pub param: Vec<u8>,
+}
+
+/// What the card knows of its surroundings while handling one input.
+pub struct Ctx<'a> {
+    /// This card's id.
+    pub me: EntityId,
+    /// The TTP's id.
+    pub ttp: EntityId,
+    /// The wallet app that gets progress reports, if one is registered.
+    pub wallet: Option<EntityId>,
+    /// Keys and randomness.
+    pub crypto: &'a mut dyn Crypto,
+}
+
+/// Most finished exchanges remembered (older ones are forgotten first).
+pub const HISTORY: usize = 256;
+
+/// The voucher applet's persistent state.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct VoucherCard {
+    /// Vouchers held.
+    pub balances: Balances,
+    /// Offers made and not yet agreed to, by `n1` (nothing deleted yet).
+    pub offers: BTreeMap<[u8; 16], Offer>,
+    /// Exchanges past the agreement, by `h(n2)`.
+    pub exchanges: BTreeMap<ExchangeId, Exchange>,
+    /// Offers this card accepted as responder (by digest): a replayed offer
+    /// is refused.
+    pub accepted: BTreeSet<[u8; 32]>,
+}
+
+impl VoucherCard {
+    /// Exchanges not yet final: what recovery must finish after a restart.
+    pub fn pending(&self) -> impl Iterator<Item = (&ExchangeId, &Exchange)> {
+        self.exchanges.iter().filter(|(_, e)| !e.phase.is_final())
+    }
+
+    /// Handles one eTP message addressed to the card (privilege was checked
+    /// by the card runtime). On `Err`, nothing changed.
+    pub fn handle(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        src: EntityId,
+        mtype: Mtype,
+        param: &[u8],
+    ) -> Result<Vec<Out>, Refusal> {
+        let bad = |e: DecodeError| Refusal(format!("malformed {mtype}: {e}"));
+        match mtype {
+            MINT => self.mint(cx, &Amount::decode(param).map_err(bad)?),
+            msg::START_EXCHANGE => self.start(cx, StartExchange::decode(param).map_err(bad)?),
+            msg::ACCEPT => self.accept(cx, Offer::decode(param).map_err(bad)?),
+            msg::AGREEMENT => self.agreement(cx, src, Agreement::decode(param).map_err(bad)?),
+            msg::CONFIRMATION => {
+                self.confirmation(cx, src, Confirmation::decode(param).map_err(bad)?)
+            }
+            msg::COMMITMENT => self.commitment(cx, src, Commitment::decode(param).map_err(bad)?),
+            msg::RECOVER => self.recover(cx, ExchangeId::decode(param).map_err(bad)?),
+            msg::ADMISSION => self.admission(cx, src, Admission::decode(param).map_err(bad)?),
+            other => refuse(format!("the voucher applet does not handle {other}")),
+        }
+    }
+
+    fn progress(cx: &Ctx<'_>, id: &ExchangeId, phase: Phase) -> Vec<Out> {
+        cx.wallet
+            .map(|w| Out {
+                dst: w,
+                mtype: PROGRESS,
+                param: {
+                    let mut p = id.to_bytes();
+                    tlv::write(&mut p, Tag(0x81), &[phase.code()]);
+                    p
+                },
+            })
+            .into_iter()
+            .collect()
+    }
+
+    fn mint(&mut self, cx: &mut Ctx<'_>, a: &Amount) -> Result<Vec<Out>, Refusal> {
+        if a.class.issuer != cx.me.domain() {
+            return refuse(format!(
+                "this card issues only vouchers of its own domain {}",
+                cx.me.domain()
+            ));
+        }
+        self.balances
+            .credit(a)
+            .map_err(|e| Refusal(e.to_string()))?;
+        Ok(Vec::new())
+    }
+
+    fn start(&mut self, cx: &mut Ctx<'_>, s: StartExchange) -> Result<Vec<Out>, Refusal> {
+        if s.responder == cx.me {
+            return refuse("an exchange needs another card");
+        }
+        let held = self.balances.of(&s.give.class);
+        if held < s.give.quantity {
+            return refuse(format!(
+                "holds {held} of {}, offers {}",
+                s.give.class, s.give.quantity
+            ));
+        }
+        let mut n1 = [0u8; 16];
+        cx.crypto.random(&mut n1);
+        let offer = Offer {
+            initiator: cx.me,
+            responder: s.responder,
+            give: s.give,
+            want: s.want,
+            n1,
+        };
+        let out = Out {
+            dst: s.peer_wallet,
+            mtype: msg::OFFER,
+            param: offer.to_bytes(),
+        };
+        self.offers.insert(n1, offer);
+        Ok(vec![out])
+    }
+
+    /// Step 4 of the responder: delete `v2`, record the exchange, send `m2`.
+    fn accept(&mut self, cx: &mut Ctx<'_>, offer: Offer) -> Result<Vec<Out>, Refusal> {
+        if offer.responder != cx.me {
+            return refuse("the offer is for another card");
+        }
+        let digest = offer.digest();
+        if self.accepted.contains(&digest) {
+            return refuse("this offer was already accepted (replay)");
+        }
+        let mut balances = self.balances.clone();
+        balances
+            .debit(&offer.want)
+            .map_err(|e| Refusal(e.to_string()))?;
+        let mut n2 = [0u8; 16];
+        cx.crypto.random(&mut n2);
+        let id = ExchangeId::of_n2(&n2);
+        let agreement = Agreement {
+            offer_digest: digest,
+            id,
+            signature: cx.crypto.sign(&Agreement::signed_bytes(&digest, &id)),
+            certificate: cx.crypto.certificate(),
+        };
+        let out = Out {
+            dst: offer.initiator,
+            mtype: msg::AGREEMENT,
+            param: agreement.to_bytes(),
+        };
+        self.balances = balances;
+        self.accepted.insert(digest);
+        self.exchanges.insert(
+            id,
+            Exchange {
+                role: Role::Responder,
+                offer,
+                agreement,
+                n2: Some(n2),
+                phase: Phase::AwaitingConfirmation,
+            },
+        );
+        self.trim();
+        let mut outs = vec![out];
+        outs.extend(Self::progress(cx, &id, Phase::AwaitingConfirmation));
+        Ok(outs)
+    }
+
+    /// Step 5 of the initiator: verify `m2`, delete `v1`, record, send `m3`.
+    fn agreement(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        src: EntityId,
+        a: Agreement,
+    ) -> Result<Vec<Out>, Refusal> {
+        let Some((n1, offer)) = self
+            .offers
+            .iter()
+            .find(|(_, o)| o.digest() == a.offer_digest)
+        else {
+            return refuse("no open offer matches this agreement (replayed or withdrawn)");
+        };
+        let (n1, offer) = (*n1, offer.clone());
+        if src != offer.responder {
+            return refuse(format!(
+                "agreement from {src}, offer was to {}",
+                offer.responder
+            ));
+        }
+        let signer = cx
+            .crypto
+            .verify(
+                &a.certificate,
+                &Agreement::signed_bytes(&a.offer_digest, &a.id),
+                &a.signature,
+            )
+            .map_err(|e| Refusal(format!("agreement: {e}")))?;
+        if signer != offer.responder {
+            return refuse(format!(
+                "agreement signed by {signer}, not {}",
+                offer.responder
+            ));
+        }
+        if self.exchanges.contains_key(&a.id) {
+            return refuse("exchange id already in use");
+        }
+        let mut balances = self.balances.clone();
+        balances
+            .debit(&offer.give)
+            .map_err(|e| Refusal(e.to_string()))?;
+        let conf = Confirmation {
+            id: a.id,
+            signature: cx.crypto.sign(&Confirmation::signed_bytes(&a.id)),
+            certificate: cx.crypto.certificate(),
+        };
+        let out = Out {
+            dst: offer.responder,
+            mtype: msg::CONFIRMATION,
+            param: conf.to_bytes(),
+        };
+        let id = a.id;
+        self.balances = balances;
+        self.offers.remove(&n1);
+        self.exchanges.insert(
+            id,
+            Exchange {
+                role: Role::Initiator,
+                offer,
+                agreement: a,
+                n2: None,
+                phase: Phase::AwaitingCommitment,
+            },
+        );
+        self.trim();
+        let mut outs = vec![out];
+        outs.extend(Self::progress(cx, &id, Phase::AwaitingCommitment));
+        Ok(outs)
+    }
+
+    /// Step 6 of the responder: verify `m3`, store `v1`, send `m4`.
+    fn confirmation(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        src: EntityId,
+        c: Confirmation,
+    ) -> Result<Vec<Out>, Refusal> {
+        let Some(e) = self.exchanges.get(&c.id) else {
+            return refuse("no exchange with this id");
+        };
+        if e.role != Role::Responder || src != e.offer.initiator {
+            return refuse("confirmation from the wrong party");
+        }
+        let signer = cx
+            .crypto
+            .verify(
+                &c.certificate,
+                &Confirmation::signed_bytes(&c.id),
+                &c.signature,
+            )
+            .map_err(|err| Refusal(format!("confirmation: {err}")))?;
+        if signer != e.offer.initiator {
+            return refuse(format!("confirmation signed by {signer}"));
+        }
+        let n2 = e.n2.expect("the responder knows n2");
+        let commit = Out {
+            dst: e.offer.initiator,
+            mtype: msg::COMMITMENT,
+            param: Commitment { n2 }.to_bytes(),
+        };
+        match e.phase {
+            Phase::AwaitingConfirmation => {}
+            // A repeated m3 after committing gets m4 again (idempotent).
+            Phase::Committed => return Ok(vec![commit]),
+            // Once abort was asked for, only the TTP decides.
+            other => return refuse(format!("exchange is {other:?}; the TTP decides")),
+        }
+        let mut balances = self.balances.clone();
+        balances
+            .credit(&e.offer.give)
+            .map_err(|err| Refusal(err.to_string()))?;
+        self.balances = balances;
+        self.exchanges.get_mut(&c.id).expect("present").phase = Phase::Committed;
+        let mut outs = vec![commit];
+        outs.extend(Self::progress(cx, &c.id, Phase::Committed));
+        Ok(outs)
+    }
+
+    /// Step 7 of the initiator: check `m4`, store `v2`.
+    fn commitment(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        src: EntityId,
+        m: Commitment,
+    ) -> Result<Vec<Out>, Refusal> {
+        let id = ExchangeId::of_n2(&m.n2);
+        let Some(e) = self.exchanges.get(&id) else {
+            return refuse("no exchange for this commitment");
+        };
+        if e.role != Role::Initiator || src != e.offer.responder {
+            return refuse("commitment from the wrong party");
+        }
+        if !matches!(e.phase, Phase::AwaitingCommitment | Phase::Resolving) {
+            return refuse(format!("exchange is {:?}", e.phase));
+        }
+        // m4 proves the responder committed; it can then never have aborted,
+        // so it also settles an exchange being resolved.
+        let mut balances = self.balances.clone();
+        balances
+            .credit(&e.offer.want)
+            .map_err(|err| Refusal(err.to_string()))?;
+        self.balances = balances;
+        let e = self.exchanges.get_mut(&id).expect("present");
+        e.phase = Phase::Committed;
+        e.n2 = Some(m.n2);
+        Ok(Self::progress(cx, &id, Phase::Committed))
+    }
+
+    /// Starts resolve (initiator) or abort (responder) with the TTP, or
+    /// repeats the request.
+    fn recover(&mut self, cx: &mut Ctx<'_>, id: ExchangeId) -> Result<Vec<Out>, Refusal> {
+        let Some(e) = self.exchanges.get(&id) else {
+            return refuse("no exchange with this id");
+        };
+        let (kind, next) = match (e.role, e.phase) {
+            (Role::Initiator, Phase::AwaitingCommitment | Phase::Resolving) => {
+                (Kind::Resolve, Phase::Resolving)
+            }
+            (Role::Responder, Phase::AwaitingConfirmation | Phase::Aborting) => {
+                (Kind::Abort, Phase::Aborting)
+            }
+            (_, p) => return refuse(format!("exchange is {p:?}; nothing to recover")),
+        };
+        let req = RecoveryRequest {
+            kind,
+            offer: e.offer.clone(),
+            agreement: e.agreement.clone(),
+            signature: cx.crypto.sign(&kind.request_bytes(&id)),
+            certificate: cx.crypto.certificate(),
+        };
+        self.exchanges.get_mut(&id).expect("present").phase = next;
+        let mut outs = vec![Out {
+            dst: cx.ttp,
+            mtype: msg::RECOVERY_REQUEST,
+            param: req.to_bytes(),
+        }];
+        outs.extend(Self::progress(cx, &id, next));
+        Ok(outs)
+    }
+
+    /// Step 4 of resolve and abort: follow the TTP's signed decision.
+    fn admission(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        src: EntityId,
+        a: Admission,
+    ) -> Result<Vec<Out>, Refusal> {
+        if src != cx.ttp {
+            return refuse("admissions come only from the TTP");
+        }
+        let signer = cx
+            .crypto
+            .verify(&a.certificate, &a.kind.admission_bytes(&a.id), &a.signature)
+            .map_err(|e| Refusal(format!("admission: {e}")))?;
+        if signer != cx.ttp {
+            return refuse(format!("admission signed by {signer}, not the TTP"));
+        }
+        let Some(e) = self.exchanges.get(&a.id) else {
+            return refuse("no exchange with this id");
+        };
+        if e.phase.is_final() {
+            return Ok(Vec::new()); // a repeated admission
+        }
+        let (role, gives, gets) = (e.role, e.gives().clone(), e.gets().clone());
+        let mut balances = self.balances.clone();
+        let phase = match a.kind {
+            Kind::Resolve => {
+                balances
+                    .credit(&gets)
+                    .map_err(|err| Refusal(err.to_string()))?;
+                Phase::Resolved
+            }
+            Kind::Abort => {
+                balances
+                    .credit(&gives)
+                    .map_err(|err| Refusal(err.to_string()))?;
+                Phase::Aborted
+            }
+        };
+        let _ = role;
+        self.balances = balances;
+        self.exchanges.get_mut(&a.id).expect("present").phase = phase;
+        Ok(Self::progress(cx, &a.id, phase))
+    }
+
+    /// Forgets the oldest finished exchanges beyond [`HISTORY`]; pending
+    /// ones are never forgotten.
+    fn trim(&mut self) {
+        let finished: Vec<ExchangeId> = self
+            .exchanges
+            .iter()
+            .filter(|(_, e)| e.phase.is_final())
+            .map(|(id, _)| *id)
+            .collect();
+        if finished.len() > HISTORY {
+            for id in &finished[..finished.len() - HISTORY] {
+                self.exchanges.remove(id);
+            }
+        }
+    }
+}
+
+const T_BAL: Tag = Tag(0xa0);
+const T_OFFERS: Tag = Tag(0xa1);
+const T_EX: Tag = Tag(0xa2);
+const T_SEEN: Tag = Tag(0x83);
+
+fn list(items: impl Iterator<Item = Vec<u8>>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in items {
+        tlv::write(&mut out, Tag(0x30 | 0x20 /* constructed sequence */), &i);
+    }
+    out
+}
+
+impl Codec for VoucherCard {
+    fn encode(&self, out: &mut Vec<u8>) {
+        tlv::write(
+            out,
+            T_BAL,
+            &list(self.balances.iter().map(|(c, q)| {
+                Amount {
+                    class: c.clone(),
+                    quantity: q,
+                }
+                .to_bytes()
+            })),
+        );
+        tlv::write(
+            out,
+            T_OFFERS,
+            &list(self.offers.values().map(Codec::to_bytes)),
+        );
+        tlv::write(
+            out,
+            T_EX,
+            &list(self.exchanges.values().map(|e| {
+                let mut b = Vec::new();
+                tlv::write(&mut b, Tag(0x80), &[e.role as u8, e.phase.code()]);
+                tlv::write(&mut b, Tag(0xa1), &e.offer.to_bytes());
+                tlv::write(&mut b, Tag(0xa2), &e.agreement.to_bytes());
+                if let Some(n2) = &e.n2 {
+                    tlv::write(&mut b, Tag(0x83), n2);
+                }
+                b
+            })),
+        );
+        tlv::write(
+            out,
+            T_SEEN,
+            &self.accepted.iter().flatten().copied().collect::<Vec<u8>>(),
+        );
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let f = Fields::parse(r.rest())?;
+        f.only(&[T_BAL, T_OFFERS, T_EX, T_SEEN], "voucher state")?;
+        let mut s = VoucherCard::default();
+        for item in tlv::parse_all(f.require(T_BAL, "balances")?)? {
+            s.balances
+                .credit(&Amount::decode(item.value)?)
+                .map_err(|e| DecodeError::Invalid {
+                    what: "balances",
+                    detail: e.to_string(),
+                })?;
+        }
+        for item in tlv::parse_all(f.require(T_OFFERS, "offers")?)? {
+            let o = Offer::decode(item.value)?;
+            s.offers.insert(o.n1, o);
+        }
+        for item in tlv::parse_all(f.require(T_EX, "exchanges")?)? {
+            let g = Fields::parse(item.value)?;
+            let [role, phase] = g.require_array::<2>(Tag(0x80), "role and phase")?;
+            let agreement = Agreement::decode(g.require(Tag(0xa2), "agreement")?)?;
+            let e = Exchange {
+                role: match role {
+                    0 => Role::Initiator,
+                    1 => Role::Responder,
+                    _ => {
+                        return Err(DecodeError::Invalid {
+                            what: "role",
+                            detail: format!("unknown code {role}"),
+                        });
+                    }
+                },
+                phase: Phase::from_code(phase)?,
+                offer: Offer::decode(g.require(Tag(0xa1), "offer")?)?,
+                n2: g
+                    .get(Tag(0x83))
+                    .map(|_| g.require_array(Tag(0x83), "n2"))
+                    .transpose()?,
+                agreement,
+            };
+            s.exchanges.insert(e.agreement.id, e);
+        }
+        let seen = f.require(T_SEEN, "accepted offers")?;
+        if seen.len() % 32 != 0 {
+            return Err(DecodeError::Invalid {
+                what: "accepted offers",
+                detail: "length not a multiple of 32".into(),
+            });
+        }
+        s.accepted = seen
+            .chunks(32)
+            .map(|c| c.try_into().expect("32 bytes"))
+            .collect();
+        Ok(s)
+    }
+}

@@ -1,0 +1,212 @@
+//! Vouchers after RFC 3506: an issuer makes a promise; a holder holds a
+//! quantity of it. A voucher class is (issuer, promise); a card holds a
+//! quantity per class; `v1` and `v2` in the exchange are [`Amount`]s.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use ring::digest;
+use tenet_proto::codec::{Codec, DecodeError, Reader};
+use tenet_proto::tlv::{self, Fields, Tag};
+use tenet_proto::{Domain, EntityId};
+
+/// Longest promise text in bytes.
+pub const MAX_PROMISE: usize = 256;
+
+/// A voucher class: who issues it and what it promises.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct VoucherClass {
+    /// The issuer's domain (its card mints the class).
+    pub issuer: Domain,
+    /// The promise, e.g. "1 coffee at Cafe X".
+    pub promise: String,
+}
+
+impl fmt::Display for VoucherClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{:?}", self.issuer, self.promise)
+    }
+}
+
+const T_ISSUER: Tag = Tag(0x80);
+const T_PROMISE: Tag = Tag(0x81);
+const T_QTY: Tag = Tag(0x82);
+
+fn class_fields(f: &Fields<'_>) -> Result<VoucherClass, DecodeError> {
+    let promise = f.require(T_PROMISE, "promise")?;
+    if promise.len() > MAX_PROMISE {
+        return Err(DecodeError::TooLarge {
+            what: "promise",
+            len: promise.len(),
+            max: MAX_PROMISE,
+        });
+    }
+    Ok(VoucherClass {
+        issuer: Domain::new(f.require_array(T_ISSUER, "issuer")?),
+        promise: String::from_utf8(promise.to_vec()).map_err(|_| DecodeError::Invalid {
+            what: "promise",
+            detail: "not UTF-8".into(),
+        })?,
+    })
+}
+
+/// A quantity of one class.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct Amount {
+    /// The class.
+    pub class: VoucherClass,
+    /// How many; at least 1 in an exchange.
+    pub quantity: u64,
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} x {}", self.quantity, self.class)
+    }
+}
+
+impl Codec for Amount {
+    fn encode(&self, out: &mut Vec<u8>) {
+        tlv::write(out, T_ISSUER, self.class.issuer.bytes());
+        tlv::write(out, T_PROMISE, self.class.promise.as_bytes());
+        tlv::write(out, T_QTY, &self.quantity.to_be_bytes());
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let f = Fields::parse(r.rest())?;
+        f.only(&[T_ISSUER, T_PROMISE, T_QTY], "amount")?;
+        Ok(Self {
+            class: class_fields(&f)?,
+            quantity: u64::from_be_bytes(f.require_array(T_QTY, "quantity")?),
+        })
+    }
+}
+
+/// SHA-256, the protocol's `h`.
+pub fn h(parts: &[&[u8]]) -> [u8; 32] {
+    let mut c = digest::Context::new(&digest::SHA256);
+    for p in parts {
+        c.update(&(p.len() as u32).to_be_bytes());
+        c.update(p);
+    }
+    c.finish().as_ref().try_into().expect("32 bytes")
+}
+
+/// A card's holdings.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct Balances(BTreeMap<VoucherClass, u64>);
+
+/// Why a balance change is impossible.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BalanceError {
+    /// Not enough of the class.
+    #[error("holds {held} of {class}, needs {needed}")]
+    Insufficient {
+        /// The class.
+        class: VoucherClass,
+        /// What is held.
+        held: u64,
+        /// What is needed.
+        needed: u64,
+    },
+    /// The quantity would overflow.
+    #[error("quantity of {0} would overflow")]
+    Overflow(VoucherClass),
+}
+
+impl Balances {
+    /// The quantity held of `class`.
+    pub fn of(&self, class: &VoucherClass) -> u64 {
+        self.0.get(class).copied().unwrap_or(0)
+    }
+
+    /// Every class held, with its quantity.
+    pub fn iter(&self) -> impl Iterator<Item = (&VoucherClass, u64)> {
+        self.0.iter().map(|(c, q)| (c, *q))
+    }
+
+    /// Adds `a`.
+    pub fn credit(&mut self, a: &Amount) -> Result<(), BalanceError> {
+        let q = self
+            .of(&a.class)
+            .checked_add(a.quantity)
+            .ok_or_else(|| BalanceError::Overflow(a.class.clone()))?;
+        self.0.insert(a.class.clone(), q);
+        Ok(())
+    }
+
+    /// Removes `a`, if held.
+    pub fn debit(&mut self, a: &Amount) -> Result<(), BalanceError> {
+        let held = self.of(&a.class);
+        let left = held
+            .checked_sub(a.quantity)
+            .ok_or_else(|| BalanceError::Insufficient {
+                class: a.class.clone(),
+                held,
+                needed: a.quantity,
+            })?;
+        if left == 0 {
+            self.0.remove(&a.class);
+        } else {
+            self.0.insert(a.class.clone(), left);
+        }
+        Ok(())
+    }
+
+    /// The total quantity over all classes (for conservation checks).
+    pub fn total(&self) -> u128 {
+        self.0.values().map(|q| u128::from(*q)).sum()
+    }
+}
+
+/// The id of a card, the party of an exchange.
+pub type CardId = EntityId;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn coffee(q: u64) -> Amount {
+        Amount {
+            class: VoucherClass {
+                issuer: Domain::new([1; 12]),
+                promise: "1 coffee".into(),
+            },
+            quantity: q,
+        }
+    }
+
+    #[test]
+    fn balances_credit_and_debit() {
+        let mut b = Balances::default();
+        b.credit(&coffee(3)).unwrap();
+        assert!(b.debit(&coffee(4)).is_err());
+        assert_eq!(b.of(&coffee(0).class), 3, "a failed debit changes nothing");
+        b.debit(&coffee(3)).unwrap();
+        assert_eq!(b.iter().count(), 0);
+        b.credit(&coffee(u64::MAX)).unwrap();
+        assert!(matches!(
+            b.credit(&coffee(1)),
+            Err(BalanceError::Overflow(_))
+        ));
+    }
+
+    #[test]
+    fn hash_separates_parts() {
+        assert_ne!(h(&[b"ab", b"c"]), h(&[b"a", b"bc"]));
+    }
+
+    proptest! {
+        #[test]
+        fn amounts_round_trip(p in "[a-z ]{0,40}", q in any::<u64>(), d in any::<[u8; 12]>()) {
+            let a = Amount { class: VoucherClass { issuer: Domain::new(d), promise: p }, quantity: q };
+            prop_assert_eq!(Amount::decode(&a.to_bytes()), Ok(a));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..100)) {
+            let _ = Amount::decode(&b);
+        }
+    }
+}

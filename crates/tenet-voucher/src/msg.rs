@@ -1,0 +1,404 @@
+//! The exchange's messages as eTP params (BER-TLV), and their mtypes.
+//!
+//! | mtype | name | from → to | param |
+//! |-------|------|-----------|-------|
+//! | `0201` | start-exchange (privileged) | P_A → S_A | [`StartExchange`] |
+//! | `0202` | offer `m1` | S_A → P_B | [`Offer`] |
+//! | `0203` | accept (privileged) | P_B → S_B | [`Offer`] |
+//! | `0204` | agreement `m2` | S_B → S_A | [`Agreement`] |
+//! | `0205` | confirmation `m3` | S_A → S_B | [`Confirmation`] |
+//! | `0206` | commitment `m4` | S_B → S_A | [`Commitment`] |
+//! | `0207` | recovery request `m_r1` / `m_a1` | card → T | [`RecoveryRequest`] |
+//! | `0208` | admission `m_r2` / `m_a2` | T → card | [`Admission`] |
+//! | `0209` | recover (privileged) | wallet → its card | [`ExchangeId`] |
+//!
+//! Signed bytes, each with a distinct label so no signature can stand in
+//! for another: `m2` signs `"tenet-m2" ‖ h(offer) ‖ h(n2)`; `m3` signs
+//! `"tenet-m3" ‖ h(n2)`; a recovery request signs `"tenet-resolve"` or
+//! `"tenet-abort"` ‖ h(n2); an admission signs `"tenet-admit" ‖ kind ‖
+//! h(n2)`.
+
+use std::fmt;
+
+use tenet_proto::codec::{Codec, DecodeError, Reader};
+use tenet_proto::tlv::{self, Fields, Tag};
+use tenet_proto::{EntityId, Mtype};
+
+use crate::model::{Amount, h};
+
+/// start-exchange (privileged).
+pub const START_EXCHANGE: Mtype = Mtype(0x0201);
+/// offer `m1`.
+pub const OFFER: Mtype = Mtype(0x0202);
+/// accept (privileged).
+pub const ACCEPT: Mtype = Mtype(0x0203);
+/// agreement `m2`.
+pub const AGREEMENT: Mtype = Mtype(0x0204);
+/// confirmation `m3`.
+pub const CONFIRMATION: Mtype = Mtype(0x0205);
+/// commitment `m4`.
+pub const COMMITMENT: Mtype = Mtype(0x0206);
+/// recovery request to the TTP.
+pub const RECOVERY_REQUEST: Mtype = Mtype(0x0207);
+/// the TTP's admission.
+pub const ADMISSION: Mtype = Mtype(0x0208);
+/// order a card to recover an exchange now (privileged).
+pub const RECOVER: Mtype = Mtype(0x0209);
+
+/// The mtypes a voucher card accepts only from its authenticated wallet.
+pub const PRIVILEGED: [Mtype; 3] = [START_EXCHANGE, ACCEPT, RECOVER];
+
+/// An exchange's identifier: `h(n2)` (the appendix: never `n1`).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ExchangeId(pub [u8; 32]);
+
+impl ExchangeId {
+    /// `h(n2)`.
+    pub fn of_n2(n2: &[u8; 16]) -> Self {
+        Self(h(&[b"tenet-n2", n2]))
+    }
+}
+
+impl fmt::Display for ExchangeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0[..8] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ExchangeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ExchangeId({self})")
+    }
+}
+
+impl Codec for ExchangeId {
+    fn encode(&self, out: &mut Vec<u8>) {
+        tlv::write(out, Tag(0x80), &self.0);
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let f = Fields::parse(r.rest())?;
+        f.only(&[Tag(0x80)], "exchange id")?;
+        Ok(Self(f.require_array(Tag(0x80), "exchange id")?))
+    }
+}
+
+/// Recovery: resolve (the initiator's) or abort (the responder's).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+pub enum Kind {
+    /// Complete the exchange.
+    Resolve,
+    /// Undo the exchange.
+    Abort,
+}
+
+impl Kind {
+    fn code(self) -> u8 {
+        match self {
+            Kind::Resolve => 1,
+            Kind::Abort => 2,
+        }
+    }
+
+    fn from_code(c: u8) -> Result<Self, DecodeError> {
+        match c {
+            1 => Ok(Kind::Resolve),
+            2 => Ok(Kind::Abort),
+            _ => Err(DecodeError::Invalid {
+                what: "recovery kind",
+                detail: format!("unknown code {c}"),
+            }),
+        }
+    }
+
+    /// The bytes a recovery request signs.
+    pub fn request_bytes(self, id: &ExchangeId) -> Vec<u8> {
+        let label: &[u8] = match self {
+            Kind::Resolve => b"tenet-resolve",
+            Kind::Abort => b"tenet-abort",
+        };
+        [label, &id.0[..]].concat()
+    }
+
+    /// The bytes an admission signs.
+    pub fn admission_bytes(self, id: &ExchangeId) -> Vec<u8> {
+        [&b"tenet-admit"[..], &[self.code()], &id.0[..]].concat()
+    }
+}
+
+// Tags shared by the messages below.
+const T_A: Tag = Tag(0x80);
+const T_B: Tag = Tag(0x81);
+const T_C: Tag = Tag(0x82);
+const T_D: Tag = Tag(0x83);
+const T_GIVE: Tag = Tag(0xa0);
+const T_WANT: Tag = Tag(0xa1);
+const T_OFFER: Tag = Tag(0xa2);
+const T_AGREEMENT: Tag = Tag(0xa3);
+
+fn id_at(f: &Fields<'_>, t: Tag, what: &'static str) -> Result<EntityId, DecodeError> {
+    Ok(EntityId::from_array(f.require_array(t, what)?))
+}
+
+fn amount_at(f: &Fields<'_>, t: Tag, what: &'static str) -> Result<Amount, DecodeError> {
+    let a = Amount::decode(f.require(t, what)?)?;
+    if a.quantity == 0 {
+        return Err(DecodeError::Invalid {
+            what,
+            detail: "quantity 0".into(),
+        });
+    }
+    Ok(a)
+}
+
+/// start-exchange: the initiator's wallet orders its card to offer `give`
+/// (`v1`) for `want` (`v2`) to the card `responder`, sending the offer to
+/// the wallet app `peer_wallet` (option 2b) or to the card itself (2a).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct StartExchange {
+    /// The other card.
+    pub responder: EntityId,
+    /// Where the offer goes: the other card's wallet app, or the card.
+    pub peer_wallet: EntityId,
+    /// `v1`.
+    pub give: Amount,
+    /// `v2`.
+    pub want: Amount,
+}
+
+impl Codec for StartExchange {
+    fn encode(&self, out: &mut Vec<u8>) {
+        tlv::write(out, T_A, &self.responder.to_array());
+        tlv::write(out, T_B, &self.peer_wallet.to_array());
+        tlv::write(out, T_GIVE, &self.give.to_bytes());
+        tlv::write(out, T_WANT, &self.want.to_bytes());
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let f = Fields::parse(r.rest())?;
+        f.only(&[T_A, T_B, T_GIVE, T_WANT], "start-exchange")?;
+        Ok(Self {
+            responder: id_at(&f, T_A, "responder")?,
+            peer_wallet: id_at(&f, T_B, "peer wallet")?,
+            give: amount_at(&f, T_GIVE, "give")?,
+            want: amount_at(&f, T_WANT, "want")?,
+        })
+    }
+}
+
+/// The offer `m1 = {v1, v2, n1}`, naming both cards so that every later
+/// signature binds the parties.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Offer {
+    /// `S_A`.
+    pub initiator: EntityId,
+    /// `S_B`.
+    pub responder: EntityId,
+    /// `v1`, from the initiator.
+    pub give: Amount,
+    /// `v2`, from the responder.
+    pub want: Amount,
+    /// `n1`.
+    pub n1: [u8; 16],
+}
+
+impl Offer {
+    /// `h(offer)`, the paper's `h(v1 v2 n1)` with both card ids.
+    pub fn digest(&self) -> [u8; 32] {
+        h(&[b"tenet-offer", &self.to_bytes()])
+    }
+}
+
+impl Codec for Offer {
+    fn encode(&self, out: &mut Vec<u8>) {
+        tlv::write(out, T_A, &self.initiator.to_array());
+        tlv::write(out, T_B, &self.responder.to_array());
+        tlv::write(out, T_GIVE, &self.give.to_bytes());
+        tlv::write(out, T_WANT, &self.want.to_bytes());
+        tlv::write(out, T_C, &self.n1);
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let f = Fields::parse(r.rest())?;
+        f.only(&[T_A, T_B, T_GIVE, T_WANT, T_C], "offer")?;
+        Ok(Self {
+            initiator: id_at(&f, T_A, "initiator")?,
+            responder: id_at(&f, T_B, "responder")?,
+            give: amount_at(&f, T_GIVE, "give")?,
+            want: amount_at(&f, T_WANT, "want")?,
+            n1: f.require_array(T_C, "n1")?,
+        })
+    }
+}
+
+/// The agreement `m2 = {(h(v1 v2 n1) | h(n2))_PkB, Cert_B}`.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Agreement {
+    /// `h(offer)`.
+    pub offer_digest: [u8; 32],
+    /// `h(n2)`: the exchange id.
+    pub id: ExchangeId,
+    /// `S_B`'s signature.
+    pub signature: Vec<u8>,
+    /// `S_B`'s certificate.
+    pub certificate: Vec<u8>,
+}
+
+impl Agreement {
+    /// The bytes `S_B` signs.
+    pub fn signed_bytes(offer_digest: &[u8; 32], id: &ExchangeId) -> Vec<u8> {
+        [&b"tenet-m2"[..], offer_digest, &id.0].concat()
+    }
+}
+
+impl Codec for Agreement {
+    fn encode(&self, out: &mut Vec<u8>) {
+        tlv::write(out, T_A, &self.offer_digest);
+        tlv::write(out, T_B, &self.id.0);
+        tlv::write(out, T_C, &self.signature);
+        tlv::write(out, T_D, &self.certificate);
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let f = Fields::parse(r.rest())?;
+        f.only(&[T_A, T_B, T_C, T_D], "agreement")?;
+        Ok(Self {
+            offer_digest: f.require_array(T_A, "offer digest")?,
+            id: ExchangeId(f.require_array(T_B, "exchange id")?),
+            signature: f.require(T_C, "signature")?.to_vec(),
+            certificate: f.require(T_D, "certificate")?.to_vec(),
+        })
+    }
+}
+
+/// The confirmation `m3 = {(h(n2))_PkA, Cert_A}`.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Confirmation {
+    /// `h(n2)`.
+    pub id: ExchangeId,
+    /// `S_A`'s signature.
+    pub signature: Vec<u8>,
+    /// `S_A`'s certificate.
+    pub certificate: Vec<u8>,
+}
+
+impl Confirmation {
+    /// The bytes `S_A` signs.
+    pub fn signed_bytes(id: &ExchangeId) -> Vec<u8> {
+        [&b"tenet-m3"[..], &id.0].concat()
+    }
+}
+
+impl Codec for Confirmation {
+    fn encode(&self, out: &mut Vec<u8>) {
+        tlv::write(out, T_A, &self.id.0);
+        tlv::write(out, T_B, &self.signature);
+        tlv::write(out, T_C, &self.certificate);
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let f = Fields::parse(r.rest())?;
+        f.only(&[T_A, T_B, T_C], "confirmation")?;
+        Ok(Self {
+            id: ExchangeId(f.require_array(T_A, "exchange id")?),
+            signature: f.require(T_B, "signature")?.to_vec(),
+            certificate: f.require(T_C, "certificate")?.to_vec(),
+        })
+    }
+}
+
+/// The commitment `m4 = n2`.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Commitment {
+    /// `n2`.
+    pub n2: [u8; 16],
+}
+
+impl Codec for Commitment {
+    fn encode(&self, out: &mut Vec<u8>) {
+        tlv::write(out, T_A, &self.n2);
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let f = Fields::parse(r.rest())?;
+        f.only(&[T_A], "commitment")?;
+        Ok(Self {
+            n2: f.require_array(T_A, "n2")?,
+        })
+    }
+}
+
+/// A recovery request `m_r1` / `m_a1 = {(resolve|abort | h(n2))_Pk, Cert}`,
+/// carrying the offer and `S_B`'s agreement so the TTP can check that the
+/// requester is the party entitled to it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct RecoveryRequest {
+    /// Resolve or abort.
+    pub kind: Kind,
+    /// The offer.
+    pub offer: Offer,
+    /// `S_B`'s agreement.
+    pub agreement: Agreement,
+    /// The requester's signature over [`Kind::request_bytes`].
+    pub signature: Vec<u8>,
+    /// The requester's certificate.
+    pub certificate: Vec<u8>,
+}
+
+impl Codec for RecoveryRequest {
+    fn encode(&self, out: &mut Vec<u8>) {
+        tlv::write(out, T_A, &[self.kind.code()]);
+        tlv::write(out, T_OFFER, &self.offer.to_bytes());
+        tlv::write(out, T_AGREEMENT, &self.agreement.to_bytes());
+        tlv::write(out, T_B, &self.signature);
+        tlv::write(out, T_C, &self.certificate);
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let f = Fields::parse(r.rest())?;
+        f.only(&[T_A, T_OFFER, T_AGREEMENT, T_B, T_C], "recovery request")?;
+        Ok(Self {
+            kind: Kind::from_code(f.require_array::<1>(T_A, "kind")?[0])?,
+            offer: Offer::decode(f.require(T_OFFER, "offer")?)?,
+            agreement: Agreement::decode(f.require(T_AGREEMENT, "agreement")?)?,
+            signature: f.require(T_B, "signature")?.to_vec(),
+            certificate: f.require(T_C, "certificate")?.to_vec(),
+        })
+    }
+}
+
+/// The TTP's admission `m_r2` / `m_a2 = {(resolve|abort | h(n2))_PkT, Cert_T}`.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Admission {
+    /// The decision.
+    pub kind: Kind,
+    /// `h(n2)`.
+    pub id: ExchangeId,
+    /// The TTP's signature over [`Kind::admission_bytes`].
+    pub signature: Vec<u8>,
+    /// The TTP's certificate.
+    pub certificate: Vec<u8>,
+}
+
+impl Codec for Admission {
+    fn encode(&self, out: &mut Vec<u8>) {
+        tlv::write(out, T_A, &[self.kind.code()]);
+        tlv::write(out, T_B, &self.id.0);
+        tlv::write(out, T_C, &self.signature);
+        tlv::write(out, T_D, &self.certificate);
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let f = Fields::parse(r.rest())?;
+        f.only(&[T_A, T_B, T_C, T_D], "admission")?;
+        Ok(Self {
+            kind: Kind::from_code(f.require_array::<1>(T_A, "kind")?[0])?,
+            id: ExchangeId(f.require_array(T_B, "exchange id")?),
+            signature: f.require(T_C, "signature")?.to_vec(),
+            certificate: f.require(T_D, "certificate")?.to_vec(),
+        })
+    }
+}
