@@ -15,9 +15,15 @@ pub trait Crypto {
     fn sign(&mut self, msg: &[u8]) -> Vec<u8>;
     /// This party's certificate.
     fn certificate(&self) -> Vec<u8>;
-    /// Checks that `cert` was issued by the trusted CA and that `sig` over
-    /// `msg` verifies with its key; returns the entity the certificate names.
-    fn verify(&self, cert: &[u8], msg: &[u8], sig: &[u8]) -> Result<EntityId, VerifyError>;
+    /// Checks that `cert` was issued by the trusted CA for `signer`, and
+    /// that `sig` over `msg` verifies with its key.
+    fn verify(
+        &self,
+        signer: EntityId,
+        cert: &[u8],
+        msg: &[u8],
+        sig: &[u8],
+    ) -> Result<(), VerifyError>;
     /// Fills `out` with random bytes.
     fn random(&mut self, out: &mut [u8]);
 }
@@ -54,13 +60,24 @@ impl Crypto for TestCrypto {
         self.id.to_array().to_vec()
     }
 
-    fn verify(&self, cert: &[u8], msg: &[u8], sig: &[u8]) -> Result<EntityId, VerifyError> {
-        let id = EntityId::from_array(
-            cert.try_into()
-                .map_err(|_| VerifyError("bad certificate".into()))?,
-        );
+    fn verify(
+        &self,
+        signer: EntityId,
+        cert: &[u8],
+        msg: &[u8],
+        sig: &[u8],
+    ) -> Result<(), VerifyError> {
+        let bytes: [u8; 16] = cert
+            .try_into()
+            .map_err(|_| VerifyError("bad certificate".into()))?;
+        let id = EntityId::from_array(bytes);
+        if id != signer {
+            return Err(VerifyError(format!(
+                "certificate is for {id}, not {signer}"
+            )));
+        }
         if Self::mac(&id, msg) == sig {
-            Ok(id)
+            Ok(())
         } else {
             Err(VerifyError("bad signature".into()))
         }

@@ -68,35 +68,32 @@ pub fn handle_request(
     if req.agreement.offer_digest != req.offer.digest() {
         return Err(refused("the agreement is not for this offer".into()));
     }
-    let b = crypto
+    crypto
         .verify(
+            req.offer.responder,
             &req.agreement.certificate,
             &Agreement::signed_bytes(&req.agreement.offer_digest, &id),
             &req.agreement.signature,
         )
         .map_err(|e| refused(format!("agreement: {e}")))?;
-    if b != req.offer.responder {
+    let entitled = match req.kind {
+        Kind::Resolve => req.offer.initiator,
+        Kind::Abort => req.offer.responder,
+    };
+    if src != entitled {
         return Err(refused(format!(
-            "agreement signed by {b}, not the offer's responder"
+            "{:?} may be asked only by {entitled}, not {src}",
+            req.kind
         )));
     }
-    let requester = crypto
+    crypto
         .verify(
+            entitled,
             &req.certificate,
             &req.kind.request_bytes(&id),
             &req.signature,
         )
         .map_err(|e| refused(format!("request: {e}")))?;
-    let entitled = match req.kind {
-        Kind::Resolve => req.offer.initiator,
-        Kind::Abort => req.offer.responder,
-    };
-    if requester != entitled || src != requester {
-        return Err(refused(format!(
-            "{:?} may be asked only by {entitled} (request signed by {requester}, sent by {src})",
-            req.kind
-        )));
-    }
     let certificate = crypto.certificate();
     let mut make = || Admission {
         kind: req.kind,
