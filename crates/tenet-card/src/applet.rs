@@ -67,6 +67,10 @@ pub struct AppletCx<'a> {
     pub entropy: &'a mut dyn Entropy,
     /// Seconds since the Unix epoch, as the host told the card.
     pub now: u64,
+    /// The card's certificate (DER), once issued.
+    pub certificate: Option<&'a [u8]>,
+    /// The CA certificate the card trusts (DER), once installed.
+    pub ca_certificate: Option<&'a [u8]>,
     pub(crate) out: &'a mut Vec<Message>,
     pub(crate) signer: &'a dyn Fn(&[u8]) -> Vec<u8>,
 }

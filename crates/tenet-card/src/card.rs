@@ -153,6 +153,7 @@ impl<S: Storage> Card<S> {
             puk_tries: PUK_TRIES,
             next_port: 1,
             certificate: None,
+            ca_certificate: None,
             applets: Default::default(),
         };
         store.commit(&state.to_bytes())?;
@@ -195,6 +196,20 @@ impl<S: Storage> Card<S> {
             pending: None,
             now: 0,
         }
+    }
+
+    /// Stores the card's certificate and the CA certificate it trusts
+    /// (personalization, after the CA signed the card's public key).
+    pub fn install_certificates(
+        &mut self,
+        certificate: Vec<u8>,
+        ca: Vec<u8>,
+    ) -> Result<(), CardError> {
+        let mut s = self.state.clone();
+        s.certificate = Some(certificate);
+        s.ca_certificate = Some(ca);
+        self.commit(s)?;
+        Ok(())
     }
 
     /// Installs an applet.
@@ -663,6 +678,8 @@ impl<S: Storage> Card<S> {
                 .unwrap_or_default()
         };
         let mut cx = AppletCx {
+            certificate: self.state.certificate.as_deref(),
+            ca_certificate: self.state.ca_certificate.as_deref(),
             card: self.state.domain.owner(),
             sender_authenticated: self.authenticated.contains(&src),
             data: &mut data,

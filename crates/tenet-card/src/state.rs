@@ -36,6 +36,8 @@ pub struct CardState {
     pub next_port: u32,
     /// The card's certificate, once issued.
     pub certificate: Option<Vec<u8>>,
+    /// The CA certificate the card trusts, once installed.
+    pub ca_certificate: Option<Vec<u8>>,
     /// Each applet's own persistent data, by applet id.
     pub applets: BTreeMap<u16, Vec<u8>>,
 }
@@ -65,6 +67,7 @@ const T_PUK_TRIES: Tag = Tag(0x88);
 const T_PORT: Tag = Tag(0x89);
 const T_CERT: Tag = Tag(0x8a);
 const T_APPLETS: Tag = Tag(0x8b);
+const T_CA: Tag = Tag(0x8c);
 
 impl Codec for CardState {
     fn encode(&self, out: &mut Vec<u8>) {
@@ -80,6 +83,9 @@ impl Codec for CardState {
         tlv::write(out, T_PORT, &self.next_port.to_be_bytes());
         if let Some(c) = &self.certificate {
             tlv::write(out, T_CERT, c);
+        }
+        if let Some(c) = &self.ca_certificate {
+            tlv::write(out, T_CA, c);
         }
         let mut a = Vec::new();
         for (id, data) in &self.applets {
@@ -117,6 +123,7 @@ impl Codec for CardState {
             puk_tries: f.require_array::<1>(T_PUK_TRIES, "PUK tries")?[0],
             next_port: u32::from_be_bytes(f.require_array(T_PORT, "next port")?),
             certificate: f.get(T_CERT).map(<[u8]>::to_vec),
+            ca_certificate: f.get(T_CA).map(<[u8]>::to_vec),
             applets,
         })
     }
@@ -139,6 +146,7 @@ mod tests {
             puk_tries: 10,
             next_port: 42,
             certificate: Some(vec![0x30, 0]),
+            ca_certificate: None,
             applets: [(1, vec![9, 9]), (2, vec![])].into(),
         }
     }

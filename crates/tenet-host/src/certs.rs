@@ -13,6 +13,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
+use rustls::pki_types::pem::PemObject;
 use tenet_proto::Domain;
 
 /// The name every host certificate carries and every link connects to.
@@ -21,6 +22,66 @@ pub const HOST_NAME: &str = "host.tenet";
 /// The DNS name that authorizes a host to serve `d`.
 pub fn domain_name(d: Domain) -> String {
     format!("{d}.domain.tenet")
+}
+
+/// DER prefix of a P-256 SubjectPublicKeyInfo before the 65-byte point.
+const P256_SPKI_PREFIX: [u8; 26] = [
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+
+/// Issues, with the CA in `dir`, a certificate for entity `id` whose key is
+/// `public_key` (uncompressed SEC1 P-256, as a card reports it): the card
+/// keeps its private key; only the public key leaves it. Returns the
+/// certificate and the CA certificate, both DER.
+pub fn issue_entity(
+    dir: &Path,
+    id: tenet_proto::EntityId,
+    public_key: &[u8],
+) -> Result<(Vec<u8>, Vec<u8>), CertError> {
+    let ca_pem = read(&dir.join("ca.pem"))?;
+    let ca_key = KeyPair::from_pem(&read(&dir.join("ca.key"))?)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
+    let spki_der = [&P256_SPKI_PREFIX[..], public_key].concat();
+    let spki = rcgen::SubjectPublicKeyInfo::from_der(&spki_der)?;
+    let mut p = CertificateParams::new(vec![id.certificate_name()])?;
+    p.distinguished_name
+        .push(DnType::CommonName, id.to_string());
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.use_authority_key_identifier_extension = true;
+    let c = p.signed_by(&spki, &issuer)?;
+    let ca_der = rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes())
+        .map_err(|e| CertError::Pem(e.to_string()))?;
+    Ok((c.der().to_vec(), ca_der.to_vec()))
+}
+
+/// Issues a certificate and key for a software entity (the TTP's host
+/// entity): `dir/NAME-entity.pem` and `.key`.
+pub fn issue_entity_key(
+    dir: &Path,
+    name: &str,
+    id: tenet_proto::EntityId,
+) -> Result<HostFiles, CertError> {
+    let ca_pem = read(&dir.join("ca.pem"))?;
+    let ca_key = KeyPair::from_pem(&read(&dir.join("ca.key"))?)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
+    let k = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut p = CertificateParams::new(vec![id.certificate_name()])?;
+    p.distinguished_name
+        .push(DnType::CommonName, id.to_string());
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.use_authority_key_identifier_extension = true;
+    let c = p.signed_by(&k, &issuer)?;
+    let files = HostFiles {
+        ca: dir.join("ca.pem"),
+        cert: dir.join(format!("{name}-entity.pem")),
+        key: dir.join(format!("{name}-entity.key")),
+    };
+    write(&files.key, &k.serialize_pem(), 0o600)?;
+    write(&files.cert, &c.pem(), 0o644)?;
+    Ok(files)
 }
 
 /// Why certificates could not be made.
@@ -37,6 +98,9 @@ pub enum CertError {
     /// rcgen failed.
     #[error("certificate generation: {0}")]
     Gen(#[from] rcgen::Error),
+    /// A PEM file holds no certificate.
+    #[error("PEM: {0}")]
+    Pem(String),
 }
 
 fn write(path: &Path, text: &str, mode: u32) -> Result<(), CertError> {

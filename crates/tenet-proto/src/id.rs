@@ -152,6 +152,12 @@ impl EntityId {
         self.port == Port::OWNER
     }
 
+    /// The DNS name a certificate carries to certify this entity (a card
+    /// `DOMAIN:0`, the TTP's entity): `DOMAIN-PORT.id.tenet`.
+    pub fn certificate_name(&self) -> String {
+        format!("{}-{}.id.tenet", self.domain, self.port)
+    }
+
     /// The 16 wire bytes.
     pub fn to_array(&self) -> [u8; ENTITY_ID_LEN] {
         let mut out = [0u8; ENTITY_ID_LEN];

@@ -95,3 +95,77 @@ impl Crypto for TestCrypto {
         }
     }
 }
+
+/// A party whose private key is in software (the TTP): ECDSA P-256 with its
+/// certificate, checking others against the CA.
+pub struct KeyCrypto {
+    key: ring::signature::EcdsaKeyPair,
+    rng: ring::rand::SystemRandom,
+    certificate: Vec<u8>,
+    ca: Vec<u8>,
+}
+
+impl KeyCrypto {
+    /// From a PKCS#8 private key and DER certificates.
+    pub fn new(pkcs8: &[u8], certificate: Vec<u8>, ca: Vec<u8>) -> Result<Self, VerifyError> {
+        let rng = ring::rand::SystemRandom::new();
+        let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            pkcs8,
+            &rng,
+        )
+        .map_err(|e| VerifyError(format!("private key: {e}")))?;
+        Ok(Self {
+            key,
+            rng,
+            certificate,
+            ca,
+        })
+    }
+
+    /// From PEM files: key (PKCS#8), certificate, CA certificate.
+    pub fn from_pem_files(
+        key: &std::path::Path,
+        cert: &std::path::Path,
+        ca: &std::path::Path,
+    ) -> Result<Self, VerifyError> {
+        use pki_types::pem::PemObject;
+        let k = pki_types::PrivatePkcs8KeyDer::from_pem_file(key)
+            .map_err(|e| VerifyError(format!("{}: {e}", key.display())))?;
+        let c = pki_types::CertificateDer::from_pem_file(cert)
+            .map_err(|e| VerifyError(format!("{}: {e}", cert.display())))?;
+        let a = pki_types::CertificateDer::from_pem_file(ca)
+            .map_err(|e| VerifyError(format!("{}: {e}", ca.display())))?;
+        Self::new(k.secret_pkcs8_der(), c.to_vec(), a.to_vec())
+    }
+}
+
+impl Crypto for KeyCrypto {
+    fn sign(&mut self, msg: &[u8]) -> Vec<u8> {
+        self.key
+            .sign(&self.rng, msg)
+            .map(|s| s.as_ref().to_vec())
+            .unwrap_or_default()
+    }
+
+    fn certificate(&self) -> Vec<u8> {
+        self.certificate.clone()
+    }
+
+    fn verify(
+        &self,
+        signer: EntityId,
+        cert: &[u8],
+        msg: &[u8],
+        sig: &[u8],
+    ) -> Result<(), VerifyError> {
+        crate::applet::verify_with_ca(&self.ca, signer, cert, msg, sig)
+    }
+
+    fn random(&mut self, out: &mut [u8]) {
+        use ring::rand::SecureRandom;
+        self.rng
+            .fill(out)
+            .expect("the operating system provides randomness");
+    }
+}

@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod applet;
 pub mod card;
 pub mod crypto;
 pub mod model;

@@ -1,0 +1,155 @@
+//! The voucher applet: [`VoucherCard`] on a TENeT card, with the card's
+//! ECDSA P-256 key and X.509 certificates.
+//!
+//! The applet keeps its whole state in the card's persistent store; the
+//! runtime commits it with the outgoing messages in one atomic update.
+//! Signatures are the card's (made inside the card); certificates are
+//! checked against the CA certificate installed at personalization, and
+//! must name the expected signer as `DOMAIN-PORT.id.tenet`.
+
+use pki_types::{CertificateDer, ServerName, UnixTime};
+use tenet_card::{Applet, AppletCx, Refusal};
+use tenet_proto::codec::Codec;
+use tenet_proto::{EntityId, Message, Mtype};
+
+use crate::card::{Ctx, MINT, VoucherCard};
+use crate::crypto::{Crypto, VerifyError};
+use crate::msg;
+
+/// The DER value of the id-kp-clientAuth OID; a certificate with an EKU
+/// extension must allow it (card certificates have none).
+const CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
+
+/// Checks `cert` against `ca`, that it names `signer`, and `sig` over `msg`.
+pub fn verify_with_ca(
+    ca: &[u8],
+    signer: EntityId,
+    cert: &[u8],
+    msg: &[u8],
+    sig: &[u8],
+) -> Result<(), VerifyError> {
+    let e = |what: &str, err: webpki::Error| VerifyError(format!("{what}: {err}"));
+    let ca = CertificateDer::from(ca);
+    let anchor = webpki::anchor_from_trusted_cert(&ca).map_err(|err| e("CA certificate", err))?;
+    let cert = CertificateDer::from(cert);
+    let ee = webpki::EndEntityCert::try_from(&cert).map_err(|err| e("certificate", err))?;
+    ee.verify_for_usage(
+        &[webpki::ring::ECDSA_P256_SHA256],
+        &[anchor],
+        &[],
+        UnixTime::now(),
+        webpki::KeyUsage::required_if_present(CLIENT_AUTH),
+        None,
+        None,
+    )
+    .map_err(|err| e("certificate chain", err))?;
+    let name = ServerName::try_from(signer.certificate_name())
+        .map_err(|_| VerifyError("bad name".into()))?;
+    ee.verify_is_valid_for_subject_name(&name)
+        .map_err(|err| e(&format!("certificate for {signer}"), err))?;
+    ee.verify_signature(webpki::ring::ECDSA_P256_SHA256, msg, sig)
+        .map_err(|err| e("signature", err))
+}
+
+struct CardCrypto<'c, 'a> {
+    cx: &'c mut AppletCx<'a>,
+}
+
+impl Crypto for CardCrypto<'_, '_> {
+    fn sign(&mut self, msg: &[u8]) -> Vec<u8> {
+        self.cx.sign(msg)
+    }
+
+    fn certificate(&self) -> Vec<u8> {
+        self.cx.certificate.map(<[u8]>::to_vec).unwrap_or_default()
+    }
+
+    fn verify(
+        &self,
+        signer: EntityId,
+        cert: &[u8],
+        msg: &[u8],
+        sig: &[u8],
+    ) -> Result<(), VerifyError> {
+        let ca = self
+            .cx
+            .ca_certificate
+            .ok_or_else(|| VerifyError("no CA certificate installed on this card".into()))?;
+        verify_with_ca(ca, signer, cert, msg, sig)
+    }
+
+    fn random(&mut self, out: &mut [u8]) {
+        self.cx.entropy.fill(out);
+    }
+}
+
+/// The voucher applet.
+#[derive(Debug, Clone)]
+pub struct VoucherApplet {
+    /// The TTP's id.
+    pub ttp: EntityId,
+}
+
+/// The applet's id (keys its persistent data).
+pub const APPLET_ID: u16 = 0x0200;
+
+const HANDLED: [Mtype; 8] = [
+    msg::START_EXCHANGE,
+    msg::ACCEPT,
+    msg::AGREEMENT,
+    msg::CONFIRMATION,
+    msg::COMMITMENT,
+    msg::RECOVER,
+    msg::ADMISSION,
+    MINT,
+];
+
+const PRIVILEGED: [Mtype; 4] = [msg::START_EXCHANGE, msg::ACCEPT, msg::RECOVER, MINT];
+
+impl Applet for VoucherApplet {
+    fn id(&self) -> u16 {
+        APPLET_ID
+    }
+
+    fn name(&self) -> &'static str {
+        "vouchers"
+    }
+
+    fn handles(&self, mtype: Mtype) -> bool {
+        HANDLED.contains(&mtype)
+    }
+
+    fn privileged(&self) -> &[Mtype] {
+        &PRIVILEGED
+    }
+
+    fn handle(&mut self, cx: &mut AppletCx<'_>, m: &Message) -> Result<(), Refusal> {
+        if cx.certificate.is_none() || cx.ca_certificate.is_none() {
+            return Err(Refusal("this card has no certificate yet".into()));
+        }
+        let mut state = if cx.data.is_empty() {
+            VoucherCard::default()
+        } else {
+            VoucherCard::decode(cx.data)
+                .map_err(|e| Refusal(format!("stored voucher state unreadable: {e}")))?
+        };
+        let me = cx.card;
+        let outs = {
+            let mut crypto = CardCrypto { cx };
+            let mut ctx = Ctx {
+                me,
+                ttp: self.ttp,
+                wallet: None,
+                crypto: &mut crypto,
+            };
+            state
+                .handle(&mut ctx, m.src(), m.mtype(), &m.param)
+                .map_err(|r| Refusal(r.0))?
+        };
+        *cx.data = state.to_bytes();
+        for o in outs {
+            cx.send(o.dst, o.mtype, o.param);
+        }
+        Ok(())
+    }
+}

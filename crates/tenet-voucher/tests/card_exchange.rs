@@ -1,0 +1,373 @@
+//! The exchange between two virtual cards through their APDU front ends,
+//! with real ECDSA P-256 keys generated on the cards, X.509 certificates
+//! from a CA, and the TTP's signed decisions.
+
+use std::collections::VecDeque;
+
+use tenet_card::{Card, CardLimits, MemStore, Personalization, SeededEntropy};
+use tenet_proto::apdu::{Command, Response, tenet};
+use tenet_proto::card::VerifyPin;
+use tenet_proto::codec::Codec;
+use tenet_proto::notice::Refused;
+use tenet_proto::{Domain, EntityId, Message, Mtype, Port};
+use tenet_voucher::applet::VoucherApplet;
+use tenet_voucher::card::MINT;
+use tenet_voucher::crypto::KeyCrypto;
+use tenet_voucher::model::{Amount, VoucherClass};
+use tenet_voucher::msg::{self, RecoveryRequest, StartExchange};
+use tenet_voucher::ttp::{MemoryDecisions, handle_request};
+
+const A: u8 = 0xaa;
+const B: u8 = 0xbb;
+
+fn dom(b: u8) -> Domain {
+    Domain::new([b; 12])
+}
+
+fn wallet(b: u8) -> EntityId {
+    EntityId::new(dom(b), Port::new(1))
+}
+
+fn coffee(q: u64) -> Amount {
+    Amount {
+        class: VoucherClass {
+            issuer: dom(A),
+            promise: "coffee".into(),
+        },
+        quantity: q,
+    }
+}
+
+fn ticket(q: u64) -> Amount {
+    Amount {
+        class: VoucherClass {
+            issuer: dom(B),
+            promise: "ticket".into(),
+        },
+        quantity: q,
+    }
+}
+
+struct World {
+    a: Card<MemStore>,
+    b: Card<MemStore>,
+    ttp_id: EntityId,
+    ttp: KeyCrypto,
+    decisions: MemoryDecisions,
+    net: VecDeque<Message>,
+    to_wallets: Vec<Message>,
+    _dir: tempfile::TempDir,
+}
+
+fn apdu(c: &mut Card<MemStore>, cmd: Command) -> Response {
+    Response::decode(&c.process_apdu(&cmd.to_bytes())).unwrap()
+}
+
+fn deliver_to(c: &mut Card<MemStore>, m: &Message) -> Vec<Message> {
+    let mut r = apdu(
+        c,
+        Command::new(tenet::CLA, tenet::INS_DELIVER, 0, 0)
+            .with_data(m.to_bytes())
+            .with_le(65_536),
+    );
+    let mut out = Vec::new();
+    loop {
+        assert!(r.sw.is_success(), "{}", r.sw);
+        if !r.data.is_empty() {
+            out.push(Message::decode(&r.data).unwrap());
+        }
+        if r.sw.waiting() == Some(0) {
+            return out;
+        }
+        r = apdu(
+            c,
+            Command::new(tenet::CLA, tenet::INS_POLL, 0, 0).with_le(65_536),
+        );
+    }
+}
+
+impl World {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        tenet_host::certs::ensure_ca(&ca, "test CA").unwrap();
+        let ttp_id = dom(0x77).owner();
+        let files = tenet_host::certs::issue_entity_key(&ca, "ttp", ttp_id).unwrap();
+        let ttp = KeyCrypto::from_pem_files(&files.key, &files.cert, &files.ca).unwrap();
+        let card = |b: u8| {
+            let p = Personalization {
+                domain: dom(b),
+                pin: b"1234".to_vec(),
+                puk: b"12345678".to_vec(),
+            };
+            let mut c = Card::personalize(
+                MemStore::new(64 * 1024),
+                &p,
+                CardLimits::default(),
+                Box::new(SeededEntropy::new(b.into())),
+            )
+            .unwrap();
+            let (cert, ca_der) =
+                tenet_host::certs::issue_entity(&ca, c.id(), &c.state().public_key.clone())
+                    .unwrap();
+            c.install_certificates(cert, ca_der).unwrap();
+            c.install(Box::new(VoucherApplet { ttp: ttp_id }));
+            assert!(
+                apdu(
+                    &mut c,
+                    Command::new(0, tenet::INS_SELECT, 4, 0).with_data(tenet::AID.to_vec())
+                )
+                .sw
+                .is_success()
+            );
+            // The wallet app authenticates (per entity) before privileged orders.
+            let v = Message::new(
+                wallet(b),
+                c.id(),
+                Mtype::VERIFY_PIN,
+                VerifyPin {
+                    pin: b"1234".to_vec(),
+                }
+                .to_bytes(),
+            );
+            deliver_to(&mut c, &v);
+            c
+        };
+        let a = card(A);
+        let b = card(B);
+        let mut w = Self {
+            a,
+            b,
+            ttp_id,
+            ttp,
+            decisions: MemoryDecisions::default(),
+            net: VecDeque::new(),
+            to_wallets: Vec::new(),
+            _dir: dir,
+        };
+        w.send(Message::new(
+            wallet(A),
+            dom(A).owner(),
+            MINT,
+            coffee(5).to_bytes(),
+        ));
+        w.send(Message::new(
+            wallet(B),
+            dom(B).owner(),
+            MINT,
+            ticket(3).to_bytes(),
+        ));
+        w.run();
+        w
+    }
+
+    fn send(&mut self, m: Message) {
+        self.net.push_back(m);
+    }
+
+    fn step(&mut self, m: Message) {
+        let out = if m.dst() == self.a.id() {
+            deliver_to(&mut self.a, &m)
+        } else if m.dst() == self.b.id() {
+            deliver_to(&mut self.b, &m)
+        } else if m.dst() == self.ttp_id {
+            let req = RecoveryRequest::decode(&m.param).unwrap();
+            let adm = handle_request(&mut self.ttp, &mut self.decisions, m.src(), &req)
+                .expect("the TTP admits");
+            vec![Message::new(
+                self.ttp_id,
+                m.src(),
+                msg::ADMISSION,
+                adm.to_bytes(),
+            )]
+        } else {
+            self.to_wallets.push(m);
+            vec![]
+        };
+        self.net.extend(out);
+    }
+
+    fn run(&mut self) {
+        while let Some(m) = self.net.pop_front() {
+            self.step(m);
+        }
+    }
+
+    fn start_and_accept(&mut self) {
+        let s = StartExchange {
+            responder: dom(B).owner(),
+            peer_wallet: wallet(B),
+            give: coffee(2),
+            want: ticket(1),
+        };
+        self.send(Message::new(
+            wallet(A),
+            dom(A).owner(),
+            msg::START_EXCHANGE,
+            s.to_bytes(),
+        ));
+        self.run();
+        let offer = self
+            .to_wallets
+            .iter()
+            .find(|m| m.mtype() == msg::OFFER)
+            .expect("the offer reached P_B")
+            .clone();
+        assert_eq!(offer.src(), dom(A).owner());
+        self.send(Message::new(
+            wallet(B),
+            dom(B).owner(),
+            msg::ACCEPT,
+            offer.param,
+        ));
+    }
+
+    fn balances(&self) -> [u64; 4] {
+        let st = |c: &Card<MemStore>| {
+            tenet_voucher::card::VoucherCard::decode(
+                &c.state().applets[&tenet_voucher::applet::APPLET_ID],
+            )
+            .unwrap()
+        };
+        let (a, b) = (st(&self.a), st(&self.b));
+        [
+            a.balances.of(&coffee(0).class),
+            a.balances.of(&ticket(0).class),
+            b.balances.of(&coffee(0).class),
+            b.balances.of(&ticket(0).class),
+        ]
+    }
+}
+
+#[test]
+fn two_cards_exchange_with_real_signatures() {
+    let mut w = World::new();
+    assert_eq!(w.balances(), [5, 0, 0, 3]);
+    w.start_and_accept();
+    w.run();
+    assert_eq!(w.balances(), [3, 1, 2, 2]);
+    assert!(w.decisions.decided.is_empty());
+    assert!(
+        !w.to_wallets.iter().any(|m| m.mtype() == Mtype::REFUSED),
+        "{:?}",
+        w.to_wallets
+    );
+}
+
+#[test]
+fn lost_confirmation_resolved_with_the_ttps_signed_admission() {
+    let mut w = World::new();
+    w.start_and_accept();
+    // Deliver until the confirmation is on the wire, then lose it.
+    while let Some(m) = w.net.pop_front() {
+        if m.mtype() == msg::CONFIRMATION {
+            break;
+        }
+        w.step(m);
+    }
+    let st = tenet_voucher::card::VoucherCard::decode(
+        &w.a.state().applets[&tenet_voucher::applet::APPLET_ID],
+    )
+    .unwrap();
+    let id = *st.pending().next().unwrap().0;
+    w.send(Message::new(
+        wallet(A),
+        dom(A).owner(),
+        msg::RECOVER,
+        id.to_bytes(),
+    ));
+    w.run();
+    let stb = tenet_voucher::card::VoucherCard::decode(
+        &w.b.state().applets[&tenet_voucher::applet::APPLET_ID],
+    )
+    .unwrap();
+    let idb = *stb.pending().next().unwrap().0;
+    w.send(Message::new(
+        wallet(B),
+        dom(B).owner(),
+        msg::RECOVER,
+        idb.to_bytes(),
+    ));
+    w.run();
+    assert_eq!(w.balances(), [3, 1, 2, 2], "resolved: both swapped");
+    assert_eq!(w.decisions.decided.len(), 1);
+}
+
+#[test]
+fn unauthenticated_orders_and_foreign_mints_are_refused() {
+    let mut w = World::new();
+    let stranger = EntityId::new(dom(A), Port::new(9));
+    w.send(Message::new(
+        stranger,
+        dom(A).owner(),
+        MINT,
+        coffee(100).to_bytes(),
+    ));
+    w.send(Message::new(
+        wallet(A),
+        dom(A).owner(),
+        MINT,
+        ticket(100).to_bytes(),
+    ));
+    w.run();
+    let refusals: Vec<String> = w
+        .to_wallets
+        .iter()
+        .filter(|m| m.mtype() == Mtype::REFUSED)
+        .map(|m| Refused::decode(&m.param).unwrap().text)
+        .collect();
+    assert_eq!(refusals.len(), 2, "{refusals:?}");
+    assert!(refusals[0].contains("not authenticated"), "{refusals:?}");
+    assert!(refusals[1].contains("own domain"), "{refusals:?}");
+    assert_eq!(w.balances(), [5, 0, 0, 3]);
+}
+
+#[test]
+fn a_forged_agreement_is_refused() {
+    let mut w = World::new();
+    let s = StartExchange {
+        responder: dom(B).owner(),
+        peer_wallet: wallet(B),
+        give: coffee(2),
+        want: ticket(1),
+    };
+    w.send(Message::new(
+        wallet(A),
+        dom(A).owner(),
+        msg::START_EXCHANGE,
+        s.to_bytes(),
+    ));
+    w.run();
+    let offer = msg::Offer::decode(
+        &w.to_wallets
+            .iter()
+            .find(|m| m.mtype() == msg::OFFER)
+            .unwrap()
+            .param,
+    )
+    .unwrap();
+    // An agreement for the open offer, signed by nobody's real key.
+    let fake = msg::Agreement {
+        offer_digest: offer.digest(),
+        id: msg::ExchangeId([9; 32]),
+        signature: vec![0x30, 0x06, 2, 1, 1, 2, 1, 1],
+        certificate: w.a.state().certificate.clone().unwrap(),
+    };
+    let out = deliver_to(
+        &mut w.a,
+        &Message::new(
+            dom(B).owner(),
+            dom(A).owner(),
+            msg::AGREEMENT,
+            fake.to_bytes(),
+        ),
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (out[0].dst(), out[0].mtype()),
+        (dom(B).owner(), Mtype::REFUSED)
+    );
+    let text = Refused::decode(&out[0].param).unwrap().text;
+    assert!(text.contains("agreement"), "{text}");
+    assert_eq!(w.balances(), [5, 0, 0, 3], "v1 not deleted");
+}
