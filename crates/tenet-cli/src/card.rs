@@ -29,12 +29,19 @@ pub enum CardCmd {
         /// Storage budget in bytes (the card's EEPROM).
         #[arg(long, default_value_t = tenet_card::store::DEFAULT_CAPACITY)]
         capacity: usize,
+        /// A CA directory (`tenet ca init`): the CA signs the card's public
+        /// key, and the card stores its certificate and the CA's.
+        #[arg(long, value_name = "DIR")]
+        ca: Option<PathBuf>,
     },
     /// Print a virtual card's id and public key.
     Info {
         /// The card's store file.
         #[arg(long, value_name = "FILE")]
         store: PathBuf,
+        /// Also write the card's X.509 certificate (DER) to this file.
+        #[arg(long, value_name = "FILE")]
+        cert_out: Option<PathBuf>,
     },
     /// Plug a virtual card into pcscd through vsmartcard's vpcd driver.
     Serve {
@@ -68,6 +75,7 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
             pin,
             puk,
             capacity,
+            ca,
         } => {
             let domain = if domain == "random" {
                 let mut b = [0u8; 12];
@@ -94,14 +102,25 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
                 pin: pin.into_bytes(),
                 puk: puk.clone().into_bytes(),
             };
-            let card =
-                match Card::personalize(s, &p, CardLimits::default(), Box::new(SystemEntropy)) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let _ = std::fs::remove_file(&store);
-                        return Err(e.into());
+            let made = Card::personalize(s, &p, CardLimits::default(), Box::new(SystemEntropy))
+                .map_err(anyhow::Error::from)
+                .and_then(|mut card| {
+                    if let Some(dir) = &ca {
+                        let public_key = card.state().public_key.clone();
+                        let (cert, ca_der) =
+                            tenet_host::certs::issue_entity(dir, card.id(), &public_key)
+                                .with_context(|| format!("CA in {}", dir.display()))?;
+                        card.install_certificates(cert, ca_der)?;
                     }
-                };
+                    Ok(card)
+                });
+            let card = match made {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&store);
+                    return Err(e);
+                }
+            };
             println!("card {}", card.id());
             println!("public key {}", hex(&card.state().public_key));
             if generated {
@@ -109,12 +128,24 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        CardCmd::Info { store } => {
+        CardCmd::Info { store, cert_out } => {
             let card = open(&store, CardLimits::default())?;
             println!("card {}", card.id());
             println!("public key {}", hex(&card.state().public_key));
             println!("PIN tries left {}", card.state().pin_tries);
             println!("next port {}", card.state().next_port);
+            match &card.state().certificate {
+                Some(c) => println!("certificate {} bytes (X.509 DER)", c.len()),
+                None => println!("certificate none (personalize with --ca)"),
+            }
+            if let Some(out) = cert_out {
+                let c = card
+                    .state()
+                    .certificate
+                    .as_ref()
+                    .context("the card has no certificate")?;
+                std::fs::write(&out, c).with_context(|| format!("writing {}", out.display()))?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         CardCmd::Serve {

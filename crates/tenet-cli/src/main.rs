@@ -38,6 +38,19 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum CaCmd {
+    /// Make a CA (ca.pem, ca.key) in DIR unless one is there.
+    Init {
+        /// The CA's directory.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The CA's name.
+        #[arg(long, default_value = "tenet CA")]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum HostAction {
     /// Make a development CA (once) and a TLS certificate for one host,
     /// naming the domains it may serve.
@@ -104,6 +117,11 @@ enum Cmd {
         /// Stop after this many messages.
         #[arg(short = 'c', long)]
         count: Option<u64>,
+    },
+    /// Make a certificate authority for cards, hosts and the TTP.
+    Ca {
+        #[command(subcommand)]
+        cmd: CaCmd,
     },
     /// Make, inspect and serve virtual cards.
     Card {
@@ -190,6 +208,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 mtype,
             };
             tap(socket, f, count).await
+        }
+        Cmd::Ca {
+            cmd: CaCmd::Init { dir, name },
+        } => {
+            if tenet_host::certs::ensure_ca(&dir, &name)? {
+                println!("made CA {}", dir.join("ca.pem").display());
+            } else {
+                println!("CA {} exists; kept", dir.join("ca.pem").display());
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Card { cmd } => tokio::task::spawn_blocking(move || card::run(cmd)).await?,
         Cmd::Bench { which } => bench::run(which).await,

@@ -185,3 +185,59 @@ fn tap_prints_one_line_per_observed_message() {
         assert_eq!(f[5], "len=13");
     }
 }
+
+#[test]
+fn a_card_personalized_with_a_ca_holds_its_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let store = dir.path().join("card.store");
+    let run = |args: &[&str]| {
+        let out = Command::new(TENET).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&["ca", "init", "--dir", ca.to_str().unwrap()]);
+    run(&[
+        "card",
+        "new",
+        "--store",
+        store.to_str().unwrap(),
+        "--pin",
+        "1234",
+        "--ca",
+        ca.to_str().unwrap(),
+    ]);
+    let der = dir.path().join("card.der");
+    let info = run(&[
+        "card",
+        "info",
+        "--store",
+        store.to_str().unwrap(),
+        "--cert-out",
+        der.to_str().unwrap(),
+    ]);
+    assert!(info.contains("(X.509 DER)"), "{info}");
+    let bytes = std::fs::read(&der).unwrap();
+    assert_eq!(bytes[0], 0x30, "a DER SEQUENCE");
+    // A CA directory that does not exist: refused, and no store left behind.
+    let other = dir.path().join("other.store");
+    let out = Command::new(TENET)
+        .args([
+            "card",
+            "new",
+            "--store",
+            other.to_str().unwrap(),
+            "--pin",
+            "1234",
+            "--ca",
+            "/nonexistent",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!other.exists());
+}
