@@ -20,9 +20,11 @@ use crate::msg;
 /// extension must allow it (card certificates have none).
 const CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
 
-/// Checks `cert` against `ca`, that it names `signer`, and `sig` over `msg`.
+/// Checks `cert` against `ca` at time `now`, that it names `signer`, and
+/// `sig` over `msg`.
 pub fn verify_with_ca(
     ca: &[u8],
+    now: UnixTime,
     signer: EntityId,
     cert: &[u8],
     msg: &[u8],
@@ -37,7 +39,7 @@ pub fn verify_with_ca(
         &[webpki::ring::ECDSA_P256_SHA256],
         &[anchor],
         &[],
-        UnixTime::now(),
+        now,
         webpki::KeyUsage::required_if_present(CLIENT_AUTH),
         None,
         None,
@@ -75,7 +77,13 @@ impl Crypto for CardCrypto<'_, '_> {
             .cx
             .ca_certificate
             .ok_or_else(|| VerifyError("no CA certificate installed on this card".into()))?;
-        verify_with_ca(ca, signer, cert, msg, sig)
+        // The card's time is what its host last told it; a card never told
+        // falls back to the system clock of the virtual card's process.
+        let now = match self.cx.now {
+            0 => UnixTime::now(),
+            t => UnixTime::since_unix_epoch(std::time::Duration::from_secs(t)),
+        };
+        verify_with_ca(ca, now, signer, cert, msg, sig)
     }
 
     fn random(&mut self, out: &mut [u8]) {

@@ -123,19 +123,15 @@ impl KeyCrypto {
         })
     }
 
-    /// From PEM files: key (PKCS#8), certificate, CA certificate.
-    pub fn from_pem_files(
-        key: &std::path::Path,
-        cert: &std::path::Path,
-        ca: &std::path::Path,
-    ) -> Result<Self, VerifyError> {
+    /// From PEM text: key (PKCS#8), certificate, CA certificate.
+    pub fn from_pem(key: &[u8], cert: &[u8], ca: &[u8]) -> Result<Self, VerifyError> {
         use pki_types::pem::PemObject;
-        let k = pki_types::PrivatePkcs8KeyDer::from_pem_file(key)
-            .map_err(|e| VerifyError(format!("{}: {e}", key.display())))?;
-        let c = pki_types::CertificateDer::from_pem_file(cert)
-            .map_err(|e| VerifyError(format!("{}: {e}", cert.display())))?;
-        let a = pki_types::CertificateDer::from_pem_file(ca)
-            .map_err(|e| VerifyError(format!("{}: {e}", ca.display())))?;
+        let k = pki_types::PrivatePkcs8KeyDer::from_pem_slice(key)
+            .map_err(|e| VerifyError(format!("key: {e}")))?;
+        let c = pki_types::CertificateDer::from_pem_slice(cert)
+            .map_err(|e| VerifyError(format!("certificate: {e}")))?;
+        let a = pki_types::CertificateDer::from_pem_slice(ca)
+            .map_err(|e| VerifyError(format!("CA certificate: {e}")))?;
         Self::new(k.secret_pkcs8_der(), c.to_vec(), a.to_vec())
     }
 }
@@ -159,7 +155,7 @@ impl Crypto for KeyCrypto {
         msg: &[u8],
         sig: &[u8],
     ) -> Result<(), VerifyError> {
-        crate::applet::verify_with_ca(&self.ca, signer, cert, msg, sig)
+        crate::applet::verify_with_ca(&self.ca, pki_types::UnixTime::now(), signer, cert, msg, sig)
     }
 
     fn random(&mut self, out: &mut [u8]) {

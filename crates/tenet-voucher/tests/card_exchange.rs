@@ -93,7 +93,9 @@ impl World {
         tenet_host::certs::ensure_ca(&ca, "test CA").unwrap();
         let ttp_id = dom(0x77).owner();
         let files = tenet_host::certs::issue_entity_key(&ca, "ttp", ttp_id).unwrap();
-        let ttp = KeyCrypto::from_pem_files(&files.key, &files.cert, &files.ca).unwrap();
+        let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+        let ttp =
+            KeyCrypto::from_pem(&read(&files.key), &read(&files.cert), &read(&files.ca)).unwrap();
         let card = |b: u8| {
             let p = Personalization {
                 domain: dom(b),
