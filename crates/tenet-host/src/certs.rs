@@ -1,20 +1,23 @@
-//! Certificates for host-to-host TLS: a development CA and host
-//! certificates, made with one command (`tenet host certs`).
+//! Certificates, made with one command each: a development CA (`tenet ca
+//! init`), host certificates for links between hosts (`tenet host certs`),
+//! and entity certificates for cards (`tenet card new --ca`) and the TTP.
 //!
 //! A host certificate names, as DNS subject alternative names, `host.tenet`
 //! (every host's certificate has it; links connect to that name) and one
 //! `DOMAIN.domain.tenet` per domain the host may serve. A peer may announce
 //! a domain only if its certificate names it (or the config lists it for
-//! that peer). Keys are ECDSA P-256; files are PEM.
+//! that peer). An entity certificate names `DOMAIN-PORT.id.tenet`
+//! ([`EntityId::certificate_name`]) and has no extended key usage, so it
+//! cannot stand in for a host. Keys are ECDSA P-256; files are PEM.
 
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
 };
 use rustls::pki_types::pem::PemObject;
-use tenet_proto::Domain;
+use tenet_proto::{Domain, EntityId};
 
 /// The name every host certificate carries and every link connects to.
 pub const HOST_NAME: &str = "host.tenet";
@@ -22,66 +25,6 @@ pub const HOST_NAME: &str = "host.tenet";
 /// The DNS name that authorizes a host to serve `d`.
 pub fn domain_name(d: Domain) -> String {
     format!("{d}.domain.tenet")
-}
-
-/// DER prefix of a P-256 SubjectPublicKeyInfo before the 65-byte point.
-const P256_SPKI_PREFIX: [u8; 26] = [
-    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
-    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
-];
-
-/// Issues, with the CA in `dir`, a certificate for entity `id` whose key is
-/// `public_key` (uncompressed SEC1 P-256, as a card reports it): the card
-/// keeps its private key; only the public key leaves it. Returns the
-/// certificate and the CA certificate, both DER.
-pub fn issue_entity(
-    dir: &Path,
-    id: tenet_proto::EntityId,
-    public_key: &[u8],
-) -> Result<(Vec<u8>, Vec<u8>), CertError> {
-    let ca_pem = read(&dir.join("ca.pem"))?;
-    let ca_key = KeyPair::from_pem(&read(&dir.join("ca.key"))?)?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
-    let spki_der = [&P256_SPKI_PREFIX[..], public_key].concat();
-    let spki = rcgen::SubjectPublicKeyInfo::from_der(&spki_der)?;
-    let mut p = CertificateParams::new(vec![id.certificate_name()])?;
-    p.distinguished_name
-        .push(DnType::CommonName, id.to_string());
-    p.is_ca = IsCa::ExplicitNoCa;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.use_authority_key_identifier_extension = true;
-    let c = p.signed_by(&spki, &issuer)?;
-    let ca_der = rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes())
-        .map_err(|e| CertError::Pem(e.to_string()))?;
-    Ok((c.der().to_vec(), ca_der.to_vec()))
-}
-
-/// Issues a certificate and key for a software entity (the TTP's host
-/// entity): `dir/NAME-entity.pem` and `.key`.
-pub fn issue_entity_key(
-    dir: &Path,
-    name: &str,
-    id: tenet_proto::EntityId,
-) -> Result<HostFiles, CertError> {
-    let ca_pem = read(&dir.join("ca.pem"))?;
-    let ca_key = KeyPair::from_pem(&read(&dir.join("ca.key"))?)?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
-    let k = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let mut p = CertificateParams::new(vec![id.certificate_name()])?;
-    p.distinguished_name
-        .push(DnType::CommonName, id.to_string());
-    p.is_ca = IsCa::ExplicitNoCa;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.use_authority_key_identifier_extension = true;
-    let c = p.signed_by(&k, &issuer)?;
-    let files = HostFiles {
-        ca: dir.join("ca.pem"),
-        cert: dir.join(format!("{name}-entity.pem")),
-        key: dir.join(format!("{name}-entity.key")),
-    };
-    write(&files.key, &k.serialize_pem(), 0o600)?;
-    write(&files.cert, &c.pem(), 0o644)?;
-    Ok(files)
 }
 
 /// Why certificates could not be made.
@@ -103,24 +46,32 @@ pub enum CertError {
     Pem(String),
 }
 
+/// Files of one TLS or entity identity.
+#[derive(Debug, Clone)]
+pub struct HostFiles {
+    /// The CA certificate (PEM).
+    pub ca: PathBuf,
+    /// The certificate (PEM).
+    pub cert: PathBuf,
+    /// The key (PEM, PKCS#8, mode 0600).
+    pub key: PathBuf,
+}
+
 fn write(path: &Path, text: &str, mode: u32) -> Result<(), CertError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| CertError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(mode)
         .open(path)
-        .map_err(|source| CertError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-    f.write_all(text.as_bytes())
-        .map_err(|source| CertError::Io {
-            path: path.to_owned(),
-            source,
-        })
+        .map_err(io)?;
+    f.write_all(text.as_bytes()).map_err(io)
 }
 
 fn read(path: &Path) -> Result<String, CertError> {
@@ -128,17 +79,6 @@ fn read(path: &Path) -> Result<String, CertError> {
         path: path.to_owned(),
         source,
     })
-}
-
-/// Files of one host's TLS identity.
-#[derive(Debug, Clone)]
-pub struct HostFiles {
-    /// The CA certificate (PEM).
-    pub ca: PathBuf,
-    /// The host certificate (PEM).
-    pub cert: PathBuf,
-    /// The host key (PEM, PKCS#8, mode 0600).
-    pub key: PathBuf,
 }
 
 /// Makes `dir/ca.pem` and `dir/ca.key` unless they exist; returns whether
@@ -167,31 +107,96 @@ pub fn ensure_ca(dir: &Path, name: &str) -> Result<bool, CertError> {
     Ok(true)
 }
 
-/// Issues `dir/NAME.pem` and `dir/NAME.key` for a host serving `domains`,
-/// signed by the CA in `dir`.
-pub fn issue_host(dir: &Path, name: &str, domains: &[Domain]) -> Result<HostFiles, CertError> {
+/// Signs a leaf certificate for `subject_key` with the CA in `dir`.
+fn sign_leaf(
+    dir: &Path,
+    sans: Vec<String>,
+    common_name: &str,
+    host: bool,
+    subject_key: &impl PublicKeyData,
+) -> Result<(Certificate, String), CertError> {
     let ca_pem = read(&dir.join("ca.pem"))?;
     let ca_key = KeyPair::from_pem(&read(&dir.join("ca.key"))?)?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
-    let mut sans = vec![HOST_NAME.to_owned()];
-    sans.extend(domains.iter().map(|d| domain_name(*d)));
-    let k = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut p = CertificateParams::new(sans)?;
-    p.distinguished_name.push(DnType::CommonName, name);
+    p.distinguished_name.push(DnType::CommonName, common_name);
     p.is_ca = IsCa::ExplicitNoCa;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    if host {
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+    }
     p.use_authority_key_identifier_extension = true;
-    let c = p.signed_by(&k, &issuer)?;
+    Ok((p.signed_by(subject_key, &issuer)?, ca_pem))
+}
+
+/// Makes a key and a certificate for it, saved as `dir/STEM.pem`, `.key`.
+fn issue_with_new_key(
+    dir: &Path,
+    stem: &str,
+    sans: Vec<String>,
+    cn: &str,
+    host: bool,
+) -> Result<HostFiles, CertError> {
+    let k = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let (c, _) = sign_leaf(dir, sans, cn, host, &k)?;
     let files = HostFiles {
         ca: dir.join("ca.pem"),
-        cert: dir.join(format!("{name}.pem")),
-        key: dir.join(format!("{name}.key")),
+        cert: dir.join(format!("{stem}.pem")),
+        key: dir.join(format!("{stem}.key")),
     };
     write(&files.key, &k.serialize_pem(), 0o600)?;
     write(&files.cert, &c.pem(), 0o644)?;
     Ok(files)
+}
+
+/// Issues `dir/NAME.pem` and `dir/NAME.key` for a host serving `domains`,
+/// signed by the CA in `dir`.
+pub fn issue_host(dir: &Path, name: &str, domains: &[Domain]) -> Result<HostFiles, CertError> {
+    let mut sans = vec![HOST_NAME.to_owned()];
+    sans.extend(domains.iter().map(|d| domain_name(*d)));
+    issue_with_new_key(dir, name, sans, name, true)
+}
+
+/// Issues a key and certificate for a software entity (the TTP's host
+/// entity): `dir/NAME-entity.pem` and `.key`.
+pub fn issue_entity_key(dir: &Path, name: &str, id: EntityId) -> Result<HostFiles, CertError> {
+    issue_with_new_key(
+        dir,
+        &format!("{name}-entity"),
+        vec![id.certificate_name()],
+        &id.to_string(),
+        false,
+    )
+}
+
+/// DER prefix of a P-256 SubjectPublicKeyInfo before the 65-byte point.
+const P256_SPKI_PREFIX: [u8; 26] = [
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+
+/// Issues, with the CA in `dir`, a certificate for entity `id` whose key is
+/// `public_key` (uncompressed SEC1 P-256, as a card reports it): the card
+/// keeps its private key; only the public key leaves it. Returns the
+/// certificate and the CA certificate, both DER.
+pub fn issue_entity(
+    dir: &Path,
+    id: EntityId,
+    public_key: &[u8],
+) -> Result<(Vec<u8>, Vec<u8>), CertError> {
+    let spki_der = [&P256_SPKI_PREFIX[..], public_key].concat();
+    let spki = rcgen::SubjectPublicKeyInfo::from_der(&spki_der)?;
+    let (c, ca_pem) = sign_leaf(
+        dir,
+        vec![id.certificate_name()],
+        &id.to_string(),
+        false,
+        &spki,
+    )?;
+    let ca_der = rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes())
+        .map_err(|e| CertError::Pem(e.to_string()))?;
+    Ok((c.der().to_vec(), ca_der.to_vec()))
 }
