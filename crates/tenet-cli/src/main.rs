@@ -21,6 +21,7 @@ mod bench;
 mod bench_card;
 mod bench_remote;
 mod card;
+mod demo;
 
 #[derive(Parser)]
 #[command(
@@ -118,6 +119,9 @@ enum Cmd {
         #[arg(short = 'c', long)]
         count: Option<u64>,
     },
+    /// The voucher exchange demo: two hosts over TLS on loopback, a virtual
+    /// card on each.
+    Demo,
     /// Make a certificate authority for cards, hosts and the TTP.
     Ca {
         #[command(subcommand)]
@@ -209,6 +213,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             tap(socket, f, count).await
         }
+        Cmd::Demo => demo::run().await,
         Cmd::Ca {
             cmd: CaCmd::Init { dir, name },
         } => {

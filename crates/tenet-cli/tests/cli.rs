@@ -241,3 +241,38 @@ fn a_card_personalized_with_a_ca_holds_its_certificate() {
     assert!(!out.status.success());
     assert!(!other.exists());
 }
+
+#[test]
+fn the_demo_trades_vouchers_between_two_hosts() {
+    let out = Command::new(TENET)
+        .arg("demo")
+        .env("TENET_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("alice holds 3 coffee at Alice's, 1 cinema ticket from Bob"),
+        "{text}"
+    );
+    assert!(
+        text.contains("bob holds 2 coffee at Alice's, 2 cinema ticket from Bob"),
+        "{text}"
+    );
+    for step in [
+        "start-exchange",
+        "offer",
+        "agreement",
+        "confirmation",
+        "commitment",
+    ] {
+        assert!(
+            text.contains(&format!(" {step} (")),
+            "{step} missing:\n{text}"
+        );
+    }
+}

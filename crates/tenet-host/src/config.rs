@@ -143,6 +143,9 @@ pub struct CardSection {
     /// Largest eTP message the virtual card accepts and emits, 34 to 65535;
     /// default 65535. Larger ones are refused with status `6a84`.
     pub max_message: Option<usize>,
+    /// The TTP's id (`DOMAIN:PORT`): installs the voucher applet on the
+    /// virtual card, which asks that TTP to resolve or abort.
+    pub ttp: Option<String>,
 }
 
 /// `[host]`: where the daemon listens and keeps its state.
@@ -218,6 +221,7 @@ impl Config {
         RuleGuard::from_specs(&self.guard.rules)?;
         self.card_wait()?;
         self.card_limits()?;
+        self.card_ttp()?;
         self.remote_checked()?;
         if self.card.virtual_store.is_some() && self.card.reader.is_some() {
             return Err(ConfigError::Value {
@@ -316,6 +320,20 @@ impl Config {
                 detail: format!("{n} is not between 34 and 65535"),
             }),
         }
+    }
+
+    /// The TTP the virtual card's voucher applet uses, if configured.
+    pub fn card_ttp(&self) -> Result<Option<tenet_proto::EntityId>, ConfigError> {
+        self.card
+            .ttp
+            .as_deref()
+            .map(|s| {
+                s.parse().map_err(|e| ConfigError::Value {
+                    key: "card.ttp",
+                    detail: format!("{e}"),
+                })
+            })
+            .transpose()
     }
 
     /// How long to wait for a card at startup.

@@ -408,6 +408,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             match self.r.read_buf(&mut self.buf).await {
                 Ok(0) => return Err("closed by peer".into()),
                 Ok(_) => {}
+                // A TLS peer that went away without close_notify (a daemon
+                // stopping or dying) is a close, not a protocol error.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Err("closed by peer without close_notify".into());
+                }
                 Err(e) => return Err(format!("read error: {e}")),
             }
         }

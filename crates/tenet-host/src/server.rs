@@ -78,12 +78,16 @@ pub enum HostError {
 async fn open_card(config: &Config) -> Result<Option<(CardSession, CardInfo)>, HostError> {
     let short = config.card.short_apdus.unwrap_or(false);
     let limits = config.card_limits()?;
+    let ttp = config.card_ttp()?;
     if let Some(path) = config.card.virtual_store.clone() {
         let opened = tokio::task::spawn_blocking(move || -> Result<_, HostError> {
             let store = FileStore::open(&path).map_err(|e| HostError::Card(crate::chain(&e)))?;
-            let card = Card::open(store, limits, Box::new(SystemEntropy)).map_err(|e| {
+            let mut card = Card::open(store, limits, Box::new(SystemEntropy)).map_err(|e| {
                 HostError::Card(format!("{}: {}", path.display(), crate::chain(&e)))
             })?;
+            if let Some(ttp) = ttp {
+                card.install(Box::new(tenet_voucher::applet::VoucherApplet { ttp }));
+            }
             let mut session = CardSession::new(Box::new(InProcessLink::new(card)), short);
             let info = session
                 .reconnect()

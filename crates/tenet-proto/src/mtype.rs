@@ -35,6 +35,19 @@ const REGISTRY: &[(Mtype, &str)] = &[
     (Mtype::LOGOUT, "logout"),
     (Mtype::CARD_INFO_REQUEST, "card-info-request"),
     (Mtype::CARD_INFO, "card-info"),
+    (Mtype(0x0201), "start-exchange"),
+    (Mtype(0x0202), "offer"),
+    (Mtype(0x0203), "accept"),
+    (Mtype(0x0204), "agreement"),
+    (Mtype(0x0205), "confirmation"),
+    (Mtype(0x0206), "commitment"),
+    (Mtype(0x0207), "recovery-request"),
+    (Mtype(0x0208), "admission"),
+    (Mtype(0x0209), "recover"),
+    (Mtype(0x020a), "mint"),
+    (Mtype(0x020b), "progress"),
+    (Mtype(0x020c), "balance-request"),
+    (Mtype(0x020d), "balances"),
 ];
 
 impl Mtype {

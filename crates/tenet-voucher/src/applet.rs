@@ -12,7 +12,7 @@ use tenet_card::{Applet, AppletCx, Refusal};
 use tenet_proto::codec::Codec;
 use tenet_proto::{EntityId, Message, Mtype};
 
-use crate::card::{Ctx, MINT, VoucherCard};
+use crate::card::{BALANCE_REQUEST, Ctx, MINT, VoucherCard};
 use crate::crypto::{Crypto, VerifyError};
 use crate::msg;
 
@@ -101,7 +101,7 @@ pub struct VoucherApplet {
 /// The applet's id (keys its persistent data).
 pub const APPLET_ID: u16 = 0x0200;
 
-const HANDLED: [Mtype; 8] = [
+const HANDLED: [Mtype; 9] = [
     msg::START_EXCHANGE,
     msg::ACCEPT,
     msg::AGREEMENT,
@@ -110,9 +110,16 @@ const HANDLED: [Mtype; 8] = [
     msg::RECOVER,
     msg::ADMISSION,
     MINT,
+    BALANCE_REQUEST,
 ];
 
-const PRIVILEGED: [Mtype; 4] = [msg::START_EXCHANGE, msg::ACCEPT, msg::RECOVER, MINT];
+const PRIVILEGED: [Mtype; 5] = [
+    msg::START_EXCHANGE,
+    msg::ACCEPT,
+    msg::RECOVER,
+    MINT,
+    BALANCE_REQUEST,
+];
 
 impl Applet for VoucherApplet {
     fn id(&self) -> u16 {

@@ -24,6 +24,29 @@ use crate::msg::{
 pub const MINT: Mtype = Mtype(0x020a);
 /// Progress report to the wallet app (tap-free notification).
 pub const PROGRESS: Mtype = Mtype(0x020b);
+/// Ask the card for its balances (privileged: holdings are private).
+pub const BALANCE_REQUEST: Mtype = Mtype(0x020c);
+/// The card's balances: a sequence of [`Amount`]s.
+pub const BALANCES: Mtype = Mtype(0x020d);
+
+/// Encodes balances as the param of [`BALANCES`].
+pub fn encode_balances(b: &Balances) -> Vec<u8> {
+    list(b.iter().map(|(c, q)| {
+        Amount {
+            class: c.clone(),
+            quantity: q,
+        }
+        .to_bytes()
+    }))
+}
+
+/// Decodes the param of [`BALANCES`].
+pub fn decode_balances(param: &[u8]) -> Result<Vec<Amount>, DecodeError> {
+    tlv::parse_all(param)?
+        .into_iter()
+        .map(|i| Amount::decode(i.value))
+        .collect()
+}
 
 /// A refused input, in words for the sender.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -200,6 +223,11 @@ impl VoucherCard {
             msg::COMMITMENT => self.commitment(cx, src, Commitment::decode(param).map_err(bad)?),
             msg::RECOVER => self.recover(cx, ExchangeId::decode(param).map_err(bad)?),
             msg::ADMISSION => self.admission(cx, src, Admission::decode(param).map_err(bad)?),
+            BALANCE_REQUEST => Ok(vec![Out {
+                dst: src,
+                mtype: BALANCES,
+                param: encode_balances(&self.balances),
+            }]),
             other => refuse(format!("the voucher applet does not handle {other}")),
         }
     }
@@ -556,17 +584,7 @@ fn list(items: impl Iterator<Item = Vec<u8>>) -> Vec<u8> {
 
 impl Codec for VoucherCard {
     fn encode(&self, out: &mut Vec<u8>) {
-        tlv::write(
-            out,
-            T_BAL,
-            &list(self.balances.iter().map(|(c, q)| {
-                Amount {
-                    class: c.clone(),
-                    quantity: q,
-                }
-                .to_bytes()
-            })),
-        );
+        tlv::write(out, T_BAL, &encode_balances(&self.balances));
         tlv::write(
             out,
             T_OFFERS,
