@@ -62,6 +62,24 @@ pub struct Config {
     /// `[remote]`: links to other hosts.
     #[serde(default)]
     pub remote: RemoteSection,
+    /// `[ttp]`: this host's entity acts as the trusted third party.
+    pub ttp: Option<TtpSection>,
+}
+
+/// `[ttp]`: the host's own entity `DOMAIN:0` answers recovery requests
+/// (`tenet ttp`). Its key and certificate name that entity (`tenet ca
+/// entity`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtpSection {
+    /// The TTP's private key (PEM, PKCS#8).
+    pub key: PathBuf,
+    /// The TTP's certificate (PEM), naming `DOMAIN-0.id.tenet`.
+    pub cert: PathBuf,
+    /// The CA certificate cards' certificates chain to (PEM).
+    pub ca: PathBuf,
+    /// The SQLite database of decisions; default `STATE_DIR/ttp.sqlite`.
+    pub database: Option<PathBuf>,
 }
 
 /// `[remote]`: links to other hosts over TLS (see `docs/remote.md`).

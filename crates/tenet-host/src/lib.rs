@@ -15,6 +15,8 @@
 //!
 //! - [`remote`]: the remote proxy: links to other hosts over TLS, routing
 //!   by domain, reliable delivery across link breaks.
+//! - [`ttp`]: the TTP service: the host entity decides recovery requests,
+//!   kept in SQLite.
 //! - `nats`: the NATS transport: subjects derived from domains, no routing
 //!   table.
 
@@ -29,6 +31,7 @@ mod proxy;
 pub mod remote;
 pub mod server;
 pub mod state;
+pub mod ttp;
 
 pub use config::{Config, ConfigError};
 pub use server::{HostError, HostHandle, start};

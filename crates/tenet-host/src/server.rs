@@ -71,6 +71,9 @@ pub enum HostError {
     /// The remote links cannot be set up.
     #[error("remote links: {0}")]
     Remote(String),
+    /// The TTP cannot be set up.
+    #[error("TTP: {0}")]
+    Ttp(String),
 }
 
 /// Opens the configured card link, selects the applet and reads the card's
@@ -172,6 +175,7 @@ pub(crate) struct Shared {
     card: Option<CardAttach>,
     pub(crate) remote: Option<Arc<crate::remote::Remote>>,
     pub(crate) nats: Option<Arc<crate::nats::Nats>>,
+    ttp: Option<std::sync::mpsc::Sender<Message>>,
 }
 
 impl Shared {
@@ -292,6 +296,17 @@ pub async fn start(config: &Config) -> Result<HostHandle, HostError> {
     let socket = config.socket_path();
     let listener = bind_socket(&socket, config.socket_mode()?)?;
     info!(socket = %socket.display(), host = %domain.owner(), guards = ?table.guard_names(), "host started");
+    let ttp_parts = match &config.ttp {
+        Some(t) => Some(crate::ttp::open(t, &state_dir)?),
+        None => None,
+    };
+    let (ttp_tx, ttp_rx) = match ttp_parts {
+        Some(_) => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
     let mut my_domains = vec![domain];
     if let Some((_, info)) = &card {
         my_domains.push(info.domain);
@@ -331,7 +346,15 @@ pub async fn start(config: &Config) -> Result<HostHandle, HostError> {
         card: attach,
         remote: remote.map(Arc::new),
         nats,
+        ttp: ttp_tx,
     });
+    if let (Some((crypto, store)), Some(rx)) = (ttp_parts, ttp_rx) {
+        let (sh, me) = (shared.clone(), domain.owner());
+        std::thread::Builder::new()
+            .name("tenet-ttp".into())
+            .spawn(move || crate::ttp::run(sh, rx, crypto, store, me))
+            .map_err(|e| HostError::Ttp(format!("cannot start the TTP thread: {e}")))?;
+    }
     if let (Some((session, info)), Some(a)) = (card, &shared.card) {
         info!(card = %info.domain.owner(), link = %a.link, privileged = ?info.privileged, "card attached");
         let (sh, ep, id) = (shared.clone(), a.ep, a.id);
@@ -466,6 +489,12 @@ pub(crate) fn run_events(shared: &Shared, events: Vec<Event>) {
                 let mut t = lock(&shared.table);
                 let me = shared.domain.owner();
                 while let Some(d) = t.take(ep) {
+                    if d.message.mtype() == tenet_voucher::msg::RECOVERY_REQUEST
+                        && let Some(tx) = &shared.ttp
+                    {
+                        let _ = tx.send(d.message);
+                        continue;
+                    }
                     if let Some(answer) = crate::entity::answer(me, &d.message)
                         && let Err(e) = t.store(Ingress::Internal, answer, Instant::now())
                     {

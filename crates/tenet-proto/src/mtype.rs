@@ -48,6 +48,8 @@ const REGISTRY: &[(Mtype, &str)] = &[
     (Mtype(0x020b), "progress"),
     (Mtype(0x020c), "balance-request"),
     (Mtype(0x020d), "balances"),
+    (Mtype(0x020e), "exchanges-request"),
+    (Mtype(0x020f), "exchanges"),
 ];
 
 impl Mtype {

@@ -12,7 +12,7 @@ use tenet_card::{Applet, AppletCx, Refusal};
 use tenet_proto::codec::Codec;
 use tenet_proto::{EntityId, Message, Mtype};
 
-use crate::card::{BALANCE_REQUEST, Ctx, MINT, VoucherCard};
+use crate::card::{BALANCE_REQUEST, Ctx, EXCHANGES_REQUEST, MINT, VoucherCard};
 use crate::crypto::{Crypto, VerifyError};
 use crate::msg;
 
@@ -101,7 +101,7 @@ pub struct VoucherApplet {
 /// The applet's id (keys its persistent data).
 pub const APPLET_ID: u16 = 0x0200;
 
-const HANDLED: [Mtype; 9] = [
+const HANDLED: [Mtype; 10] = [
     msg::START_EXCHANGE,
     msg::ACCEPT,
     msg::AGREEMENT,
@@ -111,14 +111,16 @@ const HANDLED: [Mtype; 9] = [
     msg::ADMISSION,
     MINT,
     BALANCE_REQUEST,
+    EXCHANGES_REQUEST,
 ];
 
-const PRIVILEGED: [Mtype; 5] = [
+const PRIVILEGED: [Mtype; 6] = [
     msg::START_EXCHANGE,
     msg::ACCEPT,
     msg::RECOVER,
     MINT,
     BALANCE_REQUEST,
+    EXCHANGES_REQUEST,
 ];
 
 impl Applet for VoucherApplet {

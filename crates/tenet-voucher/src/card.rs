@@ -29,6 +29,63 @@ pub const BALANCE_REQUEST: Mtype = Mtype(0x020c);
 /// The card's balances: a sequence of [`Amount`]s.
 pub const BALANCES: Mtype = Mtype(0x020d);
 
+/// Ask the card for its exchanges (privileged).
+pub const EXCHANGES_REQUEST: Mtype = Mtype(0x020e);
+/// The card's exchanges: a sequence of [`ExchangeSummary`]s.
+pub const EXCHANGES: Mtype = Mtype(0x020f);
+
+/// One exchange as a wallet sees it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ExchangeSummary {
+    /// `h(n2)`.
+    pub id: ExchangeId,
+    /// This card's side.
+    pub role: Role,
+    /// Where it stands.
+    pub phase: Phase,
+    /// The offer.
+    pub offer: Offer,
+}
+
+impl Codec for ExchangeSummary {
+    fn encode(&self, out: &mut Vec<u8>) {
+        tlv::write(out, Tag(0x80), &self.id.0);
+        tlv::write(out, Tag(0x81), &[self.role as u8, self.phase.code()]);
+        tlv::write(out, Tag(0xa2), &self.offer.to_bytes());
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let f = Fields::parse(r.rest())?;
+        f.only(&[Tag(0x80), Tag(0x81), Tag(0xa2)], "exchange summary")?;
+        let [role, phase] = f.require_array::<2>(Tag(0x81), "role and phase")?;
+        Ok(Self {
+            id: ExchangeId(f.require_array(Tag(0x80), "exchange id")?),
+            role: role_from(role)?,
+            phase: Phase::from_code(phase)?,
+            offer: Offer::decode(f.require(Tag(0xa2), "offer")?)?,
+        })
+    }
+}
+
+fn role_from(c: u8) -> Result<Role, DecodeError> {
+    match c {
+        0 => Ok(Role::Initiator),
+        1 => Ok(Role::Responder),
+        _ => Err(DecodeError::Invalid {
+            what: "role",
+            detail: format!("unknown code {c}"),
+        }),
+    }
+}
+
+/// Decodes the param of [`EXCHANGES`].
+pub fn decode_exchanges(param: &[u8]) -> Result<Vec<ExchangeSummary>, DecodeError> {
+    tlv::parse_all(param)?
+        .into_iter()
+        .map(|i| ExchangeSummary::decode(i.value))
+        .collect()
+}
+
 /// Encodes balances as the param of [`BALANCES`].
 pub fn encode_balances(b: &Balances) -> Vec<u8> {
     list(b.iter().map(|(c, q)| {
@@ -223,6 +280,19 @@ impl VoucherCard {
             msg::COMMITMENT => self.commitment(cx, src, Commitment::decode(param).map_err(bad)?),
             msg::RECOVER => self.recover(cx, ExchangeId::decode(param).map_err(bad)?),
             msg::ADMISSION => self.admission(cx, src, Admission::decode(param).map_err(bad)?),
+            EXCHANGES_REQUEST => Ok(vec![Out {
+                dst: src,
+                mtype: EXCHANGES,
+                param: list(self.exchanges.iter().map(|(id, e)| {
+                    ExchangeSummary {
+                        id: *id,
+                        role: e.role,
+                        phase: e.phase,
+                        offer: e.offer.clone(),
+                    }
+                    .to_bytes()
+                })),
+            }]),
             BALANCE_REQUEST => Ok(vec![Out {
                 dst: src,
                 mtype: BALANCES,
