@@ -127,9 +127,8 @@ pub(crate) fn run(
         let answer = match RecoveryRequest::decode(&m.param) {
             Err(e) => Err(format!("malformed recovery request: {e}")),
             Ok(req) => handle_request(&mut crypto, &mut store, m.src(), &req)
-                .map(|a| {
+                .inspect(|a| {
                     info!(exchange = %a.id, kind = ?a.kind, requester = %m.src(), "TTP admission");
-                    a
                 })
                 .map_err(|e| e.to_string()),
         };
