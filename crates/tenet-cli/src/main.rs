@@ -49,6 +49,19 @@ enum CaCmd {
         #[arg(long, default_value = "tenet CA")]
         name: String,
     },
+    /// Make a key and certificate for a software entity (the TTP's host
+    /// entity DOMAIN:0): DIR/NAME-entity.pem and .key.
+    Entity {
+        /// The CA's directory.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// File name stem.
+        #[arg(long)]
+        name: String,
+        /// The entity, DOMAIN:PORT.
+        #[arg(long)]
+        id: EntityId,
+    },
 }
 
 #[derive(Subcommand)]
@@ -122,6 +135,13 @@ enum Cmd {
     /// The voucher exchange demo: two hosts over TLS on loopback, a virtual
     /// card on each.
     Demo,
+    /// Run a host daemon whose own entity is the trusted third party (the
+    /// config must have a [ttp] section).
+    Ttp {
+        /// TOML configuration with [ttp] (see docs/vouchers.md).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Make a certificate authority for cards, hosts and the TTP.
     Ca {
         #[command(subcommand)]
@@ -214,6 +234,26 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             tap(socket, f, count).await
         }
         Cmd::Demo => demo::run().await,
+        Cmd::Ttp { config } => {
+            let cfg = tenet_host::Config::load(&config)?;
+            anyhow::ensure!(
+                cfg.ttp.is_some(),
+                "{} has no [ttp] section",
+                config.display()
+            );
+            host(Some(config), socket).await
+        }
+        Cmd::Ca {
+            cmd: CaCmd::Entity { dir, name, id },
+        } => {
+            let files = tenet_host::certs::issue_entity_key(&dir, &name, id)?;
+            println!(
+                "made {} and {} for {id}",
+                files.cert.display(),
+                files.key.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Ca {
             cmd: CaCmd::Init { dir, name },
         } => {
