@@ -54,6 +54,9 @@ pub enum CardCmd {
         /// Largest eTP message the card accepts and emits (34 to 65535).
         #[arg(long, default_value_t = tenet_proto::MAX_MESSAGE_LEN)]
         max_message: usize,
+        /// The TTP's id: installs the voucher applet.
+        #[arg(long, value_name = "ID")]
+        ttp: Option<tenet_proto::EntityId>,
     },
 }
 
@@ -152,11 +155,15 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
             store,
             vpcd,
             max_message,
+            ttp,
         } => {
             if !(tenet_proto::HEADER_LEN..=tenet_proto::MAX_MESSAGE_LEN).contains(&max_message) {
                 bail!("--max-message {max_message} is not between 34 and 65535");
             }
             let mut card = open(&store, CardLimits { max_message })?;
+            if let Some(ttp) = ttp {
+                card.install(Box::new(tenet_voucher::applet::VoucherApplet { ttp }));
+            }
             eprintln!("card {} serving vpcd at {vpcd}", card.id());
             tenet_card::vpcd::serve(&mut card, &vpcd)?;
             Ok(ExitCode::SUCCESS)
