@@ -24,6 +24,10 @@
 //! # let _ = rtt; Ok(()) }
 //! ```
 //!
+//! [`wallet::Wallet`] is the high-level library for vouchers on top (paper
+//! 4.3.3): balances, mint, offer, incoming offers, accept, exchanges,
+//! recovery.
+//!
 //! The client owns its socket and has no background task: frames are read
 //! when the app calls [`Capability::next`], [`Capability::receive`] or a
 //! request method; frames that arrive while waiting for something else are
@@ -44,6 +48,8 @@ use tenet_proto::notice::{Undeliverable, UndeliverableReason};
 use tenet_proto::{Codec, DecodeError, EntityId, Filter, MAX_MESSAGE_LEN, Message, Mtype};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
+
+pub mod wallet;
 
 /// The default app socket path, used by daemon and clients alike:
 /// `$TENET_SOCKET` if set; else `$XDG_RUNTIME_DIR/tenet/host.sock`; else

@@ -7,17 +7,13 @@ use std::time::Duration;
 
 use tenet_card::{Card, FileStore, Personalization, SystemEntropy};
 use tenet_client::Capability;
+use tenet_client::wallet::{Wallet, WalletError};
 use tenet_host::certs::{ensure_ca, issue_entity, issue_entity_key, issue_host};
 use tenet_host::config::{PeerSection, TtpSection};
 use tenet_host::{Config, HostHandle};
-use tenet_proto::card::VerifyPin;
-use tenet_proto::{Codec, Domain, EntityId, Message, Mtype};
-use tenet_voucher::card::{
-    BALANCE_REQUEST, BALANCES, EXCHANGES, EXCHANGES_REQUEST, ExchangeSummary, MINT, Phase,
-    decode_balances, decode_exchanges,
-};
+use tenet_proto::{Domain, EntityId};
+use tenet_voucher::card::{ExchangeSummary, Phase};
 use tenet_voucher::model::{Amount, VoucherClass};
-use tenet_voucher::msg::{self, StartExchange};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -64,65 +60,29 @@ fn card(dir: &Path, ca: &Path, d: Domain) -> std::path::PathBuf {
     path
 }
 
-async fn answer(w: &mut Capability, mtype: Mtype) -> Message {
-    loop {
-        let m = tokio::time::timeout(WAIT, w.receive())
-            .await
-            .expect("answer in time")
-            .unwrap();
-        if m.mtype() == mtype {
-            return m;
-        }
-        assert_ne!(
-            m.mtype(),
-            Mtype::REFUSED,
-            "refused: {:?}",
-            tenet_proto::notice::Refused::decode(&m.param)
-        );
-    }
+async fn wallet(h: &HostHandle, card: EntityId) -> Wallet {
+    let cap = Capability::acquire(h.socket_path()).await.unwrap();
+    Wallet::open(cap, card, b"1234").await.unwrap()
 }
 
-async fn wallet(h: &HostHandle, card: EntityId) -> Capability {
-    let mut w = Capability::acquire(h.socket_path()).await.unwrap();
-    w.send(
-        card,
-        Mtype::VERIFY_PIN,
-        VerifyPin {
-            pin: b"1234".to_vec(),
-        }
-        .to_bytes(),
-    )
-    .await
-    .unwrap();
-    answer(&mut w, Mtype::PIN_STATUS).await;
-    w
-}
-
-async fn exchanges(w: &mut Capability, card: EntityId) -> Vec<ExchangeSummary> {
-    w.send(card, EXCHANGES_REQUEST, vec![]).await.unwrap();
-    decode_exchanges(&answer(w, EXCHANGES).await.param).unwrap()
-}
-
-async fn balance(w: &mut Capability, card: EntityId) -> Vec<(String, u64)> {
-    w.send(card, BALANCE_REQUEST, vec![]).await.unwrap();
-    decode_balances(&answer(w, BALANCES).await.param)
-        .unwrap()
-        .into_iter()
+fn held(b: Vec<Amount>) -> Vec<(String, u64)> {
+    b.into_iter()
         .map(|a| (a.class.promise, a.quantity))
         .collect()
 }
 
-/// Polls until `card` reports one exchange in `phase`.
-async fn wait_phase(w: &mut Capability, card: EntityId, phase: Phase) -> ExchangeSummary {
+/// Polls until the wallet's card reports one exchange in `phase`.
+async fn wait_phase(w: &mut Wallet, phase: Phase) -> ExchangeSummary {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let ex = exchanges(w, card).await;
+        let ex = w.exchanges().await.unwrap();
         if let Some(e) = ex.iter().find(|e| e.phase == phase) {
             return e.clone();
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{card} never reached {phase:?}: {ex:?}"
+            "{} never reached {phase:?}: {ex:?}",
+            w.card()
         );
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
@@ -180,15 +140,16 @@ async fn an_interrupted_exchange_is_recovered_through_the_ttp() {
     let hb = tenet_host::start(&cb_cfg).await.unwrap();
 
     let (card_a, card_b) = (ca_dom.owner(), cb_dom.owner());
-    let mut wa = wallet(&ha, card_a).await;
-    let mut wb = wallet(&hb, card_b).await;
     // Wait for the links: B reaches A's card and the TTP.
+    let mut probe = Capability::acquire(hb.socket_path()).await.unwrap();
     for dst in [card_a, ttp] {
         let deadline = tokio::time::Instant::now() + WAIT;
-        while wb.echo(dst, b"", Duration::from_secs(1)).await.is_err() {
+        while probe.echo(dst, b"", Duration::from_secs(1)).await.is_err() {
             assert!(tokio::time::Instant::now() < deadline, "no route to {dst}");
         }
     }
+    let mut wa = wallet(&ha, card_a).await;
+    let mut wb = wallet(&hb, card_b).await;
     let coffee = VoucherClass {
         issuer: ca_dom,
         promise: "coffee".into(),
@@ -197,71 +158,80 @@ async fn an_interrupted_exchange_is_recovered_through_the_ttp() {
         issuer: cb_dom,
         promise: "ticket".into(),
     };
-    wa.send(
-        card_a,
-        MINT,
-        Amount {
-            class: coffee.clone(),
-            quantity: 5,
-        }
-        .to_bytes(),
-    )
+    assert_eq!(
+        held(
+            wa.mint(Amount {
+                class: coffee.clone(),
+                quantity: 5
+            })
+            .await
+            .unwrap()
+        ),
+        vec![("coffee".into(), 5)]
+    );
+    wb.mint(Amount {
+        class: ticket.clone(),
+        quantity: 3,
+    })
     .await
     .unwrap();
-    wb.send(
-        card_b,
-        MINT,
-        Amount {
+    // A wallet cannot mint another issuer's class: the card's refusal is the error.
+    let err = wa
+        .mint(Amount {
             class: ticket.clone(),
-            quantity: 3,
-        }
-        .to_bytes(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(balance(&mut wa, card_a).await, vec![("coffee".into(), 5)]);
+            quantity: 1,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, WalletError::Refused { .. }), "{err}");
 
-    let start = StartExchange {
-        responder: card_b,
-        peer_wallet: wb.id(),
-        give: Amount {
+    wa.offer(
+        card_b,
+        wb.id(),
+        Amount {
             class: coffee,
             quantity: 2,
         },
-        want: Amount {
+        Amount {
             class: ticket,
             quantity: 1,
         },
-    };
-    wa.send(card_a, msg::START_EXCHANGE, start.to_bytes())
+    )
+    .await
+    .unwrap();
+    let offer = wb
+        .next_offer(WAIT)
         .await
-        .unwrap();
-    let offer = answer(&mut wb, msg::OFFER).await;
-    wb.send(card_b, msg::ACCEPT, offer.param).await.unwrap();
+        .unwrap()
+        .expect("the offer reached B's wallet");
+    assert_eq!(offer.offer.initiator, card_a);
+    wb.accept(&offer).await.unwrap();
 
     // Both cards have deleted their voucher; the confirmation never arrives.
-    let eb = wait_phase(&mut wb, card_b, Phase::AwaitingConfirmation).await;
-    let ea = wait_phase(&mut wa, card_a, Phase::AwaitingCommitment).await;
+    let eb = wait_phase(&mut wb, Phase::AwaitingConfirmation).await;
+    let ea = wait_phase(&mut wa, Phase::AwaitingCommitment).await;
     assert_eq!(ea.id, eb.id, "both sides name the exchange by h(n2)");
-    assert_eq!(balance(&mut wa, card_a).await, vec![("coffee".into(), 3)]);
-    assert_eq!(balance(&mut wb, card_b).await, vec![("ticket".into(), 2)]);
+    assert_eq!(
+        held(wa.balances().await.unwrap()),
+        vec![("coffee".into(), 3)]
+    );
+    assert_eq!(
+        held(wb.balances().await.unwrap()),
+        vec![("ticket".into(), 2)]
+    );
 
     // B asks the TTP to abort first; then A asks to resolve and is told abort.
-    wb.send(card_b, msg::RECOVER, eb.id.to_bytes())
-        .await
-        .unwrap();
-    wait_phase(&mut wb, card_b, Phase::Aborted).await;
-    wa.send(card_a, msg::RECOVER, ea.id.to_bytes())
-        .await
-        .unwrap();
-    wait_phase(&mut wa, card_a, Phase::Aborted).await;
+    wb.recover(eb.id).await.unwrap();
+    assert_eq!(wb.wait_final(eb.id, WAIT).await.unwrap(), Phase::Aborted);
+    wa.recover(ea.id).await.unwrap();
+    assert_eq!(wa.wait_final(ea.id, WAIT).await.unwrap(), Phase::Aborted);
     assert_eq!(
-        balance(&mut wa, card_a).await,
+        held(wa.balances().await.unwrap()),
         vec![("coffee".into(), 5)],
         "A has v1 back"
     );
     assert_eq!(
-        balance(&mut wb, card_b).await,
+        held(wb.balances().await.unwrap()),
         vec![("ticket".into(), 3)],
         "B has v2 back"
     );

@@ -1,0 +1,261 @@
+//! The high-level library for vouchers (paper 4.3.3): a wallet app's view
+//! of its card, in the spirit of RFC 4154's VTS-API. It hides the eTP
+//! message formats; the card runs the exchange itself.
+//!
+//! Every order that changes something is followed, on the same connection,
+//! by a balance query: the card handles messages in order, so a refusal of
+//! the order arrives before the balances and is returned as the order's
+//! error.
+
+use std::time::Duration;
+
+use tenet_proto::card::{PinOutcome, PinStatus, VerifyPin};
+use tenet_proto::notice::{Refused, Undeliverable};
+use tenet_proto::{Codec, EntityId, Message, Mtype};
+use tenet_voucher::card::{
+    BALANCE_REQUEST, BALANCES, EXCHANGES, EXCHANGES_REQUEST, ExchangeSummary, MINT, Phase,
+    decode_balances, decode_exchanges,
+};
+use tenet_voucher::model::Amount;
+use tenet_voucher::msg::{self, ExchangeId, Offer, StartExchange};
+
+use crate::{Capability, ClientError};
+
+/// What went wrong, in a wallet's terms.
+#[derive(Debug, thiserror::Error)]
+pub enum WalletError {
+    /// The connection to the daemon failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The PIN was not accepted.
+    #[error("PIN not accepted: {0:?}")]
+    Pin(PinStatus),
+    /// The card refused an order.
+    #[error("the card refused {mtype}: {text}")]
+    Refused {
+        /// The refused mtype.
+        mtype: Mtype,
+        /// Why.
+        text: String,
+    },
+    /// The card did not answer in time.
+    #[error("no answer from the card within {0:?}")]
+    Timeout(Duration),
+    /// The card's answer was malformed.
+    #[error("malformed answer from the card: {0}")]
+    Malformed(String),
+}
+
+/// An offer that reached this wallet (option 2b: the offering card sends
+/// it to the peer's wallet app).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncomingOffer {
+    /// The offer.
+    pub offer: Offer,
+    param: Vec<u8>,
+}
+
+/// A wallet app bound to its card.
+pub struct Wallet {
+    cap: Capability,
+    card: EntityId,
+    wait: Duration,
+    offers: Vec<IncomingOffer>,
+}
+
+impl Wallet {
+    /// Authenticates `cap` to `card` with `pin` (per entity: this wallet
+    /// only).
+    pub async fn open(
+        mut cap: Capability,
+        card: EntityId,
+        pin: &[u8],
+    ) -> Result<Self, WalletError> {
+        cap.send(
+            card,
+            Mtype::VERIFY_PIN,
+            VerifyPin { pin: pin.to_vec() }.to_bytes(),
+        )
+        .await?;
+        let mut w = Self {
+            cap,
+            card,
+            wait: Duration::from_secs(10),
+            offers: Vec::new(),
+        };
+        let m = w.answer(Mtype::PIN_STATUS).await?;
+        let st = PinStatus::decode(&m.param).map_err(|e| WalletError::Malformed(e.to_string()))?;
+        if st.outcome != PinOutcome::Verified {
+            return Err(WalletError::Pin(st));
+        }
+        Ok(w)
+    }
+
+    /// This wallet's id (give it to peers as `peer_wallet`).
+    pub fn id(&self) -> EntityId {
+        self.cap.id()
+    }
+
+    /// The card's id.
+    pub fn card(&self) -> EntityId {
+        self.card
+    }
+
+    /// How long to wait for the card (default 10 s).
+    pub fn set_wait(&mut self, d: Duration) {
+        self.wait = d;
+    }
+
+    /// Waits for the card's answer of `mtype`, keeping offers that arrive
+    /// meanwhile and turning a refusal into an error.
+    async fn answer(&mut self, mtype: Mtype) -> Result<Message, WalletError> {
+        loop {
+            let m = tokio::time::timeout(self.wait, self.cap.receive())
+                .await
+                .map_err(|_| WalletError::Timeout(self.wait))??;
+            if m.mtype() == mtype {
+                return Ok(m);
+            }
+            match m.mtype() {
+                Mtype::REFUSED => {
+                    let r = Refused::decode(&m.param)
+                        .map_err(|e| WalletError::Malformed(e.to_string()))?;
+                    return Err(WalletError::Refused {
+                        mtype: r.mtype,
+                        text: r.text,
+                    });
+                }
+                Mtype::UNDELIVERABLE => {
+                    let u = Undeliverable::decode(&m.param)
+                        .map_err(|e| WalletError::Malformed(e.to_string()))?;
+                    return Err(ClientError::Undeliverable {
+                        dst: u.dst,
+                        reason: u.reason,
+                    }
+                    .into());
+                }
+                msg::OFFER => self.keep_offer(&m),
+                _ => {}
+            }
+        }
+    }
+
+    fn keep_offer(&mut self, m: &Message) {
+        if let Ok(offer) = Offer::decode(&m.param) {
+            // The offering card is the src: an offer naming another
+            // initiator than its sender is dropped.
+            if offer.initiator == m.src() {
+                self.offers.push(IncomingOffer {
+                    offer,
+                    param: m.param.clone(),
+                });
+            }
+        }
+    }
+
+    /// Sends an order, then uses a balance query as a barrier so that a
+    /// refusal of the order comes back as its error.
+    async fn order(&mut self, mtype: Mtype, param: Vec<u8>) -> Result<Vec<Amount>, WalletError> {
+        self.cap.send(self.card, mtype, param).await?;
+        self.balances().await
+    }
+
+    /// The card's holdings.
+    pub async fn balances(&mut self) -> Result<Vec<Amount>, WalletError> {
+        self.cap
+            .send(self.card, BALANCE_REQUEST, Vec::new())
+            .await?;
+        let m = self.answer(BALANCES).await?;
+        decode_balances(&m.param).map_err(|e| WalletError::Malformed(e.to_string()))
+    }
+
+    /// Mints vouchers of the card's own class (issuers only).
+    pub async fn mint(&mut self, a: Amount) -> Result<Vec<Amount>, WalletError> {
+        self.order(MINT, a.to_bytes()).await
+    }
+
+    /// Has the card offer `give` for `want` to card `responder`, whose
+    /// wallet app is `peer_wallet`.
+    pub async fn offer(
+        &mut self,
+        responder: EntityId,
+        peer_wallet: EntityId,
+        give: Amount,
+        want: Amount,
+    ) -> Result<(), WalletError> {
+        let s = StartExchange {
+            responder,
+            peer_wallet,
+            give,
+            want,
+        };
+        self.order(msg::START_EXCHANGE, s.to_bytes())
+            .await
+            .map(|_| ())
+    }
+
+    /// The next offer to this wallet, waiting up to `within`.
+    pub async fn next_offer(
+        &mut self,
+        within: Duration,
+    ) -> Result<Option<IncomingOffer>, WalletError> {
+        if !self.offers.is_empty() {
+            return Ok(Some(self.offers.remove(0)));
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let Ok(m) = tokio::time::timeout_at(deadline, self.cap.receive()).await else {
+                return Ok(None);
+            };
+            let m = m?;
+            if m.mtype() == msg::OFFER {
+                self.keep_offer(&m);
+                if !self.offers.is_empty() {
+                    return Ok(Some(self.offers.remove(0)));
+                }
+            }
+        }
+    }
+
+    /// Accepts an offer: the card deletes its side and sends the agreement.
+    pub async fn accept(&mut self, offer: &IncomingOffer) -> Result<(), WalletError> {
+        self.order(msg::ACCEPT, offer.param.clone())
+            .await
+            .map(|_| ())
+    }
+
+    /// The card's exchanges, pending and finished.
+    pub async fn exchanges(&mut self) -> Result<Vec<ExchangeSummary>, WalletError> {
+        self.cap
+            .send(self.card, EXCHANGES_REQUEST, Vec::new())
+            .await?;
+        let m = self.answer(EXCHANGES).await?;
+        decode_exchanges(&m.param).map_err(|e| WalletError::Malformed(e.to_string()))
+    }
+
+    /// Asks the TTP to finish exchange `id`: resolve if this card made the
+    /// offer, abort if it accepted it.
+    pub async fn recover(&mut self, id: ExchangeId) -> Result<(), WalletError> {
+        self.order(msg::RECOVER, id.to_bytes()).await.map(|_| ())
+    }
+
+    /// Waits until exchange `id` is final; returns its phase.
+    pub async fn wait_final(
+        &mut self,
+        id: ExchangeId,
+        within: Duration,
+    ) -> Result<Phase, WalletError> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(e) = self.exchanges().await?.into_iter().find(|e| e.id == id) {
+                if e.phase.is_final() {
+                    return Ok(e.phase);
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(WalletError::Timeout(within));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
