@@ -247,10 +247,10 @@ impl Wallet {
     ) -> Result<Phase, WalletError> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            if let Some(e) = self.exchanges().await?.into_iter().find(|e| e.id == id) {
-                if e.phase.is_final() {
-                    return Ok(e.phase);
-                }
+            if let Some(e) = self.exchanges().await?.into_iter().find(|e| e.id == id)
+                && e.phase.is_final()
+            {
+                return Ok(e.phase);
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(WalletError::Timeout(within));
