@@ -22,6 +22,7 @@ mod bench_card;
 mod bench_remote;
 mod card;
 mod demo;
+mod wallet;
 
 #[derive(Parser)]
 #[command(
@@ -142,6 +143,13 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// A wallet app: balances, offers, exchanges, recovery.
+    Wallet {
+        #[command(flatten)]
+        login: wallet::Login,
+        #[command(subcommand)]
+        cmd: wallet::WalletCmd,
+    },
     /// Make a certificate authority for cards, hosts and the TTP.
     Ca {
         #[command(subcommand)]
@@ -234,6 +242,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             tap(socket, f, count).await
         }
         Cmd::Demo => demo::run().await,
+        Cmd::Wallet { login, cmd } => wallet::run(&socket, login, cmd).await,
         Cmd::Ttp { config } => {
             let cfg = tenet_host::Config::load(&config)?;
             anyhow::ensure!(

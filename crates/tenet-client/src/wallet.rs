@@ -224,6 +224,12 @@ impl Wallet {
             .map(|_| ())
     }
 
+    /// Accepts an offer obtained some other way (a wallet started later
+    /// than the one that received it).
+    pub async fn accept_offer(&mut self, offer: &Offer) -> Result<(), WalletError> {
+        self.order(msg::ACCEPT, offer.to_bytes()).await.map(|_| ())
+    }
+
     /// The card's exchanges, pending and finished.
     pub async fn exchanges(&mut self) -> Result<Vec<ExchangeSummary>, WalletError> {
         self.cap

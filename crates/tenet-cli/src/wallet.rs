@@ -1,0 +1,276 @@
+//! `tenet wallet ...`: a wallet app on the command line, over the `Wallet`
+//! API. Every command authenticates to the card with the PIN (`--pin` or
+//! `TENET_PIN`); the card is named with `--card` or `TENET_CARD`.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use tenet_client::Capability;
+use tenet_client::wallet::Wallet;
+use tenet_proto::{Codec, Domain, EntityId, Filter};
+use tenet_voucher::card::Role;
+use tenet_voucher::model::{Amount, VoucherClass};
+use tenet_voucher::msg::ExchangeId;
+
+/// Who the wallet is.
+#[derive(Args)]
+pub struct Login {
+    /// The wallet's card, DOMAIN:0.
+    #[arg(long, env = "TENET_CARD", global = true)]
+    card: Option<EntityId>,
+    /// The card's PIN.
+    #[arg(long, env = "TENET_PIN", global = true, hide_env_values = true)]
+    pin: Option<String>,
+}
+
+/// Wallet commands.
+#[derive(Subcommand)]
+pub enum WalletCmd {
+    /// Print the card's vouchers.
+    Balance,
+    /// Mint vouchers of the card's own class: QTY:PROMISE.
+    Mint {
+        /// Quantity and promise, e.g. `5:coffee`.
+        amount: String,
+    },
+    /// Offer vouchers to another card.
+    Offer {
+        /// The other card, DOMAIN:0.
+        #[arg(long)]
+        to: EntityId,
+        /// The other card's wallet app (the id `tenet wallet offers` prints).
+        #[arg(long)]
+        wallet: EntityId,
+        /// What this card gives: QTY:ISSUERHEX:PROMISE.
+        #[arg(long)]
+        give: String,
+        /// What it wants: QTY:ISSUERHEX:PROMISE.
+        #[arg(long)]
+        want: String,
+    },
+    /// Wait for offers to this wallet and print them (with --accept, accept each).
+    Offers {
+        /// Accept every offer that arrives.
+        #[arg(long)]
+        accept: bool,
+        /// Stop after this many offers.
+        #[arg(short = 'c', long)]
+        count: Option<u32>,
+    },
+    /// Accept an offer printed by `tenet wallet offers` (its hex).
+    Accept {
+        /// The offer's hex.
+        offer: String,
+    },
+    /// Decline an offer printed by `tenet wallet offers`: nothing is sent
+    /// and nothing on either card changes.
+    Reject {
+        /// The offer's hex.
+        offer: String,
+    },
+    /// List the card's exchanges.
+    Exchanges,
+    /// Ask the TTP to resolve an exchange this card offered.
+    Resolve {
+        /// The exchange id (as `exchanges` prints it, full hex).
+        id: String,
+    },
+    /// Ask the TTP to abort an exchange this card accepted.
+    Abort {
+        /// The exchange id (full hex).
+        id: String,
+    },
+    /// Print the card's exchange messages as they pass the host.
+    Watch {
+        /// Stop after this many messages.
+        #[arg(short = 'c', long)]
+        count: Option<u64>,
+    },
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Result<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
+        bail!("not hex: {s:?}");
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).with_context(|| format!("not hex: {s:?}")))
+        .collect()
+}
+
+fn amount(s: &str, own: Option<Domain>) -> Result<Amount> {
+    let parts: Vec<&str> = s.splitn(3, ':').collect();
+    let (qty, issuer, promise) = match (parts.as_slice(), own) {
+        ([q, p], Some(d)) => (*q, d, *p),
+        ([q, i, p], _) => (*q, i.parse::<Domain>()?, *p),
+        _ => bail!("amount must be QTY:ISSUERHEX:PROMISE (or QTY:PROMISE when minting), got {s:?}"),
+    };
+    let quantity: u64 = qty.parse().with_context(|| format!("quantity {qty:?}"))?;
+    if quantity == 0 {
+        bail!("quantity must be at least 1");
+    }
+    if promise.is_empty() || promise.len() > tenet_voucher::model::MAX_PROMISE {
+        bail!(
+            "promise must be 1 to {} bytes",
+            tenet_voucher::model::MAX_PROMISE
+        );
+    }
+    Ok(Amount {
+        class: VoucherClass {
+            issuer,
+            promise: promise.to_owned(),
+        },
+        quantity,
+    })
+}
+
+fn show(b: &[Amount]) {
+    if b.is_empty() {
+        println!("(no vouchers)");
+    }
+    for a in b {
+        println!("{:>8}  {}  {}", a.quantity, a.class.issuer, a.class.promise);
+    }
+}
+
+fn exchange_id(s: &str) -> Result<ExchangeId> {
+    let b = unhex(s)?;
+    Ok(ExchangeId(b.try_into().map_err(|_| {
+        anyhow::anyhow!("an exchange id is 32 bytes (64 hex digits)")
+    })?))
+}
+
+pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode> {
+    let card = login
+        .card
+        .context("name the card with --card DOMAIN:0 or TENET_CARD")?;
+    let pin = login.pin.context("give the PIN with --pin or TENET_PIN")?;
+    let cap = Capability::acquire(socket).await?;
+    let mut w = Wallet::open(cap, card, pin.as_bytes()).await?;
+    match cmd {
+        WalletCmd::Balance => show(&w.balances().await?),
+        WalletCmd::Mint { amount: a } => show(&w.mint(amount(&a, Some(card.domain()))?).await?),
+        WalletCmd::Offer {
+            to,
+            wallet,
+            give,
+            want,
+        } => {
+            w.offer(to, wallet, amount(&give, None)?, amount(&want, None)?)
+                .await?;
+            println!(
+                "offer sent to {wallet} for card {to}; follow it with `tenet wallet exchanges`"
+            );
+        }
+        WalletCmd::Offers { accept, count } => {
+            println!("wallet {} waiting for offers", w.id());
+            let mut n = 0;
+            while count.is_none_or(|c| n < c) {
+                let Some(o) = w.next_offer(Duration::from_secs(3600)).await? else {
+                    continue;
+                };
+                n += 1;
+                println!(
+                    "offer from {}: {} for {}\n  {}",
+                    o.offer.initiator,
+                    o.offer.give,
+                    o.offer.want,
+                    hex(&o.offer.to_bytes())
+                );
+                if accept {
+                    w.accept(&o).await?;
+                    println!("  accepted");
+                }
+            }
+        }
+        WalletCmd::Accept { offer } => {
+            let bytes = unhex(&offer)?;
+            let o = tenet_voucher::msg::Offer::decode(&bytes).context("not an offer")?;
+            w.accept_offer(&o).await?;
+            println!("accepted {} for {}", o.want, o.give);
+        }
+        WalletCmd::Reject { offer } => {
+            let o = tenet_voucher::msg::Offer::decode(&unhex(&offer)?).context("not an offer")?;
+            println!(
+                "declined the offer from {}: nothing was sent, nothing changed",
+                o.initiator
+            );
+        }
+        WalletCmd::Exchanges => {
+            let ex = w.exchanges().await?;
+            if ex.is_empty() {
+                println!("(no exchanges)");
+            }
+            for e in ex {
+                let (gives, gets) = match e.role {
+                    Role::Initiator => (&e.offer.give, &e.offer.want),
+                    Role::Responder => (&e.offer.want, &e.offer.give),
+                };
+                println!(
+                    "{}  {:?}  {:?}  gives {gives}, gets {gets}",
+                    hex(&e.id.0),
+                    e.role,
+                    e.phase
+                );
+            }
+        }
+        WalletCmd::Resolve { id } => recover(&mut w, &id, Role::Initiator, "resolve").await?,
+        WalletCmd::Abort { id } => recover(&mut w, &id, Role::Responder, "abort").await?,
+        WalletCmd::Watch { count } => {
+            let mut tap = Capability::acquire(socket).await?;
+            tap.tap(Filter {
+                dst_domain: Some(card.domain()),
+                ..Filter::ANY
+            })
+            .await?;
+            let mut tap2 = Capability::acquire(socket).await?;
+            tap2.tap(Filter {
+                src: Some(card),
+                ..Filter::ANY
+            })
+            .await?;
+            let mut seen = 0u64;
+            while count.is_none_or(|c| seen < c) {
+                let m = tokio::select! {
+                    i = tap.next() => i?,
+                    i = tap2.next() => i?,
+                };
+                if let tenet_client::Incoming::Tapped { message, .. } = m
+                    && message.mtype().0 & 0xff00 == 0x0200
+                {
+                    seen += 1;
+                    println!("{} -> {} {}", message.src(), message.dst(), message.mtype());
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn recover(w: &mut Wallet, id: &str, role: Role, what: &str) -> Result<()> {
+    let id = exchange_id(id)?;
+    let e = w
+        .exchanges()
+        .await?
+        .into_iter()
+        .find(|e| e.id == id)
+        .context("the card has no exchange with this id")?;
+    if e.role != role {
+        bail!(
+            "this card is the {:?} of the exchange; it may not {what} it",
+            e.role
+        );
+    }
+    w.recover(id).await?;
+    let phase = w.wait_final(id, Duration::from_secs(30)).await?;
+    println!("{what}: the exchange is now {phase:?}");
+    show(&w.balances().await?);
+    Ok(())
+}

@@ -1,0 +1,279 @@
+//! `tenet wallet` across two `tenet host` processes over TLS, each with a
+//! voucher card: mint, offer, accept, balances, exchanges.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TENET: &str = env!("CARGO_BIN_EXE_tenet");
+const TTP: &str = "777777777777777777777777:0";
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(TENET).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn host(
+    dir: &Path,
+    name: &str,
+    sw: &str,
+    card: &Path,
+    port: u16,
+    dial: Option<u16>,
+) -> (Kill, PathBuf) {
+    let ca = dir.join("ca");
+    let socket = dir.join(format!("{name}.sock"));
+    let peers = dial.map_or(String::new(), |p| {
+        format!("[[remote.peers]]\naddress = \"127.0.0.1:{p}\"\n")
+    });
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[host]\nsocket = {socket:?}\nstate_dir = {:?}\ndomain = \"{sw}\"\n[card]\nvirtual = {card:?}\nttp = \"{TTP}\"\n\
+             [remote]\nlisten = \"127.0.0.1:{port}\"\nca = {:?}\ncert = {:?}\nkey = {:?}\n{peers}",
+            dir.join(format!("{name}-state")),
+            ca.join("ca.pem"),
+            ca.join(format!("{name}.pem")),
+            ca.join(format!("{name}.key")),
+        ),
+    )
+    .unwrap();
+    let k = Kill(
+        Command::new(TENET)
+            .args(["host", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "daemon {name} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (k, socket)
+}
+
+fn wallet(socket: &Path, card: &str, args: &[&str]) -> String {
+    let mut all = vec![
+        "--socket",
+        socket.to_str().unwrap(),
+        "wallet",
+        "--card",
+        card,
+        "--pin",
+        "1234",
+    ];
+    all.extend_from_slice(args);
+    run(&all)
+}
+
+#[test]
+fn wallets_trade_vouchers_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let (sa, ca_dom, sb, cb_dom) = (
+        "a1a1a1a1a1a1a1a1a1a1a1a1",
+        "cacacacacacacacacacacaca",
+        "b2b2b2b2b2b2b2b2b2b2b2b2",
+        "cbcbcbcbcbcbcbcbcbcbcbcb",
+    );
+    run(&["ca", "init", "--dir", ca.to_str().unwrap()]);
+    let mut stores = Vec::new();
+    for (name, sw, cd) in [("a", sa, ca_dom), ("b", sb, cb_dom)] {
+        let store = dir.path().join(format!("{name}.card"));
+        run(&[
+            "card",
+            "new",
+            "--store",
+            store.to_str().unwrap(),
+            "--pin",
+            "1234",
+            "--puk",
+            "12345678",
+            "--domain",
+            cd,
+            "--ca",
+            ca.to_str().unwrap(),
+        ]);
+        run(&[
+            "host",
+            "certs",
+            "--dir",
+            ca.to_str().unwrap(),
+            "--name",
+            name,
+            "--domain",
+            sw,
+            "--domain",
+            cd,
+        ]);
+        stores.push(store);
+    }
+    let (pa, pb) = (free_port(), free_port());
+    let (_a, sock_a) = host(dir.path(), "a", sa, &stores[0], pa, None);
+    let (_b, sock_b) = host(dir.path(), "b", sb, &stores[1], pb, Some(pa));
+    let (card_a, card_b) = (format!("{ca_dom}:0"), format!("{cb_dom}:0"));
+
+    assert!(
+        wallet(&sock_a, &card_a, &["mint", "5:coffee"])
+            .contains("5  cacacacacacacacacacacaca  coffee")
+    );
+    wallet(&sock_b, &card_b, &["mint", "3:ticket"]);
+    let out = Command::new(TENET)
+        .args([
+            "--socket",
+            sock_a.to_str().unwrap(),
+            "wallet",
+            "--card",
+            &card_a,
+            "--pin",
+            "1234",
+            "mint",
+            "1:x",
+        ])
+        .env("TENET_PIN", "0000")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the --pin flag wins over TENET_PIN");
+    let bad = Command::new(TENET)
+        .args([
+            "--socket",
+            sock_a.to_str().unwrap(),
+            "wallet",
+            "--card",
+            &card_a,
+            "--pin",
+            "9999",
+            "balance",
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("PIN not accepted"));
+
+    // B's wallet waits for one offer and accepts it.
+    let mut offers = Command::new(TENET)
+        .args([
+            "--socket",
+            sock_b.to_str().unwrap(),
+            "wallet",
+            "--card",
+            &card_b,
+            "--pin",
+            "1234",
+            "offers",
+            "--accept",
+            "-c",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(offers.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let b_wallet = first.split_whitespace().nth(1).unwrap().to_owned();
+
+    // The link from B to A comes up in the background; offer until it goes through.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = Command::new(TENET)
+            .args([
+                "--socket",
+                sock_a.to_str().unwrap(),
+                "wallet",
+                "--card",
+                &card_a,
+                "--pin",
+                "1234",
+                "offer",
+                "--to",
+                &card_b,
+                "--wallet",
+                &b_wallet,
+            ])
+            .args([
+                "--give",
+                &format!("2:{ca_dom}:coffee"),
+                "--want",
+                &format!("1:{cb_dom}:ticket"),
+            ])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(offers.wait().unwrap().success());
+    assert!(rest.iter().any(|l| l.contains("accepted")), "{rest:?}");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = wallet(&sock_a, &card_a, &["balance"]);
+        let b = wallet(&sock_b, &card_b, &["balance"]);
+        if a.contains("ticket") && b.contains("coffee") {
+            assert!(a.contains("3  cacacacacacacacacacacaca  coffee"), "{a}");
+            assert!(b.contains("2  cbcbcbcbcbcbcbcbcbcbcbcb  ticket"), "{b}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not swapped: {a} / {b}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ex = wallet(&sock_a, &card_a, &["exchanges"]);
+    assert!(ex.contains("Initiator  Committed"), "{ex}");
+    // Resolving a committed exchange, or aborting as the initiator, is refused.
+    let id = ex.split_whitespace().next().unwrap();
+    let out = Command::new(TENET)
+        .args([
+            "--socket",
+            sock_a.to_str().unwrap(),
+            "wallet",
+            "--card",
+            &card_a,
+            "--pin",
+            "1234",
+            "abort",
+            id,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Initiator"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
