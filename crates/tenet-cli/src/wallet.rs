@@ -83,6 +83,13 @@ pub enum WalletCmd {
         /// The exchange id (full hex).
         id: String,
     },
+    /// Recover every exchange still pending after SECS (resolve or abort by
+    /// role), e.g. after a restart.
+    Recover {
+        /// Seconds an exchange may stay pending before recovery.
+        #[arg(long, default_value_t = 30.0)]
+        after: f64,
+    },
     /// Print the card's exchange messages as they pass the host.
     Watch {
         /// Stop after this many messages.
@@ -220,6 +227,18 @@ pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode
                     e.phase
                 );
             }
+        }
+        WalletCmd::Recover { after } => {
+            let after = Duration::try_from_secs_f64(after)
+                .context("--after must be a non-negative number of seconds")?;
+            let done = w.auto_recover(after).await?;
+            if done.is_empty() {
+                println!("nothing pending");
+            }
+            for (id, phase) in done {
+                println!("{}  {phase:?}", hex(&id.0));
+            }
+            show(&w.balances().await?);
         }
         WalletCmd::Resolve { id } => recover(&mut w, &id, Role::Initiator, "resolve").await?,
         WalletCmd::Abort { id } => recover(&mut w, &id, Role::Responder, "abort").await?,

@@ -245,6 +245,52 @@ impl Wallet {
         self.order(msg::RECOVER, id.to_bytes()).await.map(|_| ())
     }
 
+    /// Recovers every exchange that has stayed pending for `after` (measured
+    /// from when this call first sees it), and waits until none is pending;
+    /// returns the exchanges it recovered with their final phase. Run it
+    /// after a restart to finish what a crash interrupted.
+    pub async fn auto_recover(
+        &mut self,
+        after: Duration,
+    ) -> Result<Vec<(ExchangeId, Phase)>, WalletError> {
+        let start = tokio::time::Instant::now();
+        let mut first_seen: std::collections::HashMap<ExchangeId, tokio::time::Instant> =
+            Default::default();
+        let mut recovered = Vec::new();
+        loop {
+            let now = tokio::time::Instant::now();
+            let pending: Vec<ExchangeSummary> = self
+                .exchanges()
+                .await?
+                .into_iter()
+                .filter(|e| !e.phase.is_final())
+                .collect();
+            if pending.is_empty() {
+                let mut out = Vec::new();
+                let all = self.exchanges().await?;
+                for id in recovered {
+                    if let Some(e) = all.iter().find(|e| e.id == id) {
+                        out.push((id, e.phase));
+                    }
+                }
+                return Ok(out);
+            }
+            for e in pending {
+                let seen = *first_seen.entry(e.id).or_insert(now);
+                let asked = matches!(e.phase, Phase::Resolving | Phase::Aborting);
+                if !asked && now.duration_since(seen) >= after {
+                    self.recover(e.id).await?;
+                    recovered.push(e.id);
+                }
+            }
+            if now.duration_since(start) > after + self.wait * 3 {
+                return Err(WalletError::Timeout(after + self.wait * 3));
+            }
+            tokio::time::sleep(Duration::from_millis(50).min(after.max(Duration::from_millis(5))))
+                .await;
+        }
+    }
+
     /// Waits until exchange `id` is final; returns its phase.
     pub async fn wait_final(
         &mut self,

@@ -220,11 +220,41 @@ async fn an_interrupted_exchange_is_recovered_through_the_ttp() {
         vec![("ticket".into(), 2)]
     );
 
-    // B asks the TTP to abort first; then A asks to resolve and is told abort.
+    // B asks the TTP to abort first (on demand); then A's wallet recovers
+    // automatically after its timeout, asks to resolve, and is told abort.
     wb.recover(eb.id).await.unwrap();
     assert_eq!(wb.wait_final(eb.id, WAIT).await.unwrap(), Phase::Aborted);
-    wa.recover(ea.id).await.unwrap();
-    assert_eq!(wa.wait_final(ea.id, WAIT).await.unwrap(), Phase::Aborted);
+    // A's host restarts in the middle of the run: the pending exchange is in
+    // the card's store, listed by a new wallet, and recovered.
+    drop(wa);
+    ha.shutdown().await;
+    let ha = tenet_host::start(&ca_cfg).await.unwrap();
+    let mut wa = wallet(&ha, card_a).await;
+    let pending: Vec<_> = wa
+        .exchanges()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| !e.phase.is_final())
+        .collect();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(pending[0].id, ea.id);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while probe.echo(ttp, b"", Duration::from_secs(1)).await.is_err()
+        || Capability::acquire(ha.socket_path())
+            .await
+            .unwrap()
+            .echo(ttp, b"", Duration::from_secs(1))
+            .await
+            .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "A's link to the TTP did not come back"
+        );
+    }
+    let done = wa.auto_recover(Duration::from_millis(200)).await.unwrap();
+    assert_eq!(done, vec![(ea.id, Phase::Aborted)]);
     assert_eq!(
         held(wa.balances().await.unwrap()),
         vec![("coffee".into(), 5)],
