@@ -212,6 +212,14 @@ impl<S: Storage> Card<S> {
         Ok(())
     }
 
+    /// Writes an applet's initial persistent data (personalization).
+    pub fn provision(&mut self, applet: u16, data: Vec<u8>) -> Result<(), CardError> {
+        let mut s = self.state.clone();
+        s.applets.insert(applet, data);
+        self.commit(s)?;
+        Ok(())
+    }
+
     /// Installs an applet.
     pub fn install(&mut self, applet: Box<dyn Applet>) {
         self.applets.push(applet);

@@ -33,6 +33,11 @@ pub enum CardCmd {
         /// key, and the card stores its certificate and the CA's.
         #[arg(long, value_name = "DIR")]
         ca: Option<PathBuf>,
+        /// The TTP the card's voucher applet trusts (its host entity,
+        /// DOMAIN:0); its admissions must carry a certificate from the CA
+        /// naming it.
+        #[arg(long, value_name = "ID")]
+        ttp: Option<tenet_proto::EntityId>,
     },
     /// Print a virtual card's id and public key.
     Info {
@@ -54,7 +59,7 @@ pub enum CardCmd {
         /// Largest eTP message the card accepts and emits (34 to 65535).
         #[arg(long, default_value_t = tenet_proto::MAX_MESSAGE_LEN)]
         max_message: usize,
-        /// The TTP's id: installs the voucher applet.
+        /// A TTP overriding the one installed at personalization.
         #[arg(long, value_name = "ID")]
         ttp: Option<tenet_proto::EntityId>,
     },
@@ -79,6 +84,7 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
             puk,
             capacity,
             ca,
+            ttp,
         } => {
             let domain = if domain == "random" {
                 let mut b = [0u8; 12];
@@ -114,6 +120,12 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
                             tenet_host::certs::issue_entity(dir, card.id(), &public_key)
                                 .with_context(|| format!("CA in {}", dir.display()))?;
                         card.install_certificates(cert, ca_der)?;
+                    }
+                    if let Some(t) = ttp {
+                        card.provision(
+                            tenet_voucher::applet::APPLET_ID,
+                            tenet_voucher::applet::initial_data(t),
+                        )?;
                     }
                     Ok(card)
                 });
@@ -161,9 +173,7 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
                 bail!("--max-message {max_message} is not between 34 and 65535");
             }
             let mut card = open(&store, CardLimits { max_message })?;
-            if let Some(ttp) = ttp {
-                card.install(Box::new(tenet_voucher::applet::VoucherApplet { ttp }));
-            }
+            card.install(Box::new(tenet_voucher::applet::VoucherApplet { ttp }));
             eprintln!("card {} serving vpcd at {vpcd}", card.id());
             tenet_card::vpcd::serve(&mut card, &vpcd)?;
             Ok(ExitCode::SUCCESS)

@@ -53,7 +53,7 @@ fn host(
     std::fs::write(
         &config,
         format!(
-            "[host]\nsocket = {socket:?}\nstate_dir = {:?}\ndomain = \"{sw}\"\n[card]\nvirtual = {card:?}\nttp = \"{TTP}\"\n\
+            "[host]\nsocket = {socket:?}\nstate_dir = {:?}\ndomain = \"{sw}\"\n[card]\nvirtual = {card:?}\n\
              [remote]\nlisten = \"127.0.0.1:{port}\"\nca = {:?}\ncert = {:?}\nkey = {:?}\n{peers}",
             dir.join(format!("{name}-state")),
             ca.join("ca.pem"),
@@ -120,6 +120,8 @@ fn wallets_trade_vouchers_from_the_command_line() {
             cd,
             "--ca",
             ca.to_str().unwrap(),
+            "--ttp",
+            TTP,
         ]);
         run(&[
             "host",

@@ -161,8 +161,9 @@ pub struct CardSection {
     /// Largest eTP message the virtual card accepts and emits, 34 to 65535;
     /// default 65535. Larger ones are refused with status `6a84`.
     pub max_message: Option<usize>,
-    /// The TTP's id (`DOMAIN:PORT`): installs the voucher applet on the
-    /// virtual card, which asks that TTP to resolve or abort.
+    /// The TTP's id (`DOMAIN:PORT`) the virtual card's voucher applet asks
+    /// to resolve or abort, overriding the one installed at
+    /// personalization (`tenet card new --ttp`).
     pub ttp: Option<String>,
 }
 

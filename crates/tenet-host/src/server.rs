@@ -88,9 +88,7 @@ async fn open_card(config: &Config) -> Result<Option<(CardSession, CardInfo)>, H
             let mut card = Card::open(store, limits, Box::new(SystemEntropy)).map_err(|e| {
                 HostError::Card(format!("{}: {}", path.display(), crate::chain(&e)))
             })?;
-            if let Some(ttp) = ttp {
-                card.install(Box::new(tenet_voucher::applet::VoucherApplet { ttp }));
-            }
+            card.install(Box::new(tenet_voucher::applet::VoucherApplet { ttp }));
             let mut session = CardSession::new(Box::new(InProcessLink::new(card)), short);
             let info = session
                 .reconnect()

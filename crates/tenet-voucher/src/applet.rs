@@ -92,10 +92,21 @@ impl Crypto for CardCrypto<'_, '_> {
 }
 
 /// The voucher applet.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct VoucherApplet {
-    /// The TTP's id.
-    pub ttp: EntityId,
+    /// A TTP that overrides the one installed at personalization (host
+    /// config `[card] ttp`).
+    pub ttp: Option<EntityId>,
+}
+
+/// The applet's initial persistent data naming the TTP, written at
+/// personalization (`Card::provision`).
+pub fn initial_data(ttp: EntityId) -> Vec<u8> {
+    VoucherCard {
+        ttp: Some(ttp),
+        ..VoucherCard::default()
+    }
+    .to_bytes()
 }
 
 /// The applet's id (keys its persistent data).
@@ -151,11 +162,16 @@ impl Applet for VoucherApplet {
                 .map_err(|e| Refusal(format!("stored voucher state unreadable: {e}")))?
         };
         let me = cx.card;
+        let Some(ttp) = self.ttp.or(state.ttp) else {
+            return Err(Refusal(
+                "no TTP installed on this card (tenet card new --ttp)".into(),
+            ));
+        };
         let outs = {
             let mut crypto = CardCrypto { cx };
             let mut ctx = Ctx {
                 me,
-                ttp: self.ttp,
+                ttp,
                 wallet: None,
                 crypto: &mut crypto,
             };

@@ -251,6 +251,8 @@ pub struct VoucherCard {
     /// Offers this card accepted as responder (by digest): a replayed offer
     /// is refused.
     pub accepted: BTreeSet<[u8; 32]>,
+    /// The TTP this card trusts, installed at personalization.
+    pub ttp: Option<EntityId>,
 }
 
 impl VoucherCard {
@@ -643,6 +645,7 @@ const T_BAL: Tag = Tag(0xa0);
 const T_OFFERS: Tag = Tag(0xa1);
 const T_EX: Tag = Tag(0xa2);
 const T_SEEN: Tag = Tag(0x83);
+const T_TTP: Tag = Tag(0x84);
 
 fn list(items: impl Iterator<Item = Vec<u8>>) -> Vec<u8> {
     let mut out = Vec::new();
@@ -679,12 +682,21 @@ impl Codec for VoucherCard {
             T_SEEN,
             &self.accepted.iter().flatten().copied().collect::<Vec<u8>>(),
         );
+        if let Some(t) = &self.ttp {
+            tlv::write(out, T_TTP, &t.to_array());
+        }
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let f = Fields::parse(r.rest())?;
-        f.only(&[T_BAL, T_OFFERS, T_EX, T_SEEN], "voucher state")?;
-        let mut s = VoucherCard::default();
+        f.only(&[T_BAL, T_OFFERS, T_EX, T_SEEN, T_TTP], "voucher state")?;
+        let mut s = VoucherCard {
+            ttp: f
+                .get(T_TTP)
+                .map(|_| f.require_array(T_TTP, "TTP id").map(EntityId::from_array))
+                .transpose()?,
+            ..VoucherCard::default()
+        };
         for item in tlv::parse_all(f.require(T_BAL, "balances")?)? {
             s.balances
                 .credit(&Amount::decode(item.value)?)

@@ -113,7 +113,12 @@ impl World {
                 tenet_host::certs::issue_entity(&ca, c.id(), &c.state().public_key.clone())
                     .unwrap();
             c.install_certificates(cert, ca_der).unwrap();
-            c.install(Box::new(VoucherApplet { ttp: ttp_id }));
+            c.provision(
+                tenet_voucher::applet::APPLET_ID,
+                tenet_voucher::applet::initial_data(ttp_id),
+            )
+            .unwrap();
+            c.install(Box::new(VoucherApplet::default()));
             assert!(
                 apdu(
                     &mut c,
