@@ -51,11 +51,17 @@ pub enum WalletCmd {
         #[arg(long)]
         want: String,
     },
-    /// Wait for offers to this wallet and print them (with --accept, accept each).
+    /// Wait for offers to this wallet, or to the card itself (this wallet
+    /// registers as the card's acceptor), and print them.
     Offers {
         /// Accept every offer that arrives.
         #[arg(long)]
         accept: bool,
+        /// Accept only offers that give at least N of a class for at most M
+        /// of another: `GIVE>=N:ISSUERHEX:PROMISE,WANT<=M:ISSUERHEX:PROMISE`
+        /// (a merchant's standing policy).
+        #[arg(long, value_name = "POLICY")]
+        accept_if: Option<String>,
         /// Stop after this many offers.
         #[arg(short = 'c', long)]
         count: Option<u32>,
@@ -138,6 +144,39 @@ fn amount(s: &str, own: Option<Domain>) -> Result<Amount> {
     })
 }
 
+/// A merchant's auto-accept policy: the offer gives at least `give` and
+/// wants at most `want`.
+struct Policy {
+    give: Amount,
+    want: Amount,
+}
+
+impl Policy {
+    fn parse(s: &str) -> Result<Self> {
+        let (g, w) = s
+            .split_once(',')
+            .context("policy must be GIVE>=N:ISSUER:PROMISE,WANT<=M:ISSUER:PROMISE")?;
+        let g = g
+            .strip_prefix("GIVE>=")
+            .context("policy must start with GIVE>=")?;
+        let w = w
+            .strip_prefix("WANT<=")
+            .context("the second part must start with WANT<=")?;
+        Ok(Self {
+            give: amount(g, None)?,
+            want: amount(w, None)?,
+        })
+    }
+
+    /// The offer's `give` is what this card gets; its `want` what it gives.
+    fn allows(&self, o: &tenet_voucher::msg::Offer) -> bool {
+        o.give.class == self.give.class
+            && o.give.quantity >= self.give.quantity
+            && o.want.class == self.want.class
+            && o.want.quantity <= self.want.quantity
+    }
+}
+
 fn show(b: &[Amount]) {
     if b.is_empty() {
         println!("(no vouchers)");
@@ -176,8 +215,17 @@ pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode
                 "offer sent to {wallet} for card {to}; follow it with `tenet wallet exchanges`"
             );
         }
-        WalletCmd::Offers { accept, count } => {
-            println!("wallet {} waiting for offers", w.id());
+        WalletCmd::Offers {
+            accept,
+            accept_if,
+            count,
+        } => {
+            let policy = accept_if.as_deref().map(Policy::parse).transpose()?;
+            w.register_acceptor().await?;
+            println!(
+                "wallet {} waiting for offers (to it or to card {card})",
+                w.id()
+            );
             let mut n = 0;
             while count.is_none_or(|c| n < c) {
                 let Some(o) = w.next_offer(Duration::from_secs(3600)).await? else {
@@ -191,9 +239,17 @@ pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode
                     o.offer.want,
                     hex(&o.offer.to_bytes())
                 );
-                if accept {
-                    w.accept(&o).await?;
-                    println!("  accepted");
+                match &policy {
+                    Some(p) if !p.allows(&o.offer) => println!("  declined: outside the policy"),
+                    Some(_) => {
+                        w.accept(&o).await?;
+                        println!("  accepted (policy)");
+                    }
+                    None if accept => {
+                        w.accept(&o).await?;
+                        println!("  accepted");
+                    }
+                    None => {}
                 }
             }
         }

@@ -254,6 +254,78 @@ fn wallets_trade_vouchers_from_the_command_line() {
         assert!(Instant::now() < deadline, "not swapped: {a} / {b}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Option 2a: bob, a merchant, publishes only his card id and runs a
+    // standing policy: at least 2 coffee for at most 1 ticket.
+    let policy = format!("GIVE>=2:{ca_dom}:coffee,WANT<=1:{cb_dom}:ticket");
+    let mut merchant = Command::new(TENET)
+        .args([
+            "--socket",
+            sock_b.to_str().unwrap(),
+            "wallet",
+            "--card",
+            &card_b,
+            "--pin",
+            "1234",
+            "offers",
+            "--accept-if",
+            &policy,
+            "-c",
+            "2",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut mlines = BufReader::new(merchant.stdout.take().unwrap()).lines();
+    assert!(
+        mlines
+            .next()
+            .unwrap()
+            .unwrap()
+            .contains("waiting for offers")
+    );
+    for give in ["1", "2"] {
+        wallet(
+            &sock_a,
+            &card_a,
+            &[
+                "offer",
+                "--to",
+                &card_b,
+                "--wallet",
+                &card_b,
+                "--give",
+                &format!("{give}:{ca_dom}:coffee"),
+                "--want",
+                &format!("1:{cb_dom}:ticket"),
+            ],
+        );
+    }
+    let out: Vec<String> = mlines.map(|l| l.unwrap()).collect();
+    assert!(merchant.wait().unwrap().success());
+    assert_eq!(
+        out.iter()
+            .filter(|l| l.contains("declined: outside the policy"))
+            .count(),
+        1,
+        "{out:?}"
+    );
+    assert_eq!(
+        out.iter()
+            .filter(|l| l.contains("accepted (policy)"))
+            .count(),
+        1,
+        "{out:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !wallet(&sock_b, &card_b, &["balance"]).contains("4  cacacacacacacacacacacaca  coffee") {
+        assert!(
+            Instant::now() < deadline,
+            "the policy exchange did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     let ex = wallet(&sock_a, &card_a, &["exchanges"]);
     assert!(ex.contains("Initiator  Committed"), "{ex}");
     // Resolving a committed exchange, or aborting as the initiator, is refused.

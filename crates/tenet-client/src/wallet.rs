@@ -142,9 +142,10 @@ impl Wallet {
 
     fn keep_offer(&mut self, m: &Message) {
         if let Ok(offer) = Offer::decode(&m.param) {
-            // The offering card is the src: an offer naming another
-            // initiator than its sender is dropped.
-            if offer.initiator == m.src() {
+            // The offering card is the src (option 2b), or this wallet's own
+            // card forwards an offer addressed to it (option 2a).
+            if offer.initiator == m.src() || (m.src() == self.card && offer.responder == self.card)
+            {
                 self.offers.push(IncomingOffer {
                     offer,
                     param: m.param.clone(),
@@ -190,6 +191,16 @@ impl Wallet {
             want,
         };
         self.order(msg::START_EXCHANGE, s.to_bytes())
+            .await
+            .map(|_| ())
+    }
+
+    /// Registers this wallet as the card's acceptor: offers addressed to the
+    /// card itself (option 2a: a merchant publishes only its card id) come
+    /// here.
+    pub async fn register_acceptor(&mut self) -> Result<(), WalletError> {
+        let me = self.id();
+        self.order(tenet_voucher::card::SET_ACCEPTOR, me.to_bytes())
             .await
             .map(|_| ())
     }

@@ -50,6 +50,7 @@ const REGISTRY: &[(Mtype, &str)] = &[
     (Mtype(0x020d), "balances"),
     (Mtype(0x020e), "exchanges-request"),
     (Mtype(0x020f), "exchanges"),
+    (Mtype(0x0210), "set-acceptor"),
 ];
 
 impl Mtype {

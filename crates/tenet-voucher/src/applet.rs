@@ -12,7 +12,7 @@ use tenet_card::{Applet, AppletCx, Refusal};
 use tenet_proto::codec::Codec;
 use tenet_proto::{EntityId, Message, Mtype};
 
-use crate::card::{BALANCE_REQUEST, Ctx, EXCHANGES_REQUEST, MINT, VoucherCard};
+use crate::card::{BALANCE_REQUEST, Ctx, EXCHANGES_REQUEST, MINT, SET_ACCEPTOR, VoucherCard};
 use crate::crypto::{Crypto, VerifyError};
 use crate::msg;
 
@@ -112,7 +112,7 @@ pub fn initial_data(ttp: EntityId) -> Vec<u8> {
 /// The applet's id (keys its persistent data).
 pub const APPLET_ID: u16 = 0x0200;
 
-const HANDLED: [Mtype; 10] = [
+const HANDLED: [Mtype; 12] = [
     msg::START_EXCHANGE,
     msg::ACCEPT,
     msg::AGREEMENT,
@@ -123,15 +123,18 @@ const HANDLED: [Mtype; 10] = [
     MINT,
     BALANCE_REQUEST,
     EXCHANGES_REQUEST,
+    SET_ACCEPTOR,
+    msg::OFFER,
 ];
 
-const PRIVILEGED: [Mtype; 6] = [
+const PRIVILEGED: [Mtype; 7] = [
     msg::START_EXCHANGE,
     msg::ACCEPT,
     msg::RECOVER,
     MINT,
     BALANCE_REQUEST,
     EXCHANGES_REQUEST,
+    SET_ACCEPTOR,
 ];
 
 impl Applet for VoucherApplet {

@@ -29,6 +29,10 @@ pub const BALANCE_REQUEST: Mtype = Mtype(0x020c);
 /// The card's balances: a sequence of [`Amount`]s.
 pub const BALANCES: Mtype = Mtype(0x020d);
 
+/// Register the wallet app that gets offers addressed to the card itself
+/// (option 2a; privileged). Param: the app's id (16 bytes).
+pub const SET_ACCEPTOR: Mtype = Mtype(0x0210);
+
 /// Ask the card for its exchanges (privileged).
 pub const EXCHANGES_REQUEST: Mtype = Mtype(0x020e);
 /// The card's exchanges: a sequence of [`ExchangeSummary`]s.
@@ -253,6 +257,8 @@ pub struct VoucherCard {
     pub accepted: BTreeSet<[u8; 32]>,
     /// The TTP this card trusts, installed at personalization.
     pub ttp: Option<EntityId>,
+    /// The wallet app that gets offers addressed to the card (option 2a).
+    pub acceptor: Option<EntityId>,
 }
 
 impl VoucherCard {
@@ -282,6 +288,30 @@ impl VoucherCard {
             msg::COMMITMENT => self.commitment(cx, src, Commitment::decode(param).map_err(bad)?),
             msg::RECOVER => self.recover(cx, ExchangeId::decode(param).map_err(bad)?),
             msg::ADMISSION => self.admission(cx, src, Admission::decode(param).map_err(bad)?),
+            SET_ACCEPTOR => {
+                let id = EntityId::decode(param).map_err(bad)?;
+                if id.domain() != cx.me.domain() || id.is_owner() {
+                    return refuse("the acceptor must be an app of this card's domain");
+                }
+                self.acceptor = Some(id);
+                Ok(Vec::new())
+            }
+            msg::OFFER => {
+                // Option 2a: an offer addressed to the card itself goes to the
+                // registered acceptor app, which decides.
+                let offer = Offer::decode(param).map_err(bad)?;
+                if offer.initiator != src || offer.responder != cx.me {
+                    return refuse("the offer must come from its initiator and name this card");
+                }
+                let Some(acceptor) = self.acceptor else {
+                    return refuse("this card takes no offers: no acceptor registered");
+                };
+                Ok(vec![Out {
+                    dst: acceptor,
+                    mtype: msg::OFFER,
+                    param: param.to_vec(),
+                }])
+            }
             EXCHANGES_REQUEST => Ok(vec![Out {
                 dst: src,
                 mtype: EXCHANGES,
@@ -646,6 +676,7 @@ const T_OFFERS: Tag = Tag(0xa1);
 const T_EX: Tag = Tag(0xa2);
 const T_SEEN: Tag = Tag(0x83);
 const T_TTP: Tag = Tag(0x84);
+const T_ACCEPTOR: Tag = Tag(0x85);
 
 fn list(items: impl Iterator<Item = Vec<u8>>) -> Vec<u8> {
     let mut out = Vec::new();
@@ -685,15 +716,28 @@ impl Codec for VoucherCard {
         if let Some(t) = &self.ttp {
             tlv::write(out, T_TTP, &t.to_array());
         }
+        if let Some(a) = &self.acceptor {
+            tlv::write(out, T_ACCEPTOR, &a.to_array());
+        }
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let f = Fields::parse(r.rest())?;
-        f.only(&[T_BAL, T_OFFERS, T_EX, T_SEEN, T_TTP], "voucher state")?;
+        f.only(
+            &[T_BAL, T_OFFERS, T_EX, T_SEEN, T_TTP, T_ACCEPTOR],
+            "voucher state",
+        )?;
         let mut s = VoucherCard {
             ttp: f
                 .get(T_TTP)
                 .map(|_| f.require_array(T_TTP, "TTP id").map(EntityId::from_array))
+                .transpose()?,
+            acceptor: f
+                .get(T_ACCEPTOR)
+                .map(|_| {
+                    f.require_array(T_ACCEPTOR, "acceptor")
+                        .map(EntityId::from_array)
+                })
                 .transpose()?,
             ..VoucherCard::default()
         };

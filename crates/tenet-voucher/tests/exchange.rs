@@ -390,3 +390,43 @@ proptest! {
         prop_assert!(h == BEFORE || h == SWAPPED, "unfair or not conserved: {:?}", h);
     }
 }
+
+#[test]
+fn option_2a_offer_to_the_card_reaches_the_registered_acceptor() {
+    use tenet_voucher::card::SET_ACCEPTOR;
+    let mut w = World::new();
+    // No acceptor yet: an offer to the card is refused.
+    let s = StartExchange {
+        responder: card_id(B),
+        peer_wallet: card_id(B),
+        give: coffee(2),
+        want: ticket(1),
+    };
+    w.input(A, wallet(A), msg::START_EXCHANGE, s.to_bytes());
+    w.run();
+    assert!(
+        w.refusals.iter().any(|r| r.contains("no acceptor")),
+        "{:?}",
+        w.refusals
+    );
+    // An acceptor outside the card's domain is refused.
+    w.input(B, wallet(B), SET_ACCEPTOR, card_id(A).to_bytes());
+    assert!(
+        w.refusals
+            .last()
+            .unwrap()
+            .contains("acceptor must be an app")
+    );
+    // Register B's wallet, offer again: it reaches the wallet, which accepts.
+    w.input(B, wallet(B), SET_ACCEPTOR, wallet(B).to_bytes());
+    w.input(A, wallet(A), msg::START_EXCHANGE, s.to_bytes());
+    w.run();
+    assert!(
+        w.to_wallets
+            .iter()
+            .any(|m| m.mtype == msg::OFFER && m.src == card_id(B) && m.dst == wallet(B))
+    );
+    w.accept_offers();
+    w.run();
+    assert_eq!(w.holdings(), SWAPPED);
+}
