@@ -5,7 +5,9 @@
 # pcscd, the vsmartcard vpcd driver, libpcsclite-dev and pkg-config for the
 # PC/SC card link, opensc-tool for the interop test, nats-server for the
 # NATS transport, iproute2 for the network-namespace test (which needs
-# root, like the installs). Starts pcscd with the vpcd reader (unless one already
+# root, like the installs), PostgreSQL for the TTP's PostgreSQL store.
+# Starts a private PostgreSQL (unix socket in a temporary directory, no TCP
+# port) and pcscd with the vpcd reader (unless one already
 # runs) and stops what it started at the end; the NATS tests start and stop
 # their own nats-server on private loopback ports.
 set -euo pipefail
@@ -21,6 +23,7 @@ pkg-config --exists libpcsclite 2>/dev/null || missing+=(libpcsclite-dev)
 command -v opensc-tool >/dev/null || missing+=(opensc)
 command -v nats-server >/dev/null || missing+=(nats-server)
 command -v ip >/dev/null || missing+=(iproute2)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "missing Debian packages: ${missing[*]}; install them or run this as root" >&2
@@ -37,7 +40,13 @@ export TENET_VPCD_ADDR=127.0.0.1:35963
 export TENET_PCSC_READER="Virtual PCD 00 00"
 started_pcscd=""
 conf_dir=""
+pg_dir=""
+pg_bin=""
 cleanup() {
+    if [ -n "$pg_dir" ]; then
+        runuser -u postgres -- "$pg_bin/pg_ctl" -D "$pg_dir/data" -m fast -w stop >/dev/null 2>&1 || true
+        rm -rf "$pg_dir"
+    fi
     if [ -n "$started_pcscd" ]; then
         kill "$started_pcscd" 2>/dev/null || true
         wait "$started_pcscd" 2>/dev/null || true
@@ -65,6 +74,16 @@ CONF
     [ -S /run/pcscd/pcscd.comm ] || { echo "pcscd did not start" >&2; exit 1; }
     echo "== started pcscd (pid $started_pcscd) with the vpcd reader"
 fi
+
+# A private PostgreSQL for the TTP's PostgreSQL store.
+pg_bin=$(dirname "$(ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")
+pg_dir=$(mktemp -d)
+chown postgres "$pg_dir"
+runuser -u postgres -- "$pg_bin/initdb" -D "$pg_dir/data" -A trust -U postgres >/dev/null
+runuser -u postgres -- "$pg_bin/pg_ctl" -D "$pg_dir/data" -w -l "$pg_dir/log" \
+    -o "-c listen_addresses='' -k $pg_dir -p 5432" start >/dev/null
+export TENET_TEST_POSTGRES="host=$pg_dir port=5432 user=postgres dbname=postgres"
+echo "== started PostgreSQL in $pg_dir"
 
 echo "== format and lints"
 cargo fmt --all -- --check

@@ -80,6 +80,10 @@ pub struct TtpSection {
     pub ca: PathBuf,
     /// The SQLite database of decisions; default `STATE_DIR/ttp.sqlite`.
     pub database: Option<PathBuf>,
+    /// A PostgreSQL connection string instead of SQLite, for a scale-out
+    /// TTP (build with `--features postgres`), e.g.
+    /// `"host=/run/postgresql user=tenet dbname=tenet"`.
+    pub postgres: Option<String>,
 }
 
 /// `[remote]`: links to other hosts over TLS (see `docs/remote.md`).
@@ -241,6 +245,22 @@ impl Config {
         self.card_wait()?;
         self.card_limits()?;
         self.card_ttp()?;
+        if let Some(t) = &self.ttp {
+            if t.postgres.is_some() && t.database.is_some() {
+                return Err(ConfigError::Value {
+                    key: "ttp",
+                    detail: "set either database (SQLite) or postgres, not both".into(),
+                });
+            }
+            if t.postgres.is_some() && !cfg!(feature = "postgres") {
+                return Err(ConfigError::Value {
+                    key: "ttp.postgres",
+                    detail:
+                        "this build has no PostgreSQL support; rebuild with `--features postgres`"
+                            .into(),
+                });
+            }
+        }
         self.remote_checked()?;
         if self.card.virtual_store.is_some() && self.card.reader.is_some() {
             return Err(ConfigError::Value {

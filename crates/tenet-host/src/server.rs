@@ -294,8 +294,17 @@ pub async fn start(config: &Config) -> Result<HostHandle, HostError> {
     let socket = config.socket_path();
     let listener = bind_socket(&socket, config.socket_mode()?)?;
     info!(socket = %socket.display(), host = %domain.owner(), guards = ?table.guard_names(), "host started");
-    let ttp_parts = match &config.ttp {
-        Some(t) => Some(crate::ttp::open(t, &state_dir)?),
+    // Opening the decision store may block (a PostgreSQL client runs its own
+    // runtime), so it happens off the async workers.
+    let ttp_parts = match config.ttp.clone() {
+        Some(t) => {
+            let dir = state_dir.clone();
+            Some(
+                tokio::task::spawn_blocking(move || crate::ttp::open(&t, &dir))
+                    .await
+                    .map_err(|e| HostError::Ttp(e.to_string()))??,
+            )
+        }
         None => None,
     };
     let (ttp_tx, ttp_rx) = match ttp_parts {

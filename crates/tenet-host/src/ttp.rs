@@ -97,22 +97,117 @@ impl DecisionStore for SqliteDecisions {
     }
 }
 
-/// Opens the TTP's keys and database from the config.
+/// Decisions in PostgreSQL, for a TTP served by several processes.
+#[cfg(feature = "postgres")]
+pub struct PgDecisions {
+    client: postgres::Client,
+}
+
+#[cfg(feature = "postgres")]
+impl PgDecisions {
+    /// Connects and creates the table if needed.
+    pub fn connect(conn: &str) -> Result<Self, String> {
+        let pg = |e: postgres::Error| match e.as_db_error() {
+            Some(d) => format!("PostgreSQL: {}: {}", d.severity(), d.message()),
+            None => format!("PostgreSQL: {e}"),
+        };
+        let mut client = postgres::Client::connect(conn, postgres::NoTls).map_err(pg)?;
+        // An advisory lock serializes table creation among TTP processes
+        // starting at once (CREATE TABLE IF NOT EXISTS alone can race).
+        client
+            .batch_execute(
+                "BEGIN;
+                 SELECT pg_advisory_xact_lock(73617765);
+                 CREATE TABLE IF NOT EXISTS tenet_decisions (
+                     exchange BYTEA PRIMARY KEY,
+                     kind SMALLINT NOT NULL,
+                     admission BYTEA NOT NULL,
+                     decided_at TIMESTAMPTZ NOT NULL DEFAULT now()
+                 );
+                 COMMIT;",
+            )
+            .map_err(pg)?;
+        Ok(Self { client })
+    }
+
+    /// Number of decisions kept.
+    pub fn count(&mut self) -> Result<u64, String> {
+        let row = self
+            .client
+            .query_one("SELECT COUNT(*) FROM tenet_decisions", &[])
+            .map_err(|e| e.to_string())?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    fn stored(&mut self, key: &[u8]) -> Result<Option<Admission>, String> {
+        let rows = self
+            .client
+            .query(
+                "SELECT admission FROM tenet_decisions WHERE exchange = $1",
+                &[&key],
+            )
+            .map_err(|e| e.to_string())?;
+        rows.first()
+            .map(|r| {
+                Admission::decode(r.get::<_, &[u8]>(0))
+                    .map_err(|e| format!("stored admission unreadable: {e}"))
+            })
+            .transpose()
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl DecisionStore for PgDecisions {
+    fn decide(
+        &mut self,
+        id: &ExchangeId,
+        make: &mut dyn FnMut() -> Admission,
+    ) -> Result<Admission, String> {
+        let key: &[u8] = &id.0;
+        if let Some(a) = self.stored(key)? {
+            return Ok(a);
+        }
+        let a = make();
+        let kind: i16 = match a.kind {
+            msg::Kind::Resolve => 1,
+            msg::Kind::Abort => 2,
+        };
+        // The primary key makes the first insert win; a concurrent loser
+        // reads the winner's admission.
+        self.client
+            .execute(
+                "INSERT INTO tenet_decisions (exchange, kind, admission) VALUES ($1, $2, $3) \
+                 ON CONFLICT (exchange) DO NOTHING",
+                &[&key, &kind, &a.to_bytes()],
+            )
+            .map_err(|e| e.to_string())?;
+        self.stored(key)?
+            .ok_or_else(|| "decision vanished".to_owned())
+    }
+}
+
+/// Opens the TTP's keys and decision store from the config.
 pub(crate) fn open(
     cfg: &crate::config::TtpSection,
     state_dir: &Path,
-) -> Result<(KeyCrypto, SqliteDecisions), HostError> {
+) -> Result<(KeyCrypto, Box<dyn DecisionStore + Send>), HostError> {
     let read =
         |p: &Path| std::fs::read(p).map_err(|e| HostError::Ttp(format!("{}: {e}", p.display())));
     let crypto = KeyCrypto::from_pem(&read(&cfg.key)?, &read(&cfg.cert)?, &read(&cfg.ca)?)
         .map_err(|e| HostError::Ttp(e.to_string()))?;
+    #[cfg(feature = "postgres")]
+    if let Some(conn) = &cfg.postgres {
+        let store = PgDecisions::connect(conn).map_err(HostError::Ttp)?;
+        info!("TTP decisions in PostgreSQL");
+        return Ok((crypto, Box::new(store)));
+    }
     let db = cfg
         .database
         .clone()
         .unwrap_or_else(|| state_dir.join("ttp.sqlite"));
     let store = SqliteDecisions::open(&db).map_err(HostError::Ttp)?;
     info!(database = %db.display(), "TTP decisions in SQLite");
-    Ok((crypto, store))
+    Ok((crypto, Box::new(store)))
 }
 
 /// The TTP thread: answers each recovery request sent to the host entity.
@@ -120,13 +215,13 @@ pub(crate) fn run(
     shared: Arc<Shared>,
     rx: Receiver<Message>,
     mut crypto: KeyCrypto,
-    mut store: SqliteDecisions,
+    mut store: Box<dyn DecisionStore + Send>,
     me: EntityId,
 ) {
     while let Ok(m) = rx.recv() {
         let answer = match RecoveryRequest::decode(&m.param) {
             Err(e) => Err(format!("malformed recovery request: {e}")),
-            Ok(req) => handle_request(&mut crypto, &mut store, m.src(), &req)
+            Ok(req) => handle_request(&mut crypto, store.as_mut(), m.src(), &req)
                 .inspect(|a| {
                     info!(exchange = %a.id, kind = ?a.kind, requester = %m.src(), "TTP admission");
                 })
@@ -214,5 +309,80 @@ mod tests {
         let results: Vec<Admission> = handles.into_iter().map(|h| h.join().unwrap()).collect();
         assert!(results.windows(2).all(|w| w[0] == w[1]), "{results:?}");
         assert_eq!(SqliteDecisions::open(&db).unwrap().count().unwrap(), 1);
+    }
+}
+
+/// Against a real PostgreSQL named by `TENET_TEST_POSTGRES` (the test
+/// command starts one).
+#[cfg(all(test, feature = "postgres"))]
+mod pg_tests {
+    use super::*;
+    use tenet_voucher::msg::Kind;
+
+    fn conn() -> String {
+        std::env::var("TENET_TEST_POSTGRES")
+            .expect("TENET_TEST_POSTGRES names the test PostgreSQL (scripts/test.sh starts one)")
+    }
+
+    fn fresh_id() -> ExchangeId {
+        let mut b = [0u8; 32];
+        getrandom::fill(&mut b).unwrap();
+        ExchangeId(b)
+    }
+
+    fn admission(id: ExchangeId, kind: Kind, n: u8) -> Admission {
+        Admission {
+            kind,
+            id,
+            signature: vec![n; 8],
+            certificate: vec![0x30],
+        }
+    }
+
+    #[test]
+    fn postgres_keeps_one_decision_across_connections() {
+        let id = fresh_id();
+        let first = PgDecisions::connect(&conn())
+            .unwrap()
+            .decide(&id, &mut || admission(id, Kind::Resolve, 1))
+            .unwrap();
+        let second = PgDecisions::connect(&conn())
+            .unwrap()
+            .decide(&id, &mut || admission(id, Kind::Abort, 2))
+            .unwrap();
+        assert_eq!(first, second);
+        assert_eq!(second.kind, Kind::Resolve);
+    }
+
+    #[test]
+    fn concurrent_postgres_clients_yield_one_decision() {
+        let id = fresh_id();
+        let handles: Vec<_> = (0..8u8)
+            .map(|n| {
+                let c = conn();
+                std::thread::spawn(move || {
+                    let kind = if n % 2 == 0 {
+                        Kind::Resolve
+                    } else {
+                        Kind::Abort
+                    };
+                    PgDecisions::connect(&c)
+                        .unwrap()
+                        .decide(&id, &mut || admission(id, kind, n))
+                        .unwrap()
+                })
+            })
+            .collect();
+        let results: Vec<Admission> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert!(results.windows(2).all(|w| w[0] == w[1]), "{results:?}");
+        let mut c = postgres::Client::connect(&conn(), postgres::NoTls).unwrap();
+        let n: i64 = c
+            .query_one(
+                "SELECT COUNT(*) FROM tenet_decisions WHERE exchange = $1",
+                &[&&id.0[..]],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1);
     }
 }

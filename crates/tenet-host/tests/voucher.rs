@@ -90,6 +90,19 @@ async fn wait_phase(w: &mut Wallet, phase: Phase) -> ExchangeSummary {
 
 #[tokio::test]
 async fn an_interrupted_exchange_is_recovered_through_the_ttp() {
+    interrupted_exchange(None).await;
+}
+
+/// The same with the TTP's decisions in PostgreSQL (`TENET_TEST_POSTGRES`).
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn an_interrupted_exchange_is_recovered_through_a_postgres_ttp() {
+    let conn = std::env::var("TENET_TEST_POSTGRES")
+        .expect("TENET_TEST_POSTGRES names the test PostgreSQL (scripts/test.sh starts one)");
+    interrupted_exchange(Some(conn)).await;
+}
+
+async fn interrupted_exchange(postgres: Option<String>) {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca");
     ensure_ca(&ca, "test CA").unwrap();
@@ -100,11 +113,13 @@ async fn an_interrupted_exchange_is_recovered_through_the_ttp() {
     // The TTP's host: its own entity decides, with its entity certificate.
     let mut ct = base(dir.path(), "t", dt, &ca, &[dt], pt);
     let tf = issue_entity_key(&ca, "ttp", ttp).unwrap();
+    let database = postgres.is_none().then(|| dir.path().join("ttp.sqlite"));
     ct.ttp = Some(TtpSection {
         key: tf.key,
         cert: tf.cert,
         ca: tf.ca,
-        database: Some(dir.path().join("ttp.sqlite")),
+        database,
+        postgres: postgres.clone(),
     });
     let ht = tenet_host::start(&ct).await.unwrap();
 
@@ -265,11 +280,13 @@ async fn an_interrupted_exchange_is_recovered_through_the_ttp() {
         vec![("ticket".into(), 3)],
         "B has v2 back"
     );
-    let decided = tenet_host::ttp::SqliteDecisions::open(&dir.path().join("ttp.sqlite"))
-        .unwrap()
-        .count()
-        .unwrap();
-    assert_eq!(decided, 1, "one decision for the exchange");
+    if postgres.is_none() {
+        let decided = tenet_host::ttp::SqliteDecisions::open(&dir.path().join("ttp.sqlite"))
+            .unwrap()
+            .count()
+            .unwrap();
+        assert_eq!(decided, 1, "one decision for the exchange");
+    }
 
     for h in [ha, hb, ht] {
         h.shutdown().await;
