@@ -133,9 +133,16 @@ enum Cmd {
         #[arg(short = 'c', long)]
         count: Option<u64>,
     },
-    /// The voucher exchange demo: two hosts over TLS on loopback, a virtual
-    /// card on each.
-    Demo,
+    /// The voucher exchange demo: three hosts over TLS on loopback (Alice
+    /// and Bob with a virtual card each, the TTP with SQLite).
+    Demo {
+        /// Lose the message after this step and show the recovery.
+        #[arg(long, value_enum, value_name = "STEP")]
+        interrupt_after: Option<demo::Step>,
+        /// Print the run as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a host daemon whose own entity is the trusted third party (the
     /// config must have a [ttp] section).
     Ttp {
@@ -241,7 +248,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             tap(socket, f, count).await
         }
-        Cmd::Demo => demo::run().await,
+        Cmd::Demo {
+            interrupt_after,
+            json,
+        } => demo::run(interrupt_after, json).await,
         Cmd::Wallet { login, cmd } => wallet::run(&socket, login, cmd).await,
         Cmd::Ttp { config } => {
             let cfg = tenet_host::Config::load(&config)?;

@@ -243,36 +243,58 @@ fn a_card_personalized_with_a_ca_holds_its_certificate() {
 }
 
 #[test]
-fn the_demo_trades_vouchers_between_two_hosts() {
-    let out = Command::new(TENET)
-        .arg("demo")
-        .env("TENET_LOG", "warn")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        text.contains("alice holds 3 coffee at Alice's, 1 cinema ticket from Bob"),
-        "{text}"
-    );
-    assert!(
-        text.contains("bob holds 2 coffee at Alice's, 2 cinema ticket from Bob"),
-        "{text}"
-    );
-    for step in [
+fn the_demo_trades_vouchers_and_recovers_interrupted_runs() {
+    let demo = |args: &[&str]| {
+        let out = Command::new(TENET)
+            .arg("demo")
+            .args(args)
+            .env("TENET_LOG", "error")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{args:?}: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let text = demo(&[]);
+    assert!(text.contains("after: alice holds 3 coffee at Alice's, 1 cinema ticket from Bob; bob holds 2 coffee at Alice's, 2 cinema ticket from Bob"), "{text}");
+    assert!(text.contains("outcome: swapped"), "{text}");
+    // The paper's flow, in order.
+    let order: Vec<usize> = [
         "start-exchange",
         "offer",
+        "accept",
         "agreement",
         "confirmation",
         "commitment",
-    ] {
-        assert!(
-            text.contains(&format!(" {step} (")),
-            "{step} missing:\n{text}"
-        );
-    }
+    ]
+    .iter()
+    .map(|m| {
+        text.find(&format!(" {m} "))
+            .unwrap_or_else(|| panic!("{m} missing:\n{text}"))
+    })
+    .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "out of order:\n{text}"
+    );
+    // Lost agreement: nothing moves for good; lost confirmation or
+    // commitment: the TTP completes the swap.
+    assert!(demo(&["--interrupt-after", "accept"]).contains("outcome: restored"));
+    let t = demo(&["--interrupt-after", "agreement"]);
+    assert!(
+        t.contains("outcome: swapped") && t.contains("recovery-request") && t.contains("admission"),
+        "{t}"
+    );
+    assert!(demo(&["--interrupt-after", "confirmation"]).contains("outcome: swapped"));
+    let j = demo(&["--json"]);
+    assert!(
+        j.trim_start().starts_with('{')
+            && j.contains("\"outcome\":\"swapped\"")
+            && j.contains("\"mtype\":\"commitment\""),
+        "{j}"
+    );
 }

@@ -430,3 +430,112 @@ fn option_2a_offer_to_the_card_reaches_the_registered_acceptor() {
     w.run();
     assert_eq!(w.holdings(), SWAPPED);
 }
+
+/// The appendix's attack: S_B's user, after S_B committed (m4 lost on its
+/// way to S_A), replays m1 and then asks to abort, to get v2 back while
+/// keeping v1. The card refuses both; S_A's resolve completes the swap.
+#[test]
+fn the_appendix_attack_fails() {
+    let mut w = World::new();
+    w.start();
+    let offer = w
+        .to_wallets
+        .iter()
+        .find(|m| m.mtype == msg::OFFER)
+        .unwrap()
+        .param
+        .clone();
+    w.accept_offers();
+    // Deliver everything but the commitment.
+    while let Some(m) = w.net.pop_front() {
+        if m.mtype != msg::COMMITMENT {
+            w.deliver(m);
+        }
+    }
+    let (id, e) =
+        w.b.exchanges
+            .iter()
+            .next()
+            .map(|(i, e)| (*i, e.clone()))
+            .unwrap();
+    assert_eq!(e.phase, Phase::Committed, "S_B has stored v1");
+    let before = w.refusals.len();
+    w.input(B, wallet(B), msg::ACCEPT, offer);
+    w.input(B, wallet(B), msg::RECOVER, id.to_bytes());
+    assert_eq!(w.refusals.len(), before + 2, "{:?}", w.refusals);
+    assert!(w.refusals[before].contains("replay"));
+    assert!(w.refusals[before + 1].contains("nothing to recover"));
+    w.run();
+    w.recover_all();
+    assert_eq!(w.holdings(), SWAPPED);
+}
+
+#[test]
+fn forged_confirmation_and_commitment_change_nothing() {
+    use tenet_voucher::crypto::Crypto;
+    use tenet_voucher::msg::{Commitment, Confirmation};
+    let mut w = World::new();
+    w.start();
+    w.accept_offers();
+    // Let the agreement reach A; hold A's confirmation back.
+    let m2 = w.net.pop_front().unwrap();
+    assert_eq!(m2.mtype, msg::AGREEMENT);
+    w.deliver(m2);
+    let m3 = w.net.pop_front().unwrap();
+    assert_eq!(m3.mtype, msg::CONFIRMATION);
+    let id = Confirmation::decode(&m3.param).unwrap().id;
+    // A third card signs a confirmation for this exchange: wrong signer.
+    let mut cc = TestCrypto::new(card_id(0xcc), 5);
+    let forged = Confirmation {
+        id,
+        signature: cc.sign(&Confirmation::signed_bytes(&id)),
+        certificate: cc.certificate(),
+    };
+    w.input(B, card_id(A), msg::CONFIRMATION, forged.to_bytes());
+    // A's real signature, altered.
+    let mut altered = Confirmation::decode(&m3.param).unwrap();
+    altered.signature[0] ^= 1;
+    w.input(B, card_id(A), msg::CONFIRMATION, altered.to_bytes());
+    // A commitment with a guessed n2.
+    w.input(
+        A,
+        card_id(B),
+        msg::COMMITMENT,
+        Commitment { n2: [7; 16] }.to_bytes(),
+    );
+    assert_eq!(w.refusals.len(), 3, "{:?}", w.refusals);
+    assert_eq!(
+        w.b.exchanges[&id].phase,
+        Phase::AwaitingConfirmation,
+        "v1 not stored on a forgery"
+    );
+    assert_eq!(
+        w.a.exchanges[&id].phase,
+        Phase::AwaitingCommitment,
+        "v2 not stored on a forgery"
+    );
+    // The real m3 still completes the exchange.
+    w.deliver(m3);
+    w.run();
+    assert_eq!(w.holdings(), SWAPPED);
+}
+
+#[test]
+fn an_agreement_with_an_altered_hash_is_refused() {
+    let mut w = World::new();
+    w.start();
+    w.accept_offers();
+    let m2 = w.net.pop_front().unwrap();
+    let mut a = msg::Agreement::decode(&m2.param).unwrap();
+    a.offer_digest[0] ^= 1;
+    w.input(A, m2.src, msg::AGREEMENT, a.to_bytes());
+    assert!(
+        w.refusals.last().unwrap().contains("no open offer"),
+        "{:?}",
+        w.refusals
+    );
+    assert_eq!(w.holdings()[0], 5, "v1 not deleted");
+    w.deliver(m2);
+    w.run();
+    assert_eq!(w.holdings(), SWAPPED);
+}
