@@ -302,6 +302,46 @@ impl Wallet {
         }
     }
 
+    /// Follows the card's exchange messages (paper 5.4.1's progress hooks):
+    /// taps on what the card sends and receives; read them with
+    /// [`next_progress`](Self::next_progress).
+    pub async fn follow(&mut self) -> Result<(), WalletError> {
+        let card = self.card;
+        self.cap
+            .tap(tenet_proto::Filter {
+                src: Some(card),
+                ..tenet_proto::Filter::ANY
+            })
+            .await?;
+        self.cap.tap(tenet_proto::Filter::to(card)).await?;
+        Ok(())
+    }
+
+    /// The next exchange message the card sent or received (after
+    /// [`follow`](Self::follow)), waiting up to `within`.
+    pub async fn next_progress(
+        &mut self,
+        within: Duration,
+    ) -> Result<Option<Message>, WalletError> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let Ok(i) = tokio::time::timeout_at(deadline, self.cap.next()).await else {
+                return Ok(None);
+            };
+            match i? {
+                crate::Incoming::Tapped { message, .. }
+                    if (0x0201..=0x0209).contains(&message.mtype().0) =>
+                {
+                    return Ok(Some(message));
+                }
+                crate::Incoming::Message { message, .. } if message.mtype() == msg::OFFER => {
+                    self.keep_offer(&message)
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Waits until exchange `id` is final; returns its phase.
     pub async fn wait_final(
         &mut self,

@@ -200,6 +200,7 @@ async fn interrupted_exchange(postgres: Option<String>) {
         .unwrap_err();
     assert!(matches!(err, WalletError::Refused { .. }), "{err}");
 
+    wa.follow().await.unwrap();
     wa.offer(
         card_b,
         wb.id(),
@@ -221,6 +222,18 @@ async fn interrupted_exchange(postgres: Option<String>) {
         .expect("the offer reached B's wallet");
     assert_eq!(offer.offer.initiator, card_a);
     wb.accept(&offer).await.unwrap();
+
+    // A's wallet follows its card's progress: its order, the offer, the
+    // agreement that came back, the confirmation it sent.
+    let mut progress = Vec::new();
+    while progress.len() < 4 {
+        let m = wa.next_progress(WAIT).await.unwrap().expect("progress");
+        progress.push(m.mtype().to_string());
+    }
+    assert_eq!(
+        progress,
+        ["start-exchange", "offer", "agreement", "confirmation"]
+    );
 
     // Both cards have deleted their voucher; the confirmation never arrives.
     let eb = wait_phase(&mut wb, Phase::AwaitingConfirmation).await;

@@ -378,3 +378,58 @@ fn a_forged_agreement_is_refused() {
     assert!(text.contains("agreement"), "{text}");
     assert_eq!(w.balances(), [5, 0, 0, 3], "v1 not deleted");
 }
+
+#[test]
+fn an_agreement_certified_by_another_ca_is_refused() {
+    let mut w = World::new();
+    let s = StartExchange {
+        responder: dom(B).owner(),
+        peer_wallet: wallet(B),
+        give: coffee(2),
+        want: ticket(1),
+    };
+    w.send(Message::new(
+        wallet(A),
+        dom(A).owner(),
+        msg::START_EXCHANGE,
+        s.to_bytes(),
+    ));
+    w.run();
+    let offer = msg::Offer::decode(
+        &w.to_wallets
+            .iter()
+            .find(|m| m.mtype() == msg::OFFER)
+            .unwrap()
+            .param,
+    )
+    .unwrap();
+    // A rogue CA certifies a key for B's card id and signs a proper agreement.
+    let dir = tempfile::tempdir().unwrap();
+    let rogue_ca = dir.path().join("rogue");
+    tenet_host::certs::ensure_ca(&rogue_ca, "rogue CA").unwrap();
+    let files = tenet_host::certs::issue_entity_key(&rogue_ca, "fake-b", dom(B).owner()).unwrap();
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+    let mut fake =
+        KeyCrypto::from_pem(&read(&files.key), &read(&files.cert), &read(&files.ca)).unwrap();
+    use tenet_voucher::crypto::Crypto;
+    let id = msg::ExchangeId([3; 32]);
+    let digest = offer.digest();
+    let agreement = msg::Agreement {
+        offer_digest: digest,
+        id,
+        signature: fake.sign(&msg::Agreement::signed_bytes(&digest, &id)),
+        certificate: fake.certificate(),
+    };
+    let out = deliver_to(
+        &mut w.a,
+        &Message::new(
+            dom(B).owner(),
+            dom(A).owner(),
+            msg::AGREEMENT,
+            agreement.to_bytes(),
+        ),
+    );
+    let text = Refused::decode(&out[0].param).unwrap().text;
+    assert!(text.contains("certificate chain"), "{text}");
+    assert_eq!(w.balances(), [5, 0, 0, 3], "v1 not deleted");
+}
