@@ -38,6 +38,10 @@ pub enum CardCmd {
         /// naming it.
         #[arg(long, value_name = "ID")]
         ttp: Option<tenet_proto::EntityId>,
+        /// The TTP's certificate (PEM, from `tenet ca entity`), pinned on
+        /// the card: admissions must carry exactly this certificate.
+        #[arg(long, value_name = "FILE", requires = "ttp")]
+        ttp_cert: Option<PathBuf>,
     },
     /// Print a virtual card's id and public key.
     Info {
@@ -85,7 +89,16 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
             capacity,
             ca,
             ttp,
+            ttp_cert,
         } => {
+            let ttp_cert = ttp_cert
+                .map(|p| {
+                    use pki_types::pem::PemObject;
+                    pki_types::CertificateDer::from_pem_file(&p)
+                        .map(|c| c.to_vec())
+                        .with_context(|| format!("TTP certificate {}", p.display()))
+                })
+                .transpose()?;
             let domain = if domain == "random" {
                 let mut b = [0u8; 12];
                 getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
@@ -124,7 +137,7 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
                     if let Some(t) = ttp {
                         card.provision(
                             tenet_voucher::applet::APPLET_ID,
-                            tenet_voucher::applet::initial_data(t),
+                            tenet_voucher::applet::initial_data(t, ttp_cert.clone()),
                         )?;
                     }
                     Ok(card)

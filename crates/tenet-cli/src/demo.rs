@@ -125,6 +125,7 @@ fn make_card(
     name: &str,
     cd: Domain,
     ttp: EntityId,
+    ttp_cert: &[u8],
 ) -> Result<std::path::PathBuf> {
     let store = dir.join(format!("{name}.card"));
     let p = tenet_card::Personalization {
@@ -143,7 +144,7 @@ fn make_card(
     card.install_certificates(cert, ca_der)?;
     card.provision(
         tenet_voucher::applet::APPLET_ID,
-        tenet_voucher::applet::initial_data(ttp),
+        tenet_voucher::applet::initial_data(ttp, Some(ttp_cert.to_vec())),
     )?;
     Ok(store)
 }
@@ -195,17 +196,22 @@ pub async fn run(interrupt: Option<Step>, json: bool) -> Result<ExitCode> {
         database: Some(dir.path().join("ttp.sqlite")),
         postgres: None,
     });
+    let ttp_cert = {
+        use pki_types::pem::PemObject;
+        pki_types::CertificateDer::from_pem_file(&ct.ttp.as_ref().context("TTP configured")?.cert)?
+            .to_vec()
+    };
     let ht = tenet_host::start(&ct).await?;
 
     // Alice and Bob: a card each (key made on the card, certificate from the CA, the TTP's id).
     let mut ca_cfg = host_config(dir.path(), &ca, "alice", da, &[dca], pa)?;
-    ca_cfg.card.virtual_store = Some(make_card(dir.path(), &ca, "alice", dca, ttp)?);
+    ca_cfg.card.virtual_store = Some(make_card(dir.path(), &ca, "alice", dca, ttp, &ttp_cert)?);
     ca_cfg.remote.peers = vec![PeerSection {
         address: format!("127.0.0.1:{pt}"),
         domains: vec![],
     }];
     let mut cb_cfg = host_config(dir.path(), &ca, "bob", db, &[dcb], pb)?;
-    cb_cfg.card.virtual_store = Some(make_card(dir.path(), &ca, "bob", dcb, ttp)?);
+    cb_cfg.card.virtual_store = Some(make_card(dir.path(), &ca, "bob", dcb, ttp, &ttp_cert)?);
     cb_cfg.remote.peers = vec![
         PeerSection {
             address: format!("127.0.0.1:{pa}"),

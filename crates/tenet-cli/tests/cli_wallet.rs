@@ -104,6 +104,16 @@ fn wallets_trade_vouchers_from_the_command_line() {
         "cbcbcbcbcbcbcbcbcbcbcbcb",
     );
     run(&["ca", "init", "--dir", ca.to_str().unwrap()]);
+    run(&[
+        "ca",
+        "entity",
+        "--dir",
+        ca.to_str().unwrap(),
+        "--name",
+        "ttp",
+        "--id",
+        TTP,
+    ]);
     let mut stores = Vec::new();
     for (name, sw, cd) in [("a", sa, ca_dom), ("b", sb, cb_dom)] {
         let store = dir.path().join(format!("{name}.card"));
@@ -122,6 +132,8 @@ fn wallets_trade_vouchers_from_the_command_line() {
             ca.to_str().unwrap(),
             "--ttp",
             TTP,
+            "--ttp-cert",
+            ca.join("ttp-entity.pem").to_str().unwrap(),
         ]);
         run(&[
             "host",

@@ -99,11 +99,13 @@ pub struct VoucherApplet {
     pub ttp: Option<EntityId>,
 }
 
-/// The applet's initial persistent data naming the TTP, written at
-/// personalization (`Card::provision`).
-pub fn initial_data(ttp: EntityId) -> Vec<u8> {
+/// The applet's initial persistent data naming the TTP and, if given,
+/// pinning its certificate (DER), written at personalization
+/// (`Card::provision`).
+pub fn initial_data(ttp: EntityId, ttp_certificate: Option<Vec<u8>>) -> Vec<u8> {
     VoucherCard {
         ttp: Some(ttp),
+        ttp_certificate,
         ..VoucherCard::default()
     }
     .to_bytes()

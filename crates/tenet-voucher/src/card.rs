@@ -257,6 +257,9 @@ pub struct VoucherCard {
     pub accepted: BTreeSet<[u8; 32]>,
     /// The TTP this card trusts, installed at personalization.
     pub ttp: Option<EntityId>,
+    /// The TTP's certificate (DER), pinned at personalization: admissions
+    /// must carry exactly this certificate.
+    pub ttp_certificate: Option<Vec<u8>>,
     /// The wallet app that gets offers addressed to the card (option 2a).
     pub acceptor: Option<EntityId>,
 }
@@ -626,6 +629,15 @@ impl VoucherCard {
                 &a.signature,
             )
             .map_err(|e| Refusal(format!("admission: {e}")))?;
+        if self
+            .ttp_certificate
+            .as_ref()
+            .is_some_and(|pinned| *pinned != a.certificate)
+        {
+            return refuse(
+                "the admission's certificate is not the TTP certificate installed on this card",
+            );
+        }
         let Some(e) = self.exchanges.get(&a.id) else {
             return refuse("no exchange with this id");
         };
@@ -677,6 +689,7 @@ const T_EX: Tag = Tag(0xa2);
 const T_SEEN: Tag = Tag(0x83);
 const T_TTP: Tag = Tag(0x84);
 const T_ACCEPTOR: Tag = Tag(0x85);
+const T_TTP_CERT: Tag = Tag(0x86);
 
 fn list(items: impl Iterator<Item = Vec<u8>>) -> Vec<u8> {
     let mut out = Vec::new();
@@ -719,12 +732,15 @@ impl Codec for VoucherCard {
         if let Some(a) = &self.acceptor {
             tlv::write(out, T_ACCEPTOR, &a.to_array());
         }
+        if let Some(c) = &self.ttp_certificate {
+            tlv::write(out, T_TTP_CERT, c);
+        }
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let f = Fields::parse(r.rest())?;
         f.only(
-            &[T_BAL, T_OFFERS, T_EX, T_SEEN, T_TTP, T_ACCEPTOR],
+            &[T_BAL, T_OFFERS, T_EX, T_SEEN, T_TTP, T_ACCEPTOR, T_TTP_CERT],
             "voucher state",
         )?;
         let mut s = VoucherCard {
@@ -732,6 +748,7 @@ impl Codec for VoucherCard {
                 .get(T_TTP)
                 .map(|_| f.require_array(T_TTP, "TTP id").map(EntityId::from_array))
                 .transpose()?,
+            ttp_certificate: f.get(T_TTP_CERT).map(<[u8]>::to_vec),
             acceptor: f
                 .get(T_ACCEPTOR)
                 .map(|_| {

@@ -96,6 +96,10 @@ impl World {
         let read = |p: &std::path::Path| std::fs::read(p).unwrap();
         let ttp =
             KeyCrypto::from_pem(&read(&files.key), &read(&files.cert), &read(&files.ca)).unwrap();
+        let ttp_cert = {
+            use tenet_voucher::crypto::Crypto;
+            ttp.certificate()
+        };
         let card = |b: u8| {
             let p = Personalization {
                 domain: dom(b),
@@ -115,7 +119,7 @@ impl World {
             c.install_certificates(cert, ca_der).unwrap();
             c.provision(
                 tenet_voucher::applet::APPLET_ID,
-                tenet_voucher::applet::initial_data(ttp_id),
+                tenet_voucher::applet::initial_data(ttp_id, Some(ttp_cert.clone())),
             )
             .unwrap();
             c.install(Box::new(VoucherApplet::default()));

@@ -539,3 +539,28 @@ fn an_agreement_with_an_altered_hash_is_refused() {
     w.run();
     assert_eq!(w.holdings(), SWAPPED);
 }
+
+#[test]
+fn an_admission_with_another_certificate_than_the_pinned_one_is_refused() {
+    use tenet_voucher::crypto::Crypto;
+    let mut w = with_lost(msg::COMMITMENT);
+    // A pins a TTP certificate that is not the one the TTP presents.
+    w.a.ttp_certificate = Some(vec![1, 2, 3]);
+    w.recover_all();
+    assert!(
+        w.refusals
+            .iter()
+            .any(|r| r.contains("not the TTP certificate installed")),
+        "{:?}",
+        w.refusals
+    );
+    assert_eq!(
+        w.a.exchanges.values().next().unwrap().phase,
+        Phase::Resolving,
+        "nothing stored"
+    );
+    // Pinned to the TTP's real certificate, the repeated request completes.
+    w.a.ttp_certificate = Some(w.ct.certificate());
+    w.recover_all();
+    assert_eq!(w.holdings(), SWAPPED);
+}
