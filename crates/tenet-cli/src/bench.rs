@@ -82,6 +82,26 @@ pub(crate) fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
+/// Prints the header of a round-trip table.
+pub(crate) fn print_header() {
+    println!(
+        "\n{:<52} {:>10} {:>10} {:>10} {:>10}",
+        "round trip", "mean us", "p50 us", "p99 us", "p50 ratio"
+    );
+}
+
+/// Prints one row of a round-trip table, its p50 as a ratio to `base`'s.
+pub(crate) fn print_row(name: &str, s: &Summary, base: &Summary) {
+    println!(
+        "{:<52} {:>10.1} {:>10.1} {:>10.1} {:>9.2}x",
+        name,
+        us(s.mean),
+        us(s.p50),
+        us(s.p99),
+        s.p50.as_secs_f64() / base.p50.as_secs_f64()
+    );
+}
+
 /// Messages per second stored into and taken from a dispatch table on one
 /// thread: two endpoints, one bound id each, one tap-less path.
 fn dispatch_throughput(n: u64) -> f64 {
@@ -225,23 +245,10 @@ async fn core(messages: u64, echoes: u32) -> Result<ExitCode> {
     }
     host.shutdown().await;
     let (raw, app, hosted) = (summarize(raw), summarize(app), summarize(hosted));
-    println!(
-        "\n{:<44} {:>10} {:>10} {:>10} {:>9}",
-        "round trip", "mean us", "p50 us", "p99 us", "p50 ratio"
-    );
-    let row = |name: &str, s: &Summary| {
-        println!(
-            "{:<44} {:>10.1} {:>10.1} {:>10.1} {:>8.2}x",
-            name,
-            us(s.mean),
-            us(s.p50),
-            us(s.p99),
-            s.p50.as_secs_f64() / raw.p50.as_secs_f64()
-        );
-    };
-    row("raw Unix-socket echo (baseline)", &raw);
-    row("app -> daemon -> host entity -> app", &hosted);
-    row("app -> daemon -> app -> daemon -> app", &app);
+    print_header();
+    print_row("raw Unix-socket echo (baseline)", &raw, &raw);
+    print_row("app -> daemon -> host entity -> app", &hosted, &raw);
+    print_row("app -> daemon -> app -> daemon -> app", &app, &raw);
     println!(
         "\naims: dispatch >= 1,000,000 messages/s: {}; app-to-app echo within 2x raw: {} ({:.2}x)",
         if dispatch >= 1e6 { "met" } else { "NOT met" },

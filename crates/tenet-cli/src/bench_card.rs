@@ -25,7 +25,7 @@ mod with_pcsc {
     use tenet_host::link::{CardSession, InProcessLink, PcscLink};
     use tenet_proto::{Domain, EntityId, Message, Mtype, Port};
 
-    use crate::bench::{Summary, summarize, us};
+    use crate::bench::{print_header, print_row, summarize, us};
 
     fn make_card(path: &Path, seed: u8) -> Result<Domain> {
         let mut b = [seed; 12];
@@ -134,17 +134,6 @@ mod with_pcsc {
         Ok(tenet_host::start(&cfg).await?)
     }
 
-    fn row(name: &str, s: &Summary, base: &Summary) {
-        println!(
-            "{:<52} {:>10.1} {:>10.1} {:>10.1} {:>9.2}x",
-            name,
-            us(s.mean),
-            us(s.p50),
-            us(s.p99),
-            s.p50.as_secs_f64() / base.p50.as_secs_f64()
-        );
-    }
-
     pub async fn run(rounds: u32, vpcd: &str, reader: &str) -> Result<ExitCode> {
         let dir = tempfile::tempdir()?;
         let (store_a, store_b) = (dir.path().join("a.store"), dir.path().join("b.store"));
@@ -224,19 +213,16 @@ mod with_pcsc {
         tokio::task::spawn_blocking(move || plugged.unplug()).await?;
         let (pa, pb) = (summarize(pa), summarize(pb));
 
-        println!(
-            "\n{:<52} {:>10} {:>10} {:>10} {:>10}",
-            "round trip", "mean us", "p50 us", "p99 us", "p50 ratio"
-        );
-        row("APDU, in-process card link (baseline)", &inproc, &inproc);
-        row("APDU, pcscd + vpcd, TCP_QUICKACK re-armed", &pcsc, &inproc);
-        row(
+        print_header();
+        print_row("APDU, in-process card link (baseline)", &inproc, &inproc);
+        print_row("APDU, pcscd + vpcd, TCP_QUICKACK re-armed", &pcsc, &inproc);
+        print_row(
             "APDU, pcscd + vpcd, no TCP_QUICKACK (20 only)",
             &no_quickack,
             &inproc,
         );
-        row("ping CARD-ID via daemon, in-process card", &pa, &inproc);
-        row("ping CARD-ID via daemon, pcscd + vpcd", &pb, &inproc);
+        print_row("ping CARD-ID via daemon, in-process card", &pa, &inproc);
+        print_row("ping CARD-ID via daemon, pcscd + vpcd", &pb, &inproc);
         println!(
             "\naim: one APDU through pcscd at most 150 us on this machine class: {} (p50 {:.1} us); QUICKACK saves {:.0}x",
             if us(pcsc.p50) <= 150.0 {

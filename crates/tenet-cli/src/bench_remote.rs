@@ -13,7 +13,7 @@ use tenet_proto::Domain;
 use tenet_proto::frame::{split_frame, write_frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::bench::{Summary, summarize, us};
+use crate::bench::{print_header, print_row, summarize};
 
 struct Kill(Child);
 
@@ -203,30 +203,23 @@ pub async fn run(echoes: u32) -> Result<ExitCode> {
         }
     }
     let (raw, tls) = (summarize(raw), summarize(tls));
-    println!(
-        "\n{:<52} {:>10} {:>10} {:>10} {:>10}",
-        "round trip", "mean us", "p50 us", "p99 us", "p50 ratio"
+    print_header();
+    print_row("raw TCP loopback echo, nodelay (baseline)", &raw, &raw);
+    print_row(
+        "app -> daemon =TLS=> daemon -> host entity, back",
+        &tls,
+        &raw,
     );
-    let row = |name: &str, s: &Summary| {
-        println!(
-            "{:<52} {:>10.1} {:>10.1} {:>10.1} {:>9.2}x",
-            name,
-            us(s.mean),
-            us(s.p50),
-            us(s.p99),
-            s.p50.as_secs_f64() / raw.p50.as_secs_f64()
-        );
-    };
-    row("raw TCP loopback echo, nodelay (baseline)", &raw);
-    row("app -> daemon =TLS=> daemon -> host entity, back", &tls);
     if !nreq.is_empty() {
-        row(
+        print_row(
             "plain NATS request/reply through nats-server",
             &summarize(nreq),
+            &raw,
         );
-        row(
+        print_row(
             "app -> daemon =NATS=> daemon -> host entity, back",
             &summarize(ndae),
+            &raw,
         );
     }
     println!(
