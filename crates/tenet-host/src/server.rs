@@ -283,14 +283,23 @@ pub async fn start(config: &Config) -> Result<HostHandle, HostError> {
         .bind(host_ep, domain.owner())
         .expect("fresh table has no bindings");
     let card = open_card(config).await?;
-    let card_ep = card.as_ref().map(|(_, info)| {
-        table.add_card(info.domain, info.privileged.iter().copied());
-        let ep = table.add_endpoint();
-        table
-            .bind(ep, info.domain.owner())
-            .expect("card id differs from the host id");
-        ep
-    });
+    let card_ep = match &card {
+        Some((_, info)) if info.domain == domain => {
+            return Err(HostError::Card(format!(
+                "the card's domain {} is also the host's software domain; give the host another domain",
+                info.domain
+            )));
+        }
+        Some((_, info)) => {
+            table.add_card(info.domain, info.privileged.iter().copied());
+            let ep = table.add_endpoint();
+            table
+                .bind(ep, info.domain.owner())
+                .map_err(|e| HostError::Card(e.to_string()))?;
+            Some(ep)
+        }
+        None => None,
+    };
     let socket = config.socket_path();
     let listener = bind_socket(&socket, config.socket_mode()?)?;
     info!(socket = %socket.display(), host = %domain.owner(), guards = ?table.guard_names(), "host started");
@@ -510,33 +519,7 @@ pub(crate) fn run_events(shared: &Shared, events: Vec<Event>) {
                 }
                 work.extend(drain_events(&mut t));
             }
-            Event::Readable(ep) if shared.nats.as_ref().is_some_and(|n| n.ep == ep) => {
-                if let Some(n) = &shared.nats {
-                    n.wake.notify_one();
-                }
-            }
-            Event::Readable(ep) if shared.card.as_ref().is_some_and(|c| c.ep == ep) => {
-                if let Some(c) = &shared.card {
-                    let _ = c.tx.send(ProxyCmd::Wake);
-                }
-            }
-            Event::Readable(ep)
-                if shared
-                    .remote
-                    .as_ref()
-                    .and_then(|r| r.peer_by_ep(ep))
-                    .is_some() =>
-            {
-                if let Some(p) = shared.remote.as_ref().and_then(|r| r.peer_by_ep(ep)) {
-                    p.wake();
-                }
-            }
-            Event::Readable(ep) | Event::TapReadable(ep) => {
-                let conn = lock(&shared.conns).get(&ep).cloned();
-                if let Some(conn) = conn {
-                    pump(shared, &conn);
-                }
-            }
+            Event::Readable(ep) | Event::TapReadable(ep) => wake_reader(shared, ep),
             Event::GuardNote(n) => info!(target: "tenet::guard", "{n}"),
             Event::GuardDropped {
                 ingress,
@@ -551,6 +534,22 @@ pub(crate) fn run_events(shared: &Shared, events: Vec<Event>) {
                 warn!(%to, %reason, "undeliverable notice dropped: dispatch table full")
             }
         }
+    }
+}
+
+/// Hands a readable endpoint to its reader: an app connection (the hot
+/// path, looked up first), the smartcard proxy, the NATS sender, or a peer
+/// link.
+fn wake_reader(shared: &Shared, ep: EndpointId) {
+    let conn = lock(&shared.conns).get(&ep).cloned();
+    if let Some(conn) = conn {
+        pump(shared, &conn);
+    } else if let Some(c) = shared.card.as_ref().filter(|c| c.ep == ep) {
+        let _ = c.tx.send(ProxyCmd::Wake);
+    } else if let Some(n) = shared.nats.as_ref().filter(|n| n.ep == ep) {
+        n.wake.notify_one();
+    } else if let Some(p) = shared.remote.as_ref().and_then(|r| r.peer_by_ep(ep)) {
+        p.wake();
     }
 }
 

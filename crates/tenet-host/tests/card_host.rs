@@ -216,3 +216,19 @@ async fn a_message_above_the_cards_limit_is_refused_with_its_status_word() {
         .expect("small ones pass");
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_card_in_the_hosts_own_domain_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let card = make_card(dir.path());
+    let mut cfg = Config::default();
+    cfg.host.socket = Some(dir.path().join("host.sock"));
+    cfg.host.state_dir = Some(dir.path().join("state"));
+    cfg.host.domain = Some(DOMAIN.to_string());
+    cfg.card.virtual_store = Some(card);
+    let err = tenet_host::start(&cfg).await.err().expect("refused");
+    assert!(
+        err.to_string().contains("also the host's software domain"),
+        "{err}"
+    );
+}
