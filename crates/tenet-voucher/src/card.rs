@@ -525,7 +525,9 @@ impl VoucherCard {
                 &c.signature,
             )
             .map_err(|err| Refusal(format!("confirmation: {err}")))?;
-        let n2 = e.n2.expect("the responder knows n2");
+        let Some(n2) = e.n2 else {
+            return refuse("the stored exchange lacks n2");
+        };
         let commit = Out {
             dst: e.offer.initiator,
             mtype: msg::COMMITMENT,
@@ -775,16 +777,7 @@ impl Codec for VoucherCard {
             let [role, phase] = g.require_array::<2>(Tag(0x80), "role and phase")?;
             let agreement = Agreement::decode(g.require(Tag(0xa2), "agreement")?)?;
             let e = Exchange {
-                role: match role {
-                    0 => Role::Initiator,
-                    1 => Role::Responder,
-                    _ => {
-                        return Err(DecodeError::Invalid {
-                            what: "role",
-                            detail: format!("unknown code {role}"),
-                        });
-                    }
-                },
+                role: role_from(role)?,
                 phase: Phase::from_code(phase)?,
                 offer: Offer::decode(g.require(Tag(0xa1), "offer")?)?,
                 n2: g
@@ -793,6 +786,12 @@ impl Codec for VoucherCard {
                     .transpose()?,
                 agreement,
             };
+            if e.role == Role::Responder && e.n2.is_none() {
+                return Err(DecodeError::Invalid {
+                    what: "exchange",
+                    detail: "a responder's exchange without n2".into(),
+                });
+            }
             s.exchanges.insert(e.agreement.id, e);
         }
         let seen = f.require(T_SEEN, "accepted offers")?;
