@@ -380,11 +380,37 @@ async fn accept_loop(shared: Arc<Shared>, remote: Arc<Remote>, l: TcpListener) {
 struct FrameReader<R> {
     r: R,
     buf: Vec<u8>,
+    /// Frames decoded but not yet handed out.
+    pending: Vec<LinkFrame>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
+    fn new(r: R) -> Self {
+        Self {
+            r,
+            buf: Vec::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    /// The next frame, or why the link ended.
+    async fn next_frame(&mut self) -> Result<LinkFrame, String> {
+        loop {
+            if let Some(f) = self.pending.pop() {
+                return Ok(f);
+            }
+            self.pending = self.next_batch().await?;
+            self.pending.reverse();
+        }
+    }
+
     /// The next frames available (at least one), or why the link ended.
     async fn next_batch(&mut self) -> Result<Vec<LinkFrame>, String> {
+        if !self.pending.is_empty() {
+            let mut out = std::mem::take(&mut self.pending);
+            out.reverse();
+            return Ok(out);
+        }
         loop {
             let mut out = Vec::new();
             let mut start = 0;
@@ -459,10 +485,7 @@ async fn run_link<S: LinkStream>(
 ) {
     let cert = stream.peer_certificate();
     let (rd, mut wr) = tokio::io::split(stream);
-    let mut reader = FrameReader {
-        r: rd,
-        buf: Vec::new(),
-    };
+    let mut reader = FrameReader::new(rd);
     let hello = |fields: (u64, u64)| LinkFrame::Hello {
         host: remote.me,
         session: remote.session,
@@ -478,19 +501,8 @@ async fn run_link<S: LinkStream>(
             return;
         }
     }
-    let their = match tokio::time::timeout(HELLO_TIMEOUT, reader.next_batch()).await {
-        Ok(Ok(mut frames)) if matches!(frames.first(), Some(LinkFrame::Hello { .. })) => {
-            let first = frames.remove(0);
-            if !frames.is_empty() {
-                // The peer must wait for our hello before sending data.
-                reader.buf.splice(0..0, {
-                    let mut b = Vec::new();
-                    encode(&frames, &mut b);
-                    b
-                });
-            }
-            first
-        }
+    let their = match tokio::time::timeout(HELLO_TIMEOUT, reader.next_frame()).await {
+        Ok(Ok(hello @ LinkFrame::Hello { .. })) => hello,
         Ok(Ok(_)) => {
             remote.stats.links_refused.fetch_add(1, Ordering::Relaxed);
             send_close(&mut wr, "the first frame must be a hello").await;
