@@ -2,16 +2,17 @@
 //! PIN and privileged messages through the dispatch table.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use tenet_card::{Card, CardLimits, FileStore, Personalization, SeededEntropy};
 use tenet_client::Capability;
 use tenet_host::{Config, HostHandle};
 use tenet_proto::card::{ChangePin, PinOutcome, PinStatus, VerifyPin};
 use tenet_proto::notice::Refused;
-use tenet_proto::{Codec, Domain, EntityId, Message, Mtype};
+use tenet_proto::{Codec, Domain, EntityId, Mtype};
 
-const WAIT: Duration = Duration::from_secs(5);
+mod support;
+use support::{WAIT, recv};
+
 const DOMAIN: Domain = Domain::new([0xca; 12]);
 
 fn make_card(dir: &Path) -> PathBuf {
@@ -40,13 +41,6 @@ async fn host(dir: &Path, card: &Path) -> HostHandle {
     cfg.host.state_dir = Some(dir.join("state"));
     cfg.card.virtual_store = Some(card.to_owned());
     tenet_host::start(&cfg).await.unwrap()
-}
-
-async fn recv(c: &mut Capability) -> Message {
-    tokio::time::timeout(WAIT, c.receive())
-        .await
-        .expect("answer in time")
-        .unwrap()
 }
 
 async fn verify(c: &mut Capability, pin: &[u8]) -> PinStatus {

@@ -13,7 +13,8 @@ use tenet_proto::{Codec, EntityId, Filter, Message, Mtype, Port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-const WAIT: Duration = Duration::from_secs(5);
+mod support;
+use support::{WAIT, recv};
 
 struct TestHost {
     dir: tempfile::TempDir,
@@ -114,13 +115,6 @@ fn error_code(f: DaemonFrame) -> ErrorCode {
         DaemonFrame::Error { code, .. } => code,
         other => panic!("expected an error, got {other:?}"),
     }
-}
-
-async fn recv(c: &mut Capability) -> Message {
-    tokio::time::timeout(WAIT, c.receive())
-        .await
-        .expect("message in time")
-        .unwrap()
 }
 
 #[tokio::test]

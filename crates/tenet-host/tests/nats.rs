@@ -12,7 +12,8 @@ use tenet_host::{Config, HostHandle};
 use tenet_proto::notice::UndeliverableReason;
 use tenet_proto::{Codec, Domain, EntityId, Message, Mtype, Port};
 
-const WAIT: Duration = Duration::from_secs(10);
+mod support;
+use support::{WAIT, echo_eventually, free_port};
 
 struct NatsServer {
     child: Child,
@@ -59,14 +60,6 @@ impl Drop for NatsServer {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn host(dir: &Path, name: &str, domain: Domain, port: u16) -> HostHandle {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -86,17 +79,6 @@ async fn host(dir: &Path, name: &str, domain: Domain, port: u16) -> HostHandle {
         ..Default::default()
     });
     tenet_host::start(&c).await.unwrap()
-}
-
-async fn echo_eventually(c: &mut Capability, dst: EntityId) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match c.echo(dst, b"", Duration::from_secs(1)).await {
-            Ok(_) => return,
-            Err(e) if tokio::time::Instant::now() > deadline => panic!("{dst} never answered: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
 }
 
 #[tokio::test]

@@ -15,9 +15,11 @@ use tenet_card::{Card, CardLimits, FileStore, Personalization, SeededEntropy, Sy
 use tenet_client::{Capability, ClientError};
 use tenet_host::{Config, HostHandle};
 use tenet_proto::card::{ChangePin, PinOutcome, PinStatus, VerifyPin};
-use tenet_proto::{Codec, Domain, Message, Mtype};
+use tenet_proto::{Codec, Domain, Mtype};
 
-const WAIT: Duration = Duration::from_secs(5);
+mod support;
+use support::{WAIT, recv};
+
 const DOMAIN: Domain = Domain::new([0x5c; 12]);
 
 /// One reader slot: tests take turns.
@@ -128,13 +130,6 @@ async fn host(dir: &Path, short: bool) -> HostHandle {
     tenet_host::start(&cfg)
         .await
         .expect("daemon attaches the card in the PC/SC reader")
-}
-
-async fn recv(c: &mut Capability) -> Message {
-    tokio::time::timeout(WAIT, c.receive())
-        .await
-        .expect("answer in time")
-        .unwrap()
 }
 
 #[tokio::test]

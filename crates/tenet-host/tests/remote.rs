@@ -16,18 +16,11 @@ use tenet_proto::{Codec, Domain, EntityId, Message, Mtype, Port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const WAIT: Duration = Duration::from_secs(10);
+mod support;
+use support::{WAIT, echo_eventually, free_port};
 
 fn dom(b: u8) -> Domain {
     Domain::new([b; 12])
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Host {
@@ -103,17 +96,6 @@ impl Host {
 }
 
 /// Echoes until the route is up (links connect in the background).
-async fn echo_eventually(c: &mut Capability, dst: EntityId) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match c.echo(dst, b"", Duration::from_secs(1)).await {
-            Ok(_) => return,
-            Err(e) if tokio::time::Instant::now() > deadline => panic!("{dst} never answered: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
-
 #[tokio::test]
 async fn three_hosts_route_among_each_other_over_tls() {
     let root = tempfile::tempdir().unwrap();

@@ -15,18 +15,11 @@ use tenet_proto::{Domain, EntityId};
 use tenet_voucher::card::{ExchangeSummary, Phase};
 use tenet_voucher::model::{Amount, VoucherClass};
 
-const WAIT: Duration = Duration::from_secs(10);
+mod support;
+use support::{WAIT, free_port};
 
 fn dom(b: u8) -> Domain {
     Domain::new([b; 12])
-}
-
-fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn base(dir: &Path, name: &str, sw: Domain, ca: &Path, domains: &[Domain], listen: u16) -> Config {
@@ -108,7 +101,7 @@ async fn interrupted_exchange(postgres: Option<String>) {
     ensure_ca(&ca, "test CA").unwrap();
     let (da, ca_dom, db, cb_dom, dt) = (dom(0xa1), dom(0xca), dom(0xb2), dom(0xcb), dom(0x77));
     let ttp = dt.owner();
-    let (pa, pb, pt) = (port(), port(), port());
+    let (pa, pb, pt) = (free_port(), free_port(), free_port());
 
     // The TTP's host: its own entity decides, with its entity certificate.
     let mut ct = base(dir.path(), "t", dt, &ca, &[dt], pt);
