@@ -82,6 +82,27 @@ pub(crate) fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
+/// The raw baseline's server: sends every length-prefixed frame back until
+/// the peer closes.
+pub(crate) async fn echo_frames<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut s: S,
+) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        if s.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+        let mut start = 0;
+        let mut out = Vec::new();
+        while let Ok(Some((used, b))) = split_frame(&buf[start..], 1 << 16) {
+            write_frame(&mut out, b);
+            start += used;
+        }
+        buf.drain(..start);
+        s.write_all(&out).await?;
+    }
+}
+
 /// Prints the header of a round-trip table.
 pub(crate) fn print_header() {
     println!(
@@ -141,21 +162,8 @@ async fn raw_echo(n: u32, warmup: u32, body: usize) -> Result<Vec<Duration>> {
     let path = dir.path().join("raw.sock");
     let listener = tokio::net::UnixListener::bind(&path)?;
     let server = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await?;
-        let mut buf = Vec::with_capacity(4096);
-        loop {
-            if s.read_buf(&mut buf).await? == 0 {
-                return Ok::<_, std::io::Error>(());
-            }
-            let mut start = 0;
-            let mut out = Vec::new();
-            while let Ok(Some((used, b))) = split_frame(&buf[start..], 1 << 16) {
-                write_frame(&mut out, b);
-                start += used;
-            }
-            buf.drain(..start);
-            s.write_all(&out).await?;
-        }
+        let (s, _) = listener.accept().await?;
+        echo_frames(s).await
     });
     let mut c = tokio::net::UnixStream::connect(&path).await?;
     let mut frame = Vec::new();

@@ -10,10 +10,10 @@ use futures_util::StreamExt;
 use tenet_client::Capability;
 use tenet_host::config::{NatsSection, PeerSection};
 use tenet_proto::Domain;
-use tenet_proto::frame::{split_frame, write_frame};
+use tenet_proto::frame::write_frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::bench::{print_header, print_row, summarize};
+use crate::bench::{echo_frames, print_header, print_row, summarize};
 
 struct Kill(Child);
 
@@ -34,22 +34,9 @@ async fn raw_tcp_echo(n: u32, body: usize) -> Result<Vec<Duration>> {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = l.local_addr()?;
     let server = tokio::spawn(async move {
-        let (mut s, _) = l.accept().await?;
+        let (s, _) = l.accept().await?;
         s.set_nodelay(true)?;
-        let mut buf = Vec::with_capacity(4096);
-        loop {
-            if s.read_buf(&mut buf).await? == 0 {
-                return Ok::<_, std::io::Error>(());
-            }
-            let mut start = 0;
-            let mut out = Vec::new();
-            while let Ok(Some((used, b))) = split_frame(&buf[start..], 1 << 16) {
-                write_frame(&mut out, b);
-                start += used;
-            }
-            buf.drain(..start);
-            s.write_all(&out).await?;
-        }
+        echo_frames(s).await
     });
     let mut c = tokio::net::TcpStream::connect(addr).await?;
     c.set_nodelay(true)?;
