@@ -144,39 +144,6 @@ fn amount(s: &str, own: Option<Domain>) -> Result<Amount> {
     })
 }
 
-/// A merchant's auto-accept policy: the offer gives at least `give` and
-/// wants at most `want`.
-struct Policy {
-    give: Amount,
-    want: Amount,
-}
-
-impl Policy {
-    fn parse(s: &str) -> Result<Self> {
-        let (g, w) = s
-            .split_once(',')
-            .context("policy must be GIVE>=N:ISSUER:PROMISE,WANT<=M:ISSUER:PROMISE")?;
-        let g = g
-            .strip_prefix("GIVE>=")
-            .context("policy must start with GIVE>=")?;
-        let w = w
-            .strip_prefix("WANT<=")
-            .context("the second part must start with WANT<=")?;
-        Ok(Self {
-            give: amount(g, None)?,
-            want: amount(w, None)?,
-        })
-    }
-
-    /// The offer's `give` is what this card gets; its `want` what it gives.
-    fn allows(&self, o: &tenet_voucher::msg::Offer) -> bool {
-        o.give.class == self.give.class
-            && o.give.quantity >= self.give.quantity
-            && o.want.class == self.want.class
-            && o.want.quantity <= self.want.quantity
-    }
-}
-
 fn show(b: &[Amount]) {
     if b.is_empty() {
         println!("(no vouchers)");
@@ -220,7 +187,10 @@ pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode
             accept_if,
             count,
         } => {
-            let policy = accept_if.as_deref().map(Policy::parse).transpose()?;
+            let policy = accept_if
+                .as_deref()
+                .map(str::parse::<tenet_voucher::policy::Policy>)
+                .transpose()?;
             w.register_acceptor().await?;
             println!(
                 "wallet {} waiting for offers (to it or to card {card})",

@@ -200,7 +200,10 @@ impl Wallet {
     /// here.
     pub async fn register_acceptor(&mut self) -> Result<(), WalletError> {
         let me = self.id();
-        self.order(tenet_voucher::card::SET_ACCEPTOR, me.to_bytes())
+        self.cap
+            .send(self.card, tenet_voucher::card::SET_ACCEPTOR, me.to_bytes())
+            .await?;
+        self.answer(tenet_voucher::card::ACCEPTOR_SET)
             .await
             .map(|_| ())
     }

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use tenet_proto::{Domain, Header, Mtype};
+use tenet_proto::{Domain, EntityId, Header, Message, Mtype};
 
 /// The inbound path a message arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,6 +54,16 @@ pub enum Verdict {
     Note(String),
     /// Drop the message; the reason names the cause.
     Drop(String),
+    /// Deliver the message to `to` instead of its dst, and record `note`.
+    /// A redirect ends the chain: the guards after this one do not see the
+    /// message. This is how a guard holds a message for a local app that
+    /// decides about it (the paper's option 2a).
+    Redirect {
+        /// The new destination.
+        to: EntityId,
+        /// Why, for the log.
+        note: String,
+    },
 }
 
 /// A programmatic guard. Implementations must not block: they run under the
@@ -64,6 +74,19 @@ pub trait Guard: Send {
 
     /// Decides about one message.
     fn check(&mut self, cx: &GuardContext, ingress: Ingress, h: &Header, now: Instant) -> Verdict;
+
+    /// Decides about one message when the guard needs its param too. The
+    /// chain calls this; by default it asks [`Guard::check`] with the
+    /// header.
+    fn inspect(
+        &mut self,
+        cx: &GuardContext,
+        ingress: Ingress,
+        m: &Message,
+        now: Instant,
+    ) -> Verdict {
+        self.check(cx, ingress, &m.header, now)
+    }
 }
 
 /// A message a guard dropped.
@@ -106,19 +129,29 @@ impl GuardChain {
         self.guards.iter().map(|g| g.name().to_owned()).collect()
     }
 
-    /// Runs the chain; notes from `log` verdicts are appended to `notes`.
+    /// Runs the chain; notes from `log` and redirect verdicts are appended
+    /// to `notes`. `Ok(Some(to))` means a guard redirected the message to
+    /// `to`.
     pub fn check(
         &mut self,
         cx: &GuardContext,
         ingress: Ingress,
-        h: &Header,
+        m: &Message,
         now: Instant,
         notes: &mut Vec<String>,
-    ) -> Result<(), Dropped> {
+    ) -> Result<Option<EntityId>, Dropped> {
         for g in &mut self.guards {
-            match g.check(cx, ingress, h, now) {
+            match g.inspect(cx, ingress, m, now) {
                 Verdict::Pass => {}
                 Verdict::Note(n) => notes.push(format!("{}: {n}", g.name())),
+                Verdict::Redirect { to, note } => {
+                    notes.push(format!(
+                        "{}: {} redirected to {to}: {note}",
+                        g.name(),
+                        m.header.dst
+                    ));
+                    return Ok(Some(to));
+                }
                 Verdict::Drop(reason) => {
                     return Err(Dropped {
                         guard: g.name().to_owned(),
@@ -127,7 +160,7 @@ impl GuardChain {
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
 
@@ -172,6 +205,10 @@ mod tests {
         EntityId::new(Domain::new([d; 12]), Port::new(p))
     }
 
+    fn m(h: &Header) -> Message {
+        Message::new(h.src, h.dst, h.mtype, Vec::new())
+    }
+
     fn cx() -> GuardContext {
         GuardContext {
             card_domains: [Domain::new([1; 12])].into(),
@@ -188,12 +225,12 @@ mod tests {
             mtype: Mtype::ECHO_REQUEST,
         };
         let err = c
-            .check(&cx(), Ingress::Remote, &h, Instant::now(), &mut vec![])
+            .check(&cx(), Ingress::Remote, &m(&h), Instant::now(), &mut vec![])
             .unwrap_err();
         assert_eq!(err.guard, "remote-ingress");
         // The same header from a local app passes: apps of the card's domain live here.
         assert!(
-            c.check(&cx(), Ingress::App, &h, Instant::now(), &mut vec![])
+            c.check(&cx(), Ingress::App, &m(&h), Instant::now(), &mut vec![])
                 .is_ok()
         );
     }
@@ -211,7 +248,7 @@ mod tests {
             c.check(
                 &cx(),
                 Ingress::Remote,
-                &privileged_to_card,
+                &m(&privileged_to_card),
                 now,
                 &mut vec![]
             )
@@ -222,7 +259,7 @@ mod tests {
             ..privileged_to_card
         };
         assert!(
-            c.check(&cx(), Ingress::Remote, &plain_to_card, now, &mut vec![])
+            c.check(&cx(), Ingress::Remote, &m(&plain_to_card), now, &mut vec![])
                 .is_ok()
         );
         let privileged_elsewhere = Header {
@@ -233,7 +270,7 @@ mod tests {
             c.check(
                 &cx(),
                 Ingress::Remote,
-                &privileged_elsewhere,
+                &m(&privileged_elsewhere),
                 now,
                 &mut vec![]
             )

@@ -466,7 +466,7 @@ impl DispatchTable {
     pub fn store(
         &mut self,
         ingress: Ingress,
-        message: Message,
+        mut message: Message,
         now: Instant,
     ) -> Result<Stored, StoreError> {
         if message.encoded_len() > tenet_proto::MAX_MESSAGE_LEN {
@@ -478,7 +478,7 @@ impl DispatchTable {
         let h = message.header;
         let checked = self
             .guards
-            .check(&self.guard_cx, ingress, &h, now, &mut self.notes);
+            .check(&self.guard_cx, ingress, &message, now, &mut self.notes);
         for n in self.notes.drain(..) {
             self.events.push_back(Event::GuardNote(n));
         }
@@ -492,6 +492,9 @@ impl DispatchTable {
                 why: why.clone(),
             });
             return Err(why.into());
+        }
+        if let Ok(Some(to)) = checked {
+            message.header.dst = to;
         }
         match self.route(&message) {
             Ok((ep, subscription)) => {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tenet_dispatch::{Limits, RuleError, RuleGuard, RuleSpec};
 use tenet_proto::Domain;
+use tenet_voucher::policy::Policy;
 
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +215,19 @@ pub struct GuardSection {
     /// `[[guard.rules]]`, in order.
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
+    /// `[guard.offers]`: the offer guard of a host with a card (option 2a).
+    #[serde(default)]
+    pub offers: OffersSection,
+}
+
+/// `[guard.offers]`: offers addressed to this host's card are held for the
+/// card's acceptor app; a merchant may add a standing policy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OffersSection {
+    /// `GIVE>=N:ISSUERHEX:PROMISE,WANT<=M:ISSUERHEX:PROMISE`: offers to the
+    /// card outside it are dropped before card or app sees them.
+    pub policy: Option<String>,
 }
 
 impl Config {
@@ -242,6 +256,7 @@ impl Config {
         self.domain()?;
         self.limits()?;
         RuleGuard::from_specs(&self.guard.rules)?;
+        self.offer_policy()?;
         self.card_wait()?;
         self.card_limits()?;
         self.card_ttp()?;
@@ -484,6 +499,22 @@ impl Config {
         PathBuf::from(home).join(".local/state/tenet")
     }
 
+    /// `[guard.offers] policy`, parsed.
+    pub fn offer_policy(&self) -> Result<Option<Policy>, ConfigError> {
+        self.guard
+            .offers
+            .policy
+            .as_deref()
+            .map(|p| {
+                p.parse()
+                    .map_err(|e: tenet_voucher::policy::PolicyError| ConfigError::Value {
+                        key: "guard.offers.policy",
+                        detail: e.to_string(),
+                    })
+            })
+            .transpose()
+    }
+
     /// The rule guard made of `[[guard.rules]]`.
     pub fn rule_guard(&self) -> Result<RuleGuard, ConfigError> {
         Ok(RuleGuard::from_specs(&self.guard.rules)?)
@@ -558,5 +589,17 @@ mod tests {
             parse("[[guard.rules]]\naction = \"explode\""),
             Err(ConfigError::Rule(_))
         ));
+        assert!(matches!(
+            parse("[guard.offers]\npolicy = \"GIVE>=2:coffee\""),
+            Err(ConfigError::Value {
+                key: "guard.offers.policy",
+                ..
+            })
+        ));
+        let ok = parse(
+            "[guard.offers]\npolicy = \"GIVE>=2:cacacacacacacacacacacaca:coffee,WANT<=1:cbcbcbcbcbcbcbcbcbcbcbcb:ticket\"",
+        )
+        .unwrap();
+        assert_eq!(ok.offer_policy().unwrap().unwrap().give.quantity, 2);
     }
 }

@@ -15,6 +15,8 @@
 //!
 //! - [`remote`]: the remote proxy: links to other hosts over TLS, routing
 //!   by domain, reliable delivery across link breaks.
+//! - [`offers`]: the offer guard: offers to a local card held for its
+//!   acceptor app (option 2a).
 //! - [`ttp`]: the TTP service: the host entity decides recovery requests,
 //!   kept in SQLite.
 //! - `nats`: the NATS transport: subjects derived from domains, no routing
@@ -27,6 +29,7 @@ pub mod config;
 pub mod entity;
 pub mod link;
 mod nats;
+pub mod offers;
 mod proxy;
 pub mod remote;
 pub mod server;

@@ -31,6 +31,7 @@ use tenet_proto::card::CardInfo;
 
 use crate::config::{Config, ConfigError};
 use crate::link::{CardSession, InProcessLink, LinkStats};
+use crate::offers::OfferGuard;
 use crate::proxy::ProxyCmd;
 use crate::state::{self, PortAllocator, StateError};
 
@@ -292,6 +293,7 @@ pub async fn start(config: &Config) -> Result<HostHandle, HostError> {
         }
         Some((_, info)) => {
             table.add_card(info.domain, info.privileged.iter().copied());
+            table.push_guard(Box::new(OfferGuard::new(config.offer_policy()?)));
             let ep = table.add_endpoint();
             table
                 .bind(ep, info.domain.owner())

@@ -298,3 +298,103 @@ async fn interrupted_exchange(postgres: Option<String>) {
         h.shutdown().await;
     }
 }
+
+/// Option 2a: a merchant publishes only its card id. B's daemon holds offers
+/// addressed to the card in its offer guard: one outside the merchant's
+/// `[guard.offers] policy` is dropped, one inside goes to the acceptor app
+/// that registered with the card; the card spends no APDU on either. The
+/// acceptor accepts and the cards trade.
+#[tokio::test]
+async fn offers_to_a_merchant_card_are_held_by_its_hosts_guard() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    ensure_ca(&ca, "test CA").unwrap();
+    let (da, ca_dom, db, cb_dom) = (dom(0xa1), dom(0xca), dom(0xb2), dom(0xcb));
+    let ttp = dom(0x77).owner();
+    let (pa, pb) = (free_port(), free_port());
+    let mut ca_cfg = base(dir.path(), "a", da, &ca, &[da, ca_dom], pa);
+    ca_cfg.card.virtual_store = Some(card(dir.path(), &ca, ca_dom));
+    ca_cfg.card.ttp = Some(ttp.to_string());
+    let ha = tenet_host::start(&ca_cfg).await.unwrap();
+    let mut cb_cfg = base(dir.path(), "b", db, &ca, &[db, cb_dom], pb);
+    cb_cfg.card.virtual_store = Some(card(dir.path(), &ca, cb_dom));
+    cb_cfg.card.ttp = Some(ttp.to_string());
+    cb_cfg.remote.peers = vec![PeerSection {
+        address: format!("127.0.0.1:{pa}"),
+        domains: vec![],
+    }];
+    cb_cfg.guard.offers.policy = Some(format!("GIVE>=2:{ca_dom}:coffee,WANT<=1:{cb_dom}:ticket"));
+    let hb = tenet_host::start(&cb_cfg).await.unwrap();
+    let (card_a, card_b) = (ca_dom.owner(), cb_dom.owner());
+    let mut probe = Capability::acquire(hb.socket_path()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while probe
+        .echo(card_a, b"", Duration::from_secs(1))
+        .await
+        .is_err()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no route to A");
+    }
+
+    let mut wa = wallet(&ha, card_a).await;
+    let mut wb = wallet(&hb, card_b).await;
+    let amount = |issuer, promise: &str, quantity| Amount {
+        class: VoucherClass {
+            issuer,
+            promise: promise.into(),
+        },
+        quantity,
+    };
+    wa.mint(amount(ca_dom, "coffee", 5)).await.unwrap();
+    wb.mint(amount(cb_dom, "ticket", 3)).await.unwrap();
+    wb.register_acceptor().await.unwrap();
+
+    let (apdus_before, ..) = hb.card_link_stats().unwrap();
+    let dropped_before = hb.stats().guard_dropped;
+    // Outside the policy (one coffee), then inside it (two), both addressed
+    // to the card itself.
+    for give in [1, 2] {
+        wa.offer(
+            card_b,
+            card_b,
+            amount(ca_dom, "coffee", give),
+            amount(cb_dom, "ticket", 1),
+        )
+        .await
+        .unwrap();
+    }
+    let offer = wb
+        .next_offer(WAIT)
+        .await
+        .unwrap()
+        .expect("the offer inside the policy reached the acceptor");
+    assert_eq!(offer.offer.give.quantity, 2, "the first offer was dropped");
+    assert_eq!(offer.offer.initiator, card_a);
+    assert_eq!(hb.stats().guard_dropped, dropped_before + 1);
+    assert_eq!(
+        hb.card_link_stats().unwrap().0,
+        apdus_before,
+        "the guard held both offers: no APDU reached B's card"
+    );
+    assert!(
+        wb.next_offer(Duration::from_millis(200))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    wb.accept(&offer).await.unwrap();
+    wait_phase(&mut wb, Phase::Committed).await;
+    wait_phase(&mut wa, Phase::Committed).await;
+    assert_eq!(
+        held(wa.balances().await.unwrap()),
+        vec![("coffee".into(), 3), ("ticket".into(), 1)]
+    );
+    assert_eq!(
+        held(wb.balances().await.unwrap()),
+        vec![("coffee".into(), 2), ("ticket".into(), 2)]
+    );
+    for h in [ha, hb] {
+        h.shutdown().await;
+    }
+}

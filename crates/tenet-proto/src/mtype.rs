@@ -51,6 +51,7 @@ const REGISTRY: &[(Mtype, &str)] = &[
     (Mtype(0x020e), "exchanges-request"),
     (Mtype(0x020f), "exchanges"),
     (Mtype(0x0210), "set-acceptor"),
+    (Mtype(0x0211), "acceptor-set"),
 ];
 
 impl Mtype {

@@ -32,6 +32,9 @@ pub const BALANCES: Mtype = Mtype(0x020d);
 /// Register the wallet app that gets offers addressed to the card itself
 /// (option 2a; privileged). Param: the app's id (16 bytes).
 pub const SET_ACCEPTOR: Mtype = Mtype(0x0210);
+/// The card's answer to [`SET_ACCEPTOR`], sent to the new acceptor: from
+/// now on, offers addressed to the card go to it.
+pub const ACCEPTOR_SET: Mtype = Mtype(0x0211);
 
 /// Ask the card for its exchanges (privileged).
 pub const EXCHANGES_REQUEST: Mtype = Mtype(0x020e);
@@ -297,7 +300,14 @@ impl VoucherCard {
                     return refuse("the acceptor must be an app of this card's domain");
                 }
                 self.acceptor = Some(id);
-                Ok(Vec::new())
+                // The confirmation goes to the acceptor through the host's
+                // dispatch table, whose offer guard learns from it where to
+                // hold offers addressed to this card.
+                Ok(vec![Out {
+                    dst: id,
+                    mtype: ACCEPTOR_SET,
+                    param: Vec::new(),
+                }])
             }
             msg::OFFER => {
                 // Option 2a: an offer addressed to the card itself goes to the

@@ -29,4 +29,5 @@ pub mod card;
 pub mod crypto;
 pub mod model;
 pub mod msg;
+pub mod policy;
 pub mod ttp;

@@ -1,5 +1,7 @@
 use super::*;
+use crate::guard::Verdict;
 use crate::rules::{RuleGuard, RuleSpec};
+use tenet_proto::Header;
 use tenet_proto::Port;
 
 fn dom(b: u8) -> Domain {
@@ -598,4 +600,60 @@ fn default_route_takes_only_unclaimed_foreign_domains() {
         )),
         "never for a local domain"
     );
+}
+
+/// Redirects messages with an odd first param byte to `to`.
+struct OddToAcceptor {
+    to: EntityId,
+}
+
+impl Guard for OddToAcceptor {
+    fn name(&self) -> &str {
+        "odd"
+    }
+
+    fn check(&mut self, _: &GuardContext, _: Ingress, _: &Header, _: Instant) -> Verdict {
+        unreachable!("the chain calls inspect")
+    }
+
+    fn inspect(&mut self, _: &GuardContext, _: Ingress, m: &Message, _: Instant) -> Verdict {
+        match m.param.first() {
+            Some(b) if b % 2 == 1 => Verdict::Redirect {
+                to: self.to,
+                note: "odd".into(),
+            },
+            _ => Verdict::Pass,
+        }
+    }
+}
+
+#[test]
+fn a_redirecting_guard_delivers_to_its_app_and_ends_the_chain() {
+    let mut t = table(Limits::default());
+    let now = Instant::now();
+    let (card, app) = (t.add_endpoint(), t.add_endpoint());
+    t.bind(card, id(3, 0)).unwrap();
+    t.bind(app, id(3, 9)).unwrap();
+    t.push_guard(Box::new(OddToAcceptor { to: id(3, 9) }));
+    // A drop-everything rule after the redirecting guard never sees the
+    // redirected message, but drops the others.
+    let spec: RuleSpec = toml::from_str("action = \"drop\"").unwrap();
+    t.push_guard(Box::new(RuleGuard::from_specs(&[spec]).unwrap()));
+    assert_eq!(
+        t.store(Ingress::Remote, msg(id(2, 1), id(3, 0), 1), now),
+        Ok(Stored::Queued(app))
+    );
+    let d = t.take(app).unwrap();
+    assert_eq!(d.message.header.dst, id(3, 9), "dst rewritten");
+    assert_eq!(d.message.header.src, id(2, 1), "src kept");
+    assert!(
+        events(&mut t)
+            .iter()
+            .any(|e| matches!(e, Event::GuardNote(n) if n.contains("redirected to"))),
+    );
+    assert!(matches!(
+        t.store(Ingress::Remote, msg(id(2, 1), id(3, 0), 2), now),
+        Err(StoreError::Guard(ref d)) if d.guard == "rules"
+    ));
+    assert_eq!(t.pending(card), 0);
 }

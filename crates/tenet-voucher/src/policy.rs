@@ -1,0 +1,182 @@
+//! A merchant's standing auto-accept policy (option 2a): accept any offer
+//! that gives this card at least N of class X and wants at most M of class
+//! Y. The wallet's `--accept-if` and the daemon's offer guard share it.
+//!
+//! Text form: `GIVE>=N:ISSUERHEX:PROMISE,WANT<=M:ISSUERHEX:PROMISE`, where
+//! GIVE is what the offering card gives (what this card gets).
+
+use std::fmt;
+use std::str::FromStr;
+
+use tenet_proto::Domain;
+
+use crate::model::{Amount, MAX_PROMISE, VoucherClass};
+use crate::msg::Offer;
+
+/// Why a policy text was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "bad offer policy {text:?}: {reason} (expected GIVE>=N:ISSUERHEX:PROMISE,WANT<=M:ISSUERHEX:PROMISE)"
+)]
+pub struct PolicyError {
+    /// The text given.
+    pub text: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// Accept offers giving at least `give` for at most `want`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// The least the offering card must give, of this class.
+    pub give: Amount,
+    /// The most it may want, of this class.
+    pub want: Amount,
+}
+
+impl Policy {
+    /// True if `offer` is inside the policy. The offer's `give` is what
+    /// this card gets; its `want` is what this card gives.
+    pub fn allows(&self, offer: &Offer) -> bool {
+        offer.give.class == self.give.class
+            && offer.give.quantity >= self.give.quantity
+            && offer.want.class == self.want.class
+            && offer.want.quantity <= self.want.quantity
+    }
+}
+
+fn amount(s: &str) -> Result<Amount, String> {
+    let mut parts = s.splitn(3, ':');
+    let (Some(q), Some(i), Some(p)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!("{s:?} is not QTY:ISSUERHEX:PROMISE"));
+    };
+    let quantity: u64 = q
+        .parse()
+        .map_err(|_| format!("quantity {q:?} is not a number"))?;
+    let issuer: Domain = i.parse().map_err(|e| format!("issuer {i:?}: {e}"))?;
+    if p.is_empty() || p.len() > MAX_PROMISE {
+        return Err(format!("promise must be 1 to {MAX_PROMISE} bytes"));
+    }
+    Ok(Amount {
+        class: VoucherClass {
+            issuer,
+            promise: p.to_owned(),
+        },
+        quantity,
+    })
+}
+
+impl FromStr for Policy {
+    type Err = PolicyError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let err = |reason: String| PolicyError {
+            text: text.to_owned(),
+            reason,
+        };
+        let (g, w) = text
+            .split_once(',')
+            .ok_or_else(|| err("no comma between GIVE and WANT".into()))?;
+        let g = g
+            .trim()
+            .strip_prefix("GIVE>=")
+            .ok_or_else(|| err("it must start with GIVE>=".into()))?;
+        let w = w
+            .trim()
+            .strip_prefix("WANT<=")
+            .ok_or_else(|| err("the second part must start with WANT<=".into()))?;
+        Ok(Self {
+            give: amount(g).map_err(err)?,
+            want: amount(w).map_err(err)?,
+        })
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "GIVE>={}:{}:{},WANT<={}:{}:{}",
+            self.give.quantity,
+            self.give.class.issuer,
+            self.give.class.promise,
+            self.want.quantity,
+            self.want.class.issuer,
+            self.want.class.promise
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tenet_proto::{EntityId, Port};
+
+    fn offer(give: u64, want: u64) -> Offer {
+        let p: Policy =
+            "GIVE>=1:cacacacacacacacacacacaca:coffee,WANT<=1:cbcbcbcbcbcbcbcbcbcbcbcb:ticket"
+                .parse()
+                .unwrap();
+        Offer {
+            initiator: EntityId::new(Domain::new([1; 12]), Port::new(0)),
+            responder: EntityId::new(Domain::new([2; 12]), Port::new(0)),
+            give: Amount {
+                quantity: give,
+                ..p.give
+            },
+            want: Amount {
+                quantity: want,
+                ..p.want
+            },
+            n1: [7; 16],
+        }
+    }
+
+    #[test]
+    fn a_policy_bounds_what_is_given_and_wanted() {
+        let p: Policy =
+            "GIVE>=2:cacacacacacacacacacacaca:coffee,WANT<=1:cbcbcbcbcbcbcbcbcbcbcbcb:ticket"
+                .parse()
+                .unwrap();
+        assert!(p.allows(&offer(2, 1)));
+        assert!(p.allows(&offer(5, 1)));
+        assert!(!p.allows(&offer(1, 1)), "gives too little");
+        assert!(!p.allows(&offer(2, 2)), "wants too much");
+        let mut other = offer(2, 1);
+        other.give.class.promise = "tea".into();
+        assert!(!p.allows(&other), "another class");
+        assert_eq!(p.to_string().parse::<Policy>().unwrap(), p);
+    }
+
+    #[test]
+    fn bad_policies_name_their_fault() {
+        for (text, why) in [
+            ("", "no comma"),
+            ("GIVE>=1:ca:coffee", "no comma"),
+            (
+                "GIVE<=1:cacacacacacacacacacacaca:c,WANT<=1:cacacacacacacacacacacaca:c",
+                "GIVE>=",
+            ),
+            (
+                "GIVE>=1:cacacacacacacacacacacaca:c,WANT>=1:cacacacacacacacacacacaca:c",
+                "WANT<=",
+            ),
+            (
+                "GIVE>=x:cacacacacacacacacacacaca:c,WANT<=1:cacacacacacacacacacacaca:c",
+                "quantity",
+            ),
+            ("GIVE>=1:zz:c,WANT<=1:cacacacacacacacacacacaca:c", "issuer"),
+            (
+                "GIVE>=1:cacacacacacacacacacacaca:,WANT<=1:cacacacacacacacacacacaca:c",
+                "promise",
+            ),
+            (
+                "GIVE>=1:coffee,WANT<=1:cacacacacacacacacacacaca:c",
+                "QTY:ISSUERHEX:PROMISE",
+            ),
+        ] {
+            let e = text.parse::<Policy>().unwrap_err().to_string();
+            assert!(e.contains(why), "{text:?}: {e}");
+        }
+    }
+}
