@@ -20,8 +20,9 @@
 //! endpoint and [`Limits::total`] in the whole table. A message that would
 //! exceed either is refused with [`StoreError::QueueFull`]; nothing already
 //! stored is dropped. Notices the table generates itself may exceed the
-//! per-destination bound (never the total one), so a sender always learns
-//! of a failure unless the whole table is full; a notice that cannot be
+//! per-destination bound up to twice it (never the total one), so a sender
+//! learns of a failure even when its own queue is full, yet one reader that
+//! does not read cannot fill the table with notices; a notice that cannot be
 //! stored is counted in [`Stats::notices_dropped`] and reported as
 //! [`Event::NoticeDropped`]. No notice is ever generated about a notice.
 //!
@@ -32,6 +33,9 @@
 //!
 //! When an endpoint is removed (an app disconnects), the messages waiting
 //! for it produce *destination gone* notices.
+//!
+//! Taps get copies with the param of PIN messages ([`SECRET_PARAMS`])
+//! removed: they show that a PIN was verified, never the PIN.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -42,6 +46,10 @@ use tenet_proto::notice::{Undeliverable, UndeliverableReason};
 use tenet_proto::{Codec, Domain, EntityId, Filter, Message, Mtype};
 
 use crate::guard::{Dropped, Guard, GuardChain, GuardContext, Ingress};
+
+/// Mtypes whose param is a secret (a PIN or PUK): tap copies of them carry
+/// an empty param.
+pub const SECRET_PARAMS: [Mtype; 3] = [Mtype::VERIFY_PIN, Mtype::UNBLOCK_PIN, Mtype::CHANGE_PIN];
 
 /// A reader of the table.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
@@ -556,7 +564,17 @@ impl DispatchTable {
                 limit: limits.total,
             });
         }
-        if !notice && e.queue.len() >= limits.per_destination {
+        // Notices may exceed the per-destination bound, so a sender whose
+        // own queue is full still learns of a failure, but only up to twice
+        // the bound: a reader that does not read (an app that never reads,
+        // a peer that never acknowledges) cannot fill the whole table with
+        // notices about its own messages.
+        let bound = if notice {
+            limits.per_destination.saturating_mul(2)
+        } else {
+            limits.per_destination
+        };
+        if e.queue.len() >= bound {
             self.stats.refused_full += 1;
             return Err(StoreError::QueueFull {
                 dst: message.dst(),
@@ -592,6 +610,16 @@ impl DispatchTable {
 
     fn tap_copies(&mut self, m: &Message, now: Instant) {
         let max = self.limits.tap_queue;
+        // A tap shows that a PIN was verified, changed or unblocked, never
+        // the PIN or PUK: any app may tap, and a PIN it saw would let it
+        // join the card's authenticated set.
+        let redacted;
+        let m = if SECRET_PARAMS.contains(&m.mtype()) {
+            redacted = Message::new(m.src(), m.dst(), m.mtype(), Vec::new());
+            &redacted
+        } else {
+            m
+        };
         for t in &self.taps {
             if !t.filter.matches(&m.header) {
                 continue;

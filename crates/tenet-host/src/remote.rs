@@ -138,7 +138,7 @@ pub(crate) struct Remote {
     window: usize,
     rate: f64,
     burst: f64,
-    peers: std::sync::Mutex<Vec<Arc<Peer>>>,
+    pub(crate) peers: std::sync::Mutex<Vec<Arc<Peer>>>,
     next_link: AtomicU64,
     pub(crate) stats: RemoteStats,
 }
@@ -527,19 +527,22 @@ async fn run_link<S: LinkStream>(
     else {
         unreachable!("checked above")
     };
-    let peer = match &dialed {
-        Some(p) => p.clone(),
-        None => {
-            let known = lock(&remote.peers)
-                .iter()
-                .find(|p| lock(&p.inner).host == Some(host))
-                .cloned();
-            match known {
-                Some(p) => p,
-                None => remote.new_peer(shared, host.to_string(), Vec::new()),
-            }
-        }
+    let known = |host: EntityId| {
+        lock(&remote.peers)
+            .iter()
+            .find(|p| lock(&p.inner).host == Some(host))
+            .cloned()
     };
+    // A host not seen before gets its peer state only once its hello is
+    // accepted: refused hellos with ever new host ids must not pile up
+    // peers and dispatch endpoints.
+    let existing = match &dialed {
+        Some(p) => Some(p.clone()),
+        None => known(host),
+    };
+    let label = existing
+        .as_ref()
+        .map_or_else(|| host.to_string(), |p| p.label.clone());
     // Authorize: the host id's domain and every announced domain must be
     // named by the peer's certificate or listed for it in the config.
     let plaintext = remote.tls.is_none();
@@ -550,7 +553,7 @@ async fn run_link<S: LinkStream>(
     let others: Vec<Domain> = {
         let peers: Vec<Arc<Peer>> = lock(&remote.peers)
             .iter()
-            .filter(|p| p.ep != peer.ep)
+            .filter(|p| existing.as_ref().is_none_or(|e| p.ep != e.ep))
             .cloned()
             .collect();
         peers
@@ -558,7 +561,8 @@ async fn run_link<S: LinkStream>(
             .flat_map(|p| lock(&p.inner).subscribed.clone())
             .collect()
     };
-    let pinned = lock(&peer.inner).host;
+    let pinned = existing.as_ref().and_then(|p| lock(&p.inner).host);
+    let config_domains: &[Domain] = existing.as_ref().map_or(&[], |p| &p.config_domains);
     let local: Vec<bool> = {
         let t = lock(&shared.table);
         wanted.iter().map(|d| t.is_local_domain(*d)).collect()
@@ -578,7 +582,7 @@ async fn run_link<S: LinkStream>(
                 } else if others.contains(d) {
                     Some(format!("domain {d} is already served by another peer"))
                 } else if !(plaintext
-                    || peer.config_domains.contains(d)
+                    || config_domains.contains(d)
                     || cert_allows(cert.as_ref(), *d))
                 {
                     Some(format!("not authorized for domain {d}"))
@@ -590,10 +594,14 @@ async fn run_link<S: LinkStream>(
     };
     if let Some(reason) = refusal {
         remote.stats.links_refused.fetch_add(1, Ordering::Relaxed);
-        warn!(peer = %peer.label, %host, %reason, "link refused");
+        warn!(peer = %label, %host, %reason, "link refused");
         send_close(&mut wr, &reason).await;
         return;
     }
+    let peer = match existing.or_else(|| known(host)) {
+        Some(p) => p,
+        None => remote.new_peer(shared, label, Vec::new()),
+    };
     // One link per peer: a reconnect in the same direction replaces the old
     // one; of two links dialed in opposite directions, the one dialed by the
     // smaller host id stays.

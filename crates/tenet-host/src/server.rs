@@ -20,7 +20,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tenet_dispatch::{DispatchTable, EndpointId, Event, Ingress, StoreError, TapItem};
 use tenet_proto::app::{ClientFrame, DaemonFrame, ErrorCode, MAX_APP_FRAME, TapId};
 use tenet_proto::frame::{begin_frame, finish_frame, split_frame};
-use tenet_proto::{Codec, Domain, EntityId, Filter, Message};
+use tenet_proto::notice::Refused;
+use tenet_proto::{Codec, Domain, EntityId, Filter, Message, Mtype};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -174,7 +175,9 @@ pub(crate) struct Shared {
     card: Option<CardAttach>,
     pub(crate) remote: Option<Arc<crate::remote::Remote>>,
     pub(crate) nats: Option<Arc<crate::nats::Nats>>,
-    ttp: Option<std::sync::mpsc::Sender<Message>>,
+    ttp: Option<std::sync::mpsc::SyncSender<Message>>,
+    /// Recovery requests refused because the TTP's queue was full.
+    ttp_busy: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -245,6 +248,29 @@ impl HostHandle {
     /// Counters of the dispatch table.
     pub fn stats(&self) -> tenet_dispatch::Stats {
         lock(&self.shared.table).stats()
+    }
+
+    /// Messages waiting in the dispatch table now (notices included).
+    pub fn queued(&self) -> usize {
+        lock(&self.shared.table).len()
+    }
+
+    /// Recovery requests refused with "the TTP is busy" because the queue
+    /// of requests waiting for a decision (bounded by
+    /// `dispatch.per_destination`) was full.
+    pub fn ttp_busy(&self) -> u64 {
+        self.shared
+            .ttp_busy
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Peer hosts the remote proxy keeps state for (configured peers and
+    /// hosts whose hello was accepted).
+    pub fn remote_peers(&self) -> usize {
+        self.shared
+            .remote
+            .as_ref()
+            .map_or(0, |r| lock(&r.peers).len())
     }
 
     /// Stops accepting, closes every connection and removes the socket.
@@ -320,7 +346,9 @@ pub async fn start(config: &Config) -> Result<HostHandle, HostError> {
     };
     let (ttp_tx, ttp_rx) = match ttp_parts {
         Some(_) => {
-            let (tx, rx) = std::sync::mpsc::channel();
+            // Requests waiting for a decision are bounded like any reader's
+            // queue; beyond that the requester is told to ask again.
+            let (tx, rx) = std::sync::mpsc::sync_channel(table.limits().per_destination);
             (Some(tx), Some(rx))
         }
         None => (None, None),
@@ -365,6 +393,7 @@ pub async fn start(config: &Config) -> Result<HostHandle, HostError> {
         remote: remote.map(Arc::new),
         nats,
         ttp: ttp_tx,
+        ttp_busy: Default::default(),
     });
     if let (Some((crypto, store)), Some(rx)) = (ttp_parts, ttp_rx) {
         let (sh, me) = (shared.clone(), domain.owner());
@@ -510,7 +539,29 @@ pub(crate) fn run_events(shared: &Shared, events: Vec<Event>) {
                     if d.message.mtype() == tenet_voucher::msg::RECOVERY_REQUEST
                         && let Some(tx) = &shared.ttp
                     {
-                        let _ = tx.send(d.message);
+                        if let Err(e) = tx.try_send(d.message) {
+                            let m = match e {
+                                std::sync::mpsc::TrySendError::Full(m)
+                                | std::sync::mpsc::TrySendError::Disconnected(m) => m,
+                            };
+                            shared
+                                .ttp_busy
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            warn!(requester = %m.src(), "TTP busy: recovery request refused");
+                            let busy = Message::new(
+                                me,
+                                m.src(),
+                                Mtype::REFUSED,
+                                Refused {
+                                    mtype: m.mtype(),
+                                    text: "the TTP is busy; ask again later".into(),
+                                }
+                                .to_bytes(),
+                            );
+                            if let Err(e) = t.store(Ingress::Internal, busy, Instant::now()) {
+                                warn!(error = %e, to = %m.src(), "host entity answer not stored");
+                            }
+                        }
                         continue;
                     }
                     if let Some(answer) = crate::entity::answer(me, &d.message)

@@ -173,3 +173,55 @@ async fn a_message_claiming_the_receivers_own_domain_is_refused() {
     );
     a.shutdown().await;
 }
+
+/// A payload one byte above the largest message is refused by the receiving
+/// host as malformed and nothing is stored; a message of ordinary size from
+/// the same sender is stored and delivered right after.
+#[tokio::test]
+async fn an_oversized_message_through_nats_is_refused() {
+    let port = free_port();
+    let _server = NatsServer::start(port);
+    let dir = tempfile::tempdir().unwrap();
+    let da = Domain::new([0xa1; 12]);
+    let a = host(dir.path(), "a", da, port).await;
+    let mut target = Capability::acquire(a.socket_path()).await.unwrap();
+    let peer = async_nats::ConnectOptions::new()
+        .user_and_password("tenet".into(), "s3cret".into())
+        .connect(format!("nats://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let src = EntityId::new(Domain::new([0x66; 12]), Port::new(1));
+    let big = Message::new(
+        src,
+        target.id(),
+        Mtype(0x8001),
+        vec![0; tenet_proto::MAX_MESSAGE_LEN - 33],
+    );
+    let answer = peer
+        .request(format!("tenet.d.{da}"), big.to_bytes().into())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer.payload);
+    assert!(
+        text.contains("malformed") && text.contains("65536"),
+        "{text}"
+    );
+    let ok = Message::new(src, target.id(), Mtype(0x8001), b"fits".to_vec());
+    let answer = peer
+        .request(format!("tenet.d.{da}"), ok.to_bytes().into())
+        .await
+        .unwrap();
+    assert!(answer.payload.is_empty(), "stored");
+    let m = tokio::time::timeout(WAIT, target.receive())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((m.src(), m.param.as_slice()), (src, &b"fits"[..]));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), target.receive())
+            .await
+            .is_err(),
+        "only that one"
+    );
+    a.shutdown().await;
+}

@@ -564,3 +564,146 @@ fn an_admission_with_another_certificate_than_the_pinned_one_is_refused() {
     w.recover_all();
     assert_eq!(w.holdings(), SWAPPED);
 }
+
+/// One step of a scripted run.
+#[derive(Clone, Copy, Debug)]
+enum Act {
+    /// Wallet A starts an exchange; wallet B accepts the offer it gets.
+    Start,
+    /// The first message in flight arrives.
+    Deliver,
+    /// The first message in flight is lost.
+    Drop,
+    /// The wallet of card A or B orders recovery of all that is pending.
+    Recover(u8),
+}
+
+/// Replays, on a copy of `w`, every message seen so far: each offer as its
+/// wallet's accept again and as an offer to the responder card itself,
+/// every message delivered from the network (`m2`, `m3`, `m4`, recovery
+/// requests, admissions) to its destination again. Returns the copy.
+fn replay_all(w: &World, offers: &[Vec<u8>], seen: &[Wire]) -> World {
+    let mut r = w.clone();
+    for o in offers {
+        r.input(B, wallet(B), msg::ACCEPT, o.clone());
+        r.input(B, card_id(A), msg::OFFER, o.clone());
+    }
+    for m in seen {
+        r.deliver(m.clone());
+    }
+    r
+}
+
+fn act(w: &mut World, a: Act, offers: &mut Vec<Vec<u8>>, seen: &mut Vec<Wire>) {
+    match a {
+        Act::Start => {
+            w.start();
+            offers.extend(
+                w.to_wallets
+                    .iter()
+                    .filter(|m| m.mtype == msg::OFFER)
+                    .map(|m| m.param.clone()),
+            );
+            w.accept_offers();
+        }
+        Act::Deliver => {
+            let m = w.net.pop_front().expect("a message in flight");
+            seen.push(m.clone());
+            w.deliver(m);
+        }
+        Act::Drop => {
+            w.net.pop_front().expect("a message in flight");
+        }
+        Act::Recover(who) => {
+            let card = if who == A { &w.a } else { &w.b };
+            let ids: Vec<ExchangeId> = card.pending().map(|(id, _)| *id).collect();
+            for id in ids {
+                w.input(who, wallet(who), msg::RECOVER, id.to_bytes());
+            }
+        }
+    }
+}
+
+/// Replays of every protocol message, at every step of a run that commits,
+/// of runs recovered by abort and by resolve, and of a second exchange after
+/// a first: a replay changes neither card's state nor the TTP's decisions,
+/// and the run still ends as it would have without it.
+#[test]
+fn each_message_replayed_after_each_step_changes_nothing() {
+    use Act::*;
+    const TWICE: [u64; 4] = [1, 2, 4, 1];
+    let runs: Vec<(&str, Vec<Act>, [u64; 4])> = vec![
+        ("commit", vec![Start, Deliver, Deliver, Deliver], SWAPPED),
+        (
+            "m2 lost, B aborts",
+            vec![Start, Drop, Recover(B), Deliver, Deliver, Recover(A)],
+            BEFORE,
+        ),
+        (
+            "m3 lost, B aborts first",
+            vec![
+                Start,
+                Deliver,
+                Drop,
+                Recover(B),
+                Deliver,
+                Deliver,
+                Recover(A),
+                Deliver,
+                Deliver,
+            ],
+            BEFORE,
+        ),
+        (
+            "m3 lost, A resolves first",
+            vec![
+                Start,
+                Deliver,
+                Drop,
+                Recover(A),
+                Deliver,
+                Deliver,
+                Recover(B),
+                Deliver,
+                Deliver,
+            ],
+            SWAPPED,
+        ),
+        (
+            "m4 lost, A resolves",
+            vec![Start, Deliver, Deliver, Drop, Recover(A), Deliver, Deliver],
+            SWAPPED,
+        ),
+        (
+            "a second exchange after a first",
+            vec![
+                Start, Deliver, Deliver, Deliver, Start, Deliver, Deliver, Deliver,
+            ],
+            TWICE,
+        ),
+    ];
+    for (name, acts, end) in runs {
+        let mut w = World::new();
+        let (mut offers, mut seen) = (Vec::new(), Vec::new());
+        for (i, a) in acts.iter().enumerate() {
+            act(&mut w, *a, &mut offers, &mut seen);
+            let mut r = replay_all(&w, &offers, &seen);
+            assert_eq!(r.a, w.a, "{name}, after {a:?} (step {i}): card A changed");
+            assert_eq!(r.b, w.b, "{name}, after {a:?} (step {i}): card B changed");
+            assert_eq!(
+                r.ttp.decided, w.ttp.decided,
+                "{name}, after {a:?} (step {i}): the TTP decided anew"
+            );
+            // The rest of the run, with the replays' answers still in flight.
+            let (mut o2, mut s2) = (offers.clone(), seen.clone());
+            for a in &acts[i + 1..] {
+                act(&mut r, *a, &mut o2, &mut s2);
+            }
+            r.run();
+            assert_eq!(r.holdings(), end, "{name}, replayed after step {i}");
+            assert!(r.a.pending().next().is_none() && r.b.pending().next().is_none());
+        }
+        w.run();
+        assert_eq!(w.holdings(), end, "{name} without replays");
+    }
+}

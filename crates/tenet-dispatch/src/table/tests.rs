@@ -358,6 +358,36 @@ fn notice_that_cannot_be_stored_is_counted_and_reported() {
 }
 
 #[test]
+fn tap_copies_of_pin_messages_carry_no_param() {
+    let mut t = table(Limits::default());
+    let now = Instant::now();
+    let (a, card, w) = (t.add_endpoint(), t.add_endpoint(), t.add_endpoint());
+    t.bind(a, id(1, 1)).unwrap();
+    t.bind(card, id(2, 0)).unwrap();
+    let tap = t.tap(w, Filter::ANY).unwrap();
+    for mt in SECRET_PARAMS {
+        let m = Message::new(id(1, 1), id(2, 0), mt, b"1234".to_vec());
+        t.store(Ingress::App, m.clone(), now).unwrap();
+        assert_eq!(t.take(card).unwrap().message, m, "the card gets the PIN");
+        match t.take_tap(w).unwrap() {
+            TapItem::Copy {
+                tap: c, message, ..
+            } => {
+                assert_eq!((c, message.header), (tap, m.header));
+                assert!(message.param.is_empty(), "{mt}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let echo = msg(id(1, 1), id(2, 0), Mtype::ECHO_REQUEST.0);
+    t.store(Ingress::App, echo.clone(), now).unwrap();
+    assert!(
+        matches!(t.take_tap(w), Some(TapItem::Copy { message, .. }) if message == echo),
+        "other copies are whole"
+    );
+}
+
+#[test]
 fn notices_may_exceed_the_per_destination_bound() {
     let limits = Limits {
         per_destination: 1,
@@ -372,6 +402,44 @@ fn notices_may_exceed_the_per_destination_bound() {
     t.store(Ingress::App, msg(id(1, 1), id(4, 4), 9), now)
         .unwrap();
     assert_eq!(t.pending(a), 2, "the sender still learns of the failure");
+}
+
+/// A reader that never reads and keeps sending to nowhere must not fill the
+/// table with notices about its own messages: beyond twice the
+/// per-destination bound they are dropped and counted, and others still
+/// find room.
+#[test]
+fn notices_stop_at_twice_the_per_destination_bound() {
+    let limits = Limits {
+        per_destination: 4,
+        total: 32,
+        ..Limits::default()
+    };
+    let mut t = table(limits);
+    let now = Instant::now();
+    let (a, b) = (t.add_endpoint(), t.add_endpoint());
+    t.bind(a, id(1, 1)).unwrap();
+    t.bind(b, id(1, 2)).unwrap();
+    for _ in 0..100 {
+        t.store(Ingress::App, msg(id(1, 1), id(1, 99), 9), now)
+            .unwrap();
+    }
+    assert_eq!(t.pending(a), 8, "notices up to twice the bound");
+    assert_eq!(t.stats().notices_dropped, 92);
+    assert_eq!(
+        t.store(Ingress::App, msg(id(1, 2), id(1, 1), 9), now),
+        Err(StoreError::QueueFull {
+            dst: id(1, 1),
+            which: "per-destination",
+            limit: 4
+        }),
+        "a's queue is full for ordinary messages"
+    );
+    assert_eq!(
+        t.store(Ingress::App, msg(id(1, 1), id(1, 2), 9), now),
+        Ok(Stored::Queued(b)),
+        "the table still has room for others"
+    );
 }
 
 #[test]
