@@ -129,7 +129,15 @@ fn sign_leaf(
         ];
     }
     p.use_authority_key_identifier_extension = true;
-    Ok((p.signed_by(subject_key, &issuer)?, ca_pem))
+    // rcgen writes the CA's subject back as the issuer, and panics (in
+    // yasna) on an attribute type it read as an invalid OID: a first byte of
+    // 120 or more becomes a first arc of 3 or more. A corrupt CA file is an
+    // error, not a crash.
+    let signed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        p.signed_by(subject_key, &issuer)
+    }))
+    .map_err(|_| CertError::Gen(rcgen::Error::CouldNotParseCertificate))??;
+    Ok((signed, ca_pem))
 }
 
 /// Makes a key and a certificate for it, saved as `dir/STEM.pem`, `.key`.

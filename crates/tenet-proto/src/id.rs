@@ -74,7 +74,8 @@ impl FromStr for Domain {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || IdParseError::BadDomain(s.to_owned());
-        if s.len() != 2 * DOMAIN_LEN || !s.is_ascii() {
+        // Hex digits only: `from_str_radix` alone would also take a `+`.
+        if s.len() != 2 * DOMAIN_LEN || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad());
         }
         let mut out = [0u8; DOMAIN_LEN];

@@ -128,7 +128,8 @@ impl FromStr for Mtype {
             .strip_prefix("0x")
             .or_else(|| s.strip_prefix("0X"))
             .ok_or_else(|| MtypeParseError(s.to_owned()))?;
-        if hex.is_empty() || hex.len() > 4 {
+        // Hex digits only: `from_str_radix` alone would also take a `+`.
+        if hex.is_empty() || hex.len() > 4 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(MtypeParseError(s.to_owned()));
         }
         u16::from_str_radix(hex, 16)
