@@ -63,6 +63,32 @@ pub fn handle_request(
     src: EntityId,
     req: &RecoveryRequest,
 ) -> Result<Admission, TtpError> {
+    handle_request_keyed(crypto, store, src, req, DecisionKey::ExchangeHash)
+}
+
+/// What the TTP records its one decision under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DecisionKey {
+    /// `h(n2)`, the exchange id (the paper's appendix). What the TTP uses.
+    ExchangeHash,
+    /// `n1`, as in the protocol the paper revised (its reference 17). With
+    /// it, the user of `S_B` can replay `m1` to a card that no longer
+    /// remembers it and abort that second run, which aborts the first run
+    /// too. Kept only so that the model checker can show that attack; no
+    /// service uses it.
+    OfferNonce,
+}
+
+/// [`handle_request`] with the decision recorded under `key`. Under
+/// [`DecisionKey::OfferNonce`] a decision recorded for one exchange of an
+/// `n1` is applied to every exchange of that `n1`.
+pub fn handle_request_keyed(
+    crypto: &mut dyn Crypto,
+    store: &mut dyn DecisionStore,
+    src: EntityId,
+    req: &RecoveryRequest,
+    key: DecisionKey,
+) -> Result<Admission, TtpError> {
     let refused = |s: String| TtpError::Refused(s);
     let id = req.agreement.id;
     if req.agreement.offer_digest != req.offer.digest() {
@@ -101,5 +127,20 @@ pub fn handle_request(
         signature: crypto.sign(&req.kind.admission_bytes(&id)),
         certificate: certificate.clone(),
     };
-    store.decide(&id, &mut make).map_err(TtpError::Store)
+    let key = match key {
+        DecisionKey::ExchangeHash => id,
+        DecisionKey::OfferNonce => ExchangeId(crate::model::h(&[b"tenet-n1", &req.offer.n1])),
+    };
+    let decided = store.decide(&key, &mut make).map_err(TtpError::Store)?;
+    if decided.id == id {
+        return Ok(decided);
+    }
+    // Only under `OfferNonce`: the decision was made for another exchange
+    // of the same n1; the TTP signs it again for this one.
+    Ok(Admission {
+        kind: decided.kind,
+        id,
+        signature: crypto.sign(&decided.kind.admission_bytes(&id)),
+        certificate,
+    })
 }
