@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+
+use crate::bench_report::{Plot, Section, emit, progress, ratio, write_report};
 use clap::Subcommand;
 use tenet_client::Capability;
 use tenet_dispatch::{DispatchTable, Ingress, Limits};
@@ -34,6 +36,16 @@ pub enum Which {
         #[arg(long, default_value_t = 5_000)]
         echoes: u32,
     },
+    /// Every scenario, one after the other, with a markdown report.
+    All {
+        /// Write the report here (with its SVG plots in a `benchmarks`
+        /// folder beside it), e.g. docs/benchmarks.md.
+        #[arg(long)]
+        report: Option<std::path::PathBuf>,
+        /// Smaller counts: a quick look rather than a measurement.
+        #[arg(long)]
+        quick: bool,
+    },
     /// One APDU through pcscd + vpcd next to the in-process card link, and
     /// `ping CARD-ID` through the daemon over both (needs `--features pcsc`
     /// and pcscd running with the vpcd driver).
@@ -50,16 +62,58 @@ pub enum Which {
     },
 }
 
-pub async fn run(which: Which) -> Result<ExitCode> {
+pub async fn run(which: Which, json: bool) -> Result<ExitCode> {
     match which {
-        Which::Core { messages, echoes } => core(messages, echoes).await,
-        Which::Remote { echoes } => crate::bench_remote::run(echoes).await,
+        Which::Core { messages, echoes } => {
+            emit(&[core(messages, echoes).await?], json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Which::All { report, quick } => {
+            let sections = all(quick).await?;
+            emit(&sections, json);
+            if let Some(path) = report {
+                write_report(&path, &sections)?;
+                eprintln!("report written to {}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Which::Remote { echoes } => {
+            emit(&[crate::bench_remote::run(echoes).await?], json);
+            Ok(ExitCode::SUCCESS)
+        }
         Which::Card {
             rounds,
             vpcd,
             reader,
-        } => crate::bench_card::run(rounds, &vpcd, &reader).await,
+        } => {
+            emit(
+                &[crate::bench_card::run(rounds, &vpcd, &reader).await?],
+                json,
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// Runs every scenario this build has, in a fixed order.
+async fn all(quick: bool) -> Result<Vec<Section>> {
+    let scale = |full: u64, small: u64| if quick { small } else { full };
+    let mut sections = vec![core(scale(2_000_000, 200_000), scale(20_000, 2_000) as u32).await?];
+    sections.push(crate::bench_remote::run(scale(5_000, 1_000) as u32).await?);
+    if cfg!(feature = "pcsc") {
+        sections.push(
+            crate::bench_card::run(
+                scale(5_000, 500) as u32,
+                "127.0.0.1:35963",
+                "Virtual PCD 00 00",
+            )
+            .await
+            .context("the card scenario needs pcscd running with the vpcd driver")?,
+        );
+    } else {
+        eprintln!("card: not in this build (rebuild with --features pcsc)");
+    }
+    Ok(sections)
 }
 
 pub(crate) struct Summary {
@@ -103,24 +157,31 @@ pub(crate) async fn echo_frames<S: tokio::io::AsyncRead + tokio::io::AsyncWrite 
     }
 }
 
-/// Prints the header of a round-trip table.
-pub(crate) fn print_header() {
-    println!(
-        "\n{:<52} {:>10} {:>10} {:>10} {:>10}",
-        "round trip", "mean us", "p50 us", "p99 us", "p50 ratio"
+/// A markdown table of round trips, each p50 also as a multiple of the
+/// first row's (the baseline), with the same figures as JSON.
+pub(crate) fn rtt_table(rows: &[(&str, &Summary)]) -> (String, serde_json::Value) {
+    let base = rows[0].1.p50.as_secs_f64();
+    let mut md = String::from(
+        "| round trip | mean us | p50 us | p99 us | p50 ratio |\n|---|---:|---:|---:|---:|\n",
     );
-}
-
-/// Prints one row of a round-trip table, its p50 as a ratio to `base`'s.
-pub(crate) fn print_row(name: &str, s: &Summary, base: &Summary) {
-    println!(
-        "{:<52} {:>10.1} {:>10.1} {:>10.1} {:>9.2}x",
-        name,
-        us(s.mean),
-        us(s.p50),
-        us(s.p99),
-        s.p50.as_secs_f64() / base.p50.as_secs_f64()
-    );
+    let mut json = Vec::new();
+    for (name, s) in rows {
+        md.push_str(&format!(
+            "| {name} | {:.1} | {:.1} | {:.1} | {:.2}x |\n",
+            us(s.mean),
+            us(s.p50),
+            us(s.p99),
+            s.p50.as_secs_f64() / base
+        ));
+        json.push(serde_json::json!({
+            "name": name,
+            "mean_us": us(s.mean),
+            "p50_us": us(s.p50),
+            "p99_us": us(s.p99),
+            "p50_ratio": s.p50.as_secs_f64() / base,
+        }));
+    }
+    (md, serde_json::Value::Array(json))
 }
 
 /// Messages per second stored into and taken from a dispatch table on one
@@ -218,16 +279,10 @@ async fn daemon_echo(
     Ok(out)
 }
 
-async fn core(messages: u64, echoes: u32) -> Result<ExitCode> {
-    println!(
-        "# tenet bench core ({} cores)",
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    );
+pub(crate) async fn core(messages: u64, echoes: u32) -> Result<Section> {
+    let pb = progress(6, "core");
     let dispatch = tokio::task::spawn_blocking(move || dispatch_throughput(messages)).await?;
-    println!(
-        "dispatch table, one thread: {:.0} messages/s (store + take, {messages} messages)",
-        dispatch
-    );
+    pb.inc(1);
 
     let dir = tempfile::tempdir()?;
     let mut cfg = tenet_host::Config::default();
@@ -250,22 +305,44 @@ async fn core(messages: u64, echoes: u32) -> Result<ExitCode> {
         raw.extend(raw_echo(per, warmup / rounds, body).await?);
         app.extend(daemon_echo(&socket, true, per, warmup / rounds).await?);
         hosted.extend(daemon_echo(&socket, false, per, warmup / rounds).await?);
+        pb.inc(1);
     }
+    pb.finish_and_clear();
     host.shutdown().await;
     let (raw, app, hosted) = (summarize(raw), summarize(app), summarize(hosted));
-    print_header();
-    print_row("raw Unix-socket echo (baseline)", &raw, &raw);
-    print_row("app -> daemon -> host entity -> app", &hosted, &raw);
-    print_row("app -> daemon -> app -> daemon -> app", &app, &raw);
-    println!(
-        "\naims: dispatch >= 1,000,000 messages/s: {}; app-to-app echo within 2x raw: {} ({:.2}x)",
-        if dispatch >= 1e6 { "met" } else { "NOT met" },
-        if app.p50.as_secs_f64() <= 2.0 * raw.p50.as_secs_f64() {
-            "met"
-        } else {
-            "NOT met"
-        },
-        app.p50.as_secs_f64() / raw.p50.as_secs_f64()
+    let rows = [
+        ("raw Unix-socket echo (baseline)", &raw),
+        ("app -> daemon -> host entity -> app", &hosted),
+        ("app -> daemon -> app -> daemon -> app", &app),
+    ];
+    let (table, json_rows) = rtt_table(&rows);
+    let app_ratio = app.p50.as_secs_f64() / raw.p50.as_secs_f64();
+    let markdown = format!(
+        "Dispatch table on one thread: **{dispatch:.0} messages/s** (store + take, {messages} messages; aim 1,000,000: {dispatch_aim}).\n\n\
+         Echo round trips, {echoes} per contender, interleaved in {rounds} rounds:\n\n{table}\n\
+         App-to-app echo through the daemon is {app_x} the raw Unix-socket echo (aim: within 2x: {app_aim}).\n",
+        app_x = ratio(app.p50.as_secs_f64(), raw.p50.as_secs_f64()),
+        dispatch_aim = if dispatch >= 1e6 { "met" } else { "NOT met" },
+        app_aim = if app_ratio <= 2.0 { "met" } else { "NOT met" },
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(Section {
+        name: "core",
+        title: "Core: dispatch table and app echo".into(),
+        command: format!("tenet bench core --messages {messages} --echoes {echoes}"),
+        markdown,
+        json: serde_json::json!({
+            "dispatch_messages_per_s": dispatch,
+            "round_trips": json_rows,
+            "app_to_app_p50_ratio": app_ratio,
+        }),
+        plots: vec![Plot {
+            file: "core-echo".into(),
+            title: "Echo round trip, p50".into(),
+            unit: "us".into(),
+            bars: rows
+                .iter()
+                .map(|(n, s)| (n.to_string(), us(s.p50)))
+                .collect(),
+        }],
+    })
 }

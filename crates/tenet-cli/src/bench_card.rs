@@ -5,7 +5,7 @@ pub async fn run(
     _rounds: u32,
     _vpcd: &str,
     _reader: &str,
-) -> anyhow::Result<std::process::ExitCode> {
+) -> anyhow::Result<crate::bench_report::Section> {
     anyhow::bail!("`tenet bench card` compares against PC/SC: rebuild with `--features pcsc`")
 }
 
@@ -16,7 +16,6 @@ pub use with_pcsc::run;
 mod with_pcsc {
     use std::net::{Shutdown, TcpStream};
     use std::path::{Path, PathBuf};
-    use std::process::ExitCode;
     use std::time::{Duration, Instant};
 
     use anyhow::{Context, Result, bail};
@@ -25,7 +24,8 @@ mod with_pcsc {
     use tenet_host::link::{CardSession, InProcessLink, PcscLink};
     use tenet_proto::{Domain, EntityId, Message, Mtype, Port};
 
-    use crate::bench::{print_header, print_row, summarize, us};
+    use crate::bench::{rtt_table, summarize, us};
+    use crate::bench_report::{Plot, Section, progress};
 
     fn make_card(path: &Path, seed: u8) -> Result<Domain> {
         let mut b = [seed; 12];
@@ -134,12 +134,12 @@ mod with_pcsc {
         Ok(tenet_host::start(&cfg).await?)
     }
 
-    pub async fn run(rounds: u32, vpcd: &str, reader: &str) -> Result<ExitCode> {
+    pub async fn run(rounds: u32, vpcd: &str, reader: &str) -> Result<Section> {
         let dir = tempfile::tempdir()?;
         let (store_a, store_b) = (dir.path().join("a.store"), dir.path().join("b.store"));
         let card_a = make_card(&store_a, 0xaa)?.owner();
         let card_b = make_card(&store_b, 0xbb)?.owner();
-        println!("# tenet bench card: {rounds} round trips per contender, interleaved in 5 rounds");
+        let bar = progress(2, "card");
 
         // APDU level: one DELIVER (echo, 42-byte message) per round trip.
         let (sa, vpcd2, reader2, sb) = (
@@ -173,6 +173,7 @@ mod with_pcsc {
             Ok((summarize(x), summarize(y), summarize(z)))
         })
         .await??;
+        bar.inc(1);
 
         // Through the daemon: `ping CARD-ID` from an app, over both links.
         let plugged = plug(store_b.clone(), vpcd, true)?;
@@ -213,26 +214,47 @@ mod with_pcsc {
         tokio::task::spawn_blocking(move || plugged.unplug()).await?;
         let (pa, pb) = (summarize(pa), summarize(pb));
 
-        print_header();
-        print_row("APDU, in-process card link (baseline)", &inproc, &inproc);
-        print_row("APDU, pcscd + vpcd, TCP_QUICKACK re-armed", &pcsc, &inproc);
-        print_row(
-            "APDU, pcscd + vpcd, no TCP_QUICKACK (20 only)",
-            &no_quickack,
-            &inproc,
-        );
-        print_row("ping CARD-ID via daemon, in-process card", &pa, &inproc);
-        print_row("ping CARD-ID via daemon, pcscd + vpcd", &pb, &inproc);
-        println!(
-            "\naim: one APDU through pcscd at most 150 us on this machine class: {} (p50 {:.1} us); QUICKACK saves {:.0}x",
+        bar.finish_and_clear();
+        let rows = [
+            ("APDU, in-process card link (baseline)", &inproc),
+            ("APDU, pcscd + vpcd, TCP_QUICKACK re-armed", &pcsc),
+            (
+                "APDU, pcscd + vpcd, no TCP_QUICKACK (20 only)",
+                &no_quickack,
+            ),
+            ("ping CARD-ID via daemon, in-process card", &pa),
+            ("ping CARD-ID via daemon, pcscd + vpcd", &pb),
+        ];
+        let (table, json_rows) = rtt_table(&rows);
+        let quickack = no_quickack.p50.as_secs_f64() / pcsc.p50.as_secs_f64();
+        let markdown = format!(
+            "Card round trips, {rounds} per contender, interleaved in 5 rounds:\n\n{table}\n\
+             One APDU through pcscd + vpcd: p50 {:.1} us (aim at most 150 us on this machine class: {}). \
+             Re-arming TCP_QUICKACK on the card's socket saves {quickack:.0}x.\n",
+            us(pcsc.p50),
             if us(pcsc.p50) <= 150.0 {
                 "met"
             } else {
                 "NOT met"
             },
-            us(pcsc.p50),
-            no_quickack.p50.as_secs_f64() / pcsc.p50.as_secs_f64()
         );
-        Ok(ExitCode::SUCCESS)
+        let plot = Plot {
+            file: "card-round-trip".into(),
+            title: "Card round trip, p50 (without the no-QUICKACK row)".into(),
+            unit: "us".into(),
+            bars: rows
+                .iter()
+                .filter(|(n, _)| !n.contains("no TCP_QUICKACK"))
+                .map(|(n, s)| (n.to_string(), us(s.p50)))
+                .collect(),
+        };
+        Ok(Section {
+            name: "card",
+            title: "Card: APDUs through pcscd + vpcd and the in-process link".into(),
+            command: format!("tenet bench card --rounds {rounds}"),
+            markdown,
+            json: serde_json::json!({ "round_trips": json_rows, "quickack_saves": quickack }),
+            plots: vec![plot],
+        })
     }
 }

@@ -2,7 +2,7 @@
 //! baselines.
 
 use std::path::Path;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -13,7 +13,8 @@ use tenet_proto::Domain;
 use tenet_proto::frame::write_frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::bench::{echo_frames, print_header, print_row, summarize};
+use crate::bench::{echo_frames, rtt_table, summarize, us};
+use crate::bench_report::{Plot, Section, progress};
 
 struct Kill(Child);
 
@@ -101,11 +102,11 @@ fn config(dir: &Path, name: &str, domain: Domain) -> tenet_host::Config {
     c
 }
 
-pub async fn run(echoes: u32) -> Result<ExitCode> {
+pub async fn run(echoes: u32) -> Result<Section> {
     let dir = tempfile::tempdir()?;
     let (da, db) = (Domain::new([0xa1; 12]), Domain::new([0xb2; 12]));
     let body = tenet_proto::HEADER_LEN + 8;
-    println!("# tenet bench remote: {echoes} round trips per contender, interleaved in 5 rounds");
+    let mut notes = String::new();
 
     // TLS: A dials B; an app on A echoes B's host entity.
     let ca = dir.path().join("ca");
@@ -138,7 +139,9 @@ pub async fn run(echoes: u32) -> Result<ExitCode> {
     {
         Ok(c) => Some(Kill(c)),
         Err(e) => {
-            println!("(nats-server not available: {e}; NATS rows skipped)");
+            notes.push_str(&format!(
+                "nats-server not available ({e}): NATS rows skipped.\n\n"
+            ));
             None
         }
     };
@@ -181,6 +184,7 @@ pub async fn run(echoes: u32) -> Result<ExitCode> {
     let (mut raw, mut tls, mut nreq, mut ndae) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     raw_tcp_echo(200, body).await?;
     daemon_echo(&mut tls_app, db.owner(), 200).await?;
+    let bar = progress(5, "remote");
     for _ in 0..5 {
         raw.extend(raw_tcp_echo(per, body).await?);
         tls.extend(daemon_echo(&mut tls_app, db.owner(), per).await?);
@@ -188,36 +192,38 @@ pub async fn run(echoes: u32) -> Result<ExitCode> {
             nreq.extend(nats_request(client, per, body).await?);
             ndae.extend(daemon_echo(app, *dst, per).await?);
         }
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     let (raw, tls) = (summarize(raw), summarize(tls));
-    print_header();
-    print_row("raw TCP loopback echo, nodelay (baseline)", &raw, &raw);
-    print_row(
-        "app -> daemon =TLS=> daemon -> host entity, back",
-        &tls,
-        &raw,
+    let (nreq, ndae) = (
+        (!nreq.is_empty()).then(|| summarize(nreq)),
+        (!ndae.is_empty()).then(|| summarize(ndae)),
     );
-    if !nreq.is_empty() {
-        print_row(
-            "plain NATS request/reply through nats-server",
-            &summarize(nreq),
-            &raw,
-        );
-        print_row(
-            "app -> daemon =NATS=> daemon -> host entity, back",
-            &summarize(ndae),
-            &raw,
-        );
+    let mut rows = vec![
+        ("raw TCP loopback echo, nodelay (baseline)", &raw),
+        ("app -> daemon =TLS=> daemon -> host entity, back", &tls),
+    ];
+    if let (Some(r), Some(d)) = (&nreq, &ndae) {
+        rows.push(("plain NATS request/reply through nats-server", r));
+        rows.push(("app -> daemon =NATS=> daemon -> host entity, back", d));
     }
-    println!(
-        "\naim: the TLS path within 2x the raw TCP echo: {} ({:.2}x)",
-        if tls.p50.as_secs_f64() <= 2.0 * raw.p50.as_secs_f64() {
-            "met"
-        } else {
-            "NOT met"
-        },
-        tls.p50.as_secs_f64() / raw.p50.as_secs_f64()
+    let (table, json_rows) = rtt_table(&rows);
+    let tls_ratio = tls.p50.as_secs_f64() / raw.p50.as_secs_f64();
+    let markdown = format!(
+        "{notes}Remote echo round trips, {echoes} per contender, interleaved in 5 rounds:\n\n{table}\n\
+         The TLS path is {tls_ratio:.2}x the raw TCP echo (aim: within 2x: {}).\n",
+        if tls_ratio <= 2.0 { "met" } else { "NOT met" }
     );
+    let plot = Plot {
+        file: "remote-echo".into(),
+        title: "Remote echo round trip, p50".into(),
+        unit: "us".into(),
+        bars: rows
+            .iter()
+            .map(|(n, s)| (n.to_string(), us(s.p50)))
+            .collect(),
+    };
     if let Some((hna, hnb, app, _, _, responder)) = nats_parts {
         responder.abort();
         drop(app);
@@ -228,5 +234,12 @@ pub async fn run(echoes: u32) -> Result<ExitCode> {
     ha.shutdown().await;
     hb.shutdown().await;
     drop(nats);
-    Ok(ExitCode::SUCCESS)
+    Ok(Section {
+        name: "remote",
+        title: "Remote: echo between hosts over TLS and NATS".into(),
+        command: format!("tenet bench remote --echoes {echoes}"),
+        markdown,
+        json: serde_json::json!({ "round_trips": json_rows, "tls_p50_ratio": tls_ratio }),
+        plots: vec![plot],
+    })
 }

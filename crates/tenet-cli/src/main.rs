@@ -20,6 +20,7 @@ use tenet_proto::{Domain, EntityId, Filter, Mtype};
 mod bench;
 mod bench_card;
 mod bench_remote;
+mod bench_report;
 mod card;
 mod demo;
 mod wallet;
@@ -169,6 +170,9 @@ enum Cmd {
     },
     /// Run benchmarks side by side and print ratios.
     Bench {
+        /// Print the results as JSON instead of text.
+        #[arg(long, global = true)]
+        json: bool,
         #[command(subcommand)]
         which: bench::Which,
     },
@@ -284,7 +288,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Card { cmd } => tokio::task::spawn_blocking(move || card::run(cmd)).await?,
-        Cmd::Bench { which } => bench::run(which).await,
+        Cmd::Bench { which, json } => bench::run(which, json).await,
     }
 }
 
