@@ -7,7 +7,7 @@
 //! that recovers it or its counterpart: the debit and the exchange record
 //! are one write. An input that is refused changes nothing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, VecDeque};
 
 use tenet_proto::codec::{Codec, DecodeError, Reader};
 use tenet_proto::tlv::{self, Fields, Tag};
@@ -244,7 +244,15 @@ pub struct Ctx<'a> {
 }
 
 /// Most finished exchanges remembered (older ones are forgotten first).
-pub const HISTORY: usize = 256;
+/// Finished exchanges are kept compact: without the agreement's signature
+/// and certificate, which only recovery needs.
+pub const HISTORY: usize = 64;
+
+/// Most accepted offers remembered to refuse their replay (the oldest is
+/// forgotten first). Safety does not rest on this memory: a replayed offer
+/// that a card no longer remembers starts a new exchange with its own
+/// h(n2), which only its own recovery touches (see docs/model.md).
+pub const ACCEPTED_MEMORY: usize = 128;
 
 /// The voucher applet's persistent state.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
@@ -257,7 +265,7 @@ pub struct VoucherCard {
     pub exchanges: BTreeMap<ExchangeId, Exchange>,
     /// Offers this card accepted as responder (by digest): a replayed offer
     /// is refused.
-    pub accepted: BTreeSet<[u8; 32]>,
+    pub accepted: VecDeque<[u8; 32]>,
     /// The TTP this card trusts, installed at personalization.
     pub ttp: Option<EntityId>,
     /// The TTP's certificate (DER), pinned at personalization: admissions
@@ -432,7 +440,10 @@ impl VoucherCard {
             param: agreement.to_bytes(),
         };
         self.balances = balances;
-        self.accepted.insert(digest);
+        self.accepted.push_back(digest);
+        while self.accepted.len() > ACCEPTED_MEMORY {
+            self.accepted.pop_front();
+        }
         self.exchanges.insert(
             id,
             Exchange {
@@ -556,6 +567,7 @@ impl VoucherCard {
             .map_err(|err| Refusal(err.to_string()))?;
         self.balances = balances;
         self.exchanges.get_mut(&c.id).expect("present").phase = Phase::Committed;
+        self.trim();
         let mut outs = vec![commit];
         outs.extend(Self::progress(cx, &c.id, Phase::Committed));
         Ok(outs)
@@ -588,6 +600,7 @@ impl VoucherCard {
         let e = self.exchanges.get_mut(&id).expect("present");
         e.phase = Phase::Committed;
         e.n2 = Some(m.n2);
+        self.trim();
         Ok(Self::progress(cx, &id, Phase::Committed))
     }
 
@@ -675,12 +688,19 @@ impl VoucherCard {
         let _ = role;
         self.balances = balances;
         self.exchanges.get_mut(&a.id).expect("present").phase = phase;
+        self.trim();
         Ok(Self::progress(cx, &a.id, phase))
     }
 
-    /// Forgets the oldest finished exchanges beyond [`HISTORY`]; pending
-    /// ones are never forgotten.
+    /// Compacts finished exchanges and forgets the oldest beyond
+    /// [`HISTORY`]; pending ones are never touched.
     fn trim(&mut self) {
+        for e in self.exchanges.values_mut() {
+            if e.phase.is_final() {
+                e.agreement.signature.clear();
+                e.agreement.certificate.clear();
+            }
+        }
         let finished: Vec<ExchangeId> = self
             .exchanges
             .iter()

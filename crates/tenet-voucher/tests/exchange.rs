@@ -707,3 +707,35 @@ fn each_message_replayed_after_each_step_changes_nothing() {
         assert_eq!(w.holdings(), end, "{name} without replays");
     }
 }
+
+/// A card's stored state stays bounded however many exchanges it runs:
+/// finished exchanges are compacted and at most `HISTORY` kept, accepted
+/// offers at most `ACCEPTED_MEMORY`. (A card's store is a few tens of KiB.)
+#[test]
+fn a_cards_state_stays_bounded_over_many_exchanges() {
+    use tenet_voucher::card::{ACCEPTED_MEMORY, HISTORY};
+    let mut w = World::new();
+    let rounds = 2 * (HISTORY + ACCEPTED_MEMORY);
+    w.input(A, wallet(A), MINT, coffee(2 * rounds as u64).to_bytes());
+    w.input(B, wallet(B), MINT, ticket(rounds as u64).to_bytes());
+    let mut sizes = Vec::new();
+    for _ in 0..rounds {
+        w.start();
+        w.accept_offers();
+        w.run();
+        sizes.push((w.a.to_bytes().len(), w.b.to_bytes().len()));
+    }
+    assert!(w.refusals.is_empty(), "{:?}", w.refusals);
+    assert_eq!(w.b.accepted.len(), ACCEPTED_MEMORY);
+    assert_eq!(w.a.exchanges.len(), HISTORY);
+    assert_eq!(w.b.exchanges.len(), HISTORY);
+    assert!(
+        w.a.exchanges
+            .values()
+            .all(|e| e.phase == Phase::Committed && e.agreement.certificate.is_empty())
+    );
+    // Once both memories are full, the size no longer grows.
+    let steady = HISTORY + ACCEPTED_MEMORY;
+    assert_eq!(sizes[steady], *sizes.last().unwrap(), "{sizes:?}");
+    assert!(sizes.last().unwrap().1 < 24 * 1024, "{sizes:?}");
+}
