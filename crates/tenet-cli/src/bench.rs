@@ -36,6 +36,20 @@ pub enum Which {
         #[arg(long, default_value_t = 5_000)]
         echoes: u32,
     },
+    /// The voucher exchange between two hosts over TLS: latency, throughput
+    /// with several card pairs at once, and the cryptographic floor.
+    Exchange {
+        /// Exchanges for the latency figures (throughput runs 4x as many,
+        /// shared among the pairs).
+        #[arg(long, default_value_t = 500)]
+        exchanges: u32,
+        /// Card pairs trading at once, one throughput run each.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+        pairs: Vec<usize>,
+        /// Where the cards' stores live in the throughput runs.
+        #[arg(long, value_enum, default_value_t = crate::bench_exchange::Stores::Disk)]
+        stores: crate::bench_exchange::Stores,
+    },
     /// Every scenario, one after the other, with a markdown report.
     All {
         /// Write the report here (with its SVG plots in a `benchmarks`
@@ -66,6 +80,17 @@ pub async fn run(which: Which, json: bool) -> Result<ExitCode> {
     match which {
         Which::Core { messages, echoes } => {
             emit(&[core(messages, echoes).await?], json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Which::Exchange {
+            exchanges,
+            pairs,
+            stores,
+        } => {
+            emit(
+                &[crate::bench_exchange::run(exchanges, &pairs, stores).await?],
+                json,
+            );
             Ok(ExitCode::SUCCESS)
         }
         Which::All { report, quick } => {
@@ -100,6 +125,14 @@ async fn all(quick: bool) -> Result<Vec<Section>> {
     let scale = |full: u64, small: u64| if quick { small } else { full };
     let mut sections = vec![core(scale(2_000_000, 200_000), scale(20_000, 2_000) as u32).await?];
     sections.push(crate::bench_remote::run(scale(5_000, 1_000) as u32).await?);
+    sections.push(
+        crate::bench_exchange::run(
+            scale(500, 50) as u32,
+            &[1, 8, 64],
+            crate::bench_exchange::Stores::Disk,
+        )
+        .await?,
+    );
     if cfg!(feature = "pcsc") {
         sections.push(
             crate::bench_card::run(

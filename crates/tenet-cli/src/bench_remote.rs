@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::bench::{echo_frames, rtt_table, summarize, us};
 use crate::bench_report::{Plot, Section, progress};
+use crate::demo::free_port;
 
 struct Kill(Child);
 
@@ -23,12 +24,6 @@ impl Drop for Kill {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 async fn raw_tcp_echo(n: u32, body: usize) -> Result<Vec<Duration>> {

@@ -19,8 +19,8 @@ use tenet_proto::{Domain, EntityId, Filter, Message};
 use tenet_voucher::card::ExchangeSummary;
 use tenet_voucher::model::{Amount, VoucherClass};
 
-const WAIT: Duration = Duration::from_secs(10);
-const PIN: &[u8] = b"1234";
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
+pub(crate) const PIN: &[u8] = b"1234";
 
 /// Where `--interrupt-after` cuts the run: the message after this step is lost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -44,7 +44,7 @@ impl Step {
     }
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -98,7 +98,7 @@ struct Flow {
     ms: f64,
 }
 
-fn host_config(
+pub(crate) fn host_config(
     dir: &std::path::Path,
     ca: &std::path::Path,
     name: &str,
@@ -119,7 +119,7 @@ fn host_config(
     Ok(cfg)
 }
 
-fn make_card(
+pub(crate) fn make_card(
     dir: &std::path::Path,
     ca: &std::path::Path,
     name: &str,
@@ -149,7 +149,7 @@ fn make_card(
     Ok(store)
 }
 
-async fn wait_links(from: &HostHandle, to: &[EntityId]) -> Result<()> {
+pub(crate) async fn wait_links(from: &HostHandle, to: &[EntityId]) -> Result<()> {
     let mut probe = Capability::acquire(from.socket_path()).await?;
     for dst in to {
         let deadline = tokio::time::Instant::now() + WAIT;

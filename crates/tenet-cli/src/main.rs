@@ -19,6 +19,7 @@ use tenet_proto::{Domain, EntityId, Filter, Mtype};
 
 mod bench;
 mod bench_card;
+mod bench_exchange;
 mod bench_remote;
 mod bench_report;
 mod card;

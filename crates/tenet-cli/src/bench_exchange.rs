@@ -1,0 +1,412 @@
+//! `tenet bench exchange`: the voucher exchange between cards on two hosts
+//! linked by TLS, with in-process virtual cards: the latency of one
+//! exchange (p50, p99), throughput with 1, 8 and 64 card pairs trading at
+//! once, and, in the same run, the cryptographic floor of one exchange: its
+//! two signatures and two certificate-checked verifications, timed alone.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use tenet_client::Capability;
+use tenet_client::wallet::Wallet;
+use tenet_host::HostHandle;
+use tenet_host::config::PeerSection;
+use tenet_proto::{Domain, EntityId};
+use tenet_voucher::crypto::Crypto;
+use tenet_voucher::model::{Amount, VoucherClass};
+use tenet_voucher::msg;
+
+use crate::bench::{Summary, summarize, us};
+use crate::bench_report::{Plot, Section, progress, ratio};
+use crate::demo::{PIN, WAIT, free_port, host_config, make_card, wait_links};
+
+/// Two hosts, a card each, B dialing A.
+struct Pair {
+    ha: HostHandle,
+    hb: HostHandle,
+    card_a: EntityId,
+    card_b: EntityId,
+}
+
+fn domain(tag: u8, i: usize) -> Domain {
+    let mut b = [tag; 12];
+    b[10] = (i >> 8) as u8;
+    b[11] = i as u8;
+    Domain::new(b)
+}
+
+fn class(issuer: Domain, promise: &str) -> VoucherClass {
+    VoucherClass {
+        issuer,
+        promise: promise.into(),
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    ca: PathBuf,
+    ttp: EntityId,
+    ttp_cert: Vec<u8>,
+    stores: PathBuf,
+}
+
+impl Setup {
+    fn new(stores: &Path) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let ca = dir.path().join("ca");
+        tenet_host::certs::ensure_ca(&ca, "bench CA")?;
+        // The cards trust a TTP; the optimistic exchange never needs it.
+        let ttp = Domain::new([0x77; 12]).owner();
+        let tf = tenet_host::certs::issue_entity_key(&ca, "ttp", ttp)?;
+        let ttp_cert = {
+            use pki_types::pem::PemObject;
+            pki_types::CertificateDer::from_pem_file(&tf.cert)?.to_vec()
+        };
+        Ok(Self {
+            _dir: dir,
+            ca,
+            ttp,
+            ttp_cert,
+            stores: stores.to_owned(),
+        })
+    }
+
+    async fn pair(&self, i: usize) -> Result<Pair> {
+        let dir = self._dir.path();
+        let (da, dca, db, dcb) = (
+            domain(0xa1, i),
+            domain(0xca, i),
+            domain(0xb2, i),
+            domain(0xcb, i),
+        );
+        let (pa, pb) = (free_port()?, free_port()?);
+        let mut ca_cfg = host_config(dir, &self.ca, &format!("a{i}"), da, &[dca], pa)?;
+        ca_cfg.card.virtual_store = Some(make_card(
+            &self.stores,
+            &self.ca,
+            &format!("a{i}"),
+            dca,
+            self.ttp,
+            &self.ttp_cert,
+        )?);
+        let mut cb_cfg = host_config(dir, &self.ca, &format!("b{i}"), db, &[dcb], pb)?;
+        cb_cfg.card.virtual_store = Some(make_card(
+            &self.stores,
+            &self.ca,
+            &format!("b{i}"),
+            dcb,
+            self.ttp,
+            &self.ttp_cert,
+        )?);
+        cb_cfg.remote.peers = vec![PeerSection {
+            address: format!("127.0.0.1:{pa}"),
+            domains: vec![],
+        }];
+        let ha = tenet_host::start(&ca_cfg).await?;
+        let hb = tenet_host::start(&cb_cfg).await?;
+        wait_links(&hb, &[dca.owner()]).await?;
+        wait_links(&ha, &[dcb.owner()]).await?;
+        Ok(Pair {
+            ha,
+            hb,
+            card_a: dca.owner(),
+            card_b: dcb.owner(),
+        })
+    }
+}
+
+/// Runs `n` exchanges one after the other on `pair` (A offers one coffee
+/// for one ticket, B's wallet accepts every offer) and returns the time of
+/// each: from A's wallet ordering the exchange to A's card having stored
+/// the ticket (m4 arrived, then a balance query that the card answers after
+/// it). Checks that every voucher was swapped and none lost.
+async fn trade(pair: &Pair, n: u32) -> Result<Vec<Duration>> {
+    let mut wa = Wallet::open(
+        Capability::acquire(pair.ha.socket_path()).await?,
+        pair.card_a,
+        PIN,
+    )
+    .await?;
+    let mut wb = Wallet::open(
+        Capability::acquire(pair.hb.socket_path()).await?,
+        pair.card_b,
+        PIN,
+    )
+    .await?;
+    let (coffee, ticket) = (
+        class(pair.card_a.domain(), "coffee"),
+        class(pair.card_b.domain(), "ticket"),
+    );
+    let one = |c: &VoucherClass| Amount {
+        class: c.clone(),
+        quantity: 1,
+    };
+    wa.mint(Amount {
+        class: coffee.clone(),
+        quantity: u64::from(n),
+    })
+    .await?;
+    wb.mint(Amount {
+        class: ticket.clone(),
+        quantity: u64::from(n),
+    })
+    .await?;
+    let held =
+        |b: &[Amount], c: &VoucherClass| b.iter().find(|a| a.class == *c).map_or(0, |a| a.quantity);
+    let (ba0, bb0) = (wa.balances().await?, wb.balances().await?);
+    let wb_id = wb.id();
+    let acceptor = tokio::spawn(async move {
+        for _ in 0..n {
+            let Some(o) = wb.next_offer(WAIT).await? else {
+                bail!("B's wallet got no offer");
+            };
+            wb.accept(&o).await?;
+        }
+        Ok::<_, anyhow::Error>(wb)
+    });
+    wa.follow().await?;
+    let mut times = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let t0 = Instant::now();
+        wa.offer(pair.card_b, wb_id, one(&coffee), one(&ticket))
+            .await?;
+        loop {
+            let m = wa
+                .next_progress(WAIT)
+                .await?
+                .context("the exchange stalled: no commitment reached A's card")?;
+            if m.mtype() == msg::COMMITMENT && m.dst() == pair.card_a {
+                break;
+            }
+        }
+        wa.balances().await?;
+        times.push(t0.elapsed());
+    }
+    let mut wb = acceptor.await??;
+    let (ba, bb) = (wa.balances().await?, wb.balances().await?);
+    let n = u64::from(n);
+    ensure!(
+        held(&ba, &coffee) + n == held(&ba0, &coffee)
+            && held(&ba, &ticket) == held(&ba0, &ticket) + n
+            && held(&bb, &coffee) == held(&bb0, &coffee) + n
+            && held(&bb, &ticket) + n == held(&bb0, &ticket),
+        "vouchers not swapped one for one: A {ba0:?} -> {ba:?}, B {bb0:?} -> {bb:?}"
+    );
+    Ok(times)
+}
+
+/// Two signatures and two verifications with certificate chains: what the
+/// cards' crypto costs per exchange (m2 signed by B, checked by A; m3 signed
+/// by A, checked by B), with the same library, timed alone.
+fn crypto_floor(ca: &Path, rounds: u32) -> Result<Duration> {
+    let (ia, ib) = (domain(0xfa, 0).owner(), domain(0xfb, 0).owner());
+    let key = |name: &str, id: EntityId| -> Result<tenet_voucher::crypto::KeyCrypto> {
+        let f = tenet_host::certs::issue_entity_key(ca, name, id)?;
+        Ok(tenet_voucher::crypto::KeyCrypto::from_pem(
+            &std::fs::read(&f.key)?,
+            &std::fs::read(&f.cert)?,
+            &std::fs::read(&f.ca)?,
+        )?)
+    };
+    let (mut a, mut b) = (key("floor-a", ia)?, key("floor-b", ib)?);
+    let (ca_cert, cb_cert) = (a.certificate(), b.certificate());
+    let (m2, m3) = ([2u8; 64], [3u8; 32]);
+    let mut times = Vec::with_capacity(rounds as usize);
+    for _ in 0..rounds {
+        let t0 = Instant::now();
+        let s2 = b.sign(&m2);
+        a.verify(ib, &cb_cert, &m2, &s2)?;
+        let s3 = a.sign(&m3);
+        b.verify(ia, &ca_cert, &m3, &s3)?;
+        times.push(t0.elapsed());
+    }
+    Ok(summarize(times).p50)
+}
+
+/// Where the cards' stores live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stores {
+    /// A temporary folder on the usual file system: every store update is
+    /// fsynced to disk, as in production.
+    Disk,
+    /// /dev/shm (tmpfs): fsync costs nothing; the framework alone.
+    Tmpfs,
+}
+
+fn store_dir(s: Stores) -> Result<tempfile::TempDir> {
+    Ok(match s {
+        Stores::Disk => tempfile::tempdir()?,
+        Stores::Tmpfs => tempfile::tempdir_in("/dev/shm")
+            .context("/dev/shm (tmpfs) is needed for --stores tmpfs")?,
+    })
+}
+
+/// The scenario: latency with one pair (stores on disk and on tmpfs, side
+/// by side), then throughput with each of `pairs` on `stores`.
+pub async fn run(exchanges: u32, pairs: &[usize], stores: Stores) -> Result<Section> {
+    let mut latency = Vec::new();
+    let bar = progress(2 + pairs.len() as u64, "exchange");
+    let mut floor = Duration::ZERO;
+    for kind in [Stores::Disk, Stores::Tmpfs] {
+        let dir = store_dir(kind)?;
+        let setup = Setup::new(dir.path())?;
+        let pair = setup.pair(0).await?;
+        trade(&pair, 20).await?; // warm-up
+        let t = trade(&pair, exchanges).await?;
+        if kind == Stores::Tmpfs {
+            floor = tokio::task::spawn_blocking({
+                let ca = setup.ca.clone();
+                move || crypto_floor(&ca, exchanges.max(200))
+            })
+            .await??;
+        }
+        pair.ha.shutdown().await;
+        pair.hb.shutdown().await;
+        latency.push((kind, summarize(t)));
+        bar.inc(1);
+    }
+    let mut throughput = Vec::new();
+    for &n in pairs {
+        let dir = store_dir(stores)?;
+        let setup = Setup::new(dir.path())?;
+        let mut ps = Vec::with_capacity(n);
+        for i in 0..n {
+            ps.push(setup.pair(i).await?);
+        }
+        let per = (exchanges * 4 / n as u32).max(10);
+        let t0 = Instant::now();
+        let runs = ps.iter().map(|p| trade(p, per));
+        let results = futures_util::future::join_all(runs).await;
+        let wall = t0.elapsed();
+        let mut all = Vec::new();
+        for r in results {
+            all.extend(r?);
+        }
+        let total = all.len();
+        throughput.push((n, total, wall, summarize(all)));
+        for p in ps {
+            p.ha.shutdown().await;
+            p.hb.shutdown().await;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(section(
+        exchanges,
+        pairs,
+        stores,
+        &latency,
+        floor,
+        &throughput,
+    ))
+}
+
+fn section(
+    exchanges: u32,
+    pairs: &[usize],
+    stores: Stores,
+    latency: &[(Stores, Summary)],
+    floor: Duration,
+    throughput: &[(usize, usize, Duration, Summary)],
+) -> Section {
+    let name = |s: Stores| match s {
+        Stores::Disk => "stores on disk (fsync)",
+        Stores::Tmpfs => "stores on tmpfs",
+    };
+    let mut md = format!(
+        "One exchange, two hosts over TLS, in-process virtual cards; {exchanges} exchanges one after the other:\n\n\
+         | | p50 us | p99 us | p50 / crypto floor |\n|---|---:|---:|---:|\n\
+         | cryptographic floor: 2 ECDSA P-256 signatures, 2 verifications with certificate chain (ring, webpki) | {:.0} | | 1.00x |\n",
+        us(floor)
+    );
+    for (s, l) in latency {
+        md.push_str(&format!(
+            "| exchange, {} | {:.0} | {:.0} | {} |\n",
+            name(*s),
+            us(l.p50),
+            us(l.p99),
+            ratio(l.p50.as_secs_f64(), floor.as_secs_f64())
+        ));
+    }
+    let tmpfs_p50 = latency
+        .iter()
+        .find(|(s, _)| *s == Stores::Tmpfs)
+        .map_or(0.0, |(_, l)| us(l.p50));
+    md.push_str(&format!(
+        "\nAim: p50 under 1 ms: {} on tmpfs ({tmpfs_p50:.0} us).\n\n\
+         Throughput, card pairs trading at once ({}), each pair one exchange at a time:\n\n\
+         | pairs | exchanges | wall s | exchanges/s | p50 us | p99 us |\n|---:|---:|---:|---:|---:|---:|\n",
+        if tmpfs_p50 < 1000.0 { "met" } else { "NOT met" },
+        name(stores)
+    ));
+    let mut best: f64 = 0.0;
+    for (n, total, wall, s) in throughput {
+        let rate = *total as f64 / wall.as_secs_f64();
+        best = best.max(rate);
+        md.push_str(&format!(
+            "| {n} | {total} | {:.2} | {rate:.0} | {:.0} | {:.0} |\n",
+            wall.as_secs_f64(),
+            us(s.p50),
+            us(s.p99)
+        ));
+    }
+    md.push_str(&format!(
+        "\nAim: at least 3,000 exchanges/s on 2 cores: {} (best {best:.0}/s).\n",
+        if best >= 3000.0 { "met" } else { "NOT met" }
+    ));
+    let json = serde_json::json!({
+        "crypto_floor_us": us(floor),
+        "latency": latency.iter().map(|(s, l)| serde_json::json!({
+            "stores": format!("{s:?}").to_lowercase(),
+            "p50_us": us(l.p50),
+            "p99_us": us(l.p99),
+            "p50_over_floor": l.p50.as_secs_f64() / floor.as_secs_f64(),
+        })).collect::<Vec<_>>(),
+        "throughput": throughput.iter().map(|(n, total, wall, s)| serde_json::json!({
+            "pairs": n,
+            "exchanges": total,
+            "wall_s": wall.as_secs_f64(),
+            "exchanges_per_s": *total as f64 / wall.as_secs_f64(),
+            "p50_us": us(s.p50),
+            "p99_us": us(s.p99),
+        })).collect::<Vec<_>>(),
+    });
+    let mut plots = vec![Plot {
+        file: "exchange-latency".into(),
+        title: "One exchange, p50".into(),
+        unit: "us".into(),
+        bars: std::iter::once(("crypto floor".to_string(), us(floor)))
+            .chain(
+                latency
+                    .iter()
+                    .map(|(s, l)| (name(*s).to_string(), us(l.p50))),
+            )
+            .collect(),
+    }];
+    plots.push(Plot {
+        file: "exchange-throughput".into(),
+        title: format!("Throughput ({})", name(stores)),
+        unit: "exchanges/s".into(),
+        bars: throughput
+            .iter()
+            .map(|(n, total, wall, _)| (format!("{n} pairs"), *total as f64 / wall.as_secs_f64()))
+            .collect(),
+    });
+    let pairs_arg = pairs
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    Section {
+        name: "exchange",
+        title: "Exchange: latency, throughput and the cryptographic floor".into(),
+        command: format!(
+            "tenet bench exchange --exchanges {exchanges} --pairs {pairs_arg} --stores {}",
+            format!("{stores:?}").to_lowercase()
+        ),
+        markdown: md,
+        json,
+        plots,
+    }
+}

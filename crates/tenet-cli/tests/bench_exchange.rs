@@ -1,0 +1,43 @@
+//! `tenet bench exchange` end to end on small counts: every exchange
+//! completes with the vouchers swapped one for one (the bench checks that and
+//! fails otherwise), and the JSON carries the figures. No times are asserted.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+#[test]
+fn bench_exchange_runs_end_to_end_on_small_counts() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tenet"))
+        .args([
+            "bench",
+            "--json",
+            "exchange",
+            "--exchanges",
+            "5",
+            "--pairs",
+            "1,3",
+            "--stores",
+            "tmpfs",
+        ])
+        .env("TENET_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = &v[0]["results"];
+    assert_eq!(v[0]["name"], "exchange");
+    assert!(r["crypto_floor_us"].as_f64().unwrap() > 0.0);
+    let latency = r["latency"].as_array().unwrap();
+    assert_eq!(latency.len(), 2, "disk and tmpfs");
+    for l in latency {
+        assert!(l["p50_us"].as_f64().unwrap() <= l["p99_us"].as_f64().unwrap());
+    }
+    let t = r["throughput"].as_array().unwrap();
+    let pairs: Vec<u64> = t.iter().map(|x| x["pairs"].as_u64().unwrap()).collect();
+    assert_eq!(pairs, [1, 3]);
+    // Each pair runs max(10, 4 x 5 / pairs) exchanges.
+    let total: Vec<u64> = t.iter().map(|x| x["exchanges"].as_u64().unwrap()).collect();
+    assert_eq!(total, [20, 30]);
+}
