@@ -263,12 +263,21 @@ impl Wallet {
     /// from when this call first sees it), and waits until none is pending;
     /// returns the exchanges it recovered with their final phase. Run it
     /// after a restart to finish what a crash interrupted.
+    ///
+    /// An exchange still pending after its request is asked again, waiting
+    /// twice as long each time (from `after`, at least 500 ms, up to the
+    /// card wait): the request or the TTP's answer may have been lost with
+    /// a daemon that died or a NATS server that restarted, and the card
+    /// then stays resolving or aborting until someone asks again. So is an
+    /// exchange found resolving or aborting (asked by an earlier wallet).
+    /// The TTP decides once; a repeated request gets the same decision.
     pub async fn auto_recover(
         &mut self,
         after: Duration,
     ) -> Result<Vec<(ExchangeId, Phase)>, WalletError> {
         let start = tokio::time::Instant::now();
-        let mut first_seen: std::collections::HashMap<ExchangeId, tokio::time::Instant> =
+        // When to ask next, and the wait after that.
+        let mut due: std::collections::HashMap<ExchangeId, (tokio::time::Instant, Duration)> =
             Default::default();
         let mut recovered = Vec::new();
         loop {
@@ -290,11 +299,20 @@ impl Wallet {
                 return Ok(out);
             }
             for e in pending {
-                let seen = *first_seen.entry(e.id).or_insert(now);
-                let asked = matches!(e.phase, Phase::Resolving | Phase::Aborting);
-                if !asked && now.duration_since(seen) >= after {
-                    self.recover(e.id).await?;
-                    recovered.push(e.id);
+                let (at, wait) = *due.entry(e.id).or_insert((now + after, after));
+                if now >= at {
+                    match self.recover(e.id).await {
+                        // Refused: it became final meanwhile (the next
+                        // listing shows it).
+                        Ok(()) | Err(WalletError::Refused { .. }) => {}
+                        Err(err) => return Err(err),
+                    }
+                    if !recovered.contains(&e.id) {
+                        recovered.push(e.id);
+                    }
+                    let cap = self.wait.max(after).max(Duration::from_millis(500));
+                    let wait = (wait * 2).max(Duration::from_millis(500)).min(cap);
+                    due.insert(e.id, (now + wait, wait));
                 }
             }
             if now.duration_since(start) > after + self.wait * 3 {
