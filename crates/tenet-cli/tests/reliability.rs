@@ -22,7 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -179,10 +179,13 @@ fn lines_of(child: &mut Child) -> Receiver<String> {
 
 /// A TCP relay on loopback between a dialing host and its peer's listener:
 /// `cut` closes the connections through it and refuses new ones until
-/// `heal`. Both daemons stay up, as in a network partition.
+/// `heal`; `stall` stops moving bytes while the connections stay open (a
+/// link that goes silent, with no reset). Both daemons stay up, as in a
+/// network partition.
 struct Relay {
     port: u16,
     cut: Arc<AtomicBool>,
+    stalled: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
 }
@@ -192,9 +195,10 @@ impl Relay {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let cut = Arc::new(AtomicBool::new(false));
+        let stalled = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (c, s, cs) = (cut.clone(), stop.clone(), conns.clone());
+        let (c, st, s, cs) = (cut.clone(), stalled.clone(), stop.clone(), conns.clone());
         std::thread::spawn(move || {
             for inbound in l.incoming() {
                 if s.load(Ordering::SeqCst) {
@@ -221,8 +225,17 @@ impl Relay {
                     (inbound.try_clone().unwrap(), outbound.try_clone().unwrap()),
                     (outbound, inbound),
                 ] {
+                    let st = st.clone();
                     std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
+                        let mut buf = [0u8; 16 * 1024];
+                        while let Ok(n @ 1..) = from.read(&mut buf) {
+                            while st.load(Ordering::SeqCst) {
+                                std::thread::sleep(Duration::from_millis(5));
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
                         let _ = from.shutdown(Shutdown::Both);
                         let _ = to.shutdown(Shutdown::Both);
                     });
@@ -232,9 +245,14 @@ impl Relay {
         Self {
             port,
             cut,
+            stalled,
             stop,
             conns,
         }
+    }
+
+    fn stall(&self, on: bool) {
+        self.stalled.store(on, Ordering::SeqCst);
     }
 
     fn cut(&self) {
@@ -418,6 +436,7 @@ enum Fault {
     KillCard,
     KillWallet,
     CutTls,
+    StallTls,
     RestartNats,
 }
 
@@ -430,6 +449,7 @@ impl Fault {
             Fault::KillCard => "kill B's card server",
             Fault::KillWallet => "kill wallet",
             Fault::CutTls => "cut all TLS links",
+            Fault::StallTls => "stall all TLS links",
             Fault::RestartNats => "restart nats-server",
         }
     }
@@ -671,7 +691,6 @@ impl World {
         #[cfg(not(feature = "pcsc"))]
         let card_b = format!("[card]\nvirtual = {:?}\n", self.path("b.card"));
         let [pa, pb, pt] = self.ports;
-        let _ = pb;
         let [ba, at, bt] = [&self.relays[0], &self.relays[1], &self.relays[2]].map(|r| r.port);
         std::fs::write(
             self.path("a.toml"),
@@ -1091,14 +1110,13 @@ impl World {
                     ws.clear();
                 }
             }
-            Fault::CutTls | Fault::RestartNats => {
+            Fault::CutTls | Fault::StallTls | Fault::RestartNats => {
                 offers_wallet = None;
-                if fault == Fault::CutTls {
-                    for r in &self.relays {
-                        r.cut();
-                    }
-                } else if !outage_begun {
-                    self.nats.kill();
+                match fault {
+                    Fault::CutTls => self.relays.iter().for_each(Relay::cut),
+                    Fault::StallTls => self.relays.iter().for_each(|r| r.stall(true)),
+                    _ if !outage_begun => self.nats.kill(),
+                    _ => {}
                 }
                 // During the outage: B accepts (step offer), and both
                 // wallets try to recover.
@@ -1111,12 +1129,10 @@ impl World {
                     background.push(self.spawn_wallet(s, &["recover", "--after", RECOVER_AFTER]));
                 }
                 std::thread::sleep(OUTAGE.saturating_sub(t.elapsed()));
-                if fault == Fault::CutTls {
-                    for r in &self.relays {
-                        r.heal();
-                    }
-                } else {
-                    self.nats.start();
+                match fault {
+                    Fault::CutTls => self.relays.iter().for_each(Relay::heal),
+                    Fault::StallTls => self.relays.iter().for_each(|r| r.stall(false)),
+                    _ => self.nats.start(),
                 }
             }
         }
@@ -1335,6 +1351,7 @@ fn every_crash_and_partition_ends_fair() {
         Fault::KillCard,
         Fault::KillWallet,
         Fault::CutTls,
+        Fault::StallTls,
     ];
     if w.card.is_none() {
         faults.retain(|f| *f != Fault::KillCard);
