@@ -57,6 +57,16 @@ const SETTLE: Duration = Duration::from_millis(300);
 /// One run at a time: the scenarios share the vpcd slot and the CPU.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Holds the run to itself: one test of this file at a time in this
+/// process, and one process at a time on this machine (a lock file), since
+/// vpcd's slot is the machine's.
+fn exclusive() -> (std::sync::MutexGuard<'static, ()>, std::fs::File) {
+    let g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let f = std::fs::File::create(std::env::temp_dir().join("tenet-reliability.lock")).unwrap();
+    f.lock().unwrap();
+    (g, f)
+}
+
 fn strict() -> bool {
     std::env::var_os("CI").is_some() || std::env::var_os("TENET_VPCD_ADDR").is_some()
 }
@@ -1335,7 +1345,7 @@ fn table(rows: &[Row]) -> String {
 
 #[test]
 fn every_crash_and_partition_ends_fair() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _run = exclusive();
     #[cfg(feature = "pcsc")]
     reader::require_pcscd();
     let nats = Nats::available();
@@ -1422,7 +1432,7 @@ fn every_crash_and_partition_ends_fair() {
 /// Resolving as already asked and never asked again. It now asks again.
 #[test]
 fn a_resolve_request_lost_with_its_daemon_is_asked_again() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _run = exclusive();
     #[cfg(feature = "pcsc")]
     reader::require_pcscd();
     let mut w = World::new();
