@@ -11,6 +11,8 @@
 
 use tenet_proto::{EntityId, Message, Mtype};
 
+use crate::timing::Meter;
+
 /// Randomness, injected so tests are deterministic.
 pub trait Entropy: Send {
     /// Fills `buf` with random bytes.
@@ -73,6 +75,7 @@ pub struct AppletCx<'a> {
     pub ca_certificate: Option<&'a [u8]>,
     pub(crate) out: &'a mut Vec<Message>,
     pub(crate) signer: &'a dyn Fn(&[u8]) -> Vec<u8>,
+    pub(crate) meter: Option<&'a Meter>,
 }
 
 impl AppletCx<'_> {
@@ -84,6 +87,31 @@ impl AppletCx<'_> {
     /// Signs `msg` with the card's key (ECDSA P-256, SHA-256, ASN.1 DER).
     pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
         (self.signer)(msg)
+    }
+
+    /// Whether the card counts operations for a timing model
+    /// ([`crate::timing`]).
+    pub fn metered(&self) -> bool {
+        self.meter.is_some()
+    }
+
+    /// Tells the card's timing model about one signature verification the
+    /// applet made over `hashed` bytes (the runtime cannot see those: the
+    /// applet verifies with the certificates it is given). Does nothing
+    /// unless the card is metered.
+    pub fn count_verify(&self, hashed: usize) {
+        if let Some(m) = self.meter {
+            m.verify(hashed);
+        }
+    }
+
+    /// Tells the card's timing model about SHA-256 blocks the applet hashed
+    /// itself, outside signing and verification. Does nothing unless the
+    /// card is metered.
+    pub fn count_hash_blocks(&self, blocks: u64) {
+        if let Some(m) = self.meter {
+            m.hash_blocks(blocks);
+        }
     }
 }
 

@@ -21,6 +21,7 @@ use tracing::debug;
 use crate::applet::{Applet, AppletCx, Entropy, Refusal};
 use crate::state::{CardState, PIN_TRIES, PUK_TRIES};
 use crate::store::{Storage, StoreError};
+use crate::timing::Meter;
 
 /// The card's answer to reset: T=1, no historical bytes.
 pub const ATR: &[u8] = &[0x3b, 0x80, 0x80, 0x01, 0x01];
@@ -101,6 +102,7 @@ pub struct Card<S: Storage> {
     chain: Option<Chain>,
     pending: Option<PendingResponse>,
     now: u64,
+    meter: Option<Meter>,
 }
 
 fn secret_hash(salt: &[u8; 16], secret: &[u8]) -> [u8; 32] {
@@ -111,6 +113,19 @@ fn secret_hash(salt: &[u8; 16], secret: &[u8]) -> [u8; 32] {
         .as_ref()
         .try_into()
         .expect("SHA-256 is 32 bytes")
+}
+
+/// Randomness that tells the meter how much was drawn.
+struct CountedEntropy<'a> {
+    inner: &'a mut dyn Entropy,
+    meter: &'a Meter,
+}
+
+impl Entropy for CountedEntropy<'_> {
+    fn fill(&mut self, buf: &mut [u8]) {
+        self.meter.random(buf.len());
+        self.inner.fill(buf);
+    }
 }
 
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
@@ -195,6 +210,7 @@ impl<S: Storage> Card<S> {
             chain: None,
             pending: None,
             now: 0,
+            meter: None,
         }
     }
 
@@ -270,6 +286,17 @@ impl<S: Storage> Card<S> {
             max_message: self.limits.max_message as u32,
             certificate: self.state.certificate.clone(),
         }
+    }
+
+    /// Turns operation counting for a timing model on (`Some`) or off.
+    /// Off, the card does no counting work.
+    pub fn set_meter(&mut self, meter: Option<Meter>) {
+        self.meter = meter;
+    }
+
+    /// The meter, when counting is on.
+    pub fn meter(&self) -> Option<&Meter> {
+        self.meter.as_ref()
     }
 
     /// Sets the card's notion of time (seconds since the Unix epoch).
@@ -493,7 +520,11 @@ impl<S: Storage> Card<S> {
     }
 
     fn commit(&mut self, new: CardState) -> Result<(), StoreError> {
-        self.store.commit(&new.to_bytes())?;
+        let record = new.to_bytes();
+        self.store.commit(&record)?;
+        if let Some(m) = &self.meter {
+            m.commit(&self.state.to_bytes(), &record);
+        }
         self.state = new;
         Ok(())
     }
@@ -680,10 +711,25 @@ impl<S: Storage> Card<S> {
         let mut out = Vec::new();
         let key = &self.key;
         let rng = &self.rng;
+        let meter = self.meter.as_ref();
         let signer = |msg: &[u8]| -> Vec<u8> {
+            if let Some(m) = meter {
+                m.sign(msg.len());
+            }
             key.sign(rng, msg)
                 .map(|s| s.as_ref().to_vec())
                 .unwrap_or_default()
+        };
+        let mut counted;
+        let entropy: &mut dyn Entropy = match meter {
+            None => self.entropy.as_mut(),
+            Some(meter) => {
+                counted = CountedEntropy {
+                    inner: self.entropy.as_mut(),
+                    meter,
+                };
+                &mut counted
+            }
         };
         let mut cx = AppletCx {
             certificate: self.state.certificate.as_deref(),
@@ -691,10 +737,11 @@ impl<S: Storage> Card<S> {
             card: self.state.domain.owner(),
             sender_authenticated: self.authenticated.contains(&src),
             data: &mut data,
-            entropy: self.entropy.as_mut(),
+            entropy,
             now: self.now,
             out: &mut out,
             signer: &signer,
+            meter,
         };
         let result = self.applets[i].handle(&mut cx, &m);
         match result {

@@ -12,6 +12,8 @@
 //! - [`card`]: the APDU front end, the runtime and the card services;
 //!   sans-IO (bytes in, bytes out).
 //! - [`vpcd`]: the connector that plugs a card into pcscd via vpcd.
+//! - [`timing`]: operation counting and a timing model of a real card and
+//!   its reader link, in simulated time (off unless asked for).
 //!
 //! The host side (smartcard proxies and card links) lives in `tenet-host`.
 //! The APDU mapping is documented in `docs/apdu.md`.
@@ -22,8 +24,10 @@ pub mod applet;
 pub mod card;
 pub mod state;
 pub mod store;
+pub mod timing;
 pub mod vpcd;
 
 pub use applet::{Applet, AppletCx, Entropy, Refusal, SeededEntropy, SystemEntropy};
 pub use card::{ATR, Card, CardError, CardLimits, Personalization};
 pub use store::{FileStore, MemStore, Storage, StoreError};
+pub use timing::{Meter, TimingModel};

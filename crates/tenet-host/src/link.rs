@@ -84,6 +84,8 @@ pub struct LinkStats {
     pub bytes_out: AtomicU64,
     /// Bytes received (response APDUs).
     pub bytes_in: AtomicU64,
+    /// Nanoseconds spent waiting for the card's responses.
+    pub busy_ns: AtomicU64,
 }
 
 impl LinkStats {
@@ -152,7 +154,11 @@ impl CardSession {
 
     fn raw(&mut self, cmd: &Command) -> Result<Response, SessionError> {
         let bytes = cmd.to_bytes();
+        let t = std::time::Instant::now();
         let resp = self.link.transmit(&bytes)?;
+        self.stats
+            .busy_ns
+            .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
         self.stats.apdus.fetch_add(1, Ordering::Relaxed);
         self.stats
             .bytes_out

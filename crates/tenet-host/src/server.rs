@@ -231,6 +231,15 @@ impl HostHandle {
         self.shared.card.as_ref().map(|c| c.stats.snapshot())
     }
 
+    /// Time spent waiting for the card's responses on the card link so far.
+    pub fn card_link_busy(&self) -> Option<std::time::Duration> {
+        self.shared.card.as_ref().map(|c| {
+            std::time::Duration::from_nanos(
+                c.stats.busy_ns.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        })
+    }
+
     /// Counters of the remote proxy, if links are configured.
     pub fn remote_stats(&self) -> Option<crate::remote::RemoteCounters> {
         self.shared.remote.as_ref().map(|r| r.stats.snapshot())

@@ -83,6 +83,10 @@ impl Crypto for CardCrypto<'_, '_> {
             0 => UnixTime::now(),
             t => UnixTime::since_unix_epoch(std::time::Duration::from_secs(t)),
         };
+        // Two verifications for a timing model: the CA's signature over the
+        // certificate (its DER length bounds the signed part), then `sig`.
+        self.cx.count_verify(cert.len());
+        self.cx.count_verify(msg.len());
         verify_with_ca(ca, now, signer, cert, msg, sig)
     }
 
@@ -172,6 +176,7 @@ impl Applet for VoucherApplet {
                 "no TTP installed on this card (tenet card new --ttp)".into(),
             ));
         };
+        let hashed_before = crate::model::h_blocks();
         let outs = {
             let mut crypto = CardCrypto { cx };
             let mut ctx = Ctx {
@@ -184,6 +189,7 @@ impl Applet for VoucherApplet {
                 .handle(&mut ctx, m.src(), m.mtype(), &m.param)
                 .map_err(|r| Refusal(r.0))?
         };
+        cx.count_hash_blocks(crate::model::h_blocks() - hashed_before);
         *cx.data = state.to_bytes();
         for o in outs {
             cx.send(o.dst, o.mtype, o.param);
