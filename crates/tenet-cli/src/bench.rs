@@ -50,6 +50,15 @@ pub enum Which {
         #[arg(long, value_enum, default_value_t = crate::bench_exchange::Stores::Disk)]
         stores: crate::bench_exchange::Stores,
     },
+    /// The voucher exchange the ISO 7816-4 way (wallets shuttle every
+    /// message through their cards and over TCP) next to TENeT (two daemons
+    /// over TLS, the cards send their messages themselves): APDUs and bytes
+    /// on the card links, card-link time, wall time, lines of wallet code.
+    Baseline {
+        /// Exchanges per side.
+        #[arg(long, default_value_t = 200)]
+        exchanges: u32,
+    },
     /// Every scenario, one after the other, with a markdown report.
     All {
         /// Write the report here (with its SVG plots in a `benchmarks`
@@ -102,6 +111,10 @@ pub async fn run(which: Which, json: bool) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Which::Baseline { exchanges } => {
+            emit(&[crate::bench_baseline::run(exchanges).await?], json);
+            Ok(ExitCode::SUCCESS)
+        }
         Which::Remote { echoes } => {
             emit(&[crate::bench_remote::run(echoes).await?], json);
             Ok(ExitCode::SUCCESS)
@@ -133,6 +146,7 @@ async fn all(quick: bool) -> Result<Vec<Section>> {
         )
         .await?,
     );
+    sections.push(crate::bench_baseline::run(scale(200, 20) as u32).await?);
     if cfg!(feature = "pcsc") {
         sections.push(
             crate::bench_card::run(

@@ -18,6 +18,7 @@ use tenet_client::{Capability, ClientError, Incoming};
 use tenet_proto::{Domain, EntityId, Filter, Mtype};
 
 mod bench;
+mod bench_baseline;
 mod bench_card;
 mod bench_exchange;
 mod bench_remote;
