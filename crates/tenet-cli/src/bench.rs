@@ -59,6 +59,16 @@ pub enum Which {
         #[arg(long, default_value_t = 200)]
         exchanges: u32,
     },
+    /// The paper's Table 2 reproduced on a simulated card: the real
+    /// exchange through metered virtual cards, its counted operations and
+    /// APDU sizes turned into CPU and I/O time by a model of the paper's card
+    /// and reader (docs/benchmarks-model.md), next to Table 2; and the
+    /// ISO 7816-4 baseline under the same model.
+    Table2 {
+        /// Exchanges to average over.
+        #[arg(long, default_value_t = 20)]
+        exchanges: u32,
+    },
     /// Every scenario, one after the other, with a markdown report.
     All {
         /// Write the report here (with its SVG plots in a `benchmarks`
@@ -115,6 +125,10 @@ pub async fn run(which: Which, json: bool) -> Result<ExitCode> {
             emit(&[crate::bench_baseline::run(exchanges).await?], json);
             Ok(ExitCode::SUCCESS)
         }
+        Which::Table2 { exchanges } => {
+            emit(&[crate::bench_table2::run(exchanges).await?], json);
+            Ok(ExitCode::SUCCESS)
+        }
         Which::Remote { echoes } => {
             emit(&[crate::bench_remote::run(echoes).await?], json);
             Ok(ExitCode::SUCCESS)
@@ -147,6 +161,7 @@ async fn all(quick: bool) -> Result<Vec<Section>> {
         .await?,
     );
     sections.push(crate::bench_baseline::run(scale(200, 20) as u32).await?);
+    sections.push(crate::bench_table2::run(scale(20, 3) as u32).await?);
     if cfg!(feature = "pcsc") {
         sections.push(
             crate::bench_card::run(

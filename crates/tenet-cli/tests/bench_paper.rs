@@ -1,7 +1,8 @@
-//! `tenet bench baseline` end to end on small counts. The scenario checks
-//! itself (vouchers conserved, every exchange complete, 3 + 2 APDUs per
-//! exchange) and fails otherwise; here the JSON's structure and invariants
-//! are checked. No times are asserted.
+//! `tenet bench baseline` and `tenet bench table2` end to end on small
+//! counts. The scenarios check themselves (vouchers conserved, every
+//! exchange complete, 3 + 2 APDUs per exchange, the expected signatures and
+//! verifications per message) and fail otherwise; here the JSON's structure
+//! and invariants are checked. No times are asserted.
 
 use std::process::Command;
 
@@ -70,4 +71,55 @@ fn baseline_runs_end_to_end_on_small_counts() {
         let w = &r["wall_us"][side];
         assert!(f(&w["p50"]) > 0.0 && f(&w["p50"]) <= f(&w["p99"]));
     }
+}
+
+#[test]
+fn table2_runs_end_to_end_on_small_counts() {
+    let v = bench(&["table2", "--exchanges", "2"]);
+    assert_eq!(v[0]["name"], "table2");
+    let r = &v[0]["results"];
+    let rows = r["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|x| x["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "start-exchange",
+            "accept (m1)",
+            "agreement (m2)",
+            "confirmation (m3)",
+            "commitment (m4)"
+        ]
+    );
+    // The crypto each message costs, as counted on the cards.
+    let crypto: Vec<(f64, f64)> = rows
+        .iter()
+        .map(|x| (f(&x["ops"]["signs"]), f(&x["ops"]["verifies"])))
+        .collect();
+    assert_eq!(
+        crypto,
+        [(0.0, 0.0), (1.0, 0.0), (1.0, 2.0), (0.0, 2.0), (0.0, 0.0)]
+    );
+    let (mut cpu, mut io) = (0.0, 0.0);
+    for x in rows {
+        assert_eq!(f(&x["ops"]["commits"]), 1.0, "one store update per message");
+        assert!(f(&x["ops"]["eeprom_pages"]) >= 1.0);
+        let k = &x["cpu_by_kind_ms"];
+        let by_kind = f(&k["crypto"]) + f(&k["sha256"]) + f(&k["eeprom"]) + f(&k["other"]);
+        assert!((by_kind - f(&x["cpu_ms"])).abs() < 1e-6);
+        assert!((f(&x["cpu_ms"]) + f(&x["io_ms"]) - f(&x["total_ms"])).abs() < 1e-6);
+        cpu += f(&x["cpu_ms"]);
+        io += f(&x["io_ms"]);
+    }
+    let w = &r["whole"];
+    assert!((f(&w["cpu_ms"]) - cpu).abs() < 1e-6 && (f(&w["io_ms"]) - io).abs() < 1e-6);
+    assert_eq!(f(&w["paper_total_ms"]), 1788.0);
+    // The baseline does the same card work over shorter APDUs.
+    let b = &r["baseline"];
+    assert!(f(&b["io_ms"]) < io);
+    let o = &r["framework_overhead"];
+    assert!(f(&o["card_link_ratio"]) > 1.0);
+    assert!(f(&o["extra_ms"]) > 0.0);
 }
