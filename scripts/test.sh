@@ -5,7 +5,8 @@
 # pcscd, the vsmartcard vpcd driver, libpcsclite-dev and pkg-config for the
 # PC/SC card link, opensc-tool for the interop test, nats-server for the
 # NATS transport, iproute2 for the network-namespace test (which needs
-# root, like the installs), PostgreSQL for the TTP's PostgreSQL store.
+# root, like the installs), PostgreSQL for the TTP's PostgreSQL store,
+# dbus-daemon for the D-Bus baseline of `tenet bench scale`.
 # Starts a private PostgreSQL (unix socket in a temporary directory, no TCP
 # port) and pcscd with the vpcd reader (unless one already
 # runs) and stops what it started at the end; the NATS tests start and stop
@@ -23,6 +24,7 @@ pkg-config --exists libpcsclite 2>/dev/null || missing+=(libpcsclite-dev)
 command -v opensc-tool >/dev/null || missing+=(opensc)
 command -v nats-server >/dev/null || missing+=(nats-server)
 command -v ip >/dev/null || missing+=(iproute2)
+command -v dbus-daemon >/dev/null || missing+=(dbus-daemon)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then

@@ -93,6 +93,11 @@ pub enum Which {
         #[arg(long, default_value = "Virtual PCD 00 00")]
         reader: String,
     },
+    /// Daemon memory and throughput with thousands of connected apps and a
+    /// deep queue, the dispatch table with thousands of endpoints, and an
+    /// app-to-card echo next to a D-Bus method call through dbus-daemon
+    /// (the D-Bus side needs `--features dbus` and dbus-daemon).
+    Scale(crate::bench_scale::Args),
 }
 
 pub async fn run(which: Which, json: bool) -> Result<ExitCode> {
@@ -144,6 +149,10 @@ pub async fn run(which: Which, json: bool) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Which::Scale(args) => {
+            emit(&[crate::bench_scale::run(&args).await?], json);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -162,6 +171,17 @@ async fn all(quick: bool) -> Result<Vec<Section>> {
     );
     sections.push(crate::bench_baseline::run(scale(200, 20) as u32).await?);
     sections.push(crate::bench_table2::run(scale(20, 3) as u32).await?);
+    sections.push(
+        crate::bench_scale::run(&crate::bench_scale::Args {
+            apps: vec![1_000, scale(10_000, 2_000) as u32],
+            messages: scale(100_000, 20_000),
+            queued: scale(100_000, 20_000),
+            dispatch: scale(2_000_000, 200_000),
+            endpoints: 10_000,
+            rounds: scale(5_000, 1_000) as u32,
+        })
+        .await?,
+    );
     if cfg!(feature = "pcsc") {
         sections.push(
             crate::bench_card::run(

@@ -23,6 +23,7 @@ mod bench_card;
 mod bench_exchange;
 mod bench_remote;
 mod bench_report;
+mod bench_scale;
 mod bench_table2;
 mod card;
 mod demo;
