@@ -53,7 +53,9 @@ cleanup() {
         kill "$started_pcscd" 2>/dev/null || true
         wait "$started_pcscd" 2>/dev/null || true
     fi
-    [ -n "$conf_dir" ] && rm -rf "$conf_dir"
+    if [ -n "$conf_dir" ]; then
+        rm -rf "$conf_dir"
+    fi
 }
 trap cleanup EXIT
 if pgrep -x -r S,R,D pcscd >/dev/null; then
