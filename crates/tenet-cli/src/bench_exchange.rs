@@ -246,6 +246,8 @@ fn store_dir(s: Stores) -> Result<tempfile::TempDir> {
 /// by side), then throughput with each of `pairs` on `stores`.
 pub async fn run(exchanges: u32, pairs: &[usize], stores: Stores) -> Result<Section> {
     let mut latency = Vec::new();
+    // Time the card links were busy per exchange (A, B), by store kind.
+    let mut cards = Vec::new();
     let bar = progress(2 + pairs.len() as u64, "exchange");
     let mut floor = Duration::ZERO;
     for kind in [Stores::Disk, Stores::Tmpfs] {
@@ -253,7 +255,16 @@ pub async fn run(exchanges: u32, pairs: &[usize], stores: Stores) -> Result<Sect
         let setup = Setup::new(dir.path())?;
         let pair = setup.pair(0).await?;
         trade(&pair, 20).await?; // warm-up
+        let busy = |p: &Pair| {
+            (
+                p.ha.card_link_busy().unwrap_or_default(),
+                p.hb.card_link_busy().unwrap_or_default(),
+            )
+        };
+        let (a0, b0) = busy(&pair);
         let t = trade(&pair, exchanges).await?;
+        let (a1, b1) = busy(&pair);
+        cards.push((kind, (a1 - a0) / exchanges, (b1 - b0) / exchanges));
         if kind == Stores::Tmpfs {
             floor = tokio::task::spawn_blocking({
                 let ca = setup.ca.clone();
@@ -297,6 +308,7 @@ pub async fn run(exchanges: u32, pairs: &[usize], stores: Stores) -> Result<Sect
         pairs,
         stores,
         &latency,
+        &cards,
         floor,
         &throughput,
     ))
@@ -307,6 +319,7 @@ fn section(
     pairs: &[usize],
     stores: Stores,
     latency: &[(Stores, Summary)],
+    cards: &[(Stores, Duration, Duration)],
     floor: Duration,
     throughput: &[(usize, usize, Duration, Summary)],
 ) -> Section {
@@ -327,6 +340,19 @@ fn section(
             us(l.p50),
             us(l.p99),
             ratio(l.p50.as_secs_f64(), floor.as_secs_f64())
+        ));
+    }
+    md.push_str(
+        "\nTime the cards took per exchange (their card links busy: APDUs, the applet, the store \
+         writes, the card's own crypto), including the wallets' orders and balance queries:\n\n\
+         | | card A us | card B us |\n|---|---:|---:|\n",
+    );
+    for (s, a, b) in cards {
+        md.push_str(&format!(
+            "| {} | {:.0} | {:.0} |\n",
+            name(*s),
+            us(*a),
+            us(*b)
         ));
     }
     let tmpfs_p50 = latency
@@ -357,6 +383,11 @@ fn section(
     ));
     let json = serde_json::json!({
         "crypto_floor_us": us(floor),
+        "card_busy_per_exchange": cards.iter().map(|(s, a, b)| serde_json::json!({
+            "stores": format!("{s:?}").to_lowercase(),
+            "card_a_us": us(*a),
+            "card_b_us": us(*b),
+        })).collect::<Vec<_>>(),
         "latency": latency.iter().map(|(s, l)| serde_json::json!({
             "stores": format!("{s:?}").to_lowercase(),
             "p50_us": us(l.p50),

@@ -186,7 +186,7 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
                 bail!("--max-message {max_message} is not between 34 and 65535");
             }
             let mut card = open(&store, CardLimits { max_message })?;
-            card.install(Box::new(tenet_voucher::applet::VoucherApplet { ttp }));
+            card.install(Box::new(tenet_voucher::applet::VoucherApplet::new(ttp)));
             eprintln!("card {} serving vpcd at {vpcd}", card.id());
             tenet_card::vpcd::serve(&mut card, &vpcd)?;
             Ok(ExitCode::SUCCESS)

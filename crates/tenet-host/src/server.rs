@@ -90,7 +90,7 @@ async fn open_card(config: &Config) -> Result<Option<(CardSession, CardInfo)>, H
             let mut card = Card::open(store, limits, Box::new(SystemEntropy)).map_err(|e| {
                 HostError::Card(format!("{}: {}", path.display(), crate::chain(&e)))
             })?;
-            card.install(Box::new(tenet_voucher::applet::VoucherApplet { ttp }));
+            card.install(Box::new(tenet_voucher::applet::VoucherApplet::new(ttp)));
             let mut session = CardSession::new(Box::new(InProcessLink::new(card)), short);
             let info = session
                 .reconnect()

@@ -101,6 +101,17 @@ pub struct VoucherApplet {
     /// A TTP that overrides the one installed at personalization (host
     /// config `[card] ttp`).
     pub ttp: Option<EntityId>,
+    /// The state last decoded or written, with its bytes: used again only
+    /// while the stored data is exactly these bytes (card RAM, not state).
+    cache: Option<(Vec<u8>, VoucherCard)>,
+}
+
+impl VoucherApplet {
+    /// The applet, with a TTP that overrides the one installed at
+    /// personalization, if given.
+    pub fn new(ttp: Option<EntityId>) -> Self {
+        Self { ttp, cache: None }
+    }
 }
 
 /// The applet's initial persistent data naming the TTP and, if given,
@@ -164,11 +175,11 @@ impl Applet for VoucherApplet {
         if cx.certificate.is_none() || cx.ca_certificate.is_none() {
             return Err(Refusal("this card has no certificate yet".into()));
         }
-        let mut state = if cx.data.is_empty() {
-            VoucherCard::default()
-        } else {
-            VoucherCard::decode(cx.data)
-                .map_err(|e| Refusal(format!("stored voucher state unreadable: {e}")))?
+        let mut state = match self.cache.take() {
+            Some((bytes, state)) if bytes == *cx.data => state,
+            _ if cx.data.is_empty() => VoucherCard::default(),
+            _ => VoucherCard::decode(cx.data)
+                .map_err(|e| Refusal(format!("stored voucher state unreadable: {e}")))?,
         };
         let me = cx.card;
         let Some(ttp) = self.ttp.or(state.ttp) else {
@@ -191,6 +202,7 @@ impl Applet for VoucherApplet {
         };
         cx.count_hash_blocks(crate::model::h_blocks() - hashed_before);
         *cx.data = state.to_bytes();
+        self.cache = Some((cx.data.clone(), state));
         for o in outs {
             cx.send(o.dst, o.mtype, o.param);
         }

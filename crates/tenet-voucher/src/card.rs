@@ -246,13 +246,13 @@ pub struct Ctx<'a> {
 /// Most finished exchanges remembered (older ones are forgotten first).
 /// Finished exchanges are kept compact: without the agreement's signature
 /// and certificate, which only recovery needs.
-pub const HISTORY: usize = 64;
+pub const HISTORY: usize = 16;
 
 /// Most accepted offers remembered to refuse their replay (the oldest is
 /// forgotten first). Safety does not rest on this memory: a replayed offer
 /// that a card no longer remembers starts a new exchange with its own
 /// h(n2), which only its own recovery touches (see docs/model.md).
-pub const ACCEPTED_MEMORY: usize = 128;
+pub const ACCEPTED_MEMORY: usize = 32;
 
 /// The voucher applet's persistent state.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
