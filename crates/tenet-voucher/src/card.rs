@@ -273,6 +273,9 @@ pub struct VoucherCard {
     pub ttp_certificate: Option<Vec<u8>>,
     /// The wallet app that gets offers addressed to the card (option 2a).
     pub acceptor: Option<EntityId>,
+    /// Finished exchanges in the order they finished: the oldest is
+    /// forgotten first.
+    pub finished: VecDeque<ExchangeId>,
 }
 
 impl VoucherCard {
@@ -695,21 +698,24 @@ impl VoucherCard {
     /// Compacts finished exchanges and forgets the oldest beyond
     /// [`HISTORY`]; pending ones are never touched.
     fn trim(&mut self) {
-        for e in self.exchanges.values_mut() {
+        let Self {
+            exchanges,
+            finished,
+            ..
+        } = self;
+        for (id, e) in exchanges.iter_mut() {
             if e.phase.is_final() {
                 e.agreement.signature.clear();
                 e.agreement.certificate.clear();
+                if !finished.contains(id) {
+                    finished.push_back(*id);
+                }
             }
         }
-        let finished: Vec<ExchangeId> = self
-            .exchanges
-            .iter()
-            .filter(|(_, e)| e.phase.is_final())
-            .map(|(id, _)| *id)
-            .collect();
-        if finished.len() > HISTORY {
-            for id in &finished[..finished.len() - HISTORY] {
-                self.exchanges.remove(id);
+        finished.retain(|id| exchanges.contains_key(id));
+        while finished.len() > HISTORY {
+            if let Some(id) = finished.pop_front() {
+                exchanges.remove(&id);
             }
         }
     }
@@ -722,6 +728,7 @@ const T_SEEN: Tag = Tag(0x83);
 const T_TTP: Tag = Tag(0x84);
 const T_ACCEPTOR: Tag = Tag(0x85);
 const T_TTP_CERT: Tag = Tag(0x86);
+const T_FINISHED: Tag = Tag(0x87);
 
 fn list(items: impl Iterator<Item = Vec<u8>>) -> Vec<u8> {
     let mut out = Vec::new();
@@ -767,12 +774,18 @@ impl Codec for VoucherCard {
         if let Some(c) = &self.ttp_certificate {
             tlv::write(out, T_TTP_CERT, c);
         }
+        if !self.finished.is_empty() {
+            let ids: Vec<u8> = self.finished.iter().flat_map(|id| id.0).collect();
+            tlv::write(out, T_FINISHED, &ids);
+        }
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let f = Fields::parse(r.rest())?;
         f.only(
-            &[T_BAL, T_OFFERS, T_EX, T_SEEN, T_TTP, T_ACCEPTOR, T_TTP_CERT],
+            &[
+                T_BAL, T_OFFERS, T_EX, T_SEEN, T_TTP, T_ACCEPTOR, T_TTP_CERT, T_FINISHED,
+            ],
             "voucher state",
         )?;
         let mut s = VoucherCard {
@@ -834,6 +847,17 @@ impl Codec for VoucherCard {
         s.accepted = seen
             .chunks(32)
             .map(|c| c.try_into().expect("32 bytes"))
+            .collect();
+        let finished = f.get(T_FINISHED).unwrap_or_default();
+        if finished.len() % 32 != 0 {
+            return Err(DecodeError::Invalid {
+                what: "finished exchanges",
+                detail: "length not a multiple of 32".into(),
+            });
+        }
+        s.finished = finished
+            .chunks(32)
+            .map(|c| ExchangeId(c.try_into().expect("32 bytes")))
             .collect();
         Ok(s)
     }

@@ -724,6 +724,12 @@ fn a_cards_state_stays_bounded_over_many_exchanges() {
         w.accept_offers();
         w.run();
         sizes.push((w.a.to_bytes().len(), w.b.to_bytes().len()));
+        // The exchange that just finished is the newest in both histories:
+        // the oldest are forgotten, never the latest.
+        let latest = *w.a.finished.back().unwrap();
+        assert_eq!(w.b.finished.back(), Some(&latest));
+        assert_eq!(w.a.exchanges[&latest].phase, Phase::Committed);
+        assert_eq!(w.b.exchanges[&latest].phase, Phase::Committed);
     }
     assert!(w.refusals.is_empty(), "{:?}", w.refusals);
     assert_eq!(w.b.accepted.len(), ACCEPTED_MEMORY);
