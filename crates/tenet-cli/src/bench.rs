@@ -156,6 +156,26 @@ pub async fn run(which: Which, json: bool) -> Result<ExitCode> {
     }
 }
 
+/// A personalized virtual card without applets in `path` (PIN 1234), in a
+/// random domain whose last four bytes are `seed`.
+pub(crate) fn blank_card(path: &std::path::Path, seed: u8) -> Result<Domain> {
+    let mut b = [seed; 12];
+    getrandom::fill(&mut b[..8]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let domain = Domain::new(b);
+    let p = tenet_card::Personalization {
+        domain,
+        pin: b"1234".to_vec(),
+        puk: b"12345678".to_vec(),
+    };
+    tenet_card::Card::personalize(
+        tenet_card::FileStore::create(path, 16 * 1024)?,
+        &p,
+        tenet_card::CardLimits::default(),
+        Box::new(tenet_card::SystemEntropy),
+    )?;
+    Ok(domain)
+}
+
 /// Runs every scenario this build has, in a fixed order.
 async fn all(quick: bool) -> Result<Vec<Section>> {
     let scale = |full: u64, small: u64| if quick { small } else { full };

@@ -48,18 +48,16 @@ use tenet_voucher::msg::{
 
 use crate::bench::summarize;
 use crate::bench_report::{Plot, Section, progress, ratio};
-
-/// The wallets' PIN.
-pub(crate) const PIN: &[u8] = b"1234";
-const WAIT: Duration = Duration::from_secs(10);
+pub(crate) use crate::demo::PIN;
+use crate::demo::{WAIT, free_port, wait_links};
 
 /// A CA, a TTP the cards trust (the optimistic exchange never needs it),
 /// and personalization of cards with the voucher applet.
 pub(crate) struct Pki {
     dir: tempfile::TempDir,
-    ca: PathBuf,
-    ttp: EntityId,
-    ttp_cert: Vec<u8>,
+    pub(crate) ca: PathBuf,
+    pub(crate) ttp: EntityId,
+    pub(crate) ttp_cert: Vec<u8>,
 }
 
 impl Pki {
@@ -681,10 +679,6 @@ pub(crate) fn deliver_len(m: &Message) -> usize {
         .len()
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 fn host_config(
     pki: &Pki,
     name: &str,
@@ -692,32 +686,12 @@ fn host_config(
     card: Domain,
     port: u16,
 ) -> Result<tenet_host::Config> {
-    let files = tenet_host::certs::issue_host(&pki.ca, name, &[sw, card])?;
     let dir = pki.path();
-    let mut cfg = tenet_host::Config::default();
-    cfg.host.socket = Some(dir.join(format!("{name}.sock")));
-    cfg.host.state_dir = Some(dir.join(format!("{name}-state")));
-    cfg.host.domain = Some(sw.to_string());
-    cfg.remote.listen = Some(format!("127.0.0.1:{port}"));
-    (cfg.remote.ca, cfg.remote.cert, cfg.remote.key) =
-        (Some(files.ca), Some(files.cert), Some(files.key));
+    let mut cfg = crate::demo::host_config(dir, &pki.ca, name, sw, &[card], port)?;
     let store = dir.join(format!("{name}.card"));
     drop(pki.card(FileStore::create(&store, 64 * 1024)?, card)?);
     cfg.card.virtual_store = Some(store);
     Ok(cfg)
-}
-
-async fn wait_link(from: &HostHandle, to: EntityId) -> Result<()> {
-    let mut probe = Capability::acquire(from.socket_path()).await?;
-    let deadline = Instant::now() + WAIT;
-    while probe
-        .echo(to, b"", Duration::from_millis(500))
-        .await
-        .is_err()
-    {
-        ensure!(Instant::now() < deadline, "no link to {to}");
-    }
-    Ok(())
 }
 
 /// Our world: two daemons over TLS, a virtual card each, and the wallets.
@@ -758,8 +732,8 @@ impl Ours {
         let ha = tenet_host::start(&cfg_a).await.context("host A")?;
         let hb = tenet_host::start(&cfg_b).await.context("host B")?;
         let (card_a, card_b) = (ca.owner(), cb.owner());
-        wait_link(&hb, card_a).await?;
-        wait_link(&ha, card_b).await?;
+        wait_links(&hb, &[card_a]).await?;
+        wait_links(&ha, &[card_b]).await?;
         let mut app_a = ours_open(ha.socket_path(), card_a).await?;
         let mut app_b = ours_open(hb.socket_path(), card_b).await?;
         app_a.send(card_a, MINT, coffee(ca, n).to_bytes()).await?;

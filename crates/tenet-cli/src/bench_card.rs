@@ -19,31 +19,13 @@ mod with_pcsc {
     use std::time::{Duration, Instant};
 
     use anyhow::{Context, Result, bail};
-    use tenet_card::{Card, CardLimits, FileStore, Personalization, SystemEntropy};
+    use tenet_card::{Card, CardLimits, FileStore, SystemEntropy};
     use tenet_client::Capability;
     use tenet_host::link::{CardSession, InProcessLink, PcscLink};
-    use tenet_proto::{Domain, EntityId, Message, Mtype, Port};
+    use tenet_proto::{EntityId, Message, Mtype, Port};
 
     use crate::bench::{rtt_table, summarize, us};
     use crate::bench_report::{Plot, Section, progress};
-
-    fn make_card(path: &Path, seed: u8) -> Result<Domain> {
-        let mut b = [seed; 12];
-        getrandom::fill(&mut b[..8]).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let domain = Domain::new(b);
-        let p = Personalization {
-            domain,
-            pin: b"1234".to_vec(),
-            puk: b"12345678".to_vec(),
-        };
-        Card::personalize(
-            FileStore::create(path, 16 * 1024)?,
-            &p,
-            CardLimits::default(),
-            Box::new(SystemEntropy),
-        )?;
-        Ok(domain)
-    }
 
     fn open(path: &Path) -> Result<Card<FileStore>> {
         Ok(Card::open(
@@ -137,8 +119,8 @@ mod with_pcsc {
     pub async fn run(rounds: u32, vpcd: &str, reader: &str) -> Result<Section> {
         let dir = tempfile::tempdir()?;
         let (store_a, store_b) = (dir.path().join("a.store"), dir.path().join("b.store"));
-        let card_a = make_card(&store_a, 0xaa)?.owner();
-        let card_b = make_card(&store_b, 0xbb)?.owner();
+        let card_a = crate::bench::blank_card(&store_a, 0xaa)?.owner();
+        let card_b = crate::bench::blank_card(&store_b, 0xbb)?.owner();
         let bar = progress(2, "card");
 
         // APDU level: one DELIVER (echo, 42-byte message) per round trip.

@@ -18,6 +18,7 @@ use tenet_voucher::model::{Amount, VoucherClass};
 use tenet_voucher::msg;
 
 use crate::bench::{Summary, summarize, us};
+use crate::bench_baseline::Pki;
 use crate::bench_report::{Plot, Section, progress, ratio};
 use crate::demo::{PIN, WAIT, free_port, host_config, make_card, wait_links};
 
@@ -44,36 +45,20 @@ fn class(issuer: Domain, promise: &str) -> VoucherClass {
 }
 
 struct Setup {
-    _dir: tempfile::TempDir,
-    ca: PathBuf,
-    ttp: EntityId,
-    ttp_cert: Vec<u8>,
+    pki: Pki,
     stores: PathBuf,
 }
 
 impl Setup {
     fn new(stores: &Path) -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let ca = dir.path().join("ca");
-        tenet_host::certs::ensure_ca(&ca, "bench CA")?;
-        // The cards trust a TTP; the optimistic exchange never needs it.
-        let ttp = Domain::new([0x77; 12]).owner();
-        let tf = tenet_host::certs::issue_entity_key(&ca, "ttp", ttp)?;
-        let ttp_cert = {
-            use pki_types::pem::PemObject;
-            pki_types::CertificateDer::from_pem_file(&tf.cert)?.to_vec()
-        };
         Ok(Self {
-            _dir: dir,
-            ca,
-            ttp,
-            ttp_cert,
+            pki: Pki::new()?,
             stores: stores.to_owned(),
         })
     }
 
     async fn pair(&self, i: usize) -> Result<Pair> {
-        let dir = self._dir.path();
+        let (dir, pki) = (self.pki.path(), &self.pki);
         let (da, dca, db, dcb) = (
             domain(0xa1, i),
             domain(0xca, i),
@@ -81,23 +66,23 @@ impl Setup {
             domain(0xcb, i),
         );
         let (pa, pb) = (free_port()?, free_port()?);
-        let mut ca_cfg = host_config(dir, &self.ca, &format!("a{i}"), da, &[dca], pa)?;
+        let mut ca_cfg = host_config(dir, &pki.ca, &format!("a{i}"), da, &[dca], pa)?;
         ca_cfg.card.virtual_store = Some(make_card(
             &self.stores,
-            &self.ca,
+            &pki.ca,
             &format!("a{i}"),
             dca,
-            self.ttp,
-            &self.ttp_cert,
+            pki.ttp,
+            &pki.ttp_cert,
         )?);
-        let mut cb_cfg = host_config(dir, &self.ca, &format!("b{i}"), db, &[dcb], pb)?;
+        let mut cb_cfg = host_config(dir, &pki.ca, &format!("b{i}"), db, &[dcb], pb)?;
         cb_cfg.card.virtual_store = Some(make_card(
             &self.stores,
-            &self.ca,
+            &pki.ca,
             &format!("b{i}"),
             dcb,
-            self.ttp,
-            &self.ttp_cert,
+            pki.ttp,
+            &pki.ttp_cert,
         )?);
         cb_cfg.remote.peers = vec![PeerSection {
             address: format!("127.0.0.1:{pa}"),
@@ -267,7 +252,7 @@ pub async fn run(exchanges: u32, pairs: &[usize], stores: Stores) -> Result<Sect
         cards.push((kind, (a1 - a0) / exchanges, (b1 - b0) / exchanges));
         if kind == Stores::Tmpfs {
             floor = tokio::task::spawn_blocking({
-                let ca = setup.ca.clone();
+                let ca = setup.pki.ca.clone();
                 move || crypto_floor(&ca, exchanges.max(200))
             })
             .await??;

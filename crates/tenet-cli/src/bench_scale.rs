@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use tenet_card::{Card, CardLimits, FileStore, Personalization, SystemEntropy};
 use tenet_client::Capability;
 use tenet_dispatch::{DispatchTable, Ingress, Limits};
 use tenet_proto::{Domain, EntityId, Message, Mtype, Port};
@@ -471,30 +470,12 @@ struct Rtt {
     dbus: std::result::Result<Summary, String>,
 }
 
-fn make_card(path: &Path) -> Result<Domain> {
-    let mut b = [0xcd; 12];
-    getrandom::fill(&mut b[..8]).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let domain = Domain::new(b);
-    let p = Personalization {
-        domain,
-        pin: b"1234".to_vec(),
-        puk: b"12345678".to_vec(),
-    };
-    Card::personalize(
-        FileStore::create(path, 16 * 1024)?,
-        &p,
-        CardLimits::default(),
-        Box::new(SystemEntropy),
-    )?;
-    Ok(domain)
-}
-
 /// Echo from an app to the daemon's in-process virtual card (`CARD:0`) and
 /// to another app, next to a D-Bus method call through a private
 /// dbus-daemon, interleaved in rounds.
 async fn card_vs_dbus(dir: &Path, n: u32) -> Result<Rtt> {
     let store = dir.join("card.store");
-    make_card(&store)?;
+    crate::bench::blank_card(&store, 0xcd)?;
     let mut cfg = tenet_host::Config::default();
     cfg.host.socket = Some(dir.join("card.sock"));
     cfg.host.state_dir = Some(dir.join("card-state"));
