@@ -30,7 +30,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
 mod support;
-use support::{WAIT, echo_eventually, free_port, recv};
+use support::{Raw, WAIT, echo_eventually, error_code, free_port, recv};
 
 const PIN: &[u8] = b"1234";
 const PUK: &[u8] = b"12345678";
@@ -151,66 +151,6 @@ fn voucher_host(dir: &Path, ca: &Path, d: Domain, k: Domain) -> (Config, PathBuf
 }
 
 // ---------------------------------------------------------------- raw app client
-
-/// An app speaking the socket protocol by hand, for what the library won't do.
-struct Raw {
-    s: UnixStream,
-    buf: Vec<u8>,
-}
-
-impl Raw {
-    async fn connect(path: &Path) -> Self {
-        Self {
-            s: UnixStream::connect(path).await.unwrap(),
-            buf: Vec::new(),
-        }
-    }
-
-    async fn send_bytes(&mut self, body: &[u8]) {
-        let mut out = Vec::new();
-        let at = begin_frame(&mut out);
-        out.extend_from_slice(body);
-        finish_frame(&mut out, at);
-        self.s.write_all(&out).await.unwrap();
-    }
-
-    async fn request(&mut self, f: &ClientFrame) -> DaemonFrame {
-        self.send_bytes(&f.to_bytes()).await;
-        self.read().await.expect("daemon answered")
-    }
-
-    /// The next frame, or None at end of stream.
-    async fn read(&mut self) -> Option<DaemonFrame> {
-        loop {
-            if let Some((used, body)) = split_frame(&self.buf, MAX_APP_FRAME).unwrap() {
-                let f = DaemonFrame::decode(body).unwrap();
-                self.buf.drain(..used);
-                return Some(f);
-            }
-            let n = tokio::time::timeout(WAIT, self.s.read_buf(&mut self.buf))
-                .await
-                .expect("daemon answers in time")
-                .unwrap_or(0);
-            if n == 0 {
-                return None;
-            }
-        }
-    }
-
-    async fn acquire(&mut self) -> EntityId {
-        match self.request(&ClientFrame::Acquire).await {
-            DaemonFrame::Acquired(id) => id,
-            other => panic!("expected Acquired, got {other:?}"),
-        }
-    }
-}
-
-fn error_code(f: DaemonFrame) -> ErrorCode {
-    match f {
-        DaemonFrame::Error { code, .. } => code,
-        other => panic!("expected an error, got {other:?}"),
-    }
-}
 
 // ---------------------------------------------------------------- raw TLS peer
 

@@ -7,14 +7,12 @@ use std::time::Duration;
 use tenet_client::{Capability, ClientError, Incoming};
 use tenet_host::{Config, HostHandle};
 use tenet_proto::app::{ClientFrame, DaemonFrame, ErrorCode, SubscriptionId};
-use tenet_proto::frame::{begin_frame, finish_frame, split_frame};
 use tenet_proto::notice::{Refused, Undeliverable, UndeliverableReason};
 use tenet_proto::{Codec, EntityId, Filter, Message, Mtype, Port};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
+use tokio::io::AsyncWriteExt;
 
 mod support;
-use support::{WAIT, recv};
+use support::{Raw, WAIT, error_code, recv};
 
 struct TestHost {
     dir: tempfile::TempDir,
@@ -55,66 +53,6 @@ async fn start_in(dir: &Path, tweak: impl FnOnce(&mut Config)) -> HostHandle {
     cfg.host.state_dir = Some(dir.join("state"));
     tweak(&mut cfg);
     tenet_host::start(&cfg).await.unwrap()
-}
-
-/// A client speaking the app protocol by hand, for what the library won't do.
-struct Raw {
-    s: UnixStream,
-    buf: Vec<u8>,
-}
-
-impl Raw {
-    async fn connect(path: &Path) -> Self {
-        Self {
-            s: UnixStream::connect(path).await.unwrap(),
-            buf: Vec::new(),
-        }
-    }
-
-    async fn send_bytes(&mut self, body: &[u8]) {
-        let mut out = Vec::new();
-        let at = begin_frame(&mut out);
-        out.extend_from_slice(body);
-        finish_frame(&mut out, at);
-        self.s.write_all(&out).await.unwrap();
-    }
-
-    async fn request(&mut self, f: &ClientFrame) -> DaemonFrame {
-        self.send_bytes(&f.to_bytes()).await;
-        self.read().await.expect("daemon answered")
-    }
-
-    /// The next frame, or None at end of stream.
-    async fn read(&mut self) -> Option<DaemonFrame> {
-        loop {
-            if let Some((used, body)) = split_frame(&self.buf, 1 << 17).unwrap() {
-                let f = DaemonFrame::decode(body).unwrap();
-                self.buf.drain(..used);
-                return Some(f);
-            }
-            let n = tokio::time::timeout(WAIT, self.s.read_buf(&mut self.buf))
-                .await
-                .expect("daemon answers in time")
-                .unwrap();
-            if n == 0 {
-                return None;
-            }
-        }
-    }
-
-    async fn acquire(&mut self) -> EntityId {
-        match self.request(&ClientFrame::Acquire).await {
-            DaemonFrame::Acquired(id) => id,
-            other => panic!("expected Acquired, got {other:?}"),
-        }
-    }
-}
-
-fn error_code(f: DaemonFrame) -> ErrorCode {
-    match f {
-        DaemonFrame::Error { code, .. } => code,
-        other => panic!("expected an error, got {other:?}"),
-    }
 }
 
 #[tokio::test]

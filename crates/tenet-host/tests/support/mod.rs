@@ -2,10 +2,16 @@
 // Each test file uses a different subset.
 #![allow(dead_code)]
 
+use std::path::Path;
 use std::time::Duration;
 
 use tenet_client::Capability;
+use tenet_proto::Codec;
+use tenet_proto::app::{ClientFrame, DaemonFrame, ErrorCode, MAX_APP_FRAME};
+use tenet_proto::frame::{begin_frame, finish_frame, split_frame};
 use tenet_proto::{EntityId, Message};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
 
 /// How long a test waits for anything that should happen.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -36,5 +42,67 @@ pub async fn echo_eventually(c: &mut Capability, dst: EntityId) {
             Err(e) if tokio::time::Instant::now() > deadline => panic!("{dst} never answered: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
+    }
+}
+
+/// An app speaking the socket protocol by hand, for what the library won't do.
+pub struct Raw {
+    /// The socket, for writing bytes no frame would hold.
+    pub s: UnixStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    pub async fn connect(path: &Path) -> Self {
+        Self {
+            s: UnixStream::connect(path).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    pub async fn send_bytes(&mut self, body: &[u8]) {
+        let mut out = Vec::new();
+        let at = begin_frame(&mut out);
+        out.extend_from_slice(body);
+        finish_frame(&mut out, at);
+        self.s.write_all(&out).await.unwrap();
+    }
+
+    pub async fn request(&mut self, f: &ClientFrame) -> DaemonFrame {
+        self.send_bytes(&f.to_bytes()).await;
+        self.read().await.expect("daemon answered")
+    }
+
+    /// The next frame, or None at end of stream.
+    pub async fn read(&mut self) -> Option<DaemonFrame> {
+        loop {
+            if let Some((used, body)) = split_frame(&self.buf, MAX_APP_FRAME).unwrap() {
+                let f = DaemonFrame::decode(body).unwrap();
+                self.buf.drain(..used);
+                return Some(f);
+            }
+            let n = tokio::time::timeout(WAIT, self.s.read_buf(&mut self.buf))
+                .await
+                .expect("daemon answers in time")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    pub async fn acquire(&mut self) -> EntityId {
+        match self.request(&ClientFrame::Acquire).await {
+            DaemonFrame::Acquired(id) => id,
+            other => panic!("expected Acquired, got {other:?}"),
+        }
+    }
+}
+
+/// The code of an error frame; panics on anything else.
+pub fn error_code(f: DaemonFrame) -> ErrorCode {
+    match f {
+        DaemonFrame::Error { code, .. } => code,
+        other => panic!("expected an error, got {other:?}"),
     }
 }
