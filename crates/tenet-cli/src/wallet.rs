@@ -12,7 +12,7 @@ use tenet_client::Capability;
 use tenet_client::wallet::Wallet;
 use tenet_proto::{Codec, Domain, EntityId, Filter};
 use tenet_voucher::card::Role;
-use tenet_voucher::model::{Amount, VoucherClass};
+use tenet_voucher::model::Amount;
 use tenet_voucher::msg::ExchangeId;
 
 /// Who the wallet is.
@@ -119,29 +119,15 @@ fn unhex(s: &str) -> Result<Vec<u8>> {
 }
 
 fn amount(s: &str, own: Option<Domain>) -> Result<Amount> {
-    let parts: Vec<&str> = s.splitn(3, ':').collect();
-    let (qty, issuer, promise) = match (parts.as_slice(), own) {
-        ([q, p], Some(d)) => (*q, d, *p),
-        ([q, i, p], _) => (*q, i.parse::<Domain>()?, *p),
-        _ => bail!("amount must be QTY:ISSUERHEX:PROMISE (or QTY:PROMISE when minting), got {s:?}"),
+    let a: Amount = match (s.split_once(':'), own) {
+        // QTY:PROMISE, when minting: the card's own class.
+        (Some((q, p)), Some(d)) if !p.contains(':') => format!("{q}:{d}:{p}").parse()?,
+        _ => s.parse()?,
     };
-    let quantity: u64 = qty.parse().with_context(|| format!("quantity {qty:?}"))?;
-    if quantity == 0 {
+    if a.quantity == 0 {
         bail!("quantity must be at least 1");
     }
-    if promise.is_empty() || promise.len() > tenet_voucher::model::MAX_PROMISE {
-        bail!(
-            "promise must be 1 to {} bytes",
-            tenet_voucher::model::MAX_PROMISE
-        );
-    }
-    Ok(Amount {
-        class: VoucherClass {
-            issuer,
-            promise: promise.to_owned(),
-        },
-        quantity,
-    })
+    Ok(a)
 }
 
 fn show(b: &[Amount]) {

@@ -59,6 +59,47 @@ pub struct Amount {
     pub quantity: u64,
 }
 
+/// Why the text of an amount was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("amount {text:?}: {reason} (expected QTY:ISSUERHEX:PROMISE)")]
+pub struct AmountParseError {
+    /// The text given.
+    pub text: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// The text form `QTY:ISSUERHEX:PROMISE`, as the CLI and the offer policy
+/// take it; the promise is 1 to [`MAX_PROMISE`] bytes.
+impl std::str::FromStr for Amount {
+    type Err = AmountParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason: String| AmountParseError {
+            text: s.to_owned(),
+            reason,
+        };
+        let mut parts = s.splitn(3, ':');
+        let (Some(q), Some(i), Some(p)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(err("not QTY:ISSUERHEX:PROMISE".into()));
+        };
+        let quantity: u64 = q
+            .parse()
+            .map_err(|_| err(format!("quantity {q:?} is not a number")))?;
+        let issuer: Domain = i.parse().map_err(|e| err(format!("issuer {i:?}: {e}")))?;
+        if p.is_empty() || p.len() > MAX_PROMISE {
+            return Err(err(format!("promise must be 1 to {MAX_PROMISE} bytes")));
+        }
+        Ok(Amount {
+            class: VoucherClass {
+                issuer,
+                promise: p.to_owned(),
+            },
+            quantity,
+        })
+    }
+}
+
 impl fmt::Display for Amount {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} x {}", self.quantity, self.class)
@@ -180,6 +221,24 @@ pub type CardId = EntityId;
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn amount_text_is_qty_issuer_promise() {
+        let a: Amount = "3:cacacacacacacacacacacaca:coffee".parse().unwrap();
+        assert_eq!(
+            (a.quantity, a.class.issuer, a.class.promise.as_str()),
+            (3, Domain::new([0xca; 12]), "coffee")
+        );
+        for (text, why) in [
+            ("3:coffee", "not QTY:ISSUERHEX:PROMISE"),
+            ("x:cacacacacacacacacacacaca:coffee", "quantity"),
+            ("3:zz:coffee", "issuer"),
+            ("3:cacacacacacacacacacacaca:", "promise"),
+        ] {
+            let e = text.parse::<Amount>().unwrap_err().to_string();
+            assert!(e.contains(why), "{text}: {e}");
+        }
+    }
 
     fn coffee(q: u64) -> Amount {
         Amount {

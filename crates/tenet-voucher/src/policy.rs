@@ -8,9 +8,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use tenet_proto::Domain;
-
-use crate::model::{Amount, MAX_PROMISE, VoucherClass};
+use crate::model::Amount;
 use crate::msg::Offer;
 
 /// Why a policy text was refused.
@@ -45,27 +43,6 @@ impl Policy {
     }
 }
 
-fn amount(s: &str) -> Result<Amount, String> {
-    let mut parts = s.splitn(3, ':');
-    let (Some(q), Some(i), Some(p)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(format!("{s:?} is not QTY:ISSUERHEX:PROMISE"));
-    };
-    let quantity: u64 = q
-        .parse()
-        .map_err(|_| format!("quantity {q:?} is not a number"))?;
-    let issuer: Domain = i.parse().map_err(|e| format!("issuer {i:?}: {e}"))?;
-    if p.is_empty() || p.len() > MAX_PROMISE {
-        return Err(format!("promise must be 1 to {MAX_PROMISE} bytes"));
-    }
-    Ok(Amount {
-        class: VoucherClass {
-            issuer,
-            promise: p.to_owned(),
-        },
-        quantity,
-    })
-}
-
 impl FromStr for Policy {
     type Err = PolicyError;
 
@@ -86,8 +63,8 @@ impl FromStr for Policy {
             .strip_prefix("WANT<=")
             .ok_or_else(|| err("the second part must start with WANT<=".into()))?;
         Ok(Self {
-            give: amount(g).map_err(err)?,
-            want: amount(w).map_err(err)?,
+            give: g.parse::<Amount>().map_err(|e| err(e.reason))?,
+            want: w.parse::<Amount>().map_err(|e| err(e.reason))?,
         })
     }
 }
@@ -110,7 +87,7 @@ impl fmt::Display for Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tenet_proto::{EntityId, Port};
+    use tenet_proto::{Domain, EntityId, Port};
 
     fn offer(give: u64, want: u64) -> Offer {
         let p: Policy =
