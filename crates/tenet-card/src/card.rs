@@ -529,6 +529,25 @@ impl<S: Storage> Card<S> {
         Ok(())
     }
 
+    /// Commits new data of one applet without copying the rest of the
+    /// state: on a store error the state keeps the applet's old data.
+    fn commit_applet(&mut self, app_id: u16, data: Vec<u8>) -> Result<(), StoreError> {
+        let old_record = self.meter.as_ref().map(|_| self.state.to_bytes());
+        let old = self.state.applets.insert(app_id, data);
+        let record = self.state.to_bytes();
+        if let Err(e) = self.store.commit(&record) {
+            match old {
+                Some(d) => self.state.applets.insert(app_id, d),
+                None => self.state.applets.remove(&app_id),
+            };
+            return Err(e);
+        }
+        if let (Some(m), Some(old_record)) = (&self.meter, old_record) {
+            m.commit(&old_record, &record);
+        }
+        Ok(())
+    }
+
     fn emit(&mut self, dst: EntityId, mtype: Mtype, param: Vec<u8>) {
         let m = Message::new(self.id(), dst, mtype, param);
         if m.encoded_len() <= self.limits.max_message {
@@ -706,8 +725,7 @@ impl<S: Storage> Card<S> {
             return Ok(());
         };
         let app_id = self.applets[i].id();
-        let before = self.state.applets.get(&app_id).cloned().unwrap_or_default();
-        let mut data = before.clone();
+        let mut data = self.state.applets.get(&app_id).cloned().unwrap_or_default();
         let mut out = Vec::new();
         let key = &self.key;
         let rng = &self.rng;
@@ -746,10 +764,12 @@ impl<S: Storage> Card<S> {
         let result = self.applets[i].handle(&mut cx, &m);
         match result {
             Ok(()) => {
-                if data != before {
-                    let mut s = self.state.clone();
-                    s.applets.insert(app_id, data);
-                    self.commit(s)?;
+                let changed = match self.state.applets.get(&app_id) {
+                    Some(before) => *before != data,
+                    None => !data.is_empty(),
+                };
+                if changed {
+                    self.commit_applet(app_id, data)?;
                 }
                 for o in out {
                     if o.encoded_len() <= self.limits.max_message {

@@ -87,13 +87,13 @@ impl Codec for CardState {
         if let Some(c) = &self.ca_certificate {
             tlv::write(out, T_CA, c);
         }
-        let mut a = Vec::new();
-        for (id, data) in &self.applets {
-            a.extend_from_slice(&id.to_be_bytes());
-            a.extend_from_slice(&(data.len() as u32).to_be_bytes());
-            a.extend_from_slice(data);
-        }
-        tlv::write(out, T_APPLETS, &a);
+        tlv::write_with(out, T_APPLETS, |a| {
+            for (id, data) in &self.applets {
+                a.extend_from_slice(&id.to_be_bytes());
+                a.extend_from_slice(&(data.len() as u32).to_be_bytes());
+                a.extend_from_slice(data);
+            }
+        });
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {

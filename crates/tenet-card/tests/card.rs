@@ -524,6 +524,12 @@ fn store_failure_means_no_effect_and_no_output() {
     assert_eq!(c.state().applets.get(&0x81), None);
     c.store_mut().fail_commits = false;
     assert_eq!(one(&mut c, m).mtype(), VAULT_GET);
+    // A failed update of data that exists keeps the old data.
+    let before = c.state().clone();
+    c.store_mut().fail_commits = true;
+    let m = Message::new(app(1), CARD, VAULT_PUT, b"yy".to_vec());
+    assert_eq!(apdu(&mut c, deliver_cmd(&m)).sw, StatusWord::MEMORY_FAILURE);
+    assert_eq!(c.state(), &before);
 }
 
 #[test]

@@ -116,20 +116,44 @@ pub fn write(out: &mut Vec<u8>, tag: Tag, value: &[u8]) {
     out.extend_from_slice(value);
 }
 
-fn write_len(out: &mut Vec<u8>, len: usize) {
+/// Appends one data object whose value `value` writes straight into `out`:
+/// nested objects need no buffer of their own. The length is patched in
+/// afterwards (moving the value only when it is 128 bytes or longer).
+///
+/// # Panics
+/// If the value is 16 MiB or longer (never the case for an eTP param).
+pub fn write_with(out: &mut Vec<u8>, tag: Tag, value: impl FnOnce(&mut Vec<u8>)) {
+    tag.encode(out);
+    let at = out.len();
+    out.push(0);
+    value(out);
+    let (len, n) = len_bytes(out.len() - at - 1);
+    out[at] = len[0];
+    if n > 1 {
+        out.splice(at + 1..at + 1, len[1..n].iter().copied());
+    }
+}
+
+/// Appends one data object whose value is the encoding of `v`.
+pub fn write_codec(out: &mut Vec<u8>, tag: Tag, v: &impl crate::codec::Codec) {
+    write_with(out, tag, |out| v.encode(out));
+}
+
+/// The length bytes of a value of `len` bytes, and how many there are.
+fn len_bytes(len: usize) -> ([u8; 4], usize) {
+    let b = (len as u32).to_be_bytes();
     match len {
-        0..=0x7f => out.push(len as u8),
-        0x80..=0xff => out.extend_from_slice(&[0x81, len as u8]),
-        0x100..=0xffff => {
-            out.push(0x82);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        0x1_0000..=0xff_ffff => {
-            out.push(0x83);
-            out.extend_from_slice(&(len as u32).to_be_bytes()[1..]);
-        }
+        0..=0x7f => ([b[3], 0, 0, 0], 1),
+        0x80..=0xff => ([0x81, b[3], 0, 0], 2),
+        0x100..=0xffff => ([0x82, b[2], b[3], 0], 3),
+        0x1_0000..=0xff_ffff => ([0x83, b[1], b[2], b[3]], 4),
         _ => panic!("TLV value of {len} bytes is too long"),
     }
+}
+
+fn write_len(out: &mut Vec<u8>, len: usize) {
+    let (b, n) = len_bytes(len);
+    out.extend_from_slice(&b[..n]);
 }
 
 /// A decoded list of data objects with lookups that name what is missing.
@@ -260,6 +284,20 @@ mod tests {
                 prop_assert_eq!(p.tag, Tag(*t));
                 prop_assert_eq!(p.value, &v[..]);
             }
+        }
+
+        #[test]
+        fn writing_in_place_gives_the_same_bytes(
+            prefix in proptest::collection::vec(any::<u8>(), 0..4),
+            len in prop_oneof![0usize..300, 0xfff0usize..0x1_0010],
+            byte in any::<u8>(),
+        ) {
+            let value = vec![byte; len];
+            let mut copied = prefix.clone();
+            write(&mut copied, Tag(0xa1), &value);
+            let mut in_place = prefix;
+            write_with(&mut in_place, Tag(0xa1), |o| o.extend_from_slice(&value));
+            prop_assert_eq!(in_place, copied);
         }
 
         #[test]

@@ -201,7 +201,8 @@ impl Applet for VoucherApplet {
                 .map_err(|r| Refusal(r.0))?
         };
         cx.count_hash_blocks(crate::model::h_blocks() - hashed_before);
-        *cx.data = state.to_bytes();
+        cx.data.clear();
+        state.encode(cx.data);
         self.cache = Some((cx.data.clone(), state));
         for o in outs {
             cx.send(o.dst, o.mtype, o.param);

@@ -58,7 +58,7 @@ impl Codec for ExchangeSummary {
     fn encode(&self, out: &mut Vec<u8>) {
         tlv::write(out, Tag(0x80), &self.id.0);
         tlv::write(out, Tag(0x81), &[self.role as u8, self.phase.code()]);
-        tlv::write(out, Tag(0xa2), &self.offer.to_bytes());
+        tlv::write_codec(out, Tag(0xa2), &self.offer);
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -95,13 +95,20 @@ pub fn decode_exchanges(param: &[u8]) -> Result<Vec<ExchangeSummary>, DecodeErro
 
 /// Encodes balances as the param of [`BALANCES`].
 pub fn encode_balances(b: &Balances) -> Vec<u8> {
-    list(b.iter().map(|(c, q)| {
-        Amount {
+    let mut out = Vec::new();
+    write_balances(&mut out, b);
+    out
+}
+
+fn write_balances(out: &mut Vec<u8>, b: &Balances) {
+    list(
+        out,
+        b.iter().map(|(c, q)| Amount {
             class: c.clone(),
             quantity: q,
-        }
-        .to_bytes()
-    }))
+        }),
+        |out, a| a.encode(out),
+    );
 }
 
 /// Decodes the param of [`BALANCES`].
@@ -339,15 +346,17 @@ impl VoucherCard {
             EXCHANGES_REQUEST => Ok(vec![Out {
                 dst: src,
                 mtype: EXCHANGES,
-                param: list(self.exchanges.iter().map(|(id, e)| {
-                    ExchangeSummary {
+                param: {
+                    let mut out = Vec::new();
+                    let summaries = self.exchanges.iter().map(|(id, e)| ExchangeSummary {
                         id: *id,
                         role: e.role,
                         phase: e.phase,
                         offer: e.offer.clone(),
-                    }
-                    .to_bytes()
-                })),
+                    });
+                    list(&mut out, summaries, |out, x| x.encode(out));
+                    out
+                },
             }]),
             BALANCE_REQUEST => Ok(vec![Out {
                 dst: src,
@@ -730,41 +739,36 @@ const T_ACCEPTOR: Tag = Tag(0x85);
 const T_TTP_CERT: Tag = Tag(0x86);
 const T_FINISHED: Tag = Tag(0x87);
 
-fn list(items: impl Iterator<Item = Vec<u8>>) -> Vec<u8> {
-    let mut out = Vec::new();
+/// Appends each item as a constructed SEQUENCE that `write` fills in place.
+fn list<T>(out: &mut Vec<u8>, items: impl Iterator<Item = T>, write: impl Fn(&mut Vec<u8>, T)) {
     for i in items {
-        tlv::write(&mut out, Tag(0x30 | 0x20 /* constructed sequence */), &i);
+        tlv::write_with(out, Tag(0x30 | 0x20 /* constructed sequence */), |out| {
+            write(out, i)
+        });
     }
-    out
 }
 
 impl Codec for VoucherCard {
     fn encode(&self, out: &mut Vec<u8>) {
-        tlv::write(out, T_BAL, &encode_balances(&self.balances));
-        tlv::write(
-            out,
-            T_OFFERS,
-            &list(self.offers.values().map(Codec::to_bytes)),
-        );
-        tlv::write(
-            out,
-            T_EX,
-            &list(self.exchanges.values().map(|e| {
-                let mut b = Vec::new();
-                tlv::write(&mut b, Tag(0x80), &[e.role as u8, e.phase.code()]);
-                tlv::write(&mut b, Tag(0xa1), &e.offer.to_bytes());
-                tlv::write(&mut b, Tag(0xa2), &e.agreement.to_bytes());
+        tlv::write_with(out, T_BAL, |out| write_balances(out, &self.balances));
+        tlv::write_with(out, T_OFFERS, |out| {
+            list(out, self.offers.values(), |out, o| o.encode(out))
+        });
+        tlv::write_with(out, T_EX, |out| {
+            list(out, self.exchanges.values(), |b, e| {
+                tlv::write(b, Tag(0x80), &[e.role as u8, e.phase.code()]);
+                tlv::write_codec(b, Tag(0xa1), &e.offer);
+                tlv::write_codec(b, Tag(0xa2), &e.agreement);
                 if let Some(n2) = &e.n2 {
-                    tlv::write(&mut b, Tag(0x83), n2);
+                    tlv::write(b, Tag(0x83), n2);
                 }
-                b
-            })),
-        );
-        tlv::write(
-            out,
-            T_SEEN,
-            &self.accepted.iter().flatten().copied().collect::<Vec<u8>>(),
-        );
+            })
+        });
+        tlv::write_with(out, T_SEEN, |out| {
+            for a in &self.accepted {
+                out.extend_from_slice(a);
+            }
+        });
         if let Some(t) = &self.ttp {
             tlv::write(out, T_TTP, &t.to_array());
         }
@@ -775,8 +779,11 @@ impl Codec for VoucherCard {
             tlv::write(out, T_TTP_CERT, c);
         }
         if !self.finished.is_empty() {
-            let ids: Vec<u8> = self.finished.iter().flat_map(|id| id.0).collect();
-            tlv::write(out, T_FINISHED, &ids);
+            tlv::write_with(out, T_FINISHED, |out| {
+                for id in &self.finished {
+                    out.extend_from_slice(&id.0);
+                }
+            });
         }
     }
 

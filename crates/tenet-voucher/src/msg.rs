@@ -173,8 +173,8 @@ impl Codec for StartExchange {
     fn encode(&self, out: &mut Vec<u8>) {
         tlv::write(out, T_A, &self.responder.to_array());
         tlv::write(out, T_B, &self.peer_wallet.to_array());
-        tlv::write(out, T_GIVE, &self.give.to_bytes());
-        tlv::write(out, T_WANT, &self.want.to_bytes());
+        tlv::write_codec(out, T_GIVE, &self.give);
+        tlv::write_codec(out, T_WANT, &self.want);
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -216,8 +216,8 @@ impl Codec for Offer {
     fn encode(&self, out: &mut Vec<u8>) {
         tlv::write(out, T_A, &self.initiator.to_array());
         tlv::write(out, T_B, &self.responder.to_array());
-        tlv::write(out, T_GIVE, &self.give.to_bytes());
-        tlv::write(out, T_WANT, &self.want.to_bytes());
+        tlv::write_codec(out, T_GIVE, &self.give);
+        tlv::write_codec(out, T_WANT, &self.want);
         tlv::write(out, T_C, &self.n1);
     }
 
@@ -351,8 +351,8 @@ pub struct RecoveryRequest {
 impl Codec for RecoveryRequest {
     fn encode(&self, out: &mut Vec<u8>) {
         tlv::write(out, T_A, &[self.kind.code()]);
-        tlv::write(out, T_OFFER, &self.offer.to_bytes());
-        tlv::write(out, T_AGREEMENT, &self.agreement.to_bytes());
+        tlv::write_codec(out, T_OFFER, &self.offer);
+        tlv::write_codec(out, T_AGREEMENT, &self.agreement);
         tlv::write(out, T_B, &self.signature);
         tlv::write(out, T_C, &self.certificate);
     }
