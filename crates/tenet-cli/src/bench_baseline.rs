@@ -87,6 +87,16 @@ impl Pki {
     /// A card personalized in `store`: its key made on the card, its
     /// certificate from the CA, the TTP installed, the voucher applet in.
     pub(crate) fn card<S: Storage>(&self, store: S, domain: Domain) -> Result<Card<S>> {
+        self.card_with(store, domain, VoucherApplet::default())
+    }
+
+    /// [`Pki::card`] with the given voucher applet.
+    pub(crate) fn card_with<S: Storage>(
+        &self,
+        store: S,
+        domain: Domain,
+        applet: VoucherApplet,
+    ) -> Result<Card<S>> {
         let p = Personalization {
             domain,
             pin: PIN.to_vec(),
@@ -100,7 +110,7 @@ impl Pki {
             APPLET_ID,
             initial_data(self.ttp, Some(self.ttp_cert.clone())),
         )?;
-        card.install(Box::new(VoucherApplet::default()));
+        card.install(Box::new(applet));
         Ok(card)
     }
 }

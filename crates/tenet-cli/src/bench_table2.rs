@@ -18,6 +18,7 @@ use tenet_card::{Card, MemStore};
 use tenet_proto::apdu::{Command, Response, StatusWord, tenet};
 use tenet_proto::card::VerifyPin;
 use tenet_proto::{Codec, Domain, EntityId, Message, Mtype, Port};
+use tenet_voucher::applet::VoucherApplet;
 use tenet_voucher::card::MINT;
 
 use crate::bench_baseline::{IsoCard, PIN, Pki, STEPS, coffee, iso, start_exchange, ticket};
@@ -70,6 +71,13 @@ fn deliver(card: &mut Card<MemStore>, m: &Message) -> Result<(Option<Message>, u
     Ok((out, c, l))
 }
 
+/// A card like the paper's: it checks every certificate against the CA
+/// (ours remember the certificates they checked; the paper's card did not).
+fn paper_card(pki: &Pki, domain: u8) -> Result<Card<MemStore>> {
+    let applet = VoucherApplet::default().remembering_certificates(0);
+    pki.card_with(MemStore::new(64 * 1024), Domain::new([domain; 12]), applet)
+}
+
 fn metered(card: &Card<MemStore>) -> Ops {
     card.meter().map(|m| m.ops()).unwrap_or_default()
 }
@@ -82,10 +90,7 @@ struct Ours {
 
 impl Ours {
     fn new(pki: &Pki, model: &TimingModel, n: u64) -> Result<Self> {
-        let mut cards = [
-            pki.card(MemStore::new(64 * 1024), Domain::new([0xa7; 12]))?,
-            pki.card(MemStore::new(64 * 1024), Domain::new([0xb7; 12]))?,
-        ];
+        let mut cards = [paper_card(pki, 0xa7)?, paper_card(pki, 0xb7)?];
         let wallets = [0, 1].map(|i| EntityId::new(cards[i].id().domain(), Port::new(1)));
         for (i, c) in cards.iter_mut().enumerate() {
             let select = Command::new(0, tenet::INS_SELECT, 4, 0).with_data(tenet::AID.to_vec());
@@ -148,8 +153,8 @@ struct Baseline {
 impl Baseline {
     fn new(pki: &Pki, model: &TimingModel, n: u64) -> Result<Self> {
         let mut cards = [
-            IsoCard::new(pki.card(MemStore::new(64 * 1024), Domain::new([0xa8; 12]))?),
-            IsoCard::new(pki.card(MemStore::new(64 * 1024), Domain::new([0xb8; 12]))?),
+            IsoCard::new(paper_card(pki, 0xa8)?),
+            IsoCard::new(paper_card(pki, 0xb8)?),
         ];
         for (i, c) in cards.iter_mut().enumerate() {
             let r = |c: &mut IsoCard<MemStore>, cmd: Command| {

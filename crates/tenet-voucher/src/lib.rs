@@ -26,6 +26,7 @@
 
 pub mod applet;
 pub mod card;
+pub mod checked;
 pub mod crypto;
 pub mod model;
 pub mod msg;

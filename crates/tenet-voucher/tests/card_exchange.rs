@@ -437,3 +437,80 @@ fn an_agreement_certified_by_another_ca_is_refused() {
     assert!(text.contains("certificate chain"), "{text}");
     assert_eq!(w.balances(), [5, 0, 0, 3], "v1 not deleted");
 }
+
+fn verifies(c: &Card<MemStore>) -> u64 {
+    c.meter().expect("metered").ops().verifies
+}
+
+#[test]
+fn a_second_exchange_checks_the_peers_certificate_against_the_ca_no_more() {
+    let mut w = World::new();
+    let model = tenet_card::timing::TimingModel::paper_card();
+    w.a.set_meter(Some(model.meter()));
+    w.b.set_meter(Some(model.meter()));
+    w.start_and_accept();
+    w.run();
+    assert_eq!(w.balances(), [3, 1, 2, 2]);
+    // First contact: each card checks the other's certificate against the
+    // CA and the signature under it.
+    assert_eq!((verifies(&w.a), verifies(&w.b)), (2, 2));
+    w.to_wallets.clear();
+    w.start_and_accept();
+    w.run();
+    assert_eq!(w.balances(), [1, 2, 4, 1], "the second exchange completed");
+    assert_eq!(
+        (verifies(&w.a), verifies(&w.b)),
+        (3, 3),
+        "only the signatures were verified again"
+    );
+}
+
+#[test]
+fn a_remembered_certificate_does_not_vouch_for_a_forged_signature() {
+    let mut w = World::new();
+    w.start_and_accept();
+    w.run();
+    assert_eq!(w.balances(), [3, 1, 2, 2]);
+    // A now remembers B's certificate. An agreement with it and a bad
+    // signature is still refused.
+    let s = StartExchange {
+        responder: dom(B).owner(),
+        peer_wallet: wallet(B),
+        give: coffee(2),
+        want: ticket(1),
+    };
+    w.to_wallets.clear();
+    w.send(Message::new(
+        wallet(A),
+        dom(A).owner(),
+        msg::START_EXCHANGE,
+        s.to_bytes(),
+    ));
+    w.run();
+    let offer = msg::Offer::decode(
+        &w.to_wallets
+            .iter()
+            .find(|m| m.mtype() == msg::OFFER)
+            .unwrap()
+            .param,
+    )
+    .unwrap();
+    let fake = msg::Agreement {
+        offer_digest: offer.digest(),
+        id: msg::ExchangeId([9; 32]),
+        signature: vec![0x30, 0x06, 2, 1, 1, 2, 1, 1],
+        certificate: w.b.state().certificate.clone().unwrap(),
+    };
+    let out = deliver_to(
+        &mut w.a,
+        &Message::new(
+            dom(B).owner(),
+            dom(A).owner(),
+            msg::AGREEMENT,
+            fake.to_bytes(),
+        ),
+    );
+    let text = Refused::decode(&out[0].param).unwrap().text;
+    assert!(text.contains("signature"), "{text}");
+    assert_eq!(w.balances(), [3, 1, 2, 2], "v1 not deleted");
+}
