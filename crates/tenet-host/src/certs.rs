@@ -7,14 +7,17 @@
 //! `DOMAIN.domain.tenet` per domain the host may serve. A peer may announce
 //! a domain only if its certificate names it (or the config lists it for
 //! that peer). An entity certificate names `DOMAIN-PORT.id.tenet`
-//! ([`EntityId::certificate_name`]) and has no extended key usage, so it
-//! cannot stand in for a host. Keys are ECDSA P-256; files are PEM.
+//! ([`EntityId::certificate_name`]) as its only name (an empty subject and a
+//! critical subject alternative name) and has no extended key usage, so it
+//! cannot stand in for a host; it carries nothing else a verifier does not
+//! use, as cards send it in every exchange. Keys are ECDSA P-256; files are
+//! PEM.
 
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
+    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SerialNumber,
 };
 use rustls::pki_types::pem::PemObject;
 use tenet_proto::{Domain, EntityId};
@@ -41,6 +44,9 @@ pub enum CertError {
     /// rcgen failed.
     #[error("certificate generation: {0}")]
     Gen(#[from] rcgen::Error),
+    /// The system's random source failed (for a serial number).
+    #[error("random serial number: {0}")]
+    Random(String),
     /// A PEM file holds no certificate.
     #[error("PEM: {0}")]
     Pem(String),
@@ -119,16 +125,29 @@ fn sign_leaf(
     let ca_key = KeyPair::from_pem(&read(&dir.join("ca.key"))?)?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
     let mut p = CertificateParams::new(sans)?;
-    p.distinguished_name.push(DnType::CommonName, common_name);
-    p.is_ca = IsCa::ExplicitNoCa;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     if host {
+        p.distinguished_name.push(DnType::CommonName, common_name);
+        p.is_ca = IsCa::ExplicitNoCa;
         p.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
+        p.use_authority_key_identifier_extension = true;
+    } else {
+        // An entity certificate travels in the exchange's m2 and m3 over
+        // the cards' links: only what a verifier uses. The name is the
+        // subject alternative name (critical, as the subject is empty); no
+        // key identifiers, no basic constraints (absent means not a CA);
+        // a 64-bit serial.
+        p.distinguished_name = DistinguishedName::new();
+        p.is_ca = IsCa::NoCa;
+        let mut serial = [0u8; 8];
+        getrandom::fill(&mut serial).map_err(|e| CertError::Random(e.to_string()))?;
+        serial[0] &= 0x7f; // a positive INTEGER
+        serial[0] |= 0x40; // of exactly 8 bytes
+        p.serial_number = Some(SerialNumber::from_slice(&serial));
     }
-    p.use_authority_key_identifier_extension = true;
     // rcgen writes the CA's subject back as the issuer, and panics (in
     // yasna) on an attribute type it read as an invalid OID: a first byte of
     // 120 or more becomes a first arc of 3 or more. A corrupt CA file is an
