@@ -46,9 +46,10 @@ pub enum Which {
         /// Card pairs trading at once, one throughput run each.
         #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
         pairs: Vec<usize>,
-        /// Where the cards' stores live in the throughput runs.
-        #[arg(long, value_enum, default_value_t = crate::bench_exchange::Stores::Disk)]
-        stores: crate::bench_exchange::Stores,
+        /// Where the cards' stores live in the throughput runs: one set of
+        /// runs per kind.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "disk,tmpfs")]
+        stores: Vec<crate::bench_exchange::Stores>,
     },
     /// The voucher exchange the ISO 7816-4 way (wallets shuttle every
     /// message through their cards and over TCP) next to TENeT (two daemons
@@ -112,7 +113,7 @@ pub async fn run(which: Which, json: bool) -> Result<ExitCode> {
             stores,
         } => {
             emit(
-                &[crate::bench_exchange::run(exchanges, &pairs, stores).await?],
+                &[crate::bench_exchange::run(exchanges, &pairs, &stores).await?],
                 json,
             );
             Ok(ExitCode::SUCCESS)
@@ -185,7 +186,10 @@ async fn all(quick: bool) -> Result<Vec<Section>> {
         crate::bench_exchange::run(
             scale(500, 50) as u32,
             &[1, 8, 64],
-            crate::bench_exchange::Stores::Disk,
+            &[
+                crate::bench_exchange::Stores::Disk,
+                crate::bench_exchange::Stores::Tmpfs,
+            ],
         )
         .await?,
     );

@@ -18,7 +18,7 @@ fn bench_exchange_runs_end_to_end_on_small_counts() {
             "--pairs",
             "1,3",
             "--stores",
-            "tmpfs",
+            "tmpfs,disk",
         ])
         .env("TENET_LOG", "warn")
         .output()
@@ -35,9 +35,15 @@ fn bench_exchange_runs_end_to_end_on_small_counts() {
         assert!(l["p50_us"].as_f64().unwrap() <= l["p99_us"].as_f64().unwrap());
     }
     let t = r["throughput"].as_array().unwrap();
-    let pairs: Vec<u64> = t.iter().map(|x| x["pairs"].as_u64().unwrap()).collect();
-    assert_eq!(pairs, [1, 3]);
+    let runs: Vec<(&str, u64)> = t
+        .iter()
+        .map(|x| (x["stores"].as_str().unwrap(), x["pairs"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(runs, [("tmpfs", 1), ("tmpfs", 3), ("disk", 1), ("disk", 3)]);
     // Each pair runs max(10, 4 x 5 / pairs) exchanges.
     let total: Vec<u64> = t.iter().map(|x| x["exchanges"].as_u64().unwrap()).collect();
-    assert_eq!(total, [20, 30]);
+    assert_eq!(total, [20, 30, 20, 30]);
+    // Both crypto floors: a repeat skips the CA's signatures.
+    let first = r["crypto_floor_first_contact_us"].as_f64().unwrap();
+    assert!(first > 0.0);
 }
