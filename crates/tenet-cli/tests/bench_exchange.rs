@@ -43,6 +43,9 @@ fn bench_exchange_runs_end_to_end_on_small_counts() {
     // Each pair runs max(10, 4 x 5 / pairs) exchanges.
     let total: Vec<u64> = t.iter().map(|x| x["exchanges"].as_u64().unwrap()).collect();
     assert_eq!(total, [20, 30, 20, 30]);
+    for x in t {
+        assert!(x["cpu_us_per_exchange"].as_f64().unwrap() > 0.0);
+    }
     // Both crypto floors: a repeat skips the CA's signatures.
     let first = r["crypto_floor_first_contact_us"].as_f64().unwrap();
     assert!(first > 0.0);

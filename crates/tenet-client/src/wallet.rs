@@ -161,6 +161,15 @@ impl Wallet {
         self.balances().await
     }
 
+    /// Returns once the card has handled every message that reached it
+    /// before this call (an echo through the card, which the card link
+    /// answers in order): after [`Self::next_progress`] showed the
+    /// commitment on its way to the card, the exchange is stored.
+    pub async fn sync(&mut self) -> Result<(), WalletError> {
+        self.cap.echo(self.card, b"", self.wait).await?;
+        Ok(())
+    }
+
     /// The card's holdings.
     pub async fn balances(&mut self) -> Result<Vec<Amount>, WalletError> {
         self.cap
