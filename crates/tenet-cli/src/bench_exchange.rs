@@ -153,7 +153,7 @@ async fn trade(pair: &Pair, n: u32) -> Result<Vec<Duration>> {
         }
         Ok::<_, anyhow::Error>(wb)
     });
-    wa.follow().await?;
+    wa.follow_ends().await?;
     let mut times = Vec::with_capacity(n as usize);
     for _ in 0..n {
         let t0 = Instant::now();

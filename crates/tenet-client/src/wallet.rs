@@ -347,8 +347,28 @@ impl Wallet {
         Ok(())
     }
 
+    /// Follows only the ends of the card's exchanges: the commitments and
+    /// the TTP's admissions on their way to the card (taps by mtype). For a
+    /// wallet that waits for its exchanges to finish, a tenth of the traffic
+    /// of [`follow`](Self::follow); read them with
+    /// [`next_progress`](Self::next_progress), then [`sync`](Self::sync) to
+    /// know the card stored them.
+    pub async fn follow_ends(&mut self) -> Result<(), WalletError> {
+        for mtype in [msg::COMMITMENT, msg::ADMISSION] {
+            self.cap
+                .tap(tenet_proto::Filter {
+                    dst: Some(self.card),
+                    mtype: Some(mtype),
+                    ..tenet_proto::Filter::ANY
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
     /// The next exchange message the card sent or received (after
-    /// [`follow`](Self::follow)), waiting up to `within`.
+    /// [`follow`](Self::follow) or [`follow_ends`](Self::follow_ends)),
+    /// waiting up to `within`.
     pub async fn next_progress(
         &mut self,
         within: Duration,

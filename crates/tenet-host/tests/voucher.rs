@@ -14,6 +14,7 @@ use tenet_host::{Config, HostHandle};
 use tenet_proto::{Domain, EntityId};
 use tenet_voucher::card::{ExchangeSummary, Phase};
 use tenet_voucher::model::{Amount, VoucherClass};
+use tenet_voucher::msg;
 
 mod support;
 use support::{WAIT, free_port};
@@ -383,9 +384,24 @@ async fn offers_to_a_merchant_card_are_held_by_its_hosts_guard() {
             .is_none()
     );
 
+    // A's wallet follows only the end of its exchange: the commitment, then
+    // an echo through the card, after which the card has stored it.
+    wa.follow_ends().await.unwrap();
     wb.accept(&offer).await.unwrap();
+    let end = wa.next_progress(WAIT).await.unwrap().expect("the end");
+    assert_eq!((end.mtype(), end.dst()), (msg::COMMITMENT, card_a));
+    wa.sync().await.unwrap();
+    let ea = wa.exchanges().await.unwrap();
+    assert_eq!(ea.len(), 1);
+    assert_eq!(ea[0].phase, Phase::Committed);
+    assert!(
+        wa.next_progress(Duration::from_millis(100))
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing but the end was followed"
+    );
     wait_phase(&mut wb, Phase::Committed).await;
-    wait_phase(&mut wa, Phase::Committed).await;
     assert_eq!(
         held(wa.balances().await.unwrap()),
         vec![("coffee".into(), 3), ("ticket".into(), 1)]
