@@ -103,6 +103,8 @@ pub struct Card<S: Storage> {
     pending: Option<PendingResponse>,
     now: u64,
     meter: Option<Meter>,
+    /// The buffer the store record is encoded into, kept between commits.
+    record: Vec<u8>,
 }
 
 fn secret_hash(salt: &[u8; 16], secret: &[u8]) -> [u8; 32] {
@@ -211,6 +213,7 @@ impl<S: Storage> Card<S> {
             pending: None,
             now: 0,
             meter: None,
+            record: Vec::new(),
         }
     }
 
@@ -534,18 +537,21 @@ impl<S: Storage> Card<S> {
     fn commit_applet(&mut self, app_id: u16, data: Vec<u8>) -> Result<(), StoreError> {
         let old_record = self.meter.as_ref().map(|_| self.state.to_bytes());
         let old = self.state.applets.insert(app_id, data);
-        let record = self.state.to_bytes();
-        if let Err(e) = self.store.commit(&record) {
+        let mut record = std::mem::take(&mut self.record);
+        record.clear();
+        self.state.encode(&mut record);
+        let committed = self.store.commit(&record);
+        if let (Ok(()), Some(m), Some(old_record)) = (&committed, &self.meter, old_record) {
+            m.commit(&old_record, &record);
+        }
+        self.record = record;
+        if committed.is_err() {
             match old {
                 Some(d) => self.state.applets.insert(app_id, d),
                 None => self.state.applets.remove(&app_id),
             };
-            return Err(e);
         }
-        if let (Some(m), Some(old_record)) = (&self.meter, old_record) {
-            m.commit(&old_record, &record);
-        }
-        Ok(())
+        committed
     }
 
     fn emit(&mut self, dst: EntityId, mtype: Mtype, param: Vec<u8>) {

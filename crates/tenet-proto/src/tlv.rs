@@ -25,9 +25,15 @@ impl Tag {
     }
 
     fn encode(self, out: &mut Vec<u8>) {
-        let bytes = self.0.to_be_bytes();
-        let start = bytes.iter().position(|b| *b != 0).unwrap_or(3);
-        out.extend_from_slice(&bytes[start..]);
+        match self.0 {
+            0..=0xff => out.push(self.0 as u8),
+            0x100..=0xffff => out.extend_from_slice(&(self.0 as u16).to_be_bytes()),
+            _ => {
+                let bytes = self.0.to_be_bytes();
+                let start = bytes.iter().position(|b| *b != 0).unwrap_or(3);
+                out.extend_from_slice(&bytes[start..]);
+            }
+        }
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -111,6 +117,7 @@ pub fn parse_all(bytes: &[u8]) -> Result<Vec<Tlv<'_>>, DecodeError> {
 /// # Panics
 /// If `value` is 16 MiB or longer (never the case for an eTP param).
 pub fn write(out: &mut Vec<u8>, tag: Tag, value: &[u8]) {
+    out.reserve(value.len() + 8);
     tag.encode(out);
     write_len(out, value.len());
     out.extend_from_slice(value);
