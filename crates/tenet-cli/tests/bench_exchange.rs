@@ -45,6 +45,16 @@ fn bench_exchange_runs_end_to_end_on_small_counts() {
     assert_eq!(total, [20, 30, 20, 30]);
     for x in t {
         assert!(x["cpu_us_per_exchange"].as_f64().unwrap() > 0.0);
+        // Three rounds; the reported one is their median.
+        let rates: Vec<f64> = x["rounds_exchanges_per_s"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_f64().unwrap())
+            .collect();
+        assert_eq!(rates.len(), 3);
+        assert!(rates[0] <= rates[1] && rates[1] <= rates[2], "{rates:?}");
+        assert_eq!(x["exchanges_per_s"].as_f64().unwrap(), rates[1]);
     }
     // Both crypto floors: a repeat skips the CA's signatures.
     let first = r["crypto_floor_first_contact_us"].as_f64().unwrap();
