@@ -45,6 +45,8 @@ fn bench_exchange_runs_end_to_end_on_small_counts() {
     assert_eq!(total, [20, 30, 20, 30]);
     for x in t {
         assert!(x["cpu_us_per_exchange"].as_f64().unwrap() > 0.0);
+        let share = x["share_of_crypto_bound"].as_f64().unwrap();
+        assert!(share > 0.0 && share < 1.0, "{share}");
         // Three rounds; the reported one is their median.
         let rates: Vec<f64> = x["rounds_exchanges_per_s"]
             .as_array()
