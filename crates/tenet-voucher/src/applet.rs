@@ -4,7 +4,8 @@
 //! The applet keeps its whole state in the card's persistent store; the
 //! runtime commits it with the outgoing messages in one atomic update.
 //! Signatures are the card's (made inside the card); certificates are
-//! checked against the CA certificate installed at personalization, and
+//! checked against the CA certificate installed at personalization (once
+//! per certificate while the card remembers it, [`crate::checked`]), and
 //! must name the expected signer as `DOMAIN-PORT.id.tenet`.
 
 use std::cell::RefCell;
