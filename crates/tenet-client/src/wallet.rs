@@ -349,8 +349,9 @@ impl Wallet {
 
     /// Follows only the ends of the card's exchanges: the commitments and
     /// the TTP's admissions on their way to the card (taps by mtype). For a
-    /// wallet that waits for its exchanges to finish, a tenth of the traffic
-    /// of [`follow`](Self::follow); read them with
+    /// wallet that waits for its exchanges to finish: one tap copy per
+    /// exchange, where [`follow`](Self::follow) copies every message to and
+    /// from the card; read them with
     /// [`next_progress`](Self::next_progress), then [`sync`](Self::sync) to
     /// know the card stored them.
     pub async fn follow_ends(&mut self) -> Result<(), WalletError> {

@@ -79,6 +79,15 @@ async fn nothing_more(c: &mut Capability) {
 /// A card store personalized for domain `d` with [`PIN`] and [`PUK`]; with
 /// `ca`, the card also gets a certificate from that CA (the voucher applet
 /// needs one).
+/// Host "a" with a virtual card of domain `ca…` (no certificates): the
+/// card's domain and the host's config.
+fn host_with_card(dir: &Path) -> (Domain, Config) {
+    let k = dom(0xca);
+    let mut cfg = config(dir, "a", dom(0xa1));
+    cfg.card.virtual_store = Some(make_card(dir, k, None));
+    (k, cfg)
+}
+
 fn make_card(dir: &Path, d: Domain, ca: Option<&Path>) -> PathBuf {
     let path = dir.join(format!("{d}.card"));
     let p = Personalization {
@@ -350,10 +359,7 @@ async fn a_peer_forging_another_hosts_src_is_dropped_and_that_host_still_gets_th
 #[tokio::test]
 async fn a_local_app_cannot_act_under_an_authenticated_apps_id() {
     let dir = tempfile::tempdir().unwrap();
-    let k = dom(0xca);
-    let card = make_card(dir.path(), k, None);
-    let mut cfg = config(dir.path(), "a", dom(0xa1));
-    cfg.card.virtual_store = Some(card);
+    let (k, cfg) = host_with_card(dir.path());
     let h = tenet_host::start(&cfg).await.unwrap();
     let mut alice = app(&h).await;
     assert_eq!(
@@ -499,10 +505,7 @@ async fn privileged_orders_from_an_unauthenticated_app_are_refused_and_change_no
 #[tokio::test]
 async fn a_tap_never_shows_a_pin_or_puk() {
     let dir = tempfile::tempdir().unwrap();
-    let k = dom(0xca);
-    let card = make_card(dir.path(), k, None);
-    let mut cfg = config(dir.path(), "a", dom(0xa1));
-    cfg.card.virtual_store = Some(card);
+    let (k, cfg) = host_with_card(dir.path());
     let h = tenet_host::start(&cfg).await.unwrap();
     let mut mallory = app(&h).await;
     let tap = mallory.tap(Filter::to(k.owner())).await.unwrap();
@@ -568,10 +571,7 @@ async fn a_tap_never_shows_a_pin_or_puk() {
 #[tokio::test]
 async fn pin_guessing_is_stopped_across_connections_and_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let k = dom(0xca);
-    let card = make_card(dir.path(), k, None);
-    let mut cfg = config(dir.path(), "a", dom(0xa1));
-    cfg.card.virtual_store = Some(card.clone());
+    let (k, cfg) = host_with_card(dir.path());
     let mut ids = Vec::new();
     let mut guess = async |h: &HostHandle, p: &[u8]| {
         let mut c = app(h).await;
@@ -632,10 +632,7 @@ async fn pin_guessing_is_stopped_across_connections_and_restarts() {
 #[tokio::test]
 async fn puk_guessing_blocks_the_puk_and_leaves_the_pin_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let k = dom(0xca);
-    let card = make_card(dir.path(), k, None);
-    let mut cfg = config(dir.path(), "a", dom(0xa1));
-    cfg.card.virtual_store = Some(card.clone());
+    let (k, cfg) = host_with_card(dir.path());
     let h = tenet_host::start(&cfg).await.unwrap();
     let unblock = |puk: &[u8]| {
         UnblockPin {
@@ -681,7 +678,8 @@ async fn puk_guessing_blocks_the_puk_and_leaves_the_pin_alone() {
     );
     drop(c);
     h.shutdown().await;
-    let (pin_tries, puk_tries, _) = card_at_rest(&card);
+    let card = cfg.card.virtual_store.as_ref().expect("a virtual card");
+    let (pin_tries, puk_tries, _) = card_at_rest(card);
     assert_eq!((pin_tries, puk_tries), (3, 0));
 }
 

@@ -204,7 +204,9 @@ impl World {
         }
     }
 
-    fn start_and_accept(&mut self) {
+    /// P_A orders S_A to offer two coffees for one ticket; returns the
+    /// offer that reached P_B (the latest one).
+    fn order_offer(&mut self) -> Message {
         let s = StartExchange {
             responder: dom(B).owner(),
             peer_wallet: wallet(B),
@@ -221,10 +223,30 @@ impl World {
         let offer = self
             .to_wallets
             .iter()
+            .rev()
             .find(|m| m.mtype() == msg::OFFER)
             .expect("the offer reached P_B")
             .clone();
         assert_eq!(offer.src(), dom(A).owner());
+        offer
+    }
+
+    /// Delivers `agreement`, as if from S_B, straight to S_A; returns what
+    /// S_A answered.
+    fn agreement_to_a(&mut self, agreement: &msg::Agreement) -> Vec<Message> {
+        deliver_to(
+            &mut self.a,
+            &Message::new(
+                dom(B).owner(),
+                dom(A).owner(),
+                msg::AGREEMENT,
+                agreement.to_bytes(),
+            ),
+        )
+    }
+
+    fn start_and_accept(&mut self) {
+        let offer = self.order_offer();
         self.send(Message::new(
             wallet(B),
             dom(B).owner(),
@@ -336,27 +358,7 @@ fn unauthenticated_orders_and_foreign_mints_are_refused() {
 #[test]
 fn a_forged_agreement_is_refused() {
     let mut w = World::new();
-    let s = StartExchange {
-        responder: dom(B).owner(),
-        peer_wallet: wallet(B),
-        give: coffee(2),
-        want: ticket(1),
-    };
-    w.send(Message::new(
-        wallet(A),
-        dom(A).owner(),
-        msg::START_EXCHANGE,
-        s.to_bytes(),
-    ));
-    w.run();
-    let offer = msg::Offer::decode(
-        &w.to_wallets
-            .iter()
-            .find(|m| m.mtype() == msg::OFFER)
-            .unwrap()
-            .param,
-    )
-    .unwrap();
+    let offer = msg::Offer::decode(&w.order_offer().param).unwrap();
     // An agreement for the open offer, signed by nobody's real key.
     let fake = msg::Agreement {
         offer_digest: offer.digest(),
@@ -364,15 +366,7 @@ fn a_forged_agreement_is_refused() {
         signature: vec![0x30, 0x06, 2, 1, 1, 2, 1, 1],
         certificate: w.a.state().certificate.clone().unwrap(),
     };
-    let out = deliver_to(
-        &mut w.a,
-        &Message::new(
-            dom(B).owner(),
-            dom(A).owner(),
-            msg::AGREEMENT,
-            fake.to_bytes(),
-        ),
-    );
+    let out = w.agreement_to_a(&fake);
     assert_eq!(out.len(), 1);
     assert_eq!(
         (out[0].dst(), out[0].mtype()),
@@ -386,27 +380,7 @@ fn a_forged_agreement_is_refused() {
 #[test]
 fn an_agreement_certified_by_another_ca_is_refused() {
     let mut w = World::new();
-    let s = StartExchange {
-        responder: dom(B).owner(),
-        peer_wallet: wallet(B),
-        give: coffee(2),
-        want: ticket(1),
-    };
-    w.send(Message::new(
-        wallet(A),
-        dom(A).owner(),
-        msg::START_EXCHANGE,
-        s.to_bytes(),
-    ));
-    w.run();
-    let offer = msg::Offer::decode(
-        &w.to_wallets
-            .iter()
-            .find(|m| m.mtype() == msg::OFFER)
-            .unwrap()
-            .param,
-    )
-    .unwrap();
+    let offer = msg::Offer::decode(&w.order_offer().param).unwrap();
     // A rogue CA certifies a key for B's card id and signs a proper agreement.
     let dir = tempfile::tempdir().unwrap();
     let rogue_ca = dir.path().join("rogue");
@@ -424,15 +398,7 @@ fn an_agreement_certified_by_another_ca_is_refused() {
         signature: fake.sign(&msg::Agreement::signed_bytes(&digest, &id)),
         certificate: fake.certificate(),
     };
-    let out = deliver_to(
-        &mut w.a,
-        &Message::new(
-            dom(B).owner(),
-            dom(A).owner(),
-            msg::AGREEMENT,
-            agreement.to_bytes(),
-        ),
-    );
+    let out = w.agreement_to_a(&agreement);
     let text = Refused::decode(&out[0].param).unwrap().text;
     assert!(text.contains("certificate chain"), "{text}");
     assert_eq!(w.balances(), [5, 0, 0, 3], "v1 not deleted");
@@ -454,7 +420,6 @@ fn a_second_exchange_checks_the_peers_certificate_against_the_ca_no_more() {
     // First contact: each card checks the other's certificate against the
     // CA and the signature under it.
     assert_eq!((verifies(&w.a), verifies(&w.b)), (2, 2));
-    w.to_wallets.clear();
     w.start_and_accept();
     w.run();
     assert_eq!(w.balances(), [1, 2, 4, 1], "the second exchange completed");
@@ -473,43 +438,14 @@ fn a_remembered_certificate_does_not_vouch_for_a_forged_signature() {
     assert_eq!(w.balances(), [3, 1, 2, 2]);
     // A now remembers B's certificate. An agreement with it and a bad
     // signature is still refused.
-    let s = StartExchange {
-        responder: dom(B).owner(),
-        peer_wallet: wallet(B),
-        give: coffee(2),
-        want: ticket(1),
-    };
-    w.to_wallets.clear();
-    w.send(Message::new(
-        wallet(A),
-        dom(A).owner(),
-        msg::START_EXCHANGE,
-        s.to_bytes(),
-    ));
-    w.run();
-    let offer = msg::Offer::decode(
-        &w.to_wallets
-            .iter()
-            .find(|m| m.mtype() == msg::OFFER)
-            .unwrap()
-            .param,
-    )
-    .unwrap();
+    let offer = msg::Offer::decode(&w.order_offer().param).unwrap();
     let fake = msg::Agreement {
         offer_digest: offer.digest(),
         id: msg::ExchangeId([9; 32]),
         signature: vec![0x30, 0x06, 2, 1, 1, 2, 1, 1],
         certificate: w.b.state().certificate.clone().unwrap(),
     };
-    let out = deliver_to(
-        &mut w.a,
-        &Message::new(
-            dom(B).owner(),
-            dom(A).owner(),
-            msg::AGREEMENT,
-            fake.to_bytes(),
-        ),
-    );
+    let out = w.agreement_to_a(&fake);
     let text = Refused::decode(&out[0].param).unwrap().text;
     assert!(text.contains("signature"), "{text}");
     assert_eq!(w.balances(), [3, 1, 2, 2], "v1 not deleted");
