@@ -233,11 +233,14 @@ impl Applet for VoucherApplet {
         if cx.certificate.is_none() || cx.ca_certificate.is_none() {
             return Err(Refusal("this card has no certificate yet".into()));
         }
-        let mut state = match self.cache.take() {
-            Some((bytes, state)) if bytes == *cx.data => state,
-            _ if cx.data.is_empty() => VoucherCard::default(),
-            _ => VoucherCard::decode(cx.data)
-                .map_err(|e| Refusal(format!("stored voucher state unreadable: {e}")))?,
+        let (bytes, mut state) = match self.cache.take() {
+            Some((bytes, state)) if bytes == *cx.data => (bytes, state),
+            _ if cx.data.is_empty() => (Vec::new(), VoucherCard::default()),
+            _ => (
+                cx.data.clone(),
+                VoucherCard::decode(cx.data)
+                    .map_err(|e| Refusal(format!("stored voucher state unreadable: {e}")))?,
+            ),
         };
         let me = cx.card;
         let Some(ttp) = self.ttp.or(state.ttp) else {
@@ -245,6 +248,28 @@ impl Applet for VoucherApplet {
                 "no TTP installed on this card (tenet card new --ttp)".into(),
             ));
         };
+        // A query reads the state: the stored data stays as it is, so it is
+        // neither encoded again nor compared.
+        let query = {
+            let mut crypto = CardCrypto {
+                cx,
+                checked: RefCell::new(&mut self.checked),
+            };
+            let ctx = Ctx {
+                me,
+                ttp,
+                wallet: None,
+                crypto: &mut crypto,
+            };
+            state.query(&ctx, m.src(), m.mtype(), &m.param)
+        };
+        if let Some(outs) = query {
+            self.cache = Some((bytes, state));
+            for o in outs.map_err(|r| Refusal(r.0))? {
+                cx.send(o.dst, o.mtype, o.param);
+            }
+            return Ok(());
+        }
         let hashed_before = crate::model::h_blocks();
         let outs = {
             let mut crypto = CardCrypto {

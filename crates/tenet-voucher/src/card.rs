@@ -300,6 +300,9 @@ impl VoucherCard {
         mtype: Mtype,
         param: &[u8],
     ) -> Result<Vec<Out>, Refusal> {
+        if let Some(r) = self.query(cx, src, mtype, param) {
+            return r;
+        }
         let bad = |e: DecodeError| Refusal(format!("malformed {mtype}: {e}"));
         match mtype {
             MINT => self.mint(cx, &Amount::decode(param).map_err(bad)?),
@@ -327,15 +330,37 @@ impl VoucherCard {
                     param: Vec::new(),
                 }])
             }
+            other => refuse(format!("the voucher applet does not handle {other}")),
+        }
+    }
+
+    /// Handles the messages that only read the state (balances, the
+    /// exchange list, an offer forwarded to the acceptor): `None` for any
+    /// other mtype. The state cannot change here, so the card has nothing
+    /// to store.
+    pub fn query(
+        &self,
+        cx: &Ctx<'_>,
+        src: EntityId,
+        mtype: Mtype,
+        param: &[u8],
+    ) -> Option<Result<Vec<Out>, Refusal>> {
+        let bad = |e: DecodeError| Refusal(format!("malformed {mtype}: {e}"));
+        Some(match mtype {
             msg::OFFER => {
                 // Option 2a: an offer addressed to the card itself goes to the
                 // registered acceptor app, which decides.
-                let offer = Offer::decode(param).map_err(bad)?;
+                let offer = match Offer::decode(param) {
+                    Ok(o) => o,
+                    Err(e) => return Some(Err(bad(e))),
+                };
                 if offer.initiator != src || offer.responder != cx.me {
-                    return refuse("the offer must come from its initiator and name this card");
+                    return Some(refuse(
+                        "the offer must come from its initiator and name this card",
+                    ));
                 }
                 let Some(acceptor) = self.acceptor else {
-                    return refuse("this card takes no offers: no acceptor registered");
+                    return Some(refuse("this card takes no offers: no acceptor registered"));
                 };
                 Ok(vec![Out {
                     dst: acceptor,
@@ -363,8 +388,8 @@ impl VoucherCard {
                 mtype: BALANCES,
                 param: encode_balances(&self.balances),
             }]),
-            other => refuse(format!("the voucher applet does not handle {other}")),
-        }
+            _ => return None,
+        })
     }
 
     fn progress(cx: &Ctx<'_>, id: &ExchangeId, phase: Phase) -> Vec<Out> {

@@ -450,3 +450,58 @@ fn a_remembered_certificate_does_not_vouch_for_a_forged_signature() {
     assert!(text.contains("signature"), "{text}");
     assert_eq!(w.balances(), [3, 1, 2, 2], "v1 not deleted");
 }
+
+fn commits(c: &Card<MemStore>) -> u64 {
+    c.meter().expect("metered").ops().commits
+}
+
+#[test]
+fn queries_answer_from_the_state_and_store_nothing() {
+    use tenet_voucher::card::{
+        BALANCE_REQUEST, BALANCES, EXCHANGES, EXCHANGES_REQUEST, decode_balances,
+    };
+    let mut w = World::new();
+    w.start_and_accept();
+    w.run();
+    let model = tenet_card::timing::TimingModel::paper_card();
+    w.a.set_meter(Some(model.meter()));
+    let stored = w.a.state().applets[&tenet_voucher::applet::APPLET_ID].clone();
+    let ask = |w: &mut World, mtype: Mtype, param: Vec<u8>| {
+        let m = Message::new(wallet(A), dom(A).owner(), mtype, param);
+        deliver_to(&mut w.a, &m)
+    };
+    let out = ask(&mut w, BALANCE_REQUEST, Vec::new());
+    assert_eq!(out[0].mtype(), BALANCES);
+    let held = decode_balances(&out[0].param).unwrap();
+    assert!(
+        held.contains(&coffee(3)) && held.contains(&ticket(1)),
+        "{held:?}"
+    );
+    let out = ask(&mut w, EXCHANGES_REQUEST, Vec::new());
+    assert_eq!(out[0].mtype(), EXCHANGES);
+    assert!(!out[0].param.is_empty(), "the finished exchange is listed");
+    // An offer addressed to the card with no acceptor registered: refused,
+    // and nothing stored either.
+    let to_a = msg::Offer {
+        initiator: dom(B).owner(),
+        responder: dom(A).owner(),
+        give: ticket(1),
+        want: coffee(1),
+        n1: [5; 16],
+    };
+    let m = Message::new(dom(B).owner(), dom(A).owner(), msg::OFFER, to_a.to_bytes());
+    let out = deliver_to(&mut w.a, &m);
+    assert_eq!(out[0].mtype(), Mtype::REFUSED);
+    assert_eq!(commits(&w.a), 0, "no query wrote the store");
+    assert_eq!(
+        w.a.state().applets[&tenet_voucher::applet::APPLET_ID],
+        stored,
+        "the stored data is unchanged"
+    );
+    // The card's state in RAM stays what is stored: the next exchange runs.
+    w.net.clear();
+    w.start_and_accept();
+    w.run();
+    assert_eq!(w.balances(), [1, 2, 4, 1], "the second exchange completed");
+    assert!(commits(&w.a) > 0);
+}
