@@ -195,6 +195,18 @@ impl LinkModel {
         }
     }
 
+    /// The same link at the effective throughput the paper states for its
+    /// reader (section 5.3: 32 kbps, 4,000 bytes/s), which is more than
+    /// 12-etu characters at 38.4 kbps carry (3,200 bytes/s): the same
+    /// framing at the character rate that gives 4,000 bytes/s. For a
+    /// sensitivity check beside [`Self::paper`], not the model.
+    pub fn paper_stated_throughput() -> Self {
+        Self {
+            etu_per_second: 4_000.0 * 12.0,
+            ..Self::paper()
+        }
+    }
+
     /// Characters and direction changes on the line for one APDU whose
     /// command has `command` bytes and whose response has `response` bytes:
     /// each sent in I-blocks of at most IFSC (command) or IFSD (response)
@@ -368,6 +380,14 @@ mod tests {
         assert_eq!(l.line(12, 2), (22, 2));
         assert!(close(l.apdu_ms(12, 2), 284.0 / 38.4 + 1.0));
         assert!(close(l.ms_per_byte(), 0.3125));
+    }
+
+    #[test]
+    fn the_papers_stated_throughput_is_4000_bytes_a_second() {
+        let (model, stated) = (LinkModel::paper(), LinkModel::paper_stated_throughput());
+        assert!(close(stated.ms_per_byte(), 0.25));
+        assert_eq!(stated.line(300, 40), model.line(300, 40), "same framing");
+        assert!(stated.apdu_ms(300, 40) < model.apdu_ms(300, 40));
     }
 
     #[test]

@@ -116,6 +116,11 @@ fn table2_runs_end_to_end_on_small_counts() {
     let w = &r["whole"];
     assert!((f(&w["cpu_ms"]) - cpu).abs() < 1e-6 && (f(&w["io_ms"]) - io).abs() < 1e-6);
     assert_eq!(f(&w["paper_total_ms"]), 1788.0);
+    // The sensitivity at the paper's stated 32 kbps: the same CPU, less I/O,
+    // still above the 3,200 bytes/s model's I/O times 0.8 (fixed costs).
+    let st = &r["sensitivity_paper_stated_32kbps"];
+    assert!(f(&st["io_ms"]) < io && f(&st["io_ms"]) > 0.8 * io);
+    assert!((f(&st["total_ms"]) - cpu - f(&st["io_ms"])).abs() < 1e-6);
     // The baseline does the same card work over shorter APDUs.
     let b = &r["baseline"];
     assert!(f(&b["io_ms"]) < io);
