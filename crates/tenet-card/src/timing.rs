@@ -196,7 +196,7 @@ impl LinkModel {
     }
 
     /// The same link at the effective throughput the paper states for its
-    /// reader (section 5.3: 32 kbps, 4,000 bytes/s), which is more than
+    /// reader (section 5.4.2: 32 kbps, 4,000 bytes/s), which is more than
     /// 12-etu characters at 38.4 kbps carry (3,200 bytes/s): the same
     /// framing at the character rate that gives 4,000 bytes/s. For a
     /// sensitivity check beside [`Self::paper`], not the model.

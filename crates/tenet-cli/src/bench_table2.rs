@@ -407,7 +407,7 @@ fn section(model: &TimingModel, n: u64, ours: &[Row; 5], base: &[Row; 5], cert: 
     let io_stated = sum(ours, |r| r.io_stated_ms);
     let whole_stated = cpu + io_stated;
     md.push_str(&format!(
-        "Sensitivity, not the model: the paper's section 5.3 gives its reader's effective \
+        "Sensitivity, not the model: the paper's section 5.4.2 gives its reader's effective \
          throughput as 32 kbps (4,000 bytes/s), more than 12-etu characters at 38.4 kbps carry \
          (3,200 bytes/s). At that rate, with the same framing, I/O would be {io_stated:.0} ms \
          and the whole exchange {whole_stated:.0} ms ({} against 1,788); the certificates \
