@@ -248,8 +248,8 @@ impl Applet for VoucherApplet {
                 "no TTP installed on this card (tenet card new --ttp)".into(),
             ));
         };
-        // A query reads the state: the stored data stays as it is, so it is
-        // neither encoded again nor compared.
+        // A query only reads the state: the stored data stays as it is and
+        // is not encoded again.
         let query = {
             let mut crypto = CardCrypto {
                 cx,
