@@ -773,6 +773,22 @@ fn list<T>(out: &mut Vec<u8>, items: impl Iterator<Item = T>, write: impl Fn(&mu
     }
 }
 
+/// A list of 32-byte values written back to back (digests, exchange ids).
+fn digests<'a>(
+    bytes: &'a [u8],
+    what: &'static str,
+) -> Result<impl Iterator<Item = [u8; 32]> + 'a, DecodeError> {
+    if !bytes.len().is_multiple_of(32) {
+        return Err(DecodeError::Invalid {
+            what,
+            detail: "length not a multiple of 32".into(),
+        });
+    }
+    Ok(bytes
+        .chunks_exact(32)
+        .map(|c| c.try_into().expect("chunks of 32 bytes")))
+}
+
 impl Codec for VoucherCard {
     fn encode(&self, out: &mut Vec<u8>) {
         tlv::write_with(out, T_BAL, |out| write_balances(out, &self.balances));
@@ -869,27 +885,9 @@ impl Codec for VoucherCard {
             }
             s.exchanges.insert(e.agreement.id, e);
         }
-        let seen = f.require(T_SEEN, "accepted offers")?;
-        if seen.len() % 32 != 0 {
-            return Err(DecodeError::Invalid {
-                what: "accepted offers",
-                detail: "length not a multiple of 32".into(),
-            });
-        }
-        s.accepted = seen
-            .chunks(32)
-            .map(|c| c.try_into().expect("32 bytes"))
-            .collect();
-        let finished = f.get(T_FINISHED).unwrap_or_default();
-        if finished.len() % 32 != 0 {
-            return Err(DecodeError::Invalid {
-                what: "finished exchanges",
-                detail: "length not a multiple of 32".into(),
-            });
-        }
-        s.finished = finished
-            .chunks(32)
-            .map(|c| ExchangeId(c.try_into().expect("32 bytes")))
+        s.accepted = digests(f.require(T_SEEN, "accepted offers")?, "accepted offers")?.collect();
+        s.finished = digests(f.get(T_FINISHED).unwrap_or_default(), "finished exchanges")?
+            .map(ExchangeId)
             .collect();
         Ok(s)
     }

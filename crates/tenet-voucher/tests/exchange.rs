@@ -745,3 +745,26 @@ fn a_cards_state_stays_bounded_over_many_exchanges() {
     assert_eq!(sizes[steady], *sizes.last().unwrap(), "{sizes:?}");
     assert!(sizes.last().unwrap().1 < 24 * 1024, "{sizes:?}");
 }
+
+#[test]
+fn stored_id_lists_of_a_wrong_length_are_refused_by_name() {
+    use tenet_proto::tlv::{self, Tag};
+    let state = |tag: u32, list: &[u8]| {
+        let mut b = VoucherCard::default().to_bytes();
+        if tag == 0x83 {
+            // The accepted-offers list is always written: replace it.
+            let empty = [0x83, 0x00];
+            let at = b.windows(2).position(|w| w == empty).unwrap();
+            b.drain(at..at + 2);
+        }
+        tlv::write(&mut b, Tag(tag), list);
+        b
+    };
+    for (tag, what) in [(0x83, "accepted offers"), (0x87, "finished exchanges")] {
+        assert!(VoucherCard::decode(&state(tag, &[7; 64])).is_ok(), "{what}");
+        let e = VoucherCard::decode(&state(tag, &[7; 33]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(what) && e.contains("multiple of 32"), "{e}");
+    }
+}
