@@ -424,7 +424,12 @@ fn send_to_peer(peer: &mut TcpStream, kind: Mtype, body: &[u8]) -> Result<()> {
 fn recv_from_peer(peer: &mut TcpStream, want: Mtype) -> Result<Vec<u8>> {
     let mut len = [0u8; 4];
     peer.read_exact(&mut len)?;
-    let mut f = vec![0u8; u32::from_be_bytes(len) as usize];
+    let len = u32::from_be_bytes(len) as usize;
+    ensure!(
+        len <= 2 + tenet_proto::MAX_MESSAGE_LEN,
+        "a frame of {len} bytes from the other wallet: longer than any message"
+    );
+    let mut f = vec![0u8; len];
     peer.read_exact(&mut f)?;
     ensure!(
         f.len() >= 2 && f[..2] == want.0.to_be_bytes(),

@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail, ensure};
 use tenet_client::Capability;
 use tenet_client::wallet::Wallet;
 use tenet_host::HostHandle;
-use tenet_host::config::PeerSection;
+use tenet_host::config::{Config, PeerSection};
 use tenet_proto::{Domain, EntityId};
 use tenet_voucher::applet::verify_known;
 use tenet_voucher::crypto::Crypto;
@@ -69,24 +69,21 @@ impl Setup {
             domain(0xcb, i),
         );
         let (pa, pb) = (free_port()?, free_port()?);
-        let mut ca_cfg = host_config(dir, &pki.ca, &format!("a{i}"), da, &[dca], pa)?;
-        ca_cfg.card.virtual_store = Some(make_card(
-            &self.stores,
-            &pki.ca,
-            &format!("a{i}"),
-            dca,
-            pki.ttp,
-            &pki.ttp_cert,
-        )?);
-        let mut cb_cfg = host_config(dir, &pki.ca, &format!("b{i}"), db, &[dcb], pb)?;
-        cb_cfg.card.virtual_store = Some(make_card(
-            &self.stores,
-            &pki.ca,
-            &format!("b{i}"),
-            dcb,
-            pki.ttp,
-            &pki.ttp_cert,
-        )?);
+        // One host with its card: host domain, card domain, listening port.
+        let host = |name: String, d: Domain, card: Domain, port: u16| -> Result<Config> {
+            let mut c = host_config(dir, &pki.ca, &name, d, &[card], port)?;
+            c.card.virtual_store = Some(make_card(
+                &self.stores,
+                &pki.ca,
+                &name,
+                card,
+                pki.ttp,
+                &pki.ttp_cert,
+            )?);
+            Ok(c)
+        };
+        let ca_cfg = host(format!("a{i}"), da, dca, pa)?;
+        let mut cb_cfg = host(format!("b{i}"), db, dcb, pb)?;
         cb_cfg.remote.peers = vec![PeerSection {
             address: format!("127.0.0.1:{pa}"),
             domains: vec![],
@@ -292,6 +289,11 @@ fn store_dir(s: Stores) -> Result<tempfile::TempDir> {
 /// The scenario: latency with one pair (stores on disk and on tmpfs, side
 /// by side), then throughput with each of `pairs` on each of `stores`.
 pub async fn run(exchanges: u32, pairs: &[usize], stores: &[Stores]) -> Result<Section> {
+    ensure!(exchanges > 0, "--exchanges must be at least 1");
+    ensure!(
+        pairs.iter().all(|&n| n > 0),
+        "--pairs: every count must be at least 1"
+    );
     let mut latency = Vec::new();
     // Time the card links were busy per exchange (A, B), by store kind.
     let mut cards = Vec::new();
@@ -335,7 +337,7 @@ pub async fn run(exchanges: u32, pairs: &[usize], stores: &[Stores]) -> Result<S
         for i in 0..n {
             ps.push(setup.pair(i).await?);
         }
-        let per = (exchanges * 4 / n as u32).max(10);
+        let per = (exchanges.saturating_mul(4) / u32::try_from(n).unwrap_or(u32::MAX)).max(10);
         let mut rounds = Vec::with_capacity(ROUNDS);
         for _ in 0..ROUNDS {
             let cpu0 = process_cpu_time()?;

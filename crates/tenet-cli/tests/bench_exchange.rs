@@ -62,3 +62,21 @@ fn bench_exchange_runs_end_to_end_on_small_counts() {
     let first = r["crypto_floor_first_contact_us"].as_f64().unwrap();
     assert!(first > 0.0);
 }
+
+#[test]
+fn bench_exchange_refuses_zero_counts_with_a_clear_error() {
+    for (flag, value, expected) in [
+        ("--exchanges", "0", "--exchanges must be at least 1"),
+        ("--pairs", "0", "--pairs: every count must be at least 1"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tenet"))
+            .args(["bench", "exchange", "--stores", "tmpfs", flag, value])
+            .env("TENET_LOG", "warn")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(expected), "{flag} {value}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
