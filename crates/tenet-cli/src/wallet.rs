@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use tenet_client::Capability;
-use tenet_client::wallet::Wallet;
+use tenet_client::wallet::{Wallet, WalletError};
 use tenet_proto::{Codec, Domain, EntityId, Filter};
 use tenet_voucher::card::Role;
 use tenet_voucher::model::Amount;
@@ -195,17 +195,24 @@ pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode
                     o.offer.want,
                     hex(&o.offer.to_bytes())
                 );
-                match &policy {
-                    Some(p) if !p.allows(&o.offer) => println!("  declined: outside the policy"),
-                    Some(_) => {
-                        w.accept(&o).await?;
-                        println!("  accepted (policy)");
+                let how = match &policy {
+                    Some(p) if !p.allows(&o.offer) => {
+                        println!("  declined: outside the policy");
+                        continue;
                     }
-                    None if accept => {
-                        w.accept(&o).await?;
-                        println!("  accepted");
+                    Some(_) => "accepted (policy)",
+                    None if accept => "accepted",
+                    None => continue,
+                };
+                // A card that refuses (a replay, too little held, a credit
+                // beyond the cap) deleted nothing: say why and wait for the
+                // next offer.
+                match w.accept(&o).await {
+                    Ok(()) => println!("  {how}"),
+                    Err(WalletError::Refused { text, .. }) => {
+                        println!("  refused by the card: {text}")
                     }
-                    None => {}
+                    Err(e) => return Err(e.into()),
                 }
             }
         }

@@ -14,7 +14,7 @@ use tenet_proto::tlv::{self, Fields, Tag};
 use tenet_proto::{EntityId, Mtype};
 
 use crate::crypto::Crypto;
-use crate::model::{Amount, Balances};
+use crate::model::{Amount, Balances, VoucherClass, fits_cap};
 use crate::msg::{
     self, Admission, Agreement, Commitment, Confirmation, ExchangeId, Kind, Offer, RecoveryRequest,
     StartExchange,
@@ -291,6 +291,41 @@ impl VoucherCard {
         self.exchanges.iter().filter(|(_, e)| !e.phase.is_final())
     }
 
+    /// What this card is committed to hold of `class` at most: what it holds
+    /// now plus every credit its open offers and pending exchanges may still
+    /// bring, whichever way they end. An open offer may bring `v2` (its
+    /// `v1` is not deleted yet); a pending exchange, deleted on this card,
+    /// may bring what it gets (committed or resolved) or what it gave back
+    /// (aborted): both are counted. The card keeps this within
+    /// [`crate::model::MAX_QUANTITY`] for every class, so that every
+    /// outcome the TTP may decide can be applied.
+    pub fn committed(&self, class: &VoucherClass) -> u64 {
+        let of = |a: &Amount| if a.class == *class { a.quantity } else { 0 };
+        let offers = self.offers.values().map(|o| of(&o.want));
+        let pending = self
+            .pending()
+            .map(|(_, e)| of(e.gets()).saturating_add(of(e.gives())));
+        offers
+            .chain(pending)
+            .fold(self.balances.of(class), u64::saturating_add)
+    }
+
+    /// Refuses unless this card can take on `adding` more of its class on
+    /// top of what it is committed to ([`VoucherCard::committed`]).
+    fn reserve(&self, adding: &Amount, what: &str) -> Result<(), Refusal> {
+        fits_cap(
+            &adding.class,
+            self.committed(&adding.class),
+            adding.quantity,
+        )
+        .map(|_| ())
+        .map_err(|e| {
+            Refusal(format!(
+                "{what}: {e} (counting what pending exchanges may credit)"
+            ))
+        })
+    }
+
     /// Handles one eTP message addressed to the card (privilege was checked
     /// by the card runtime). On `Err`, nothing changed.
     pub fn handle(
@@ -414,6 +449,7 @@ impl VoucherCard {
                 cx.me.domain()
             ));
         }
+        self.reserve(a, "mint refused")?;
         self.balances
             .credit(a)
             .map_err(|e| Refusal(e.to_string()))?;
@@ -431,6 +467,9 @@ impl VoucherCard {
                 s.give.class, s.give.quantity
             ));
         }
+        // The exchange may bring `want` (committed or resolved); `give`,
+        // deleted at the agreement, may come back (aborted) to where it is.
+        self.reserve(&s.want, "offer refused")?;
         let mut n1 = [0u8; 16];
         cx.crypto.random(&mut n1);
         let offer = Offer {
@@ -458,6 +497,11 @@ impl VoucherCard {
         if self.accepted.contains(&digest) {
             return refuse("this offer was already accepted (replay)");
         }
+        // From here `v2` is deleted and either `v1` (committed or resolved)
+        // or `v2` back (aborted) will be credited: refuse now, before
+        // deleting anything, an exchange whose outcome could not be applied.
+        // `v2`'s refund only restores what is held now.
+        self.reserve(&offer.give, "offer refused")?;
         let mut balances = self.balances.clone();
         balances
             .debit(&offer.want)

@@ -13,6 +13,14 @@ use tenet_proto::{Domain, EntityId};
 /// Longest promise text in bytes.
 pub const MAX_PROMISE: usize = 256;
 
+/// The most a card holds of one class: 2^53 - 1, so that every balance,
+/// and every balance plus the credits its pending exchanges may still
+/// bring, is exact in a u64, in an IEEE double (JSON) and in the sums a
+/// card makes. A mint beyond it is refused, and a card enters an exchange
+/// only if it could apply either outcome without crossing it (see
+/// `docs/vouchers.md`, "The cap").
+pub const MAX_QUANTITY: u64 = (1 << 53) - 1;
+
 /// A voucher class: who issues it and what it promises.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct VoucherClass {
@@ -86,6 +94,11 @@ impl std::str::FromStr for Amount {
         let quantity: u64 = q
             .parse()
             .map_err(|_| err(format!("quantity {q:?} is not a number")))?;
+        if quantity > MAX_QUANTITY {
+            return Err(err(format!(
+                "quantity {quantity} is above the cap {MAX_QUANTITY} (2^53 - 1)"
+            )));
+        }
         let issuer: Domain = i.parse().map_err(|e| err(format!("issuer {i:?}: {e}")))?;
         if p.is_empty() || p.len() > MAX_PROMISE {
             return Err(err(format!("promise must be 1 to {MAX_PROMISE} bytes")));
@@ -164,9 +177,17 @@ pub enum BalanceError {
         /// What is needed.
         needed: u64,
     },
-    /// The quantity would overflow.
-    #[error("quantity of {0} would overflow")]
-    Overflow(VoucherClass),
+    /// The quantity would cross [`MAX_QUANTITY`].
+    #[error("{class}: holding {held} and adding {adding} would cross the cap {MAX_QUANTITY}")]
+    AboveCap {
+        /// The class.
+        class: VoucherClass,
+        /// What is held (with what pending exchanges may still credit,
+        /// where the caller counts it).
+        held: u64,
+        /// What would be added.
+        adding: u64,
+    },
 }
 
 impl Balances {
@@ -180,12 +201,10 @@ impl Balances {
         self.0.iter().map(|(c, q)| (c, *q))
     }
 
-    /// Adds `a`.
+    /// Adds `a`, unless the class would then cross [`MAX_QUANTITY`].
     pub fn credit(&mut self, a: &Amount) -> Result<(), BalanceError> {
-        let q = self
-            .of(&a.class)
-            .checked_add(a.quantity)
-            .ok_or_else(|| BalanceError::Overflow(a.class.clone()))?;
+        let held = self.of(&a.class);
+        let q = fits_cap(&a.class, held, a.quantity)?;
         self.0.insert(a.class.clone(), q);
         Ok(())
     }
@@ -214,6 +233,17 @@ impl Balances {
     }
 }
 
+/// `held + adding`, if it stays within [`MAX_QUANTITY`].
+pub fn fits_cap(class: &VoucherClass, held: u64, adding: u64) -> Result<u64, BalanceError> {
+    held.checked_add(adding)
+        .filter(|q| *q <= MAX_QUANTITY)
+        .ok_or_else(|| BalanceError::AboveCap {
+            class: class.clone(),
+            held,
+            adding,
+        })
+}
+
 /// The id of a card, the party of an exchange.
 pub type CardId = EntityId;
 
@@ -234,6 +264,14 @@ mod tests {
             ("x:cacacacacacacacacacacaca:coffee", "quantity"),
             ("3:zz:coffee", "issuer"),
             ("3:cacacacacacacacacacacaca:", "promise"),
+            (
+                "9007199254740992:cacacacacacacacacacacaca:coffee",
+                "above the cap",
+            ),
+            (
+                "18446744073709551615:cacacacacacacacacacacaca:coffee",
+                "above the cap",
+            ),
         ] {
             let e = text.parse::<Amount>().unwrap_err().to_string();
             assert!(e.contains(why), "{text}: {e}");
@@ -258,11 +296,27 @@ mod tests {
         assert_eq!(b.of(&coffee(0).class), 3, "a failed debit changes nothing");
         b.debit(&coffee(3)).unwrap();
         assert_eq!(b.iter().count(), 0);
-        b.credit(&coffee(u64::MAX)).unwrap();
+        b.credit(&coffee(MAX_QUANTITY)).unwrap();
         assert!(matches!(
             b.credit(&coffee(1)),
-            Err(BalanceError::Overflow(_))
+            Err(BalanceError::AboveCap {
+                held: MAX_QUANTITY,
+                adding: 1,
+                ..
+            })
         ));
+        assert_eq!(
+            b.of(&coffee(0).class),
+            MAX_QUANTITY,
+            "a refused credit changes nothing"
+        );
+        let mut b = Balances::default();
+        assert!(
+            b.credit(&coffee(u64::MAX)).is_err(),
+            "above the cap at once"
+        );
+        assert!(b.credit(&coffee(MAX_QUANTITY + 1)).is_err());
+        assert_eq!(b.iter().count(), 0);
     }
 
     #[test]

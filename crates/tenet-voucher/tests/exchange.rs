@@ -768,3 +768,106 @@ fn stored_id_lists_of_a_wrong_length_are_refused_by_name() {
         assert!(e.contains(what) && e.contains("multiple of 32"), "{e}");
     }
 }
+
+// The cap (docs/vouchers.md): a card never enters an exchange whose outcome
+// it could not apply, whichever way the TTP decides.
+
+use tenet_voucher::model::MAX_QUANTITY;
+
+/// The overflow attack of the security issue: S_B holds close to the cap of
+/// S_A's coffee; S_A offers enough coffee to cross it. S_B refuses to accept
+/// before deleting anything, and nothing moves.
+#[test]
+fn an_offer_that_would_cross_the_cap_is_refused_before_anything_is_deleted() {
+    let mut w = World::new();
+    w.b.balances.credit(&coffee(MAX_QUANTITY - 1)).unwrap();
+    let before = (w.a.clone(), w.b.clone());
+    w.start(); // 2 coffee for 1 ticket: S_B would hold MAX_QUANTITY + 1
+    w.accept_offers();
+    w.run();
+    assert_eq!(
+        w.b, before.1,
+        "S_B changed nothing: its ticket is not deleted"
+    );
+    assert!(w.b.exchanges.is_empty() && w.a.exchanges.is_empty());
+    assert!(
+        w.refusals
+            .iter()
+            .any(|r| r.contains("offer refused") && r.contains("cap")),
+        "{:?}",
+        w.refusals
+    );
+    // Exactly at the cap is fine.
+    let mut w = World::new();
+    w.b.balances.credit(&coffee(MAX_QUANTITY - 2)).unwrap();
+    w.start();
+    w.accept_offers();
+    w.run();
+    assert_eq!(w.b.balances.of(&coffee(0).class), MAX_QUANTITY);
+    assert!(w.refusals.is_empty(), "{:?}", w.refusals);
+}
+
+/// A malicious initiator sends an offer naming a quantity it does not hold
+/// (u64::MAX): the responder refuses it, and its wallet hears why.
+#[test]
+fn a_forged_offer_of_an_absurd_quantity_is_refused() {
+    let mut w = World::new();
+    let offer = msg::Offer {
+        initiator: card_id(A),
+        responder: card_id(B),
+        give: coffee(u64::MAX),
+        want: ticket(1),
+        n1: [9; 16],
+    };
+    let before = w.b.clone();
+    w.input(B, wallet(B), msg::ACCEPT, offer.to_bytes());
+    assert_eq!(w.b, before);
+    assert!(w.refusals[0].contains("cap"), "{:?}", w.refusals);
+}
+
+/// A responder with a refund pending cannot be pushed to the cap meanwhile:
+/// the mint that would leave no room for the refund is refused, so the
+/// abort always applies.
+#[test]
+fn a_pending_refund_keeps_its_headroom() {
+    let mut w = World::new();
+    // S_B holds MAX_QUANTITY - 1 tickets in all.
+    w.b.balances.credit(&ticket(MAX_QUANTITY - 4)).unwrap();
+    w.start();
+    w.accept_offers(); // S_B deletes 1 ticket; the agreement is lost
+    w.net.clear();
+    assert_eq!(w.b.balances.of(&ticket(0).class), MAX_QUANTITY - 2);
+    w.input(B, wallet(B), MINT, ticket(2).to_bytes());
+    assert!(
+        w.refusals.iter().any(|r| r.contains("mint refused")),
+        "{:?}",
+        w.refusals
+    );
+    w.input(B, wallet(B), MINT, ticket(1).to_bytes());
+    assert_eq!(w.refusals.len(), 1, "{:?}", w.refusals);
+    w.recover_all();
+    assert_eq!(w.b.balances.of(&ticket(0).class), MAX_QUANTITY);
+    assert!(w.b.pending().next().is_none(), "the abort applied");
+    assert_eq!(w.refusals.len(), 1, "{:?}", w.refusals);
+}
+
+/// The initiator reserves at start what the exchange may bring: an offer
+/// whose `v2` could cross the cap is refused, and so is a mint that would
+/// leave no room for an open offer's `v2`.
+#[test]
+fn the_initiator_reserves_at_start() {
+    let mut w = World::new();
+    w.a.balances.credit(&ticket(MAX_QUANTITY)).unwrap();
+    w.start();
+    assert!(w.a.offers.is_empty());
+    assert!(w.refusals[0].contains("offer refused"), "{:?}", w.refusals);
+
+    let mut w = World::new();
+    w.a.balances.credit(&ticket(MAX_QUANTITY - 1)).unwrap();
+    w.start(); // may bring 1 ticket: exactly the cap
+    assert_eq!(w.a.offers.len(), 1);
+    assert!(w.refusals.is_empty(), "{:?}", w.refusals);
+    w.start(); // a second open offer could bring one more
+    assert_eq!(w.a.offers.len(), 1);
+    assert!(w.refusals[0].contains("offer refused"), "{:?}", w.refusals);
+}
