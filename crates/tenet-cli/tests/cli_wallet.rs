@@ -93,8 +93,20 @@ fn wallet(socket: &Path, card: &str, args: &[&str]) -> String {
     run(&all)
 }
 
-#[test]
-fn wallets_trade_vouchers_from_the_command_line() {
+/// Two hosts over TLS, each with a voucher card whose wallet PIN is 1234,
+/// and a TTP entity certificate pinned on both cards.
+struct Pair {
+    _hosts: (Kill, Kill),
+    sock_a: PathBuf,
+    sock_b: PathBuf,
+    card_a: String,
+    card_b: String,
+    ca_dom: &'static str,
+    cb_dom: &'static str,
+    _dir: tempfile::TempDir,
+}
+
+fn pair() -> Pair {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca");
     let (sa, ca_dom, sb, cb_dom) = (
@@ -153,6 +165,30 @@ fn wallets_trade_vouchers_from_the_command_line() {
     let (_a, sock_a) = host(dir.path(), "a", sa, &stores[0], pa, None);
     let (_b, sock_b) = host(dir.path(), "b", sb, &stores[1], pb, Some(pa));
     let (card_a, card_b) = (format!("{ca_dom}:0"), format!("{cb_dom}:0"));
+    Pair {
+        _hosts: (_a, _b),
+        sock_a,
+        sock_b,
+        card_a,
+        card_b,
+        ca_dom,
+        cb_dom,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn wallets_trade_vouchers_from_the_command_line() {
+    let Pair {
+        sock_a,
+        sock_b,
+        card_a,
+        card_b,
+        ca_dom,
+        cb_dom,
+        _hosts,
+        _dir,
+    } = pair();
 
     assert!(
         wallet(&sock_a, &card_a, &["mint", "5:coffee"])
@@ -362,4 +398,118 @@ fn wallets_trade_vouchers_from_the_command_line() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Has A's wallet offer `give` for `want` to B's wallet `b_wallet`, retrying
+/// while the link from B to A comes up.
+fn offer_until_sent(p: &Pair, b_wallet: &str, give: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = Command::new(TENET)
+            .args(["--socket", p.sock_a.to_str().unwrap(), "wallet", "--card"])
+            .args([&p.card_a, "--pin", "1234", "offer", "--to", &p.card_b])
+            .args(["--wallet", b_wallet, "--give", give, "--want", want])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The overflow attack of the security issue, at the cap (2^53 - 1): Bob
+/// holds one less than the cap of Alice's coffee; Alice offers 2 more for a
+/// ticket and Bob's wallet accepts. Bob's card refuses before deleting his
+/// ticket, the wallet says why, and nothing moves: no ticket is lost.
+#[test]
+fn an_offer_that_would_cross_the_cap_moves_nothing() {
+    const NEAR_CAP: &str = "9007199254740990"; // 2^53 - 2
+    let p = pair();
+    let (ca_dom, cb_dom) = (p.ca_dom, p.cb_dom);
+    wallet(
+        &p.sock_a,
+        &p.card_a,
+        &["mint", &format!("{NEAR_CAP}:coffee")],
+    );
+    wallet(&p.sock_b, &p.card_b, &["mint", "3:ticket"]);
+    // Beyond the cap, a mint is refused with the cap named.
+    let out = Command::new(TENET)
+        .args(["--socket", p.sock_a.to_str().unwrap(), "wallet", "--card"])
+        .args([
+            &p.card_a,
+            "--pin",
+            "1234",
+            "mint",
+            "9007199254740993:coffee",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cap"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut offers = Command::new(TENET)
+        .args(["--socket", p.sock_b.to_str().unwrap(), "wallet", "--card"])
+        .args([&p.card_b, "--pin", "1234", "offers", "--accept", "-c", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(offers.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let b_wallet = first.split_whitespace().nth(1).unwrap().to_owned();
+
+    // An honest trade brings Bob to 2^53 - 2 coffee.
+    offer_until_sent(
+        &p,
+        &b_wallet,
+        &format!("{NEAR_CAP}:{ca_dom}:coffee"),
+        &format!("1:{cb_dom}:ticket"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !wallet(&p.sock_b, &p.card_b, &["balance"])
+        .contains(&format!("{NEAR_CAP}  {ca_dom}  coffee"))
+    {
+        assert!(Instant::now() < deadline, "the first trade did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Alice mints 2 more and offers them: Bob would hold 2^53.
+    wallet(&p.sock_a, &p.card_a, &["mint", "2:coffee"]);
+    offer_until_sent(
+        &p,
+        &b_wallet,
+        &format!("2:{ca_dom}:coffee"),
+        &format!("1:{cb_dom}:ticket"),
+    );
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(offers.wait().unwrap().success(), "{rest:?}");
+    let refused: Vec<&String> = rest
+        .iter()
+        .filter(|l| l.contains("refused by the card") && l.contains("cap"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{rest:?}");
+
+    // Nothing moved: Bob keeps his 2 tickets and has nothing pending.
+    let b = wallet(&p.sock_b, &p.card_b, &["balance"]);
+    assert!(b.contains(&format!("{NEAR_CAP}  {ca_dom}  coffee")), "{b}");
+    assert!(b.contains(&format!("2  {cb_dom}  ticket")), "{b}");
+    let a = wallet(&p.sock_a, &p.card_a, &["balance"]);
+    assert!(a.contains(&format!("2  {ca_dom}  coffee")), "{a}");
+    let ex = wallet(&p.sock_b, &p.card_b, &["exchanges"]);
+    assert_eq!(
+        ex.lines().filter(|l| l.contains("Responder")).count(),
+        1,
+        "{ex}"
+    );
+    assert!(ex.contains("Responder  Committed"), "{ex}");
 }
