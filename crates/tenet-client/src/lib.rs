@@ -401,7 +401,11 @@ impl Capability {
                 if m.mtype() == Mtype::ECHO_REPLY && m.src() == dst && m.param == param {
                     break Ok(start.elapsed());
                 }
+                // Only a host (a domain's owner id, which no app holds)
+                // says a message was undeliverable: any app may send this
+                // mtype.
                 if m.mtype() == Mtype::UNDELIVERABLE
+                    && m.src().is_owner()
                     && let Ok(n) = Undeliverable::decode(&m.param)
                     && n.dst == dst
                     && n.mtype == Mtype::ECHO_REQUEST

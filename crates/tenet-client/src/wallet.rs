@@ -6,6 +6,12 @@
 //! by a balance query: the card handles messages in order, so a refusal of
 //! the order arrives before the balances and is returned as the order's
 //! error.
+//!
+//! The wallet believes only its card: whoever else can reach its id (any
+//! local app, any peer) may send it a message of any mtype, so an answer
+//! counts only from the card's id, and a refusal or undeliverable notice
+//! only if it concerns a message the wallet is waiting on (see
+//! `Wallet::answer`). Anything else is logged and ignored.
 
 use std::time::Duration;
 
@@ -18,6 +24,7 @@ use tenet_voucher::card::{
 };
 use tenet_voucher::model::Amount;
 use tenet_voucher::msg::{self, ExchangeId, Offer, StartExchange};
+use tracing::warn;
 
 use crate::{Capability, ClientError};
 
@@ -83,7 +90,7 @@ impl Wallet {
             wait: Duration::from_secs(10),
             offers: Vec::new(),
         };
-        let m = w.answer(Mtype::PIN_STATUS).await?;
+        let m = w.answer(Mtype::PIN_STATUS, &[Mtype::VERIFY_PIN]).await?;
         let st = PinStatus::decode(&m.param).map_err(|e| WalletError::Malformed(e.to_string()))?;
         if st.outcome != PinOutcome::Verified {
             return Err(WalletError::Pin(st));
@@ -106,33 +113,54 @@ impl Wallet {
         self.wait = d;
     }
 
-    /// Waits for the card's answer of `mtype`, keeping offers that arrive
-    /// meanwhile and turning a refusal into an error.
-    async fn answer(&mut self, mtype: Mtype) -> Result<Message, WalletError> {
+    /// Waits for the card's answer of `mtype` to what this wallet just sent
+    /// it (messages of mtypes `sent`), keeping offers that arrive meanwhile
+    /// and turning a refusal of one of `sent` into an error.
+    ///
+    /// Only the card speaks for the card, whoever else can reach this
+    /// wallet (any local app, any peer): an answer counts only from the
+    /// card's id; a refusal only from the card and about one of `sent`; an
+    /// undeliverable notice only from a domain's owner id (a host; no app
+    /// holds one) and about one of `sent` to the card. Anything else is
+    /// logged and skipped, and the wait goes on until the same deadline.
+    async fn answer(&mut self, mtype: Mtype, sent: &[Mtype]) -> Result<Message, WalletError> {
+        let deadline = tokio::time::Instant::now() + self.wait;
         loop {
-            let m = tokio::time::timeout(self.wait, self.cap.receive())
+            let m = tokio::time::timeout_at(deadline, self.cap.receive())
                 .await
                 .map_err(|_| WalletError::Timeout(self.wait))??;
-            if m.mtype() == mtype {
-                return Ok(m);
-            }
+            let src = m.src();
             match m.mtype() {
-                Mtype::REFUSED => {
+                t if t == mtype && src == self.card => return Ok(m),
+                t if t == mtype => {
+                    warn!(%src, mtype = %t, "answer not from the card; ignored");
+                }
+                Mtype::REFUSED if src == self.card => {
                     let r = Refused::decode(&m.param)
                         .map_err(|e| WalletError::Malformed(e.to_string()))?;
-                    return Err(WalletError::Refused {
-                        mtype: r.mtype,
-                        text: r.text,
-                    });
-                }
-                Mtype::UNDELIVERABLE => {
-                    let u = Undeliverable::decode(&m.param)
-                        .map_err(|e| WalletError::Malformed(e.to_string()))?;
-                    return Err(ClientError::Undeliverable {
-                        dst: u.dst,
-                        reason: u.reason,
+                    if sent.contains(&r.mtype) {
+                        return Err(WalletError::Refused {
+                            mtype: r.mtype,
+                            text: r.text,
+                        });
                     }
-                    .into());
+                    warn!(refused = %r.mtype, text = %r.text, "refusal of nothing awaited; ignored");
+                }
+                Mtype::UNDELIVERABLE if src.is_owner() => match Undeliverable::decode(&m.param) {
+                    Ok(u) if u.dst == self.card && sent.contains(&u.mtype) => {
+                        return Err(ClientError::Undeliverable {
+                            dst: u.dst,
+                            reason: u.reason,
+                        }
+                        .into());
+                    }
+                    Ok(u) => {
+                        warn!(%src, dst = %u.dst, mtype = %u.mtype, "undeliverable: nothing awaited; ignored");
+                    }
+                    Err(e) => warn!(%src, error = %e, "malformed undeliverable notice; ignored"),
+                },
+                t @ (Mtype::REFUSED | Mtype::UNDELIVERABLE) => {
+                    warn!(%src, mtype = %t, "notice from neither the card nor a host; ignored");
                 }
                 msg::OFFER => self.keep_offer(&m),
                 _ => {}
@@ -158,7 +186,7 @@ impl Wallet {
     /// refusal of the order comes back as its error.
     async fn order(&mut self, mtype: Mtype, param: Vec<u8>) -> Result<Vec<Amount>, WalletError> {
         self.cap.send(self.card, mtype, param).await?;
-        self.balances().await
+        self.query_balances(&[mtype, BALANCE_REQUEST]).await
     }
 
     /// Returns once the card has handled every message that reached it
@@ -172,10 +200,17 @@ impl Wallet {
 
     /// The card's holdings.
     pub async fn balances(&mut self) -> Result<Vec<Amount>, WalletError> {
+        self.query_balances(&[BALANCE_REQUEST]).await
+    }
+
+    /// Asks the card for its balances; `sent` names the mtypes of what this
+    /// wallet sent the card for this answer, the balance request included:
+    /// a refusal of any of them is the error.
+    async fn query_balances(&mut self, sent: &[Mtype]) -> Result<Vec<Amount>, WalletError> {
         self.cap
             .send(self.card, BALANCE_REQUEST, Vec::new())
             .await?;
-        let m = self.answer(BALANCES).await?;
+        let m = self.answer(BALANCES, sent).await?;
         decode_balances(&m.param).map_err(|e| WalletError::Malformed(e.to_string()))
     }
 
@@ -212,9 +247,12 @@ impl Wallet {
         self.cap
             .send(self.card, tenet_voucher::card::SET_ACCEPTOR, me.to_bytes())
             .await?;
-        self.answer(tenet_voucher::card::ACCEPTOR_SET)
-            .await
-            .map(|_| ())
+        self.answer(
+            tenet_voucher::card::ACCEPTOR_SET,
+            &[tenet_voucher::card::SET_ACCEPTOR],
+        )
+        .await
+        .map(|_| ())
     }
 
     /// The next offer to this wallet, waiting up to `within`.
@@ -258,7 +296,7 @@ impl Wallet {
         self.cap
             .send(self.card, EXCHANGES_REQUEST, Vec::new())
             .await?;
-        let m = self.answer(EXCHANGES).await?;
+        let m = self.answer(EXCHANGES, &[EXCHANGES_REQUEST]).await?;
         decode_exchanges(&m.param).map_err(|e| WalletError::Malformed(e.to_string()))
     }
 
