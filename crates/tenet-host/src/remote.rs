@@ -297,7 +297,11 @@ pub(crate) async fn start(
         let l = TcpListener::bind(listen)
             .await
             .map_err(|e| HostError::Remote(format!("cannot listen on {listen}: {e}")))?;
-        info!(address = %listen, tls = remote.tls.is_some(), "accepting host links");
+        // The bound address, so `listen = "127.0.0.1:0"` says which port it got.
+        let bound = l
+            .local_addr()
+            .map_or_else(|_| listen.clone(), |a| a.to_string());
+        info!(host = %remote.me, address = %bound, tls = remote.tls.is_some(), "accepting host links");
         tasks.push(tokio::spawn(accept_loop(shared.clone(), remote.clone(), l)));
     }
     Ok(tasks)
