@@ -177,7 +177,7 @@ pub(crate) struct Shared {
     pub(crate) nats: Option<Arc<crate::nats::Nats>>,
     ttp: Option<std::sync::mpsc::SyncSender<Message>>,
     /// Recovery requests refused because the TTP's queue was full.
-    ttp_busy: std::sync::atomic::AtomicU64,
+    pub(crate) ttp_busy: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -264,9 +264,10 @@ impl HostHandle {
         lock(&self.shared.table).len()
     }
 
-    /// Recovery requests refused with "the TTP is busy" because the queue
-    /// of requests waiting for a decision (bounded by
-    /// `dispatch.per_destination`) was full.
+    /// Recovery requests refused with "the TTP is busy": their domain
+    /// already had `dispatch.per_destination` requests waiting for a
+    /// decision, or more than that arrived during one decision (the
+    /// hand-off to the TTP thread was full).
     pub fn ttp_busy(&self) -> u64 {
         self.shared
             .ttp_busy

@@ -2,10 +2,25 @@
 //! answers recovery requests with the decision logic of `tenet-voucher`,
 //! keeping each decision in SQLite, once per exchange, forever.
 //!
-//! The decision runs on a thread of its own (a database write must not hold
-//! up routing). A decision is written in one immediate transaction: of
-//! concurrent requests for one `h(n2)` (also from other processes sharing
-//! the database) the first fixes the decision, and every later request gets
+//! The decisions run on a thread of their own (a database write must not
+//! hold up routing), which serves the requesters fairly:
+//! - requests wait in their requester's domain's queue ([`FairQueue`]),
+//!   bounded by `dispatch.per_destination` per domain, and the domains take
+//!   turns, one request a turn. A request beyond its domain's bound is not
+//!   kept: its sender gets a `refused` notice ("the TTP is busy"), and it
+//!   is logged and counted ([`crate::HostHandle::ttp_busy`]).
+//! - each request first gets the checks that cost no cryptography (the
+//!   sender is the party entitled to it, sizes, the agreement fits the
+//!   offer), then the signature verifications and the decision.
+//!
+//! So a peer that floods the TTP, with requests in someone else's name or
+//! with signatures that do not verify, delays an honest requester of
+//! another domain by at most one of its requests, and a request it is not
+//! entitled to make costs no signature verification.
+//!
+//! A decision is written in one immediate transaction: of concurrent
+//! requests for one `h(n2)` (also from other processes sharing the
+//! database) the first fixes the decision, and every later request gets
 //! the same signed admission back, byte for byte.
 
 use std::path::Path;
@@ -17,9 +32,9 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use tenet_dispatch::Ingress;
 use tenet_proto::notice::Refused;
 use tenet_proto::{Codec, EntityId, Message, Mtype};
-use tenet_voucher::crypto::KeyCrypto;
+use tenet_voucher::crypto::{Crypto, KeyCrypto};
 use tenet_voucher::msg::{self, Admission, ExchangeId, RecoveryRequest};
-use tenet_voucher::ttp::{DecisionStore, handle_request};
+use tenet_voucher::ttp::{DecisionStore, FairQueue, Full, handle_request};
 use tracing::{info, warn};
 
 use crate::server::{HostError, Shared, drain_events, lock, run_events};
@@ -210,7 +225,15 @@ pub(crate) fn open(
     Ok((crypto, Box::new(store)))
 }
 
-/// The TTP thread: answers each recovery request sent to the host entity.
+/// The TTP thread: decides the recovery requests sent to the host entity,
+/// one domain's at a time in turn.
+///
+/// Requests come from the routing side through a hand-off channel bounded
+/// by `dispatch.per_destination` (beyond it routing refuses them as busy).
+/// Before each decision the thread moves everything that arrived during the
+/// last one into its domain's queue, so the channel's order never decides
+/// who waits: a request that arrived during a decision is decided after at
+/// most one request of each other domain.
 pub(crate) fn run(
     shared: Arc<Shared>,
     rx: Receiver<Message>,
@@ -218,31 +241,32 @@ pub(crate) fn run(
     mut store: Box<dyn DecisionStore + Send>,
     me: EntityId,
 ) {
-    while let Ok(m) = rx.recv() {
-        let answer = match RecoveryRequest::decode(&m.param) {
-            Err(e) => Err(format!("malformed recovery request: {e}")),
-            Ok(req) => handle_request(&mut crypto, store.as_mut(), m.src(), &req)
-                .inspect(|a| {
-                    info!(exchange = %a.id, kind = ?a.kind, requester = %m.src(), "TTP admission");
-                })
-                .map_err(|e| e.to_string()),
+    // Each domain may have as many requests waiting as any reader of the
+    // dispatch table; so many also fill the hand-off channel.
+    let per_destination = lock(&shared.table).limits().per_destination;
+    let mut queue = FairQueue::new(per_destination);
+    loop {
+        let first = match queue.is_empty() {
+            true => match rx.recv() {
+                Ok(m) => Some(m),
+                Err(_) => return,
+            },
+            false => None,
         };
-        let reply = match answer {
-            Ok(a) => Message::new(me, m.src(), msg::ADMISSION, a.to_bytes()),
-            Err(text) => {
-                warn!(requester = %m.src(), %text, "recovery request refused");
-                Message::new(
-                    me,
-                    m.src(),
-                    Mtype::REFUSED,
-                    Refused {
-                        mtype: msg::RECOVERY_REQUEST,
-                        text,
-                    }
-                    .to_bytes(),
-                )
+        let arrived = first
+            .into_iter()
+            .chain(std::iter::from_fn(|| rx.try_recv().ok()).take(per_destination));
+        let mut busy = Vec::new();
+        for m in arrived {
+            if let Err(full) = queue.push(m.src().domain(), m) {
+                busy.push(full);
             }
-        };
+        }
+        if !busy.is_empty() {
+            refuse_busy(&shared, me, busy);
+        }
+        let Some((_, m)) = queue.pop() else { continue };
+        let reply = answer(&mut crypto, store.as_mut(), me, &m);
         let events = {
             let mut t = lock(&shared.table);
             if let Err(e) = t.store(Ingress::Internal, reply, Instant::now()) {
@@ -251,6 +275,82 @@ pub(crate) fn run(
             drain_events(&mut t)
         };
         run_events(&shared, events);
+    }
+}
+
+/// Tells the senders of requests beyond their domain's bound that the TTP
+/// is busy, and counts them.
+fn refuse_busy(shared: &Shared, me: EntityId, refused: Vec<Full<Message>>) {
+    shared
+        .ttp_busy
+        .fetch_add(refused.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    let mut domains = std::collections::BTreeMap::<_, u64>::new();
+    for full in &refused {
+        *domains.entry(full.domain).or_default() += 1;
+    }
+    for (domain, n) in domains {
+        warn!(
+            %domain,
+            refused = n,
+            bound = refused[0].bound,
+            "TTP busy: recovery requests beyond their domain's queue refused"
+        );
+    }
+    let events = {
+        let mut t = lock(&shared.table);
+        for full in refused {
+            let src = full.request.src();
+            let text = format!("the TTP is busy: {full}; ask again later");
+            let notice = Message::new(
+                me,
+                src,
+                Mtype::REFUSED,
+                Refused {
+                    mtype: msg::RECOVERY_REQUEST,
+                    text,
+                }
+                .to_bytes(),
+            );
+            if let Err(e) = t.store(Ingress::Internal, notice, Instant::now()) {
+                warn!(error = %e, to = %src, "TTP busy notice not stored");
+            }
+        }
+        drain_events(&mut t)
+    };
+    run_events(shared, events);
+}
+
+/// The TTP's answer to the request `m`: an admission, or a `refused` notice
+/// saying why.
+fn answer(
+    crypto: &mut dyn Crypto,
+    store: &mut dyn DecisionStore,
+    me: EntityId,
+    m: &Message,
+) -> Message {
+    let answer = match RecoveryRequest::decode(&m.param) {
+        Err(e) => Err(format!("malformed recovery request: {e}")),
+        Ok(req) => handle_request(crypto, store, m.src(), &req)
+            .inspect(|a| {
+                info!(exchange = %a.id, kind = ?a.kind, requester = %m.src(), "TTP admission");
+            })
+            .map_err(|e| e.to_string()),
+    };
+    match answer {
+        Ok(a) => Message::new(me, m.src(), msg::ADMISSION, a.to_bytes()),
+        Err(text) => {
+            warn!(requester = %m.src(), %text, "recovery request refused");
+            Message::new(
+                me,
+                m.src(),
+                Mtype::REFUSED,
+                Refused {
+                    mtype: msg::RECOVERY_REQUEST,
+                    text,
+                }
+                .to_bytes(),
+            )
+        }
     }
 }
 
