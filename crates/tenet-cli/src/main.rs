@@ -56,7 +56,9 @@ enum CaCmd {
         name: String,
     },
     /// Make a key and certificate for a software entity (the TTP's host
-    /// entity DOMAIN:0): DIR/NAME-entity.pem and .key.
+    /// entity DOMAIN:0): DIR/NAME-entity.pem and .key. An entity
+    /// certificate is for signatures only: no extended key usage, refused
+    /// for TLS links.
     Entity {
         /// The CA's directory.
         #[arg(long, value_name = "DIR")]
@@ -72,8 +74,9 @@ enum CaCmd {
 
 #[derive(Subcommand)]
 enum HostAction {
-    /// Make a development CA (once) and a TLS certificate for one host,
-    /// naming the domains it may serve.
+    /// Make a development CA (once) and a host certificate for TLS links
+    /// (extended key usage: TLS server and client authentication), naming
+    /// the domains the host may serve; peers accept no other domain from it.
     Certs {
         /// Directory of the CA (`ca.pem`, `ca.key`) and the host files
         /// (`NAME.pem`, `NAME.key`).
@@ -222,6 +225,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             let files = tenet_host::certs::issue_host(&dir, &name, &domains)?;
             println!("made {} and {}", files.cert.display(), files.key.display());
+            let list: Vec<String> = domains.iter().map(ToString::to_string).collect();
+            println!("role: host (TLS links); may serve only {}", list.join(", "));
             println!(
                 "config: [remote] ca = {:?}, cert = {:?}, key = {:?}",
                 files.ca, files.cert, files.key
@@ -279,6 +284,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 files.cert.display(),
                 files.key.display()
             );
+            println!("role: entity (signatures only; refused for TLS links)");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Ca {

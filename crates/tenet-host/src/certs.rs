@@ -1,17 +1,26 @@
 //! Certificates, made with one command each: a development CA (`tenet ca
 //! init`), host certificates for links between hosts (`tenet host certs`),
-//! and entity certificates for cards (`tenet card new --ca`) and the TTP.
+//! and entity certificates for cards (`tenet card new --ca`) and the TTP
+//! (`tenet ca entity`). Keys are ECDSA P-256; files are PEM.
 //!
-//! A host certificate names, as DNS subject alternative names, `host.tenet`
-//! (every host's certificate has it; links connect to that name) and one
-//! `DOMAIN.domain.tenet` per domain the host may serve. A peer may announce
-//! a domain only if its certificate names it (or the config lists it for
-//! that peer). An entity certificate names `DOMAIN-PORT.id.tenet`
-//! ([`EntityId::certificate_name`]) as its only name (an empty subject and a
-//! critical subject alternative name) and has no extended key usage, so it
-//! cannot stand in for a host; it carries nothing else a verifier does not
-//! use, as cards send it in every exchange. Keys are ECDSA P-256; files are
-//! PEM.
+//! Certificates have roles, and what a certificate authorizes is checked
+//! here and nowhere else ([`check_host_role`], [`authorized_domains`],
+//! [`check_domains`]):
+//!
+//! - A host certificate is for TLS links only. Its extended key usage lists
+//!   TLS server and client authentication; it names, as DNS subject
+//!   alternative names, `host.tenet` (every host's certificate has it; links
+//!   connect to that name) and one `DOMAIN.domain.tenet` per domain the host
+//!   may serve. A peer may serve a domain, and use a host id, only if the
+//!   certificate it presented on that very connection names the domain; the
+//!   config's `[[remote.peers]] domains` pre-route and authorize nothing.
+//! - An entity certificate (a card's, or the TTP entity's) is for
+//!   signatures only. It names `DOMAIN-PORT.id.tenet`
+//!   ([`EntityId::certificate_name`]) as its only name (an empty subject and
+//!   a critical subject alternative name) and has no extended key usage, so
+//!   it is refused for a TLS link: links want the host usages and
+//!   `host.tenet`. It carries nothing else a verifier does not use, as
+//!   cards send it in every exchange.
 
 use std::path::{Path, PathBuf};
 
@@ -19,15 +28,19 @@ use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SerialNumber,
 };
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use tenet_proto::{Domain, EntityId};
 
 /// The name every host certificate carries and every link connects to.
 pub const HOST_NAME: &str = "host.tenet";
 
+/// The suffix of the DNS names that authorize a host to serve a domain.
+const DOMAIN_SUFFIX: &str = ".domain.tenet";
+
 /// The DNS name that authorizes a host to serve `d`.
 pub fn domain_name(d: Domain) -> String {
-    format!("{d}.domain.tenet")
+    format!("{d}{DOMAIN_SUFFIX}")
 }
 
 /// Why certificates could not be made.
@@ -50,6 +63,175 @@ pub enum CertError {
     /// A PEM file holds no certificate.
     #[error("PEM: {0}")]
     Pem(String),
+    /// A certificate could not be read.
+    #[error("certificate: {0}")]
+    Malformed(String),
+    /// A certificate used outside its role: a card's or an entity's (or
+    /// any other) where a host certificate is needed, for a TLS link.
+    #[error("not a host certificate (names: {names}): {why}")]
+    NotHost {
+        /// The DNS names it presents.
+        names: String,
+        /// What it lacks.
+        why: &'static str,
+    },
+    /// A host certificate that does not name a domain its holder announced,
+    /// or is routed.
+    #[error(
+        "not authorized for domain {domain}: the certificate does not name it (names: {names})"
+    )]
+    DomainNotNamed {
+        /// The domain.
+        domain: Domain,
+        /// The DNS names it presents.
+        names: String,
+    },
+}
+
+/// DER contents of id-ce-extKeyUsage (2.5.29.37).
+const EXT_KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x25];
+/// DER contents of id-kp-serverAuth (1.3.6.1.5.5.7.3.1).
+const SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
+/// DER contents of id-kp-clientAuth (1.3.6.1.5.5.7.3.2).
+const CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
+
+/// Checks that `cert` is a host certificate, the one role TLS links
+/// accept: its extended key usage lists both TLS server and client
+/// authentication, and it names `host.tenet`. A card's or the TTP entity's
+/// certificate has neither. Chain, validity and signatures are the TLS
+/// verifier's; this checks the role only, from the certificate alone.
+pub fn check_host_role(cert: &CertificateDer<'_>) -> Result<(), CertError> {
+    let ee =
+        webpki::EndEntityCert::try_from(cert).map_err(|e| CertError::Malformed(e.to_string()))?;
+    let names: Vec<&str> = ee.valid_dns_names().collect();
+    let not_host = |why| CertError::NotHost {
+        names: names.join(", "),
+        why,
+    };
+    let purposes = key_purposes(cert.as_ref())?
+        .ok_or_else(|| not_host("no extended key usage (signatures only: a card or entity)"))?;
+    if !purposes.contains(&SERVER_AUTH) {
+        return Err(not_host(
+            "its extended key usage lacks TLS server authentication",
+        ));
+    }
+    if !purposes.contains(&CLIENT_AUTH) {
+        return Err(not_host(
+            "its extended key usage lacks TLS client authentication",
+        ));
+    }
+    if !names.iter().any(|n| n.eq_ignore_ascii_case(HOST_NAME)) {
+        return Err(not_host("it does not name host.tenet"));
+    }
+    Ok(())
+}
+
+/// The domains a host certificate authorizes its holder to serve: one per
+/// `DOMAIN.domain.tenet` DNS name. Checks the role first
+/// ([`check_host_role`]); a wildcard or any other name authorizes nothing.
+pub fn authorized_domains(cert: &CertificateDer<'_>) -> Result<Vec<Domain>, CertError> {
+    check_host_role(cert)?;
+    let ee =
+        webpki::EndEntityCert::try_from(cert).map_err(|e| CertError::Malformed(e.to_string()))?;
+    let mut out = Vec::new();
+    for name in ee.valid_dns_names() {
+        let name = name.to_ascii_lowercase();
+        if let Some(d) = name
+            .strip_suffix(DOMAIN_SUFFIX)
+            .and_then(|hex| hex.parse::<Domain>().ok())
+            && !out.contains(&d)
+        {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+/// Checks that the host certificate `cert`, presented on a link, names
+/// every one of `domains` (the peer's host id's domain, the domains it
+/// announced, the domains routed to it).
+pub fn check_domains(cert: &CertificateDer<'_>, domains: &[Domain]) -> Result<(), CertError> {
+    let named = authorized_domains(cert)?;
+    match domains.iter().find(|d| !named.contains(d)) {
+        None => Ok(()),
+        Some(d) => Err(CertError::DomainNotNamed {
+            domain: *d,
+            names: webpki::EndEntityCert::try_from(cert)
+                .map(|ee| ee.valid_dns_names().collect::<Vec<_>>().join(", "))
+                .unwrap_or_default(),
+        }),
+    }
+}
+
+/// Splits one DER element off `input`: its tag, its contents and the rest.
+fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = match first {
+        0..=0x7f => (usize::from(first), rest),
+        0x81..=0x83 => {
+            let n = usize::from(first & 0x7f);
+            if rest.len() < n {
+                return None;
+            }
+            let (len, rest) = rest.split_at(n);
+            (
+                len.iter().fold(0usize, |a, b| (a << 8) | usize::from(*b)),
+                rest,
+            )
+        }
+        _ => return None,
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// The key purposes (OID contents) in the extended key usage extension of
+/// the certificate `cert` (DER), or `None` when it has none. webpki checks
+/// the certificate's structure; this only reads that one extension.
+fn key_purposes(cert: &[u8]) -> Result<Option<Vec<&[u8]>>, CertError> {
+    const SEQUENCE: u8 = 0x30;
+    const OID: u8 = 0x06;
+    const BOOLEAN: u8 = 0x01;
+    const OCTET_STRING: u8 = 0x04;
+    const EXTENSIONS: u8 = 0xa3; // [3] EXPLICIT
+    fn take(input: &[u8], want: u8) -> Result<(&[u8], &[u8]), CertError> {
+        match der(input) {
+            Some((tag, body, rest)) if tag == want => Ok((body, rest)),
+            _ => Err(CertError::Malformed("unreadable extensions".into())),
+        }
+    }
+    let bad = || CertError::Malformed("unreadable extensions".into());
+    let (certificate, _) = take(cert, SEQUENCE)?;
+    let (mut tbs, _) = take(certificate, SEQUENCE)?;
+    while !tbs.is_empty() {
+        let (tag, body, rest) = der(tbs).ok_or_else(bad)?;
+        tbs = rest;
+        if tag != EXTENSIONS {
+            continue;
+        }
+        let (mut extensions, _) = take(body, SEQUENCE)?;
+        while !extensions.is_empty() {
+            let (extension, rest) = take(extensions, SEQUENCE)?;
+            extensions = rest;
+            let (oid, mut value) = take(extension, OID)?;
+            if oid != EXT_KEY_USAGE {
+                continue;
+            }
+            if let Some((BOOLEAN, _, rest)) = der(value) {
+                value = rest; // critical
+            }
+            let (octets, _) = take(value, OCTET_STRING)?;
+            let (mut list, _) = take(octets, SEQUENCE)?;
+            let mut purposes = Vec::new();
+            while !list.is_empty() {
+                let (purpose, rest) = take(list, OID)?;
+                purposes.push(purpose);
+                list = rest;
+            }
+            return Ok(Some(purposes));
+        }
+    }
+    Ok(None)
 }
 
 /// Files of one TLS or entity identity.
@@ -226,4 +408,136 @@ pub fn issue_entity(
     let ca_der = rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes())
         .map_err(|e| CertError::Pem(e.to_string()))?;
     Ok((c.der().to_vec(), ca_der.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+
+    fn ca() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        ensure_ca(dir.path(), "test CA").unwrap();
+        dir
+    }
+
+    /// A certificate from the CA in `dir` for a fresh key, naming `names`,
+    /// with the extended key usages `usages`.
+    fn leaf(
+        dir: &Path,
+        names: &[&str],
+        usages: Vec<ExtendedKeyUsagePurpose>,
+        custom: Vec<rcgen::CustomExtension>,
+    ) -> CertificateDer<'static> {
+        let ca_key = KeyPair::from_pem(&read(&dir.join("ca.key")).unwrap()).unwrap();
+        let issuer = Issuer::from_ca_cert_pem(&read(&dir.join("ca.pem")).unwrap(), ca_key).unwrap();
+        let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+        p.extended_key_usages = usages;
+        p.custom_extensions = custom;
+        let k = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        p.signed_by(&k, &issuer).unwrap().der().clone()
+    }
+
+    #[test]
+    fn a_host_certificate_authorizes_the_domains_it_names() {
+        let dir = ca();
+        let (a, b, c) = (
+            Domain::new([0xa1; 12]),
+            Domain::new([0xb2; 12]),
+            Domain::new([0xc3; 12]),
+        );
+        let files = issue_host(dir.path(), "h", &[a, b]).unwrap();
+        let cert = CertificateDer::from_pem_file(&files.cert).unwrap();
+        check_host_role(&cert).unwrap();
+        assert_eq!(authorized_domains(&cert).unwrap(), vec![a, b]);
+        check_domains(&cert, &[b, a]).unwrap();
+        assert!(matches!(
+            check_domains(&cert, &[a, c]),
+            Err(CertError::DomainNotNamed { domain, .. }) if domain == c
+        ));
+    }
+
+    #[test]
+    fn card_and_entity_certificates_are_not_host_certificates() {
+        let dir = ca();
+        let ttp = issue_entity_key(dir.path(), "ttp", Domain::new([0x77; 12]).owner()).unwrap();
+        let ttp = CertificateDer::from_pem_file(&ttp.cert).unwrap();
+        let k = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let card = Domain::new([0xca; 12]).owner();
+        let (card, _) = issue_entity(dir.path(), card, k.public_key_raw()).unwrap();
+        for cert in [ttp, CertificateDer::from(card)] {
+            assert!(
+                matches!(check_host_role(&cert), Err(CertError::NotHost { .. })),
+                "{:?}",
+                check_host_role(&cert)
+            );
+            assert!(matches!(
+                authorized_domains(&cert),
+                Err(CertError::NotHost { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn a_host_certificate_has_both_tls_usages_and_the_host_name() {
+        let dir = ca();
+        let d = Domain::new([0xd4; 12]);
+        let name = domain_name(d);
+        let cases = [
+            (vec![HOST_NAME, &name], vec![ServerAuth], false),
+            (vec![HOST_NAME, &name], vec![ClientAuth], false),
+            (vec![HOST_NAME, &name], vec![], false),
+            (vec![&name], vec![ServerAuth, ClientAuth], false),
+            (vec![HOST_NAME, &name], vec![ClientAuth, ServerAuth], true),
+        ];
+        for (names, usages, ok) in cases {
+            let cert = leaf(dir.path(), &names, usages.clone(), vec![]);
+            assert_eq!(
+                check_host_role(&cert).is_ok(),
+                ok,
+                "{names:?} {usages:?}: {:?}",
+                check_host_role(&cert)
+            );
+        }
+        // A critical extended key usage is read too.
+        let mut eku = rcgen::CustomExtension::from_oid_content(
+            &[2, 5, 29, 37],
+            [
+                &[0x30, 0x14, 0x06, 0x08][..],
+                SERVER_AUTH,
+                &[0x06, 0x08],
+                CLIENT_AUTH,
+            ]
+            .concat(),
+        );
+        eku.set_criticality(true);
+        let cert = leaf(dir.path(), &[HOST_NAME, &name], vec![], vec![eku]);
+        assert_eq!(authorized_domains(&cert).unwrap(), vec![d]);
+    }
+
+    #[test]
+    fn wildcards_and_other_names_authorize_nothing_and_case_does_not_matter() {
+        let dir = ca();
+        let d = Domain::new([0xd4; 12]);
+        let upper = domain_name(d).to_ascii_uppercase();
+        let cert = leaf(
+            dir.path(),
+            &[
+                HOST_NAME,
+                "*.domain.tenet",
+                "x.domain.tenet",
+                "d4.tenet",
+                &upper,
+            ],
+            vec![ServerAuth, ClientAuth],
+            vec![],
+        );
+        assert_eq!(authorized_domains(&cert).unwrap(), vec![d]);
+        let garbage = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00]);
+        assert!(matches!(
+            check_host_role(&garbage),
+            Err(CertError::Malformed(_))
+        ));
+    }
 }

@@ -4,12 +4,13 @@
 //! configuration. Unknown keys are errors, so a typo never silently
 //! disables a setting. The commented example is `docs/host.example.toml`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 use tenet_dispatch::{Limits, RuleError, RuleGuard, RuleSpec};
-use tenet_proto::Domain;
+use tenet_proto::{Domain, EntityId};
 use tenet_voucher::policy::Policy;
 
 /// Why the configuration cannot be used.
@@ -89,7 +90,7 @@ pub struct TtpSection {
 
 /// `[remote]`: links to other hosts over TLS (see `docs/remote.md`).
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RemoteToml")]
 pub struct RemoteSection {
     /// Address to accept links on, e.g. `"127.0.0.1:7001"`.
     pub listen: Option<String>,
@@ -110,10 +111,78 @@ pub struct RemoteSection {
     /// Burst allowance of `rate`; default 2 × rate.
     pub burst: Option<f64>,
     /// `[[remote.peers]]`: hosts to dial.
-    #[serde(default)]
     pub peers: Vec<PeerSection>,
+    /// The `host` of `[[remote.peers]]` entries, by `address`: the host id
+    /// (`DOMAIN:0`) the dialer must reach there. Kept beside
+    /// [`PeerSection`] so that code building a `PeerSection` by its fields
+    /// stays as it is.
+    pub peer_hosts: BTreeMap<String, String>,
     /// `[remote.nats]`: route through a NATS server or cluster.
     pub nats: Option<NatsSection>,
+}
+
+/// `[remote]` as written: [`RemoteSection`] with the `host` of each
+/// `[[remote.peers]]` entry in the entry.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoteToml {
+    listen: Option<String>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    danger_plaintext: Option<bool>,
+    window: Option<usize>,
+    rate: Option<f64>,
+    burst: Option<f64>,
+    #[serde(default)]
+    peers: Vec<PeerToml>,
+    nats: Option<NatsSection>,
+}
+
+/// One `[[remote.peers]]` entry as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerToml {
+    address: String,
+    #[serde(default)]
+    domains: Vec<String>,
+    host: Option<String>,
+}
+
+impl TryFrom<RemoteToml> for RemoteSection {
+    type Error = String;
+
+    fn try_from(r: RemoteToml) -> Result<Self, String> {
+        let mut peers = Vec::with_capacity(r.peers.len());
+        let mut peer_hosts = BTreeMap::new();
+        for p in r.peers {
+            if let Some(h) = p.host
+                && peer_hosts.insert(p.address.clone(), h).is_some()
+            {
+                return Err(format!(
+                    "[[remote.peers]] address {} has two entries with a host",
+                    p.address
+                ));
+            }
+            peers.push(PeerSection {
+                address: p.address,
+                domains: p.domains,
+            });
+        }
+        Ok(Self {
+            listen: r.listen,
+            ca: r.ca,
+            cert: r.cert,
+            key: r.key,
+            danger_plaintext: r.danger_plaintext,
+            window: r.window,
+            rate: r.rate,
+            burst: r.burst,
+            peers,
+            peer_hosts,
+            nats: r.nats,
+        })
+    }
 }
 
 /// `[remote.nats]`: hosts reach each other through NATS subjects derived
@@ -135,15 +204,31 @@ pub struct NatsSection {
 }
 
 /// One `[[remote.peers]]` entry: a host this one dials and keeps a link to.
+/// Its optional `host` key is in [`RemoteSection::peer_hosts`].
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerSection {
     /// `HOST:PORT` of its `remote.listen`.
     pub address: String,
-    /// Domains routed to it even before it connects (24 hex digits each);
-    /// they are authorized for this peer in addition to its certificate.
+    /// Domains routed to it even before it connects (24 hex digits each).
+    /// They only pre-route: they authorize nothing. A link to this peer
+    /// comes up only if the peer's certificate names each of them, as well
+    /// as every domain the peer announces.
     #[serde(default)]
     pub domains: Vec<String>,
+}
+
+/// A checked `[[remote.peers]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRoute {
+    /// Where to dial.
+    pub address: String,
+    /// Domains routed to it before it connects.
+    pub domains: Vec<Domain>,
+    /// The host it must be (`host`): the dialer refuses a peer whose
+    /// certificate does not name this id's domain, or whose hello names
+    /// another host.
+    pub host: Option<EntityId>,
 }
 
 /// `[card]`: the host's smartcard. With a card, apps acquire their ids from
@@ -293,7 +378,7 @@ impl Config {
     }
 
     /// Checks `[remote]` and returns the static peer routes.
-    pub fn remote_checked(&self) -> Result<Vec<(String, Vec<Domain>)>, ConfigError> {
+    pub fn remote_checked(&self) -> Result<Vec<PeerRoute>, ConfigError> {
         let r = &self.remote;
         if let Some(n) = &r.nats {
             if n.user.is_some() != n.password.is_some() {
@@ -344,6 +429,16 @@ impl Config {
                 });
             }
         }
+        if let Some(a) = r
+            .peer_hosts
+            .keys()
+            .find(|a| !r.peers.iter().any(|p| &p.address == *a))
+        {
+            return Err(ConfigError::Value {
+                key: "remote.peers.host",
+                detail: format!("no [[remote.peers]] entry has address {a}"),
+            });
+        }
         r.peers
             .iter()
             .map(|p| {
@@ -357,7 +452,26 @@ impl Config {
                         })
                     })
                     .collect::<Result<Vec<_>, _>>()?;
-                Ok((p.address.clone(), domains))
+                let host = r
+                    .peer_hosts
+                    .get(&p.address)
+                    .map(|h| {
+                        let bad = |detail: String| ConfigError::Value {
+                            key: "remote.peers.host",
+                            detail,
+                        };
+                        let id: EntityId = h.parse().map_err(|e| bad(format!("{e}")))?;
+                        if !id.is_owner() {
+                            return Err(bad(format!("{h} is not a host id (DOMAIN:0)")));
+                        }
+                        Ok(id)
+                    })
+                    .transpose()?;
+                Ok(PeerRoute {
+                    address: p.address.clone(),
+                    domains,
+                    host,
+                })
             })
             .collect()
     }
@@ -569,6 +683,14 @@ mod tests {
                 "[remote]\ndanger_plaintext = true\n[[remote.peers]]\naddress = \"x:1\"\ndomains = [\"zz\"]",
                 "remote.peers.domains",
             ),
+            (
+                "[remote]\ndanger_plaintext = true\n[[remote.peers]]\naddress = \"x:1\"\nhost = \"zz:0\"",
+                "remote.peers.host",
+            ),
+            (
+                "[remote]\ndanger_plaintext = true\n[[remote.peers]]\naddress = \"x:1\"\nhost = \"b2b2b2b2b2b2b2b2b2b2b2b2:7\"",
+                "remote.peers.host",
+            ),
         ];
         for (text, key) in cases {
             match parse(text) {
@@ -576,6 +698,47 @@ mod tests {
                 other => panic!("{text}: expected a value error, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_peer_names_the_host_it_must_reach() {
+        let c = parse(
+            "[remote]\ndanger_plaintext = true\n\
+             [[remote.peers]]\naddress = \"x:1\"\nhost = \"b2b2b2b2b2b2b2b2b2b2b2b2:0\"\n\
+             [[remote.peers]]\naddress = \"y:1\"\ndomains = [\"c3c3c3c3c3c3c3c3c3c3c3c3\"]",
+        )
+        .unwrap();
+        let routes = c.remote_checked().unwrap();
+        assert_eq!(
+            routes[0].host,
+            Some(Domain::new([0xb2; 12]).owner()),
+            "{routes:?}"
+        );
+        assert_eq!(
+            (routes[1].host, routes[1].domains.as_slice()),
+            (None, &[Domain::new([0xc3; 12])][..])
+        );
+        // Two entries of one address with a host each, and a host of no
+        // entry (set in code), are errors.
+        assert!(matches!(
+            parse(
+                "[remote]\ndanger_plaintext = true\n\
+                 [[remote.peers]]\naddress = \"x:1\"\nhost = \"b2b2b2b2b2b2b2b2b2b2b2b2:0\"\n\
+                 [[remote.peers]]\naddress = \"x:1\"\nhost = \"c3c3c3c3c3c3c3c3c3c3c3c3:0\""
+            ),
+            Err(ConfigError::Parse { .. })
+        ));
+        let mut c = parse("[remote]\ndanger_plaintext = true").unwrap();
+        c.remote
+            .peer_hosts
+            .insert("z:1".into(), "b2b2b2b2b2b2b2b2b2b2b2b2:0".into());
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Value {
+                key: "remote.peers.host",
+                ..
+            })
+        ));
     }
 
     #[test]

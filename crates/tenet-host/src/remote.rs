@@ -8,6 +8,17 @@
 //! down, messages for it wait in the table under its bounds and time to
 //! live, then their senders get `undeliverable`.
 //!
+//! Identity is what the certificate says ([`crate::certs`]). TLS accepts
+//! only host certificates (a card's or the TTP entity's is refused in the
+//! handshake). A link comes up only if the certificate presented on that
+//! connection names the peer's host id's domain, every domain it announces
+//! and every domain the config routes to it; the config's domains
+//! pre-route, they authorize nothing. A dialer told which host it must
+//! reach (`host`) checks the certificate before it sends its hello. On an
+//! up link, a message comes in only from a domain that link's certificate
+//! names, and one taken from the table goes out only to such a domain
+//! (resent ones went to the same host id before).
+//!
 //! A link is a byte stream (TLS 1.3 with mutual authentication, or
 //! plaintext under `danger_plaintext`) carrying length-prefixed
 //! [`LinkFrame`]s. [`PeerLink`] numbers messages and resends what the peer
@@ -20,8 +31,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tenet_dispatch::reliable::{Inbound, PeerLink};
 use tenet_dispatch::{EndpointId, Ingress, StoreError};
 use tenet_proto::frame::{begin_frame, finish_frame, split_frame};
@@ -33,7 +47,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::certs::{HOST_NAME, domain_name};
+use crate::certs::{self, HOST_NAME};
 use crate::config::Config;
 use crate::server::{HostError, Shared, drain_events, lock, run_events};
 
@@ -114,6 +128,8 @@ struct PeerInner {
     host: Option<EntityId>,
     link: PeerLink,
     active: Option<Active>,
+    /// What the certificate of the current (or last) link certified: the
+    /// domains messages may come from and go to on it.
     authorized: Vec<Domain>,
     subscribed: Vec<Domain>,
     tokens: f64,
@@ -124,7 +140,10 @@ struct PeerInner {
 pub(crate) struct Peer {
     ep: EndpointId,
     label: String,
+    /// Domains the config routes to this peer before it connects.
     config_domains: Vec<Domain>,
+    /// The host the config says must answer at this peer's address.
+    expected: Option<EntityId>,
     inner: std::sync::Mutex<PeerInner>,
     wake: Notify,
 }
@@ -143,7 +162,106 @@ pub(crate) struct Remote {
     pub(crate) stats: RemoteStats,
 }
 
-fn load_tls(cfg: &Config) -> Result<Option<Tls>, HostError> {
+/// A certificate refused for its role, as rustls carries it: the peer gets
+/// a `handshake_failure` alert, the log the reason.
+fn role_error(e: certs::CertError) -> rustls::Error {
+    rustls::Error::Other(rustls::OtherError(Arc::new(e)))
+}
+
+/// rustls's webpki verifier of client certificates (chain to the CA,
+/// validity), then the host role ([`certs::check_host_role`]): a card's or
+/// an entity's certificate is refused in the handshake.
+#[derive(Debug)]
+struct HostClientVerifier(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for HostClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.0.verify_client_cert(end_entity, intermediates, now)?;
+        certs::check_host_role(end_entity).map_err(role_error)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// rustls's webpki verifier of server certificates (chain to the CA,
+/// validity, `host.tenet`), then the host role.
+#[derive(Debug)]
+struct HostServerVerifier(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl ServerCertVerifier for HostServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.0.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        certs::check_host_role(end_entity).map_err(role_error)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+fn load_tls(cfg: &Config, my_domains: &[Domain]) -> Result<Option<Tls>, HostError> {
     let r = &cfg.remote;
     if r.danger_plaintext.unwrap_or(false) {
         return Ok(None);
@@ -166,24 +284,38 @@ fn load_tls(cfg: &Config) -> Result<Option<Tls>, HostError> {
         .map_err(|e| err(&format!("certificate file {}", cert.display()), &e))?
         .collect::<Result<_, _>>()
         .map_err(|e| err(&format!("certificate file {}", cert.display()), &e))?;
+    // This host's own certificate must be a host certificate, and should
+    // name its domains (peers refuse a link otherwise).
+    if let Some(ee) = chain.first() {
+        certs::check_host_role(ee)
+            .map_err(|e| err(&format!("certificate file {}", cert.display()), &e))?;
+        if let Err(e) = certs::check_domains(ee, my_domains) {
+            warn!(file = %cert.display(), error = %e, "this host's certificate does not name all its domains; peers will refuse its links");
+        }
+    }
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| err(&format!("key file {}", key.display()), &e))?;
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+    let client_verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         roots.clone(),
         provider.clone(),
     )
     .build()
     .map_err(|e| err("client verifier", &e))?;
+    let server_verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .map_err(|e| err("server verifier", &e))?;
     let server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| err("TLS", &e))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(HostClientVerifier(client_verifier)))
         .with_single_cert(chain.clone(), key.clone_key())
         .map_err(|e| err("host certificate", &e))?;
     let client = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| err("TLS", &e))?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(HostServerVerifier(server_verifier)))
         .with_client_auth_cert(chain, key)
         .map_err(|e| err("host certificate", &e))?;
     Ok(Some(Tls {
@@ -209,11 +341,12 @@ impl Remote {
         getrandom::fill(&mut session)
             .map_err(|e| HostError::Remote(format!("no randomness: {e}")))?;
         let rate = r.rate.unwrap_or(20_000.0);
+        let tls = load_tls(cfg, &my_domains)?;
         Ok(Some(Self {
             session: u64::from_be_bytes(session) | 1,
             me,
             my_domains,
-            tls: load_tls(cfg)?,
+            tls,
             window: r.window.unwrap_or(1024),
             rate,
             burst: r.burst.unwrap_or(2.0 * rate),
@@ -223,7 +356,13 @@ impl Remote {
         }))
     }
 
-    fn new_peer(&self, shared: &Shared, label: String, config_domains: Vec<Domain>) -> Arc<Peer> {
+    fn new_peer(
+        &self,
+        shared: &Shared,
+        label: String,
+        config_domains: Vec<Domain>,
+        expected: Option<EntityId>,
+    ) -> Arc<Peer> {
         let ep = {
             let mut t = lock(&shared.table);
             let ep = t.add_endpoint();
@@ -236,11 +375,12 @@ impl Remote {
             ep,
             label,
             config_domains: config_domains.clone(),
+            expected,
             inner: std::sync::Mutex::new(PeerInner {
-                host: None,
+                host: expected,
                 link: PeerLink::new(self.session, self.window),
                 active: None,
-                authorized: config_domains.clone(),
+                authorized: Vec::new(),
                 subscribed: config_domains,
                 tokens: self.burst,
                 last: Instant::now(),
@@ -284,13 +424,13 @@ pub(crate) async fn start(
         return Ok(Vec::new());
     };
     let mut tasks = Vec::new();
-    for (addr, domains) in cfg.remote_checked()? {
-        let peer = remote.new_peer(&shared, addr.clone(), domains);
+    for route in cfg.remote_checked()? {
+        let peer = remote.new_peer(&shared, route.address.clone(), route.domains, route.host);
         tasks.push(tokio::spawn(dial_loop(
             shared.clone(),
             remote.clone(),
             peer,
-            addr,
+            route.address,
         )));
     }
     if let Some(listen) = &cfg.remote.listen {
@@ -469,17 +609,6 @@ async fn send_close<W: AsyncWrite + Unpin>(w: &mut W, reason: &str) {
     let _ = w.flush().await;
 }
 
-fn cert_allows(cert: Option<&CertificateDer<'static>>, d: Domain) -> bool {
-    let Some(cert) = cert else { return false };
-    let Ok(ee) = webpki::EndEntityCert::try_from(cert) else {
-        return false;
-    };
-    let Ok(name) = ServerName::try_from(domain_name(d)) else {
-        return false;
-    };
-    ee.verify_is_valid_for_subject_name(&name).is_ok()
-}
-
 /// Runs one link until it ends.
 async fn run_link<S: LinkStream>(
     shared: &Arc<Shared>,
@@ -487,7 +616,18 @@ async fn run_link<S: LinkStream>(
     stream: S,
     dialed: Option<Arc<Peer>>,
 ) {
+    // Identity is what the certificate on this connection says: `named`
+    // checks that it names every domain given (plaintext links have no
+    // identity).
     let cert = stream.peer_certificate();
+    let plaintext = remote.tls.is_none();
+    let named = |domains: &[Domain]| -> Result<(), String> {
+        match (&cert, plaintext) {
+            (_, true) => Ok(()),
+            (Some(c), false) => certs::check_domains(c, domains).map_err(|e| e.to_string()),
+            (None, false) => Err("no peer certificate".into()),
+        }
+    };
     let (rd, mut wr) = tokio::io::split(stream);
     let mut reader = FrameReader::new(rd);
     let hello = |fields: (u64, u64)| LinkFrame::Hello {
@@ -498,6 +638,17 @@ async fn run_link<S: LinkStream>(
         domains: remote.my_domains.clone(),
     };
     if let Some(p) = &dialed {
+        // A dialer told which host it must reach checks whom it reached
+        // before it says anything.
+        if let Some(expected) = p.expected
+            && let Err(e) = named(&[expected.domain()])
+        {
+            let reason = format!("expected host {expected}: {e}");
+            remote.stats.links_refused.fetch_add(1, Ordering::Relaxed);
+            warn!(peer = %p.label, %expected, %reason, "link refused");
+            send_close(&mut wr, &reason).await;
+            return;
+        }
         let f = hello(lock(&p.inner).link.hello_fields());
         let mut buf = Vec::new();
         encode(&[f], &mut buf);
@@ -547,9 +698,9 @@ async fn run_link<S: LinkStream>(
     let label = existing
         .as_ref()
         .map_or_else(|| host.to_string(), |p| p.label.clone());
-    // Authorize: the host id's domain and every announced domain must be
-    // named by the peer's certificate or listed for it in the config.
-    let plaintext = remote.tls.is_none();
+    // Authorize: the certificate must name the host id's domain, every
+    // announced domain, and every domain the config routes to this peer
+    // (they would travel on this link).
     let mut wanted = domains.clone();
     if !wanted.contains(&host.domain()) {
         wanted.push(host.domain());
@@ -567,6 +718,8 @@ async fn run_link<S: LinkStream>(
     };
     let pinned = existing.as_ref().and_then(|p| lock(&p.inner).host);
     let config_domains: &[Domain] = existing.as_ref().map_or(&[], |p| &p.config_domains);
+    let mut certified = wanted.clone();
+    certified.extend(config_domains.iter().filter(|d| !wanted.contains(d)));
     let local: Vec<bool> = {
         let t = lock(&shared.table);
         wanted.iter().map(|d| t.is_local_domain(*d)).collect()
@@ -579,17 +732,14 @@ async fn run_link<S: LinkStream>(
             ))
         } else if host == remote.me {
             Some("a link to itself".into())
+        } else if let Err(e) = named(&certified) {
+            Some(e)
         } else {
             wanted.iter().zip(&local).find_map(|(d, is_local)| {
                 if *is_local {
                     Some(format!("domain {d} is local here"))
                 } else if others.contains(d) {
                     Some(format!("domain {d} is already served by another peer"))
-                } else if !(plaintext
-                    || config_domains.contains(d)
-                    || cert_allows(cert.as_ref(), *d))
-                {
-                    Some(format!("not authorized for domain {d}"))
                 } else {
                     None
                 }
@@ -604,7 +754,7 @@ async fn run_link<S: LinkStream>(
     }
     let peer = match existing.or_else(|| known(host)) {
         Some(p) => p,
-        None => remote.new_peer(shared, label, Vec::new()),
+        None => remote.new_peer(shared, label, Vec::new(), None),
     };
     // One link per peer: a reconnect in the same direction replaces the old
     // one; of two links dialed in opposite directions, the one dialed by the
@@ -636,11 +786,8 @@ async fn run_link<S: LinkStream>(
             .filter(|d| !i.subscribed.contains(d))
             .collect();
         i.subscribed.extend(&new_domains);
-        for d in &wanted {
-            if !i.authorized.contains(d) {
-                i.authorized.push(*d);
-            }
-        }
+        // This link's certificate, not an earlier one's, decides.
+        i.authorized = certified.clone();
         i.active = Some(Active {
             id,
             dialer,
@@ -673,17 +820,31 @@ async fn run_link<S: LinkStream>(
         let mut buf = Vec::new();
         encode(&first, &mut buf);
         loop {
-            // Take what waits in the table while the window has room.
+            // Take what waits in the table while the window has room. A
+            // message for a domain this link's certificate does not name
+            // (routed here by an earlier link's announcement) goes back to
+            // its sender as undeliverable.
             {
                 let mut i = lock(&peer.inner);
                 let mut t = lock(&shared.table);
                 let mut frames = Vec::new();
+                let mut bounced = false;
                 while i.link.has_room() {
                     let Some(d) = t.take(peer.ep) else { break };
-                    frames.push(i.link.send(d.message));
+                    if i.authorized.contains(&d.message.dst().domain()) {
+                        frames.push(i.link.send(d.message));
+                    } else {
+                        let why = UndeliverableReason::DESTINATION_GONE;
+                        t.undeliverable(&d.message, why, Instant::now());
+                        bounced = true;
+                    }
                 }
+                let events = bounced.then(|| drain_events(&mut t));
                 drop(t);
                 drop(i);
+                if let Some(events) = events {
+                    run_events(shared, events);
+                }
                 encode(&frames, &mut buf);
             }
             if !buf.is_empty() {
