@@ -25,9 +25,9 @@ use stateright::actor::{
 use stateright::{Checker, Expectation, Model};
 use tenet_proto::tlv::{Fields, Tag};
 use tenet_proto::{Codec, Domain, EntityId, Mtype, Port};
-use tenet_voucher::card::{Ctx, PROGRESS, Phase, VoucherCard};
+use tenet_voucher::card::{Ctx, MINT, PROGRESS, Phase, VoucherCard};
 use tenet_voucher::crypto::TestCrypto;
-use tenet_voucher::model::{Amount, VoucherClass};
+use tenet_voucher::model::{Amount, MAX_QUANTITY, VoucherClass};
 use tenet_voucher::msg::{self, Admission, ExchangeId, RecoveryRequest, StartExchange};
 use tenet_voucher::ttp::{DecisionKey, DecisionStore, handle_request_keyed};
 
@@ -79,11 +79,21 @@ fn ticket(q: u64) -> Amount {
 }
 
 /// What one card starts with: `S_A` one coffee, `S_B` two tickets (so that
-/// a replayed offer can make it give a second one).
-fn initial_card(ix: usize) -> VoucherCard {
+/// a replayed offer can make it give a second one). In the cap model, `S_B`
+/// holds one coffee less than the cap, so that the exchange brings it
+/// exactly to the cap, and the cap of tickets, so that a refund of its
+/// ticket needs the room the exchange took from it.
+fn initial_card(ix: usize, cap: Cap) -> VoucherCard {
     let mut c = VoucherCard::default();
-    let a = if ix == S_A { coffee(1) } else { ticket(2) };
-    c.balances.credit(&a).unwrap();
+    let held = match (ix, cap) {
+        (S_A, Cap::Overreach) => vec![coffee(3)],
+        (S_A, _) => vec![coffee(1)],
+        (_, Cap::Off) => vec![ticket(2)],
+        (_, _) => vec![coffee(MAX_QUANTITY - 1), ticket(MAX_QUANTITY)],
+    };
+    for a in held {
+        c.balances.credit(&a).unwrap();
+    }
     c
 }
 
@@ -104,6 +114,25 @@ struct Cfg {
     net: Net,
     key: DecisionKey,
     forgetful: bool,
+    /// The cap models: `S_B` at the cap ([`initial_card`]), and either
+    /// a `P_B` that mints or a malicious `P_A` ([`Cap`]).
+    cap: Cap,
+}
+
+/// The cap models, each small enough to explore in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cap {
+    /// The models without the cap.
+    Off,
+    /// `P_B` orders its card, once, at any moment, to mint a ticket:
+    /// racing the refund of a pending abort.
+    MintRace,
+    /// A malicious initiator: `S_A` holds 3 coffee and `P_A` orders two
+    /// offers, one coffee for a ticket (which brings `S_B` to the cap) and
+    /// two coffee for a ticket (which would cross it: the overflow attack
+    /// of the security issue, where `S_B`, had it accepted, could apply
+    /// neither the commitment nor a resolve).
+    Overreach,
 }
 
 /// An eTP message between actors: mtype and param; src and dst are the
@@ -141,6 +170,7 @@ enum State {
         persisted: Vec<u8>,
         orders: u32,
         steps: u64,
+        minted: u64,
     },
     /// The TTP: its decisions (encoded admissions by key), and every
     /// admission it sent, as (exchange id, resolved?).
@@ -155,6 +185,7 @@ enum State {
         known: BTreeMap<[u8; 32], bool>,
         offers: BTreeMap<Vec<u8>, bool>,
         orders: u32,
+        minted: bool,
     },
 }
 
@@ -253,9 +284,10 @@ impl Actor for Node {
         }
         let s = match self.ix {
             S_A | S_B => State::Card {
-                persisted: initial_card(self.ix).to_bytes(),
+                persisted: initial_card(self.ix, self.cfg.cap).to_bytes(),
                 orders: 0,
                 steps: 0,
+                minted: 0,
             },
             T => State::Ttp {
                 decided: BTreeMap::new(),
@@ -264,26 +296,34 @@ impl Actor for Node {
             w => {
                 let mut orders = 0;
                 if w == P_A {
-                    // The user of S_A orders the exchange.
-                    let s = StartExchange {
-                        responder: entity(S_B),
-                        peer_wallet: entity(P_B),
-                        give: coffee(1),
-                        want: ticket(1),
+                    // The user of S_A orders the exchange (two in the
+                    // overreach model).
+                    let gives: &[u64] = match self.cfg.cap {
+                        Cap::Overreach => &[1, 2],
+                        _ => &[1],
                     };
-                    orders = 1;
-                    o.send(
-                        Id::from(S_A),
-                        Msg {
-                            order: 1,
-                            ..Msg::new(msg::START_EXCHANGE, s.to_bytes())
-                        },
-                    );
+                    for q in gives {
+                        let s = StartExchange {
+                            responder: entity(S_B),
+                            peer_wallet: entity(P_B),
+                            give: coffee(*q),
+                            want: ticket(1),
+                        };
+                        orders += 1;
+                        o.send(
+                            Id::from(S_A),
+                            Msg {
+                                order: orders,
+                                ..Msg::new(msg::START_EXCHANGE, s.to_bytes())
+                            },
+                        );
+                    }
                 }
                 State::Wallet {
                     known: BTreeMap::new(),
                     offers: BTreeMap::new(),
                     orders,
+                    minted: false,
                 }
             }
         };
@@ -298,6 +338,7 @@ impl Actor for Node {
                 persisted,
                 orders,
                 steps,
+                minted,
             } => {
                 let mut orders = *orders;
                 if from == wallet_of(self.ix) {
@@ -309,13 +350,20 @@ impl Actor for Node {
                 }
                 let (next, outs) = card_step(self.ix, persisted, *steps, entity(from), &m)
                     .unwrap_or_else(|| (persisted.clone(), Vec::new()));
-                let steps = steps + u64::from(next != *persisted);
+                let changed = next != *persisted;
+                let steps = steps + u64::from(changed);
+                let minted = minted
+                    + match Amount::decode(&m.param) {
+                        Ok(a) if changed && m.mtype == MINT => a.quantity,
+                        _ => 0,
+                    };
                 Self::commit(
                     state,
                     State::Card {
                         persisted: next,
                         orders,
                         steps,
+                        minted,
                     },
                     o,
                 );
@@ -351,8 +399,10 @@ impl Actor for Node {
                 known,
                 offers,
                 orders,
+                minted,
             } => {
                 let (mut known, mut offers, mut orders) = (known.clone(), offers.clone(), *orders);
+                let minted = *minted;
                 match m.mtype {
                     msg::OFFER if self.ix == P_B && !offers.contains_key(&m.param) => {
                         // The user of S_B accepts what it is offered.
@@ -381,6 +431,7 @@ impl Actor for Node {
                         known,
                         offers,
                         orders,
+                        minted,
                     },
                     o,
                 );
@@ -396,6 +447,7 @@ impl Actor for Node {
                     known,
                     offers,
                     orders,
+                    minted,
                 },
                 Timer::Recover,
             ) => {
@@ -420,10 +472,16 @@ impl Actor for Node {
                 for (offer, _) in offers.iter().filter(|(_, done)| !**done) {
                     order(msg::ACCEPT, offer.clone());
                 }
+                // In the cap model the user of S_B mints a ticket once.
+                let mint = self.cfg.cap == Cap::MintRace && self.ix == P_B && !minted;
+                if mint {
+                    order(MINT, ticket(1).to_bytes());
+                }
                 let next = State::Wallet {
                     known: known.keys().map(|id| (*id, true)).collect(),
                     offers: offers.keys().map(|f| (f.clone(), true)).collect(),
                     orders,
+                    minted: *minted || mint,
                 };
                 Self::commit(state, next, o);
             }
@@ -432,6 +490,7 @@ impl Actor for Node {
                     persisted,
                     orders,
                     steps,
+                    minted,
                 },
                 Timer::Forget,
             ) => {
@@ -443,6 +502,7 @@ impl Actor for Node {
                     persisted: c.to_bytes(),
                     orders: *orders,
                     steps: *steps,
+                    minted: *minted,
                 };
                 Self::commit(state, next, o);
             }
@@ -476,6 +536,21 @@ fn ttp(s: &Sys) -> TtpView<'_> {
 
 fn swapped(p: Phase) -> bool {
     matches!(p, Phase::Committed | Phase::Resolved)
+}
+
+/// What both cards must hold in all, (coffee, ticket): what they started
+/// with and what they minted since.
+fn expected_totals(model: &M, s: &Sys) -> (u64, u64) {
+    let start = [
+        initial_card(S_A, model.cfg.cap),
+        initial_card(S_B, model.cfg.cap),
+    ];
+    let minted_tickets = match s.actor_states[S_B].as_ref() {
+        State::Card { minted, .. } => *minted,
+        _ => 0,
+    };
+    let (c, t) = totals(&start);
+    (c, t + minted_tickets)
 }
 
 /// Holdings of both cards: (coffee, ticket).
@@ -553,7 +628,7 @@ fn conserved(model: &M, s: &Sys) -> bool {
         .into_iter()
         .all(|first| match settle(model, s, first) {
             Ok(cards) => {
-                totals(&cards) == (1, 2)
+                totals(&cards) == expected_totals(model, s)
                     && fair(&cards)
                     && cards.iter().all(|c| c.pending().next().is_none())
             }
@@ -617,6 +692,13 @@ fn model(cfg: Cfg) -> M {
                     .any(|e| e.phase == Phase::Resolved)
             })
         })
+        .property(
+            Expectation::Sometimes,
+            "the responder reaches the cap (cap model)",
+            |m, s| {
+                m.cfg.cap == Cap::Off || card(s, S_B).balances.of(&coffee(0).class) == MAX_QUANTITY
+            },
+        )
         .property(Expectation::Sometimes, "aborted", |_, s| {
             [S_A, S_B].iter().any(|&c| {
                 card(s, c)
@@ -736,6 +818,7 @@ fn keyed_on_h_n2_the_exchange_is_safe_with_duplication_and_crashes() {
         net: Net::Duplicating,
         key: DecisionKey::ExchangeHash,
         forgetful: false,
+        cap: Cap::Off,
     });
     assert_eq!(n, 5382);
 }
@@ -746,6 +829,7 @@ fn keyed_on_h_n2_the_exchange_is_safe_with_loss_and_crashes() {
         net: Net::Lossy,
         key: DecisionKey::ExchangeHash,
         forgetful: false,
+        cap: Cap::Off,
     });
     assert_eq!(n, 37680);
 }
@@ -759,6 +843,7 @@ fn keyed_on_h_n2_even_forgetful_cards_stay_safe() {
         net: Net::Duplicating,
         key: DecisionKey::ExchangeHash,
         forgetful: true,
+        cap: Cap::Off,
     });
     assert_eq!(n, 286050);
 }
@@ -770,6 +855,7 @@ fn keyed_on_n1_the_model_checker_finds_the_appendix_attack() {
         net: Net::Duplicating,
         key: DecisionKey::OfferNonce,
         forgetful: true,
+        cap: Cap::Off,
     })
     .checker()
     .threads(2)
@@ -790,4 +876,37 @@ fn keyed_on_n1_the_model_checker_finds_the_appendix_attack() {
     assert!(steps.matches("-> S_B: accept").count() >= 2, "{steps}");
     assert!(steps.contains("S_B -> T: recovery-request"), "{steps}");
     assert!(steps.contains("S_B timer Forget"), "{steps}");
+}
+
+/// The cap models (docs/vouchers.md, "The cap"): `S_B` holds one coffee
+/// below the cap and the cap of tickets, so that the exchange brings it to
+/// the cap of coffee and its ticket's refund needs the room it took. In each
+/// every state settles: every decision of the TTP applies on both cards,
+/// and the outcome is conserved and fair.
+///
+/// Here `P_B` mints a ticket at any moment, racing the refund of a pending
+/// abort: the mint must be refused while the refund is pending.
+#[test]
+fn at_the_cap_a_mint_cannot_take_the_room_of_a_pending_refund() {
+    let n = check(Cfg {
+        net: Net::Duplicating,
+        key: DecisionKey::ExchangeHash,
+        forgetful: false,
+        cap: Cap::MintRace,
+    });
+    assert_eq!(n, 13974);
+}
+
+/// Here a malicious initiator offers, besides one coffee, two coffee that
+/// would take `S_B` beyond the cap: `S_B` refuses that offer before deleting
+/// anything, whichever comes first, and nothing is stuck.
+#[test]
+fn at_the_cap_an_initiator_cannot_overreach_the_responder() {
+    let n = check(Cfg {
+        net: Net::Duplicating,
+        key: DecisionKey::ExchangeHash,
+        forgetful: false,
+        cap: Cap::Overreach,
+    });
+    assert_eq!(n, 100854);
 }
