@@ -2676,7 +2676,9 @@ fn config_parse() {
 
 fn policy() -> BoxedStrategy<Policy> {
     let promise = "[a-z0-9]([a-z0-9 ]{0,28}[a-z0-9])?";
-    let amount = (domain(), promise, any::<u64>()).prop_map(|(issuer, promise, quantity)| Amount {
+    // A policy's quantities, like every amount's text, stop at the cap.
+    let quantity = 0..=tenet_voucher::model::MAX_QUANTITY;
+    let amount = (domain(), promise, quantity).prop_map(|(issuer, promise, quantity)| Amount {
         class: VoucherClass { issuer, promise },
         quantity,
     });
