@@ -49,6 +49,7 @@ use tenet_proto::{Codec, DecodeError, EntityId, Filter, MAX_MESSAGE_LEN, Message
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+pub mod socket_dir;
 pub mod wallet;
 
 /// The default app socket path, used by daemon and clients alike:
@@ -80,6 +81,10 @@ pub enum ClientError {
         /// The connect error.
         source: io::Error,
     },
+    /// The socket's folder could be controlled by someone else: nothing
+    /// was sent.
+    #[error(transparent)]
+    UnsafeSocketDir(#[from] socket_dir::UnsafeSocketDir),
     /// The daemon refused a request for lack of an id.
     #[error("no id acquired yet on this connection")]
     NotAcquired,
@@ -193,6 +198,10 @@ impl std::fmt::Debug for Capability {
 
 impl Capability {
     /// Connects to the daemon at `path` and acquires an id.
+    ///
+    /// The socket's folder is checked once connected and before anything
+    /// is sent ([`socket_dir`]): a socket in a folder that another user
+    /// could control is refused, and the connection is dropped unused.
     pub async fn acquire(path: impl AsRef<Path>) -> Result<Self, ClientError> {
         let path = path.as_ref();
         let stream = UnixStream::connect(path)
@@ -201,6 +210,7 @@ impl Capability {
                 path: path.to_owned(),
                 source,
             })?;
+        socket_dir::check_for_client(path)?;
         let mut c = Self {
             stream,
             id: EntityId::from_array([0; 16]),

@@ -61,6 +61,9 @@ pub enum HostError {
         /// The cause.
         source: io::Error,
     },
+    /// The socket's folder could be controlled by another user.
+    #[error(transparent)]
+    UnsafeSocketDir(#[from] tenet_client::socket_dir::UnsafeSocketDir),
     /// Another daemon answers on the socket path.
     #[error("another tenet host is already running at {0}")]
     AlreadyRunning(PathBuf),
@@ -455,15 +458,23 @@ fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, HostError> {
         path: path.to_owned(),
         source,
     };
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
-        && !parent.exists()
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o750)
-            .create(parent)
-            .map_err(err)?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        // A folder made here gets what the socket needs: the group may
+        // reach a socket shared with it, no one else may enter. One that
+        // exists (made by anyone, maybe just now) must pass the check.
+        let dir_mode = if mode & 0o070 != 0 { 0o750 } else { 0o700 };
+        if let Some(grand) = parent.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(grand).map_err(err)?;
+        }
+        match std::fs::create_dir(parent) {
+            Ok(()) => {
+                std::fs::set_permissions(parent, std::fs::Permissions::from_mode(dir_mode))
+                    .map_err(err)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(err(e)),
+        }
+        tenet_client::socket_dir::check_for_daemon(parent, mode)?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if !meta.file_type().is_socket() => {
