@@ -1,6 +1,6 @@
 //! Params of the card services every TENeT card offers (mtypes
-//! `0x0101`-`0x0107`): PIN verification, unblocking and change, logout,
-//! and card info. Wire layouts are in `docs/apdu.md`.
+//! `0x0101`-`0x0108`): PIN verification, unblocking and change, logout,
+//! card info, and the host's time. Wire layouts are in `docs/apdu.md`.
 
 use crate::codec::{Codec, DecodeError, Reader};
 use crate::id::Domain;
@@ -234,6 +234,29 @@ impl Codec for CardInfo {
     }
 }
 
+/// `set-time` (`0x0108`): the host's time for the card's clock, in seconds
+/// since the Unix epoch (UTC). What the card does with it is in
+/// `tenet_card::clock`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetTime {
+    /// Seconds since 1970-01-01T00:00:00Z.
+    pub now: u64,
+}
+
+impl Codec for SetTime {
+    fn encode(&self, out: &mut Vec<u8>) {
+        tlv::write(out, T0, &self.now.to_be_bytes());
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let f = Fields::parse(r.rest())?;
+        f.only(&[T0], "set-time")?;
+        Ok(Self {
+            now: u64::from_be_bytes(f.require_array(T0, "time")?),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +286,9 @@ mod tests {
             certificate: None,
         };
         assert_eq!(CardInfo::decode(&i.to_bytes()), Ok(i));
+        let t = SetTime { now: 1_795_737_600 };
+        assert_eq!(SetTime::decode(&t.to_bytes()), Ok(t));
+        assert!(SetTime::decode(&[0x80, 4, 0, 0, 0, 1]).is_err(), "8 bytes");
     }
 
     #[test]
@@ -281,6 +307,7 @@ mod tests {
             let _ = ChangePin::decode(&b);
             let _ = PinStatus::decode(&b);
             let _ = CardInfo::decode(&b);
+            let _ = SetTime::decode(&b);
         }
     }
 }

@@ -19,7 +19,7 @@
 //! - [`filter`]: header [`Filter`]s used by handlers, taps and guards.
 //! - [`notice`]: the framework's own notices (undeliverable, refused).
 //! - [`apdu`]: ISO 7816-4 APDUs and the TENeT card mapping.
-//! - [`card`]: params of the card services (PIN, card info).
+//! - [`card`]: params of the card services (PIN, card info, time).
 //! - [`app`]: the app-socket protocol between the client library and the
 //!   host daemon.
 //!

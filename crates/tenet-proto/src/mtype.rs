@@ -9,7 +9,7 @@
 //! | range           | owner                                   |
 //! |-----------------|-----------------------------------------|
 //! | `0x0000-0x00ff` | framework (echo, undeliverable, refused)|
-//! | `0x0100-0x01ff` | card services (ports, PIN, card info)   |
+//! | `0x0100-0x01ff` | card services (ports, PIN, info, time)  |
 //! | `0x0200-0x02ff` | voucher application                     |
 //! | `0x8000-0xffff` | free for applications                   |
 
@@ -35,6 +35,7 @@ const REGISTRY: &[(Mtype, &str)] = &[
     (Mtype::LOGOUT, "logout"),
     (Mtype::CARD_INFO_REQUEST, "card-info-request"),
     (Mtype::CARD_INFO, "card-info"),
+    (Mtype::SET_TIME, "set-time"),
     (Mtype(0x0201), "start-exchange"),
     (Mtype(0x0202), "offer"),
     (Mtype(0x0203), "accept"),
@@ -85,6 +86,11 @@ impl Mtype {
     pub const CARD_INFO_REQUEST: Mtype = Mtype(0x0106);
     /// Card service answer: [`CardInfo`](crate::card::CardInfo).
     pub const CARD_INFO: Mtype = Mtype(0x0107);
+    /// Card service: the host's time for the card's clock
+    /// ([`SetTime`](crate::card::SetTime)), sent by the smartcard proxy as
+    /// the card's own id `DOMAIN:0` at attach and every hour. The only clock
+    /// in the system; no answer unless refused.
+    pub const SET_TIME: Mtype = Mtype(0x0108);
 
     /// The registered name, if this build knows the mtype.
     pub fn name(self) -> Option<&'static str> {
