@@ -67,8 +67,9 @@ pub struct AppletCx<'a> {
     pub data: &'a mut Vec<u8>,
     /// Randomness.
     pub entropy: &'a mut dyn Entropy,
-    /// Seconds since the Unix epoch, as the host told the card.
-    pub now: u64,
+    /// The card's time ([`crate::clock`]): the host's, never below the
+    /// card's persisted bound.
+    pub time: crate::clock::CardTime,
     /// The card's certificate (DER), once issued.
     pub certificate: Option<&'a [u8]>,
     /// The CA certificate the card trusts (DER), once installed.

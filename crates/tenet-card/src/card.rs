@@ -12,13 +12,14 @@ use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
 use tenet_proto::apdu::{Command, Response, StatusWord, tenet};
 use tenet_proto::card::{
-    CardInfo, ChangePin, PinOutcome, PinStatus, UnblockPin, VerifyPin, check_pin,
+    CardInfo, ChangePin, PinOutcome, PinStatus, SetTime, UnblockPin, VerifyPin, check_pin,
 };
 use tenet_proto::notice::Refused;
 use tenet_proto::{Codec, DecodeError, Domain, EntityId, MAX_MESSAGE_LEN, Message, Mtype, Port};
 use tracing::debug;
 
 use crate::applet::{Applet, AppletCx, Entropy, Refusal};
+use crate::clock::{CardTime, Clock, ClockRefusal};
 use crate::state::{CardState, PIN_TRIES, PUK_TRIES};
 use crate::store::{Storage, StoreError};
 use crate::timing::Meter;
@@ -75,6 +76,17 @@ pub enum CardError {
     BadSecret(DecodeError),
 }
 
+/// Why a host time was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum SetTimeError {
+    /// The card refused it ([`crate::clock`]); nothing changed.
+    #[error(transparent)]
+    Refused(#[from] ClockRefusal),
+    /// The store failed while moving the clock's bound; nothing changed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 struct PendingResponse {
     bytes: Vec<u8>,
     off: usize,
@@ -101,7 +113,7 @@ pub struct Card<S: Storage> {
     outbox: VecDeque<Message>,
     chain: Option<Chain>,
     pending: Option<PendingResponse>,
-    now: u64,
+    clock: Clock,
     meter: Option<Meter>,
     /// The buffer the store record is encoded into, kept between commits.
     record: Vec<u8>,
@@ -141,7 +153,8 @@ fn load_key(pkcs8: &[u8], rng: &SystemRandom) -> Result<EcdsaKeyPair, CardError>
 
 impl<S: Storage> Card<S> {
     /// Personalizes a blank store: the card generates its key pair, which
-    /// never leaves it, and stores the PIN and PUK hashes.
+    /// never leaves it, and stores the PIN and PUK hashes. The bound of
+    /// its clock ([`crate::clock`]) is this machine's time.
     pub fn personalize(
         mut store: S,
         p: &Personalization,
@@ -171,6 +184,9 @@ impl<S: Storage> Card<S> {
             next_port: 1,
             certificate: None,
             ca_certificate: None,
+            clock_bound: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             applets: Default::default(),
         };
         store.commit(&state.to_bytes())?;
@@ -211,7 +227,7 @@ impl<S: Storage> Card<S> {
             outbox: VecDeque::new(),
             chain: None,
             pending: None,
-            now: 0,
+            clock: Clock::default(),
             meter: None,
             record: Vec::new(),
         }
@@ -302,14 +318,43 @@ impl<S: Storage> Card<S> {
         self.meter.as_ref()
     }
 
-    /// Sets the card's notion of time (seconds since the Unix epoch).
-    pub fn set_time(&mut self, now: u64) {
-        self.now = now;
+    /// The card's time ([`crate::clock`]).
+    pub fn time(&self) -> CardTime {
+        self.clock.time(self.state.clock_bound)
+    }
+
+    /// Takes the host's time `now` (seconds since the Unix epoch), as the
+    /// `set-time` service does: refused if far below the clock's bound,
+    /// which it may move forward ([`crate::clock`]). Returns the card's
+    /// time.
+    pub fn set_time(&mut self, now: u64) -> Result<CardTime, SetTimeError> {
+        let bound = self.state.clock_bound;
+        let raised = self.clock.check(now, bound)?;
+        if let Some(b) = raised {
+            let mut s = self.state.clone();
+            s.clock_bound = b;
+            self.commit(s)?;
+        }
+        self.clock.accept(now, raised.is_some());
+        Ok(self.time())
+    }
+
+    /// Raises the bound of the card's clock to `now` if it is earlier
+    /// (personalization, `tenet card recertify`: the personalizing
+    /// machine's time, taken without the limits host times have).
+    pub fn raise_clock_bound(&mut self, now: u64) -> Result<(), CardError> {
+        if now > self.state.clock_bound {
+            let mut s = self.state.clone();
+            s.clock_bound = now.min(crate::clock::MAX_TIME);
+            self.commit(s)?;
+        }
+        Ok(())
     }
 
     /// Power off: everything volatile is lost (selection, authenticated
-    /// set, unsent messages, chains); the store is kept.
+    /// set, unsent messages, chains, the host's time); the store is kept.
     pub fn power_off(&mut self) {
+        self.clock = Clock::default();
         self.selected = false;
         self.authenticated.clear();
         self.outbox.clear();
@@ -612,7 +657,34 @@ impl<S: Storage> Card<S> {
                 let info = self.info().to_bytes();
                 self.emit(src, Mtype::CARD_INFO, info);
             }
+            Mtype::SET_TIME => return self.set_time_message(src, &m.param),
             _ => return self.run_applet(m),
+        }
+        Ok(())
+    }
+
+    /// `set-time`: only from the card's own id, which only the smartcard
+    /// proxy holds. No answer unless refused.
+    fn set_time_message(&mut self, src: EntityId, param: &[u8]) -> Result<(), StoreError> {
+        if src != self.id() {
+            self.refuse(
+                src,
+                Mtype::SET_TIME,
+                format!("set-time comes only from the card's host, as {}", self.id()),
+            );
+            return Ok(());
+        }
+        let t = match SetTime::decode(param) {
+            Ok(t) => t,
+            Err(e) => {
+                self.refuse(src, Mtype::SET_TIME, format!("malformed set-time: {e}"));
+                return Ok(());
+            }
+        };
+        match self.set_time(t.now) {
+            Ok(time) => debug!(%time, "host time taken"),
+            Err(SetTimeError::Refused(r)) => self.refuse(src, Mtype::SET_TIME, r.to_string()),
+            Err(SetTimeError::Store(e)) => return Err(e),
         }
         Ok(())
     }
@@ -762,7 +834,7 @@ impl<S: Storage> Card<S> {
             sender_authenticated: self.authenticated.contains(&src),
             data: &mut data,
             entropy,
-            now: self.now,
+            time: self.clock.time(self.state.clock_bound),
             out: &mut out,
             signer: &signer,
             meter,

@@ -9,6 +9,8 @@
 //! - [`store`]: the crash-safe persistent store (the card's EEPROM).
 //! - [`state`]: the persistent record.
 //! - [`applet`]: the applet interface and injected randomness.
+//! - [`clock`]: the card's time, from its host, with a persisted lower
+//!   bound no single wrong host time can break.
 //! - [`card`]: the APDU front end, the runtime and the card services;
 //!   sans-IO (bytes in, bytes out).
 //! - [`vpcd`]: the connector that plugs a card into pcscd via vpcd.
@@ -22,12 +24,14 @@
 
 pub mod applet;
 pub mod card;
+pub mod clock;
 pub mod state;
 pub mod store;
 pub mod timing;
 pub mod vpcd;
 
 pub use applet::{Applet, AppletCx, Entropy, Refusal, SeededEntropy, SystemEntropy};
-pub use card::{ATR, Card, CardError, CardLimits, Personalization};
+pub use card::{ATR, Card, CardError, CardLimits, Personalization, SetTimeError};
+pub use clock::{CardTime, ClockRefusal};
 pub use store::{FileStore, MemStore, Storage, StoreError};
 pub use timing::{Meter, TimingModel};

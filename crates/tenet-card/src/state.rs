@@ -38,6 +38,9 @@ pub struct CardState {
     pub certificate: Option<Vec<u8>>,
     /// The CA certificate the card trusts, once installed.
     pub ca_certificate: Option<Vec<u8>>,
+    /// The lower bound of the card's clock, seconds since the Unix epoch
+    /// ([`crate::clock`]); 0 on a card personalized before cards had one.
+    pub clock_bound: u64,
     /// Each applet's own persistent data, by applet id.
     pub applets: BTreeMap<u16, Vec<u8>>,
 }
@@ -50,6 +53,7 @@ impl std::fmt::Debug for CardState {
             .field("pin_tries", &self.pin_tries)
             .field("puk_tries", &self.puk_tries)
             .field("next_port", &self.next_port)
+            .field("clock_bound", &self.clock_bound)
             .field("applets", &self.applets.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
@@ -68,6 +72,7 @@ const T_PORT: Tag = Tag(0x89);
 const T_CERT: Tag = Tag(0x8a);
 const T_APPLETS: Tag = Tag(0x8b);
 const T_CA: Tag = Tag(0x8c);
+const T_CLOCK: Tag = Tag(0x8d);
 
 impl Codec for CardState {
     fn encode(&self, out: &mut Vec<u8>) {
@@ -86,6 +91,9 @@ impl Codec for CardState {
         }
         if let Some(c) = &self.ca_certificate {
             tlv::write(out, T_CA, c);
+        }
+        if self.clock_bound != 0 {
+            tlv::write(out, T_CLOCK, &self.clock_bound.to_be_bytes());
         }
         tlv::write_with(out, T_APPLETS, |a| {
             for (id, data) in &self.applets {
@@ -124,6 +132,10 @@ impl Codec for CardState {
             next_port: u32::from_be_bytes(f.require_array(T_PORT, "next port")?),
             certificate: f.get(T_CERT).map(<[u8]>::to_vec),
             ca_certificate: f.get(T_CA).map(<[u8]>::to_vec),
+            clock_bound: match f.get(T_CLOCK) {
+                None => 0,
+                Some(_) => u64::from_be_bytes(f.require_array(T_CLOCK, "clock bound")?),
+            },
             applets,
         })
     }
@@ -147,6 +159,7 @@ mod tests {
             next_port: 42,
             certificate: Some(vec![0x30, 0]),
             ca_certificate: None,
+            clock_bound: 1_795_737_600,
             applets: [(1, vec![9, 9]), (2, vec![])].into(),
         }
     }

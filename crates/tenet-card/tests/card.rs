@@ -5,7 +5,7 @@ use tenet_card::{
     SeededEntropy, Storage,
 };
 use tenet_proto::apdu::{Command, Response, StatusWord, tenet};
-use tenet_proto::card::{ChangePin, PinOutcome, PinStatus, UnblockPin, VerifyPin};
+use tenet_proto::card::{ChangePin, PinOutcome, PinStatus, SetTime, UnblockPin, VerifyPin};
 use tenet_proto::notice::Refused;
 use tenet_proto::{Codec, Domain, EntityId, Message, Mtype, Port};
 
@@ -656,4 +656,192 @@ mod props {
             prop_assert!(r.len() >= 2);
         }
     }
+}
+
+// ---------------------------------------------------------------- the clock
+
+/// A test applet that answers `0x8104` with the card's time: the seconds
+/// (8 bytes) and whether they came from the host (1 byte).
+struct Watch;
+
+const WATCH_TIME: Mtype = Mtype(0x8104);
+
+impl Applet for Watch {
+    fn id(&self) -> u16 {
+        0x82
+    }
+    fn name(&self) -> &'static str {
+        "watch"
+    }
+    fn handles(&self, m: Mtype) -> bool {
+        m == WATCH_TIME
+    }
+    fn privileged(&self) -> &[Mtype] {
+        &[]
+    }
+    fn handle(&mut self, cx: &mut AppletCx<'_>, m: &Message) -> Result<(), Refusal> {
+        let mut t = cx.time.now.to_be_bytes().to_vec();
+        t.push(u8::from(cx.time.from_host));
+        cx.send(m.src(), WATCH_TIME, t);
+        Ok(())
+    }
+}
+
+/// What the card's applets see as the time: `(seconds, from the host)`.
+fn applet_time<S: Storage>(c: &mut Card<S>) -> (u64, bool) {
+    let m = one(c, Message::new(app(1), CARD, WATCH_TIME, vec![]));
+    (
+        u64::from_be_bytes(m.param[..8].try_into().unwrap()),
+        m.param[8] == 1,
+    )
+}
+
+/// The smartcard proxy's `set-time`, as the card's own id: the card's
+/// answers (none unless refused).
+fn set_time<S: Storage>(c: &mut Card<S>, now: u64) -> Vec<Message> {
+    let m = Message::new(CARD, CARD, Mtype::SET_TIME, SetTime { now }.to_bytes());
+    let (sw, out) = deliver(c, m);
+    assert!(sw.is_success(), "{sw}");
+    out
+}
+
+fn refusal_text(m: &Message) -> String {
+    assert_eq!(m.mtype(), Mtype::REFUSED, "{m:?}");
+    Refused::decode(&m.param).unwrap().text
+}
+
+fn system_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn reopen(path: &std::path::Path) -> Card<FileStore> {
+    let mut c = Card::open(
+        FileStore::open(path).unwrap(),
+        CardLimits::default(),
+        Box::new(SeededEntropy::new(1)),
+    )
+    .unwrap();
+    c.install(Box::new(Watch));
+    select(&mut c);
+    c
+}
+
+#[test]
+fn before_its_host_tells_the_time_a_card_uses_its_bound_the_personalization_time() {
+    let before = system_now();
+    let mut c = card();
+    c.install(Box::new(Watch));
+    let after = system_now();
+    let (now, from_host) = applet_time(&mut c);
+    assert!(
+        (before..=after).contains(&now),
+        "{now} not in {before}..={after}"
+    );
+    assert!(!from_host);
+    assert_eq!(c.state().clock_bound, now);
+    assert!(set_time(&mut c, now + 600).is_empty(), "no answer");
+    assert_eq!(applet_time(&mut c), (now + 600, true));
+    // A power cycle forgets the host's time, never the bound.
+    c.power_off();
+    select(&mut c);
+    assert_eq!(applet_time(&mut c), (now, false));
+}
+
+#[test]
+fn a_wrong_host_time_far_in_the_past_is_refused_and_does_not_lower_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("card");
+    drop(card_with(
+        FileStore::create(&path, 4096).unwrap(),
+        CardLimits::default(),
+    ));
+    let mut c = reopen(&path);
+    let bound = c.state().clock_bound;
+    let now = bound + 3600;
+    assert!(set_time(&mut c, now).is_empty());
+    assert_eq!(applet_time(&mut c), (now, true));
+    // A host whose clock fell back to 1970, or by a week: refused, logged
+    // by the proxy; the card keeps its time.
+    for wrong in [0, bound - 7 * 86_400] {
+        let out = set_time(&mut c, wrong);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].dst(), CARD);
+        let text = refusal_text(&out[0]);
+        assert!(
+            text.contains("more than a day before the card's clock bound"),
+            "{text}"
+        );
+        assert_eq!(applet_time(&mut c), (now, true));
+        assert_eq!(c.state().clock_bound, bound);
+    }
+    // Not after a restart either: the bound is in the store.
+    drop(c);
+    let mut c = reopen(&path);
+    assert_eq!(c.state().clock_bound, bound);
+    assert_eq!(set_time(&mut c, 0).len(), 1, "refused");
+    assert_eq!(applet_time(&mut c), (bound, false));
+    // A few hours back is clock trouble, not an attack: accepted, and the
+    // card's time stays at its bound.
+    assert!(set_time(&mut c, bound - 3 * 3600).is_empty());
+    assert_eq!(applet_time(&mut c), (bound, true));
+}
+
+#[test]
+fn a_wrong_host_time_far_in_the_future_moves_the_bound_a_day_at_most() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("card");
+    drop(card_with(
+        FileStore::create(&path, 4096).unwrap(),
+        CardLimits::default(),
+    ));
+    let mut c = reopen(&path);
+    let bound = c.state().clock_bound;
+    let year_3000 = 32_503_680_000;
+    assert!(set_time(&mut c, year_3000).is_empty());
+    assert_eq!(applet_time(&mut c), (year_3000, true));
+    assert_eq!(c.state().clock_bound, bound + 86_400, "one day, no more");
+    // Once per day of hourly ticks: the next 23 do not move it.
+    for _ in 0..23 {
+        set_time(&mut c, year_3000);
+    }
+    assert_eq!(c.state().clock_bound, bound + 86_400);
+    // The host's clock is corrected: its time is taken again at once.
+    assert!(set_time(&mut c, bound + 60).is_empty());
+    assert_eq!(applet_time(&mut c), (bound + 86_400, true));
+    drop(c);
+    let mut c = reopen(&path);
+    assert!(set_time(&mut c, bound + 2 * 86_400).is_empty());
+    assert_eq!(applet_time(&mut c), (bound + 2 * 86_400, true));
+    // Beyond the year 9999 is no time at all.
+    let text = refusal_text(&set_time(&mut c, u64::MAX)[0]);
+    assert!(text.contains("after the year 9999"), "{text}");
+}
+
+#[test]
+fn set_time_is_taken_only_from_the_cards_own_id() {
+    let mut c = card();
+    c.install(Box::new(Watch));
+    let bound = c.state().clock_bound;
+    let app_time = Message::new(
+        app(1),
+        CARD,
+        Mtype::SET_TIME,
+        SetTime { now: bound + 3600 }.to_bytes(),
+    );
+    let text = refusal_text(&one(&mut c, app_time));
+    assert!(text.contains("only from the card's host"), "{text}");
+    let remote = EntityId::new(Domain::new([0xee; 12]), Port::OWNER);
+    let remote_time = Message::new(
+        remote,
+        CARD,
+        Mtype::SET_TIME,
+        SetTime { now: bound + 3600 }.to_bytes(),
+    );
+    assert_eq!(one(&mut c, remote_time).mtype(), Mtype::REFUSED);
+    assert_eq!(applet_time(&mut c), (bound, false));
+    let bad = Message::new(CARD, CARD, Mtype::SET_TIME, vec![0x80, 1, 0]);
+    assert!(refusal_text(&deliver(&mut c, bad).1[0]).contains("malformed set-time"));
 }

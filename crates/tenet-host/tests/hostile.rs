@@ -984,6 +984,7 @@ fn card_state() -> BoxedStrategy<CardState> {
                 next_port,
                 certificate,
                 ca_certificate,
+                clock_bound: u64::from(next_port),
                 applets,
             },
         )
@@ -2942,6 +2943,7 @@ fn worst_case_shapes_stay_within_the_bounds() {
         next_port: 1,
         certificate: None,
         ca_certificate: None,
+        clock_bound: 0,
         applets: (0..10_800u16).map(|i| (i, vec![])).collect(),
     };
     shape(

@@ -108,10 +108,7 @@ impl Crypto for CardCrypto<'_, '_> {
             .ok_or_else(|| VerifyError("no CA certificate installed on this card".into()))?;
         // The card's time is what its host last told it; a card never told
         // falls back to the system clock of the virtual card's process.
-        let now = match self.cx.now {
-            0 => UnixTime::now(),
-            t => UnixTime::since_unix_epoch(std::time::Duration::from_secs(t)),
-        };
+        let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(self.cx.time.now));
         let mut checked = self.checked.borrow_mut();
         if checked.is_disabled() {
             // Two verifications for a timing model: the CA's signature over

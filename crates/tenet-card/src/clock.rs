@@ -1,0 +1,268 @@
+//! The card's clock: the host's time, with a persisted lower bound that no
+//! single wrong host time can break.
+//!
+//! A smartcard has no clock of its own. Its host tells it the time with
+//! one card service, `set-time` (`0x0108`), which the smartcard proxy sends
+//! as the card's own id `DOMAIN:0` (no app and no remote peer can send as
+//! that id) when it attaches the card and every hour after. Everything on
+//! the card that depends on time (certificate validity today; offer
+//! expiry, recovery timeouts and presentations later) reads this clock and
+//! nothing else.
+//!
+//! The card keeps in its store a lower bound on the time, the *bound*:
+//!
+//! - personalization sets it to the personalizing machine's time, and
+//!   `tenet card recertify` raises it to that machine's time;
+//! - a host time more than [`TOLERANCE`] (a day) below the bound is
+//!   refused: the card answers `refused`, the proxy logs it, and the card
+//!   keeps the time it had. A host whose clock fell back to 1970 can
+//!   therefore not make an expired certificate look valid again;
+//! - otherwise the card's time becomes `max(bound, host time)`;
+//! - the bound moves forward by at most [`STEP`] (a day) at a time, only
+//!   when the host time is at least a day past it, and at most once per
+//!   [`RAISE_EVERY`] host times accepted (a day of the proxy's hourly
+//!   ticks; the first time after power-up may raise it). That is at most
+//!   one store write a day for a host whose clock is right, and a wrong
+//!   host time in the future moves the bound one day at most: when the
+//!   host's clock is corrected, its times are accepted again, at once.
+//!   Nothing a host says can move the bound backwards.
+//!
+//! Before its host has told it the time since power-up, the card's time is
+//! its bound, a time that has certainly passed. Then a certificate is
+//! refused if it expired before the bound, and is not refused as "not yet
+//! valid" (the real time may well be past its start): [`CardTime::from_host`]
+//! says which case applies.
+//!
+//! Between two host times the card's time stands still: it may be up to an
+//! hour behind. Certificates are therefore issued valid from a day before
+//! their issue (`tenet_host::certs`).
+
+use std::fmt;
+
+/// One day, in seconds.
+pub const DAY: u64 = 86_400;
+/// How far below the bound a host time may be and still be accepted.
+pub const TOLERANCE: u64 = DAY;
+/// The most the bound moves forward at once.
+pub const STEP: u64 = DAY;
+/// Host times accepted between two raises of the bound.
+pub const RAISE_EVERY: u32 = 24;
+/// The latest time a card accepts: 9999-12-31T23:59:59Z.
+pub const MAX_TIME: u64 = 253_402_300_799;
+
+/// The card's time as its applets see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CardTime {
+    /// Seconds since the Unix epoch: `max(bound, host time)`, or the bound
+    /// before the host told the time.
+    pub now: u64,
+    /// Whether the host told the card the time since power-up. If not,
+    /// `now` is only a lower bound of the real time.
+    pub from_host: bool,
+}
+
+impl CardTime {
+    /// A time from a real clock (the TTP's, a test's).
+    pub fn real(now: u64) -> Self {
+        Self {
+            now,
+            from_host: true,
+        }
+    }
+}
+
+impl fmt::Display for CardTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.from_host {
+            write!(f, "{}", Utc(self.now))
+        } else {
+            write!(f, "at least {} (no host time yet)", Utc(self.now))
+        }
+    }
+}
+
+/// Why the card refused a host time; it kept the time it had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ClockRefusal {
+    /// The host time is more than a day below the card's bound.
+    #[error(
+        "host time {} is more than a day before the card's clock bound {}; the card keeps its time",
+        Utc(*given),
+        Utc(*bound)
+    )]
+    BeforeBound {
+        /// The time the host gave.
+        given: u64,
+        /// The card's bound.
+        bound: u64,
+    },
+    /// The host time is after the year 9999.
+    #[error("host time {0} is after the year 9999")]
+    TooLate(u64),
+}
+
+/// The volatile part of the clock (card RAM): the host time last accepted
+/// since power-up and the count of host times since the bound last moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Clock {
+    host: Option<u64>,
+    since_raise: u32,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self {
+            host: None,
+            // The first host time after power-up may move the bound.
+            since_raise: RAISE_EVERY - 1,
+        }
+    }
+}
+
+impl Clock {
+    /// The card's time given its persisted `bound`.
+    pub(crate) fn time(&self, bound: u64) -> CardTime {
+        match self.host {
+            Some(t) => CardTime {
+                now: t.max(bound),
+                from_host: true,
+            },
+            None => CardTime {
+                now: bound,
+                from_host: false,
+            },
+        }
+    }
+
+    /// Takes the host time `given` against the persisted `bound`: returns
+    /// the new bound to persist, if it moves, or why `given` is refused
+    /// (then nothing changed). Call [`Clock::accept`] once the new bound
+    /// is stored.
+    pub(crate) fn check(&self, given: u64, bound: u64) -> Result<Option<u64>, ClockRefusal> {
+        if given > MAX_TIME {
+            return Err(ClockRefusal::TooLate(given));
+        }
+        if given.saturating_add(TOLERANCE) < bound {
+            return Err(ClockRefusal::BeforeBound { given, bound });
+        }
+        let raise = given >= bound.saturating_add(DAY) && self.since_raise + 1 >= RAISE_EVERY;
+        Ok(raise.then(|| given.min(bound + STEP)))
+    }
+
+    /// Records the accepted host time `given`; `raised` says whether the
+    /// bound moved.
+    pub(crate) fn accept(&mut self, given: u64, raised: bool) {
+        self.host = Some(given);
+        self.since_raise = if raised {
+            0
+        } else {
+            self.since_raise.saturating_add(1)
+        };
+    }
+}
+
+/// Seconds since the Unix epoch, printed as UTC (`2026-11-27T00:00:00Z`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Utc(pub u64);
+
+impl fmt::Display for Utc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Howard Hinnant's days-to-civil algorithm, for days since 1970.
+        let days = self.0 / DAY;
+        let secs = self.0 % DAY;
+        let z = days + 719_468;
+        let era = z / 146_097;
+        let doe = z % 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        let y = yoe + era * 400 + u64::from(m <= 2);
+        write!(
+            f,
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2026-11-27T00:00:00Z.
+    const T: u64 = 1_795_737_600;
+
+    #[test]
+    fn prints_utc() {
+        assert_eq!(Utc(0).to_string(), "1970-01-01T00:00:00Z");
+        assert_eq!(Utc(T).to_string(), "2026-11-27T00:00:00Z");
+        assert_eq!(Utc(951_782_400).to_string(), "2000-02-29T00:00:00Z");
+        assert_eq!(Utc(MAX_TIME).to_string(), "9999-12-31T23:59:59Z");
+        assert_eq!(Utc(T + 3661).to_string(), "2026-11-27T01:01:01Z");
+    }
+
+    #[test]
+    fn before_a_host_time_the_card_uses_its_bound() {
+        let c = Clock::default();
+        assert_eq!(
+            c.time(T),
+            CardTime {
+                now: T,
+                from_host: false
+            }
+        );
+    }
+
+    #[test]
+    fn the_card_uses_the_later_of_bound_and_host_time() {
+        let mut c = Clock::default();
+        assert_eq!(c.check(T - 3600, T), Ok(None), "within the tolerance");
+        c.accept(T - 3600, false);
+        assert_eq!(c.time(T).now, T);
+        assert_eq!(c.check(T + 3600, T), Ok(None), "less than a day past");
+        c.accept(T + 3600, false);
+        assert_eq!(c.time(T), CardTime::real(T + 3600));
+    }
+
+    #[test]
+    fn a_host_time_far_below_the_bound_is_refused() {
+        let c = Clock::default();
+        assert_eq!(
+            c.check(0, T),
+            Err(ClockRefusal::BeforeBound { given: 0, bound: T })
+        );
+        assert_eq!(
+            c.check(T - DAY - 1, T).map(|_| ()).unwrap_err().to_string(),
+            "host time 2026-11-25T23:59:59Z is more than a day before the card's clock bound 2026-11-27T00:00:00Z; the card keeps its time"
+        );
+        assert_eq!(c.check(T - DAY, T), Ok(None));
+        assert_eq!(
+            c.check(MAX_TIME + 1, T),
+            Err(ClockRefusal::TooLate(MAX_TIME + 1))
+        );
+    }
+
+    #[test]
+    fn the_bound_moves_a_day_at_most_and_once_per_day_of_ticks() {
+        let mut c = Clock::default();
+        let far = T + 100 * 365 * DAY;
+        // The first host time after power-up moves the bound, by a day.
+        assert_eq!(c.check(far, T), Ok(Some(T + DAY)));
+        c.accept(far, true);
+        let bound = T + DAY;
+        // The next 23 do not move it, the 24th does.
+        for _ in 0..RAISE_EVERY - 1 {
+            assert_eq!(c.check(far, bound), Ok(None));
+            c.accept(far, false);
+        }
+        assert_eq!(c.check(far, bound), Ok(Some(bound + DAY)));
+        // A time less than a day past the bound does not move it.
+        let c = Clock::default();
+        assert_eq!(c.check(T + DAY - 1, T), Ok(None));
+        assert_eq!(c.check(T + DAY + 5, T), Ok(Some(T + DAY)));
+    }
+}
