@@ -7,8 +7,11 @@
 //! runtime polls. The host daemon (`tenet-host`) wraps a
 //! [`DispatchTable`] in a short `std::sync::Mutex`; tests drive it directly.
 //!
-//! - [`table`]: storage until read, routing, bounds, time to live,
-//!   undeliverable notices.
+//! - [`table`]: storage until read, routing, bounds, fair service of
+//!   senders, time to live, undeliverable notices.
+//! - [`budget`]: bounds in messages and in bytes, and a sender's share of
+//!   them; the table, the tap queues, link windows and the NATS path count
+//!   what they hold with it.
 //! - [`guard`]: the [`Guard`] trait, the chain, and the paper's default
 //!   remote-ingress guard.
 //! - [`rules`]: rule guards read from the configuration.
@@ -18,14 +21,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod budget;
 pub mod guard;
 pub mod reliable;
 pub mod rules;
 pub mod table;
 
+pub use budget::{Budget, Share, Unit, Usage};
 pub use guard::{Dropped, Guard, GuardChain, GuardContext, Ingress, RemoteIngressGuard, Verdict};
 pub use rules::{RuleError, RuleGuard, RuleSpec};
 pub use table::{
-    Delivery, DispatchTable, EndpointId, Event, Limits, Stats, StoreError, Stored, TableError,
-    TapItem,
+    Bound, Delivery, DispatchTable, EndpointId, Event, Limits, Stats, StoreError, Stored,
+    TableError, TapItem,
 };

@@ -10,11 +10,17 @@
 //! twice. When the peer daemon restarted (new session), it lost whatever it
 //! held in memory: the messages it never acknowledged are handed back so
 //! their senders get an `undeliverable` notice (at most once, never twice).
+//!
+//! The unacknowledged window is a [`Budget`] in messages and in bytes: a
+//! peer that stops acknowledging makes this host hold at most that much
+//! (plus less than one message) beyond what waits in the dispatch table.
 
 use std::collections::VecDeque;
 
 use tenet_proto::Message;
 use tenet_proto::link::LinkFrame;
+
+use crate::budget::{Budget, Usage};
 
 /// What to do with a received data frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,21 +55,24 @@ pub struct PeerLink {
     peer_session: Option<u64>,
     next_seq: u64,
     unacked: VecDeque<(u64, Message)>,
-    window: usize,
+    /// What `unacked` holds.
+    in_flight: Usage,
+    window: Budget,
     recv_upto: u64,
     acked_upto: u64,
 }
 
 impl PeerLink {
     /// State for a peer; `my_session` is this daemon's session, `window` the
-    /// most unacknowledged messages in flight.
-    pub fn new(my_session: u64, window: usize) -> Self {
+    /// most unacknowledged messages and bytes in flight.
+    pub fn new(my_session: u64, window: Budget) -> Self {
         Self {
             my_session,
             peer_session: None,
             next_seq: 1,
             unacked: VecDeque::new(),
-            window: window.max(1),
+            in_flight: Usage::default(),
+            window: Budget::new(window.messages.max(1), window.bytes.max(1)),
             recv_upto: 0,
             acked_upto: 0,
         }
@@ -88,6 +97,7 @@ impl PeerLink {
                 r.peer_restarted = true;
                 r.lost = self.unacked.drain(..).map(|(_, m)| m).collect();
             }
+            self.in_flight = Usage::default();
             self.peer_session = Some(session);
             self.recv_upto = 0;
             self.acked_upto = 0;
@@ -112,9 +122,10 @@ impl PeerLink {
         r
     }
 
-    /// True if another message may be sent now.
+    /// True if another message may be sent now: the messages and the bytes
+    /// in flight are both under the window.
     pub fn has_room(&self) -> bool {
-        self.unacked.len() < self.window
+        self.window.has_room(self.in_flight)
     }
 
     /// Messages sent and not yet acknowledged.
@@ -122,11 +133,17 @@ impl PeerLink {
         self.unacked.len()
     }
 
+    /// Messages and bytes sent and not yet acknowledged.
+    pub fn in_flight_usage(&self) -> Usage {
+        self.in_flight
+    }
+
     /// Numbers `m`, keeps it until acknowledged, and returns its frame (with
     /// a piggybacked acknowledgement).
     pub fn send(&mut self, m: Message) -> LinkFrame {
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.in_flight.add(Usage::one(m.encoded_len()));
         self.unacked.push_back((seq, m.clone()));
         self.acked_upto = self.recv_upto;
         LinkFrame::Data {
@@ -139,7 +156,9 @@ impl PeerLink {
     /// Handles a cumulative acknowledgement.
     pub fn on_ack(&mut self, ack: u64) {
         while self.unacked.front().is_some_and(|(s, _)| *s <= ack) {
-            self.unacked.pop_front();
+            if let Some((_, m)) = self.unacked.pop_front() {
+                self.in_flight.remove(Usage::one(m.encoded_len()));
+            }
         }
     }
 
@@ -180,6 +199,9 @@ mod tests {
     use proptest::prelude::*;
     use tenet_proto::{EntityId, Mtype};
 
+    /// A window that never limits these tests.
+    const W: Budget = Budget::new(1000, 1 << 30);
+
     fn m(n: u8) -> Message {
         Message::new(
             EntityId::from_array([1; 16]),
@@ -205,7 +227,7 @@ mod tests {
 
     #[test]
     fn reconnect_resends_exactly_the_unacknowledged() {
-        let (mut a, mut b) = (PeerLink::new(10, 100), PeerLink::new(20, 100));
+        let (mut a, mut b) = (PeerLink::new(10, W), PeerLink::new(20, W));
         greet(&mut a, &mut b, 10, 20);
         let frames: Vec<_> = (1..=5).map(|i| a.send(m(i))).collect();
         // B stores the first three, then the link breaks before its ack arrives.
@@ -234,14 +256,14 @@ mod tests {
 
     #[test]
     fn restarted_peer_gets_nothing_twice_and_senders_are_told() {
-        let (mut a, mut b) = (PeerLink::new(10, 100), PeerLink::new(20, 100));
+        let (mut a, mut b) = (PeerLink::new(10, W), PeerLink::new(20, W));
         greet(&mut a, &mut b, 10, 20);
         let f1 = a.send(m(1));
         a.send(m(2));
         assert_eq!(b.on_data(seq_of(&f1)), Inbound::New);
         b.stored();
         // B dies; a new B (session 21) knows nothing.
-        let mut b2 = PeerLink::new(21, 100);
+        let mut b2 = PeerLink::new(21, W);
         let (ra, _) = greet(&mut a, &mut b2, 10, 21);
         assert!(ra.peer_restarted);
         assert_eq!(
@@ -256,7 +278,7 @@ mod tests {
 
     #[test]
     fn window_bounds_in_flight() {
-        let mut a = PeerLink::new(1, 2);
+        let mut a = PeerLink::new(1, Budget::new(2, 1 << 20));
         a.send(m(1));
         assert!(a.has_room());
         a.send(m(2));
@@ -265,9 +287,35 @@ mod tests {
         assert!(a.has_room());
     }
 
+    /// A peer that stops acknowledging large messages makes this side hold
+    /// at most the window's bytes plus less than one message, far fewer
+    /// than its message count allows.
+    #[test]
+    fn window_bounds_bytes_in_flight() {
+        let big = |n: u8| Message::new(m(n).src(), m(n).dst(), Mtype(0x8000), vec![n; 60_000]);
+        let mut a = PeerLink::new(1, Budget::new(1024, 200_000));
+        let mut sent = 0;
+        while a.has_room() {
+            a.send(big(sent));
+            sent += 1;
+        }
+        assert_eq!(sent, 4, "60,034 bytes each: the fourth crosses 200,000");
+        let held = a.in_flight_usage();
+        assert_eq!(held.messages, 4);
+        assert!(held.bytes < 200_000 + 60_034, "{held:?}");
+        a.on_ack(2);
+        assert_eq!(a.in_flight_usage().messages, 2);
+        assert!(a.has_room(), "acknowledgements give the bytes back");
+        // A restarted peer hands everything back and the window is empty.
+        let (ya, ra) = (1, 0);
+        a.on_hello(7, ya, ra);
+        a.on_hello(8, ya, ra);
+        assert_eq!(a.in_flight_usage(), Usage::default());
+    }
+
     #[test]
     fn acks_are_sent_once_and_piggybacked() {
-        let (mut a, mut b) = (PeerLink::new(10, 100), PeerLink::new(20, 100));
+        let (mut a, mut b) = (PeerLink::new(10, W), PeerLink::new(20, W));
         greet(&mut a, &mut b, 10, 20);
         let f = a.send(m(1));
         b.on_data(seq_of(&f));
@@ -288,7 +336,7 @@ mod tests {
         /// Random breaks: every message is stored exactly once, in order.
         #[test]
         fn exactly_once_in_order_across_breaks(plan in proptest::collection::vec((1usize..6, 0usize..6, any::<bool>()), 1..30)) {
-            let (mut a, mut b) = (PeerLink::new(10, 1000), PeerLink::new(20, 1000));
+            let (mut a, mut b) = (PeerLink::new(10, W), PeerLink::new(20, W));
             greet(&mut a, &mut b, 10, 20);
             let mut next = 0u8;
             let mut delivered: Vec<u8> = Vec::new();

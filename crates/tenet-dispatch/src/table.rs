@@ -16,15 +16,38 @@
 //! 4. otherwise an `undeliverable` notice goes to the sender: reason
 //!    *unknown destination* if `dst` is in a local domain, *no route* if not.
 //!
-//! Bounds: at most [`Limits::per_destination`] messages wait for one
-//! endpoint and [`Limits::total`] in the whole table. A message that would
-//! exceed either is refused with [`StoreError::QueueFull`]; nothing already
-//! stored is dropped. Notices the table generates itself may exceed the
-//! per-destination bound up to twice it (never the total one), so a sender
-//! learns of a failure even when its own queue is full, yet one reader that
-//! does not read cannot fill the table with notices; a notice that cannot be
-//! stored is counted in [`Stats::notices_dropped`] and reported as
-//! [`Event::NoticeDropped`]. No notice is ever generated about a notice.
+//! Bounds, in messages and in bytes ([`crate::budget`]; a message costs its
+//! encoded length):
+//! - per destination: [`Limits::per_destination`] messages and
+//!   [`Limits::per_destination_bytes`] bytes wait for one endpoint;
+//! - in total: [`Limits::total`] messages and [`Limits::total_bytes`] bytes
+//!   in the whole table, tap copies included;
+//! - per sender: one sender holds at most [`Limits::per_sender_share`] of
+//!   each of those, so one sender cannot fill a destination, or the table,
+//!   that others need. A sender is a local entity (an app, a card, the
+//!   host), or a whole foreign domain (a peer may use any port of it).
+//!
+//! A message that would exceed any bound is refused with
+//! [`StoreError::QueueFull`], naming the bound; nothing is stored and
+//! nothing already stored is dropped. Notices the table generates itself
+//! are no sender's: they may exceed the per-destination bounds up to twice
+//! them (never the total ones), so a sender learns of a failure even when
+//! its own queue is full, yet one reader that does not read cannot fill
+//! the table with notices; a notice that cannot be stored is counted in
+//! [`Stats::notices_dropped`] and reported as [`Event::NoticeDropped`]. No
+//! notice is ever generated about a notice.
+//!
+//! Fair service: an endpoint's messages wait in one queue per sender, and
+//! [`DispatchTable::take`] serves those queues in turn, one message each.
+//! Messages of one sender keep their order; a sender with a deep queue
+//! (a flood of echo requests to a card) delays another sender's message by
+//! at most one message of its own.
+//!
+//! Taps: copies wait in the tapping endpoint's tap queue, at most
+//! [`Limits::tap_queue`] items and [`Limits::per_destination_bytes`] bytes;
+//! they count in the total bounds, all taps together as one sender. A copy
+//! beyond a bound is skipped and the tap told how many it missed; a tap
+//! never holds up delivery.
 //!
 //! Time to live: a message not read within [`Limits::ttl`] is removed and
 //! its sender gets an `undeliverable` notice with reason *expired*. Time is
@@ -45,6 +68,7 @@ use tenet_proto::app::{SubscriptionId, TapId};
 use tenet_proto::notice::{Undeliverable, UndeliverableReason};
 use tenet_proto::{Codec, Domain, EntityId, Filter, Message, Mtype};
 
+use crate::budget::{Budget, Exceeded, Share, Unit, Usage};
 use crate::guard::{Dropped, Guard, GuardChain, GuardContext, Ingress};
 
 /// Mtypes whose param is a secret (a PIN or PUK): tap copies of them carry
@@ -60,8 +84,15 @@ pub struct EndpointId(pub u64);
 pub struct Limits {
     /// Messages waiting for one endpoint.
     pub per_destination: usize,
-    /// Messages waiting in the whole table.
+    /// Bytes waiting for one endpoint.
+    pub per_destination_bytes: usize,
+    /// Messages waiting in the whole table, tap copies included.
     pub total: usize,
+    /// Bytes held in the whole table, tap copies included.
+    pub total_bytes: usize,
+    /// The most of each per-destination and total bound that one sender's
+    /// messages may take.
+    pub per_sender_share: Share,
     /// How long a message may wait to be read.
     pub ttl: Duration,
     /// Tap copies waiting for one endpoint before copies are skipped.
@@ -74,7 +105,10 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             per_destination: 1024,
+            per_destination_bytes: 8 << 20,
             total: 65_536,
+            total_bytes: 64 << 20,
+            per_sender_share: Share::HALF,
             ttl: Duration::from_secs(30),
             tap_queue: 1024,
             handlers_per_endpoint: 64,
@@ -82,18 +116,63 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// What may wait for one endpoint.
+    pub fn per_destination_budget(&self) -> Budget {
+        Budget::new(self.per_destination, self.per_destination_bytes)
+    }
+
+    /// What the whole table may hold.
+    pub fn total_budget(&self) -> Budget {
+        Budget::new(self.total, self.total_bytes)
+    }
+}
+
+/// Which bound of the table a message would exceed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// [`Limits::total`] or [`Limits::total_bytes`].
+    Total,
+    /// [`Limits::per_destination`] or [`Limits::per_destination_bytes`].
+    PerDestination,
+    /// The sender's [`Limits::per_sender_share`] of the total bound.
+    SenderTotal,
+    /// The sender's [`Limits::per_sender_share`] of the destination's bound.
+    SenderPerDestination,
+}
+
+impl Bound {
+    /// True for a sender's share.
+    pub fn is_share(&self) -> bool {
+        matches!(self, Bound::SenderTotal | Bound::SenderPerDestination)
+    }
+}
+
+impl std::fmt::Display for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Bound::Total => "total",
+            Bound::PerDestination => "per-destination",
+            Bound::SenderTotal => "this sender's share of the total",
+            Bound::SenderPerDestination => "this sender's share of the per-destination",
+        })
+    }
+}
+
 /// Why a message was not stored. The table is unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// A bound is reached.
-    #[error("queue full: {which} bound of {limit} messages reached for {dst}")]
+    #[error("queue full: {which} bound of {limit} {unit} reached for {dst}")]
     QueueFull {
         /// The message's destination.
         dst: EntityId,
-        /// `"per-destination"` or `"total"`.
-        which: &'static str,
         /// The bound.
+        which: Bound,
+        /// Its value.
         limit: usize,
+        /// What it counts.
+        unit: Unit,
     },
     /// A guard dropped the message.
     #[error(transparent)]
@@ -208,20 +287,52 @@ pub struct Stats {
     pub expired: u64,
     /// Messages that could not be routed.
     pub undeliverable: u64,
-    /// Messages refused because a bound was reached.
+    /// Messages refused because a bound was reached (a sender's share
+    /// included).
     pub refused_full: u64,
+    /// Of those, messages refused because their sender's share was reached.
+    pub refused_share: u64,
     /// Messages dropped by a guard.
     pub guard_dropped: u64,
     /// Notices that could not be stored.
     pub notices_dropped: u64,
     /// Tap copies skipped.
     pub tap_skipped: u64,
+    /// The most bytes the table held at once (messages and tap copies).
+    pub peak_bytes: u64,
 }
 
 struct Queued {
     subscription: SubscriptionId,
     deadline: Instant,
+    /// Generated by the table: counts against no sender's share.
+    notice: bool,
     message: Message,
+}
+
+impl Queued {
+    fn cost(&self) -> Usage {
+        Usage::one(self.message.encoded_len())
+    }
+}
+
+/// Whose share a message counts against.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Sender {
+    /// A local entity: an app, a card, the host.
+    Entity(EntityId),
+    /// A foreign domain as a whole.
+    Domain(Domain),
+    /// All tap copies together.
+    Taps,
+}
+
+/// One sender's messages waiting for one endpoint.
+#[derive(Default)]
+struct Lane {
+    queue: VecDeque<Queued>,
+    /// The messages that count against the sender's share.
+    charged: Usage,
 }
 
 struct Handler {
@@ -232,8 +343,15 @@ struct Handler {
 
 #[derive(Default)]
 struct Endpoint {
-    queue: VecDeque<Queued>,
+    /// Messages waiting, one queue per sender.
+    lanes: HashMap<Sender, Lane>,
+    /// Senders with messages waiting, in the order they are served.
+    ready: VecDeque<Sender>,
+    /// Everything in `lanes`.
+    held: Usage,
     taps: VecDeque<TapItem>,
+    /// The tap copies in `taps`.
+    tap_held: Usage,
     lagged: Vec<(TapId, u64)>,
     in_heap: bool,
     bound: Vec<EntityId>,
@@ -253,7 +371,12 @@ pub struct DispatchTable {
     subscriptions: Vec<Handler>,
     taps: Vec<Handler>,
     default_route: Option<EndpointId>,
-    total: usize,
+    /// Messages waiting for readers.
+    waiting: usize,
+    /// Messages waiting and tap copies.
+    held: Usage,
+    /// What each sender holds, for the senders holding anything.
+    senders: HashMap<Sender, Usage>,
     next_endpoint: u64,
     next_handler: u32,
     deadlines: BinaryHeap<Reverse<(Instant, EndpointId)>>,
@@ -277,7 +400,9 @@ impl DispatchTable {
             subscriptions: Vec::new(),
             taps: Vec::new(),
             default_route: None,
-            total: 0,
+            waiting: 0,
+            held: Usage::default(),
+            senders: HashMap::new(),
             next_endpoint: 1,
             next_handler: 1,
             deadlines: BinaryHeap::new(),
@@ -304,12 +429,18 @@ impl DispatchTable {
 
     /// Messages waiting in the table.
     pub fn len(&self) -> usize {
-        self.total
+        self.waiting
     }
 
     /// True if no message waits.
     pub fn is_empty(&self) -> bool {
-        self.total == 0
+        self.waiting == 0
+    }
+
+    /// What the table holds now: messages waiting and tap copies, the
+    /// amounts [`Limits::total`] and [`Limits::total_bytes`] bound.
+    pub fn held(&self) -> Usage {
+        self.held
     }
 
     /// Adds a guard at the end of the chain.
@@ -387,9 +518,28 @@ impl DispatchTable {
         }
         self.subscriptions.retain(|h| h.endpoint != ep);
         self.taps.retain(|h| h.endpoint != ep);
-        self.total -= e.queue.len();
-        for q in e.queue {
-            self.notify_sender(&q.message, UndeliverableReason::DESTINATION_GONE, now);
+        self.waiting -= e.held.messages;
+        self.held.remove(e.held);
+        self.held.remove(e.tap_held);
+        release(&mut self.senders, Sender::Taps, e.tap_held);
+        let mut lanes = e.lanes;
+        for key in e.ready {
+            let Some(lane) = lanes.remove(&key) else {
+                continue;
+            };
+            release(&mut self.senders, key, lane.charged);
+            for q in lane.queue {
+                self.notify_sender(&q.message, UndeliverableReason::DESTINATION_GONE, now);
+            }
+        }
+    }
+
+    /// Whose share a message from `src` counts against.
+    fn sender(&self, src: EntityId) -> Sender {
+        if self.is_local_domain(src.domain()) {
+            Sender::Entity(src)
+        } else {
+            Sender::Domain(src.domain())
         }
     }
 
@@ -552,54 +702,84 @@ impl DispatchTable {
         notice: bool,
     ) -> Result<(), StoreError> {
         let limits = self.limits;
+        let sender = self.sender(message.src());
+        let cost = Usage::one(message.encoded_len());
         let e = self
             .endpoints
             .get_mut(&ep)
             .expect("routed to a live endpoint");
-        if self.total >= limits.total {
-            self.stats.refused_full += 1;
-            return Err(StoreError::QueueFull {
-                dst: message.dst(),
-                which: "total",
-                limit: limits.total,
-            });
-        }
-        // Notices may exceed the per-destination bound, so a sender whose
+        // Notices may exceed the per-destination bounds, so a sender whose
         // own queue is full still learns of a failure, but only up to twice
-        // the bound: a reader that does not read (an app that never reads,
+        // the bounds: a reader that does not read (an app that never reads,
         // a peer that never acknowledges) cannot fill the whole table with
-        // notices about its own messages.
-        let bound = if notice {
-            limits.per_destination.saturating_mul(2)
-        } else {
-            limits.per_destination
-        };
-        if e.queue.len() >= bound {
-            self.stats.refused_full += 1;
-            return Err(StoreError::QueueFull {
-                dst: message.dst(),
-                which: "per-destination",
-                limit: limits.per_destination,
-            });
+        // notices about its own messages. They are no sender's, so no share
+        // applies to them.
+        let per_destination = limits.per_destination_budget();
+        let share = limits.per_sender_share;
+        let lane = e.lanes.get(&sender).map_or(Usage::default(), |l| l.charged);
+        let anywhere = self.senders.get(&sender).copied().unwrap_or_default();
+        let checks = [
+            (Bound::Total, limits.total_budget(), self.held),
+            (
+                Bound::PerDestination,
+                per_destination.times(if notice { 2 } else { 1 }),
+                e.held,
+            ),
+            (
+                Bound::SenderTotal,
+                limits.total_budget().share(share),
+                anywhere,
+            ),
+            (
+                Bound::SenderPerDestination,
+                per_destination.share(share),
+                lane,
+            ),
+        ];
+        let applicable = if notice { 2 } else { checks.len() };
+        for &(which, budget, used) in &checks[..applicable] {
+            if let Err(Exceeded { unit, limit }) = budget.admits(used, cost.bytes) {
+                self.stats.refused_full += 1;
+                if which.is_share() {
+                    self.stats.refused_share += 1;
+                }
+                return Err(StoreError::QueueFull {
+                    dst: message.dst(),
+                    which,
+                    limit,
+                    unit,
+                });
+            }
         }
         let deadline = now + limits.ttl;
-        let was_empty = e.queue.is_empty();
-        e.queue.push_back(Queued {
+        let was_empty = e.held.messages == 0;
+        let lane = e.lanes.entry(sender).or_default();
+        if lane.queue.is_empty() {
+            e.ready.push_back(sender);
+        }
+        if !notice {
+            lane.charged.add(cost);
+            self.senders.entry(sender).or_default().add(cost);
+        }
+        lane.queue.push_back(Queued {
             subscription,
             deadline,
+            notice,
             message,
         });
+        e.held.add(cost);
         if !e.in_heap {
             e.in_heap = true;
             self.deadlines.push(Reverse((deadline, ep)));
         }
-        self.total += 1;
+        self.waiting += 1;
+        self.hold(cost);
         self.stats.stored += 1;
         if was_empty {
             self.events.push_back(Event::Readable(ep));
         }
         let e = &self.endpoints[&ep];
-        let m = &e.queue.back().expect("just pushed").message;
+        let m = &e.lanes[&sender].queue.back().expect("just pushed").message;
         // Borrow juggling: copy the message out only if some tap wants it.
         if self.taps.iter().any(|t| t.filter.matches(&m.header)) {
             let m = m.clone();
@@ -608,8 +788,16 @@ impl DispatchTable {
         Ok(())
     }
 
+    /// Adds `cost` to what the table holds.
+    fn hold(&mut self, cost: Usage) {
+        self.held.add(cost);
+        self.stats.peak_bytes = self.stats.peak_bytes.max(self.held.bytes as u64);
+    }
+
     fn tap_copies(&mut self, m: &Message, now: Instant) {
-        let max = self.limits.tap_queue;
+        let limits = self.limits;
+        let per_tap = Budget::new(limits.tap_queue, limits.per_destination_bytes);
+        let taps_share = limits.total_budget().share(limits.per_sender_share);
         // A tap shows that a PIN was verified, changed or unblocked, never
         // the PIN or PUK: any app may tap, and a PIN it saw would let it
         // join the card's authenticated set.
@@ -628,7 +816,16 @@ impl DispatchTable {
                 continue;
             };
             let tap = TapId(t.id);
-            if e.taps.len() >= max {
+            let cost = Usage::one(m.encoded_len());
+            let queued = Usage {
+                messages: e.taps.len(),
+                bytes: e.tap_held.bytes,
+            };
+            let all_taps = self.senders.get(&Sender::Taps).copied().unwrap_or_default();
+            let fits = per_tap.admits(queued, cost.bytes).is_ok()
+                && limits.total_budget().admits(self.held, cost.bytes).is_ok()
+                && taps_share.admits(all_taps, cost.bytes).is_ok();
+            if !fits {
                 self.stats.tap_skipped += 1;
                 match e.lagged.iter_mut().find(|(id, _)| *id == tap) {
                     Some((_, n)) => *n += 1,
@@ -646,6 +843,10 @@ impl DispatchTable {
                 at: now,
                 message: m.clone(),
             });
+            e.tap_held.add(cost);
+            self.senders.entry(Sender::Taps).or_default().add(cost);
+            self.held.add(cost);
+            self.stats.peak_bytes = self.stats.peak_bytes.max(self.held.bytes as u64);
             if was_empty {
                 self.events.push_back(Event::TapReadable(t.endpoint));
             }
@@ -682,10 +883,26 @@ impl DispatchTable {
         }
     }
 
-    /// Takes the oldest message waiting for `ep`.
+    /// Takes the next message waiting for `ep`: the oldest of the sender
+    /// whose turn it is (senders are served in turn, one message each).
     pub fn take(&mut self, ep: EndpointId) -> Option<Delivery> {
-        let q = self.endpoints.get_mut(&ep)?.queue.pop_front()?;
-        self.total -= 1;
+        let e = self.endpoints.get_mut(&ep)?;
+        let key = e.ready.pop_front()?;
+        let lane = e.lanes.get_mut(&key).expect("a ready sender has a lane");
+        let q = lane.queue.pop_front().expect("a ready lane is not empty");
+        let cost = q.cost();
+        if !q.notice {
+            lane.charged.remove(cost);
+            release(&mut self.senders, key, cost);
+        }
+        if lane.queue.is_empty() {
+            e.lanes.remove(&key);
+        } else {
+            e.ready.push_back(key);
+        }
+        e.held.remove(cost);
+        self.held.remove(cost);
+        self.waiting -= 1;
         self.stats.delivered += 1;
         Some(Delivery {
             subscription: q.subscription,
@@ -695,13 +912,24 @@ impl DispatchTable {
 
     /// Messages waiting for `ep`.
     pub fn pending(&self, ep: EndpointId) -> usize {
-        self.endpoints.get(&ep).map_or(0, |e| e.queue.len())
+        self.endpoints.get(&ep).map_or(0, |e| e.held.messages)
+    }
+
+    /// Messages and bytes waiting for `ep`.
+    pub fn pending_usage(&self, ep: EndpointId) -> Usage {
+        self.endpoints.get(&ep).map_or(Usage::default(), |e| e.held)
     }
 
     /// Takes the oldest tap item waiting for `ep`.
     pub fn take_tap(&mut self, ep: EndpointId) -> Option<TapItem> {
         let e = self.endpoints.get_mut(&ep)?;
         if let Some(item) = e.taps.pop_front() {
+            if let TapItem::Copy { message, .. } = &item {
+                let cost = Usage::one(message.encoded_len());
+                e.tap_held.remove(cost);
+                self.held.remove(cost);
+                release(&mut self.senders, Sender::Taps, cost);
+            }
             return Some(item);
         }
         let (tap, missed) = e.lagged.pop()?;
@@ -727,22 +955,54 @@ impl DispatchTable {
                 break;
             }
             self.deadlines.pop();
-            let mut expired = Vec::new();
             let Some(e) = self.endpoints.get_mut(&ep) else {
                 continue;
             };
-            while e.queue.front().is_some_and(|q| q.deadline <= now) {
-                expired.push(e.queue.pop_front().expect("front exists").message);
+            let mut expired = Vec::new();
+            let mut next: Option<Instant> = None;
+            for (key, lane) in &mut e.lanes {
+                while lane.queue.front().is_some_and(|q| q.deadline <= now) {
+                    let q = lane.queue.pop_front().expect("front exists");
+                    let cost = q.cost();
+                    if !q.notice {
+                        lane.charged.remove(cost);
+                        release(&mut self.senders, *key, cost);
+                    }
+                    e.held.remove(cost);
+                    self.held.remove(cost);
+                    expired.push(q.message);
+                }
+                if let Some(q) = lane.queue.front() {
+                    next = Some(next.map_or(q.deadline, |n| n.min(q.deadline)));
+                }
             }
-            match e.queue.front() {
-                Some(q) => self.deadlines.push(Reverse((q.deadline, ep))),
+            if !expired.is_empty() {
+                e.lanes.retain(|_, l| !l.queue.is_empty());
+                let lanes = &e.lanes;
+                e.ready.retain(|k| lanes.contains_key(k));
+            }
+            match next {
+                Some(d) => self.deadlines.push(Reverse((d, ep))),
                 None => e.in_heap = false,
             }
-            self.total -= expired.len();
+            self.waiting -= expired.len();
             self.stats.expired += expired.len() as u64;
             for m in expired {
                 self.notify_sender(&m, UndeliverableReason::EXPIRED, now);
             }
+        }
+    }
+}
+
+/// Takes `cost` off what `key` holds.
+fn release(senders: &mut HashMap<Sender, Usage>, key: Sender, cost: Usage) {
+    if cost.is_empty() {
+        return;
+    }
+    if let Some(u) = senders.get_mut(&key) {
+        u.remove(cost);
+        if u.is_empty() {
+            senders.remove(&key);
         }
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tenet_dispatch::{Limits, RuleError, RuleGuard, RuleSpec};
+use tenet_dispatch::{Limits, RuleError, RuleGuard, RuleSpec, Share};
 use tenet_proto::{Domain, EntityId};
 use tenet_voucher::policy::Policy;
 
@@ -283,8 +283,18 @@ pub struct HostSection {
 pub struct DispatchSection {
     /// Messages waiting for one destination; default 1024.
     pub per_destination: Option<usize>,
-    /// Messages waiting in the table; default 65536.
+    /// Bytes waiting for one destination; default 8 MiB (8388608). At
+    /// least one message of the maximum size (65535 bytes).
+    pub per_destination_bytes: Option<usize>,
+    /// Messages waiting in the table, tap copies included; default 65536.
     pub total: Option<usize>,
+    /// Bytes held in the table, tap copies included; default 64 MiB
+    /// (67108864). At least `per_destination_bytes`.
+    pub total_bytes: Option<usize>,
+    /// The most of each of these bounds that one sender may take, more than
+    /// 0 and at most 1; default 0.5. A sender is a local app, card or host,
+    /// or a whole foreign domain; all tap copies together are one sender.
+    pub per_sender_share: Option<f64>,
     /// Seconds a message may wait to be read; default 30.
     pub ttl_secs: Option<f64>,
     /// Tap copies waiting for one app; default 1024.
@@ -573,13 +583,26 @@ impl Config {
                 });
             }
         };
-        Ok(Limits {
+        let limits = Limits {
             per_destination: positive(
                 "dispatch.per_destination",
                 s.per_destination,
                 d.per_destination,
             )?,
+            per_destination_bytes: positive(
+                "dispatch.per_destination_bytes",
+                s.per_destination_bytes,
+                d.per_destination_bytes,
+            )?,
             total: positive("dispatch.total", s.total, d.total)?,
+            total_bytes: positive("dispatch.total_bytes", s.total_bytes, d.total_bytes)?,
+            per_sender_share: match s.per_sender_share {
+                None => d.per_sender_share,
+                Some(f) => Share::from_fraction(f).ok_or_else(|| ConfigError::Value {
+                    key: "dispatch.per_sender_share",
+                    detail: format!("{f} is not more than 0 and at most 1"),
+                })?,
+            },
             ttl,
             tap_queue: positive("dispatch.tap_queue", s.tap_queue, d.tap_queue)?,
             handlers_per_endpoint: positive(
@@ -587,7 +610,9 @@ impl Config {
                 s.handlers_per_app,
                 d.handlers_per_endpoint,
             )?,
-        })
+        };
+        check_dispatch_budgets(&limits)?;
+        Ok(limits)
     }
 
     /// The app socket path.
@@ -640,6 +665,40 @@ impl Config {
     }
 }
 
+/// `[dispatch]` bounds that fit together: a destination's bounds within the
+/// table's, and room for one message of the maximum size in a sender's
+/// share of a destination (else that sender could never send one).
+fn check_dispatch_budgets(l: &Limits) -> Result<(), ConfigError> {
+    let err = |key, detail| Err(ConfigError::Value { key, detail });
+    let max = tenet_proto::MAX_MESSAGE_LEN;
+    if l.per_destination > l.total {
+        return err(
+            "dispatch.per_destination",
+            format!("{} exceeds dispatch.total ({})", l.per_destination, l.total),
+        );
+    }
+    if l.per_destination_bytes > l.total_bytes {
+        return err(
+            "dispatch.per_destination_bytes",
+            format!(
+                "{} exceeds dispatch.total_bytes ({})",
+                l.per_destination_bytes, l.total_bytes
+            ),
+        );
+    }
+    let share = l.per_sender_share.of(l.per_destination_bytes);
+    if share < max {
+        return err(
+            "dispatch.per_sender_share",
+            format!(
+                "a sender's share of dispatch.per_destination_bytes is {share} bytes, less than \
+                 one message of the maximum size ({max} bytes)"
+            ),
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -671,6 +730,27 @@ mod tests {
             ("[host]\ndomain = \"12\"", "host.domain"),
             ("[dispatch]\ntotal = 0", "dispatch.total"),
             ("[dispatch]\nttl_secs = -1.0", "dispatch.ttl_secs"),
+            (
+                "[dispatch]\nper_destination_bytes = 9000000\ntotal_bytes = 8000000",
+                "dispatch.per_destination_bytes",
+            ),
+            (
+                "[dispatch]\nper_destination = 10\ntotal = 9",
+                "dispatch.per_destination",
+            ),
+            ("[dispatch]\ntotal_bytes = 0", "dispatch.total_bytes"),
+            (
+                "[dispatch]\nper_sender_share = 0.0",
+                "dispatch.per_sender_share",
+            ),
+            (
+                "[dispatch]\nper_sender_share = 1.5",
+                "dispatch.per_sender_share",
+            ),
+            (
+                "[dispatch]\nper_destination_bytes = 100000",
+                "dispatch.per_sender_share",
+            ),
             ("[card]\nvirtual = \"a\"\nreader = \"b\"", "card"),
             ("[card]\nwait_secs = -3.0", "card.wait_secs"),
             ("[card]\nmax_message = 70000", "card.max_message"),

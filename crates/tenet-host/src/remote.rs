@@ -154,7 +154,9 @@ pub(crate) struct Remote {
     me: EntityId,
     my_domains: Vec<Domain>,
     tls: Option<Tls>,
-    window: usize,
+    /// Unacknowledged messages and bytes towards one peer: `remote.window`
+    /// messages and `dispatch.per_destination_bytes` bytes.
+    window: tenet_dispatch::Budget,
     rate: f64,
     burst: f64,
     pub(crate) peers: std::sync::Mutex<Vec<Arc<Peer>>>,
@@ -347,7 +349,10 @@ impl Remote {
             me,
             my_domains,
             tls,
-            window: r.window.unwrap_or(1024),
+            window: tenet_dispatch::Budget::new(
+                r.window.unwrap_or(1024),
+                cfg.limits()?.per_destination_bytes,
+            ),
             rate,
             burst: r.burst.unwrap_or(2.0 * rate),
             peers: std::sync::Mutex::new(Vec::new()),

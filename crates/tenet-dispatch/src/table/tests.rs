@@ -1,4 +1,5 @@
 use super::*;
+use crate::budget::{Unit, Usage};
 use crate::guard::Verdict;
 use crate::rules::{RuleGuard, RuleSpec};
 use tenet_proto::Header;
@@ -278,6 +279,7 @@ fn no_notice_about_a_notice() {
 fn per_destination_bound_refuses_and_keeps_what_is_stored() {
     let limits = Limits {
         per_destination: 3,
+        per_sender_share: Share::WHOLE,
         ..Limits::default()
     };
     let mut t = table(limits);
@@ -294,8 +296,9 @@ fn per_destination_bound_refuses_and_keeps_what_is_stored() {
         t.store(Ingress::App, msg(id(1, 1), id(1, 2), 9), now),
         Err(StoreError::QueueFull {
             dst: id(1, 2),
-            which: "per-destination",
-            limit: 3
+            which: Bound::PerDestination,
+            limit: 3,
+            unit: Unit::Messages,
         })
     );
     assert_eq!(t.pending(b), 3);
@@ -311,6 +314,7 @@ fn per_destination_bound_refuses_and_keeps_what_is_stored() {
 fn total_bound_refuses() {
     let limits = Limits {
         total: 4,
+        per_sender_share: Share::WHOLE,
         ..Limits::default()
     };
     let mut t = table(limits);
@@ -325,7 +329,10 @@ fn total_bound_refuses() {
     }
     assert!(matches!(
         t.store(Ingress::App, msg(id(1, 1), id(1, 14), 9), now),
-        Err(StoreError::QueueFull { which: "total", .. })
+        Err(StoreError::QueueFull {
+            which: Bound::Total,
+            ..
+        })
     ));
     assert_eq!(t.len(), 4);
 }
@@ -430,8 +437,9 @@ fn notices_stop_at_twice_the_per_destination_bound() {
         t.store(Ingress::App, msg(id(1, 2), id(1, 1), 9), now),
         Err(StoreError::QueueFull {
             dst: id(1, 1),
-            which: "per-destination",
-            limit: 4
+            which: Bound::PerDestination,
+            limit: 4,
+            unit: Unit::Messages,
         }),
         "a's queue is full for ordinary messages"
     );
@@ -440,6 +448,406 @@ fn notices_stop_at_twice_the_per_destination_bound() {
         Ok(Stored::Queued(b)),
         "the table still has room for others"
     );
+}
+
+/// A message of `len` bytes in all (header and param).
+fn sized(src: EntityId, dst: EntityId, len: usize) -> Message {
+    Message::new(
+        src,
+        dst,
+        Mtype(0x8001),
+        vec![7; len - tenet_proto::HEADER_LEN],
+    )
+}
+
+#[test]
+fn per_destination_byte_budget_refuses_and_stores_nothing() {
+    let limits = Limits {
+        per_destination_bytes: 3000,
+        per_sender_share: Share::WHOLE,
+        ..Limits::default()
+    };
+    let mut t = table(limits);
+    let now = Instant::now();
+    let (b, c) = (t.add_endpoint(), t.add_endpoint());
+    t.bind(b, id(1, 2)).unwrap();
+    t.bind(c, id(1, 3)).unwrap();
+    for _ in 0..2 {
+        t.store(Ingress::App, sized(id(1, 1), id(1, 2), 1000), now)
+            .unwrap();
+    }
+    let held = t.held();
+    assert_eq!(
+        held,
+        Usage {
+            messages: 2,
+            bytes: 2000
+        }
+    );
+    assert_eq!(
+        t.store(Ingress::App, sized(id(1, 1), id(1, 2), 1001), now),
+        Err(StoreError::QueueFull {
+            dst: id(1, 2),
+            which: Bound::PerDestination,
+            limit: 3000,
+            unit: Unit::Bytes,
+        }),
+        "far under the 1024-message bound, over the byte budget"
+    );
+    assert_eq!(t.held(), held, "nothing stored");
+    assert_eq!(t.pending(b), 2);
+    assert_eq!(t.stats().refused_full, 1);
+    assert_eq!(
+        t.store(Ingress::App, sized(id(1, 1), id(1, 2), 1000), now),
+        Ok(Stored::Queued(b)),
+        "exactly up to the budget"
+    );
+    assert_eq!(
+        t.store(Ingress::App, sized(id(1, 1), id(1, 3), 3000), now),
+        Ok(Stored::Queued(c)),
+        "other destinations have their own budget"
+    );
+}
+
+#[test]
+fn total_byte_budget_refuses_and_stores_nothing() {
+    let limits = Limits {
+        total_bytes: 5000,
+        per_sender_share: Share::WHOLE,
+        ..Limits::default()
+    };
+    let mut t = table(limits);
+    let now = Instant::now();
+    let eps: Vec<_> = (0..3).map(|_| t.add_endpoint()).collect();
+    for (i, ep) in eps.iter().enumerate() {
+        t.bind(*ep, id(1, 10 + i as u32)).unwrap();
+    }
+    for i in 0..2 {
+        t.store(Ingress::App, sized(id(1, 1), id(1, 10 + i), 2000), now)
+            .unwrap();
+    }
+    assert_eq!(
+        t.store(Ingress::App, sized(id(1, 1), id(1, 12), 1001), now),
+        Err(StoreError::QueueFull {
+            dst: id(1, 12),
+            which: Bound::Total,
+            limit: 5000,
+            unit: Unit::Bytes,
+        })
+    );
+    assert_eq!(
+        t.held(),
+        Usage {
+            messages: 2,
+            bytes: 4000
+        }
+    );
+    assert_eq!(t.pending(eps[2]), 0);
+    assert_eq!(t.stats().peak_bytes, 4000);
+    // Reading gives the bytes back.
+    t.take(eps[0]).unwrap();
+    assert_eq!(
+        t.held(),
+        Usage {
+            messages: 1,
+            bytes: 2000
+        }
+    );
+    t.store(Ingress::App, sized(id(1, 1), id(1, 12), 3000), now)
+        .unwrap();
+    assert_eq!(t.stats().peak_bytes, 5000);
+}
+
+/// One sender reaches its share of a destination (half, by default): it is
+/// refused, nothing of it is stored, and another sender still gets through
+/// to the same destination; once the destination reads, the first sender's
+/// share has room again.
+#[test]
+fn one_sender_is_refused_at_its_share_while_another_gets_through() {
+    let limits = Limits {
+        per_destination_bytes: 4000,
+        ..Limits::default()
+    };
+    assert_eq!(limits.per_sender_share, Share::HALF, "the default");
+    let mut t = table(limits);
+    let now = Instant::now();
+    let card = t.add_endpoint();
+    t.bind(card, id(2, 0)).unwrap();
+    let (flooder, honest) = (id(2, 1), id(2, 2));
+    t.add_local_domain(dom(2));
+    for _ in 0..2 {
+        t.store(Ingress::App, sized(flooder, id(2, 0), 1000), now)
+            .unwrap();
+    }
+    let held = t.held();
+    assert_eq!(
+        t.store(Ingress::App, sized(flooder, id(2, 0), 1000), now),
+        Err(StoreError::QueueFull {
+            dst: id(2, 0),
+            which: Bound::SenderPerDestination,
+            limit: 2000,
+            unit: Unit::Bytes,
+        }),
+        "half of the card's 4000 bytes"
+    );
+    assert_eq!(t.held(), held, "nothing stored on refusal");
+    assert_eq!((t.stats().refused_full, t.stats().refused_share), (1, 1));
+    assert_eq!(
+        t.store(Ingress::App, sized(honest, id(2, 0), 1000), now),
+        Ok(Stored::Queued(card)),
+        "another sender gets through to the same destination"
+    );
+    assert_eq!(t.pending(card), 3);
+    // Counts return after reads: the flooder's first message is read and it
+    // may send one more.
+    assert_eq!(t.take(card).unwrap().message.src(), flooder);
+    assert_eq!(
+        t.store(Ingress::App, sized(flooder, id(2, 0), 1000), now),
+        Ok(Stored::Queued(card))
+    );
+    while t.take(card).is_some() {}
+    assert_eq!(t.held(), Usage::default());
+}
+
+/// The sender's share applies to the whole table too: one app writing to
+/// many readers that never read holds at most half of the total budget,
+/// and the other half stays for everyone else.
+#[test]
+fn one_sender_holds_at_most_its_share_of_the_table() {
+    let limits = Limits {
+        total_bytes: 8000,
+        per_destination_bytes: 8000,
+        ..Limits::default()
+    };
+    let mut t = table(limits);
+    let now = Instant::now();
+    let eps: Vec<_> = (0..8).map(|_| t.add_endpoint()).collect();
+    for (i, ep) in eps.iter().enumerate() {
+        t.bind(*ep, id(1, 10 + i as u32)).unwrap();
+    }
+    let mut accepted = 0;
+    for i in 0..8 {
+        match t.store(Ingress::App, sized(id(1, 1), id(1, 10 + i), 1000), now) {
+            Ok(_) => accepted += 1,
+            Err(e) => assert!(
+                matches!(
+                    e,
+                    StoreError::QueueFull {
+                        which: Bound::SenderTotal,
+                        limit: 4000,
+                        unit: Unit::Bytes,
+                        ..
+                    }
+                ),
+                "{e}"
+            ),
+        }
+    }
+    assert_eq!(accepted, 4);
+    for i in 0..4 {
+        t.store(Ingress::App, sized(id(1, 2), id(1, 10 + i), 1000), now)
+            .expect("another sender has the rest of the table");
+    }
+    assert_eq!(t.held().bytes, 8000);
+}
+
+/// A peer may use any port of its domains: a foreign domain is one sender.
+#[test]
+fn a_foreign_domain_is_one_sender() {
+    let limits = Limits {
+        per_destination: 4,
+        ..Limits::default()
+    };
+    let mut t = table(limits);
+    let now = Instant::now();
+    let b = t.add_endpoint();
+    t.bind(b, id(1, 2)).unwrap();
+    t.store(Ingress::Remote, msg(id(9, 1), id(1, 2), 9), now)
+        .unwrap();
+    t.store(Ingress::Remote, msg(id(9, 2), id(1, 2), 9), now)
+        .unwrap();
+    assert!(matches!(
+        t.store(Ingress::Remote, msg(id(9, 3), id(1, 2), 9), now),
+        Err(StoreError::QueueFull {
+            which: Bound::SenderPerDestination,
+            unit: Unit::Messages,
+            ..
+        })
+    ));
+    t.store(Ingress::Remote, msg(id(8, 1), id(1, 2), 9), now)
+        .expect("another domain has its own share");
+    t.store(Ingress::App, msg(id(1, 1), id(1, 2), 9), now)
+        .expect("local apps are senders each");
+}
+
+/// A destination serves its senders in turn: a message from an honest
+/// sender waits behind at most one message of a sender with a deep queue,
+/// and each sender's messages keep their order.
+#[test]
+fn senders_are_served_in_turn_each_in_order() {
+    let mut t = table(Limits::default());
+    let now = Instant::now();
+    let card = t.add_endpoint();
+    t.bind(card, id(1, 100)).unwrap();
+    let (flooder, honest) = (id(1, 1), id(1, 2));
+    for k in 0..5 {
+        t.store(Ingress::App, msg(flooder, id(1, 100), k), now)
+            .unwrap();
+    }
+    t.store(Ingress::App, msg(honest, id(1, 100), 100), now)
+        .unwrap();
+    t.store(Ingress::App, msg(honest, id(1, 100), 101), now)
+        .unwrap();
+    let order: Vec<(EntityId, u16)> = std::iter::from_fn(|| t.take(card))
+        .map(|d| (d.message.src(), d.message.mtype().0))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            (flooder, 0),
+            (honest, 100),
+            (flooder, 1),
+            (honest, 101),
+            (flooder, 2),
+            (flooder, 3),
+            (flooder, 4)
+        ]
+    );
+}
+
+/// Notices are no sender's: they are stored for a reader whose queue holds
+/// more than any sender's share, up to twice the per-destination bound.
+#[test]
+fn notices_count_against_no_share() {
+    let limits = Limits {
+        per_destination: 4,
+        ..Limits::default()
+    };
+    let mut t = table(limits);
+    let now = Instant::now();
+    let a = t.add_endpoint();
+    t.bind(a, id(1, 1)).unwrap();
+    for _ in 0..6 {
+        t.store(Ingress::App, msg(id(1, 1), id(1, 99), 9), now)
+            .unwrap();
+    }
+    assert_eq!(t.pending(a), 6, "beyond the host's share of 2");
+    assert_eq!(t.stats().notices_dropped, 0);
+    assert!(
+        matches!(
+            t.store(Ingress::Internal, msg(id(1, 0), id(1, 1), 9), now),
+            Err(StoreError::QueueFull {
+                which: Bound::PerDestination,
+                ..
+            })
+        ),
+        "ordinary messages still see the per-destination bound"
+    );
+}
+
+/// Expiry and a removed endpoint give back every byte and every share.
+#[test]
+fn counts_return_after_expiry_and_removal() {
+    let limits = Limits {
+        ttl: Duration::from_secs(10),
+        per_destination_bytes: 2000,
+        ..Limits::default()
+    };
+    let mut t = table(limits);
+    let t0 = Instant::now();
+    let (a, b) = (t.add_endpoint(), t.add_endpoint());
+    t.bind(a, id(1, 1)).unwrap();
+    t.bind(b, id(1, 2)).unwrap();
+    t.store(Ingress::App, sized(id(1, 1), id(1, 2), 1000), t0)
+        .unwrap();
+    t.store(Ingress::App, sized(id(1, 1), id(1, 2), 100), t0)
+        .expect_err("the sender's share is full");
+    t.handle_timeout(t0 + Duration::from_secs(11));
+    assert_eq!(t.pending(b), 0);
+    let notice = t.pending_usage(a);
+    assert_eq!(notice.messages, 1);
+    assert_eq!(t.held(), notice, "only the expiry notice is held");
+    t.store(Ingress::App, sized(id(1, 1), id(1, 2), 1000), t0)
+        .expect("the share is back after expiry");
+    t.remove_endpoint(b, t0);
+    assert_eq!(t.pending(a), 2, "expired, then destination gone");
+    assert_eq!(t.held(), t.pending_usage(a));
+    while t.take(a).is_some() {}
+    assert_eq!(t.held(), Usage::default());
+    // The removed endpoint's bytes and the sender's share are back.
+    let c = t.add_endpoint();
+    t.bind(c, id(1, 3)).unwrap();
+    t.store(Ingress::App, sized(id(1, 1), id(1, 3), 1000), t0)
+        .unwrap();
+}
+
+/// Tap copies are bounded in bytes per tapping endpoint, count in the
+/// table's total, and give their bytes back when read.
+#[test]
+fn tap_copies_are_bounded_in_bytes_and_counted() {
+    let limits = Limits {
+        per_destination_bytes: 2500,
+        per_sender_share: Share::WHOLE,
+        ..Limits::default()
+    };
+    let mut t = table(limits);
+    let now = Instant::now();
+    let (b, w) = (t.add_endpoint(), t.add_endpoint());
+    t.bind(b, id(1, 2)).unwrap();
+    let tap = t.tap(w, Filter::ANY).unwrap();
+    for _ in 0..4 {
+        t.store(Ingress::App, sized(id(1, 1), id(1, 2), 1000), now)
+            .unwrap();
+        t.take(b).unwrap();
+    }
+    assert_eq!(
+        t.held(),
+        Usage {
+            messages: 2,
+            bytes: 2000
+        },
+        "two copies held"
+    );
+    assert_eq!(t.stats().tap_skipped, 2);
+    assert!(matches!(t.take_tap(w), Some(TapItem::Copy { .. })));
+    assert_eq!(
+        t.held(),
+        Usage {
+            messages: 1,
+            bytes: 1000
+        }
+    );
+    assert!(matches!(t.take_tap(w), Some(TapItem::Copy { .. })));
+    assert_eq!(t.take_tap(w), Some(TapItem::Lagged { tap, missed: 2 }));
+    assert_eq!(t.held(), Usage::default());
+}
+
+/// All taps together are one sender: many tapping endpoints that never read
+/// hold at most its share of the table, and messages keep the rest.
+#[test]
+fn all_taps_together_hold_at_most_one_share_of_the_table() {
+    let limits = Limits {
+        total_bytes: 10_000,
+        per_destination_bytes: 10_000,
+        ..Limits::default()
+    };
+    let mut t = table(limits);
+    let now = Instant::now();
+    let b = t.add_endpoint();
+    t.bind(b, id(1, 2)).unwrap();
+    let watchers: Vec<_> = (0..10).map(|_| t.add_endpoint()).collect();
+    for w in &watchers {
+        t.tap(*w, Filter::ANY).unwrap();
+    }
+    t.store(Ingress::App, sized(id(1, 1), id(1, 2), 1000), now)
+        .unwrap();
+    assert_eq!(t.held().bytes, 1000 + 5 * 1000, "five copies, then skipped");
+    assert_eq!(t.stats().tap_skipped, 5);
+    t.take(b).unwrap();
+    for s in 3..7 {
+        t.store(Ingress::App, sized(id(1, s), id(1, 2), 1000), now)
+            .expect("messages keep the other half");
+    }
 }
 
 #[test]
@@ -575,16 +983,24 @@ mod props {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Store { src: u32, dst: u32, mt: u16 },
+        Store {
+            src: u32,
+            dst: u32,
+            mt: u16,
+            len: usize,
+        },
         Take(usize),
+        TakeTap,
         Advance(u64),
         Remove(usize),
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            4 => (0u32..6, 0u32..8, 0u16..4).prop_map(|(src, dst, mt)| Op::Store { src, dst, mt }),
+            4 => (0u32..6, 0u32..8, 0u16..4, 0usize..120)
+                .prop_map(|(src, dst, mt, len)| Op::Store { src, dst, mt, len }),
             3 => (0usize..6).prop_map(Op::Take),
+            1 => Just(Op::TakeTap),
             1 => (0u64..20).prop_map(Op::Advance),
             1 => (0usize..6).prop_map(Op::Remove),
         ]
@@ -592,10 +1008,20 @@ mod props {
 
     proptest! {
         /// Every message accepted is eventually accounted for exactly once:
-        /// taken by a reader, expired, or returned as destination gone.
+        /// taken by a reader, expired, or returned as destination gone; and
+        /// the table never holds more messages or bytes than its bounds, and
+        /// holds nothing once everything is read or expired.
         #[test]
         fn every_accepted_message_is_accounted_for(ops in proptest::collection::vec(op(), 1..200)) {
-            let limits = Limits { per_destination: 4, total: 12, ttl: Duration::from_secs(10), ..Limits::default() };
+            let limits = Limits {
+                per_destination: 4,
+                per_destination_bytes: 300,
+                total: 12,
+                total_bytes: 700,
+                tap_queue: 3,
+                ttl: Duration::from_secs(10),
+                ..Limits::default()
+            };
             let mut t = table(limits);
             let t0 = Instant::now();
             let mut now = t0;
@@ -603,19 +1029,28 @@ mod props {
             for (i, ep) in eps.iter().enumerate() {
                 t.bind(*ep, id(1, i as u32 + 1)).unwrap();
             }
+            let watcher = t.add_endpoint();
+            t.tap(watcher, Filter { mtype: Some(Mtype(0x100)), ..Filter::ANY }).unwrap();
             let mut live = [true; 6];
             let mut accepted = 0u64;
             let mut taken_user = 0u64;
             for o in ops {
                 match o {
-                    Op::Store { src, dst, mt } => {
-                        let r = t.store(Ingress::App, msg(id(1, src + 1), id(1, dst + 1), 0x100 + mt), now);
-                        if let Ok(Stored::Queued(_)) = r { accepted += 1; }
+                    Op::Store { src, dst, mt, len } => {
+                        let m = Message::new(id(1, src + 1), id(1, dst + 1), Mtype(0x100 + mt), vec![0; len]);
+                        let before = t.held();
+                        let r = t.store(Ingress::App, m, now);
+                        match r {
+                            Ok(Stored::Queued(_)) => accepted += 1,
+                            Err(StoreError::QueueFull { .. }) => prop_assert_eq!(t.held(), before, "nothing stored"),
+                            _ => {}
+                        }
                     }
                     Op::Take(i) => {
                         if let Some(d) = t.take(eps[i])
                             && d.message.mtype() != Mtype::UNDELIVERABLE { taken_user += 1; }
                     }
+                    Op::TakeTap => { t.take_tap(watcher); }
                     Op::Advance(s) => { now += Duration::from_secs(s); t.handle_timeout(now); }
                     Op::Remove(i) => {
                         if live[i] {
@@ -629,16 +1064,28 @@ mod props {
                 }
                 let s = t.stats();
                 prop_assert_eq!(s.stored, s.delivered + s.expired + t.len() as u64, "conservation");
-                prop_assert!(t.len() <= limits.total);
-                for ep in &eps { prop_assert!(t.pending(*ep) <= limits.per_destination + limits.total); }
+                let held = t.held();
+                prop_assert!(held.messages <= limits.total && held.bytes <= limits.total_bytes, "{held:?}");
+                prop_assert!(s.peak_bytes <= limits.total_bytes as u64);
+                let mut queued = Usage::default();
+                for ep in &eps {
+                    let p = t.pending_usage(*ep);
+                    prop_assert!(p.messages <= 2 * limits.per_destination);
+                    prop_assert!(p.bytes <= 2 * limits.per_destination_bytes);
+                    queued.add(p);
+                }
+                prop_assert_eq!(queued.messages, t.len());
+                prop_assert!(queued.bytes <= held.bytes, "tap copies are the rest");
             }
             // Expired messages leave notices, which expire in turn (no notice about a notice).
             for _ in 0..2 {
                 now += Duration::from_secs(100);
                 t.handle_timeout(now);
             }
+            while t.take_tap(watcher).is_some() {}
             let s = t.stats();
             prop_assert!(t.is_empty(), "everything expired or was read");
+            prop_assert_eq!(t.held(), Usage::default(), "every byte returned");
             prop_assert_eq!(s.stored, s.delivered + s.expired);
             prop_assert!(taken_user <= accepted);
         }
