@@ -27,6 +27,7 @@ mod bench_scale;
 mod bench_table2;
 mod card;
 mod demo;
+mod pin;
 mod wallet;
 
 #[derive(Parser)]

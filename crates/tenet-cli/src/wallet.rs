@@ -1,6 +1,7 @@
 //! `tenet wallet ...`: a wallet app on the command line, over the `Wallet`
-//! API. Every command authenticates to the card with the PIN (`--pin` or
-//! `TENET_PIN`); the card is named with `--card` or `TENET_CARD`.
+//! API. Every command authenticates to the card with the PIN (asked on the
+//! terminal, or `--pin-file`, `TENET_PIN`, `--pin`: see [`crate::pin`]);
+//! the card is named with `--card` or `TENET_CARD`.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -22,8 +23,8 @@ pub struct Login {
     #[arg(long, env = "TENET_CARD", global = true)]
     card: Option<EntityId>,
     /// The card's PIN.
-    #[arg(long, env = "TENET_PIN", global = true, hide_env_values = true)]
-    pin: Option<String>,
+    #[command(flatten)]
+    pin: crate::pin::PinArgs,
 }
 
 /// Wallet commands.
@@ -150,7 +151,7 @@ pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode
     let card = login
         .card
         .context("name the card with --card DOMAIN:0 or TENET_CARD")?;
-    let pin = login.pin.context("give the PIN with --pin or TENET_PIN")?;
+    let pin = login.pin.resolve(&format!("PIN of card {card}"))?;
     let cap = Capability::acquire(socket).await?;
     let mut w = Wallet::open(cap, card, pin.as_bytes()).await?;
     match cmd {

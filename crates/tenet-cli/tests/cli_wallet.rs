@@ -513,3 +513,107 @@ fn an_offer_that_would_cross_the_cap_moves_nothing() {
     );
     assert!(ex.contains("Responder  Committed"), "{ex}");
 }
+
+/// The PIN need not be in argv: `--pin-file` (owner-only), or a prompt on
+/// the terminal; without either and without a terminal, a clear error.
+#[test]
+fn the_pin_comes_from_a_file_or_the_terminal_not_only_argv() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = pair();
+    let dir = tempfile::tempdir().unwrap();
+    let pin_file = dir.path().join("pin");
+    std::fs::write(&pin_file, "1234\n").unwrap();
+    std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let base = |c: &mut Command| {
+        c.args(["--socket", p.sock_a.to_str().unwrap(), "wallet", "--card"])
+            .arg(&p.card_a)
+            .env_remove("TENET_PIN")
+            .stdin(Stdio::null());
+    };
+    let mut c = Command::new(TENET);
+    base(&mut c);
+    let out = c
+        .arg("--pin-file")
+        .arg(&pin_file)
+        .arg("balance")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A PIN file others can read is refused, saying how to fix it.
+    std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut c = Command::new(TENET);
+    base(&mut c);
+    let out = c
+        .arg("--pin-file")
+        .arg(&pin_file)
+        .arg("balance")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("chmod 600"), "{e}");
+
+    // No PIN and no terminal (setsid: no controlling terminal).
+    let out = Command::new("setsid")
+        .args([
+            "-w",
+            TENET,
+            "--socket",
+            p.sock_a.to_str().unwrap(),
+            "wallet",
+            "--card",
+        ])
+        .args([&p.card_a, "balance"])
+        .env_remove("TENET_PIN")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("no PIN given") && e.contains("--pin-file"),
+        "{e}"
+    );
+
+    // On a terminal (script(1) makes one), the wallet asks.
+    let cmd = format!(
+        "{TENET} --socket {} wallet --card {} balance",
+        p.sock_a.display(),
+        p.card_a
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env_remove("TENET_PIN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The prompt is written to the terminal; answer once it shows.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("PIN of card") {
+        use std::io::Read;
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "no prompt: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"1234\n").unwrap();
+    }
+    let mut rest = String::new();
+    {
+        use std::io::Read;
+        stdout.read_to_string(&mut rest).unwrap();
+    }
+    assert!(child.wait().unwrap().success(), "{rest}");
+    assert!(!rest.contains("PIN not accepted"), "{rest}");
+}
