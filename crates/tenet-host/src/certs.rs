@@ -21,8 +21,18 @@
 //!   it is refused for a TLS link: links want the host usages and
 //!   `host.tenet`. It carries nothing else a verifier does not use, as
 //!   cards send it in every exchange.
+//!
+//! Certificates have real lifetimes ([`Lifetime`]): by default the CA 10
+//! years, cards 3, hosts and the TTP entity 1 (`--days` chooses), never
+//! beyond the CA's own end. Each is valid from a day before its issue, as
+//! a card's clock may lag its host's by an hour and hosts' clocks differ.
+//! Renewal keeps the key: `tenet host certs` and `tenet ca entity` renew in
+//! place when the files exist, `tenet card recertify` gives a card's key a
+//! new certificate. What cards and the TTP check (chain, validity at the
+//! card's time, names, the pinned TTP) is in `tenet_voucher::certs`.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
@@ -41,6 +51,51 @@ const DOMAIN_SUFFIX: &str = ".domain.tenet";
 /// The DNS name that authorizes a host to serve `d`.
 pub fn domain_name(d: Domain) -> String {
     format!("{d}{DOMAIN_SUFFIX}")
+}
+
+/// Default lifetime of a CA, in days (10 years).
+pub const CA_DAYS: u32 = 3650;
+/// Default lifetime of a card's certificate, in days (3 years).
+pub const CARD_DAYS: u32 = 1095;
+/// Default lifetime of a host certificate, in days (1 year).
+pub const HOST_DAYS: u32 = 365;
+/// Default lifetime of the TTP entity's certificate, in days (1 year).
+pub const ENTITY_DAYS: u32 = 365;
+/// How long before its issue a certificate is valid from.
+pub const BACKDATE: Duration = Duration::from_secs(86_400);
+
+/// The validity period of a certificate to issue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetime {
+    /// The first moment it is valid.
+    pub not_before: SystemTime,
+    /// The last moment it is valid.
+    pub not_after: SystemTime,
+}
+
+impl Lifetime {
+    /// Valid from [`BACKDATE`] before now until `days` days from now.
+    pub fn days(days: u32) -> Self {
+        let now = SystemTime::now();
+        Self {
+            not_before: now - BACKDATE,
+            not_after: now + Duration::from_secs(u64::from(days) * 86_400),
+        }
+    }
+
+    /// Valid from `not_before` to `not_after` (tests: expired, not yet
+    /// valid).
+    pub fn between(not_before: SystemTime, not_after: SystemTime) -> Self {
+        Self {
+            not_before,
+            not_after,
+        }
+    }
+
+    fn apply(self, p: &mut CertificateParams) {
+        p.not_before = self.not_before.into();
+        p.not_after = self.not_after.into();
+    }
 }
 
 /// Why certificates could not be made.
@@ -66,6 +121,17 @@ pub enum CertError {
     /// A certificate could not be read.
     #[error("certificate: {0}")]
     Malformed(String),
+    /// A lifetime that ends before it starts.
+    #[error("a certificate's lifetime must end after it starts")]
+    Lifetime,
+    /// The CA's own certificate has expired: it issues nothing more.
+    #[error("the CA in {dir} expired at {at}; make a new one and personalize again")]
+    CaExpired {
+        /// The CA's directory.
+        dir: PathBuf,
+        /// When it expired (UTC).
+        at: String,
+    },
     /// A certificate used outside its role: a card's or an entity's (or
     /// any other) where a host certificate is needed, for a TLS link.
     #[error("not a host certificate (names: {names}): {why}")]
@@ -269,9 +335,14 @@ fn read(path: &Path) -> Result<String, CertError> {
     })
 }
 
-/// Makes `dir/ca.pem` and `dir/ca.key` unless they exist; returns whether
-/// it made them.
+/// Makes `dir/ca.pem` and `dir/ca.key`, valid [`CA_DAYS`], unless they
+/// exist; returns whether it made them.
 pub fn ensure_ca(dir: &Path, name: &str) -> Result<bool, CertError> {
+    ensure_ca_with(dir, name, Lifetime::days(CA_DAYS))
+}
+
+/// [`ensure_ca`] with the CA's lifetime.
+pub fn ensure_ca_with(dir: &Path, name: &str, lifetime: Lifetime) -> Result<bool, CertError> {
     let (cert, key) = (dir.join("ca.pem"), dir.join("ca.key"));
     if cert.exists() && key.exists() {
         return Ok(false);
@@ -289,24 +360,60 @@ pub fn ensure_ca(dir: &Path, name: &str) -> Result<bool, CertError> {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
+    check_lifetime(lifetime)?;
+    lifetime.apply(&mut p);
     let c = p.self_signed(&k)?;
     write(&key, &k.serialize_pem(), 0o600)?;
     write(&cert, &c.pem(), 0o644)?;
     Ok(true)
 }
 
-/// Signs a leaf certificate for `subject_key` with the CA in `dir`.
+fn check_lifetime(l: Lifetime) -> Result<(), CertError> {
+    match l.not_after.duration_since(l.not_before) {
+        Ok(d) if !d.is_zero() => Ok(()),
+        _ => Err(CertError::Lifetime),
+    }
+}
+
+/// Seconds since the Unix epoch (0 before it).
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The validity of the certificate `der` (seconds since the Unix epoch).
+pub fn validity(der: &[u8]) -> Result<tenet_voucher::certs::Validity, CertError> {
+    tenet_voucher::certs::validity(der).map_err(|e| CertError::Malformed(e.0))
+}
+
+/// Signs a leaf certificate for `subject_key` with the CA in `dir`, valid
+/// for `lifetime` but not beyond the CA's own end.
 fn sign_leaf(
     dir: &Path,
     sans: Vec<String>,
     common_name: &str,
     host: bool,
     subject_key: &impl PublicKeyData,
+    lifetime: Lifetime,
 ) -> Result<(Certificate, String), CertError> {
     let ca_pem = read(&dir.join("ca.pem"))?;
     let ca_key = KeyPair::from_pem(&read(&dir.join("ca.key"))?)?;
+    let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes())
+        .map_err(|e| CertError::Pem(e.to_string()))?;
+    let ca_end = validity(&ca_der)?.not_after;
+    if ca_end < unix(SystemTime::now()) {
+        return Err(CertError::CaExpired {
+            dir: dir.to_owned(),
+            at: tenet_card::clock::Utc(ca_end).to_string(),
+        });
+    }
+    check_lifetime(lifetime)?;
+    let mut lifetime = lifetime;
+    let ca_end_time = SystemTime::UNIX_EPOCH + Duration::from_secs(ca_end);
+    lifetime.not_after = lifetime.not_after.min(ca_end_time);
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
     let mut p = CertificateParams::new(sans)?;
+    lifetime.apply(&mut p);
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     if host {
         p.distinguished_name.push(DnType::CommonName, common_name);
@@ -341,44 +448,96 @@ fn sign_leaf(
     Ok((signed, ca_pem))
 }
 
-/// Makes a key and a certificate for it, saved as `dir/STEM.pem`, `.key`.
-fn issue_with_new_key(
+/// The files of `dir/STEM.pem` and `.key`.
+fn files(dir: &Path, stem: &str) -> HostFiles {
+    HostFiles {
+        ca: dir.join("ca.pem"),
+        cert: dir.join(format!("{stem}.pem")),
+        key: dir.join(format!("{stem}.key")),
+    }
+}
+
+/// Whether `dir/STEM.key` exists: issuing renews that key's certificate.
+fn renews(dir: &Path, stem: &str) -> bool {
+    files(dir, stem).key.exists()
+}
+
+/// Makes a certificate saved as `dir/STEM.pem` for the key in
+/// `dir/STEM.key`, kept if it exists (renewal), else made.
+fn issue_for_key(
     dir: &Path,
     stem: &str,
     sans: Vec<String>,
     cn: &str,
     host: bool,
+    lifetime: Lifetime,
 ) -> Result<HostFiles, CertError> {
-    let k = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let (c, _) = sign_leaf(dir, sans, cn, host, &k)?;
-    let files = HostFiles {
-        ca: dir.join("ca.pem"),
-        cert: dir.join(format!("{stem}.pem")),
-        key: dir.join(format!("{stem}.key")),
+    let files = files(dir, stem);
+    let (k, new) = if files.key.exists() {
+        (KeyPair::from_pem(&read(&files.key)?)?, false)
+    } else {
+        (KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?, true)
     };
-    write(&files.key, &k.serialize_pem(), 0o600)?;
+    let (c, _) = sign_leaf(dir, sans, cn, host, &k, lifetime)?;
+    if new {
+        write(&files.key, &k.serialize_pem(), 0o600)?;
+    }
     write(&files.cert, &c.pem(), 0o644)?;
     Ok(files)
 }
 
 /// Issues `dir/NAME.pem` and `dir/NAME.key` for a host serving `domains`,
-/// signed by the CA in `dir`.
+/// signed by the CA in `dir`, valid [`HOST_DAYS`]; renews the certificate
+/// of the key in place if the files exist.
 pub fn issue_host(dir: &Path, name: &str, domains: &[Domain]) -> Result<HostFiles, CertError> {
+    issue_host_with(dir, name, domains, Lifetime::days(HOST_DAYS))
+}
+
+/// [`issue_host`] with the certificate's lifetime.
+pub fn issue_host_with(
+    dir: &Path,
+    name: &str,
+    domains: &[Domain],
+    lifetime: Lifetime,
+) -> Result<HostFiles, CertError> {
     let mut sans = vec![HOST_NAME.to_owned()];
     sans.extend(domains.iter().map(|d| domain_name(*d)));
-    issue_with_new_key(dir, name, sans, name, true)
+    issue_for_key(dir, name, sans, name, true, lifetime)
+}
+
+/// Whether [`issue_host`] for `name` renews (the key exists).
+pub fn host_renews(dir: &Path, name: &str) -> bool {
+    renews(dir, name)
 }
 
 /// Issues a key and certificate for a software entity (the TTP's host
-/// entity): `dir/NAME-entity.pem` and `.key`.
+/// entity): `dir/NAME-entity.pem` and `.key`, valid [`ENTITY_DAYS`];
+/// renews the certificate of the key in place if the files exist (cards
+/// that pinned the old certificate accept the renewal: same key).
 pub fn issue_entity_key(dir: &Path, name: &str, id: EntityId) -> Result<HostFiles, CertError> {
-    issue_with_new_key(
+    issue_entity_key_with(dir, name, id, Lifetime::days(ENTITY_DAYS))
+}
+
+/// [`issue_entity_key`] with the certificate's lifetime.
+pub fn issue_entity_key_with(
+    dir: &Path,
+    name: &str,
+    id: EntityId,
+    lifetime: Lifetime,
+) -> Result<HostFiles, CertError> {
+    issue_for_key(
         dir,
         &format!("{name}-entity"),
         vec![id.certificate_name()],
         &id.to_string(),
         false,
+        lifetime,
     )
+}
+
+/// Whether [`issue_entity_key`] for `name` renews (the key exists).
+pub fn entity_renews(dir: &Path, name: &str) -> bool {
+    renews(dir, &format!("{name}-entity"))
 }
 
 /// DER prefix of a P-256 SubjectPublicKeyInfo before the 65-byte point.
@@ -388,13 +547,24 @@ const P256_SPKI_PREFIX: [u8; 26] = [
 ];
 
 /// Issues, with the CA in `dir`, a certificate for entity `id` whose key is
-/// `public_key` (uncompressed SEC1 P-256, as a card reports it): the card
-/// keeps its private key; only the public key leaves it. Returns the
-/// certificate and the CA certificate, both DER.
+/// `public_key` (uncompressed SEC1 P-256, as a card reports it), valid
+/// [`CARD_DAYS`]: the card keeps its private key; only the public key
+/// leaves it. Returns the certificate and the CA certificate, both DER.
 pub fn issue_entity(
     dir: &Path,
     id: EntityId,
     public_key: &[u8],
+) -> Result<(Vec<u8>, Vec<u8>), CertError> {
+    issue_entity_with(dir, id, public_key, Lifetime::days(CARD_DAYS))
+}
+
+/// [`issue_entity`] with the certificate's lifetime (`tenet card new
+/// --days`, `tenet card recertify`).
+pub fn issue_entity_with(
+    dir: &Path,
+    id: EntityId,
+    public_key: &[u8],
+    lifetime: Lifetime,
 ) -> Result<(Vec<u8>, Vec<u8>), CertError> {
     let spki_der = [&P256_SPKI_PREFIX[..], public_key].concat();
     let spki = rcgen::SubjectPublicKeyInfo::from_der(&spki_der)?;
@@ -404,6 +574,7 @@ pub fn issue_entity(
         &id.to_string(),
         false,
         &spki,
+        lifetime,
     )?;
     let ca_der = rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes())
         .map_err(|e| CertError::Pem(e.to_string()))?;
@@ -514,6 +685,85 @@ mod tests {
         eku.set_criticality(true);
         let cert = leaf(dir.path(), &[HOST_NAME, &name], vec![], vec![eku]);
         assert_eq!(authorized_domains(&cert).unwrap(), vec![d]);
+    }
+
+    /// Days from now to `v`, rounded.
+    fn days_from_now(v: u64) -> i64 {
+        let now = unix(SystemTime::now());
+        (v as i64 - now as i64 + 43_200).div_euclid(86_400)
+    }
+
+    #[test]
+    fn certificates_have_real_lifetimes_and_renewal_keeps_the_key() {
+        let dir = ca();
+        let der = |p: &Path| CertificateDer::from_pem_file(p).unwrap().to_vec();
+        let ca_v = validity(&der(&dir.path().join("ca.pem"))).unwrap();
+        assert_eq!(days_from_now(ca_v.not_after), 3650, "{ca_v:?}");
+        assert_eq!(days_from_now(ca_v.not_before), -1, "a day back: {ca_v:?}");
+        let d = Domain::new([0xd4; 12]);
+        assert!(!host_renews(dir.path(), "h"));
+        let h = issue_host(dir.path(), "h", &[d]).unwrap();
+        let hv = validity(&der(&h.cert)).unwrap();
+        assert_eq!(days_from_now(hv.not_after), 365, "{hv:?}");
+        let ttp = issue_entity_key(dir.path(), "ttp", d.owner()).unwrap();
+        assert_eq!(
+            days_from_now(validity(&der(&ttp.cert)).unwrap().not_after),
+            365
+        );
+        let k = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let (card, _) = issue_entity(dir.path(), d.owner(), k.public_key_raw()).unwrap();
+        assert_eq!(days_from_now(validity(&card).unwrap().not_after), 1095);
+
+        // Renewal in place: a new certificate, a later end, the same key.
+        let key_before = std::fs::read(&h.key).unwrap();
+        assert!(host_renews(dir.path(), "h"));
+        let h2 = issue_host_with(dir.path(), "h", &[d], Lifetime::days(30)).unwrap();
+        assert_eq!(std::fs::read(&h2.key).unwrap(), key_before, "same key");
+        assert_eq!(
+            days_from_now(validity(&der(&h2.cert)).unwrap().not_after),
+            30
+        );
+        let ttp_key = std::fs::read(&ttp.key).unwrap();
+        assert!(entity_renews(dir.path(), "ttp"));
+        let ttp2 =
+            issue_entity_key_with(dir.path(), "ttp", d.owner(), Lifetime::days(800)).unwrap();
+        assert_eq!(std::fs::read(&ttp2.key).unwrap(), ttp_key, "same key");
+        assert!(tenet_voucher::certs::same_key(
+            &der(&ttp.cert),
+            &der(&ttp2.cert)
+        ));
+    }
+
+    #[test]
+    fn no_certificate_outlives_its_ca_and_an_expired_ca_issues_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        ensure_ca_with(dir.path(), "short CA", Lifetime::days(10)).unwrap();
+        let k = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let id = Domain::new([0xca; 12]).owner();
+        let (card, _) = issue_entity(dir.path(), id, k.public_key_raw()).unwrap();
+        assert_eq!(days_from_now(validity(&card).unwrap().not_after), 10);
+        assert!(matches!(
+            issue_entity_with(
+                dir.path(),
+                id,
+                k.public_key_raw(),
+                Lifetime::between(SystemTime::now(), SystemTime::now() - BACKDATE)
+            ),
+            Err(CertError::Lifetime)
+        ));
+
+        let old = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let year = Duration::from_secs(365 * 86_400);
+        ensure_ca_with(
+            old.path(),
+            "old CA",
+            Lifetime::between(now - 2 * year, now - year),
+        )
+        .unwrap();
+        let e = issue_entity(old.path(), id, k.public_key_raw()).unwrap_err();
+        assert!(matches!(e, CertError::CaExpired { .. }), "{e}");
+        assert!(e.to_string().contains("expired at"), "{e}");
     }
 
     #[test]

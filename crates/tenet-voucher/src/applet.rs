@@ -5,81 +5,25 @@
 //! runtime commits it with the outgoing messages in one atomic update.
 //! Signatures are the card's (made inside the card); certificates are
 //! checked against the CA certificate installed at personalization (once
-//! per certificate while the card remembers it, [`crate::checked`]), and
-//! must name the expected signer as `DOMAIN-PORT.id.tenet`.
+//! per certificate while the card remembers it, [`crate::checked`]), at the
+//! card's time ([`tenet_card::clock`], [`crate::certs`]), and must name the
+//! expected signer as `DOMAIN-PORT.id.tenet`. A card whose own certificate
+//! has expired refuses to start or accept an exchange (its peer would
+//! refuse its signatures): `tenet card recertify` renews it.
 
 use std::cell::RefCell;
 
-use pki_types::{CertificateDer, ServerName, UnixTime};
 use tenet_card::{Applet, AppletCx, Refusal};
 use tenet_proto::codec::Codec;
 use tenet_proto::{EntityId, Message, Mtype};
 
 use crate::card::{BALANCE_REQUEST, Ctx, EXCHANGES_REQUEST, MINT, SET_ACCEPTOR, VoucherCard};
+use crate::certs::{TtpSwap, check_validity, validity, verify_at};
 use crate::checked::CheckedCertificates;
 use crate::crypto::{Crypto, VerifyError};
 use crate::msg;
 
-/// The DER value of the id-kp-clientAuth OID; a certificate with an EKU
-/// extension must allow it (card certificates have none).
-const CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
-
-/// Checks `cert` against `ca` at time `now`, that it names `signer`, and
-/// `sig` over `msg`.
-pub fn verify_with_ca(
-    ca: &[u8],
-    now: UnixTime,
-    signer: EntityId,
-    cert: &[u8],
-    msg: &[u8],
-    sig: &[u8],
-) -> Result<(), VerifyError> {
-    let e = |what: &str, err: webpki::Error| VerifyError(format!("{what}: {err}"));
-    let ca = CertificateDer::from(ca);
-    let anchor = webpki::anchor_from_trusted_cert(&ca).map_err(|err| e("CA certificate", err))?;
-    let cert = CertificateDer::from(cert);
-    let ee = webpki::EndEntityCert::try_from(&cert).map_err(|err| e("certificate", err))?;
-    ee.verify_for_usage(
-        &[webpki::ring::ECDSA_P256_SHA256],
-        &[anchor],
-        &[],
-        now,
-        webpki::KeyUsage::required_if_present(CLIENT_AUTH),
-        None,
-        None,
-    )
-    .map_err(|err| e("certificate chain", err))?;
-    verify_signed_by(&ee, signer, msg, sig)
-}
-
-/// Checks that `cert`, already checked against the CA, names `signer`,
-/// and `sig` over `msg`.
-pub fn verify_known(
-    signer: EntityId,
-    cert: &[u8],
-    msg: &[u8],
-    sig: &[u8],
-) -> Result<(), VerifyError> {
-    let cert = CertificateDer::from(cert);
-    let ee = webpki::EndEntityCert::try_from(&cert)
-        .map_err(|err| VerifyError(format!("certificate: {err}")))?;
-    verify_signed_by(&ee, signer, msg, sig)
-}
-
-fn verify_signed_by(
-    ee: &webpki::EndEntityCert<'_>,
-    signer: EntityId,
-    msg: &[u8],
-    sig: &[u8],
-) -> Result<(), VerifyError> {
-    let e = |what: &str, err: webpki::Error| VerifyError(format!("{what}: {err}"));
-    let name = ServerName::try_from(signer.certificate_name())
-        .map_err(|_| VerifyError("bad name".into()))?;
-    ee.verify_is_valid_for_subject_name(&name)
-        .map_err(|err| e(&format!("certificate for {signer}"), err))?;
-    ee.verify_signature(webpki::ring::ECDSA_P256_SHA256, msg, sig)
-        .map_err(|err| e("signature", err))
-}
+pub use crate::certs::{verify_known, verify_with_ca};
 
 struct CardCrypto<'c, 'a> {
     cx: &'c mut AppletCx<'a>,
@@ -106,9 +50,8 @@ impl Crypto for CardCrypto<'_, '_> {
             .cx
             .ca_certificate
             .ok_or_else(|| VerifyError("no CA certificate installed on this card".into()))?;
-        // The card's time is what its host last told it; a card never told
-        // falls back to the system clock of the virtual card's process.
-        let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(self.cx.time.now));
+        // The card's clock: its host's time, never below its bound.
+        let time = self.cx.time;
         let mut checked = self.checked.borrow_mut();
         if checked.is_disabled() {
             // Two verifications for a timing model: the CA's signature over
@@ -116,19 +59,20 @@ impl Crypto for CardCrypto<'_, '_> {
             // `sig`.
             self.cx.count_verify(cert.len());
             self.cx.count_verify(msg.len());
-            return verify_with_ca(ca, now, signer, cert, msg, sig);
+            return verify_at(ca, time, signer, cert, msg, sig).map(|_| ());
         }
         self.cx
             .count_hash_blocks(CheckedCertificates::hash_blocks(ca, cert));
         let key = CheckedCertificates::key(ca, cert);
-        if checked.contains(&key, now) {
+        if let Some(v) = checked.lookup(&key) {
+            check_validity(v, time, &format!("for {signer}"))?;
             self.cx.count_verify(msg.len());
             return verify_known(signer, cert, msg, sig);
         }
         self.cx.count_verify(cert.len());
         self.cx.count_verify(msg.len());
-        verify_with_ca(ca, now, signer, cert, msg, sig)?;
-        checked.insert(key, cert);
+        let v = verify_at(ca, time, signer, cert, msg, sig)?;
+        checked.insert(key, v);
         Ok(())
     }
 
@@ -140,8 +84,9 @@ impl Crypto for CardCrypto<'_, '_> {
 /// The voucher applet.
 #[derive(Debug, Clone, Default)]
 pub struct VoucherApplet {
-    /// A TTP that overrides the one installed at personalization (host
-    /// config `[card] ttp`).
+    /// The TTP its host names (host config `[card] ttp`, `tenet card serve
+    /// --ttp`): it must be the one the card was personalized for
+    /// ([`VoucherApplet::check_ttp`]), or the applet refuses everything.
     pub ttp: Option<EntityId>,
     /// The state last decoded or written, with its bytes: used again only
     /// while the stored data is exactly these bytes (card RAM, not state).
@@ -151,13 +96,25 @@ pub struct VoucherApplet {
 }
 
 impl VoucherApplet {
-    /// The applet, with a TTP that overrides the one installed at
-    /// personalization, if given.
+    /// The applet, with the TTP its host names, if any: check it first
+    /// with [`VoucherApplet::check_ttp`].
     pub fn new(ttp: Option<EntityId>) -> Self {
         Self {
             ttp,
             ..Self::default()
         }
+    }
+
+    /// Checks, at startup, that the TTP a host names for its card is the
+    /// one the card was personalized for ([`crate::certs::check_ttp`]):
+    /// `data` is the applet's stored data (`CardState::applets`), absent
+    /// on a card personalized without a TTP.
+    pub fn check_ttp(data: Option<&[u8]>, wanted: EntityId) -> Result<(), TtpSwap> {
+        let state = data
+            .filter(|d| !d.is_empty())
+            .and_then(|d| VoucherCard::decode(d).ok())
+            .unwrap_or_default();
+        crate::certs::check_ttp(state.ttp, state.ttp_certificate.as_deref(), wanted)
     }
 
     /// The applet remembering up to `n` checked certificates instead of
@@ -240,11 +197,21 @@ impl Applet for VoucherApplet {
             ),
         };
         let me = cx.card;
-        let Some(ttp) = self.ttp.or(state.ttp) else {
+        let Some(ttp) = state.ttp else {
             return Err(Refusal(
                 "no TTP installed on this card (tenet card new --ttp)".into(),
             ));
         };
+        if let Some(wanted) = self.ttp {
+            crate::certs::check_ttp(state.ttp, state.ttp_certificate.as_deref(), wanted)
+                .map_err(|e| Refusal(e.to_string()))?;
+        }
+        if [msg::START_EXCHANGE, msg::ACCEPT].contains(&m.mtype()) {
+            let own = cx.certificate.unwrap_or_default();
+            validity(own)
+                .and_then(|v| check_validity(v, cx.time, "of this card"))
+                .map_err(|e| Refusal(format!("{}; renew it: tenet card recertify", e.0)))?;
+        }
         // A query only reads the state: the stored data stays as it is and
         // is not encoded again.
         let query = {

@@ -276,7 +276,8 @@ pub struct VoucherCard {
     /// The TTP this card trusts, installed at personalization.
     pub ttp: Option<EntityId>,
     /// The TTP's certificate (DER), pinned at personalization: admissions
-    /// must carry exactly this certificate.
+    /// must carry this certificate or one from the CA for the same key (a
+    /// renewal).
     pub ttp_certificate: Option<Vec<u8>>,
     /// The wallet app that gets offers addressed to the card (option 2a).
     pub acceptor: Option<EntityId>,
@@ -738,10 +739,10 @@ impl VoucherCard {
         if self
             .ttp_certificate
             .as_ref()
-            .is_some_and(|pinned| *pinned != a.certificate)
+            .is_some_and(|pinned| !crate::certs::same_key(pinned, &a.certificate))
         {
             return refuse(
-                "the admission's certificate is not the TTP certificate installed on this card",
+                "the admission's certificate is not the TTP certificate installed on this card (nor a renewal for its key)",
             );
         }
         let Some(e) = self.exchanges.get(&a.id) else {

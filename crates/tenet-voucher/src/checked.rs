@@ -7,9 +7,10 @@
 //! a card remembers the last [`CheckedCertificates::CAPACITY`] certificates
 //! it accepted, keyed by the SHA-256 of the CA certificate and the whole
 //! certificate. A remembered certificate is still checked for its validity
-//! period at the card's current time and for the signer's name, and the
-//! peer's signature is always verified; only the CA's signature, which
-//! depends on nothing but those bytes, is not verified again.
+//! period at the card's current time ([`crate::certs::check_validity`]) and
+//! for the signer's name, and the peer's signature is always verified; only
+//! the CA's signature, which depends on nothing but those bytes, is not
+//! verified again.
 //!
 //! The verification against the CA (webpki) checks nothing else that could
 //! change with time: no revocation lists are used. A card powered up again
@@ -17,7 +18,7 @@
 
 use std::collections::VecDeque;
 
-use pki_types::UnixTime;
+use crate::certs::Validity;
 
 /// A certificate and the CA it was checked against: SHA-256 over the CA
 /// certificate's length, the CA certificate and the certificate.
@@ -28,9 +29,8 @@ pub struct Key([u8; 32]);
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
     key: Key,
-    /// The validity period, in seconds since the Unix epoch, inclusive.
-    not_before: u64,
-    not_after: u64,
+    /// Its validity period.
+    validity: Validity,
 }
 
 /// Certificates checked against a CA, most recently used first.
@@ -85,40 +85,25 @@ impl CheckedCertificates {
         Key(out)
     }
 
-    /// True if the certificate of `key` was checked before and is valid
-    /// at `now`; a hit becomes the most recently used.
-    pub fn contains(&mut self, key: &Key, now: UnixTime) -> bool {
-        let Some(i) = self.entries.iter().position(|e| e.key == *key) else {
-            return false;
-        };
-        let e = &self.entries[i];
-        let now = now.as_secs();
-        if now < e.not_before || now > e.not_after {
-            return false;
-        }
+    /// The validity of the certificate of `key`, if it was checked against
+    /// the CA before; the caller checks it at the card's time. A hit
+    /// becomes the most recently used.
+    pub fn lookup(&mut self, key: &Key) -> Option<Validity> {
+        let i = self.entries.iter().position(|e| e.key == *key)?;
         let e = self.entries.remove(i).expect("index found above");
+        let v = e.validity;
         self.entries.push_front(e);
-        true
+        Some(v)
     }
 
-    /// Remembers `cert` under `key`: the caller has just checked it
-    /// against the CA (webpki accepted it). The least recently used goes if
-    /// the list is full; a certificate whose validity cannot be read is not
-    /// remembered.
-    pub fn insert(&mut self, key: Key, cert: &[u8]) {
+    /// Remembers the certificate of `key`, of validity `validity`: the
+    /// caller has just checked it against the CA. The least recently used
+    /// goes if the list is full.
+    pub fn insert(&mut self, key: Key, validity: Validity) {
         if self.is_disabled() {
             return;
         }
-        let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) else {
-            return;
-        };
-        let v = parsed.validity();
-        let secs = |t: i64| u64::try_from(t).unwrap_or(0);
-        let e = Entry {
-            key,
-            not_before: secs(v.not_before.timestamp()),
-            not_after: secs(v.not_after.timestamp()),
-        };
+        let e = Entry { key, validity };
         self.entries.retain(|x| x.key != e.key);
         if self.entries.len() == self.capacity {
             self.entries.pop_back();
@@ -136,7 +121,10 @@ impl CheckedCertificates {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tenet_card::CardTime;
     use tenet_proto::{Domain, EntityId, Port};
+
+    use crate::certs::{check_validity, validity};
 
     fn certs(n: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
         use pki_types::pem::PemObject;
@@ -159,61 +147,74 @@ mod tests {
         (ca, certs)
     }
 
-    fn at(secs: u64) -> UnixTime {
-        UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs))
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
     }
 
-    /// 2026-11-27, inside the certificates' validity (1975 to 4096).
-    const NOW: u64 = 1_795_737_600;
-
     #[test]
-    fn remembers_a_certificate_for_its_ca_within_its_validity() {
+    fn remembers_a_certificate_for_its_ca_with_its_validity() {
         let (ca, c) = certs(1);
         let mut k = CheckedCertificates::default();
         let key = CheckedCertificates::key(&ca, &c[0]);
-        assert!(!k.contains(&key, at(NOW)));
-        k.insert(key, &c[0]);
-        assert!(k.contains(&key, at(NOW)));
-        // Before 1975 and after 4096 the certificate is not valid.
-        assert!(!k.contains(&key, at(0)));
-        assert!(!k.contains(&key, at(67_000_000_000 + 200_000_000)));
+        assert_eq!(k.lookup(&key), None);
+        let v = validity(&c[0]).unwrap();
+        k.insert(key, v);
+        assert_eq!(k.lookup(&key), Some(v));
+        // An entity certificate lives a year from a day before its issue.
+        let t = now();
+        assert!(
+            v.not_before.abs_diff(t - 86_400) < 60,
+            "{v:?} issued at {t}"
+        );
+        assert!(
+            v.not_after.abs_diff(t + 365 * 86_400) < 60,
+            "{v:?} issued at {t}"
+        );
+        // A remembered certificate is still checked at the card's time.
+        check_validity(v, CardTime::real(t), "e0").unwrap();
+        let err = check_validity(v, CardTime::real(v.not_after + 1), "e0").unwrap_err();
+        assert!(err.0.contains("expired"), "{err}");
         // The same certificate under another CA is another key.
         let (other_ca, _) = certs(0);
-        assert!(!k.contains(&CheckedCertificates::key(&other_ca, &c[0]), at(NOW)));
+        assert_eq!(k.lookup(&CheckedCertificates::key(&other_ca, &c[0])), None);
         // One byte changed is another key.
         let mut changed = c[0].clone();
         *changed.last_mut().unwrap() ^= 1;
-        assert!(!k.contains(&CheckedCertificates::key(&ca, &changed), at(NOW)));
+        assert_eq!(k.lookup(&CheckedCertificates::key(&ca, &changed)), None);
     }
 
     #[test]
     fn forgets_the_least_recently_used_and_can_remember_nothing() {
         let (ca, c) = certs(3);
         let key = |i: usize| CheckedCertificates::key(&ca, &c[i]);
+        let v = |i: usize| validity(&c[i]).unwrap();
         let mut k = CheckedCertificates::new(2);
-        k.insert(key(0), &c[0]);
-        k.insert(key(1), &c[1]);
-        assert!(k.contains(&key(0), at(NOW)), "0 is now the most recent");
-        k.insert(key(2), &c[2]);
+        k.insert(key(0), v(0));
+        k.insert(key(1), v(1));
+        assert!(k.lookup(&key(0)).is_some(), "0 is now the most recent");
+        k.insert(key(2), v(2));
         assert_eq!(k.len(), 2);
-        assert!(k.contains(&key(0), at(NOW)));
-        assert!(!k.contains(&key(1), at(NOW)), "1 was the least recent");
-        assert!(k.contains(&key(2), at(NOW)));
-        k.insert(key(2), &c[2]);
+        assert!(k.lookup(&key(0)).is_some());
+        assert!(k.lookup(&key(1)).is_none(), "1 was the least recent");
+        assert!(k.lookup(&key(2)).is_some());
+        k.insert(key(2), v(2));
         assert_eq!(k.len(), 2, "no duplicates");
 
         let mut none = CheckedCertificates::new(0);
-        none.insert(key(0), &c[0]);
-        assert!(none.is_empty() && !none.contains(&key(0), at(NOW)));
+        none.insert(key(0), v(0));
+        assert!(none.is_empty() && none.lookup(&key(0)).is_none());
     }
 
     #[test]
     fn a_remembered_certificate_must_still_name_the_signer() {
         let (_, c) = certs(2);
         let signer = EntityId::new(Domain::new([1; 12]), Port::new(0));
-        let err = crate::applet::verify_known(signer, &c[0], b"m", b"sig").unwrap_err();
+        let err = crate::certs::verify_known(signer, &c[0], b"m", b"sig").unwrap_err();
         assert!(err.0.contains("certificate for"), "{err}");
-        let err = crate::applet::verify_known(signer, &c[1], b"m", b"sig").unwrap_err();
+        let err = crate::certs::verify_known(signer, &c[1], b"m", b"sig").unwrap_err();
         assert!(err.0.contains("signature"), "{err}");
     }
 }

@@ -155,7 +155,7 @@ impl Crypto for KeyCrypto {
         msg: &[u8],
         sig: &[u8],
     ) -> Result<(), VerifyError> {
-        crate::applet::verify_with_ca(&self.ca, pki_types::UnixTime::now(), signer, cert, msg, sig)
+        crate::certs::verify_with_ca(&self.ca, pki_types::UnixTime::now(), signer, cert, msg, sig)
     }
 
     fn random(&mut self, out: &mut [u8]) {

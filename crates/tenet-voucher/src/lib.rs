@@ -7,6 +7,8 @@
 //!   quantity per class), balances, `h`.
 //! - [`msg`]: the exchange's messages `m1`-`m4`, recovery requests and
 //!   admissions, with their mtypes and signed bytes.
+//! - [`certs`]: the certificate checks of cards and the TTP (chain,
+//!   validity at the card's time, names, the pinned TTP).
 //! - [`crypto`]: the [`Crypto`](crypto::Crypto) interface (sign, verify
 //!   with certificate, randomness) and a deterministic test stand-in.
 //! - [`card`]: what a card does with each message ([`card::VoucherCard`]).
@@ -26,6 +28,7 @@
 
 pub mod applet;
 pub mod card;
+pub mod certs;
 pub mod checked;
 pub mod crypto;
 pub mod model;

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use tenet_card::{Card, CardLimits, MemStore, Personalization, SeededEntropy};
 use tenet_proto::apdu::{Command, Response, tenet};
-use tenet_proto::card::VerifyPin;
+use tenet_proto::card::{SetTime, VerifyPin};
 use tenet_proto::codec::Codec;
 use tenet_proto::notice::Refused;
 use tenet_proto::{Domain, EntityId, Message, Mtype, Port};
@@ -56,6 +56,8 @@ struct World {
     decisions: MemoryDecisions,
     net: VecDeque<Message>,
     to_wallets: Vec<Message>,
+    /// Every `refused` sent, to cards and wallets.
+    refused: Vec<Message>,
     _dir: tempfile::TempDir,
 }
 
@@ -88,6 +90,15 @@ fn deliver_to(c: &mut Card<MemStore>, m: &Message) -> Vec<Message> {
 
 impl World {
     fn new() -> Self {
+        Self::with_lifetimes(None, None)
+    }
+
+    /// Two cards whose certificates have the given lifetimes (default:
+    /// what `tenet card new` gives).
+    fn with_lifetimes(
+        a_life: Option<tenet_host::certs::Lifetime>,
+        b_life: Option<tenet_host::certs::Lifetime>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca");
         tenet_host::certs::ensure_ca(&ca, "test CA").unwrap();
@@ -100,7 +111,7 @@ impl World {
             use tenet_voucher::crypto::Crypto;
             ttp.certificate()
         };
-        let card = |b: u8| {
+        let card = |b: u8, life: Option<tenet_host::certs::Lifetime>| {
             let p = Personalization {
                 domain: dom(b),
                 pin: b"1234".to_vec(),
@@ -113,9 +124,12 @@ impl World {
                 Box::new(SeededEntropy::new(b.into())),
             )
             .unwrap();
-            let (cert, ca_der) =
-                tenet_host::certs::issue_entity(&ca, c.id(), &c.state().public_key.clone())
-                    .unwrap();
+            let key = c.state().public_key.clone();
+            let (cert, ca_der) = match life {
+                None => tenet_host::certs::issue_entity(&ca, c.id(), &key),
+                Some(l) => tenet_host::certs::issue_entity_with(&ca, c.id(), &key, l),
+            }
+            .unwrap();
             c.install_certificates(cert, ca_der).unwrap();
             c.provision(
                 tenet_voucher::applet::APPLET_ID,
@@ -144,8 +158,8 @@ impl World {
             deliver_to(&mut c, &v);
             c
         };
-        let a = card(A);
-        let b = card(B);
+        let a = card(A, a_life);
+        let b = card(B, b_life);
         let mut w = Self {
             a,
             b,
@@ -154,6 +168,7 @@ impl World {
             decisions: MemoryDecisions::default(),
             net: VecDeque::new(),
             to_wallets: Vec::new(),
+            refused: Vec::new(),
             _dir: dir,
         };
         w.send(Message::new(
@@ -172,11 +187,34 @@ impl World {
         w
     }
 
+    /// The card's host gives it the time `now`, as the smartcard proxy
+    /// does (`set-time` from the card's own id); returns the card's
+    /// answers (none unless it refused the time).
+    fn tell_time(&mut self, which: u8, now: u64) -> Vec<Message> {
+        let c = if which == A { &mut self.a } else { &mut self.b };
+        let id = c.id();
+        deliver_to(
+            c,
+            &Message::new(id, id, Mtype::SET_TIME, SetTime { now }.to_bytes()),
+        )
+    }
+
+    /// Every refusal sent (to cards and wallets), as text.
+    fn refusals(&self) -> Vec<String> {
+        self.refused
+            .iter()
+            .map(|m| Refused::decode(&m.param).unwrap().text)
+            .collect()
+    }
+
     fn send(&mut self, m: Message) {
         self.net.push_back(m);
     }
 
     fn step(&mut self, m: Message) {
+        if m.mtype() == Mtype::REFUSED {
+            self.refused.push(m.clone());
+        }
         let out = if m.dst() == self.a.id() {
             deliver_to(&mut self.a, &m)
         } else if m.dst() == self.b.id() {
@@ -504,4 +542,147 @@ fn queries_answer_from_the_state_and_store_nothing() {
     w.run();
     assert_eq!(w.balances(), [1, 2, 4, 1], "the second exchange completed");
     assert!(commits(&w.a) > 0);
+}
+
+// ------------------------------------------------------- certificate lifetimes
+
+const DAY: u64 = 86_400;
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A lifetime from `from` to `to` seconds relative to now.
+fn life(from: i64, to: i64) -> tenet_host::certs::Lifetime {
+    let at = |d: i64| {
+        let t = std::time::SystemTime::now();
+        if d < 0 {
+            t - std::time::Duration::from_secs(d.unsigned_abs())
+        } else {
+            t + std::time::Duration::from_secs(d as u64)
+        }
+    };
+    tenet_host::certs::Lifetime::between(at(from), at(to))
+}
+
+/// The agreement m2 is refused when the responder's certificate has expired
+/// at the initiator's time, and nothing is deleted on the initiator.
+#[test]
+fn an_expired_certificate_in_the_agreement_is_refused() {
+    // B's certificate ends in an hour. B's host says it is now; A's host
+    // says it is tomorrow.
+    let mut w = World::with_lifetimes(None, Some(life(-(DAY as i64), 3600)));
+    assert!(w.tell_time(A, now() + DAY).is_empty());
+    assert!(w.tell_time(B, now()).is_empty());
+    w.start_and_accept();
+    w.run();
+    let refusals = w.refusals();
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert!(
+        refusals[0].contains("agreement")
+            && refusals[0].contains(&format!("certificate for {} expired at", dom(B).owner())),
+        "{refusals:?}"
+    );
+    // A refused m2 and deleted nothing; B's v2 is held until its recovery.
+    assert_eq!(w.balances()[..2], [5, 0]);
+}
+
+/// The confirmation m3 is refused when the initiator's certificate has
+/// expired at the responder's time; the responder stores nothing.
+#[test]
+fn an_expired_certificate_in_the_confirmation_is_refused() {
+    let mut w = World::with_lifetimes(Some(life(-(DAY as i64), 3600)), None);
+    assert!(w.tell_time(A, now()).is_empty());
+    assert!(w.tell_time(B, now() + DAY).is_empty());
+    w.start_and_accept();
+    w.run();
+    let refusals = w.refusals();
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert!(
+        refusals[0].contains("confirmation")
+            && refusals[0].contains(&format!("certificate for {} expired at", dom(A).owner())),
+        "{refusals:?}"
+    );
+    assert_eq!(w.balances()[2], 0, "B stored no v1");
+}
+
+/// A certificate that is not valid yet at the card's time (from its host)
+/// is refused; a card without a host time yet does not refuse it, as its
+/// clock is only a lower bound of the real time.
+#[test]
+fn a_card_with_its_clock_set_refuses_a_not_yet_valid_certificate() {
+    // B's certificate is valid from tomorrow.
+    let mut w = World::with_lifetimes(None, Some(life(DAY as i64, 400 * DAY as i64)));
+    assert!(w.tell_time(A, now()).is_empty());
+    w.start_and_accept();
+    w.run();
+    let refusals = w.refusals();
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert!(
+        refusals[0].contains(&format!(
+            "certificate for {} is not valid before",
+            dom(B).owner()
+        )),
+        "{refusals:?}"
+    );
+    assert_eq!(w.balances()[..2], [5, 0], "A deleted nothing");
+
+    let mut w = World::with_lifetimes(None, Some(life(DAY as i64, 400 * DAY as i64)));
+    w.start_and_accept();
+    w.run();
+    assert_eq!(
+        w.balances(),
+        [3, 1, 2, 2],
+        "no host time: only expiry is checked"
+    );
+}
+
+/// A card does not start an exchange with its own certificate expired (its
+/// peer would refuse m2 or m3): the wallet is told to renew it.
+#[test]
+fn a_card_whose_own_certificate_expired_starts_no_exchange() {
+    let mut w = World::with_lifetimes(Some(life(-(DAY as i64), 3600)), None);
+    assert!(w.tell_time(A, now() + DAY).is_empty());
+    w.send(Message::new(
+        wallet(A),
+        dom(A).owner(),
+        msg::START_EXCHANGE,
+        StartExchange {
+            responder: dom(B).owner(),
+            peer_wallet: wallet(B),
+            give: coffee(2),
+            want: ticket(1),
+        }
+        .to_bytes(),
+    ));
+    w.run();
+    let refusals = w.refusals();
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert!(
+        refusals[0].contains("certificate of this card expired")
+            && refusals[0].contains("tenet card recertify"),
+        "{refusals:?}"
+    );
+}
+
+/// A remembered certificate is checked at the card's time too: after one
+/// exchange, B's certificate expires on A's clock and the next m2 is
+/// refused although A no longer checks it against the CA.
+#[test]
+fn a_remembered_certificate_expires_too() {
+    let mut w = World::with_lifetimes(None, Some(life(-(DAY as i64), 3600)));
+    assert!(w.tell_time(A, now()).is_empty());
+    w.start_and_accept();
+    w.run();
+    assert_eq!(w.balances(), [3, 1, 2, 2]);
+    assert!(w.tell_time(A, now() + DAY).is_empty());
+    w.start_and_accept();
+    w.run();
+    let refusals = w.refusals();
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert!(refusals[0].contains("expired at"), "{refusals:?}");
+    assert_eq!(w.balances()[..2], [3, 1], "A deleted nothing");
 }
