@@ -172,7 +172,9 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "[host]\nsocket = {}\nstate_dir = {}\n{extra}",
+                "[host]\nsocket = {}\nstate_dir = {}\n\
+                 # thousands of apps of one user, connected as fast as they can\n\
+                 acquire_burst = 1000000\nacquire_rate = 1000000\n{extra}",
                 toml_str(&socket),
                 toml_str(&dir.join(format!("{name}-state")))
             ),

@@ -450,3 +450,87 @@ fn the_daemon_makes_its_socket_folder_owner_only_or_for_its_group() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Acquiring an id writes the card's store or the state directory, so each
+/// local user (the uid the app socket reports) gets so many, over all its
+/// connections; another user is not held up.
+#[test]
+fn id_acquisitions_are_limited_per_local_user_not_per_connection() {
+    use std::os::unix::fs::PermissionsExt;
+    let base = tempfile::tempdir().unwrap();
+    // Another user must reach the socket and the binary.
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = base.path().join("tenet");
+    std::fs::copy(TENET, &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = base.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::os::unix::fs::chown(&run, None, Some(54321))
+        .expect("the test command runs as root, which may give a folder to a group");
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o2750)).unwrap();
+    let socket = run.join("host.sock");
+    let state = tempfile::tempdir().unwrap();
+    let config = state.path().join("host.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[host]\nsocket = {socket:?}\nstate_dir = {:?}\nsocket_mode = \"0660\"\n\
+             domain = \"00112233445566778899aabb\"\nacquire_burst = 2\nacquire_rate = 0.001\n",
+            state.path().join("state")
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(&exe)
+        .args(["host", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !socket.exists() {
+        assert!(start.elapsed() < Duration::from_secs(10), "no socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ping = |user: Option<&str>| {
+        let mut c = match user {
+            Some(uid) => {
+                let mut c = Command::new("setpriv");
+                c.args([&format!("--reuid={uid}"), "--regid=54321", "--clear-groups"])
+                    .arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        c.arg("--socket")
+            .arg(&socket)
+            .args(["ping", "-c", "1", "00112233445566778899aabb:0"])
+            .output()
+            .unwrap()
+    };
+    // Two connections of this user, one id each, then no more.
+    for _ in 0..2 {
+        let out = ping(None);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = ping(None);
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("acquires ids too fast") && e.contains("host.acquire_rate"),
+        "{e}"
+    );
+    // Another user still gets its ids.
+    let out = ping(Some("12345"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -9,6 +9,7 @@
 //!
 //! - [`table`]: storage until read, routing, bounds, fair service of
 //!   senders, time to live, undeliverable notices.
+//! - [`bucket`]: a token bucket (rate limits).
 //! - [`budget`]: bounds in messages and in bytes, and a sender's share of
 //!   them; the table, the tap queues, link windows and the NATS path count
 //!   what they hold with it.
@@ -21,12 +22,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bucket;
 pub mod budget;
 pub mod guard;
 pub mod reliable;
 pub mod rules;
 pub mod table;
 
+pub use bucket::{KeyedBuckets, TokenBucket};
 pub use budget::{Budget, Share, Unit, Usage};
 pub use guard::{Dropped, Guard, GuardChain, GuardContext, Ingress, RemoteIngressGuard, Verdict};
 pub use rules::{RuleError, RuleGuard, RuleSpec};

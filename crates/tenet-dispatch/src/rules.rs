@@ -16,6 +16,7 @@
 //! burst = 20                  # bucket size (rate-limit only)
 //! ```
 
+use crate::bucket::TokenBucket;
 use std::time::Instant;
 
 use serde::Deserialize;
@@ -86,8 +87,8 @@ pub struct Rule {
     ingress: Option<Ingress>,
     filter: Filter,
     action: Action,
-    tokens: f64,
-    last: Option<Instant>,
+    /// The rate limit's bucket (`rate-limit` only).
+    bucket: Option<TokenBucket>,
 }
 
 impl Rule {
@@ -162,17 +163,16 @@ impl Rule {
                 "rate and burst belong to action = \"rate-limit\"".into(),
             ));
         }
-        let tokens = match action {
-            Action::RateLimit { burst, .. } => burst,
-            _ => 0.0,
+        let bucket = match action {
+            Action::RateLimit { rate, burst } => Some(TokenBucket::new(rate, burst)),
+            _ => None,
         };
         Ok(Self {
             name,
             ingress,
             filter,
             action,
-            tokens,
-            last: None,
+            bucket,
         })
     }
 
@@ -181,21 +181,9 @@ impl Rule {
     }
 
     fn take_token(&mut self, now: Instant) -> bool {
-        let Action::RateLimit { rate, burst } = self.action else {
-            return true;
-        };
-        if let Some(last) = self.last {
-            let dt = now.saturating_duration_since(last).as_secs_f64();
-            self.tokens = (self.tokens + dt * rate).min(burst);
-        }
-        self.last = Some(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.bucket.as_mut().is_none_or(|b| b.take(now).is_ok())
     }
+
 }
 
 /// The guard made of the config's rules.

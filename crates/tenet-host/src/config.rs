@@ -186,12 +186,16 @@ impl TryFrom<RemoteToml> for RemoteSection {
 }
 
 /// `[remote.nats]`: hosts reach each other through NATS subjects derived
-/// from their domains, with no routing table (see `docs/remote.md`).
+/// from their domains, with no routing table (see `docs/remote.md`). The
+/// server's per-user permissions decide who may send as and receive for a
+/// domain (`docs/nats-server.example.conf`); this host authenticates with
+/// one of `user` and `password`, `token`, `creds` or `nkey_seed_file`, and
+/// optionally its TLS client certificate.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSection {
-    /// Server URL(s), e.g. `"nats://127.0.0.1:4222"`; comma-separated for a
-    /// cluster.
+    /// Server URL(s), e.g. `"nats://127.0.0.1:4222"` or
+    /// `"tls://nats.example:4222"`; comma-separated for a cluster.
     pub url: String,
     /// User name (with `password`).
     pub user: Option<String>,
@@ -199,8 +203,30 @@ pub struct NatsSection {
     pub password: Option<String>,
     /// Token, instead of user and password.
     pub token: Option<String>,
-    /// Subject prefix; default `"tenet"` (subjects are `PREFIX.d.DOMAINHEX`).
+    /// A `.creds` file (user JWT and NKey seed, as `nsc` writes it), for a
+    /// server in operator mode.
+    pub creds: Option<PathBuf>,
+    /// A file holding this host's user NKey seed (`SU...`), for a server
+    /// whose user entry names the matching public key.
+    pub nkey_seed_file: Option<PathBuf>,
+    /// CA certificate(s) the server's certificate must chain to (PEM).
+    /// Given, only these are trusted; otherwise the system's roots.
+    pub tls_ca: Option<PathBuf>,
+    /// This host's TLS client certificate (PEM), for a server that verifies
+    /// clients (with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// The key of `tls_cert` (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Refuse a server that does not speak TLS; default `false` (a
+    /// `tls://` URL requires TLS anyway).
+    pub tls_required: Option<bool>,
+    /// Subject prefix; default `"tenet"` (subjects are
+    /// `PREFIX.d.DSTDOMAIN.s.SRCDOMAIN`, inboxes `PREFIX.i.HOSTDOMAIN`).
     pub prefix: Option<String>,
+    /// A queue group for this host's subscriptions: hosts serving the same
+    /// domains in one group (TTP replicas) each get a share of its traffic
+    /// instead of every one a copy.
+    pub queue: Option<String>,
 }
 
 /// One `[[remote.peers]]` entry: a host this one dials and keeps a link to.
@@ -275,6 +301,13 @@ pub struct HostSection {
     pub domain: Option<String>,
     /// Whether apps may tap traffic; default `true`.
     pub allow_taps: Option<bool>,
+    /// Ids one local user (by the uid the app socket reports) may acquire
+    /// per second, over all its connections; default 16. Each acquisition
+    /// writes the card's store (its EEPROM) or the state directory.
+    pub acquire_rate: Option<f64>,
+    /// Ids one local user may acquire at once before the rate applies;
+    /// default 256.
+    pub acquire_burst: Option<u32>,
 }
 
 /// `[dispatch]`: the dispatch table's bounds.
@@ -348,6 +381,7 @@ impl Config {
     /// Checks every value that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.socket_mode()?;
+        self.acquire_limit()?;
         self.domain()?;
         self.limits()?;
         RuleGuard::from_specs(&self.guard.rules)?;
@@ -397,19 +431,41 @@ impl Config {
                     detail: "user and password go together".into(),
                 });
             }
-            if n.token.is_some() && n.user.is_some() {
+            let ways = [
+                n.user.is_some(),
+                n.token.is_some(),
+                n.creds.is_some(),
+                n.nkey_seed_file.is_some(),
+            ];
+            if ways.into_iter().filter(|w| *w).count() > 1 {
                 return Err(ConfigError::Value {
                     key: "remote.nats",
-                    detail: "use either a token or user and password".into(),
+                    detail: "use one of user and password, token, creds or nkey_seed_file".into(),
                 });
             }
-            if n.prefix
-                .as_deref()
-                .is_some_and(|p| p.is_empty() || p.contains(['*', '>', ' ']))
-            {
+            if n.tls_cert.is_some() != n.tls_key.is_some() {
+                return Err(ConfigError::Value {
+                    key: "remote.nats",
+                    detail: "tls_cert and tls_key go together".into(),
+                });
+            }
+            if n.queue.as_deref().is_some_and(|q| {
+                q.is_empty() || q.contains(['*', '>']) || q.contains(char::is_whitespace)
+            }) {
+                return Err(ConfigError::Value {
+                    key: "remote.nats.queue",
+                    detail: "must be a non-empty name without wildcards or spaces".into(),
+                });
+            }
+            if n.prefix.as_deref().is_some_and(|p| {
+                p.split('.').any(str::is_empty)
+                    || p.contains(['*', '>'])
+                    || p.contains(char::is_whitespace)
+            }) {
                 return Err(ConfigError::Value {
                     key: "remote.nats.prefix",
-                    detail: "must be a non-empty subject without wildcards or spaces".into(),
+                    detail: "must be a subject of non-empty tokens without wildcards or spaces"
+                        .into(),
                 });
             }
         }
@@ -663,6 +719,25 @@ impl Config {
     pub fn allow_taps(&self) -> bool {
         self.host.allow_taps.unwrap_or(true)
     }
+
+    /// Ids one local user may acquire: (per second, at once).
+    pub fn acquire_limit(&self) -> Result<(f64, u32), ConfigError> {
+        let rate = self.host.acquire_rate.unwrap_or(16.0);
+        if !(rate.is_finite() && rate > 0.0 && rate <= 1e6) {
+            return Err(ConfigError::Value {
+                key: "host.acquire_rate",
+                detail: format!("{rate} is not a rate between 0 (excluded) and 1000000 per second"),
+            });
+        }
+        let burst = self.host.acquire_burst.unwrap_or(256);
+        if burst == 0 {
+            return Err(ConfigError::Value {
+                key: "host.acquire_burst",
+                detail: "0 would let no app acquire an id".into(),
+            });
+        }
+        Ok((rate, burst))
+    }
 }
 
 /// `[dispatch]` bounds that fit together: a destination's bounds within the
@@ -819,6 +894,46 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn nats_credentials_and_tls_are_checked() {
+        let ok = parse(
+            "[remote.nats]\nurl = \"tls://n:4222\"\nnkey_seed_file = \"host.nk\"\n\
+             tls_ca = \"ca.pem\"\ntls_cert = \"h.pem\"\ntls_key = \"h.key\"\n\
+             tls_required = true\nqueue = \"ttp\"",
+        )
+        .unwrap();
+        let n = ok.remote.nats.unwrap();
+        assert_eq!(
+            (
+                n.nkey_seed_file.unwrap(),
+                n.tls_required,
+                n.queue.as_deref()
+            ),
+            (PathBuf::from("host.nk"), Some(true), Some("ttp"))
+        );
+        let url = "[remote.nats]\nurl = \"nats://n\"\n";
+        let cases = [
+            (
+                "user = \"u\"\npassword = \"p\"\ncreds = \"c\"",
+                "remote.nats",
+            ),
+            ("token = \"t\"\nnkey_seed_file = \"k\"", "remote.nats"),
+            ("creds = \"c\"\nnkey_seed_file = \"k\"", "remote.nats"),
+            ("tls_cert = \"h.pem\"", "remote.nats"),
+            ("tls_key = \"h.key\"", "remote.nats"),
+            ("queue = \"\"", "remote.nats.queue"),
+            ("queue = \"a b\"", "remote.nats.queue"),
+            ("prefix = \"a..b\"", "remote.nats.prefix"),
+            ("prefix = \"a.*\"", "remote.nats.prefix"),
+        ];
+        for (text, key) in cases {
+            match parse(&format!("{url}{text}")) {
+                Err(ConfigError::Value { key: k, .. }) => assert_eq!(k, key, "{text}"),
+                other => panic!("{text}: expected a value error, got {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -93,6 +93,18 @@ async fn open_card(config: &Config) -> Result<Option<(CardSession, CardInfo)>, H
             let mut card = Card::open(store, limits, Box::new(SystemEntropy)).map_err(|e| {
                 HostError::Card(format!("{}: {}", path.display(), crate::chain(&e)))
             })?;
+            if let Some(t) = ttp {
+                // The host may only name the TTP the card was personalized
+                // for: a host owner cannot swap it.
+                let data = card
+                    .state()
+                    .applets
+                    .get(&tenet_voucher::applet::APPLET_ID)
+                    .map(Vec::as_slice);
+                tenet_voucher::applet::VoucherApplet::check_ttp(data, t).map_err(|e| {
+                    HostError::Card(format!("{}: [card] ttp = \"{t}\": {e}", path.display()))
+                })?;
+            }
             card.install(Box::new(tenet_voucher::applet::VoucherApplet::new(ttp)));
             let mut session = CardSession::new(Box::new(InProcessLink::new(card)), short);
             let info = session
@@ -148,6 +160,8 @@ impl Out {
 
 struct Conn {
     ep: EndpointId,
+    /// The local user at the other end, as the socket reports it.
+    uid: Option<u32>,
     stream: UnixStream,
     out: Mutex<Out>,
     kick: Notify,
@@ -181,12 +195,8 @@ pub(crate) struct Shared {
     ttp: Option<std::sync::mpsc::SyncSender<Message>>,
     /// Recovery requests refused because the TTP's queue was full.
     pub(crate) ttp_busy: std::sync::atomic::AtomicU64,
-}
-
-impl Shared {
-    pub(crate) fn remote_stats(&self) -> Option<&crate::remote::RemoteStats> {
-        self.remote.as_ref().map(|r| &r.stats)
-    }
+    /// Ids acquired, limited per local user (uid), not per connection.
+    acquires: Mutex<tenet_dispatch::KeyedBuckets<u32>>,
 }
 
 /// The host's card, as the daemon sees it.
@@ -248,6 +258,11 @@ impl HostHandle {
         self.shared.remote.as_ref().map(|r| r.stats.snapshot())
     }
 
+    /// Counters of the NATS link, if `[remote.nats]` is configured.
+    pub fn nats_stats(&self) -> Option<crate::nats::NatsCounters> {
+        self.shared.nats.as_ref().map(|n| n.stats.snapshot())
+    }
+
     /// Remote routes: domain -> (peer, link up).
     pub fn remote_routes(&self) -> std::collections::HashMap<Domain, (String, bool)> {
         self.shared
@@ -265,6 +280,14 @@ impl HostHandle {
     /// Messages waiting in the dispatch table now (notices included).
     pub fn queued(&self) -> usize {
         lock(&self.shared.table).len()
+    }
+
+    /// What the dispatch table holds now, in messages and bytes (messages
+    /// waiting and tap copies): what `dispatch.total` and
+    /// `dispatch.total_bytes` bound. The most bytes it ever held is in
+    /// [`stats`](Self::stats) (`peak_bytes`).
+    pub fn held(&self) -> tenet_dispatch::Usage {
+        lock(&self.shared.table).held()
     }
 
     /// Recovery requests refused with "the TTP is busy": their domain
@@ -377,6 +400,7 @@ pub async fn start(config: &Config) -> Result<HostHandle, HostError> {
         Arc::new(crate::nats::Nats {
             ep,
             wake: tokio::sync::Notify::new(),
+            stats: Default::default(),
         })
     });
     let (proxy_tx, proxy_rx) = std::sync::mpsc::channel();
@@ -407,6 +431,10 @@ pub async fn start(config: &Config) -> Result<HostHandle, HostError> {
         nats,
         ttp: ttp_tx,
         ttp_busy: Default::default(),
+        acquires: Mutex::new({
+            let (rate, burst) = config.acquire_limit()?;
+            tenet_dispatch::KeyedBuckets::new(rate, f64::from(burst))
+        }),
     });
     if let (Some((crypto, store)), Some(rx)) = (ttp_parts, ttp_rx) {
         let (sh, me) = (shared.clone(), domain.owner());
@@ -508,8 +536,10 @@ async fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let ep = lock(&shared.table).add_endpoint();
+                    let uid = stream.peer_cred().ok().map(|c| c.uid());
                     let conn = Arc::new(Conn {
                         ep,
+                        uid,
                         stream,
                         out: Mutex::new(Out::default()),
                         kick: Notify::new(),
@@ -917,6 +947,27 @@ async fn acquire(shared: &Shared, conn: &Conn, session: &mut Session) {
             conn,
             ErrorCode::ALREADY_ACQUIRED,
             format!("this connection already holds {id}"),
+        );
+    }
+    // Each id writes the card's store or the state directory: a local user
+    // gets so many, over all its connections. A socket that reports no
+    // user shares one bucket (uid u32::MAX).
+    let uid = conn.uid.unwrap_or(u32::MAX);
+    let limited = {
+        let mut a = lock(&shared.acquires);
+        a.take(&uid, Instant::now())
+            .map_err(|wait| (wait, a.rate(), a.burst()))
+    };
+    if let Err((wait, rate, burst)) = limited {
+        warn!(uid, "id acquisitions beyond the user's rate refused");
+        return error(
+            conn,
+            ErrorCode::LIMIT,
+            format!(
+                "uid {uid} acquires ids too fast (at most {burst} at once, then {rate} per second: \
+                 host.acquire_burst, host.acquire_rate); retry in {:.1} s",
+                wait.as_secs_f64()
+            ),
         );
     }
     let id = match &shared.card {
