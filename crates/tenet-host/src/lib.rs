@@ -19,8 +19,8 @@
 //!   acceptor app (option 2a).
 //! - [`ttp`]: the TTP service: the host entity decides recovery requests,
 //!   kept in SQLite.
-//! - `nats`: the NATS transport: subjects derived from domains, no routing
-//!   table.
+//! - [`nats`]: the NATS transport: subjects derived from domains, no routing
+//!   table; origin bound to the subject.
 
 #![warn(missing_docs)]
 
@@ -28,7 +28,7 @@ pub mod certs;
 pub mod config;
 pub mod entity;
 pub mod link;
-mod nats;
+pub mod nats;
 pub mod offers;
 mod proxy;
 pub mod remote;

@@ -37,11 +37,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tenet_dispatch::reliable::{Inbound, PeerLink};
-use tenet_dispatch::{EndpointId, Ingress, StoreError};
+use tenet_dispatch::{DispatchTable, EndpointId, Ingress, StoreError};
 use tenet_proto::frame::{begin_frame, finish_frame, split_frame};
 use tenet_proto::link::{LinkFrame, MAX_LINK_FRAME};
 use tenet_proto::notice::UndeliverableReason;
-use tenet_proto::{Codec, Domain, EntityId, Filter};
+use tenet_proto::{Codec, Domain, EntityId, Filter, Message};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -75,6 +75,55 @@ pub struct RemoteStats {
     pub received: AtomicU64,
     /// Links that came up (hello accepted), reconnects included.
     pub links_up: AtomicU64,
+}
+
+/// Why remote ingress refused a message from another host.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum IngressRefusal {
+    /// Its src is in no domain its sender may send from: a forgery.
+    #[error("src {0} is not in a domain of the sending host")]
+    Forged(EntityId),
+    /// Its src claims one of this host's own domains: a forgery.
+    #[error("src {0} claims a domain of this host")]
+    OwnDomain(EntityId),
+    /// The guard chain dropped it (first the default remote-ingress guard).
+    #[error("{0}")]
+    Guard(String),
+    /// The table could not take it; its sender was told `undeliverable`.
+    #[error("{0}")]
+    NotStored(String),
+}
+
+/// Remote ingress, the one path of every transport: a message from another
+/// host whose origin the transport established as `from` (the domains the
+/// TLS link's certificate names; over NATS, the sender domain of the
+/// subject the message came on) is stored only if its src is in one of
+/// those domains, is not in one of this host's own domains, and passes the
+/// guard chain, beginning with the default remote-ingress guard (no src in
+/// a local card's domain, no privileged mtype to a local card). No I/O,
+/// time passed in; the caller counts the outcome and runs the table's
+/// events.
+pub(crate) fn remote_ingress(
+    t: &mut DispatchTable,
+    from: &[Domain],
+    m: Message,
+    now: Instant,
+) -> Result<(), IngressRefusal> {
+    let src = m.src();
+    if !from.contains(&src.domain()) {
+        return Err(IngressRefusal::Forged(src));
+    }
+    if t.is_local_domain(src.domain()) {
+        return Err(IngressRefusal::OwnDomain(src));
+    }
+    match t.store(Ingress::Remote, m.clone(), now) {
+        Ok(_) => Ok(()),
+        Err(StoreError::Guard(d)) => Err(IngressRefusal::Guard(d.to_string())),
+        Err(e) => {
+            t.undeliverable(&m, UndeliverableReason::QUEUE_FULL, now);
+            Err(IngressRefusal::NotStored(e.to_string()))
+        }
+    }
 }
 
 /// A byte stream to a peer host: the one interface the link code needs from
@@ -905,8 +954,12 @@ async fn read_loop<R: AsyncRead + Unpin>(
         let mut stored = Vec::new();
         let mut outcome: Option<String> = None;
         let reopened;
+        let authorized;
         {
             let mut i = lock(&peer.inner);
+            // This link's certificate decides (a newer link replaces this
+            // one, and this loop with it).
+            authorized = i.authorized.clone();
             let was_full = !i.link.has_room();
             for f in frames {
                 match f {
@@ -930,11 +983,6 @@ async fn read_loop<R: AsyncRead + Unpin>(
                                     continue;
                                 }
                                 i.tokens -= 1.0;
-                                if !i.authorized.contains(&message.src().domain()) {
-                                    remote.stats.forged_dropped.fetch_add(1, Ordering::Relaxed);
-                                    warn!(peer = %peer.label, src = %message.src(), "message with a src the peer does not serve dropped");
-                                    continue;
-                                }
                                 stored.push(message);
                             }
                         }
@@ -956,16 +1004,20 @@ async fn read_loop<R: AsyncRead + Unpin>(
             let events = {
                 let mut t = lock(&shared.table);
                 for m in stored {
-                    match t.store(Ingress::Remote, m.clone(), Instant::now()) {
-                        Ok(_) => {
+                    let src = m.src();
+                    match remote_ingress(&mut t, &authorized, m, Instant::now()) {
+                        Ok(()) => {
                             remote.stats.received.fetch_add(1, Ordering::Relaxed);
                         }
-                        Err(StoreError::Guard(_)) => {
+                        Err(e @ (IngressRefusal::Forged(_) | IngressRefusal::OwnDomain(_))) => {
+                            remote.stats.forged_dropped.fetch_add(1, Ordering::Relaxed);
+                            warn!(peer = %peer.label, %src, reason = %e, "message with a src the peer does not serve dropped");
+                        }
+                        Err(IngressRefusal::Guard(_)) => {
                             remote.stats.guard_dropped.fetch_add(1, Ordering::Relaxed);
                         }
-                        Err(e) => {
+                        Err(e @ IngressRefusal::NotStored(_)) => {
                             debug!(peer = %peer.label, error = %e, "remote message not stored");
-                            t.undeliverable(&m, UndeliverableReason::QUEUE_FULL, Instant::now());
                         }
                     }
                 }
@@ -1028,4 +1080,50 @@ pub(crate) fn routes(remote: &Remote) -> HashMap<Domain, (String, bool)> {
         .into_iter()
         .map(|(d, l, up)| (d, (l, up)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use tenet_dispatch::Limits;
+    use tenet_proto::{Mtype, Port};
+
+    use super::*;
+
+    /// The checks of remote ingress, in order, the same for TLS and NATS.
+    #[test]
+    fn remote_ingress_checks_origin_own_domains_then_the_guard() {
+        let (me, card, peer, other) = (
+            Domain::new([0xa1; 12]),
+            Domain::new([0x4b; 12]),
+            Domain::new([0xb2; 12]),
+            Domain::new([0xc3; 12]),
+        );
+        let mut t = DispatchTable::new(me.owner(), Limits::default());
+        t.add_card(card, [Mtype::CHANGE_PIN]);
+        let ep = t.add_endpoint();
+        t.subscribe(ep, Filter::to_domain(card)).unwrap();
+        let now = Instant::now();
+        let from = |d: Domain| EntityId::new(d, Port::new(1));
+        let m = |src, mtype| Message::new(src, card.owner(), mtype, vec![]);
+        let mut ingress = |src, mtype| remote_ingress(&mut t, &[peer], m(src, mtype), now);
+        assert_eq!(
+            ingress(from(other), Mtype::ECHO_REQUEST),
+            Err(IngressRefusal::Forged(from(other)))
+        );
+        assert_eq!(
+            ingress(from(me), Mtype::ECHO_REQUEST),
+            Err(IngressRefusal::Forged(from(me)))
+        );
+        assert!(matches!(
+            ingress(from(peer), Mtype::CHANGE_PIN),
+            Err(IngressRefusal::Guard(why)) if why.contains("privileged")
+        ));
+        assert_eq!(ingress(from(peer), Mtype::ECHO_REQUEST), Ok(()));
+        // A sender authorized for a domain of this host still cannot use it.
+        assert_eq!(
+            remote_ingress(&mut t, &[card], m(from(card), Mtype::ECHO_REQUEST), now),
+            Err(IngressRefusal::OwnDomain(from(card)))
+        );
+        assert_eq!(t.len(), 1, "only the honest message was stored");
+    }
 }
