@@ -22,7 +22,7 @@ use tenet_proto::frame::{begin_frame, finish_frame, split_frame};
 use tenet_proto::link::{LinkFrame, MAX_LINK_FRAME};
 use tenet_proto::notice::Refused;
 use tenet_proto::{Codec, Domain, EntityId, Filter, MAX_MESSAGE_LEN, Message, Mtype, Port};
-use tenet_voucher::applet::APPLET_ID;
+use tenet_voucher::applet::{APPLET_ID, initial_data};
 use tenet_voucher::card::{BALANCE_REQUEST, EXCHANGES_REQUEST, MINT, SET_ACCEPTOR, VoucherCard};
 use tenet_voucher::model::{Amount, VoucherClass};
 use tenet_voucher::msg::{self, Agreement, ExchangeId, Kind, Offer, RecoveryRequest};
@@ -105,6 +105,9 @@ fn make_card(dir: &Path, d: Domain, ca: Option<&Path>) -> PathBuf {
     if let Some(ca) = ca {
         let (cert, ca_der) = issue_entity(ca, c.id(), &c.state().public_key.clone()).unwrap();
         c.install_certificates(cert, ca_der).unwrap();
+        // Personalized for the TTP 0x77…:0, which `voucher_host` names.
+        c.provision(APPLET_ID, initial_data(dom(0x77).owner(), None))
+            .unwrap();
     }
     path
 }
@@ -1457,4 +1460,81 @@ async fn tls_clients_without_a_certificate_from_the_ca_are_refused() {
         .expect("the honest link is up");
     ha.shutdown().await;
     hb.shutdown().await;
+}
+
+/// The owner of a host with a card cannot swap the TTP the card was
+/// personalized for: `[card] ttp` naming another TTP, or naming one for a
+/// card personalized without a TTP, stops the daemon at startup with a
+/// clear error. Naming the card's own TTP is a check that passes.
+#[tokio::test]
+async fn a_host_config_that_swaps_the_cards_ttp_fails_to_start() {
+    let (ttp, rogue) = (dom(0x77).owner(), dom(0x66).owner());
+    let refused = |cfg: Config| async move {
+        match tenet_host::start(&cfg).await {
+            Ok(h) => {
+                h.shutdown().await;
+                panic!("the daemon started with [card] ttp = {:?}", cfg.card.ttp)
+            }
+            Err(e) => e.to_string(),
+        }
+    };
+
+    // Personalized for 0x77…:0; the host names 0x66…:0.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    ensure_ca(&ca, "test CA").unwrap();
+    let (mut cfg, card) = voucher_host(dir.path(), &ca, dom(0xa1), dom(0xca));
+    cfg.card.ttp = Some(rogue.to_string());
+    let err = refused(cfg.clone()).await;
+    assert!(
+        err.contains(&format!(
+            "[card] ttp = \"{rogue}\": the card was personalized for TTP {ttp}; the host may not swap it for {rogue}"
+        )) && err.contains(&card.display().to_string()),
+        "{err}"
+    );
+    // Its own TTP: a check that passes.
+    cfg.card.ttp = Some(ttp.to_string());
+    tenet_host::start(&cfg).await.unwrap().shutdown().await;
+
+    // Personalized with the TTP's certificate pinned: the host must name
+    // the TTP that certificate names.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    ensure_ca(&ca, "test CA").unwrap();
+    let path = make_card(dir.path(), dom(0xcb), Some(&ca));
+    let rogue_cert = issue_entity_key(&ca, "rogue", rogue).unwrap();
+    let rogue_cert = CertificateDer::from_pem_file(&rogue_cert.cert)
+        .unwrap()
+        .to_vec();
+    {
+        let mut c = Card::open(
+            FileStore::open(&path).unwrap(),
+            Default::default(),
+            Box::new(SystemEntropy),
+        )
+        .unwrap();
+        c.provision(APPLET_ID, initial_data(ttp, Some(rogue_cert)))
+            .unwrap();
+    }
+    let mut cfg = config(dir.path(), "p", dom(0xa2));
+    cfg.card.virtual_store = Some(path);
+    cfg.card.ttp = Some(ttp.to_string());
+    let err = refused(cfg).await;
+    assert!(
+        err.contains(&format!(
+            "the TTP certificate pinned on the card does not name {ttp}"
+        )),
+        "{err}"
+    );
+
+    // Personalized without a TTP: the host may not choose one.
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut cfg) = host_with_card(dir.path());
+    cfg.card.ttp = Some(rogue.to_string());
+    let err = refused(cfg).await;
+    assert!(
+        err.contains("the card has no TTP installed, so the host may not choose one")
+            && err.contains("--ttp-cert"),
+        "{err}"
+    );
 }

@@ -12,6 +12,7 @@ use tenet_host::certs::{ensure_ca, issue_entity, issue_entity_key, issue_host};
 use tenet_host::config::{PeerSection, TtpSection};
 use tenet_host::{Config, HostHandle};
 use tenet_proto::{Domain, EntityId};
+use tenet_voucher::applet::{APPLET_ID, initial_data};
 use tenet_voucher::card::{ExchangeSummary, Phase};
 use tenet_voucher::model::{Amount, VoucherClass};
 use tenet_voucher::msg;
@@ -51,6 +52,9 @@ fn card(dir: &Path, ca: &Path, d: Domain) -> std::path::PathBuf {
     .unwrap();
     let (cert, ca_der) = issue_entity(ca, c.id(), &c.state().public_key.clone()).unwrap();
     c.install_certificates(cert, ca_der).unwrap();
+    // Personalized for the TTP 0x77…:0, which the hosts' `[card] ttp` names.
+    c.provision(APPLET_ID, initial_data(dom(0x77).owner(), None))
+        .unwrap();
     path
 }
 

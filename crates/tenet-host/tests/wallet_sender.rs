@@ -14,6 +14,7 @@ use tenet_host::certs::{ensure_ca, issue_entity};
 use tenet_host::{Config, HostHandle};
 use tenet_proto::notice::{Refused, Undeliverable, UndeliverableReason};
 use tenet_proto::{Codec, Domain, Mtype};
+use tenet_voucher::applet::{APPLET_ID, initial_data};
 use tenet_voucher::card::{
     BALANCE_REQUEST, BALANCES, EXCHANGES, EXCHANGES_REQUEST, Phase, encode_balances,
 };
@@ -55,6 +56,9 @@ fn make_card(dir: &Path, ca: &Path, d: Domain) -> PathBuf {
     .unwrap();
     let (cert, ca_der) = issue_entity(ca, c.id(), &c.state().public_key.clone()).unwrap();
     c.install_certificates(cert, ca_der).unwrap();
+    // Personalized for the TTP 0x77…:0, which the host's `[card] ttp` names.
+    c.provision(APPLET_ID, initial_data(dom(0x77).owner(), None))
+        .unwrap();
     path
 }
 
