@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use tenet_card::{Card, CardLimits, FileStore, Personalization, SystemEntropy};
-use tenet_proto::Domain;
+use tenet_proto::{Codec, Domain};
 
 /// Card subcommands.
 #[derive(Subcommand)]
@@ -33,15 +33,35 @@ pub enum CardCmd {
         /// key, and the card stores its certificate and the CA's.
         #[arg(long, value_name = "DIR")]
         ca: Option<PathBuf>,
+        /// Days the card's certificate is valid (with --ca).
+        #[arg(long, value_name = "N", default_value_t = tenet_host::certs::CARD_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..=36_500), requires = "ca")]
+        days: u32,
         /// The TTP the card's voucher applet trusts (its host entity,
-        /// DOMAIN:0); its admissions must carry a certificate from the CA
-        /// naming it.
+        /// DOMAIN:0), for good: a host cannot swap it. Its admissions must
+        /// carry a certificate from the CA naming it.
         #[arg(long, value_name = "ID")]
         ttp: Option<tenet_proto::EntityId>,
         /// The TTP's certificate (PEM, from `tenet ca entity`), pinned on
-        /// the card: admissions must carry exactly this certificate.
+        /// the card: admissions must carry this certificate or a renewal of
+        /// it (same key). Recommended with --ttp.
         #[arg(long, value_name = "FILE", requires = "ttp")]
         ttp_cert: Option<PathBuf>,
+    },
+    /// Give a virtual card's key a new certificate from its CA (renewal:
+    /// the key stays on the card), valid --days from now. The daemon using
+    /// the card must be stopped.
+    Recertify {
+        /// The card's store file.
+        #[arg(long, value_name = "FILE")]
+        store: PathBuf,
+        /// The CA directory that personalized the card (`tenet ca init`).
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// Days the new certificate is valid.
+        #[arg(long, value_name = "N", default_value_t = tenet_host::certs::CARD_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        days: u32,
     },
     /// Print a virtual card's id and public key.
     Info {
@@ -63,7 +83,8 @@ pub enum CardCmd {
         /// Largest eTP message the card accepts and emits (34 to 65535).
         #[arg(long, default_value_t = tenet_proto::MAX_MESSAGE_LEN)]
         max_message: usize,
-        /// A TTP overriding the one installed at personalization.
+        /// The TTP the card was personalized for (a check: any other is
+        /// refused, a host cannot swap the card's TTP).
         #[arg(long, value_name = "ID")]
         ttp: Option<tenet_proto::EntityId>,
     },
@@ -79,6 +100,37 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `from .. to` of a certificate (DER), in UTC.
+fn valid(der: &[u8]) -> String {
+    use tenet_card::clock::Utc;
+    match tenet_host::certs::validity(der) {
+        Ok(v) => format!("valid {} to {}", Utc(v.not_before), Utc(v.not_after)),
+        Err(e) => format!("unreadable: {e}"),
+    }
+}
+
+/// Checks that `ttp`, named to serve the card in `store`, is the TTP the
+/// card was personalized for.
+pub(crate) fn check_ttp(
+    card: &Card<FileStore>,
+    store: &Path,
+    ttp: tenet_proto::EntityId,
+) -> Result<()> {
+    let data = card
+        .state()
+        .applets
+        .get(&tenet_voucher::applet::APPLET_ID)
+        .map(Vec::as_slice);
+    tenet_voucher::applet::VoucherApplet::check_ttp(data, ttp)
+        .with_context(|| format!("card {} (--ttp {ttp})", store.display()))
+}
+
 pub fn run(cmd: CardCmd) -> Result<ExitCode> {
     match cmd {
         CardCmd::New {
@@ -88,6 +140,7 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
             puk,
             capacity,
             ca,
+            days,
             ttp,
             ttp_cert,
         } => {
@@ -99,6 +152,11 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
                         .with_context(|| format!("TTP certificate {}", p.display()))
                 })
                 .transpose()?;
+            if let (Some(t), Some(c)) = (ttp, &ttp_cert)
+                && !tenet_voucher::certs::names(c, t)
+            {
+                bail!("the TTP certificate does not name {t} (--ttp)");
+            }
             let domain = if domain == "random" {
                 let mut b = [0u8; 12];
                 getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
@@ -129,9 +187,13 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
                 .and_then(|mut card| {
                     if let Some(dir) = &ca {
                         let public_key = card.state().public_key.clone();
-                        let (cert, ca_der) =
-                            tenet_host::certs::issue_entity(dir, card.id(), &public_key)
-                                .with_context(|| format!("CA in {}", dir.display()))?;
+                        let (cert, ca_der) = tenet_host::certs::issue_entity_with(
+                            dir,
+                            card.id(),
+                            &public_key,
+                            tenet_host::certs::Lifetime::days(days),
+                        )
+                        .with_context(|| format!("CA in {}", dir.display()))?;
                         card.install_certificates(cert, ca_der)?;
                     }
                     if let Some(t) = ttp {
@@ -151,9 +213,57 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
             };
             println!("card {}", card.id());
             println!("public key {}", hex(&card.state().public_key));
+            if let Some(c) = &card.state().certificate {
+                println!("certificate {}", valid(c));
+            }
             if generated {
                 println!("PUK {puk} (write it down; it is shown only now)");
             }
+            if ttp.is_some() && ttp_cert.is_none() {
+                eprintln!(
+                    "note: no --ttp-cert: the card takes any certificate from the CA naming the TTP; pin it with --ttp-cert"
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CardCmd::Recertify { store, ca, days } => {
+            let mut card = open(&store, CardLimits::default())?;
+            let ca_pem = ca.join("ca.pem");
+            let ca_der = {
+                use pki_types::pem::PemObject;
+                pki_types::CertificateDer::from_pem_file(&ca_pem)
+                    .with_context(|| format!("CA certificate {}", ca_pem.display()))?
+                    .to_vec()
+            };
+            if card
+                .state()
+                .ca_certificate
+                .as_ref()
+                .is_some_and(|c| *c != ca_der)
+            {
+                bail!(
+                    "card {} trusts another CA than {}; recertify it with the CA that personalized it",
+                    card.id(),
+                    ca_pem.display()
+                );
+            }
+            let before = card.state().certificate.as_deref().map(valid);
+            let public_key = card.state().public_key.clone();
+            let (cert, ca_der) = tenet_host::certs::issue_entity_with(
+                &ca,
+                card.id(),
+                &public_key,
+                tenet_host::certs::Lifetime::days(days),
+            )
+            .with_context(|| format!("CA in {}", ca.display()))?;
+            card.install_certificates(cert.clone(), ca_der)?;
+            card.raise_clock_bound(now())?;
+            println!("card {}", card.id());
+            println!("public key {} (unchanged)", hex(&public_key));
+            if let Some(b) = before {
+                println!("old certificate {b}");
+            }
+            println!("new certificate {}", valid(&cert));
             Ok(ExitCode::SUCCESS)
         }
         CardCmd::Info { store, cert_out } => {
@@ -163,9 +273,32 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
             println!("PIN tries left {}", card.state().pin_tries);
             println!("next port {}", card.state().next_port);
             match &card.state().certificate {
-                Some(c) => println!("certificate {} bytes (X.509 DER)", c.len()),
+                Some(c) => println!("certificate {} bytes (X.509 DER), {}", c.len(), valid(c)),
                 None => println!("certificate none (personalize with --ca)"),
             }
+            let voucher = card
+                .state()
+                .applets
+                .get(&tenet_voucher::applet::APPLET_ID)
+                .and_then(|d| tenet_voucher::card::VoucherCard::decode(d).ok());
+            match voucher.as_ref().and_then(|v| v.ttp) {
+                Some(t) => println!(
+                    "TTP {t}{}",
+                    if voucher
+                        .as_ref()
+                        .is_some_and(|v| v.ttp_certificate.is_some())
+                    {
+                        " (certificate pinned)"
+                    } else {
+                        " (certificate not pinned)"
+                    }
+                ),
+                None => println!("TTP none (personalize with --ttp and --ttp-cert)"),
+            }
+            println!(
+                "clock bound {}",
+                tenet_card::clock::Utc(card.state().clock_bound)
+            );
             if let Some(out) = cert_out {
                 let c = card
                     .state()
@@ -186,6 +319,9 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
                 bail!("--max-message {max_message} is not between 34 and 65535");
             }
             let mut card = open(&store, CardLimits { max_message })?;
+            if let Some(t) = ttp {
+                check_ttp(&card, &store, t)?;
+            }
             card.install(Box::new(tenet_voucher::applet::VoucherApplet::new(ttp)));
             eprintln!("card {} serving vpcd at {vpcd}", card.id());
             tenet_card::vpcd::serve(&mut card, &vpcd)?;

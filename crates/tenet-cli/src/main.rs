@@ -4,8 +4,8 @@
 //! - `tenet ping DST [-c N] [-i SECS] [-W SECS] [-s BYTES]`: echo like ping(8).
 //! - `tenet tap [--src ID] [--dst ID] [--src-domain D] [--dst-domain D] [--mtype M] [-c N]`:
 //!   print one line per observed message.
-//! - `tenet card new|info|serve`: personalize, inspect, and plug a virtual
-//!   card into pcscd via vpcd.
+//! - `tenet card new|info|recertify|serve`: personalize, inspect, renew the
+//!   certificate of, and plug a virtual card into pcscd via vpcd.
 //! - `tenet bench core`: side-by-side benchmarks of the messaging core.
 
 use std::path::PathBuf;
@@ -55,11 +55,16 @@ enum CaCmd {
         /// The CA's name.
         #[arg(long, default_value = "tenet CA")]
         name: String,
+        /// Days the CA is valid; no certificate it issues outlives it.
+        #[arg(long, value_name = "N", default_value_t = tenet_host::certs::CA_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        days: u32,
     },
     /// Make a key and certificate for a software entity (the TTP's host
     /// entity DOMAIN:0): DIR/NAME-entity.pem and .key. An entity
     /// certificate is for signatures only: no extended key usage, refused
-    /// for TLS links.
+    /// for TLS links. If the files exist, the certificate is renewed for
+    /// the same key (cards that pinned the old one accept it).
     Entity {
         /// The CA's directory.
         #[arg(long, value_name = "DIR")]
@@ -70,6 +75,10 @@ enum CaCmd {
         /// The entity, DOMAIN:PORT.
         #[arg(long)]
         id: EntityId,
+        /// Days the certificate is valid.
+        #[arg(long, value_name = "N", default_value_t = tenet_host::certs::ENTITY_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        days: u32,
     },
 }
 
@@ -78,6 +87,8 @@ enum HostAction {
     /// Make a development CA (once) and a host certificate for TLS links
     /// (extended key usage: TLS server and client authentication), naming
     /// the domains the host may serve; peers accept no other domain from it.
+    /// If the host's files exist, the certificate is renewed for the same
+    /// key (restart the daemon to use it).
     Certs {
         /// Directory of the CA (`ca.pem`, `ca.key`) and the host files
         /// (`NAME.pem`, `NAME.key`).
@@ -90,6 +101,10 @@ enum HostAction {
         /// domain); repeat for several.
         #[arg(long = "domain", value_name = "HEX", required = true)]
         domains: Vec<Domain>,
+        /// Days the host certificate is valid.
+        #[arg(long, value_name = "N", default_value_t = tenet_host::certs::HOST_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        days: u32,
     },
 }
 
@@ -218,14 +233,35 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let socket = cli.socket.unwrap_or_else(tenet_client::default_socket_path);
     match cli.cmd {
         Cmd::Host {
-            action: Some(HostAction::Certs { dir, name, domains }),
+            action:
+                Some(HostAction::Certs {
+                    dir,
+                    name,
+                    domains,
+                    days,
+                }),
             ..
         } => {
             if tenet_host::certs::ensure_ca(&dir, "tenet development CA")? {
                 println!("made CA {}", dir.join("ca.pem").display());
             }
-            let files = tenet_host::certs::issue_host(&dir, &name, &domains)?;
-            println!("made {} and {}", files.cert.display(), files.key.display());
+            let renews = tenet_host::certs::host_renews(&dir, &name);
+            let files = tenet_host::certs::issue_host_with(
+                &dir,
+                &name,
+                &domains,
+                tenet_host::certs::Lifetime::days(days),
+            )?;
+            if renews {
+                println!(
+                    "renewed {} (same key {})",
+                    files.cert.display(),
+                    files.key.display()
+                );
+            } else {
+                println!("made {} and {}", files.cert.display(), files.key.display());
+            }
+            println!("{}", valid_until(&files.cert)?);
             let list: Vec<String> = domains.iter().map(ToString::to_string).collect();
             println!("role: host (TLS links); may serve only {}", list.join(", "));
             println!(
@@ -277,30 +313,59 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             host(Some(config), socket).await
         }
         Cmd::Ca {
-            cmd: CaCmd::Entity { dir, name, id },
+            cmd:
+                CaCmd::Entity {
+                    dir,
+                    name,
+                    id,
+                    days,
+                },
         } => {
-            let files = tenet_host::certs::issue_entity_key(&dir, &name, id)?;
+            let renews = tenet_host::certs::entity_renews(&dir, &name);
+            let files = tenet_host::certs::issue_entity_key_with(
+                &dir,
+                &name,
+                id,
+                tenet_host::certs::Lifetime::days(days),
+            )?;
             println!(
-                "made {} and {} for {id}",
+                "{} {} and {} for {id}",
+                if renews { "renewed (same key)" } else { "made" },
                 files.cert.display(),
                 files.key.display()
             );
+            println!("{}", valid_until(&files.cert)?);
             println!("role: entity (signatures only; refused for TLS links)");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Ca {
-            cmd: CaCmd::Init { dir, name },
+            cmd: CaCmd::Init { dir, name, days },
         } => {
-            if tenet_host::certs::ensure_ca(&dir, &name)? {
+            let lifetime = tenet_host::certs::Lifetime::days(days);
+            if tenet_host::certs::ensure_ca_with(&dir, &name, lifetime)? {
                 println!("made CA {}", dir.join("ca.pem").display());
             } else {
                 println!("CA {} exists; kept", dir.join("ca.pem").display());
             }
+            println!("{}", valid_until(&dir.join("ca.pem"))?);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Card { cmd } => tokio::task::spawn_blocking(move || card::run(cmd)).await?,
         Cmd::Bench { which, json } => bench::run(which, json).await,
     }
+}
+
+/// "valid from .. to .." of the certificate in the PEM file `path`.
+fn valid_until(path: &std::path::Path) -> Result<String> {
+    use pki_types::pem::PemObject;
+    let der = pki_types::CertificateDer::from_pem_file(path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let v = tenet_host::certs::validity(&der)?;
+    Ok(format!(
+        "valid {} to {}",
+        tenet_card::clock::Utc(v.not_before),
+        tenet_card::clock::Utc(v.not_after)
+    ))
 }
 
 async fn host(config: Option<PathBuf>, socket: PathBuf) -> Result<ExitCode> {
