@@ -58,6 +58,8 @@ struct World {
     to_wallets: Vec<Message>,
     /// Every `refused` sent, to cards and wallets.
     refused: Vec<Message>,
+    /// The CA's directory.
+    ca: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -169,6 +171,7 @@ impl World {
             net: VecDeque::new(),
             to_wallets: Vec::new(),
             refused: Vec::new(),
+            ca,
             _dir: dir,
         };
         w.send(Message::new(
@@ -685,4 +688,42 @@ fn a_remembered_certificate_expires_too() {
     assert_eq!(refusals.len(), 1, "{refusals:?}");
     assert!(refusals[0].contains("expired at"), "{refusals:?}");
     assert_eq!(w.balances()[..2], [3, 1], "A deleted nothing");
+}
+
+/// Renewal: a card whose certificate expired gets a new one for the same
+/// key from the CA (what `tenet card recertify` does) and exchanges again;
+/// its peer checks the new certificate.
+#[test]
+fn a_renewed_certificate_for_the_same_key_lets_the_card_exchange_again() {
+    let mut w = World::with_lifetimes(Some(life(-(DAY as i64), 3600)), None);
+    assert!(w.tell_time(A, now() + DAY).is_empty());
+    assert!(w.tell_time(B, now() + DAY).is_empty());
+    w.send(Message::new(
+        wallet(A),
+        dom(A).owner(),
+        msg::START_EXCHANGE,
+        StartExchange {
+            responder: dom(B).owner(),
+            peer_wallet: wallet(B),
+            give: coffee(2),
+            want: ticket(1),
+        }
+        .to_bytes(),
+    ));
+    w.run();
+    assert!(w.refusals()[0].contains("renew it"), "{:?}", w.refusals());
+
+    let key = w.a.state().public_key.clone();
+    let old = w.a.state().certificate.clone().unwrap();
+    let (cert, ca) = tenet_host::certs::issue_entity(&w.ca, w.a.id(), &key).unwrap();
+    w.a.install_certificates(cert.clone(), ca).unwrap();
+    assert_eq!(w.a.state().public_key, key, "the same key");
+    let v = |c: &[u8]| tenet_voucher::certs::validity(c).unwrap().not_after;
+    assert!(v(&old) < v(&cert));
+
+    w.refused.clear();
+    w.start_and_accept();
+    w.run();
+    assert_eq!(w.balances(), [3, 1, 2, 2], "{:?}", w.refusals());
+    assert!(w.refusals().is_empty(), "{:?}", w.refusals());
 }
