@@ -277,9 +277,10 @@ pub struct CardSection {
     /// Largest eTP message the virtual card accepts and emits, 34 to 65535;
     /// default 65535. Larger ones are refused with status `6a84`.
     pub max_message: Option<usize>,
-    /// The TTP's id (`DOMAIN:PORT`) the virtual card's voucher applet asks
-    /// to resolve or abort, overriding the one installed at
-    /// personalization (`tenet card new --ttp`).
+    /// The TTP's id (`DOMAIN:PORT`) the virtual card was personalized for
+    /// (`tenet card new --ttp --ttp-cert`). Only a check: a host cannot
+    /// swap its card's TTP, so naming another one (or one for a card
+    /// personalized without a TTP) stops the daemon at startup.
     pub ttp: Option<String>,
 }
 
@@ -556,7 +557,8 @@ impl Config {
         }
     }
 
-    /// The TTP the virtual card's voucher applet uses, if configured.
+    /// The TTP `[card] ttp` names, if configured; the daemon checks it is
+    /// the card's own (`VoucherApplet::check_ttp`).
     pub fn card_ttp(&self) -> Result<Option<tenet_proto::EntityId>, ConfigError> {
         self.card
             .ttp
