@@ -21,7 +21,7 @@
 //! the same card.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ring::digest;
@@ -48,6 +48,19 @@ pub enum StoreError {
     /// Another process has the store open.
     #[error("card store {0} is in use by another process")]
     InUse(PathBuf),
+    /// Group or others may read or write the store: it holds the card's
+    /// private key and PIN hashes.
+    #[error(
+        "card store {} is open to group or others (mode {mode:04o}): it holds the card's key; fix it with `chmod 600 {}`",
+        path.display(),
+        path.display()
+    )]
+    Exposed {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The record exceeds the store's capacity.
     #[error("record of {len} bytes exceeds the card's storage budget of {capacity}")]
     Full {
@@ -99,10 +112,13 @@ impl FileStore {
             path: path.to_owned(),
             detail: format!("capacity {capacity} is too large"),
         })?;
+        // Owner-only from the first byte, whatever the umask (which can
+        // only take bits away).
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(path)
             .map_err(io)?;
         lock(&file, path)?;
@@ -134,6 +150,13 @@ impl FileStore {
             .write(true)
             .open(path)
             .map_err(io)?;
+        let mode = file.metadata().map_err(io)?.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(StoreError::Exposed {
+                path: path.to_owned(),
+                mode,
+            });
+        }
         lock(&file, path)?;
         let mut header = [0u8; HEADER as usize];
         file.read_exact_at(&mut header, 0)
@@ -378,9 +401,27 @@ mod tests {
         assert!(FileStore::create(&p, 8).is_err(), "never overwrites");
         let q = dir.path().join("other");
         std::fs::write(&q, b"hello world, not a store").unwrap();
+        std::fs::set_permissions(&q, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(matches!(
             FileStore::open(&q),
             Err(StoreError::NotAStore { .. })
         ));
+    }
+
+    #[test]
+    fn a_store_is_owner_only_and_an_exposed_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("card");
+        drop(FileStore::create(&p, 8).unwrap());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&p), 0o600);
+        for exposed in [0o640, 0o604, 0o660, 0o606] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(exposed)).unwrap();
+            let e = FileStore::open(&p).err().expect("refused");
+            assert!(matches!(e, StoreError::Exposed { mode, .. } if mode == exposed), "{e}");
+            assert!(e.to_string().contains("chmod 600"), "{e}");
+        }
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(FileStore::open(&p).is_ok());
     }
 }

@@ -534,3 +534,120 @@ fn id_acquisitions_are_limited_per_local_user_not_per_connection() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Secrets at rest: a card store made under umask 022 is owner-only, and
+/// the daemon refuses one that group or others can read, saying how to fix
+/// it; the host's state files and the TTP's database are owner-only too.
+#[test]
+fn card_stores_state_and_the_ttp_database_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let store = dir.path().join("a.card");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 022; exec {TENET} card new --store {} --pin 1234 --puk 12345678",
+            store.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode(&store), 0o600);
+
+    // The host: its state (domain, port counters) and a TTP database.
+    let state = dir.path().join("state");
+    let socket = dir.path().join("run/host.sock");
+    let config = dir.path().join("host.toml");
+    let write_config = |card: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[host]\nsocket = {socket:?}\nstate_dir = {state:?}\n\
+                 domain = \"777777777777777777777777\"\n{card}\
+                 [ttp]\nkey = {:?}\ncert = {:?}\nca = {:?}\n",
+                dir.path().join("ca/ttp-entity.key"),
+                dir.path().join("ca/ttp-entity.pem"),
+                dir.path().join("ca/ca.pem"),
+            ),
+        )
+        .unwrap();
+    };
+    let ca = dir.path().join("ca");
+    let run = |args: &[&str]| {
+        let out = Command::new(TENET).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["ca", "init", "--dir", ca.to_str().unwrap()]);
+    run(&[
+        "ca",
+        "entity",
+        "--dir",
+        ca.to_str().unwrap(),
+        "--name",
+        "ttp",
+        "--id",
+        "777777777777777777777777:0",
+    ]);
+    write_config("");
+    let mut host = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 000; exec {TENET} ttp --config {}",
+            config.display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !socket.exists() {
+        if let Ok(Some(status)) = host.try_wait() {
+            let mut e = String::new();
+            use std::io::Read;
+            host.stderr.take().unwrap().read_to_string(&mut e).unwrap();
+            panic!("the TTP host exited ({status}): {e}");
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = host.kill();
+    let _ = host.wait();
+    assert_eq!(mode(&state), 0o700);
+    let files: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    assert!(files.iter().any(|p| p.ends_with("ttp.sqlite")), "{files:?}");
+    for f in &files {
+        assert_eq!(mode(f) & 0o077, 0, "{f:?} is open to group or others");
+    }
+
+    // A store others can read is refused at startup, with the fix.
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::remove_dir_all(&state).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[host]\nsocket = {socket:?}\nstate_dir = {state:?}\n[card]\nvirtual = {store:?}\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new(TENET)
+        .args(["host", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the daemon opened an exposed store");
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains(&format!("chmod 600 {}", store.display())), "{e}");
+}

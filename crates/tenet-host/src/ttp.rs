@@ -45,8 +45,20 @@ pub struct SqliteDecisions {
 }
 
 impl SqliteDecisions {
-    /// Opens (or creates) the database at `path`.
+    /// Opens (or creates) the database at `path`. A new database is
+    /// owner-only (0600), whatever the umask; SQLite gives its journal
+    /// files the database's mode.
     pub fn open(path: &Path) -> Result<Self, String> {
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
         let conn = Connection::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
@@ -113,6 +125,9 @@ impl DecisionStore for SqliteDecisions {
 }
 
 /// Decisions in PostgreSQL, for a TTP served by several processes.
+///
+/// The connection string is libpq's, as key/value pairs or as a URL, and
+/// TLS follows libpq's `sslmode` and `sslrootcert` (module `pg_tls` below).
 #[cfg(feature = "postgres")]
 pub struct PgDecisions {
     client: postgres::Client,
@@ -122,11 +137,7 @@ pub struct PgDecisions {
 impl PgDecisions {
     /// Connects and creates the table if needed.
     pub fn connect(conn: &str) -> Result<Self, String> {
-        let pg = |e: postgres::Error| match e.as_db_error() {
-            Some(d) => format!("PostgreSQL: {}: {}", d.severity(), d.message()),
-            None => format!("PostgreSQL: {e}"),
-        };
-        let mut client = postgres::Client::connect(conn, postgres::NoTls).map_err(pg)?;
+        let mut client = pg_tls::Target::parse(conn)?.connect()?;
         // An advisory lock serializes table creation among TTP processes
         // starting at once (CREATE TABLE IF NOT EXISTS alone can race).
         client
@@ -141,7 +152,7 @@ impl PgDecisions {
                  );
                  COMMIT;",
             )
-            .map_err(pg)?;
+            .map_err(|e| pg_tls::error(&e))?;
         Ok(Self { client })
     }
 
@@ -198,6 +209,455 @@ impl DecisionStore for PgDecisions {
             .map_err(|e| e.to_string())?;
         self.stored(key)?
             .ok_or_else(|| "decision vanished".to_owned())
+    }
+}
+
+/// TLS on the link to PostgreSQL, with libpq's `sslmode` and `sslrootcert`,
+/// through rustls (ring; no OpenSSL).
+///
+/// tokio-postgres reads `sslmode` `disable`, `prefer` and `require` only,
+/// and no `sslrootcert`. This module takes both out of the connection
+/// string, gives tokio-postgres the rest, and connects through a rustls
+/// connector that checks what the mode asks for:
+///
+/// | `sslmode`          | TLS                   | the server's certificate                         |
+/// |--------------------|-----------------------|--------------------------------------------------|
+/// | `disable`          | never                 | -                                                |
+/// | `prefer` (default) | if the server has it  | chains to `sslrootcert` if one is named          |
+/// | `require`          | always                | chains to `sslrootcert` if one is named          |
+/// | `verify-ca`        | always                | chains to `sslrootcert`, which must be named     |
+/// | `verify-full`      | always                | the same, and names `host`                       |
+///
+/// As in libpq, `require` with a root certificate checks as `verify-ca`
+/// does, `verify-full` checks `host` (a DNS name or an IP address, against
+/// the certificate's subjectAltName) also when `hostaddr` gives the
+/// address, and `sslmode` does not apply over a Unix socket. Without a root
+/// certificate, `prefer` and `require` encrypt but do not authenticate the
+/// server (a warning says so).
+///
+/// Where libpq is more lenient, this fails closed:
+/// - `sslrootcert` has no default file (libpq reads `~/.postgresql/root.crt`),
+///   and a named file that is missing, unreadable or holds no usable
+///   certificate is an error in every mode; `sslrootcert=system` is refused
+///   (no system roots here);
+/// - `sslmode=allow` is refused;
+/// - a handshake that fails under `prefer` is an error, never a retry
+///   without TLS;
+/// - TLS 1.3 only (any PostgreSQL from 12 on, built with OpenSSL 1.1.1 or
+///   later).
+///
+/// The client offers the ALPN protocol `postgresql`, as libpq 17 does, so
+/// `sslnegotiation=direct` works too.
+#[cfg(feature = "postgres")]
+mod pg_tls {
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use postgres::config::{Host, SslMode};
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::crypto::WebPkiSupportedAlgorithms;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+    use tokio_postgres_rustls::MakeRustlsConnect;
+    use tracing::warn;
+
+    /// libpq's `sslmode`, less `allow`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(super) enum Mode {
+        Disable,
+        Prefer,
+        Require,
+        VerifyCa,
+        VerifyFull,
+    }
+
+    impl Mode {
+        fn parse(s: &str) -> Result<Self, String> {
+            Ok(match s {
+                "disable" => Self::Disable,
+                "prefer" => Self::Prefer,
+                "require" => Self::Require,
+                "verify-ca" => Self::VerifyCa,
+                "verify-full" => Self::VerifyFull,
+                "allow" => {
+                    return Err("PostgreSQL: sslmode=allow is not supported; \
+                                use prefer, require or (to check the server) verify-full"
+                        .to_owned());
+                }
+                other => {
+                    return Err(format!(
+                        "PostgreSQL: sslmode={other}: expected disable, prefer, require, \
+                         verify-ca or verify-full"
+                    ));
+                }
+            })
+        }
+
+        fn name(self) -> &'static str {
+            match self {
+                Self::Disable => "disable",
+                Self::Prefer => "prefer",
+                Self::Require => "require",
+                Self::VerifyCa => "verify-ca",
+                Self::VerifyFull => "verify-full",
+            }
+        }
+    }
+
+    /// A connection string read: what tokio-postgres connects with, and the
+    /// TLS the link needs.
+    pub(super) struct Target {
+        config: postgres::Config,
+        /// The mode asked for.
+        pub(super) mode: Mode,
+        /// Some host is reached over TCP (else `sslmode` does not apply).
+        pub(super) tcp: bool,
+        /// The `sslrootcert` file and its certificates.
+        pub(super) roots: Option<(PathBuf, Arc<RootCertStore>)>,
+    }
+
+    impl Target {
+        /// Reads a libpq connection string (key/value pairs or a URL).
+        pub(super) fn parse(conn: &str) -> Result<Self, String> {
+            let split = split(conn)?;
+            let mode = split
+                .sslmode
+                .as_deref()
+                .map(Mode::parse)
+                .transpose()?
+                .unwrap_or(Mode::Prefer);
+            let roots = match split.sslrootcert.as_deref() {
+                None | Some("") => None,
+                Some("system") => {
+                    return Err("PostgreSQL: sslrootcert=system is not supported; \
+                                name the file of the root certificate (PEM)"
+                        .to_owned());
+                }
+                Some(file) => {
+                    let path = PathBuf::from(file);
+                    let roots = load_roots(&path)?;
+                    Some((path, Arc::new(roots)))
+                }
+            };
+            if matches!(mode, Mode::VerifyCa | Mode::VerifyFull) && roots.is_none() {
+                return Err(format!(
+                    "PostgreSQL: sslmode={} needs sslrootcert=FILE, the root certificate \
+                     (PEM) the server's certificate must chain to",
+                    mode.name()
+                ));
+            }
+            let mut config: postgres::Config = split
+                .rest
+                .parse()
+                .map_err(|e| format!("PostgreSQL connection string: {e}"))?;
+            let tcp = config.get_hosts().iter().any(|h| matches!(h, Host::Tcp(_)))
+                || !config.get_hostaddrs().is_empty();
+            config.ssl_mode(match mode {
+                _ if !tcp => SslMode::Disable,
+                Mode::Disable => SslMode::Disable,
+                Mode::Prefer => SslMode::Prefer,
+                Mode::Require | Mode::VerifyCa | Mode::VerifyFull => SslMode::Require,
+            });
+            Ok(Self {
+                config,
+                mode,
+                tcp,
+                roots,
+            })
+        }
+
+        /// Connects, through TLS as the mode asks.
+        pub(super) fn connect(&self) -> Result<postgres::Client, String> {
+            if !self.tcp || self.mode == Mode::Disable {
+                if self.tcp {
+                    warn!("PostgreSQL over TCP without TLS (sslmode=disable)");
+                }
+                return self.config.connect(postgres::NoTls).map_err(|e| error(&e));
+            }
+            if self.roots.is_none() {
+                warn!(
+                    sslmode = self.mode.name(),
+                    "PostgreSQL: the server's certificate is not checked (no sslrootcert), \
+                     so whoever is on the path can pose as the database; \
+                     set sslmode=verify-full and sslrootcert=FILE"
+                );
+            }
+            self.config
+                .connect(MakeRustlsConnect::new(self.tls_config()?))
+                .map_err(|e| self.explain(&e))
+        }
+
+        fn tls_config(&self) -> Result<rustls::ClientConfig, String> {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let verifier = ServerVerifier {
+                roots: self.roots.as_ref().map(|(_, r)| r.clone()),
+                check_name: self.mode == Mode::VerifyFull,
+                algs: provider.signature_verification_algorithms,
+            };
+            let mut config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .map_err(|e| format!("PostgreSQL: TLS: {e}"))?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth();
+            config.alpn_protocols = vec![b"postgresql".to_vec()];
+            Ok(config)
+        }
+
+        /// The error, saying why the server's certificate was refused when
+        /// that is the cause.
+        fn explain(&self, e: &postgres::Error) -> String {
+            let refused = std::error::Error::source(e)
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+            let (Some(rustls::Error::InvalidCertificate(cause)), Some((root, _))) =
+                (refused, &self.roots)
+            else {
+                return error(e);
+            };
+            let why = match cause {
+                CertificateError::UnknownIssuer => {
+                    format!("it does not chain to the root certificate in {}", root.display())
+                }
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. } => {
+                    "it does not name the host of the connection string (sslmode=verify-full)"
+                        .to_owned()
+                }
+                _ => format!("checked against the root certificate in {}", root.display()),
+            };
+            format!("PostgreSQL: the server's TLS certificate is refused: {why} ({cause})")
+        }
+    }
+
+    /// A PostgreSQL error as one line: the server's message when it sent
+    /// one.
+    pub(super) fn error(e: &postgres::Error) -> String {
+        match e.as_db_error() {
+            Some(d) => format!("PostgreSQL: {}: {}", d.severity(), d.message()),
+            None => format!("PostgreSQL: {e}"),
+        }
+    }
+
+    /// The certificates of a root certificate file (PEM), at least one.
+    fn load_roots(path: &Path) -> Result<RootCertStore, String> {
+        let what = || format!("PostgreSQL: sslrootcert {}", path.display());
+        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", what()))?;
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| format!("{}: {e}", what()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: not a usable certificate: {e}", what()))?;
+        }
+        if roots.is_empty() {
+            return Err(format!(
+                "{}: no certificate in the file (PEM, \"-----BEGIN CERTIFICATE-----\")",
+                what()
+            ));
+        }
+        Ok(roots)
+    }
+
+    /// Checks the server's certificate as the mode asks: with roots, the
+    /// chain to them (validity, key usage) and, for `verify-full`, the host
+    /// name; without roots, nothing (libpq's `prefer` and `require`). The
+    /// handshake's signature is checked in every case, so the server holds
+    /// the key of the certificate it sent (which channel binding relies
+    /// on).
+    #[derive(Debug)]
+    struct ServerVerifier {
+        roots: Option<Arc<RootCertStore>>,
+        check_name: bool,
+        algs: WebPkiSupportedAlgorithms,
+    }
+
+    impl ServerCertVerifier for ServerVerifier {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
+            _ocsp_response: &[u8],
+            now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            let Some(roots) = &self.roots else {
+                return Ok(ServerCertVerified::assertion());
+            };
+            let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.algs.all,
+            )?;
+            if self.check_name {
+                rustls::client::verify_server_name(&cert, server_name)?;
+            }
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.algs.supported_schemes()
+        }
+    }
+
+    /// A connection string without its `sslmode` and `sslrootcert` (the
+    /// last of each wins, as for every key).
+    #[derive(Debug, Default, PartialEq, Eq)]
+    pub(super) struct Split {
+        pub(super) rest: String,
+        pub(super) sslmode: Option<String>,
+        pub(super) sslrootcert: Option<String>,
+    }
+
+    pub(super) fn split(conn: &str) -> Result<Split, String> {
+        for prefix in ["postgresql://", "postgres://"] {
+            if let Some(rest) = conn.strip_prefix(prefix) {
+                return split_url(prefix, rest);
+            }
+        }
+        split_key_values(conn)
+    }
+
+    /// `key = value ...`, values bare or in single quotes, `\` escaping
+    /// the next character (libpq's rules, as tokio-postgres reads them).
+    fn split_key_values(conn: &str) -> Result<Split, String> {
+        let bad = |what: &str| Err(format!("PostgreSQL connection string: {what}"));
+        let mut out = Split::default();
+        let mut kept = Vec::new();
+        let mut it = conn.chars().peekable();
+        let skip_ws = |it: &mut std::iter::Peekable<std::str::Chars<'_>>| {
+            while it.next_if(|c| c.is_whitespace()).is_some() {}
+        };
+        loop {
+            skip_ws(&mut it);
+            let mut key = String::new();
+            while let Some(c) = it.next_if(|&c| !c.is_whitespace() && c != '=') {
+                key.push(c);
+            }
+            if key.is_empty() {
+                if it.peek().is_some() {
+                    return bad("`=` without a keyword before it");
+                }
+                break;
+            }
+            skip_ws(&mut it);
+            if it.next() != Some('=') {
+                return bad(&format!("`{key}` without `= value`"));
+            }
+            skip_ws(&mut it);
+            let mut value = String::new();
+            if it.next_if_eq(&'\'').is_some() {
+                loop {
+                    match it.next() {
+                        Some('\'') => break,
+                        Some('\\') => value.extend(it.next()),
+                        Some(c) => value.push(c),
+                        None => return bad(&format!("the value of `{key}` has no closing quote")),
+                    }
+                }
+            } else {
+                while let Some(c) = it.next_if(|c| !c.is_whitespace()) {
+                    match c {
+                        '\\' => value.extend(it.next()),
+                        c => value.push(c),
+                    }
+                }
+                if value.is_empty() {
+                    return bad(&format!("`{key}` without a value"));
+                }
+            }
+            match key.as_str() {
+                "sslmode" => out.sslmode = Some(value),
+                "sslrootcert" => out.sslrootcert = Some(value),
+                _ => {
+                    let quoted = value.replace('\\', "\\\\").replace('\'', "\\'");
+                    kept.push(format!("{key}='{quoted}'"));
+                }
+            }
+        }
+        out.rest = kept.join(" ");
+        Ok(out)
+    }
+
+    /// `postgresql://[user[:password]@][hosts][/dbname][?key=value&...]`,
+    /// split as tokio-postgres does: the credentials end at the first `@`,
+    /// the parameters start at the next `?`, keys and values are
+    /// percent-encoded.
+    fn split_url(prefix: &str, url: &str) -> Result<Split, String> {
+        let mut out = Split::default();
+        let after_credentials = url.find('@').map_or(0, |i| i + 1);
+        let Some(q) = url[after_credentials..]
+            .find('?')
+            .map(|i| i + after_credentials)
+        else {
+            out.rest = format!("{prefix}{url}");
+            return Ok(out);
+        };
+        let mut kept = Vec::new();
+        for param in url[q + 1..].split('&').filter(|p| !p.is_empty()) {
+            let Some((key, value)) = param.split_once('=') else {
+                return Err(format!(
+                    "PostgreSQL connection URL: parameter `{param}` without `=`"
+                ));
+            };
+            match percent_decode(key)?.as_str() {
+                "sslmode" => out.sslmode = Some(percent_decode(value)?),
+                "sslrootcert" => out.sslrootcert = Some(percent_decode(value)?),
+                _ => kept.push(param),
+            }
+        }
+        let query = match kept.is_empty() {
+            true => String::new(),
+            false => format!("?{}", kept.join("&")),
+        };
+        out.rest = format!("{prefix}{}{query}", &url[..q]);
+        Ok(out)
+    }
+
+    /// `%XX` to its byte; a `%` not followed by two hex digits stays.
+    fn percent_decode(s: &str) -> Result<String, String> {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            let hex = b.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+            match (b[i], hex) {
+                (b'%', Some(h)) => {
+                    let h = std::str::from_utf8(h).map_err(|e| e.to_string())?;
+                    out.push(u8::from_str_radix(h, 16).map_err(|e| e.to_string())?);
+                    i += 3;
+                }
+                (c, _) => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8(out)
+            .map_err(|_| "PostgreSQL connection URL: a parameter is not UTF-8".to_owned())
     }
 }
 
@@ -484,5 +944,73 @@ mod pg_tests {
             .unwrap()
             .get(0);
         assert_eq!(n, 1);
+    }
+}
+
+/// Reading libpq's TLS keys out of connection strings (no server needed).
+#[cfg(all(test, feature = "postgres"))]
+mod pg_tls_tests {
+    use super::pg_tls::{Split, Target, split};
+
+    #[test]
+    fn key_values_lose_the_tls_keys_and_keep_the_rest_quoted() {
+        let s = split(concat!(
+            r"host=db.example port = 5433 sslmode=require password='it\'s a \\ secret' ",
+            r"sslrootcert='/etc/tenet/pg root.pem' sslmode=verify-full",
+        ))
+        .unwrap();
+        assert_eq!(s.sslmode.as_deref(), Some("verify-full"), "the last one wins");
+        assert_eq!(s.sslrootcert.as_deref(), Some("/etc/tenet/pg root.pem"));
+        assert_eq!(
+            s.rest,
+            r"host='db.example' port='5433' password='it\'s a \\ secret'"
+        );
+        let c: postgres::Config = s.rest.parse().unwrap();
+        assert_eq!(c.get_password(), Some(&br"it's a \ secret"[..]));
+    }
+
+    #[test]
+    fn urls_lose_the_tls_parameters_and_keep_the_rest_as_written() {
+        let s = split(
+            "postgresql://ttp:p%3Fw@db.example:5433/tenet?sslmode=verify-full\
+             &sslrootcert=%2Fetc%2Ftenet%2Froot.pem&application_name=ttp",
+        )
+        .unwrap();
+        assert_eq!(
+            s,
+            Split {
+                rest: "postgresql://ttp:p%3Fw@db.example:5433/tenet?application_name=ttp".into(),
+                sslmode: Some("verify-full".into()),
+                sslrootcert: Some("/etc/tenet/root.pem".into()),
+            }
+        );
+        let plain = "postgres://db.example/tenet";
+        assert_eq!(split(plain).unwrap().rest, plain);
+        let only_tls = split("postgres://db.example/tenet?sslmode=disable").unwrap();
+        assert_eq!(only_tls.rest, plain);
+    }
+
+    #[test]
+    fn malformed_strings_and_modes_are_refused_with_their_cause() {
+        let refused = |conn: &str| match Target::parse(conn) {
+            Ok(_) => panic!("accepted {conn}"),
+            Err(e) => e,
+        };
+        assert!(refused("host=x port").contains("`port` without `= value`"));
+        assert!(refused("host='x").contains("no closing quote"));
+        assert!(refused("sslmode=allow host=x").contains("sslmode=allow is not supported"));
+        assert!(refused("sslmode=verify host=x").contains("expected disable, prefer"));
+        assert!(refused("sslrootcert=system host=x").contains("sslrootcert=system"));
+        assert!(
+            refused("host=x sslmode=verify-full").contains("sslmode=verify-full needs sslrootcert")
+        );
+    }
+
+    #[test]
+    fn sslmode_does_not_apply_over_a_unix_socket() {
+        let t = Target::parse("host=/run/postgresql sslmode=require").unwrap();
+        assert!(!t.tcp);
+        let t = Target::parse("host=/run/postgresql,db.example sslmode=require").unwrap();
+        assert!(t.tcp);
     }
 }
