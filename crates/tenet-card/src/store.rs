@@ -417,7 +417,9 @@ mod tests {
         assert_eq!(mode(&p), 0o600);
         for exposed in [0o640, 0o604, 0o660, 0o606] {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(exposed)).unwrap();
-            let e = FileStore::open(&p).err().expect("refused");
+            let Err(e) = FileStore::open(&p) else {
+                panic!("mode {exposed:04o} was accepted");
+            };
             assert!(matches!(e, StoreError::Exposed { mode, .. } if mode == exposed), "{e}");
             assert!(e.to_string().contains("chmod 600"), "{e}");
         }
