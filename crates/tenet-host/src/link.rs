@@ -7,14 +7,17 @@
 //! [`CardSession`] speaks the TENeT APDU mapping (`docs/apdu.md`) over any
 //! link: SELECT, GET INFO, ASSIGN PORT, and DELIVER with POLL, using
 //! extended-length APDUs or, on short-APDU links, command chaining and GET
-//! RESPONSE. It counts APDUs and bytes.
+//! RESPONSE. It counts APDUs and bytes, and gives the card the host's time
+//! (`set-time`, the card's only clock) after every SELECT and then
+//! periodically ([`CardSession::tell_time_if_due`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use tenet_card::{Card, FileStore};
 use tenet_proto::apdu::{Command, Response, SHORT_LC_MAX, StatusWord, tenet};
-use tenet_proto::card::CardInfo;
-use tenet_proto::{Codec, Message, Port};
+use tenet_proto::card::{CardInfo, SetTime};
+use tenet_proto::{Codec, EntityId, Message, Mtype, Port};
 
 /// Why a link failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,6 +121,9 @@ pub struct CardSession {
     link: Box<dyn CardLink>,
     short: bool,
     stats: std::sync::Arc<LinkStats>,
+    /// When the card was last given the time; `None` since the last
+    /// SELECT (a reset or power-up makes the card forget it).
+    time_told: Option<Instant>,
 }
 
 impl CardSession {
@@ -129,6 +135,7 @@ impl CardSession {
             link,
             short,
             stats: Default::default(),
+            time_told: None,
         }
     }
 
@@ -202,6 +209,7 @@ impl CardSession {
 
     /// Selects the TENeT applet and reads the card's info.
     pub fn select(&mut self) -> Result<CardInfo, SessionError> {
+        self.time_told = None;
         let r = self.exchange(
             Command::new(0x00, tenet::INS_SELECT, 0x04, 0x00).with_data(tenet::AID.to_vec()),
         )?;
@@ -240,6 +248,38 @@ impl CardSession {
                 .with_le(le),
         )?;
         self.collect(r)
+    }
+
+    /// Gives the card `card` the host's time (`set-time` as the card's own
+    /// id: the card's only clock, `tenet_card::clock`) unless it had it
+    /// since its last SELECT, less than `period` ago. Returns what the card
+    /// sent back: nothing, or a `refused` to its own id if it refused the
+    /// time.
+    pub fn tell_time_if_due(
+        &mut self,
+        card: EntityId,
+        period: Duration,
+    ) -> Result<Vec<Message>, SessionError> {
+        if self.time_told.is_some_and(|t| t.elapsed() < period) {
+            return Ok(Vec::new());
+        }
+        self.time_told = Some(Instant::now());
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.deliver(&Message::new(
+            card,
+            card,
+            Mtype::SET_TIME,
+            SetTime { now }.to_bytes(),
+        ))
+    }
+
+    /// How long until [`CardSession::tell_time_if_due`] tells the time
+    /// again (zero when due).
+    pub fn time_due_in(&self, period: Duration) -> Duration {
+        self.time_told
+            .map_or(Duration::ZERO, |t| period.saturating_sub(t.elapsed()))
     }
 
     /// Fetches waiting messages with POLL.

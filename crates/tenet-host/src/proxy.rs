@@ -8,6 +8,12 @@
 //! answers (ingress path `card`). It also assigns ports for apps acquiring
 //! ids (ASSIGN PORT).
 //!
+//! The card's clock: the proxy gives the card the host's time (`set-time`,
+//! as the card's own id) when it attaches the card, before anything else,
+//! after every reconnection or reset (before the next delivery), and every
+//! [`CLOCK_PERIOD`] after. A time the card refuses (far below the bound it
+//! keeps, `tenet_card::clock`) is logged as a warning.
+//!
 //! A missing card: when the link reports the card gone, the message being
 //! delivered is returned to its sender as *destination gone* (the card may
 //! or may not have seen it, so it is never sent twice), the proxy retries
@@ -41,6 +47,8 @@ pub(crate) enum ProxyCmd {
 }
 
 const RETRY: Duration = Duration::from_millis(500);
+/// How often the proxy gives the card the host's time, besides at attach.
+pub(crate) const CLOCK_PERIOD: Duration = Duration::from_secs(3600);
 
 pub(crate) fn run(
     shared: Arc<Shared>,
@@ -49,10 +57,12 @@ pub(crate) fn run(
     ep: EndpointId,
     card: EntityId,
 ) {
-    let mut connected = true;
+    // The card's time first, before anything is delivered to it.
+    let mut connected = tell_time(&shared, &mut session, card);
     loop {
         let cmd = if connected {
-            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            // Wakes for the next tick of the card's clock (drain tells it).
+            rx.recv_timeout(session.time_due_in(CLOCK_PERIOD))
         } else {
             rx.recv_timeout(RETRY)
         };
@@ -122,6 +132,10 @@ fn handle_link_error(session: &mut CardSession, card: EntityId, e: &LinkError) -
 /// still connected.
 fn drain(shared: &Shared, session: &mut CardSession, ep: EndpointId, card: EntityId) -> bool {
     loop {
+        // After a reconnection or reset, and every hour: the time first.
+        if !tell_time(shared, session, card) {
+            return false;
+        }
         let Some(d) = lock(&shared.table).take(ep) else {
             return true;
         };
@@ -156,6 +170,27 @@ fn drain(shared: &Shared, session: &mut CardSession, ep: EndpointId, card: Entit
                 );
                 store_from_card(shared, card, vec![refusal]);
             }
+        }
+    }
+}
+
+/// Gives the card the host's time if due ([`CLOCK_PERIOD`], or since the
+/// card was selected again). Returns whether the card is still connected.
+fn tell_time(shared: &Shared, session: &mut CardSession, card: EntityId) -> bool {
+    match session.tell_time_if_due(card, CLOCK_PERIOD) {
+        Ok(out) => {
+            let (refusals, rest): (Vec<_>, Vec<_>) = out.into_iter().partition(|m| m.dst() == card);
+            for m in refusals {
+                let text = Refused::decode(&m.param).map_or_else(|e| e.to_string(), |r| r.text);
+                warn!(%card, %text, "the card refused the host's time; check the host's clock");
+            }
+            store_from_card(shared, card, rest);
+            true
+        }
+        Err(SessionError::Link(e)) => handle_link_error(session, card, &e),
+        Err(e) => {
+            warn!(%card, error = %e, "the card did not take the host's time");
+            true
         }
     }
 }

@@ -226,3 +226,35 @@ async fn a_card_in_the_hosts_own_domain_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// The smartcard proxy gives the card the host's time when it attaches
+/// it, before anything else: a card whose clock bound is three days old
+/// moves it forward by one day (the most one host time may move it).
+#[tokio::test]
+async fn the_proxy_gives_the_card_the_hosts_time_at_attach() {
+    use tenet_card::Storage;
+    use tenet_card::state::CardState;
+    const DAY: u64 = 86_400;
+    let dir = tempfile::tempdir().unwrap();
+    let card = make_card(dir.path());
+    let old = {
+        let mut store = FileStore::open(&card).unwrap();
+        let mut state = CardState::decode(&store.load().unwrap().unwrap()).unwrap();
+        state.clock_bound -= 3 * DAY;
+        store.commit(&state.to_bytes()).unwrap();
+        state.clock_bound
+    };
+    let h = host(dir.path(), &card).await;
+    let mut a = Capability::acquire(h.socket_path()).await.unwrap();
+    a.echo(DOMAIN.owner(), b"", WAIT)
+        .await
+        .expect("the card answers echo");
+    h.shutdown().await;
+    let c = Card::open(
+        FileStore::open(&card).unwrap(),
+        CardLimits::default(),
+        Box::new(SeededEntropy::new(1)),
+    )
+    .unwrap();
+    assert_eq!(c.state().clock_bound, old + DAY);
+}
