@@ -358,9 +358,11 @@ fn ingress(
             count(&stats.received);
             Ok(())
         }
-        Err(e @ (IngressRefusal::Forged(_) | IngressRefusal::OwnDomain(_))) => {
-            Err(refuse(&stats.forged_dropped, e.to_string()))
-        }
+        Err(
+            e @ (IngressRefusal::Forged(_)
+            | IngressRefusal::OwnDomain(_)
+            | IngressRefusal::ForgedNotice { .. }),
+        ) => Err(refuse(&stats.forged_dropped, e.to_string())),
         Err(e @ IngressRefusal::Guard(_)) => Err(refuse(&stats.guard_dropped, e.to_string())),
         Err(e @ IngressRefusal::NotStored(_)) => {
             debug!(%subject, error = %e, "message from NATS not stored");

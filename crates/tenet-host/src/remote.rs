@@ -40,8 +40,8 @@ use tenet_dispatch::reliable::{Inbound, PeerLink};
 use tenet_dispatch::{DispatchTable, EndpointId, Ingress, StoreError};
 use tenet_proto::frame::{begin_frame, finish_frame, split_frame};
 use tenet_proto::link::{LinkFrame, MAX_LINK_FRAME};
-use tenet_proto::notice::UndeliverableReason;
-use tenet_proto::{Codec, Domain, EntityId, Filter, Message};
+use tenet_proto::notice::{Undeliverable, UndeliverableReason};
+use tenet_proto::{Codec, Domain, EntityId, Filter, Message, Mtype};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -86,6 +86,16 @@ pub(crate) enum IngressRefusal {
     /// Its src claims one of this host's own domains: a forgery.
     #[error("src {0} claims a domain of this host")]
     OwnDomain(EntityId),
+    /// An `undeliverable` notice about a message to an entity of this host:
+    /// only this host can know that, so another host's is a forgery (it
+    /// would make a local app give up on its own card).
+    #[error("{src} reports {dst}, an entity of this host, undeliverable")]
+    ForgedNotice {
+        /// The notice's sender.
+        src: EntityId,
+        /// The local entity it names.
+        dst: EntityId,
+    },
     /// The guard chain dropped it (first the default remote-ingress guard).
     #[error("{0}")]
     Guard(String),
@@ -115,6 +125,12 @@ pub(crate) fn remote_ingress(
     }
     if t.is_local_domain(src.domain()) {
         return Err(IngressRefusal::OwnDomain(src));
+    }
+    if m.mtype() == Mtype::UNDELIVERABLE
+        && let Ok(u) = Undeliverable::decode(&m.param)
+        && t.is_local_domain(u.dst.domain())
+    {
+        return Err(IngressRefusal::ForgedNotice { src, dst: u.dst });
     }
     match t.store(Ingress::Remote, m.clone(), now) {
         Ok(_) => Ok(()),
@@ -1009,7 +1025,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         Ok(()) => {
                             remote.stats.received.fetch_add(1, Ordering::Relaxed);
                         }
-                        Err(e @ (IngressRefusal::Forged(_) | IngressRefusal::OwnDomain(_))) => {
+                        Err(
+                            e @ (IngressRefusal::Forged(_)
+                            | IngressRefusal::OwnDomain(_)
+                            | IngressRefusal::ForgedNotice { .. }),
+                        ) => {
                             remote.stats.forged_dropped.fetch_add(1, Ordering::Relaxed);
                             warn!(peer = %peer.label, %src, reason = %e, "message with a src the peer does not serve dropped");
                         }
@@ -1125,5 +1145,28 @@ mod tests {
             Err(IngressRefusal::OwnDomain(from(card)))
         );
         assert_eq!(t.len(), 1, "only the honest message was stored");
+
+        // Another host cannot report a local card undeliverable to a local
+        // app; it may report its own entities.
+        let notice = |dst| Undeliverable {
+            dst,
+            mtype: Mtype::ECHO_REQUEST,
+            reason: UndeliverableReason::NO_ROUTE,
+        };
+        let app = EntityId::new(card, Port::new(7));
+        let to_app =
+            |n: Undeliverable| Message::new(peer.owner(), app, Mtype::UNDELIVERABLE, n.to_bytes());
+        assert_eq!(
+            remote_ingress(&mut t, &[peer], to_app(notice(card.owner())), now),
+            Err(IngressRefusal::ForgedNotice {
+                src: peer.owner(),
+                dst: card.owner()
+            })
+        );
+        assert_eq!(
+            remote_ingress(&mut t, &[peer], to_app(notice(from(peer))), now),
+            Ok(())
+        );
+        assert_eq!(t.len(), 2);
     }
 }
