@@ -7,10 +7,10 @@
 # NATS transport, iproute2 for the network-namespace test (which needs
 # root, like the installs), PostgreSQL for the TTP's PostgreSQL store,
 # dbus-daemon for the D-Bus baseline of `tenet bench scale`.
-# Starts a private PostgreSQL (unix socket in a temporary directory, no TCP
-# port) and pcscd with the vpcd reader (unless one already
-# runs) and stops what it started at the end; the NATS tests start and stop
-# their own nats-server on private loopback ports.
+# Starts a private PostgreSQL (unix socket in a temporary directory, and
+# TLS only on a loopback port) and pcscd with the vpcd reader (unless one
+# already runs) and stops what it started at the end; the NATS tests start
+# and stop their own nats-server on private loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -26,6 +26,7 @@ command -v nats-server >/dev/null || missing+=(nats-server)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v dbus-daemon >/dev/null || missing+=(dbus-daemon)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "missing Debian packages: ${missing[*]}; install them or run this as root" >&2
@@ -79,15 +80,47 @@ CONF
     echo "== started pcscd (pid $started_pcscd) with the vpcd reader"
 fi
 
-# A private PostgreSQL for the TTP's PostgreSQL store.
+# A private PostgreSQL for the TTP's PostgreSQL store: a unix socket in a
+# temporary directory (TENET_TEST_POSTGRES), and 127.0.0.1 with TLS only
+# (TENET_TEST_POSTGRES_TLS), its certificate from a development root made
+# here, on the first free port from 54329 (the socket's name has it too).
 pg_bin=$(dirname "$(ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")
 pg_dir=$(mktemp -d)
 chown postgres "$pg_dir"
 runuser -u postgres -- "$pg_bin/initdb" -D "$pg_dir/data" -A trust -U postgres >/dev/null
-runuser -u postgres -- "$pg_bin/pg_ctl" -D "$pg_dir/data" -w -l "$pg_dir/log" \
-    -o "-c listen_addresses='' -k $pg_dir -p 5432" start >/dev/null
-export TENET_TEST_POSTGRES="host=$pg_dir port=5432 user=postgres dbname=postgres"
-echo "== started PostgreSQL in $pg_dir"
+printf '%s\n' "local all all trust" "hostssl all all 127.0.0.1/32 trust" > "$pg_dir/data/pg_hba.conf"
+pg_tls="$pg_dir/tls"
+mkdir "$pg_tls"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=TENeT test PostgreSQL root" -keyout "$pg_tls/root.key" -out "$pg_tls/root.pem" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+    -keyout "$pg_tls/server.key" -out "$pg_tls/server.csr" 2>/dev/null
+openssl x509 -req -in "$pg_tls/server.csr" -CA "$pg_tls/root.pem" -CAkey "$pg_tls/root.key" \
+    -CAcreateserial -CAserial "$pg_tls/root.srl" -days 2 -out "$pg_tls/server.pem" \
+    -extfile <(printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+        "extendedKeyUsage=serverAuth" "basicConstraints=critical,CA:FALSE") 2>/dev/null
+rm "$pg_tls/root.key" "$pg_tls/root.srl" "$pg_tls/server.csr"
+chown -R postgres "$pg_tls"
+chmod 600 "$pg_tls/server.key"
+pg_port=""
+for port in $(seq 54329 54348); do
+    if runuser -u postgres -- "$pg_bin/pg_ctl" -D "$pg_dir/data" -w -l "$pg_dir/log" \
+        -o "-c listen_addresses=127.0.0.1 -k $pg_dir -p $port -c ssl=on \
+            -c ssl_cert_file=$pg_tls/server.pem -c ssl_key_file=$pg_tls/server.key" \
+        start >/dev/null 2>&1; then
+        pg_port=$port
+        break
+    fi
+done
+if [ -z "$pg_port" ]; then
+    echo "PostgreSQL did not start (ports 54329-54348):" >&2
+    tail -5 "$pg_dir/log" >&2
+    exit 1
+fi
+export TENET_TEST_POSTGRES="host=$pg_dir port=$pg_port user=postgres dbname=postgres"
+export TENET_TEST_POSTGRES_TLS="host=127.0.0.1 port=$pg_port user=postgres dbname=postgres sslmode=verify-full sslrootcert=$pg_tls/root.pem"
+echo "== started PostgreSQL in $pg_dir (TLS on 127.0.0.1:$pg_port)"
 
 echo "== format and lints"
 cargo fmt --all -- --check

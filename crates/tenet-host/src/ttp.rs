@@ -419,16 +419,18 @@ mod pg_tls {
             };
             let why = match cause {
                 CertificateError::UnknownIssuer => {
-                    format!("it does not chain to the root certificate in {}", root.display())
+                    format!(
+                        "it does not chain to the root certificate in {}",
+                        root.display()
+                    )
                 }
                 CertificateError::NotValidForName
                 | CertificateError::NotValidForNameContext { .. } => {
-                    "it does not name the host of the connection string (sslmode=verify-full)"
-                        .to_owned()
+                    "it does not name the host (sslmode=verify-full)".to_owned()
                 }
                 _ => format!("checked against the root certificate in {}", root.display()),
             };
-            format!("PostgreSQL: the server's TLS certificate is refused: {why} ({cause})")
+            format!("PostgreSQL: the server's TLS certificate is refused: {why}: {cause}")
         }
     }
 
@@ -448,9 +450,13 @@ mod pg_tls {
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(&pem) {
             let cert = cert.map_err(|e| format!("{}: {e}", what()))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("{}: not a usable certificate: {e}", what()))?;
+            roots.add(cert).map_err(|e| {
+                let why = match e {
+                    rustls::Error::InvalidCertificate(c) => c.to_string(),
+                    other => other.to_string(),
+                };
+                format!("{}: not a usable certificate ({why})", what())
+            })?;
         }
         if roots.is_empty() {
             return Err(format!(
@@ -643,7 +649,9 @@ mod pg_tls {
         let mut out = Vec::with_capacity(b.len());
         let mut i = 0;
         while i < b.len() {
-            let hex = b.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+            let hex = b
+                .get(i + 1..i + 3)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit));
             match (b[i], hex) {
                 (b'%', Some(h)) => {
                     let h = std::str::from_utf8(h).map_err(|e| e.to_string())?;
@@ -959,7 +967,11 @@ mod pg_tls_tests {
             r"sslrootcert='/etc/tenet/pg root.pem' sslmode=verify-full",
         ))
         .unwrap();
-        assert_eq!(s.sslmode.as_deref(), Some("verify-full"), "the last one wins");
+        assert_eq!(
+            s.sslmode.as_deref(),
+            Some("verify-full"),
+            "the last one wins"
+        );
         assert_eq!(s.sslrootcert.as_deref(), Some("/etc/tenet/pg root.pem"));
         assert_eq!(
             s.rest,
