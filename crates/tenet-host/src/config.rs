@@ -742,18 +742,12 @@ impl Config {
     }
 }
 
-/// `[dispatch]` bounds that fit together: a destination's bounds within the
+/// `[dispatch]` byte bounds that fit together: a destination's within the
 /// table's, and room for one message of the maximum size in a sender's
 /// share of a destination (else that sender could never send one).
 fn check_dispatch_budgets(l: &Limits) -> Result<(), ConfigError> {
     let err = |key, detail| Err(ConfigError::Value { key, detail });
     let max = tenet_proto::MAX_MESSAGE_LEN;
-    if l.per_destination > l.total {
-        return err(
-            "dispatch.per_destination",
-            format!("{} exceeds dispatch.total ({})", l.per_destination, l.total),
-        );
-    }
     if l.per_destination_bytes > l.total_bytes {
         return err(
             "dispatch.per_destination_bytes",
@@ -810,10 +804,6 @@ mod tests {
             (
                 "[dispatch]\nper_destination_bytes = 9000000\ntotal_bytes = 8000000",
                 "dispatch.per_destination_bytes",
-            ),
-            (
-                "[dispatch]\nper_destination = 10\ntotal = 9",
-                "dispatch.per_destination",
             ),
             ("[dispatch]\ntotal_bytes = 0", "dispatch.total_bytes"),
             (

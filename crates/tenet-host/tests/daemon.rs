@@ -336,7 +336,12 @@ async fn fill(a: &mut Capability, dst: EntityId) -> usize {
 
 #[tokio::test]
 async fn full_queue_refuses_the_sender_and_loses_nothing() {
-    let h = TestHost::start(|c| c.dispatch.per_destination = Some(4)).await;
+    // One sender may fill the whole queue here (no per-sender share).
+    let h = TestHost::start(|c| {
+        c.dispatch.per_destination = Some(4);
+        c.dispatch.per_sender_share = Some(1.0);
+    })
+    .await;
     let mut a = h.app().await;
     let mut b = h.app().await;
     let accepted = fill(&mut a, b.id()).await;
@@ -361,6 +366,8 @@ async fn full_queue_refuses_the_sender_and_loses_nothing() {
 async fn messages_that_outlive_their_ttl_are_returned_as_undeliverable() {
     let h = TestHost::start(|c| {
         c.dispatch.per_destination = Some(4);
+        // One sender may fill the whole queue here (no per-sender share).
+        c.dispatch.per_sender_share = Some(1.0);
         c.dispatch.ttl_secs = Some(0.3);
     })
     .await;
