@@ -435,7 +435,8 @@ fn the_daemon_makes_its_socket_folder_owner_only_or_for_its_group() {
     std::fs::create_dir(&shared).unwrap();
     std::os::unix::fs::chown(&shared, None, Some(54321))
         .expect("the test command runs as root, which may give a folder to a group");
-    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o2770)).unwrap();
+    // Sticky, so that no member of the group can replace the socket.
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o3770)).unwrap();
     // A private socket in it is refused: the group could replace it.
     let e = host_refuses(&shared, "socket_mode = \"0600\"\n");
     assert!(e.contains("writable by its group 54321"), "{e}");

@@ -11,7 +11,13 @@
 //! - others cannot write to it;
 //! - its group can write to it only if that group is the one the socket is
 //!   shared with (`host.socket_mode` grants the group access, and the
-//!   socket belongs to the folder's group).
+//!   socket belongs to the folder's group), and only with the sticky bit,
+//!   so that no member of the group can remove or replace the daemon's
+//!   socket;
+//! - every folder above it belongs to root or to the user, and is writable
+//!   by no one else unless it has the sticky bit (as `/tmp` has);
+//! - for a client, the socket itself belongs to the folder's owner, to
+//!   root or to the user.
 //!
 //! The check reads the file system only; it has no other effect.
 
@@ -49,12 +55,27 @@ pub enum Problem {
         mode: u32,
     },
     /// Its group can write to it, and the socket is not shared with that
-    /// group.
+    /// group, or the folder lacks the sticky bit.
     WritableByGroup {
         /// Its permission bits.
         mode: u32,
         /// Its group.
         gid: u32,
+    },
+    /// A folder above it could be changed by someone else.
+    Ancestor {
+        /// That folder.
+        dir: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The socket belongs to someone else than the folder's owner, root or
+    /// the user.
+    SocketOwner {
+        /// The socket's owner.
+        owner: u32,
     },
 }
 
@@ -75,9 +96,20 @@ impl fmt::Display for Problem {
             ),
             Problem::WritableByGroup { mode, gid } => write!(
                 f,
-                "writable by its group {gid} (mode {mode:04o}), which the socket is not shared \
-                 with: chmod g-w the folder, or share the socket with that group \
-                 (host.socket_mode with group bits, socket owned by the folder's group)"
+                "writable by its group {gid} (mode {mode:04o}): chmod g-w the folder, or, to \
+                 share the socket with that group, give the folder the sticky bit (chmod +t) and \
+                 the socket group bits (host.socket_mode) and the folder's group"
+            ),
+            Problem::Ancestor { dir, owner, mode } => write!(
+                f,
+                "the folder above it, {} (owner uid {owner}, mode {mode:04o}), could be changed \
+                 by another user: it must belong to root or you and be writable by no one else \
+                 unless it has the sticky bit",
+                dir.display()
+            ),
+            Problem::SocketOwner { owner } => write!(
+                f,
+                "the socket in it belongs to uid {owner}, neither the folder's owner, root nor you"
             ),
         }
     }
@@ -116,7 +148,17 @@ pub fn check_for_client(socket: &Path) -> Result<(), UnsafeSocketDir> {
         // Shared with the folder's group only if the socket says so.
         std::fs::symlink_metadata(socket)
             .is_ok_and(|s| s.gid() == meta.gid() && s.permissions().mode() & 0o060 != 0)
-    })
+    })?;
+    if let (Ok(folder), Ok(sock)) = (std::fs::metadata(dir), std::fs::symlink_metadata(socket)) {
+        let owner = sock.uid();
+        if owner != folder.uid() && owner != 0 && owner != me().0 {
+            return Err(UnsafeSocketDir {
+                dir: dir.to_owned(),
+                problem: Problem::SocketOwner { owner },
+            });
+        }
+    }
+    Ok(())
 }
 
 fn check(
@@ -143,11 +185,27 @@ fn check(
     if mode & 0o002 != 0 {
         return Err(refuse(Problem::WritableByOthers { mode }));
     }
-    if mode & 0o020 != 0 && !shared_with_group(&meta) {
+    if mode & 0o020 != 0 && (mode & 0o1000 == 0 || !shared_with_group(&meta)) {
         return Err(refuse(Problem::WritableByGroup {
             mode,
             gid: meta.gid(),
         }));
+    }
+    // The folders above: whoever can rename one can swap the whole path.
+    let canonical =
+        std::fs::canonicalize(dir).map_err(|e| refuse(Problem::Unreadable(e.to_string())))?;
+    for up in canonical.ancestors().skip(1) {
+        let m = std::fs::metadata(up).map_err(|e| refuse(Problem::Unreadable(e.to_string())))?;
+        let mode = m.permissions().mode() & 0o7777;
+        let owner_ok = m.uid() == 0 || m.uid() == uid;
+        let others_write = mode & 0o022 != 0 && mode & 0o1000 == 0;
+        if !owner_ok || others_write {
+            return Err(refuse(Problem::Ancestor {
+                dir: up.to_owned(),
+                owner: m.uid(),
+                mode,
+            }));
+        }
     }
     Ok(())
 }
@@ -186,7 +244,12 @@ mod tests {
 
     #[test]
     fn a_group_writable_folder_needs_the_socket_shared_with_that_group() {
-        let d = dir_with(0o2770); // set-group-id: the socket gets the folder's group
+        // Without the sticky bit, a member of the group could replace the
+        // daemon's socket: refused even when shared.
+        let d = dir_with(0o2770);
+        let e = check_for_daemon(d.path(), 0o660).unwrap_err();
+        assert!(matches!(e.problem, Problem::WritableByGroup { .. }), "{e}");
+        let d = dir_with(0o3770); // set-group-id (the socket gets the folder's group), sticky
         assert_eq!(check_for_daemon(d.path(), 0o660), Ok(()));
         let e = check_for_daemon(d.path(), 0o600).unwrap_err();
         assert!(matches!(e.problem, Problem::WritableByGroup { .. }), "{e}");
@@ -202,6 +265,40 @@ mod tests {
         assert_eq!(check_for_client(&sock), Ok(()));
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(check_for_client(&sock).is_err());
+    }
+
+    #[test]
+    fn a_folder_above_that_others_can_change_is_refused() {
+        let top = dir_with(0o777);
+        let d = top.path().join("run");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let e = check_for_daemon(&d, 0o600).unwrap_err();
+        assert!(
+            matches!(&e.problem, Problem::Ancestor { dir, .. } if dir == &std::fs::canonicalize(top.path()).unwrap()),
+            "{e}"
+        );
+        // With the sticky bit (as /tmp), no one else can rename it away.
+        std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert_eq!(check_for_daemon(&d, 0o600), Ok(()));
+    }
+
+    #[test]
+    fn a_socket_of_another_user_is_refused_by_the_client() {
+        assert_eq!(
+            me().0,
+            0,
+            "only root can give a socket away: run this test as root, as the test command does"
+        );
+        let d = dir_with(0o700);
+        let sock = d.path().join("host.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        assert_eq!(check_for_client(&sock), Ok(()));
+        std::os::unix::fs::chown(&sock, Some(12345), None).unwrap();
+        assert_eq!(
+            check_for_client(&sock).unwrap_err().problem,
+            Problem::SocketOwner { owner: 12345 }
+        );
     }
 
     #[test]
