@@ -702,6 +702,11 @@ pub(crate) fn open(
 /// last one into its domain's queue, so the channel's order never decides
 /// who waits: a request that arrived during a decision is decided after at
 /// most one request of each other domain.
+/// Requests waiting for a decision over all domains, in units of the bound
+/// of one domain: a flood from many domains (a certificate naming many, a
+/// broker without per-host permissions) is refused as busy beyond it.
+pub(crate) const TOTAL_WAITING_DOMAINS: usize = 4;
+
 pub(crate) fn run(
     shared: Arc<Shared>,
     rx: Receiver<Message>,
@@ -712,7 +717,8 @@ pub(crate) fn run(
     // Each domain may have as many requests waiting as any reader of the
     // dispatch table; so many also fill the hand-off channel.
     let per_destination = lock(&shared.table).limits().per_destination;
-    let mut queue = FairQueue::new(per_destination);
+    // However many domains flood at once, at most this many wait in all.
+    let mut queue = FairQueue::with_total(per_destination, TOTAL_WAITING_DOMAINS * per_destination);
     loop {
         let first = match queue.is_empty() {
             true => match rx.recv() {
@@ -761,7 +767,7 @@ fn refuse_busy(shared: &Shared, me: EntityId, refused: Vec<Full<Message>>) {
             %domain,
             refused = n,
             bound = refused[0].bound,
-            "TTP busy: recovery requests beyond their domain's queue refused"
+            "TTP busy: recovery requests beyond their domain's queue, or all queues together, refused"
         );
     }
     let events = {

@@ -258,17 +258,20 @@ pub struct FairQueue<T> {
     /// The domains with requests waiting, the next one to serve first.
     turns: VecDeque<Domain>,
     per_domain: usize,
+    /// The bound over all domains together.
+    total: usize,
     len: usize,
 }
 
 /// A request [`FairQueue::push`] did not take: its domain already has the
 /// bound of requests waiting.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{domain} already has {bound} recovery requests waiting")]
+#[error("{bound} recovery requests are already waiting (of {domain}, or of all domains together)")]
 pub struct Full<T> {
     /// The requester's domain.
     pub domain: Domain,
-    /// The bound per domain.
+    /// The bound reached: the one per domain, or the one over all domains
+    /// when that is the one reached (many domains flooding at once).
     pub bound: usize,
     /// The request, handed back.
     pub request: T,
@@ -278,10 +281,18 @@ impl<T> FairQueue<T> {
     /// An empty queue holding at most `per_domain` requests of each domain
     /// (0 holds none).
     pub fn new(per_domain: usize) -> Self {
+        Self::with_total(per_domain, usize::MAX)
+    }
+
+    /// An empty queue holding at most `per_domain` requests of each domain
+    /// and `total` over all domains: however many domains a flood comes
+    /// from, the queue's memory stays bounded.
+    pub fn with_total(per_domain: usize, total: usize) -> Self {
         Self {
             queues: HashMap::new(),
             turns: VecDeque::new(),
             per_domain,
+            total,
             len: 0,
         }
     }
@@ -290,6 +301,13 @@ impl<T> FairQueue<T> {
     /// domain that had none waiting takes its turn after the domains that
     /// have some.
     pub fn push(&mut self, domain: Domain, request: T) -> Result<(), Full<T>> {
+        if self.len >= self.total {
+            return Err(Full {
+                domain,
+                bound: self.total,
+                request,
+            });
+        }
         let q = self.queues.entry(domain).or_default();
         if q.len() >= self.per_domain {
             if q.is_empty() {
@@ -583,5 +601,20 @@ mod tests {
         let mut none = FairQueue::new(0);
         assert!(none.push(dom(1), ()).is_err());
         assert!(none.is_empty() && none.waiting(&dom(1)) == 0);
+    }
+
+    #[test]
+    fn fair_queue_bounds_all_domains_together() {
+        // A flood from many domains, each within its own bound.
+        let mut q = FairQueue::with_total(2, 5);
+        for d in 0..5 {
+            q.push(dom(d), d).unwrap();
+        }
+        let full = q.push(dom(9), 9).unwrap_err();
+        assert_eq!((full.domain, full.bound, full.request), (dom(9), 5, 9));
+        assert_eq!(q.len(), 5);
+        assert_eq!(q.waiting(&dom(9)), 0, "no empty queue is kept for it");
+        q.pop();
+        q.push(dom(9), 9).unwrap();
     }
 }
