@@ -560,6 +560,14 @@ impl Config {
     /// The TTP `[card] ttp` names, if configured; the daemon checks it is
     /// the card's own (`VoucherApplet::check_ttp`).
     pub fn card_ttp(&self) -> Result<Option<tenet_proto::EntityId>, ConfigError> {
+        if self.card.ttp.is_some() && self.card.virtual_store.is_none() {
+            return Err(ConfigError::Value {
+                key: "card.ttp",
+                detail: "names the TTP of a virtual card (card.virtual); a card in a reader runs \
+                         with the TTP it was personalized for (tenet card serve --ttp checks it)"
+                    .into(),
+            });
+        }
         self.card
             .ttp
             .as_deref()
@@ -821,6 +829,10 @@ mod tests {
             ("[card]\nvirtual = \"a\"\nreader = \"b\"", "card"),
             ("[card]\nwait_secs = -3.0", "card.wait_secs"),
             ("[card]\nmax_message = 70000", "card.max_message"),
+            (
+                "[card]\nreader = \"b\"\nttp = \"777777777777777777777777:0\"",
+                "card.ttp",
+            ),
             ("[remote]\nlisten = \"127.0.0.1:1\"", "remote"),
             (
                 "[remote]\ndanger_plaintext = true\nwindow = 0",
