@@ -10,6 +10,13 @@
 //! RESPONSE. It counts APDUs and bytes, and gives the card the host's time
 //! (`set-time`, the card's only clock) after every SELECT and then
 //! periodically ([`CardSession::tell_time_if_due`]).
+//!
+//! The card is the daemon's alone: `PcscLink` holds its reader exclusively,
+//! on every connection, so no other PC/SC client can send the card a
+//! command while the daemon uses it. And a session stays with the card it
+//! first selected: after a reconnection, a card whose domain, public key or
+//! certificate differs from what GET INFO said first is refused
+//! ([`SessionError::OtherCard`]) before anything is sent to it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -17,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tenet_card::{Card, FileStore};
 use tenet_proto::apdu::{Command, Response, SHORT_LC_MAX, StatusWord, tenet};
 use tenet_proto::card::{CardInfo, SetTime};
-use tenet_proto::{Codec, EntityId, Message, Mtype, Port};
+use tenet_proto::{Codec, Domain, EntityId, Message, Mtype, Port};
 
 /// Why a link failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,6 +35,12 @@ pub enum LinkError {
     /// The card was reset by someone else; the command was not sent.
     #[error("the card was reset")]
     Reset,
+    /// Another PC/SC client is connected to the reader, so it cannot be
+    /// held exclusively (`SCARD_E_SHARING_VIOLATION`).
+    #[error(
+        "in use by another PC/SC client (SCARD_E_SHARING_VIOLATION); close it or choose another reader"
+    )]
+    InUse,
     /// Any other link failure.
     #[error("card link: {0}")]
     Other(String),
@@ -41,6 +54,10 @@ pub trait CardLink: Send {
     /// [`LinkError::Reset`]; the card is reset (its authenticated set is
     /// cleared).
     fn reconnect(&mut self) -> Result<(), LinkError>;
+    /// Lets go of the card (one that is not the session's card), so that
+    /// the next [`reconnect`](Self::reconnect) connects afresh instead of
+    /// resetting whatever card is now behind the old connection.
+    fn release(&mut self) {}
     /// Whether extended-length APDUs pass.
     fn extended(&self) -> bool;
     /// For logs: what the link is.
@@ -114,6 +131,48 @@ pub enum SessionError {
     /// The card's answer is malformed.
     #[error("malformed answer from the card: {0}")]
     Malformed(String),
+    /// After a reconnection, another card than the one first selected.
+    #[error("another card is in the reader: {0}")]
+    OtherCard(#[from] OtherCard),
+}
+
+/// How the card found after a reconnection differs from the one the
+/// session first selected. Compared in this order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OtherCard {
+    /// Another domain.
+    #[error("its domain is {found}, not {expected}")]
+    Domain {
+        /// The first card's domain.
+        expected: Domain,
+        /// This card's.
+        found: Domain,
+    },
+    /// The same domain, another key pair: another card.
+    #[error("same domain {0}, but another public key")]
+    PublicKey(Domain),
+    /// The same key, but the certificate differs or is missing.
+    #[error("same domain and public key, but another certificate or none")]
+    Certificate,
+}
+
+impl OtherCard {
+    /// Why `found` is not the card that showed `first`, if it is not.
+    pub fn check(first: &CardInfo, found: &CardInfo) -> Result<(), Self> {
+        if found.domain != first.domain {
+            return Err(Self::Domain {
+                expected: first.domain,
+                found: found.domain,
+            });
+        }
+        if found.public_key != first.public_key {
+            return Err(Self::PublicKey(found.domain));
+        }
+        if found.certificate != first.certificate {
+            return Err(Self::Certificate);
+        }
+        Ok(())
+    }
 }
 
 /// The TENeT APDU mapping over a link.
@@ -121,6 +180,9 @@ pub struct CardSession {
     link: Box<dyn CardLink>,
     short: bool,
     stats: std::sync::Arc<LinkStats>,
+    /// What the card said about itself at the first selection; every later
+    /// selection must show the same card.
+    first: Option<CardInfo>,
     /// When the card was last given the time; `None` since the last
     /// SELECT (a reset or power-up makes the card forget it).
     time_told: Option<Instant>,
@@ -135,6 +197,7 @@ impl CardSession {
             link,
             short,
             stats: Default::default(),
+            first: None,
             time_told: None,
         }
     }
@@ -153,7 +216,8 @@ impl CardSession {
         )
     }
 
-    /// Reconnects the link (resetting the card) and selects the applet.
+    /// Reconnects the link (resetting the card) and selects the applet;
+    /// [`SessionError::OtherCard`] when it is not the card first selected.
     pub fn reconnect(&mut self) -> Result<CardInfo, SessionError> {
         self.link.reconnect()?;
         self.select()
@@ -207,7 +271,9 @@ impl CardSession {
         if self.short { 256 } else { 65_536 }
     }
 
-    /// Selects the TENeT applet and reads the card's info.
+    /// Selects the TENeT applet and reads the card's info. The first card
+    /// selected is the session's card; later, another one is refused with
+    /// [`SessionError::OtherCard`] (and nothing more is sent to it).
     pub fn select(&mut self) -> Result<CardInfo, SessionError> {
         self.time_told = None;
         let r = self.exchange(
@@ -221,7 +287,17 @@ impl CardSession {
         if r.sw != StatusWord::OK {
             return Err(SessionError::Status(r.sw));
         }
-        CardInfo::decode(&r.data).map_err(|e| SessionError::Malformed(e.to_string()))
+        let info = CardInfo::decode(&r.data).map_err(|e| SessionError::Malformed(e.to_string()))?;
+        match &self.first {
+            Some(first) => {
+                if let Err(e) = OtherCard::check(first, &info) {
+                    self.link.release();
+                    return Err(e.into());
+                }
+            }
+            None => self.first = Some(info.clone()),
+        }
+        Ok(info)
     }
 
     /// Asks the card for a new port.
@@ -320,7 +396,11 @@ mod pcsc_link {
 
     use super::{CardLink, LinkError};
 
-    /// A card in a PC/SC reader, chosen by reader name.
+    /// A card in a PC/SC reader, chosen by reader name, held exclusively
+    /// (`SCARD_SHARE_EXCLUSIVE`) on every connection: while the daemon is
+    /// connected, pcscd refuses every other client's connection to the
+    /// reader with a sharing violation, so nobody else can select the card,
+    /// send it messages, poll its answers or reset it.
     pub struct PcscLink {
         ctx: Context,
         reader: CString,
@@ -333,6 +413,7 @@ mod pcsc_link {
         use pcsc::Error as E;
         match e {
             E::ResetCard => LinkError::Reset,
+            E::SharingViolation => LinkError::InUse,
             E::RemovedCard
             | E::NoSmartcard
             | E::UnpoweredCard
@@ -346,8 +427,10 @@ mod pcsc_link {
     }
 
     impl PcscLink {
-        /// Connects to the card in reader `name`. `extended` says whether
-        /// the reader passes extended-length APDUs.
+        /// Connects exclusively to the card in reader `name`. `extended`
+        /// says whether the reader passes extended-length APDUs. A reader
+        /// another PC/SC client is connected to fails with
+        /// [`LinkError::InUse`].
         pub fn connect(name: &str, extended: bool) -> Result<Self, LinkError> {
             let ctx = Context::establish(Scope::User)
                 .map_err(|e| LinkError::Other(format!("PC/SC service (pcscd): {e}")))?;
@@ -405,9 +488,11 @@ mod pcsc_link {
         }
 
         fn reconnect(&mut self) -> Result<(), LinkError> {
+            // Exclusive again: a reconnection must not open the reader to
+            // other clients.
             if let Some(card) = self.card.as_mut()
                 && card
-                    .reconnect(ShareMode::Shared, Protocols::ANY, Disposition::ResetCard)
+                    .reconnect(ShareMode::Exclusive, Protocols::ANY, Disposition::ResetCard)
                     .is_ok()
             {
                 return Ok(());
@@ -415,10 +500,14 @@ mod pcsc_link {
             self.card = None;
             let card = self
                 .ctx
-                .connect(&self.reader, ShareMode::Shared, Protocols::ANY)
+                .connect(&self.reader, ShareMode::Exclusive, Protocols::ANY)
                 .map_err(map)?;
             self.card = Some(card);
             Ok(())
+        }
+
+        fn release(&mut self) {
+            self.card = None;
         }
 
         fn extended(&self) -> bool {
@@ -455,20 +544,86 @@ mod tests {
         }
     }
 
-    fn session(extended: bool) -> CardSession {
+    fn card(domain: u8, seed: u64) -> Card<MemStore> {
         let p = Personalization {
-            domain: Domain::new([1; 12]),
+            domain: Domain::new([domain; 12]),
             pin: b"1234".to_vec(),
             puk: b"12345678".to_vec(),
         };
-        let card = Card::personalize(
+        Card::personalize(
             MemStore::new(8192),
             &p,
             CardLimits::default(),
-            Box::new(SeededEntropy::new(3)),
+            Box::new(SeededEntropy::new(seed)),
         )
-        .unwrap();
-        CardSession::new(Box::new(MemLink(card, extended)), false)
+        .unwrap()
+    }
+
+    fn session(extended: bool) -> CardSession {
+        CardSession::new(Box::new(MemLink(card(1, 3), extended)), false)
+    }
+
+    /// A reader whose card the test swaps.
+    struct Slot(std::sync::Arc<std::sync::Mutex<Card<MemStore>>>);
+
+    impl CardLink for Slot {
+        fn transmit(&mut self, c: &[u8]) -> Result<Vec<u8>, LinkError> {
+            Ok(self.0.lock().unwrap().process_apdu(c))
+        }
+        fn reconnect(&mut self) -> Result<(), LinkError> {
+            self.0.lock().unwrap().reset();
+            Ok(())
+        }
+        fn extended(&self) -> bool {
+            true
+        }
+        fn describe(&self) -> String {
+            "swappable".into()
+        }
+    }
+
+    #[test]
+    fn a_reconnection_takes_only_the_card_first_selected() {
+        let uncertified = card(1, 3);
+        // The same card (same key) before its certificate was installed.
+        let reopen = |c: &Card<MemStore>| {
+            Card::open(
+                c.store().clone(),
+                CardLimits::default(),
+                Box::new(SeededEntropy::new(5)),
+            )
+            .unwrap()
+        };
+        let mut first = reopen(&uncertified);
+        first
+            .install_certificates(vec![0x30, 1], vec![0x30, 2])
+            .unwrap();
+        let certified = reopen(&first);
+        let slot = std::sync::Arc::new(std::sync::Mutex::new(first));
+        let mut s = CardSession::new(Box::new(Slot(slot.clone())), false);
+        let info = s.select().unwrap();
+        let mut put = |c: Card<MemStore>| {
+            *slot.lock().unwrap() = c;
+            s.reconnect().map(|_| ())
+        };
+        let other_domain = put(card(2, 3)).unwrap_err();
+        assert_eq!(
+            other_domain,
+            SessionError::OtherCard(OtherCard::Domain {
+                expected: info.domain,
+                found: Domain::new([2; 12])
+            })
+        );
+        let other_key = put(card(1, 4)).unwrap_err();
+        assert_eq!(
+            other_key,
+            SessionError::OtherCard(OtherCard::PublicKey(info.domain))
+        );
+        // The same key without the certificate it showed is not taken
+        // either.
+        let no_cert = put(uncertified).unwrap_err();
+        assert_eq!(no_cert, SessionError::OtherCard(OtherCard::Certificate));
+        put(certified).expect("the first card is taken back");
     }
 
     #[test]

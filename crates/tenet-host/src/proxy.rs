@@ -8,6 +8,11 @@
 //! answers (ingress path `card`). It also assigns ports for apps acquiring
 //! ids (ASSIGN PORT).
 //!
+//! The card is the daemon's alone: a PC/SC reader is held exclusively on
+//! every connection (`PcscLink`), so no other local PC/SC client can select
+//! the card, deliver to it under a guessed authenticated `src`, assign
+//! ports or poll away its outgoing messages.
+//!
 //! The card's clock: the proxy gives the card the host's time (`set-time`,
 //! as the card's own id) when it attaches the card, before anything else,
 //! after every reconnection or reset (before the next delivery), and every
@@ -19,10 +24,14 @@
 //! or may not have seen it, so it is never sent twice), the proxy retries
 //! the connection every 500 ms, and other messages wait in the table under
 //! its usual bounds and time to live. A card that comes back is reset and
-//! re-selected, so its authenticated set is empty; a different card (other
-//! domain) in the reader is refused. A reset by another PC/SC client is
-//! handled the same way, and the command it interrupted (not executed by
-//! the card) is sent again.
+//! re-selected, so its authenticated set is empty. It must be the card the
+//! daemon started with: same domain, same public key, same certificate
+//! (`CardSession` compares them with its first GET INFO). Any other card
+//! is refused, logged once with the reason, and sent nothing; the messages
+//! waiting for the card (a `verify-pin` with its PIN, say) stay in the
+//! table until the right card is back. A reset the proxy did not ask for
+//! (pcscd's) is handled the same way, and the command it interrupted (not
+//! executed by the card) is sent again, only to the same card.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -52,17 +61,22 @@ pub(crate) const CLOCK_PERIOD: Duration = Duration::from_secs(3600);
 
 pub(crate) fn run(
     shared: Arc<Shared>,
-    mut session: CardSession,
+    session: CardSession,
     rx: Receiver<ProxyCmd>,
     ep: EndpointId,
     card: EntityId,
 ) {
+    let mut link = Attached {
+        session,
+        card,
+        failed: None,
+    };
     // The card's time first, before anything is delivered to it.
-    let mut connected = tell_time(&shared, &mut session, card);
+    let mut connected = tell_time(&shared, &mut link);
     loop {
         let cmd = if connected {
             // Wakes for the next tick of the card's clock (drain tells it).
-            rx.recv_timeout(session.time_due_in(CLOCK_PERIOD))
+            rx.recv_timeout(link.session.time_due_in(CLOCK_PERIOD))
         } else {
             rx.recv_timeout(RETRY)
         };
@@ -72,16 +86,16 @@ pub(crate) fn run(
             Err(RecvTimeoutError::Disconnected) => return,
         };
         if !connected {
-            connected = reconnect(&mut session, card);
+            connected = link.reconnect();
         }
         match cmd {
             ProxyCmd::Stop => return,
             ProxyCmd::AssignPort(reply) => {
                 let r = if connected {
-                    match session.assign_port() {
+                    match link.session.assign_port() {
                         Ok(p) => Ok(p),
                         Err(SessionError::Link(e)) => {
-                            connected = handle_link_error(&mut session, card, &e);
+                            connected = link.handle_link_error(&e);
                             Err(format!("card not available: {e}"))
                         }
                         Err(e) => Err(e.to_string()),
@@ -94,67 +108,89 @@ pub(crate) fn run(
             ProxyCmd::Wake => {}
         }
         if connected {
-            connected = drain(&shared, &mut session, ep, card);
+            connected = drain(&shared, &mut link, ep);
         }
     }
 }
 
-fn reconnect(session: &mut CardSession, card: EntityId) -> bool {
-    match session.reconnect() {
-        Ok(info) if info.domain == card.domain() => {
-            info!(%card, link = session.describe(), "card is back (reset: authenticated set cleared)");
-            true
-        }
-        Ok(info) => {
-            warn!(expected = %card, found = %info.domain.owner(), "a different card is in the reader; not using it");
-            false
-        }
-        Err(e) => {
-            debug!(%card, error = %e, "card not back yet");
-            false
-        }
-    }
+/// The session with the card, and why the last reconnection failed.
+struct Attached {
+    session: CardSession,
+    card: EntityId,
+    /// Why the last reconnection failed, so that a refusal is logged once
+    /// until it changes (the proxy retries every 500 ms).
+    failed: Option<String>,
 }
 
-/// After a link error: reconnects at once for a reset, else reports the
-/// card missing. Returns whether the card is usable.
-fn handle_link_error(session: &mut CardSession, card: EntityId, e: &LinkError) -> bool {
-    match e {
-        LinkError::Reset => reconnect(session, card),
-        _ => {
-            warn!(%card, error = %e, "card link lost; messages for the card wait in the table");
-            false
+impl Attached {
+    /// Reconnects (the card is reset) and checks it is the daemon's card.
+    /// Returns whether the card is usable.
+    fn reconnect(&mut self) -> bool {
+        let card = self.card;
+        let why = match self.session.reconnect() {
+            Ok(_) => {
+                self.failed = None;
+                info!(%card, link = self.session.describe(), "card is back (reset: authenticated set cleared)");
+                return true;
+            }
+            Err(e) => e,
+        };
+        let text = why.to_string();
+        let first = self.failed.as_deref() != Some(text.as_str());
+        match &why {
+            SessionError::OtherCard(reason) if first => {
+                warn!(expected = %card, %reason, "card refused: another card is in the reader; nothing is sent to it, messages for the card wait");
+            }
+            SessionError::Link(LinkError::InUse) if first => {
+                warn!(%card, link = self.session.describe(), error = %why, "card not reachable; messages for the card wait");
+            }
+            _ => debug!(%card, error = %why, "card not back yet"),
+        }
+        self.failed = Some(text);
+        false
+    }
+
+    /// After a link error: reconnects at once for a reset, else reports the
+    /// card missing. Returns whether the card is usable.
+    fn handle_link_error(&mut self, e: &LinkError) -> bool {
+        match e {
+            LinkError::Reset => self.reconnect(),
+            _ => {
+                warn!(card = %self.card, error = %e, "card link lost; messages for the card wait in the table");
+                false
+            }
         }
     }
 }
 
 /// Delivers everything waiting for the card. Returns whether the card is
 /// still connected.
-fn drain(shared: &Shared, session: &mut CardSession, ep: EndpointId, card: EntityId) -> bool {
+fn drain(shared: &Shared, link: &mut Attached, ep: EndpointId) -> bool {
+    let card = link.card;
     loop {
         // After a reconnection or reset, and every hour: the time first.
-        if !tell_time(shared, session, card) {
+        if !tell_time(shared, link) {
             return false;
         }
         let Some(d) = lock(&shared.table).take(ep) else {
             return true;
         };
         let m = d.message;
-        let mut result = session.deliver(&m);
+        let mut result = link.session.deliver(&m);
         if let Err(SessionError::Link(LinkError::Reset)) = result {
             // The command was not executed; the card was reset by someone
-            // else. Select again and send it once more.
-            if !reconnect(session, card) {
+            // else. Select again (the same card only) and send it once more.
+            if !link.reconnect() {
                 undeliverable(shared, &m);
                 return false;
             }
-            result = session.deliver(&m);
+            result = link.session.deliver(&m);
         }
         match result {
             Ok(out) => store_from_card(shared, card, out),
             Err(SessionError::Link(e)) => {
                 undeliverable(shared, &m);
-                return handle_link_error(session, card, &e);
+                return link.handle_link_error(&e);
             }
             Err(e) => {
                 warn!(%card, src = %m.src(), mtype = %m.mtype(), error = %e, "card did not take a message");
@@ -176,8 +212,9 @@ fn drain(shared: &Shared, session: &mut CardSession, ep: EndpointId, card: Entit
 
 /// Gives the card the host's time if due ([`CLOCK_PERIOD`], or since the
 /// card was selected again). Returns whether the card is still connected.
-fn tell_time(shared: &Shared, session: &mut CardSession, card: EntityId) -> bool {
-    match session.tell_time_if_due(card, CLOCK_PERIOD) {
+fn tell_time(shared: &Shared, link: &mut Attached) -> bool {
+    let card = link.card;
+    match link.session.tell_time_if_due(card, CLOCK_PERIOD) {
         Ok(out) => {
             let (refusals, rest): (Vec<_>, Vec<_>) = out.into_iter().partition(|m| m.dst() == card);
             for m in refusals {
@@ -187,7 +224,7 @@ fn tell_time(shared: &Shared, session: &mut CardSession, card: EntityId) -> bool
             store_from_card(shared, card, rest);
             true
         }
-        Err(SessionError::Link(e)) => handle_link_error(session, card, &e),
+        Err(SessionError::Link(e)) => link.handle_link_error(&e),
         Err(e) => {
             warn!(%card, error = %e, "the card did not take the host's time");
             true

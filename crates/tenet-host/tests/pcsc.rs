@@ -2,13 +2,20 @@
 //! virtual card connects to vpcd over TCP, and the daemon reaches it through
 //! pcscd like any card in a reader.
 //!
-//! Needs pcscd running with the vpcd driver (`scripts/test.sh` starts it).
-//! `TENET_VPCD_ADDR` (default `127.0.0.1:35963`) and `TENET_PCSC_READER`
-//! (default `Virtual PCD 00 00`) name vpcd's first slot.
+//! The card is the daemon's alone: while the daemon holds it no other
+//! PC/SC client (opensc-tool here) can talk to it, a card with the same
+//! domain but another key is refused on re-insertion and gets nothing, and
+//! a reader another client holds is a clear startup error.
+//!
+//! Needs pcscd running with the vpcd driver (`scripts/test.sh` starts it)
+//! and opensc-tool. `TENET_VPCD_ADDR` (default `127.0.0.1:35963`) and
+//! `TENET_PCSC_READER` (default `Virtual PCD 00 00`) name vpcd's first slot.
 #![cfg(feature = "pcsc")]
 
 use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use tenet_card::{Card, CardLimits, FileStore, Personalization, SeededEntropy, SystemEntropy};
@@ -34,10 +41,15 @@ fn reader() -> String {
 }
 
 fn make_card(dir: &Path) -> PathBuf {
-    let path = dir.join("card.store");
+    make_card_named(dir, "card.store", b"1357")
+}
+
+/// A card of [`DOMAIN`] with its own key pair (every card makes one).
+fn make_card_named(dir: &Path, name: &str, pin: &[u8]) -> PathBuf {
+    let path = dir.join(name);
     let p = Personalization {
         domain: DOMAIN,
-        pin: b"1357".to_vec(),
+        pin: pin.to_vec(),
         puk: b"24682468".to_vec(),
     };
     let store = FileStore::create(&path, 16 * 1024).unwrap();
@@ -53,10 +65,11 @@ fn make_card(dir: &Path) -> PathBuf {
     path
 }
 
-/// A virtual card inserted into vpcd's slot.
+/// A virtual card inserted into vpcd's slot. Dropped (a test failed), it
+/// is pulled without waiting, so that the slot is free for the next test.
 struct Inserted {
     stream: TcpStream,
-    thread: std::thread::JoinHandle<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 fn insert(store: &Path) -> Inserted {
@@ -80,16 +93,27 @@ fn insert(store: &Path) -> Inserted {
         let mut card = Card::open(s, CardLimits::default(), Box::new(SystemEntropy)).unwrap();
         let _ = tenet_card::vpcd::serve_connection(&mut card, theirs);
     });
-    Inserted { stream, thread }
+    Inserted {
+        stream,
+        thread: Some(thread),
+    }
 }
 
 impl Inserted {
     /// Pulls the card and waits until pcscd sees the reader empty (a person
     /// cannot re-insert a card within vpcd's 400 ms presence poll either).
-    fn remove(self) {
+    fn remove(mut self) {
         let _ = self.stream.shutdown(Shutdown::Both);
-        self.thread.join().unwrap();
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
         wait_for_reader(false);
+    }
+}
+
+impl Drop for Inserted {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
     }
 }
 
@@ -114,22 +138,98 @@ fn wait_for_reader(present: bool) {
     }
 }
 
-async fn host(dir: &Path, short: bool) -> HostHandle {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TENET_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
+fn config(dir: &Path, short: bool) -> Config {
+    logs();
     let mut cfg = Config::default();
     cfg.host.socket = Some(dir.join("host.sock"));
     cfg.host.state_dir = Some(dir.join("state"));
     cfg.card.reader = Some(reader());
     cfg.card.short_apdus = Some(short);
-    tenet_host::start(&cfg)
+    cfg
+}
+
+async fn host(dir: &Path, short: bool) -> HostHandle {
+    tenet_host::start(&config(dir, short))
         .await
         .expect("daemon attaches the card in the PC/SC reader")
+}
+
+/// Warnings and errors logged in this test binary, in order, each as
+/// `message field=value ...`; a watch counts them so that tests can wait
+/// for one.
+static WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static LOGGED: LazyLock<tokio::sync::watch::Sender<usize>> =
+    LazyLock::new(|| tokio::sync::watch::channel(0).0);
+
+struct Capture;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Text(String);
+        impl tracing::field::Visit for Text {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                if f.name() == "message" {
+                    self.0.insert_str(0, &format!("{v:?}"));
+                } else {
+                    self.0.push_str(&format!(" {}={v:?}", f.name()));
+                }
+            }
+        }
+        let mut t = Text(String::new());
+        event.record(&mut t);
+        let n = {
+            let mut w = WARNINGS.lock().unwrap_or_else(|p| p.into_inner());
+            w.push(t.0);
+            w.len()
+        };
+        LOGGED.send_replace(n);
+    }
+}
+
+/// Logs to the test output (`TENET_LOG`, default `warn`) and captures
+/// warnings for [`warning`].
+fn logs() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
+    let filter = EnvFilter::try_from_env("TENET_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_test_writer()
+                .with_filter(filter),
+        )
+        .with(Capture.with_filter(tracing_subscriber::filter::LevelFilter::WARN))
+        .try_init();
+}
+
+/// How many warnings were logged so far.
+fn warnings_so_far() -> usize {
+    WARNINGS.lock().unwrap_or_else(|p| p.into_inner()).len()
+}
+
+/// Waits (up to [`WAIT`]) for a warning after the first `after` that
+/// contains every one of `parts`.
+async fn warning(after: usize, parts: &[&str]) -> String {
+    let mut seen = LOGGED.subscribe();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(w) = WARNINGS.lock().unwrap_or_else(|p| p.into_inner())[after..]
+            .iter()
+            .find(|w| parts.iter().all(|p| w.contains(p)))
+        {
+            return w.clone();
+        }
+        tokio::time::timeout_at(deadline, seen.changed())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no warning with {parts:?} within {WAIT:?}; logged: {:#?}",
+                    &WARNINGS.lock().unwrap()[after..]
+                )
+            })
+            .expect("the watch lives as long as the test binary");
+    }
 }
 
 #[tokio::test]
@@ -233,6 +333,185 @@ async fn card_removal_and_reinsertion() {
         .await
         .unwrap();
     assert_eq!(recv(&mut alice).await.mtype(), Mtype::REFUSED);
+    h.shutdown().await;
+    card.remove();
+}
+
+/// opensc-tool, another PC/SC client, sends SELECT to the card in the
+/// reader: whether it got an answer, and what it printed.
+fn opensc_select() -> (bool, String) {
+    let out = Command::new("opensc-tool")
+        .args([
+            "-c",
+            "default",
+            "-r",
+            &reader(),
+            "-s",
+            "00 A4 04 00 07 F0 54 45 4E 45 54 01",
+        ])
+        .output()
+        .expect("opensc-tool is installed (Debian package opensc)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success() && text.contains("Received"), text)
+}
+
+/// Connects to the reader as another PC/SC client would (shared mode).
+fn other_client(ctx: &pcsc::Context) -> Result<pcsc::Card, pcsc::Error> {
+    let name = std::ffi::CString::new(reader()).unwrap();
+    ctx.connect(&name, pcsc::ShareMode::Shared, pcsc::Protocols::ANY)
+}
+
+/// Asserts that neither opensc-tool nor another PC/SC connection reaches
+/// the card, and that the daemon still does.
+async fn assert_held(alice: &mut Capability, when: &str) {
+    let (answered, text) = opensc_select();
+    assert!(
+        !answered && text.contains("in use by another application"),
+        "{when}: opensc-tool talked to the card behind the daemon:\n{text}"
+    );
+    let ctx = pcsc::Context::establish(pcsc::Scope::User).expect("pcscd answers");
+    match other_client(&ctx) {
+        Err(pcsc::Error::SharingViolation) => {}
+        Err(e) => {
+            panic!("{when}: another client failed otherwise than by a sharing violation: {e}")
+        }
+        Ok(_) => panic!("{when}: another PC/SC client connected to the reader"),
+    }
+    alice.echo(DOMAIN.owner(), b"", WAIT).await.unwrap();
+}
+
+/// No other PC/SC client can reach the card while the daemon holds it,
+/// also after the card was pulled and put back.
+#[tokio::test]
+async fn another_pcsc_client_cannot_talk_to_the_card_the_daemon_holds() {
+    let _slot = READER.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = make_card(dir.path());
+    let card = insert(&store);
+    wait_for_reader(true);
+    let (answered, text) = opensc_select();
+    assert!(
+        answered,
+        "without a daemon, opensc-tool reaches the card: {text}"
+    );
+
+    let h = host(dir.path(), false).await;
+    let mut alice = Capability::acquire(h.socket_path()).await.unwrap();
+    assert_held(&mut alice, "attached at startup").await;
+
+    card.remove();
+    let err = alice.echo(DOMAIN.owner(), b"", WAIT).await.unwrap_err();
+    assert!(matches!(err, ClientError::Undeliverable { .. }), "{err}");
+    let card = insert(&store);
+    // Waits in the table until the proxy has the card back.
+    alice.echo(DOMAIN.owner(), b"", WAIT).await.unwrap();
+    assert_held(&mut alice, "re-inserted").await;
+
+    h.shutdown().await;
+    let (answered, text) = opensc_select();
+    assert!(answered, "the daemon gone, the reader is free: {text}");
+    card.remove();
+}
+
+/// A card of the same domain with another key, put in the reader while
+/// the daemon's card is out, is refused and gets nothing: not the
+/// `verify-pin` (with the PIN) waiting for the card. The daemon's card,
+/// put back, gets it.
+#[tokio::test]
+async fn a_card_with_the_same_domain_but_another_key_gets_nothing() {
+    let _slot = READER.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ours = make_card(dir.path());
+    let theirs = make_card_named(dir.path(), "other.store", b"2468");
+    let card = insert(&ours);
+    let h = host(dir.path(), false).await;
+    let mut alice = Capability::acquire(h.socket_path()).await.unwrap();
+    alice.echo(DOMAIN.owner(), b"", WAIT).await.unwrap();
+
+    card.remove();
+    let err = alice.echo(DOMAIN.owner(), b"", WAIT).await.unwrap_err();
+    assert!(matches!(err, ClientError::Undeliverable { .. }), "{err}");
+    // Alice's PIN waits in the table for the card.
+    let before = warnings_so_far();
+    alice
+        .send(
+            DOMAIN.owner(),
+            Mtype::VERIFY_PIN,
+            VerifyPin {
+                pin: b"1357".to_vec(),
+            }
+            .to_bytes(),
+        )
+        .await
+        .unwrap();
+    let other = insert(&theirs);
+    let refusal = tokio::select! {
+        w = warning(before, &["card refused", "another public key"]) => w,
+        m = alice.receive() => panic!(
+            "the waiting verify-pin went to the other card, which answered {:?}",
+            m.map(|m| PinStatus::decode(&m.param))
+        ),
+    };
+    assert!(refusal.contains(&DOMAIN.to_string()), "{refusal}");
+    other.remove();
+    let other = Card::open(
+        FileStore::open(&theirs).unwrap(),
+        CardLimits::default(),
+        Box::new(SystemEntropy),
+    )
+    .unwrap();
+    assert_eq!(
+        other.state().pin_tries,
+        3,
+        "the other card saw the PIN (it counted a wrong one)"
+    );
+    drop(other);
+
+    let card = insert(&ours);
+    let status = PinStatus::decode(&recv(&mut alice).await.param).unwrap();
+    assert_eq!(
+        status.outcome,
+        PinOutcome::Verified,
+        "the verify-pin waited for the daemon's card"
+    );
+    h.shutdown().await;
+    card.remove();
+}
+
+/// A reader another PC/SC client is connected to cannot be held
+/// exclusively: the daemon does not start, and says why.
+#[tokio::test]
+async fn a_reader_another_client_holds_is_a_clear_startup_error() {
+    let _slot = READER.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let card = insert(&make_card(dir.path()));
+    wait_for_reader(true);
+    let ctx = pcsc::Context::establish(pcsc::Scope::User).expect("pcscd answers");
+    let held = other_client(&ctx).expect("a free reader takes a shared connection");
+    let mut cfg = config(dir.path(), false);
+    cfg.card.wait_secs = Some(0.5);
+    let err = match tenet_host::start(&cfg).await {
+        Ok(h) => {
+            h.shutdown().await;
+            panic!("the daemon started on a reader another client holds")
+        }
+        Err(e) => e.to_string(),
+    };
+    assert_eq!(
+        err,
+        format!(
+            "card: reader {:?}: in use by another PC/SC client (SCARD_E_SHARING_VIOLATION); close it or choose another reader",
+            reader()
+        )
+    );
+    drop(held);
+    let h = tenet_host::start(&cfg)
+        .await
+        .expect("the reader let go, the daemon starts");
     h.shutdown().await;
     card.remove();
 }
