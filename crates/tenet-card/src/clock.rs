@@ -20,12 +20,14 @@
 //! - otherwise the card's time becomes `max(bound, host time)`;
 //! - the bound moves forward by at most [`STEP`] (a day) at a time, only
 //!   when the host time is at least a day past it, and at most once per
-//!   [`RAISE_EVERY`] host times accepted (a day of the proxy's hourly
-//!   ticks; the first time after power-up may raise it). That is at most
-//!   one store write a day for a host whose clock is right, and a wrong
-//!   host time in the future moves the bound one day at most: when the
-//!   host's clock is corrected, its times are accepted again, at once.
-//!   Nothing a host says can move the bound backwards.
+//!   [`RAISE_EVERY`] host times accepted since power-up or the last raise
+//!   (a day of the proxy's hourly ticks). That is at most one store write a
+//!   day for a host whose clock is right, and a wrong host time in the
+//!   future moves the bound one day per day of uptime at most, and not at
+//!   all across restarts (a daemon in a restart loop with its clock in the
+//!   future cannot push the bound ahead): when the host's clock is
+//!   corrected, its times are accepted again, at once. Nothing a host says
+//!   can move the bound backwards.
 //!
 //! Before its host has told it the time since power-up, the card's time is
 //! its bound, a time that has certainly passed. Then a certificate is
@@ -113,8 +115,9 @@ impl Default for Clock {
     fn default() -> Self {
         Self {
             host: None,
-            // The first host time after power-up may move the bound.
-            since_raise: RAISE_EVERY - 1,
+            // A day of host times after power-up before the bound moves:
+            // restarts never move it.
+            since_raise: 0,
         }
     }
 }
@@ -250,7 +253,12 @@ mod tests {
     fn the_bound_moves_a_day_at_most_and_once_per_day_of_ticks() {
         let mut c = Clock::default();
         let far = T + 100 * 365 * DAY;
-        // The first host time after power-up moves the bound, by a day.
+        // After power-up, 23 host times do not move the bound, the 24th
+        // moves it by a day.
+        for _ in 0..RAISE_EVERY - 1 {
+            assert_eq!(c.check(far, T), Ok(None));
+            c.accept(far, false);
+        }
         assert_eq!(c.check(far, T), Ok(Some(T + DAY)));
         c.accept(far, true);
         let bound = T + DAY;
@@ -260,8 +268,15 @@ mod tests {
             c.accept(far, false);
         }
         assert_eq!(c.check(far, bound), Ok(Some(bound + DAY)));
+        // A restart loop with the clock in the future never moves it.
+        for _ in 0..1000 {
+            assert_eq!(Clock::default().check(far, T), Ok(None));
+        }
         // A time less than a day past the bound does not move it.
-        let c = Clock::default();
+        let mut c = Clock::default();
+        for _ in 0..RAISE_EVERY - 1 {
+            c.accept(T + DAY + 5, false);
+        }
         assert_eq!(c.check(T + DAY - 1, T), Ok(None));
         assert_eq!(c.check(T + DAY + 5, T), Ok(Some(T + DAY)));
     }

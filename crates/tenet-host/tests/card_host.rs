@@ -232,19 +232,29 @@ async fn a_card_in_the_hosts_own_domain_is_a_clear_error() {
 /// moves it forward by one day (the most one host time may move it).
 #[tokio::test]
 async fn the_proxy_gives_the_card_the_hosts_time_at_attach() {
+    // Observed through the card's refusal: its bound is put three days
+    // ahead of the host's clock, so the time the proxy gives at attach is
+    // refused and logged, and the bound stays where it is.
     use tenet_card::Storage;
     use tenet_card::state::CardState;
     const DAY: u64 = 86_400;
+    support::logs();
     let dir = tempfile::tempdir().unwrap();
     let card = make_card(dir.path());
-    let old = {
+    let ahead = {
         let mut store = FileStore::open(&card).unwrap();
         let mut state = CardState::decode(&store.load().unwrap().unwrap()).unwrap();
-        state.clock_bound -= 3 * DAY;
+        state.clock_bound += 3 * DAY;
         store.commit(&state.to_bytes()).unwrap();
         state.clock_bound
     };
+    let seen = support::warnings_so_far();
     let h = host(dir.path(), &card).await;
+    let w = support::warning(seen, &["the card refused the host's time"]).await;
+    assert!(
+        w.contains("more than a day before the card's clock bound"),
+        "{w}"
+    );
     let mut a = Capability::acquire(h.socket_path()).await.unwrap();
     a.echo(DOMAIN.owner(), b"", WAIT)
         .await
@@ -256,5 +266,5 @@ async fn the_proxy_gives_the_card_the_hosts_time_at_attach() {
         Box::new(SeededEntropy::new(1)),
     )
     .unwrap();
-    assert_eq!(c.state().clock_bound, old + DAY);
+    assert_eq!(c.state().clock_bound, ahead, "a refused time moves nothing");
 }

@@ -15,7 +15,6 @@
 use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use tenet_card::{Card, CardLimits, FileStore, Personalization, SeededEntropy, SystemEntropy};
@@ -25,7 +24,7 @@ use tenet_proto::card::{ChangePin, PinOutcome, PinStatus, VerifyPin};
 use tenet_proto::{Codec, Domain, Mtype};
 
 mod support;
-use support::{WAIT, recv};
+use support::{WAIT, logs, recv, warning, warnings_so_far};
 
 const DOMAIN: Domain = Domain::new([0x5c; 12]);
 
@@ -152,84 +151,6 @@ async fn host(dir: &Path, short: bool) -> HostHandle {
     tenet_host::start(&config(dir, short))
         .await
         .expect("daemon attaches the card in the PC/SC reader")
-}
-
-/// Warnings and errors logged in this test binary, in order, each as
-/// `message field=value ...`; a watch counts them so that tests can wait
-/// for one.
-static WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-static LOGGED: LazyLock<tokio::sync::watch::Sender<usize>> =
-    LazyLock::new(|| tokio::sync::watch::channel(0).0);
-
-struct Capture;
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        struct Text(String);
-        impl tracing::field::Visit for Text {
-            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
-                if f.name() == "message" {
-                    self.0.insert_str(0, &format!("{v:?}"));
-                } else {
-                    self.0.push_str(&format!(" {}={v:?}", f.name()));
-                }
-            }
-        }
-        let mut t = Text(String::new());
-        event.record(&mut t);
-        let n = {
-            let mut w = WARNINGS.lock().unwrap_or_else(|p| p.into_inner());
-            w.push(t.0);
-            w.len()
-        };
-        LOGGED.send_replace(n);
-    }
-}
-
-/// Logs to the test output (`TENET_LOG`, default `warn`) and captures
-/// warnings for [`warning`].
-fn logs() {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::{EnvFilter, Layer};
-    let filter = EnvFilter::try_from_env("TENET_LOG").unwrap_or_else(|_| "warn".into());
-    let _ = tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_test_writer()
-                .with_filter(filter),
-        )
-        .with(Capture.with_filter(tracing_subscriber::filter::LevelFilter::WARN))
-        .try_init();
-}
-
-/// How many warnings were logged so far.
-fn warnings_so_far() -> usize {
-    WARNINGS.lock().unwrap_or_else(|p| p.into_inner()).len()
-}
-
-/// Waits (up to [`WAIT`]) for a warning after the first `after` that
-/// contains every one of `parts`.
-async fn warning(after: usize, parts: &[&str]) -> String {
-    let mut seen = LOGGED.subscribe();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(w) = WARNINGS.lock().unwrap_or_else(|p| p.into_inner())[after..]
-            .iter()
-            .find(|w| parts.iter().all(|p| w.contains(p)))
-        {
-            return w.clone();
-        }
-        tokio::time::timeout_at(deadline, seen.changed())
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "no warning with {parts:?} within {WAIT:?}; logged: {:#?}",
-                    &WARNINGS.lock().unwrap()[after..]
-                )
-            })
-            .expect("the watch lives as long as the test binary");
-    }
 }
 
 #[tokio::test]

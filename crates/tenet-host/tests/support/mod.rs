@@ -106,3 +106,81 @@ pub fn error_code(f: DaemonFrame) -> ErrorCode {
         other => panic!("expected an error, got {other:?}"),
     }
 }
+
+/// Warnings and errors logged in this test binary, in order, each as
+/// `message field=value ...`; a watch counts them so that tests can wait
+/// for one.
+static WARNINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+static LOGGED: std::sync::LazyLock<tokio::sync::watch::Sender<usize>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::channel(0).0);
+
+struct Capture;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Text(String);
+        impl tracing::field::Visit for Text {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                if f.name() == "message" {
+                    self.0.insert_str(0, &format!("{v:?}"));
+                } else {
+                    self.0.push_str(&format!(" {}={v:?}", f.name()));
+                }
+            }
+        }
+        let mut t = Text(String::new());
+        event.record(&mut t);
+        let n = {
+            let mut w = WARNINGS.lock().unwrap_or_else(|p| p.into_inner());
+            w.push(t.0);
+            w.len()
+        };
+        LOGGED.send_replace(n);
+    }
+}
+
+/// Logs to the test output (`TENET_LOG`, default `warn`) and captures
+/// warnings for [`warning`].
+pub fn logs() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
+    let filter = EnvFilter::try_from_env("TENET_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_test_writer()
+                .with_filter(filter),
+        )
+        .with(Capture.with_filter(tracing_subscriber::filter::LevelFilter::WARN))
+        .try_init();
+}
+
+/// How many warnings were logged so far.
+pub fn warnings_so_far() -> usize {
+    WARNINGS.lock().unwrap_or_else(|p| p.into_inner()).len()
+}
+
+/// Waits (up to [`WAIT`]) for a warning after the first `after` that
+/// contains every one of `parts`.
+pub async fn warning(after: usize, parts: &[&str]) -> String {
+    let mut seen = LOGGED.subscribe();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(w) = WARNINGS.lock().unwrap_or_else(|p| p.into_inner())[after..]
+            .iter()
+            .find(|w| parts.iter().all(|p| w.contains(p)))
+        {
+            return w.clone();
+        }
+        tokio::time::timeout_at(deadline, seen.changed())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no warning with {parts:?} within {WAIT:?}; logged: {:#?}",
+                    &WARNINGS.lock().unwrap()[after..]
+                )
+            })
+            .expect("the watch lives as long as the test binary");
+    }
+}
