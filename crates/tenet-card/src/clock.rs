@@ -105,22 +105,16 @@ pub enum ClockRefusal {
 
 /// The volatile part of the clock (card RAM): the host time last accepted
 /// since power-up and the count of host times since the bound last moved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// At power-up (`Default`) it has no host time and counts no host times:
+/// a day of host times passes before the bound moves, so restarts never
+/// move it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Clock {
     host: Option<u64>,
     since_raise: u32,
 }
 
-impl Default for Clock {
-    fn default() -> Self {
-        Self {
-            host: None,
-            // A day of host times after power-up before the bound moves:
-            // restarts never move it.
-            since_raise: 0,
-        }
-    }
-}
 
 impl Clock {
     /// The card's time given its persisted `bound`.
