@@ -197,7 +197,7 @@ pub fn handle_request_keyed(
     check_request(src, req)?;
     let id = req.agreement.id;
     crypto
-        .verify(
+        .verify_for_recovery(
             req.offer.responder,
             &req.agreement.certificate,
             &Agreement::signed_bytes(&req.agreement.offer_digest, &id),
@@ -205,7 +205,7 @@ pub fn handle_request_keyed(
         )
         .map_err(Refusal::Agreement)?;
     crypto
-        .verify(
+        .verify_for_recovery(
             src,
             &req.certificate,
             &req.kind.request_bytes(&id),
@@ -224,11 +224,13 @@ pub fn handle_request_keyed(
         DecisionKey::OfferNonce => ExchangeId(crate::model::h(&[b"tenet-n1", &req.offer.n1])),
     };
     let decided = store.decide(&key, &mut make).map_err(TtpError::Store)?;
-    if decided.id == id {
+    if decided.id == id && decided.certificate == certificate {
         return Ok(decided);
     }
-    // Only under `OfferNonce`: the decision was made for another exchange
-    // of the same n1; the TTP signs it again for this one.
+    // The decision was made under a certificate of the TTP renewed since
+    // (a card would refuse the old one once expired), or, only under
+    // `OfferNonce`, for another exchange of the same n1: the TTP signs the
+    // same decision again, for this exchange, with its current key.
     Ok(Admission {
         kind: decided.kind,
         id,

@@ -727,3 +727,80 @@ fn a_renewed_certificate_for_the_same_key_lets_the_card_exchange_again() {
     assert_eq!(w.balances(), [3, 1, 2, 2], "{:?}", w.refusals());
     assert!(w.refusals().is_empty(), "{:?}", w.refusals());
 }
+
+/// A party whose certificate expired while its exchange was pending can
+/// still have it finished by the TTP: otherwise its deleted voucher would
+/// stay deleted for good (found in review). The TTP checks the chain, the
+/// name and the signatures, not the expiry; a not-yet-valid certificate is
+/// still refused.
+#[test]
+fn the_ttp_finishes_an_exchange_whose_party_certificate_expired_since() {
+    use tenet_voucher::crypto::Crypto;
+    use tenet_voucher::msg::{Agreement, ExchangeId, Kind, Offer};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    tenet_host::certs::ensure_ca(&ca, "test CA").unwrap();
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+    let keys = |name: &str, id: EntityId, lifetime| {
+        let f = tenet_host::certs::issue_entity_key_with(&ca, name, id, lifetime).unwrap();
+        KeyCrypto::from_pem(&read(&f.key), &read(&f.cert), &read(&f.ca)).unwrap()
+    };
+    let ttp_id = dom(0x77).owner();
+    let mut ttp = keys("ttp", ttp_id, life(-(DAY as i64), DAY as i64));
+    let b_id = dom(B).owner();
+    let offer = Offer {
+        initiator: dom(A).owner(),
+        responder: b_id,
+        give: coffee(1),
+        want: ticket(1),
+        n1: [1; 16],
+    };
+    let request_from = |mut b: KeyCrypto| {
+        let id = ExchangeId::of_n2(&[2; 16]);
+        let digest = offer.digest();
+        let agreement = Agreement {
+            offer_digest: digest,
+            id,
+            signature: b.sign(&Agreement::signed_bytes(&digest, &id)),
+            certificate: b.certificate(),
+        };
+        RecoveryRequest {
+            kind: Kind::Abort,
+            offer: offer.clone(),
+            agreement,
+            signature: b.sign(&Kind::Abort.request_bytes(&id)),
+            certificate: b.certificate(),
+        }
+    };
+    // B's certificate ran from two days ago to yesterday.
+    let expired = request_from(keys("b-old", b_id, life(-2 * DAY as i64, -(DAY as i64))));
+    let mut decisions = MemoryDecisions::default();
+    let adm = handle_request(&mut ttp, &mut decisions, b_id, &expired)
+        .expect("an expired certificate does not stop recovery");
+    assert_eq!(adm.kind, Kind::Abort);
+    // One not valid before tomorrow is refused.
+    let early = request_from(keys("b-new", b_id, life(DAY as i64, 2 * DAY as i64)));
+    let e = handle_request(&mut ttp, &mut MemoryDecisions::default(), b_id, &early).unwrap_err();
+    assert!(e.to_string().contains("not valid before"), "{e}");
+
+    // The TTP's certificate is renewed (same key): the decision already
+    // made is answered again, the same decision, under the current
+    // certificate; a card would refuse the old one once it expired.
+    let renewed = keys("ttp", ttp_id, life(-(DAY as i64), 30 * DAY as i64));
+    let mut ttp2 = renewed;
+    let again = handle_request(&mut ttp2, &mut decisions, b_id, &expired).unwrap();
+    assert_eq!((again.kind, again.id), (adm.kind, adm.id));
+    assert_ne!(
+        again.certificate, adm.certificate,
+        "the renewed certificate"
+    );
+    assert_eq!(again.certificate, ttp2.certificate());
+    ttp2.verify(
+        ttp_id,
+        &again.certificate,
+        &again.kind.admission_bytes(&again.id),
+        &again.signature,
+    )
+    .expect("signed with the current key");
+    assert_eq!(decisions.decided.len(), 1, "still one decision");
+}
