@@ -134,7 +134,25 @@ pub enum SessionError {
     /// After a reconnection, another card than the one first selected.
     #[error("another card is in the reader: {0}")]
     OtherCard(#[from] OtherCard),
+    /// The card kept announcing more response bytes (`61xx`) beyond what
+    /// one answer can hold: it is broken or hostile.
+    #[error(
+        "the card kept answering 61xx: {rounds} GET RESPONSE rounds, {bytes} bytes, beyond one answer's {max} bytes"
+    )]
+    EndlessResponse {
+        /// GET RESPONSE commands sent.
+        rounds: usize,
+        /// Response bytes collected.
+        bytes: usize,
+        /// The most one answer holds.
+        max: usize,
+    },
 }
+
+/// The most response bytes one command's answer holds, all `61xx` rounds
+/// together: one eTP message (the card's answer is at most one), with room
+/// for its encoding.
+pub const MAX_RESPONSE: usize = tenet_proto::MAX_MESSAGE_LEN + 1;
 
 /// How the card found after a reconnection differs from the one the
 /// session first selected. Compared in this order.
@@ -259,9 +277,27 @@ impl CardSession {
         }
         let mut r = resp.expect("at least one part");
         let mut data = std::mem::take(&mut r.data);
+        let mut rounds = 0;
         while r.sw.sw1() == 0x61 {
+            // Each round brings 1 to 256 bytes: a card that goes on beyond
+            // one answer's worth is an error, not a loop.
+            if data.len() > MAX_RESPONSE || rounds > MAX_RESPONSE.div_ceil(256) {
+                return Err(SessionError::EndlessResponse {
+                    rounds,
+                    bytes: data.len(),
+                    max: MAX_RESPONSE,
+                });
+            }
             r = self.raw(&Command::new(0x00, tenet::INS_GET_RESPONSE, 0, 0).with_le(256))?;
+            rounds += 1;
             data.extend_from_slice(&r.data);
+        }
+        if data.len() > MAX_RESPONSE {
+            return Err(SessionError::EndlessResponse {
+                rounds,
+                bytes: data.len(),
+                max: MAX_RESPONSE,
+            });
         }
         r.data = data;
         Ok(r)
@@ -657,6 +693,49 @@ mod tests {
         let apdus = s.stats().snapshot().0 - before;
         // 1034 bytes: 5 chained commands; 1034-byte answer: 4 GET RESPONSEs after the first 256.
         assert_eq!(apdus, 5 + 4, "{apdus}");
+    }
+
+    /// A card that never stops answering `61xx` (even with no data) is a
+    /// clear error after a bounded number of rounds, not a loop.
+    #[test]
+    fn a_card_that_keeps_answering_61xx_is_an_error_not_a_loop() {
+        struct Endless {
+            sent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+            data: usize,
+        }
+        impl CardLink for Endless {
+            fn transmit(&mut self, _: &[u8]) -> Result<Vec<u8>, LinkError> {
+                let n = self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                assert!(n < 10_000, "the host is looping");
+                let mut r = vec![0x55; self.data];
+                r.extend_from_slice(&[0x61, 0x00]);
+                Ok(r)
+            }
+            fn reconnect(&mut self) -> Result<(), LinkError> {
+                Ok(())
+            }
+            fn extended(&self) -> bool {
+                true
+            }
+            fn describe(&self) -> String {
+                "endless".into()
+            }
+        }
+        for data in [0, 256] {
+            let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let mut s = CardSession::new(
+                Box::new(Endless {
+                    sent: sent.clone(),
+                    data,
+                }),
+                false,
+            );
+            let e = s.select().unwrap_err();
+            assert!(matches!(e, SessionError::EndlessResponse { .. }), "{e}");
+            assert!(e.to_string().contains("kept answering 61xx"), "{e}");
+            let n = sent.load(std::sync::atomic::Ordering::Relaxed);
+            assert!(n <= MAX_RESPONSE.div_ceil(256) + 2, "{n} APDUs");
+        }
     }
 
     #[test]
