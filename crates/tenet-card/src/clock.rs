@@ -115,7 +115,6 @@ pub(crate) struct Clock {
     since_raise: u32,
 }
 
-
 impl Clock {
     /// The card's time given its persisted `bound`.
     pub(crate) fn time(&self, bound: u64) -> CardTime {

@@ -420,7 +420,10 @@ mod tests {
             let Err(e) = FileStore::open(&p) else {
                 panic!("mode {exposed:04o} was accepted");
             };
-            assert!(matches!(e, StoreError::Exposed { mode, .. } if mode == exposed), "{e}");
+            assert!(
+                matches!(e, StoreError::Exposed { mode, .. } if mode == exposed),
+                "{e}"
+            );
             assert!(e.to_string().contains("chmod 600"), "{e}");
         }
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();

@@ -183,7 +183,6 @@ impl Rule {
     fn take_token(&mut self, now: Instant) -> bool {
         self.bucket.as_mut().is_none_or(|b| b.take(now).is_ok())
     }
-
 }
 
 /// The guard made of the config's rules.
