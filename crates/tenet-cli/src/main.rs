@@ -201,8 +201,28 @@ enum Cmd {
     },
 }
 
+/// Whether `cmd` prints and ends, as opposed to serving (a daemon, the
+/// vpcd connector, the demo's and benchmarks' daemons).
+fn prints_and_ends(cmd: &Cmd) -> bool {
+    match cmd {
+        Cmd::Ping { .. } | Cmd::Tap { .. } | Cmd::Wallet { .. } | Cmd::Ca { .. } => true,
+        Cmd::Host { action, .. } => action.is_some(),
+        Cmd::Card { cmd } => !matches!(cmd, card::CardCmd::Serve { .. }),
+        _ => false,
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if prints_and_ends(&cli.cmd) {
+        // Like other Unix tools, a command whose output pipe closes (`tenet
+        // wallet balance | head -1`) ends quietly, instead of panicking in
+        // println!. Daemons keep ignoring SIGPIPE, Rust's default, so a
+        // client that goes away never kills them.
+        // SAFETY: restoring the default disposition of one signal, before
+        // any other thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TENET_LOG")
