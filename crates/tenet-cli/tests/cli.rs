@@ -652,3 +652,24 @@ fn card_stores_state_and_the_ttp_database_are_owner_only() {
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains(&format!("chmod 600 {}", store.display())), "{e}");
 }
+
+/// A command whose output pipe closes early ends quietly, like other Unix
+/// tools, instead of panicking in println!.
+#[test]
+fn a_closed_output_pipe_ends_a_command_quietly() {
+    let d = daemon("");
+    let dir = tempfile::tempdir().unwrap();
+    let err = dir.path().join("stderr");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{TENET} --socket {} ping -c 20 -i 0.01 00112233445566778899aabb:0 2>{} | head -c 1",
+            d.socket.display(),
+            err.display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout.len(), 1);
+    let e = std::fs::read_to_string(&err).unwrap();
+    assert!(!e.contains("panicked"), "{e}");
+}
