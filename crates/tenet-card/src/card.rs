@@ -4,6 +4,12 @@
 //! bytes; the power line is [`Card::power_off`] / [`Card::reset`]. The only
 //! side effect is the [`Storage`] it was given. The APDU mapping is
 //! documented in `docs/apdu.md`.
+//!
+//! PINs and PUKs are stored as Argon2id hashes ([`SecretHash`]), made with
+//! [`KdfParams::CURRENT`]; a hash made otherwise (SHA-256 in stores
+//! written before, or older parameters) is checked as it was made and
+//! replaced by a current one at the next successful use of the secret.
+//! Comparisons are constant-time.
 
 use std::collections::{BTreeSet, VecDeque};
 
@@ -16,11 +22,11 @@ use tenet_proto::card::{
 };
 use tenet_proto::notice::Refused;
 use tenet_proto::{Codec, DecodeError, Domain, EntityId, MAX_MESSAGE_LEN, Message, Mtype, Port};
-use tracing::debug;
+use tracing::{debug, error};
 
 use crate::applet::{Applet, AppletCx, Entropy, Refusal};
 use crate::clock::{CardTime, Clock, ClockRefusal};
-use crate::state::{CardState, PIN_TRIES, PUK_TRIES};
+use crate::state::{CardState, KdfParams, PIN_TRIES, PUK_TRIES, SECRET_HASH_LEN, SecretHash};
 use crate::store::{Storage, StoreError};
 use crate::timing::Meter;
 
@@ -74,6 +80,26 @@ pub enum CardError {
     /// A PIN or PUK is malformed.
     #[error("{0}")]
     BadSecret(DecodeError),
+    /// A PIN or PUK could not be hashed (the memory Argon2id needs could
+    /// not be had); nothing changed.
+    #[error("the card could not hash the PIN or PUK: {0}")]
+    Hash(String),
+}
+
+/// What an unblock with the PUK did ([`Card::unblock_pin`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unblock {
+    /// The PUK was right: the PIN is the new one, with all its tries, and
+    /// the PUK has all its tries again.
+    Unblocked,
+    /// The PUK was wrong; the PIN is unchanged.
+    WrongPuk {
+        /// Wrong PUKs left before the PUK blocks for good.
+        puk_tries_left: u8,
+    },
+    /// The PUK is blocked: only re-personalization helps. Nothing was
+    /// tried.
+    PukBlocked,
 }
 
 /// Why a host time was not taken.
@@ -119,14 +145,87 @@ pub struct Card<S: Storage> {
     record: Vec<u8>,
 }
 
-fn secret_hash(salt: &[u8; 16], secret: &[u8]) -> [u8; 32] {
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    ctx.update(salt);
-    ctx.update(secret);
-    ctx.finish()
-        .as_ref()
-        .try_into()
-        .expect("SHA-256 is 32 bytes")
+/// Which secret a hash is of: its label follows the card's salt in the
+/// Argon2id salt, so a PIN and a PUK that are the same digits never hash
+/// alike.
+#[derive(Debug, Clone, Copy)]
+enum Secret {
+    Pin,
+    Puk,
+}
+
+impl Secret {
+    fn label(self) -> &'static [u8; 3] {
+        match self {
+            Self::Pin => b"PIN",
+            Self::Puk => b"PUK",
+        }
+    }
+}
+
+/// Argon2id (version 0x13) of `secret`, salted with `salt ‖ label`.
+fn argon2id(
+    params: KdfParams,
+    salt: &[u8; 16],
+    which: Secret,
+    secret: &[u8],
+) -> Result<[u8; SECRET_HASH_LEN], String> {
+    let p = params
+        .argon2()
+        .ok_or_else(|| format!("invalid Argon2id parameters {params:?}"))?;
+    let mut s = [0u8; 19];
+    s[..16].copy_from_slice(salt);
+    s[16..].copy_from_slice(which.label());
+    let mut out = [0u8; SECRET_HASH_LEN];
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, p)
+        .hash_password_into(secret, &s, &mut out)
+        .map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// A new hash of `secret`, with the current parameters.
+fn secret_hash(salt: &[u8; 16], which: Secret, secret: &[u8]) -> Result<SecretHash, CardError> {
+    let params = KdfParams::CURRENT;
+    let hash = argon2id(params, salt, which, secret).map_err(CardError::Hash)?;
+    Ok(SecretHash::Argon2id { params, hash })
+}
+
+/// Whether `secret` is the one `stored` was made from, compared in
+/// constant time. A hash that cannot be computed (no memory) never
+/// matches.
+fn secret_matches(stored: &SecretHash, salt: &[u8; 16], which: Secret, secret: &[u8]) -> bool {
+    match stored {
+        SecretHash::Sha256(h) => {
+            // The layout before Argon2id: SHA-256(salt ‖ secret).
+            let mut ctx = digest::Context::new(&digest::SHA256);
+            ctx.update(salt);
+            ctx.update(secret);
+            ct_eq(ctx.finish().as_ref(), h)
+        }
+        SecretHash::Argon2id { params, hash } => match argon2id(*params, salt, which, secret) {
+            Ok(h) => ct_eq(&h, hash),
+            Err(e) => {
+                error!(error = %e, ?which, "cannot hash the secret; taken as wrong");
+                false
+            }
+        },
+    }
+}
+
+/// `stored` replaced by a current hash of `secret` when it needs an
+/// upgrade (called after `secret` matched it). If the new hash cannot be
+/// made, the old one stays: it still works.
+fn upgraded(stored: &SecretHash, salt: &[u8; 16], which: Secret, secret: &[u8]) -> SecretHash {
+    if !stored.needs_upgrade() {
+        return stored.clone();
+    }
+    match secret_hash(salt, which, secret) {
+        Ok(h) => h,
+        Err(e) => {
+            error!(error = %e, ?which, "cannot upgrade the secret's hash; kept");
+            stored.clone()
+        }
+    }
 }
 
 /// Randomness that tells the meter how much was drawn.
@@ -177,9 +276,9 @@ impl<S: Storage> Card<S> {
             key_pkcs8: pkcs8.as_ref().to_vec(),
             public_key: key.public_key().as_ref().to_vec(),
             salt,
-            pin_hash: secret_hash(&salt, &p.pin),
+            pin_hash: secret_hash(&salt, Secret::Pin, &p.pin)?,
             pin_tries: PIN_TRIES,
-            puk_hash: secret_hash(&salt, &p.puk),
+            puk_hash: secret_hash(&salt, Secret::Puk, &p.puk)?,
             puk_tries: PUK_TRIES,
             next_port: 1,
             certificate: None,
@@ -289,7 +388,7 @@ impl<S: Storage> Card<S> {
 
     /// Mtypes accepted only from authenticated senders.
     pub fn privileged(&self) -> Vec<Mtype> {
-        let mut p = vec![Mtype::CHANGE_PIN];
+        let mut p = vec![Mtype::CHANGE_PIN, Mtype::LOCK];
         for a in &self.applets {
             p.extend_from_slice(a.privileged());
         }
@@ -360,6 +459,53 @@ impl<S: Storage> Card<S> {
         self.outbox.clear();
         self.chain = None;
         self.pending = None;
+    }
+
+    /// Ends every authenticated session at once (the `lock` service): the
+    /// authenticated-ID set is emptied, as a power cycle would, and
+    /// nothing else changes. Returns how many sessions ended.
+    pub fn lock(&mut self) -> usize {
+        let n = self.authenticated.len();
+        self.authenticated.clear();
+        n
+    }
+
+    /// Unblocks the PIN with the PUK and sets `new_pin`, as the
+    /// `unblock-pin` service does (`tenet card pin unblock --store` calls
+    /// it on a card no daemon holds). A PUK try is counted in the store
+    /// before the comparison.
+    pub fn unblock_pin(&mut self, puk: &[u8], new_pin: &[u8]) -> Result<Unblock, CardError> {
+        check_pin(puk, "PUK").map_err(CardError::BadSecret)?;
+        check_pin(new_pin, "new PIN").map_err(CardError::BadSecret)?;
+        if self.state.puk_tries == 0 {
+            return Ok(Unblock::PukBlocked);
+        }
+        let mut s = self.state.clone();
+        s.puk_tries -= 1;
+        self.commit(s)?;
+        let salt = self.state.salt;
+        if !secret_matches(&self.state.puk_hash, &salt, Secret::Puk, puk) {
+            return Ok(Unblock::WrongPuk {
+                puk_tries_left: self.state.puk_tries,
+            });
+        }
+        let mut s = self.state.clone();
+        s.puk_tries = PUK_TRIES;
+        match secret_hash(&salt, Secret::Pin, new_pin) {
+            Ok(h) => {
+                s.pin_tries = PIN_TRIES;
+                s.pin_hash = h;
+                s.puk_hash = upgraded(&s.puk_hash, &salt, Secret::Puk, puk);
+                self.commit(s)?;
+                Ok(Unblock::Unblocked)
+            }
+            Err(e) => {
+                // The right PUK costs no try, even when the new PIN could
+                // not be hashed; the PIN stays as it was.
+                self.commit(s)?;
+                Err(e)
+            }
+        }
     }
 
     /// Warm reset: the same as a power cycle for this card.
@@ -647,11 +793,16 @@ impl<S: Storage> Card<S> {
         match mt {
             Mtype::ECHO_REQUEST => self.emit(src, Mtype::ECHO_REPLY, m.param),
             Mtype::VERIFY_PIN => return self.verify_pin(src, &m.param),
-            Mtype::UNBLOCK_PIN => return self.unblock_pin(src, &m.param),
+            Mtype::UNBLOCK_PIN => return self.unblock_pin_message(src, &m.param),
             Mtype::CHANGE_PIN => return self.change_pin(src, &m.param),
             Mtype::LOGOUT => {
                 self.authenticated.remove(&src);
                 self.pin_status(src, PinOutcome::LoggedOut);
+            }
+            Mtype::LOCK => {
+                let ended = self.lock();
+                debug!(%src, ended, "locked: every authenticated session ended");
+                self.pin_status(src, PinOutcome::Locked);
             }
             Mtype::CARD_INFO_REQUEST => {
                 let info = self.info().to_bytes();
@@ -710,9 +861,13 @@ impl<S: Storage> Card<S> {
         let mut s = self.state.clone();
         s.pin_tries -= 1;
         self.commit(s)?;
-        if ct_eq(&secret_hash(&self.state.salt, &v.pin), &self.state.pin_hash) {
+        let salt = self.state.salt;
+        if secret_matches(&self.state.pin_hash, &salt, Secret::Pin, &v.pin) {
             let mut s = self.state.clone();
             s.pin_tries = PIN_TRIES;
+            // An old hash (SHA-256, older parameters) becomes a current
+            // one, in the same commit that restores the tries.
+            s.pin_hash = upgraded(&s.pin_hash, &salt, Secret::Pin, &v.pin);
             self.commit(s)?;
             self.authenticated.insert(src);
             self.pin_status(src, PinOutcome::Verified);
@@ -728,7 +883,7 @@ impl<S: Storage> Card<S> {
         Ok(())
     }
 
-    fn unblock_pin(&mut self, src: EntityId, param: &[u8]) -> Result<(), StoreError> {
+    fn unblock_pin_message(&mut self, src: EntityId, param: &[u8]) -> Result<(), StoreError> {
         let u = match UnblockPin::decode(param) {
             Ok(u) => u,
             Err(e) => {
@@ -744,26 +899,16 @@ impl<S: Storage> Card<S> {
             self.pin_status(src, PinOutcome::NotAllowed);
             return Ok(());
         }
-        if self.state.puk_tries == 0 {
-            self.refuse(
+        match self.unblock_pin(&u.puk, &u.new_pin) {
+            Ok(Unblock::Unblocked) => self.pin_status(src, PinOutcome::Changed),
+            Ok(Unblock::WrongPuk { .. }) => self.pin_status(src, PinOutcome::WrongPuk),
+            Ok(Unblock::PukBlocked) => self.refuse(
                 src,
                 Mtype::UNBLOCK_PIN,
                 "the PUK is blocked; the card must be re-personalized".into(),
-            );
-            return Ok(());
-        }
-        let mut s = self.state.clone();
-        s.puk_tries -= 1;
-        self.commit(s)?;
-        if ct_eq(&secret_hash(&self.state.salt, &u.puk), &self.state.puk_hash) {
-            let mut s = self.state.clone();
-            s.puk_tries = PUK_TRIES;
-            s.pin_tries = PIN_TRIES;
-            s.pin_hash = secret_hash(&s.salt, &u.new_pin);
-            self.commit(s)?;
-            self.pin_status(src, PinOutcome::Changed);
-        } else {
-            self.pin_status(src, PinOutcome::WrongPuk);
+            ),
+            Err(CardError::Store(e)) => return Err(e),
+            Err(e) => self.refuse(src, Mtype::UNBLOCK_PIN, e.to_string()),
         }
         Ok(())
     }
@@ -776,8 +921,15 @@ impl<S: Storage> Card<S> {
                 return Ok(());
             }
         };
+        let pin_hash = match secret_hash(&self.state.salt, Secret::Pin, &c.new_pin) {
+            Ok(h) => h,
+            Err(e) => {
+                self.refuse(src, Mtype::CHANGE_PIN, e.to_string());
+                return Ok(());
+            }
+        };
         let mut s = self.state.clone();
-        s.pin_hash = secret_hash(&s.salt, &c.new_pin);
+        s.pin_hash = pin_hash;
         s.pin_tries = PIN_TRIES;
         self.commit(s)?;
         self.pin_status(src, PinOutcome::Changed);

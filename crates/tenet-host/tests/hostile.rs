@@ -37,7 +37,7 @@ use proptest::test_runner::{
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, UnixTime};
-use tenet_card::state::CardState;
+use tenet_card::state::{CardState, KdfParams, SecretHash};
 use tenet_card::{Card, CardLimits, MemStore, Personalization, SeededEntropy, Storage};
 use tenet_host::Config;
 use tenet_host::certs::{ensure_ca, issue_entity, issue_entity_key};
@@ -977,9 +977,13 @@ fn card_state() -> BoxedStrategy<CardState> {
                 key_pkcs8,
                 public_key,
                 salt,
-                pin_hash,
+                // Both layouts: Argon2id, and SHA-256 from older stores.
+                pin_hash: SecretHash::Argon2id {
+                    params: KdfParams::CURRENT,
+                    hash: pin_hash,
+                },
                 pin_tries,
-                puk_hash,
+                puk_hash: SecretHash::Sha256(puk_hash),
                 puk_tries,
                 next_port,
                 certificate,
@@ -2936,9 +2940,15 @@ fn worst_case_shapes_stay_within_the_bounds() {
         key_pkcs8: vec![],
         public_key: vec![],
         salt: [0; 16],
-        pin_hash: [0; 32],
+        pin_hash: SecretHash::Argon2id {
+            params: KdfParams::CURRENT,
+            hash: [0; 32],
+        },
         pin_tries: 3,
-        puk_hash: [0; 32],
+        puk_hash: SecretHash::Argon2id {
+            params: KdfParams::CURRENT,
+            hash: [0; 32],
+        },
         puk_tries: 10,
         next_port: 1,
         certificate: None,

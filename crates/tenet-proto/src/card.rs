@@ -1,6 +1,6 @@
 //! Params of the card services every TENeT card offers (mtypes
-//! `0x0101`-`0x0108`): PIN verification, unblocking and change, logout,
-//! card info, and the host's time. Wire layouts are in `docs/apdu.md`.
+//! `0x0101`-`0x0109`): PIN verification, unblocking and change, logout,
+//! card info, the host's time, and lock. Wire layouts are in `docs/apdu.md`.
 
 use crate::codec::{Codec, DecodeError, Reader};
 use crate::id::Domain;
@@ -120,6 +120,8 @@ pub enum PinOutcome {
     NotAllowed,
     /// The PUK was wrong.
     WrongPuk,
+    /// Every authenticated session of the card ended (`lock`).
+    Locked,
 }
 
 impl PinOutcome {
@@ -132,6 +134,7 @@ impl PinOutcome {
             Self::LoggedOut => 4,
             Self::NotAllowed => 5,
             Self::WrongPuk => 6,
+            Self::Locked => 7,
         }
     }
 
@@ -144,6 +147,7 @@ impl PinOutcome {
             4 => Self::LoggedOut,
             5 => Self::NotAllowed,
             6 => Self::WrongPuk,
+            7 => Self::Locked,
             _ => return None,
         })
     }
@@ -278,6 +282,12 @@ mod tests {
             tries_left: 2,
         };
         assert_eq!(PinStatus::decode(&s.to_bytes()), Ok(s));
+        let l = PinStatus {
+            outcome: PinOutcome::Locked,
+            tries_left: 3,
+        };
+        assert_eq!(l.to_bytes(), [0x80, 1, 7, 0x81, 1, 3]);
+        assert_eq!(PinStatus::decode(&l.to_bytes()), Ok(l));
         let i = CardInfo {
             domain: Domain::new([7; 12]),
             public_key: vec![4; 65],

@@ -36,6 +36,7 @@ const REGISTRY: &[(Mtype, &str)] = &[
     (Mtype::CARD_INFO_REQUEST, "card-info-request"),
     (Mtype::CARD_INFO, "card-info"),
     (Mtype::SET_TIME, "set-time"),
+    (Mtype::LOCK, "lock"),
     (Mtype(0x0201), "start-exchange"),
     (Mtype(0x0202), "offer"),
     (Mtype(0x0203), "accept"),
@@ -91,6 +92,10 @@ impl Mtype {
     /// the card's own id `DOMAIN:0` at attach and every hour. The only clock
     /// in the system; no answer unless refused.
     pub const SET_TIME: Mtype = Mtype(0x0108);
+    /// Card service, privileged: end every authenticated session of the
+    /// card at once (clear its authenticated-ID set), as pulling the card
+    /// would; answered by `pin-status` "locked". No param.
+    pub const LOCK: Mtype = Mtype(0x0109);
 
     /// The registered name, if this build knows the mtype.
     pub fn name(self) -> Option<&'static str> {
