@@ -72,6 +72,12 @@ pub enum CardCmd {
         #[arg(long, value_name = "FILE")]
         cert_out: Option<PathBuf>,
     },
+    /// Change, unblock or lock the card's PIN (through the host daemon;
+    /// `unblock` also on a store file).
+    Pin {
+        #[command(subcommand)]
+        cmd: crate::pin_cmd::PinCmd,
+    },
     /// Plug a virtual card into pcscd through vsmartcard's vpcd driver.
     Serve {
         /// The card's store file.
@@ -309,6 +315,8 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        // Talks to the daemon: run by `main` on the async runtime.
+        CardCmd::Pin { .. } => bail!("`tenet card pin` runs on the async runtime"),
         CardCmd::Serve {
             store,
             vpcd,

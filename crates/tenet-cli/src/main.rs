@@ -28,6 +28,7 @@ mod bench_table2;
 mod card;
 mod demo;
 mod pin;
+mod pin_cmd;
 mod wallet;
 
 #[derive(Parser)]
@@ -370,6 +371,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", valid_until(&dir.join("ca.pem"))?);
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Card {
+            cmd: card::CardCmd::Pin { cmd },
+        } => pin_cmd::run(&socket, cmd).await,
         Cmd::Card { cmd } => tokio::task::spawn_blocking(move || card::run(cmd)).await?,
         Cmd::Bench { which, json } => bench::run(which, json).await,
     }

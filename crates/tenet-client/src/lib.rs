@@ -26,7 +26,8 @@
 //!
 //! [`wallet::Wallet`] is the high-level library for vouchers on top (paper
 //! 4.3.3): balances, mint, offer, incoming offers, accept, exchanges,
-//! recovery.
+//! recovery. [`card_pin::CardPin`] is the PIN management an app needs:
+//! verify, change, unblock with the PUK, lock the card.
 //!
 //! The client owns its socket and has no background task: frames are read
 //! when the app calls [`Capability::next`], [`Capability::receive`] or a
@@ -49,6 +50,7 @@ use tenet_proto::{Codec, DecodeError, EntityId, Filter, MAX_MESSAGE_LEN, Message
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+pub mod card_pin;
 pub mod socket_dir;
 pub mod wallet;
 

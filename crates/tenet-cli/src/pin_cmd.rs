@@ -1,0 +1,292 @@
+//! `tenet card pin change|unblock|lock`: the card's PIN the way card users
+//! expect it, through the host daemon that holds the card (the wallet's
+//! socket connection, over `tenet_client::card_pin`); `unblock` also works
+//! on a store file no daemon holds.
+//!
+//! Every PIN and PUK comes as [`crate::pin`] says (a flag, an environment
+//! variable, an owner-only file, or the terminal with echo off); a new PIN
+//! asked on the terminal is asked twice. After a wrong PIN the tries left
+//! are shown; a blocked PIN says how to unblock it.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use tenet_card::{CardLimits, FileStore, StoreError, SystemEntropy, Unblock};
+use tenet_client::Capability;
+use tenet_client::card_pin::CardPin;
+use tenet_proto::EntityId;
+use tenet_proto::card::{PinOutcome, PinStatus, check_pin};
+
+use crate::pin::{PinArgs, read_pin_file};
+
+/// What the user is told when the PIN is blocked.
+pub const BLOCKED: &str = "PIN blocked: unblock it with the PUK: tenet card pin unblock";
+
+/// The card, for the commands that go through the daemon.
+#[derive(Args)]
+pub struct CardArg {
+    /// The card, DOMAIN:0.
+    #[arg(long, env = "TENET_CARD")]
+    card: Option<EntityId>,
+}
+
+impl CardArg {
+    fn get(&self) -> Result<EntityId> {
+        self.card
+            .context("name the card with --card DOMAIN:0 or TENET_CARD")
+    }
+}
+
+/// Where a new PIN comes from.
+#[derive(Args)]
+pub struct NewPinArgs {
+    /// The new PIN, 4 to 12 digits. Other local users can read a process's
+    /// arguments: prefer --new-pin-file, TENET_NEW_PIN or the prompt.
+    #[arg(long, env = "TENET_NEW_PIN", hide_env_values = true)]
+    new_pin: Option<String>,
+    /// Read the new PIN from the first line of FILE (owner-only: chmod 600).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "TENET_NEW_PIN_FILE",
+        conflicts_with = "new_pin"
+    )]
+    new_pin_file: Option<PathBuf>,
+}
+
+impl NewPinArgs {
+    /// The new PIN, checked (4 to 12 digits); asked twice on the terminal
+    /// if none was given.
+    fn resolve(&self, card: &str) -> Result<String> {
+        let pin = if let Some(p) = &self.new_pin {
+            p.clone()
+        } else if let Some(f) = &self.new_pin_file {
+            read_pin_file(f)?
+        } else {
+            let first = prompt(
+                &format!("New PIN of {card}"),
+                "--new-pin-file FILE, TENET_NEW_PIN or --new-pin",
+            )?;
+            let again = prompt("New PIN again", "--new-pin-file FILE")?;
+            if first != again {
+                bail!("the two new PINs differ; nothing changed");
+            }
+            first
+        };
+        check_pin(pin.as_bytes(), "new PIN")?;
+        Ok(pin)
+    }
+}
+
+/// Where the PUK comes from.
+#[derive(Args)]
+pub struct PukArgs {
+    /// The PUK. Other local users can read a process's arguments: prefer
+    /// --puk-file, TENET_PUK or the prompt.
+    #[arg(long, env = "TENET_PUK", hide_env_values = true)]
+    puk: Option<String>,
+    /// Read the PUK from the first line of FILE (owner-only: chmod 600).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "TENET_PUK_FILE",
+        conflicts_with = "puk"
+    )]
+    puk_file: Option<PathBuf>,
+}
+
+impl PukArgs {
+    fn resolve(&self, card: &str) -> Result<String> {
+        let puk = match (&self.puk, &self.puk_file) {
+            (Some(p), _) => p.clone(),
+            (None, Some(f)) => read_pin_file(f)?,
+            (None, None) => prompt(
+                &format!("PUK of {card}"),
+                "--puk-file FILE, TENET_PUK or --puk",
+            )?,
+        };
+        check_pin(puk.as_bytes(), "PUK")?;
+        Ok(puk)
+    }
+}
+
+/// A secret from the terminal, echo off.
+fn prompt(what: &str, instead: &str) -> Result<String> {
+    rpassword::prompt_password(format!("{what}: ")).map_err(|e| {
+        anyhow::anyhow!("no {what} given and no terminal to ask on ({e}): use {instead}")
+    })
+}
+
+/// PIN subcommands.
+#[derive(Subcommand)]
+pub enum PinCmd {
+    /// Change the card's PIN.
+    ///
+    /// Through the host daemon that holds the card: verifies the current
+    /// PIN (a wrong one costs one of the card's three tries; the tries left
+    /// are shown), then sets the new one, 4 to 12 digits. The current PIN
+    /// comes from --pin-file, TENET_PIN, --pin or the terminal; the new one
+    /// from --new-pin-file, TENET_NEW_PIN, --new-pin or the terminal (asked
+    /// twice).
+    ///
+    /// Example: tenet card pin change --card 0a0b0c0d0e0f101112131415:0
+    Change {
+        #[command(flatten)]
+        card: CardArg,
+        #[command(flatten)]
+        pin: PinArgs,
+        #[command(flatten)]
+        new_pin: NewPinArgs,
+    },
+    /// Unblock the PIN with the PUK and set a new one.
+    ///
+    /// After three wrong PINs the card refuses even the right one until
+    /// its PUK unblocks it; this sets a new PIN with all its tries. Ten
+    /// wrong PUKs block the PUK for good (the card must be
+    /// re-personalized); a wrong PUK leaves the PIN as it was. With --card
+    /// it goes through the host daemon that holds the card; with --store it
+    /// opens a virtual card's store file directly, which no running daemon
+    /// may hold (stop it first). The PUK comes from --puk-file, TENET_PUK,
+    /// --puk or the terminal; the new PIN as for `change`.
+    ///
+    /// Example: tenet card pin unblock --card 0a0b0c0d0e0f101112131415:0
+    /// (or, daemon stopped: tenet card pin unblock --store card.store)
+    Unblock {
+        #[command(flatten)]
+        card: CardArg,
+        /// A virtual card's store file, opened directly (no daemon may
+        /// hold it); --card and TENET_CARD are not used then.
+        #[arg(long, value_name = "FILE")]
+        store: Option<PathBuf>,
+        #[command(flatten)]
+        puk: PukArgs,
+        #[command(flatten)]
+        new_pin: NewPinArgs,
+    },
+    /// Lock the card: end every app's authenticated session at once.
+    ///
+    /// Through the host daemon that holds the card, after verifying the
+    /// PIN: the card empties its authenticated set, as pulling it out
+    /// would, so every app (wallets, merchants' acceptors, this command)
+    /// must verify the PIN again before its next privileged order. The
+    /// card, its vouchers and its PIN are unchanged. (An app's `logout`
+    /// ends only its own session; this ends everyone's.)
+    ///
+    /// Example: tenet card pin lock --card 0a0b0c0d0e0f101112131415:0
+    Lock {
+        #[command(flatten)]
+        card: CardArg,
+        #[command(flatten)]
+        pin: PinArgs,
+    },
+}
+
+/// What a PIN status says, as an error when it is not `want`.
+fn expect(card: EntityId, st: PinStatus, want: PinOutcome) -> Result<()> {
+    let tries = |n: u8| match n {
+        1 => "1 try left".to_owned(),
+        n => format!("{n} tries left"),
+    };
+    match st.outcome {
+        o if o == want => Ok(()),
+        PinOutcome::Wrong => bail!("wrong PIN: {}", tries(st.tries_left)),
+        PinOutcome::Blocked => bail!("{BLOCKED}"),
+        PinOutcome::WrongPuk => bail!("wrong PUK: the PIN is unchanged"),
+        PinOutcome::NotAllowed => bail!(
+            "card {card} lets only apps of its own domain use its PIN: is this the socket of the daemon that holds it?"
+        ),
+        o => bail!("unexpected answer from card {card}: {o:?}"),
+    }
+}
+
+/// Connects to the daemon and verifies the PIN.
+async fn verified(socket: &Path, card: EntityId, pin: &PinArgs) -> Result<CardPin> {
+    let mut p = CardPin::new(Capability::acquire(socket).await?, card);
+    let pin = pin.resolve(&format!("PIN of card {card}"))?;
+    let st = p.verify(pin.as_bytes()).await?;
+    expect(card, st, PinOutcome::Verified)?;
+    Ok(p)
+}
+
+pub async fn run(socket: &Path, cmd: PinCmd) -> Result<ExitCode> {
+    match cmd {
+        PinCmd::Change { card, pin, new_pin } => {
+            let card = card.get()?;
+            let mut p = verified(socket, card, &pin).await?;
+            let new_pin = new_pin.resolve(&format!("card {card}"))?;
+            let st = p.change(new_pin.as_bytes()).await?;
+            expect(card, st, PinOutcome::Changed)?;
+            println!("PIN of card {card} changed");
+        }
+        PinCmd::Unblock {
+            store: Some(store),
+            puk,
+            new_pin,
+            ..
+        } => {
+            let what = format!("card {}", store.display());
+            let puk = puk.resolve(&what)?;
+            let new_pin = new_pin.resolve(&what)?;
+            tokio::task::spawn_blocking(move || unblock_offline(&store, &puk, &new_pin)).await??;
+        }
+        PinCmd::Unblock {
+            card,
+            store: None,
+            puk,
+            new_pin,
+        } => {
+            let card = card.get()?;
+            let mut p = CardPin::new(Capability::acquire(socket).await?, card);
+            let puk = puk.resolve(&format!("card {card}"))?;
+            let new_pin = new_pin.resolve(&format!("card {card}"))?;
+            let st = p.unblock(puk.as_bytes(), new_pin.as_bytes()).await?;
+            expect(card, st, PinOutcome::Changed)?;
+            println!(
+                "PIN of card {card} unblocked and set ({} tries)",
+                st.tries_left
+            );
+        }
+        PinCmd::Lock { card, pin } => {
+            let card = card.get()?;
+            let mut p = verified(socket, card, &pin).await?;
+            let st = p.lock().await?;
+            expect(card, st, PinOutcome::Locked)?;
+            println!("card {card} locked: every app must verify the PIN again");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `unblock --store`: the card's own unblock on its store file, which
+/// must not be held by a daemon.
+fn unblock_offline(store: &Path, puk: &str, new_pin: &str) -> Result<()> {
+    let s = match FileStore::open(store) {
+        Ok(s) => s,
+        Err(StoreError::InUse(_)) => bail!(
+            "card store {} is held by a running daemon (or another process): stop it, \
+             or unblock through it with `tenet card pin unblock --card DOMAIN:0`",
+            store.display()
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    let mut card = tenet_card::Card::open(s, CardLimits::default(), Box::new(SystemEntropy))
+        .with_context(|| format!("opening card {}", store.display()))?;
+    let id = card.id();
+    match card.unblock_pin(puk.as_bytes(), new_pin.as_bytes())? {
+        Unblock::Unblocked => {
+            println!(
+                "PIN of card {id} unblocked and set ({} tries)",
+                card.state().pin_tries
+            );
+            Ok(())
+        }
+        Unblock::WrongPuk { puk_tries_left } => bail!(
+            "wrong PUK: the PIN is unchanged; {puk_tries_left} PUK tries left before the card must be re-personalized"
+        ),
+        Unblock::PukBlocked => {
+            bail!("the PUK of card {id} is blocked; the card must be re-personalized")
+        }
+    }
+}
