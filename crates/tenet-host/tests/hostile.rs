@@ -2532,6 +2532,8 @@ fn config_text() -> BoxedStrategy<String> {
     )
         .prop_map(|(virt, wait, max, ttp, short)| {
             let mut s = String::from("[card]\n");
+            // `ttp` names the TTP of a virtual card only.
+            let ttp = ttp.filter(|_| virt.is_some());
             if let Some(v) = virt {
                 writeln!(s, "virtual = \"{v}\"").unwrap();
             }
