@@ -24,8 +24,22 @@ fn card_with<S: Storage>(store: S, limits: CardLimits) -> Card<S> {
     Card::personalize(store, &perso(), limits, Box::new(SeededEntropy::new(7))).unwrap()
 }
 
+/// A card personalized once per test binary (personalizing hashes the PIN
+/// and PUK with Argon2id, on purpose slow) and opened afresh from a copy of
+/// its store each time.
 fn card() -> Card<MemStore> {
-    let mut c = card_with(MemStore::new(32 * 1024), CardLimits::default());
+    static PERSONALIZED: std::sync::OnceLock<MemStore> = std::sync::OnceLock::new();
+    let store = PERSONALIZED.get_or_init(|| {
+        let mut c = card_with(MemStore::new(32 * 1024), CardLimits::default());
+        c.install(Box::new(Vault));
+        c.store().clone()
+    });
+    let mut c = Card::open(
+        store.clone(),
+        CardLimits::default(),
+        Box::new(SeededEntropy::new(7)),
+    )
+    .unwrap();
     c.install(Box::new(Vault));
     select(&mut c);
     c
