@@ -34,7 +34,7 @@
 //! executed by the card) is sent again, only to the same card.
 
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
 use tenet_dispatch::{EndpointId, Ingress};
@@ -56,6 +56,10 @@ pub(crate) enum ProxyCmd {
 }
 
 const RETRY: Duration = Duration::from_millis(500);
+/// Messages delivered before the proxy looks at its requests again: an app
+/// acquiring an id waits behind at most this many, however long the card's
+/// queue stays full (a flood keeps it so).
+const BATCH: usize = 8;
 /// How often the proxy gives the card the host's time, besides at attach.
 pub(crate) const CLOCK_PERIOD: Duration = Duration::from_secs(3600);
 
@@ -70,11 +74,18 @@ pub(crate) fn run(
         session,
         card,
         failed: None,
+        more: false,
     };
     // The card's time first, before anything is delivered to it.
     let mut connected = tell_time(&shared, &mut link);
     loop {
-        let cmd = if connected {
+        let cmd = if connected && link.more {
+            // Messages still wait: look at the requests, then go on.
+            rx.try_recv().map_err(|e| match e {
+                TryRecvError::Empty => RecvTimeoutError::Timeout,
+                TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+            })
+        } else if connected {
             // Wakes for the next tick of the card's clock (drain tells it).
             rx.recv_timeout(link.session.time_due_in(CLOCK_PERIOD))
         } else {
@@ -120,6 +131,8 @@ struct Attached {
     /// Why the last reconnection failed, so that a refusal is logged once
     /// until it changes (the proxy retries every 500 ms).
     failed: Option<String>,
+    /// The last drain stopped after a batch with messages still waiting.
+    more: bool,
 }
 
 impl Attached {
@@ -163,11 +176,12 @@ impl Attached {
     }
 }
 
-/// Delivers everything waiting for the card. Returns whether the card is
-/// still connected.
+/// Delivers what waits for the card, up to [`BATCH`] messages (then
+/// `link.more` is set). Returns whether the card is still connected.
 fn drain(shared: &Shared, link: &mut Attached, ep: EndpointId) -> bool {
     let card = link.card;
-    loop {
+    link.more = false;
+    for _ in 0..BATCH {
         // After a reconnection or reset, and every hour: the time first.
         if !tell_time(shared, link) {
             return false;
@@ -208,6 +222,8 @@ fn drain(shared: &Shared, link: &mut Attached, ep: EndpointId) -> bool {
             }
         }
     }
+    link.more = true;
+    true
 }
 
 /// Gives the card the host's time if due ([`CLOCK_PERIOD`], or since the

@@ -197,6 +197,8 @@ enum Seen2 {
     FloodAnswer,
     /// Copies of what the card sent skipped (counted as flood answers).
     Missed(u64),
+    /// Copies of what the honest app sent skipped.
+    HonestMissed,
 }
 
 /// An app tapping everything the card sends and everything the honest app
@@ -208,7 +210,12 @@ struct Watcher {
 
 impl Watcher {
     async fn start(socket: &Path, card: EntityId, honest: EntityId) -> Self {
-        let mut c = Capability::acquire(socket).await.unwrap();
+        // Its id comes from the card, whose queue the flood keeps full: the
+        // smartcard proxy still takes the request within a few messages.
+        let mut c = tokio::time::timeout(WAIT, Capability::acquire(socket))
+            .await
+            .expect("an app acquires an id from the card during the flood")
+            .unwrap();
         let from_card = c
             .tap(Filter {
                 src: Some(card),
@@ -234,6 +241,7 @@ impl Watcher {
                     }
                     Incoming::Tapped { .. } => Seen2::FloodAnswer,
                     Incoming::Lagged { tap, missed } if tap == from_card => Seen2::Missed(missed),
+                    Incoming::Lagged { .. } => Seen2::HonestMissed,
                     _ => continue,
                 };
                 if tx.send(seen).is_err() {
@@ -252,19 +260,22 @@ impl Watcher {
     async fn flood_answers_while_waiting(&self, tag: &[u8]) -> u64 {
         let mut rx = self.rx.lock().await;
         let mut between: Option<u64> = None;
-        loop {
-            let seen = tokio::time::timeout(WAIT, rx.recv())
-                .await
-                .expect("the watcher sees the honest exchange")
-                .expect("the watcher runs");
-            match (seen, between.as_mut()) {
-                (Seen2::HonestRequest(p), None) if p.ends_with(tag) => between = Some(0),
-                (Seen2::HonestAnswer(p), Some(n)) if p.ends_with(tag) => return *n,
-                (Seen2::FloodAnswer, Some(n)) => *n += 1,
-                (Seen2::Missed(k), Some(n)) => *n += k,
-                _ => {}
+        let counting = async {
+            loop {
+                let seen = rx.recv().await.expect("the watcher runs");
+                match (seen, between.as_mut()) {
+                    (Seen2::HonestRequest(p), None) if p.ends_with(tag) => between = Some(0),
+                    (Seen2::HonestAnswer(p), Some(n)) if p.ends_with(tag) => return *n,
+                    (Seen2::FloodAnswer, Some(n)) => *n += 1,
+                    (Seen2::Missed(k), Some(n)) => *n += k,
+                    (Seen2::HonestMissed, _) => panic!("the watcher missed the honest exchange"),
+                    _ => {}
+                }
             }
-        }
+        };
+        tokio::time::timeout(WAIT, counting)
+            .await
+            .unwrap_or_else(|_| panic!("the watcher did not see the honest exchange in time"))
     }
 
     fn stop(self) {
