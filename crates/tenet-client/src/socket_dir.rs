@@ -8,7 +8,8 @@
 //! OpenSSH checks the files it trusts, and refuse it unless:
 //! - it is a directory, not a symbolic link;
 //! - it belongs to the user running the check or to root;
-//! - others cannot write to it;
+//! - others cannot write to it, unless it has the sticky bit (as `/tmp`):
+//!   then no one can remove or replace a socket that is not theirs;
 //! - its group can write to it only if that group is the one the socket is
 //!   shared with (`host.socket_mode` grants the group access, and the
 //!   socket belongs to the folder's group), and only with the sticky bit,
@@ -91,8 +92,8 @@ impl fmt::Display for Problem {
             ),
             Problem::WritableByOthers { mode } => write!(
                 f,
-                "writable by others (mode {mode:04o}): anyone could replace the socket; \
-                 chmod o-w the folder, or choose another socket path"
+                "writable by others without the sticky bit (mode {mode:04o}): anyone could \
+                 replace the socket; chmod o-w the folder, or choose another socket path"
             ),
             Problem::WritableByGroup { mode, gid } => write!(
                 f,
@@ -182,10 +183,14 @@ fn check(
         }));
     }
     let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o002 != 0 {
+    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
         return Err(refuse(Problem::WritableByOthers { mode }));
     }
-    if mode & 0o020 != 0 && (mode & 0o1000 == 0 || !shared_with_group(&meta)) {
+    // A public sticky folder (as /tmp) is fine: no one replaces a socket
+    // that is not theirs there. A group-writable one must be sticky and
+    // shared with that group.
+    let public_sticky = mode & 0o1002 == 0o1002;
+    if mode & 0o020 != 0 && !public_sticky && (mode & 0o1000 == 0 || !shared_with_group(&meta)) {
         return Err(refuse(Problem::WritableByGroup {
             mode,
             gid: meta.gid(),
@@ -237,9 +242,10 @@ mod tests {
         assert!(e.to_string().contains("writable by others"), "{e}");
         let e = check_for_client(&d.path().join("host.sock")).unwrap_err();
         assert_eq!(e.problem, Problem::WritableByOthers { mode: 0o777 });
-        // Even with the sticky bit, as /tmp has it.
+        // With the sticky bit, as /tmp has it, no one can replace a socket
+        // that is not theirs; the client also checks whose the socket is.
         let d = dir_with(0o1777);
-        assert!(check_for_daemon(d.path(), 0o600).is_err());
+        assert_eq!(check_for_daemon(d.path(), 0o600), Ok(()));
     }
 
     #[test]
