@@ -610,7 +610,8 @@ fn card_stores_state_and_the_ttp_database_are_owner_only() {
         .spawn()
         .unwrap();
     let start = Instant::now();
-    while !socket.exists() {
+    // The database is opened after the socket is bound: wait for both.
+    while !(socket.exists() && state.join("ttp.sqlite").exists()) {
         if let Ok(Some(status)) = host.try_wait() {
             let mut e = String::new();
             use std::io::Read;
