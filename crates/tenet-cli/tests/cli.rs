@@ -610,8 +610,9 @@ fn card_stores_state_and_the_ttp_database_are_owner_only() {
         .spawn()
         .unwrap();
     let start = Instant::now();
-    // The database is opened after the socket is bound: wait for both.
-    while !(socket.exists() && state.join("ttp.sqlite").exists()) {
+    // The database is opened after the socket is bound: wait for both (its
+    // write-ahead log shows it open).
+    while !(socket.exists() && state.join("ttp.sqlite-wal").exists()) {
         if let Ok(Some(status)) = host.try_wait() {
             let mut e = String::new();
             use std::io::Read;
