@@ -203,6 +203,9 @@ async fn all(quick: bool) -> Result<Vec<Section>> {
             dispatch: scale(2_000_000, 200_000),
             endpoints: 10_000,
             rounds: scale(5_000, 1_000) as u32,
+            flood_apps: 64,
+            flood_messages: scale(1024, 128) as u32,
+            flood_param: 60_000,
         })
         .await?,
     );

@@ -1,5 +1,6 @@
 //! `tenet bench scale`: the daemon with thousands of connected apps and a
-//! deep queue, the dispatch table with thousands of endpoints, and an
+//! deep queue, the daemon's memory under a flood of large messages to apps
+//! that never read, the dispatch table with thousands of endpoints, and an
 //! app-to-card round trip next to a D-Bus method call through dbus-daemon.
 //!
 //! The daemon under load runs as a child process (`tenet host --config`),
@@ -55,6 +56,16 @@ pub struct Args {
     /// app, and a D-Bus method call through dbus-daemon.
     #[arg(long, default_value_t = 5_000)]
     pub rounds: u32,
+    /// Apps that acquire an id and never read, flooded by one other app
+    /// (the daemon keeps its `[dispatch]` defaults).
+    #[arg(long, default_value_t = 64)]
+    pub flood_apps: u32,
+    /// Messages the flooder offers each of them.
+    #[arg(long, default_value_t = 1024)]
+    pub flood_messages: u32,
+    /// Bytes of each flood message's param.
+    #[arg(long, default_value_t = 60_000)]
+    pub flood_param: usize,
 }
 
 /// Runs the scenario.
@@ -78,9 +89,12 @@ pub async fn run(a: &Args) -> Result<Section> {
 
     let apps = app_levels(dir.path(), &limits, &levels, a.messages, nofile).await?;
     let queued = queue(dir.path(), &limits, a.queued).await?;
+    let flooded = flood(dir.path(), a).await?;
     let rtt = card_vs_dbus(dir.path(), a.rounds.max(1)).await?;
 
-    Ok(section(a, &dispatch, nofile, &apps, &queued, &rtt))
+    Ok(section(
+        a, &dispatch, nofile, &apps, &queued, &flooded, &rtt,
+    ))
 }
 
 // ---------------------------------------------------------------- dispatch
@@ -142,11 +156,13 @@ fn dispatch_many(n: u64, endpoints: u32) -> Dispatched {
 
 // ------------------------------------------------------------- the daemon
 
-/// `[dispatch]` bounds that let `n` messages wait for one app.
+/// `[dispatch]` bounds that let `n` messages wait for one app, all from one
+/// sender (no per-sender share).
 fn limits_toml(n: u64) -> String {
     let per = n + 1024;
     format!(
-        "[dispatch]\nper_destination = {per}\ntotal = {}\nttl_secs = 3600\n",
+        "[dispatch]\nper_destination = {per}\ntotal = {}\nper_sender_share = 1.0\n\
+         ttl_secs = 3600\n",
         (2 * per).max(65_536)
     )
 }
@@ -213,14 +229,23 @@ impl Daemon {
 
     /// The daemon's resident set, KiB.
     fn rss_kib(&self) -> Result<u64> {
+        self.status_kib("VmRSS:")
+    }
+
+    /// The daemon's largest resident set so far, KiB.
+    fn peak_rss_kib(&self) -> Result<u64> {
+        self.status_kib("VmHWM:")
+    }
+
+    fn status_kib(&self, field: &str) -> Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .context("reading the daemon's /proc status")?;
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.split_whitespace().next())
             .and_then(|kb| kb.parse().ok())
-            .context("no VmRSS in the daemon's /proc status")
+            .with_context(|| format!("no {field} in the daemon's /proc status"))
     }
 }
 
@@ -459,6 +484,76 @@ async fn queue(dir: &Path, limits: &str, n: u64) -> Result<Queued> {
         rss_drained,
         fill_per_s: n as f64 / fill.as_secs_f64(),
         drain_per_s: n as f64 / drain.as_secs_f64(),
+    })
+}
+
+// ------------------------------------------------------------------ flood
+
+struct Flooded {
+    apps: u32,
+    per_app: u32,
+    param: usize,
+    offered_bytes: u64,
+    accepted: u64,
+    refused: u64,
+    budget_bytes: u64,
+    rss_idle: u64,
+    rss_flooded: u64,
+    rss_peak: u64,
+    secs: f64,
+}
+
+/// Security II, item 1: `flood_apps` apps acquire an id and never read; one
+/// other app offers each of them `flood_messages` messages of `flood_param`
+/// bytes, in turn, on the daemon's `[dispatch]` defaults. Beyond the byte
+/// budgets the flooder gets "queue full" and the daemon stores nothing.
+async fn flood(dir: &Path, a: &Args) -> Result<Flooded> {
+    let d = Daemon::spawn(dir, "flood", "").await?;
+    let mut idle = Vec::new();
+    for _ in 0..a.flood_apps.max(1) {
+        idle.push(Capability::acquire(&d.socket).await?);
+    }
+    let ids: Vec<EntityId> = idle.iter().map(Capability::id).collect();
+    let mut flooder = Capability::acquire(&d.socket).await?;
+    flooder
+        .echo(flooder.id().domain().owner(), &[], Duration::from_secs(10))
+        .await?;
+    let rss_idle = d.rss_kib()?;
+    let total = u64::from(a.flood_messages) * ids.len() as u64;
+    let pb = progress(
+        total,
+        &format!("flooding {} apps that never read", ids.len()),
+    );
+    let param = vec![0x5a; a.flood_param.min(tenet_proto::MAX_PARAM_LEN)];
+    let (mut accepted, mut refused) = (0u64, 0u64);
+    let start = Instant::now();
+    for _ in 0..a.flood_messages {
+        for dst in &ids {
+            match flooder.send(*dst, MTYPE, param.clone()).await {
+                Ok(()) => accepted += 1,
+                Err(tenet_client::ClientError::QueueFull(_)) => refused += 1,
+                Err(e) => return Err(e).context("flooding"),
+            }
+        }
+        pb.inc(ids.len() as u64);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    pb.finish_and_clear();
+    let rss_flooded = d.rss_kib()?;
+    let rss_peak = d.peak_rss_kib()?;
+    drop(idle);
+    Ok(Flooded {
+        apps: ids.len() as u32,
+        per_app: a.flood_messages,
+        param: param.len(),
+        offered_bytes: total * (param.len() + tenet_proto::HEADER_LEN) as u64,
+        accepted,
+        refused,
+        budget_bytes: tenet_dispatch::Limits::default().total_bytes as u64,
+        rss_idle,
+        rss_flooded,
+        rss_peak,
+        secs,
     })
 }
 
@@ -750,6 +845,7 @@ fn section(
     nofile: u64,
     apps: &Apps,
     q: &Queued,
+    f: &Flooded,
     rtt: &Rtt,
 ) -> Section {
     let mut md = String::new();
@@ -834,6 +930,30 @@ fn section(
         q.drain_per_s,
     );
 
+    // Flood.
+    let _ = writeln!(
+        md,
+        "\nFlood (Security II, item 1): {} apps acquire an id and never read; one \
+         other app offers each {} messages of {} bytes, in turn ({:.0} MiB in all), \
+         on the `[dispatch]` defaults (`total_bytes` {:.0} MiB, `per_destination_bytes` \
+         8 MiB, `per_sender_share` 0.5). {} accepted, {} refused with \"queue full\" \
+         ({:.1} s). Daemon RSS: {:.1} MiB idle, **{:.1} MiB flooded**, {:.1} MiB at \
+         its peak, against a budget of {:.0} MiB for the table (before byte budgets \
+         this flood made a daemon hold 3.8 GB).",
+        f.apps,
+        f.per_app,
+        f.param,
+        f.offered_bytes as f64 / f64::from(1 << 20),
+        f.budget_bytes as f64 / f64::from(1 << 20),
+        f.accepted,
+        f.refused,
+        f.secs,
+        mib(f.rss_idle),
+        mib(f.rss_flooded),
+        mib(f.rss_peak),
+        f.budget_bytes as f64 / f64::from(1 << 20),
+    );
+
     // Dispatch.
     let _ = writeln!(
         md,
@@ -900,13 +1020,15 @@ fn section(
         ));
     }
     mem_bars.push((format!("{} messages queued", q.messages), mib(q.rss_full)));
+    mem_bars.push((format!("{} apps flooded (peak)", f.apps), mib(f.rss_peak)));
 
     Section {
         name: "scale",
         title: "Scale: many apps, deep queues, card vs D-Bus".into(),
         command: format!(
             "tenet bench scale --apps {} --messages {} --queued {} --dispatch {} \
-             --endpoints {} --rounds {}",
+             --endpoints {} --rounds {} --flood-apps {} --flood-messages {} \
+             --flood-param {}",
             a.apps
                 .iter()
                 .map(u32::to_string)
@@ -916,7 +1038,10 @@ fn section(
             a.queued,
             a.dispatch,
             a.endpoints,
-            a.rounds
+            a.rounds,
+            a.flood_apps,
+            a.flood_messages,
+            a.flood_param
         ),
         markdown: md,
         json: json!({
@@ -932,6 +1057,19 @@ fn section(
                 "bytes_per_message": per_msg,
                 "fill_messages_per_s": q.fill_per_s,
                 "drain_messages_per_s": q.drain_per_s,
+            },
+            "flood": {
+                "apps": f.apps,
+                "messages_per_app": f.per_app,
+                "param_bytes": f.param,
+                "offered_bytes": f.offered_bytes,
+                "accepted": f.accepted,
+                "refused": f.refused,
+                "seconds": f.secs,
+                "table_budget_bytes": f.budget_bytes,
+                "rss_idle_kib": f.rss_idle,
+                "rss_flooded_kib": f.rss_flooded,
+                "rss_peak_kib": f.rss_peak,
             },
             "dispatch": {
                 "endpoints": dispatch.endpoints,
