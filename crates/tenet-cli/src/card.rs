@@ -75,6 +75,8 @@ pub enum CardCmd {
     /// Change, unblock or lock the card's PIN (through the host daemon;
     /// `unblock` also on a store file).
     Pin {
+        #[command(flatten)]
+        socket: crate::SocketArg,
         #[command(subcommand)]
         cmd: crate::pin_cmd::PinCmd,
     },

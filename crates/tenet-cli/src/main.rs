@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tenet_client::{Capability, ClientError, Incoming};
 use tenet_proto::{Domain, EntityId, Filter, Mtype};
 
@@ -38,12 +38,27 @@ mod wallet;
     about = "TENeT: distributed inter-smartcard communication"
 )]
 struct Cli {
-    /// App socket of the host daemon (default: $TENET_SOCKET, else the
-    /// documented per-user default).
-    #[arg(long, global = true, value_name = "PATH")]
+    /// App socket of the host daemon, for the commands that use one (host,
+    /// ttp, ping, tap, wallet, card pin), which also take it after their
+    /// name (default: $TENET_SOCKET, else the documented per-user default).
+    #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Log more on stderr: -v info, -vv debug, -vvv trace (default:
+    /// warnings and errors, or $TENET_LOG, an env-filter directive).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// `--socket` after the name of a command that talks to a host daemon
+/// (and its subcommands: `tenet wallet balance --socket PATH`).
+#[derive(clap::Args)]
+pub struct SocketArg {
+    /// App socket of the host daemon (default: --socket before the command,
+    /// $TENET_SOCKET, else the documented per-user default).
+    #[arg(long = "socket", value_name = "PATH", global = true)]
+    socket: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -117,6 +132,11 @@ enum Cmd {
         /// TOML configuration (see docs/host.example.toml).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// App socket to listen on, unless the config has one (default:
+        /// --socket before the command, $TENET_SOCKET, else the documented
+        /// per-user default).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
         #[command(subcommand)]
         action: Option<HostAction>,
     },
@@ -136,6 +156,8 @@ enum Cmd {
         /// Payload bytes per request (besides the 8-byte sequence number).
         #[arg(short = 's', long, default_value_t = 0)]
         size: usize,
+        #[command(flatten)]
+        socket: SocketArg,
     },
     /// Print one line per message matching the filter.
     Tap {
@@ -157,6 +179,8 @@ enum Cmd {
         /// Stop after this many messages.
         #[arg(short = 'c', long)]
         count: Option<u64>,
+        #[command(flatten)]
+        socket: SocketArg,
     },
     /// The voucher exchange demo: three hosts over TLS on loopback (Alice
     /// and Bob with a virtual card each, the TTP with SQLite).
@@ -174,11 +198,15 @@ enum Cmd {
         /// TOML configuration with [ttp] (see docs/vouchers.md).
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        #[command(flatten)]
+        socket: SocketArg,
     },
     /// A wallet app: balances, offers, exchanges, recovery.
     Wallet {
         #[command(flatten)]
         login: wallet::Login,
+        #[command(flatten)]
+        socket: SocketArg,
         #[command(subcommand)]
         cmd: wallet::WalletCmd,
     },
@@ -200,16 +228,53 @@ enum Cmd {
         #[command(subcommand)]
         which: bench::Which,
     },
+    /// Write the manual pages: tenet.1 and one per command (tenet-host.1,
+    /// tenet-wallet-offer.1, ...).
+    Man {
+        /// Directory to write them to (created if missing).
+        dir: PathBuf,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Whether `cmd` prints and ends, as opposed to serving (a daemon, the
 /// vpcd connector, the demo's and benchmarks' daemons).
 fn prints_and_ends(cmd: &Cmd) -> bool {
     match cmd {
-        Cmd::Ping { .. } | Cmd::Tap { .. } | Cmd::Wallet { .. } | Cmd::Ca { .. } => true,
+        Cmd::Ping { .. }
+        | Cmd::Tap { .. }
+        | Cmd::Wallet { .. }
+        | Cmd::Ca { .. }
+        | Cmd::Man { .. }
+        | Cmd::Completions { .. } => true,
         Cmd::Host { action, .. } => action.is_some(),
         Cmd::Card { cmd } => !matches!(cmd, card::CardCmd::Serve { .. }),
         _ => false,
+    }
+}
+
+/// What the log shows on stderr: `-v` info, `-vv` debug, `-vvv` trace;
+/// without -v, `TENET_LOG` (an env-filter directive such as
+/// `tenet_host=debug`); else warnings and errors only. The demo's
+/// default leaves out the guard's warnings too: with --interrupt-after,
+/// a guard rule drops a message on purpose and the demo's own output
+/// says so.
+fn log_filter(verbose: u8, cmd: &Cmd) -> tracing_subscriber::EnvFilter {
+    use tracing_subscriber::EnvFilter;
+    let default = match cmd {
+        Cmd::Demo { .. } => "warn,tenet::guard=error",
+        _ => "warn",
+    };
+    match verbose {
+        0 => EnvFilter::try_from_env("TENET_LOG").unwrap_or_else(|_| EnvFilter::new(default)),
+        1 => EnvFilter::new("info"),
+        2 => EnvFilter::new("debug"),
+        _ => EnvFilter::new("trace"),
     }
 }
 
@@ -225,11 +290,9 @@ fn main() -> ExitCode {
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TENET_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(log_filter(cli.verbose, &cli.cmd))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -251,7 +314,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
-    let socket = cli.socket.unwrap_or_else(tenet_client::default_socket_path);
+    // `--socket` after the command, else before it, else the default.
+    let before = cli.socket;
+    let socket = |after: Option<PathBuf>| {
+        after
+            .or_else(|| before.clone())
+            .unwrap_or_else(tenet_client::default_socket_path)
+    };
     match cli.cmd {
         Cmd::Host {
             action:
@@ -293,15 +362,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Host {
             config,
+            socket: after,
             action: None,
-        } => host(config, socket).await,
+        } => host(config, socket(after)).await,
         Cmd::Ping {
             dst,
             count,
             interval,
             timeout,
             size,
-        } => ping(socket, dst, count, interval, timeout, size).await,
+            socket: after,
+        } => ping(socket(after.socket), dst, count, interval, timeout, size).await,
         Cmd::Tap {
             src,
             dst,
@@ -309,6 +380,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             dst_domain,
             mtype,
             count,
+            socket: after,
         } => {
             let f = Filter {
                 src,
@@ -317,21 +389,28 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 dst_domain,
                 mtype,
             };
-            tap(socket, f, count).await
+            tap(socket(after.socket), f, count).await
         }
         Cmd::Demo {
             interrupt_after,
             json,
         } => demo::run(interrupt_after, json).await,
-        Cmd::Wallet { login, cmd } => wallet::run(&socket, login, cmd).await,
-        Cmd::Ttp { config } => {
+        Cmd::Wallet {
+            login,
+            socket: after,
+            cmd,
+        } => wallet::run(&socket(after.socket), login, cmd).await,
+        Cmd::Ttp {
+            config,
+            socket: after,
+        } => {
             let cfg = tenet_host::Config::load(&config)?;
             anyhow::ensure!(
                 cfg.ttp.is_some(),
                 "{} has no [ttp] section",
                 config.display()
             );
-            host(Some(config), socket).await
+            host(Some(config), socket(after.socket)).await
         }
         Cmd::Ca {
             cmd:
@@ -372,11 +451,36 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Card {
-            cmd: card::CardCmd::Pin { cmd },
-        } => pin_cmd::run(&socket, cmd).await,
+            cmd: card::CardCmd::Pin { socket: after, cmd },
+        } => pin_cmd::run(&socket(after.socket), cmd).await,
         Cmd::Card { cmd } => tokio::task::spawn_blocking(move || card::run(cmd)).await?,
         Cmd::Bench { which, json } => bench::run(which, json).await,
+        Cmd::Man { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let mut cmd = Cli::command().disable_help_subcommand(true);
+            cmd.build();
+            write_man_pages(&cmd, &dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "tenet", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// Writes the man page of `cmd` (built) and of each of its subcommands
+/// into `dir`, printing each file's path.
+fn write_man_pages(cmd: &clap::Command, dir: &std::path::Path) -> Result<()> {
+    let path = clap_mangen::Man::new(cmd.clone())
+        .generate_to(dir)
+        .with_context(|| format!("writing a man page into {}", dir.display()))?;
+    println!("{}", path.display());
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        write_man_pages(sub, dir)?;
+    }
+    Ok(())
 }
 
 /// "valid from .. to .." of the certificate in the PEM file `path`.
