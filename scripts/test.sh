@@ -3,7 +3,9 @@
 #
 # Installs what the tests need when it is missing (as root, with apt-get):
 # pcscd, the vsmartcard vpcd driver, libpcsclite-dev and pkg-config for the
-# PC/SC card link, opensc-tool for the interop test, nats-server for the
+# PC/SC card link, opensc-tool for the interop test, python3-pyscard (for
+# Debian's /usr/bin/python3) for the ISO 7816-4 conformance suite
+# (tests/conformance, run by tenet-card's `conformance` test), nats-server for the
 # NATS transport, iproute2 for the network-namespace test (which needs
 # root, like the installs), PostgreSQL for the TTP's PostgreSQL store,
 # dbus-daemon for the D-Bus baseline of `tenet bench scale`.
@@ -22,6 +24,7 @@ command -v pcscd >/dev/null || missing+=(pcscd)
 command -v pkg-config >/dev/null || missing+=(pkgconf)
 pkg-config --exists libpcsclite 2>/dev/null || missing+=(libpcsclite-dev)
 command -v opensc-tool >/dev/null || missing+=(opensc)
+/usr/bin/python3 -c 'import smartcard' 2>/dev/null || missing+=(python3-pyscard)
 command -v nats-server >/dev/null || missing+=(nats-server)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v dbus-daemon >/dev/null || missing+=(dbus-daemon)

@@ -16,7 +16,7 @@ use std::collections::{BTreeSet, VecDeque};
 use ring::digest;
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
-use tenet_proto::apdu::{Command, Response, StatusWord, tenet};
+use tenet_proto::apdu::{CLA_CHAINING, Command, Response, StatusWord, tenet};
 use tenet_proto::card::{
     CardInfo, ChangePin, PinOutcome, PinStatus, SetTime, UnblockPin, VerifyPin, check_pin,
 };
@@ -30,8 +30,14 @@ use crate::state::{CardState, KdfParams, PIN_TRIES, PUK_TRIES, SECRET_HASH_LEN, 
 use crate::store::{Storage, StoreError};
 use crate::timing::Meter;
 
-/// The card's answer to reset: T=1, no historical bytes.
-pub const ATR: &[u8] = &[0x3b, 0x80, 0x80, 0x01, 0x01];
+/// The card's answer to reset: T=1 only, no historical bytes. TS `3B`
+/// (direct convention), T0 `80` (TD1 follows, no historical bytes), TD1
+/// `01` (T=1, nothing follows), TCK `81` (T0 to TCK XOR to zero).
+pub const ATR: &[u8] = &[0x3b, 0x80, 0x01, 0x81];
+
+fn status(sw: StatusWord) -> Vec<u8> {
+    Response::status(sw).to_bytes()
+}
 
 /// Limits a card enforces besides its storage budget (the store's capacity).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -528,24 +534,65 @@ impl<S: Storage> Card<S> {
                 return Response::status(StatusWord::WRONG_LENGTH).to_bytes();
             }
         };
+        // A chain in progress takes only its next piece: same INS, class
+        // 80 or 90. Anything else ends it (ISO 7816-4 5.1.1.1).
+        if let Some(chain) = &self.chain
+            && !(cmd.cla & !CLA_CHAINING == tenet::CLA && cmd.ins == chain.ins)
+        {
+            self.chain = None;
+            return status(StatusWord::CHAIN_EXPECTED);
+        }
+        // Classes: 00 (interindustry, channel 0, no secure messaging) and
+        // 80 (proprietary), 90 being 80 with the chaining bit. 10 is 00
+        // chained: no interindustry command here takes chaining. Logical
+        // channels, secure messaging and other classes are not supported.
         if cmd.cla & 0x03 != 0 {
-            return Response::status(StatusWord::CLA_NOT_SUPPORTED).to_bytes();
+            return status(StatusWord::CLA_NOT_SUPPORTED);
         }
         // A new command abandons an unfinished GET RESPONSE sequence; a
         // message it carried goes back to the outbox, so nothing is lost.
         if !(cmd.cla == 0x00 && cmd.ins == tenet::INS_GET_RESPONSE) {
             self.abandon_pending();
         }
-        match (cmd.cla & !0x10, cmd.ins) {
-            (0x00, tenet::INS_SELECT) => self.select(&cmd),
-            (0x00, tenet::INS_GET_RESPONSE) => self.get_response(&cmd),
-            (0x00, _) => Response::status(StatusWord::INS_NOT_SUPPORTED).to_bytes(),
-            (tenet::CLA, _) if !self.selected => {
-                Response::status(StatusWord::CONDITIONS_NOT_SATISFIED).to_bytes()
-            }
-            (tenet::CLA, ins) => self.proprietary(ins, cmd),
-            _ => Response::status(StatusWord::CLA_NOT_SUPPORTED).to_bytes(),
+        let chained = cmd.cla == tenet::CLA | CLA_CHAINING;
+        match cmd.cla {
+            0x00 | tenet::CLA => {}
+            c if c == tenet::CLA | CLA_CHAINING => {}
+            0x10 => return status(StatusWord::CHAINING_NOT_SUPPORTED),
+            _ => return status(StatusWord::CLA_NOT_SUPPORTED),
         }
+        if cmd.cla == 0x00 {
+            return match cmd.ins {
+                tenet::INS_SELECT => self.select(&cmd),
+                tenet::INS_GET_RESPONSE => self.get_response(&cmd),
+                _ => status(StatusWord::INS_NOT_SUPPORTED),
+            };
+        }
+        if !self.selected {
+            return status(StatusWord::CONDITIONS_NOT_SATISFIED);
+        }
+        let ins = cmd.ins;
+        if !matches!(
+            ins,
+            tenet::INS_DELIVER | tenet::INS_POLL | tenet::INS_ASSIGN_PORT | tenet::INS_GET_INFO
+        ) {
+            self.chain = None;
+            return status(StatusWord::INS_NOT_SUPPORTED);
+        }
+        if (cmd.p1, cmd.p2) != (0, 0) {
+            self.chain = None;
+            return status(StatusWord::INCORRECT_P1P2);
+        }
+        if ins != tenet::INS_DELIVER {
+            // POLL, ASSIGN PORT and GET INFO carry no data (cases 1 and 2).
+            if chained {
+                return status(StatusWord::CHAINING_NOT_SUPPORTED);
+            }
+            if !cmd.data.is_empty() {
+                return status(StatusWord::WRONG_LENGTH);
+            }
+        }
+        self.proprietary(ins, cmd, chained)
     }
 
     fn abandon_pending(&mut self) {
@@ -557,21 +604,42 @@ impl<S: Storage> Card<S> {
         }
     }
 
+    /// SELECT by DF name (P1 `04`) of the full AID: P2 `00` (first or only
+    /// occurrence, FCI) or `0C` (no response data); the card answers no
+    /// data either way. P2 `02` / `0E` (next occurrence): the card holds
+    /// one applet, so there is none: `6A 82`, and the selection stays.
     fn select(&mut self, cmd: &Command) -> Vec<u8> {
         if cmd.p1 != 0x04 {
-            return Response::status(StatusWord::INCORRECT_P1P2).to_bytes();
+            return status(StatusWord::INCORRECT_P1P2);
+        }
+        let next = match cmd.p2 {
+            0x00 | 0x0c => false,
+            0x02 | 0x0e => true,
+            _ => return status(StatusWord::INCORRECT_P1P2),
+        };
+        if cmd.data.is_empty() {
+            return status(StatusWord::WRONG_LENGTH);
+        }
+        if next {
+            return status(StatusWord::NOT_FOUND);
         }
         if cmd.data != tenet::AID {
             self.selected = false;
-            return Response::status(StatusWord::NOT_FOUND).to_bytes();
+            return status(StatusWord::NOT_FOUND);
         }
         self.selected = true;
-        Response::status(StatusWord::OK).to_bytes()
+        status(StatusWord::OK)
     }
 
     fn get_response(&mut self, cmd: &Command) -> Vec<u8> {
+        if (cmd.p1, cmd.p2) != (0, 0) {
+            return status(StatusWord::INCORRECT_P1P2);
+        }
+        if !cmd.data.is_empty() {
+            return status(StatusWord::WRONG_LENGTH);
+        }
         let Some(p) = self.pending.take() else {
-            return Response::status(StatusWord::CONDITIONS_NOT_SATISFIED).to_bytes();
+            return status(StatusWord::CONDITIONS_NOT_SATISFIED);
         };
         let rest = p.bytes[p.off..].to_vec();
         self.respond_chunked(
@@ -613,28 +681,21 @@ impl<S: Storage> Card<S> {
         .to_bytes()
     }
 
-    fn proprietary(&mut self, ins: u8, cmd: Command) -> Vec<u8> {
+    fn proprietary(&mut self, ins: u8, cmd: Command, chained: bool) -> Vec<u8> {
         // Command chaining (ISO 7816-4 5.1.1.1).
-        if cmd.is_chained() {
+        if chained {
             let chain = self.chain.get_or_insert_with(|| Chain {
                 ins,
                 data: Vec::new(),
             });
-            if chain.ins != ins {
-                self.chain = None;
-                return Response::status(StatusWord::CHAIN_EXPECTED).to_bytes();
-            }
             if chain.data.len() + cmd.data.len() > self.limits.max_message {
                 self.chain = None;
-                return Response::status(StatusWord::NOT_ENOUGH_MEMORY).to_bytes();
+                return status(StatusWord::NOT_ENOUGH_MEMORY);
             }
             chain.data.extend_from_slice(&cmd.data);
-            return Response::status(StatusWord::OK).to_bytes();
+            return status(StatusWord::OK);
         }
         let data = match self.chain.take() {
-            Some(c) if c.ins != ins => {
-                return Response::status(StatusWord::CHAIN_EXPECTED).to_bytes();
-            }
             Some(mut c) => {
                 c.data.extend_from_slice(&cmd.data);
                 c.data
@@ -645,11 +706,10 @@ impl<S: Storage> Card<S> {
             tenet::INS_DELIVER => self.deliver(&data, cmd.le),
             tenet::INS_POLL => self.next_out(cmd.le),
             tenet::INS_ASSIGN_PORT => self.assign_port(cmd.le),
-            tenet::INS_GET_INFO => {
+            _ => {
                 let info = self.info().to_bytes();
                 self.respond_chunked(cmd.le, info, StatusWord::OK, false, None)
             }
-            _ => Response::status(StatusWord::INS_NOT_SUPPORTED).to_bytes(),
         }
     }
 

@@ -1,7 +1,7 @@
 //! The card through its APDU front end, without I/O.
 
 use tenet_card::{
-    Applet, AppletCx, Card, CardLimits, FileStore, MemStore, Personalization, Refusal,
+    ATR, Applet, AppletCx, Card, CardLimits, FileStore, MemStore, Personalization, Refusal,
     SeededEntropy, Storage,
 };
 use tenet_proto::apdu::{Command, Response, StatusWord, tenet};
@@ -862,4 +862,80 @@ fn set_time_is_taken_only_from_the_cards_own_id() {
     assert_eq!(applet_time(&mut c), (bound, false));
     let bad = Message::new(CARD, CARD, Mtype::SET_TIME, vec![0x80, 1, 0]);
     assert!(refusal_text(&deliver(&mut c, bad).1[0]).contains("malformed set-time"));
+}
+
+#[test]
+fn the_atr_offers_t1_only_with_a_correct_tck() {
+    // TS, T0 (TD1 follows, no historical bytes), TD1 (T=1, nothing
+    // follows), TCK.
+    assert_eq!(ATR, [0x3b, 0x80, 0x01, 0x81]);
+    assert_eq!(ATR[1] & 0xf0, 0x80, "only TD1 among TA1..TD1");
+    assert_eq!(ATR[2], 0x01, "TD1: T=1, no TD2");
+    assert_eq!(ATR[1..].iter().fold(0, |a, b| a ^ b), 0, "TCK");
+}
+
+#[test]
+fn a_short_le_below_the_answer_gives_le_bytes_then_61xx() {
+    let mut c = card();
+    let m = Message::new(app(7), CARD, Mtype::ECHO_REQUEST, b"0123456789".to_vec());
+    let reply = Message::new(CARD, app(7), Mtype::ECHO_REPLY, b"0123456789".to_vec()).to_bytes();
+    assert_eq!(reply.len(), 44);
+    let cmd = Command::new(tenet::CLA, tenet::INS_DELIVER, 0, 0)
+        .with_data(m.to_bytes())
+        .with_le(5);
+    assert_eq!(cmd.to_bytes().last(), Some(&5));
+    let r = apdu(&mut c, cmd);
+    assert_eq!((r.data.as_slice(), r.sw), (&reply[..5], StatusWord(0x6127)));
+    let r = apdu(
+        &mut c,
+        Command::new(0, tenet::INS_GET_RESPONSE, 0, 0).with_le(0x27),
+    );
+    assert_eq!((r.data.as_slice(), r.sw), (&reply[5..], StatusWord::OK));
+}
+
+#[test]
+fn p1_p2_other_than_00_00_are_refused_by_every_command() {
+    let mut c = card();
+    for ins in [
+        tenet::INS_DELIVER,
+        tenet::INS_POLL,
+        tenet::INS_ASSIGN_PORT,
+        tenet::INS_GET_INFO,
+    ] {
+        for (p1, p2) in [(1, 0), (0, 1)] {
+            let r = apdu(&mut c, Command::new(tenet::CLA, ins, p1, p2).with_le(256));
+            assert_eq!(r.sw, StatusWord::INCORRECT_P1P2, "INS {ins:02x}");
+        }
+    }
+    let r = apdu(
+        &mut c,
+        Command::new(0, tenet::INS_GET_RESPONSE, 1, 0).with_le(256),
+    );
+    assert_eq!(r.sw, StatusWord::INCORRECT_P1P2);
+    let r = apdu(
+        &mut c,
+        Command::new(tenet::CLA, tenet::INS_GET_INFO, 0, 0).with_le(256),
+    );
+    assert_eq!(r.sw, StatusWord::OK);
+}
+
+#[test]
+fn a_chain_is_ended_by_any_other_command() {
+    let mut c = card();
+    let m = Message::new(app(7), CARD, Mtype::ECHO_REQUEST, b"hi".to_vec()).to_bytes();
+    let piece =
+        Command::new(tenet::CLA | 0x10, tenet::INS_DELIVER, 0, 0).with_data(m[..10].to_vec());
+    assert_eq!(apdu(&mut c, piece).sw, StatusWord::OK);
+    let sel = Command::new(0, tenet::INS_SELECT, 4, 0).with_data(tenet::AID.to_vec());
+    assert_eq!(apdu(&mut c, sel).sw, StatusWord::CHAIN_EXPECTED);
+    // The chain is gone; the applet is still selected.
+    assert_eq!(
+        apdu(&mut c, deliver_cmd(&Message::decode(&m).unwrap())).sw,
+        StatusWord::OK
+    );
+    let chained_poll = Command::new(tenet::CLA | 0x10, tenet::INS_POLL, 0, 0);
+    assert_eq!(
+        apdu(&mut c, chained_poll).sw,
+        StatusWord::CHAINING_NOT_SUPPORTED
+    );
 }

@@ -23,6 +23,8 @@ impl StatusWord {
     pub const CHAIN_EXPECTED: Self = Self(0x6883);
     /// `6982`: security status not satisfied.
     pub const SECURITY_NOT_SATISFIED: Self = Self(0x6982);
+    /// `6884`: command chaining not supported (for this command).
+    pub const CHAINING_NOT_SUPPORTED: Self = Self(0x6884);
     /// `6985`: conditions of use not satisfied (e.g. applet not selected).
     pub const CONDITIONS_NOT_SATISFIED: Self = Self(0x6985);
     /// `6a80`: incorrect data (malformed eTP message).
@@ -87,6 +89,7 @@ impl StatusWord {
             Self::MEMORY_FAILURE => "memory failure",
             Self::WRONG_LENGTH => "wrong length",
             Self::CHAIN_EXPECTED => "last command of chain expected",
+            Self::CHAINING_NOT_SUPPORTED => "command chaining not supported",
             Self::SECURITY_NOT_SATISFIED => "security status not satisfied",
             Self::CONDITIONS_NOT_SATISFIED => "conditions of use not satisfied",
             Self::INCORRECT_DATA => "incorrect data",
