@@ -18,8 +18,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Which benchmark.
 #[derive(Subcommand)]
 pub enum Which {
-    /// Dispatch throughput in-process; app-to-app echo through the daemon
-    /// next to a raw Unix-socket echo.
+    /// Dispatch throughput in-process; app-to-app echo through the daemon next to a raw Unix-socket echo.
+    ///
+    /// The dispatch table alone, then two apps echoing through a real daemon on
+    /// its Unix socket, against the same echo over a bare Unix socket: the
+    /// price of the daemon per message.
+    ///
+    /// Example: tenet bench core --messages 200000 --echoes 2000
     Core {
         /// Messages through the dispatch table.
         #[arg(long, default_value_t = 2_000_000)]
@@ -28,16 +33,25 @@ pub enum Which {
         #[arg(long, default_value_t = 20_000)]
         echoes: u32,
     },
-    /// A remote echo through two daemons over TLS and over NATS, next to a
-    /// raw TCP loopback echo and a plain NATS request/reply (starts its own
-    /// nats-server if the binary is installed).
+    /// A remote echo through two daemons over TLS and over NATS.
+    ///
+    /// Next to a raw TCP loopback echo and a plain NATS request/reply; it
+    /// starts its own nats-server if the binary is installed, and skips NATS
+    /// otherwise.
+    ///
+    /// Example: tenet bench remote --echoes 1000 --json
     Remote {
         /// Round trips per contender.
         #[arg(long, default_value_t = 5_000)]
         echoes: u32,
     },
-    /// The voucher exchange between two hosts over TLS: latency, throughput
-    /// with several card pairs at once, and the cryptographic floor.
+    /// The voucher exchange between two hosts over TLS.
+    ///
+    /// Latency, throughput with several card pairs at once, and the
+    /// cryptographic floor (the signatures and verifications alone), with the
+    /// cards' stores on disk and on tmpfs.
+    ///
+    /// Example: tenet bench exchange --exchanges 100 --pairs 1,8 --stores tmpfs
     Exchange {
         /// Exchanges for the latency figures (throughput runs 4x as many,
         /// shared among the pairs).
@@ -51,26 +65,38 @@ pub enum Which {
         #[arg(long, value_enum, value_delimiter = ',', default_value = "disk,tmpfs")]
         stores: Vec<crate::bench_exchange::Stores>,
     },
-    /// The voucher exchange the ISO 7816-4 way (wallets shuttle every
-    /// message through their cards and over TCP) next to TENeT (two daemons
-    /// over TLS, the cards send their messages themselves): APDUs and bytes
-    /// on the card links, card-link time, wall time, lines of wallet code.
+    /// The voucher exchange the ISO 7816-4 way next to TENeT.
+    ///
+    /// ISO 7816-4: wallets shuttle every message through their cards and over
+    /// TCP; TENeT: two daemons over TLS, the cards send their messages
+    /// themselves. It compares APDUs and bytes on the card links, card-link
+    /// time, wall time and lines of wallet code.
+    ///
+    /// Example: tenet bench baseline --exchanges 50
     Baseline {
         /// Exchanges per side.
         #[arg(long, default_value_t = 200)]
         exchanges: u32,
     },
-    /// The paper's Table 2 reproduced on a simulated card: the real
-    /// exchange through metered virtual cards, its counted operations and
-    /// APDU sizes turned into CPU and I/O time by a model of the paper's card
-    /// and reader (docs/benchmarks-model.md), next to Table 2; and the
+    /// The paper's Table 2 reproduced on a simulated card.
+    ///
+    /// The real exchange through metered virtual cards, its counted operations
+    /// and APDU sizes turned into CPU and I/O time by a model of the paper's
+    /// card and reader (docs/benchmarks-model.md), next to Table 2; and the
     /// ISO 7816-4 baseline under the same model.
+    ///
+    /// Example: tenet bench table2 --exchanges 20
     Table2 {
         /// Exchanges to average over.
         #[arg(long, default_value_t = 20)]
         exchanges: u32,
     },
     /// Every scenario, one after the other, with a markdown report.
+    ///
+    /// With --report, the report with its SVG plots, as docs/benchmarks.md;
+    /// --quick runs smaller counts for a quick look.
+    ///
+    /// Example: tenet bench all --report docs/benchmarks.md
     All {
         /// Write the report here (with its SVG plots in a `benchmarks`
         /// folder beside it), e.g. docs/benchmarks.md.
@@ -80,9 +106,12 @@ pub enum Which {
         #[arg(long)]
         quick: bool,
     },
-    /// One APDU through pcscd + vpcd next to the in-process card link, and
-    /// `ping CARD-ID` through the daemon over both (needs `--features pcsc`
-    /// and pcscd running with the vpcd driver).
+    /// One APDU through pcscd + vpcd next to the in-process card link.
+    ///
+    /// And `ping CARD-ID` through the daemon over both links. Needs
+    /// `--features pcsc` and pcscd running with the vpcd driver.
+    ///
+    /// Example: tenet bench card --rounds 1000 --vpcd 127.0.0.1:35963 --reader 'Virtual PCD 00 00'
     Card {
         /// Round trips per contender.
         #[arg(long, default_value_t = 5_000)]
@@ -94,10 +123,14 @@ pub enum Which {
         #[arg(long, default_value = "Virtual PCD 00 00")]
         reader: String,
     },
-    /// Daemon memory and throughput with thousands of connected apps and a
-    /// deep queue, the dispatch table with thousands of endpoints, and an
-    /// app-to-card echo next to a D-Bus method call through dbus-daemon
-    /// (the D-Bus side needs `--features dbus` and dbus-daemon).
+    /// Daemon memory and throughput with thousands of apps and a deep queue.
+    ///
+    /// Also the dispatch table with thousands of endpoints, a flood of apps
+    /// that never read, and an app-to-card echo next to a D-Bus method call
+    /// through dbus-daemon (the D-Bus side needs `--features dbus` and
+    /// dbus-daemon).
+    ///
+    /// Example: tenet bench scale --apps 1000 --json
     Scale(crate::bench_scale::Args),
 }
 

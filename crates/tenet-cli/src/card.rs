@@ -11,8 +11,14 @@ use tenet_proto::{Codec, Domain};
 /// Card subcommands.
 #[derive(Subcommand)]
 pub enum CardCmd {
-    /// Personalize a new virtual card: the card generates its key pair,
-    /// which never leaves it.
+    /// Personalize a new virtual card: the card generates its key pair, which never leaves it.
+    ///
+    /// The store file holds the card: its key, PIN and PUK (hashed), its
+    /// certificate from --ca and the TTP it trusts for good (--ttp,
+    /// --ttp-cert). The PUK is printed once if not given; keep it to unblock
+    /// the PIN.
+    ///
+    /// Example: tenet card new --store alice.card --pin 1234 --ca ca --ttp 777777777777777777777777:0 --ttp-cert ca/ttp-entity.pem
     New {
         /// The card's store file (created; never overwritten).
         #[arg(long, value_name = "FILE")]
@@ -48,9 +54,13 @@ pub enum CardCmd {
         #[arg(long, value_name = "FILE", requires = "ttp")]
         ttp_cert: Option<PathBuf>,
     },
-    /// Give a virtual card's key a new certificate from its CA (renewal:
-    /// the key stays on the card), valid --days from now. The daemon using
-    /// the card must be stopped.
+    /// Give a virtual card's key a new certificate from its CA.
+    ///
+    /// A renewal: the key stays on the card, the new certificate is valid
+    /// --days from now. The daemon using the card must be stopped (the store
+    /// file is locked while in use).
+    ///
+    /// Example: tenet card recertify --store alice.card --ca ca --days 365
     Recertify {
         /// The card's store file.
         #[arg(long, value_name = "FILE")]
@@ -64,6 +74,12 @@ pub enum CardCmd {
         days: u32,
     },
     /// Print a virtual card's id and public key.
+    ///
+    /// Also its PIN tries left, its certificate's validity and the TTP it
+    /// trusts, read from the store file without the PIN; --cert-out writes
+    /// the certificate.
+    ///
+    /// Example: tenet card info --store alice.card --cert-out alice.der
     Info {
         /// The card's store file.
         #[arg(long, value_name = "FILE")]
@@ -72,8 +88,12 @@ pub enum CardCmd {
         #[arg(long, value_name = "FILE")]
         cert_out: Option<PathBuf>,
     },
-    /// Change, unblock or lock the card's PIN (through the host daemon;
-    /// `unblock` also on a store file).
+    /// Change, unblock or lock the card's PIN.
+    ///
+    /// Through the host daemon that holds the card (--card DOMAIN:0); `unblock`
+    /// also on a store file no daemon holds (--store FILE).
+    ///
+    /// Example: tenet card pin change --card 0a0b0c0d0e0f101112131415:0
     Pin {
         #[command(flatten)]
         socket: crate::SocketArg,
@@ -81,6 +101,12 @@ pub enum CardCmd {
         cmd: crate::pin_cmd::PinCmd,
     },
     /// Plug a virtual card into pcscd through vsmartcard's vpcd driver.
+    ///
+    /// The card then sits in the PC/SC reader of that vpcd slot, for a host
+    /// daemon with [card] reader = "..." (--features pcsc) or any PC/SC tool
+    /// (opensc-tool); it runs until interrupted.
+    ///
+    /// Example: tenet card serve --store alice.card --vpcd 127.0.0.1:35963
     Serve {
         /// The card's store file.
         #[arg(long, value_name = "FILE")]

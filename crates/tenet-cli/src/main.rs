@@ -6,7 +6,13 @@
 //!   print one line per observed message.
 //! - `tenet card new|info|recertify|serve`: personalize, inspect, renew the
 //!   certificate of, and plug a virtual card into pcscd via vpcd.
-//! - `tenet bench core`: side-by-side benchmarks of the messaging core.
+//! - `tenet bench core|remote|exchange|...`: side-by-side benchmarks.
+//! - `tenet man DIR`, `tenet completions SHELL`: man pages and shell
+//!   completions, from the same definitions as `--help`.
+//!
+//! Quiet by default: stderr gets warnings and errors only (`-v`, `-vv`,
+//! `-vvv` or `TENET_LOG` for more). `--socket` goes before the command or
+//! after the name of a command that uses a daemon.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,6 +70,13 @@ pub struct SocketArg {
 #[derive(Subcommand)]
 enum CaCmd {
     /// Make a CA (ca.pem, ca.key) in DIR unless one is there.
+    ///
+    /// The CA signs the certificates of cards (`tenet card new --ca DIR`), of
+    /// hosts for TLS links (`tenet host certs`) and of the TTP's entity (`tenet
+    /// ca entity`). An existing CA is kept, never overwritten; keep ca.key
+    /// owner-only and offline when you can.
+    ///
+    /// Example: tenet ca init --dir ca --name "Example CA" --days 3650
     Init {
         /// The CA's directory.
         #[arg(long, value_name = "DIR")]
@@ -76,11 +89,14 @@ enum CaCmd {
               value_parser = clap::value_parser!(u32).range(1..=36_500))]
         days: u32,
     },
-    /// Make a key and certificate for a software entity (the TTP's host
-    /// entity DOMAIN:0): DIR/NAME-entity.pem and .key. An entity
-    /// certificate is for signatures only: no extended key usage, refused
-    /// for TLS links. If the files exist, the certificate is renewed for
-    /// the same key (cards that pinned the old one accept it).
+    /// Make a key and certificate for a software entity.
+    ///
+    /// For the TTP's host entity DOMAIN:0: DIR/NAME-entity.pem and .key. An
+    /// entity certificate is for signatures only: no extended key usage,
+    /// refused for TLS links. If the files exist, the certificate is renewed
+    /// for the same key (cards that pinned the old one accept it).
+    ///
+    /// Example: tenet ca entity --dir ca --name ttp --id 777777777777777777777777:0
     Entity {
         /// The CA's directory.
         #[arg(long, value_name = "DIR")]
@@ -100,11 +116,15 @@ enum CaCmd {
 
 #[derive(Subcommand)]
 enum HostAction {
-    /// Make a development CA (once) and a host certificate for TLS links
-    /// (extended key usage: TLS server and client authentication), naming
-    /// the domains the host may serve; peers accept no other domain from it.
-    /// If the host's files exist, the certificate is renewed for the same
-    /// key (restart the daemon to use it).
+    /// Make a development CA (once) and a host certificate for TLS links.
+    ///
+    /// The certificate (extended key usage: TLS server and client
+    /// authentication) names the domains the host may serve; peers accept no
+    /// other domain from it. If the host's files exist, the certificate is
+    /// renewed for the same key (restart the daemon to use it). It prints the
+    /// [remote] lines of the host's configuration.
+    ///
+    /// Example: tenet host certs --dir ca --name alice --domain a1a1a1a1a1a1a1a1a1a1a1a1 --domain 0a0b0c0d0e0f101112131415
     Certs {
         /// Directory of the CA (`ca.pem`, `ca.key`) and the host files
         /// (`NAME.pem`, `NAME.key`).
@@ -127,6 +147,15 @@ enum HostAction {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the host daemon (or `tenet host certs ...`).
+    ///
+    /// Apps connect to its Unix socket, acquire an id in the host's software
+    /// domain and exchange eTP messages through its dispatch table; with [card]
+    /// it runs a virtual card or uses one in a PC/SC reader, with [remote] it
+    /// links to other hosts over TLS or NATS. It says where it listens on
+    /// stderr and runs until SIGINT or SIGTERM. Configuration:
+    /// docs/host.example.toml.
+    ///
+    /// Example: tenet host --config /etc/tenet/host.toml
     #[command(args_conflicts_with_subcommands = true)]
     Host {
         /// TOML configuration (see docs/host.example.toml).
@@ -141,6 +170,11 @@ enum Cmd {
         action: Option<HostAction>,
     },
     /// Send echo requests to an entity and report round-trip times.
+    ///
+    /// Like ping(8): any entity answers, an app, a host (DOMAIN:0), a card, on
+    /// this host or another. It exits with failure if a reply was lost.
+    ///
+    /// Example: tenet ping 0a0b0c0d0e0f101112131415:0 -c 3 -i 0.2
     Ping {
         /// Destination id, DOMAIN:PORT.
         dst: EntityId,
@@ -160,6 +194,12 @@ enum Cmd {
         socket: SocketArg,
     },
     /// Print one line per message matching the filter.
+    ///
+    /// The daemon copies every message it routes that matches the filter to
+    /// this tap: time (UTC), source, destination, mtype and parameter length.
+    /// Filters combine (all must match); without any, everything is shown.
+    ///
+    /// Example: tenet tap --mtype echo-request --dst-domain 0a0b0c0d0e0f101112131415 -c 10
     Tap {
         /// Only messages from this id.
         #[arg(long)]
@@ -182,8 +222,16 @@ enum Cmd {
         #[command(flatten)]
         socket: SocketArg,
     },
-    /// The voucher exchange demo: three hosts over TLS on loopback (Alice
-    /// and Bob with a virtual card each, the TTP with SQLite).
+    /// The voucher exchange demo: three hosts over TLS on loopback.
+    ///
+    /// Alice and Bob have a virtual card each, the TTP keeps its decisions in
+    /// SQLite. Alice's card offers 2 coffee vouchers for 1 cinema ticket, Bob's
+    /// accepts, and the cards run the exchange across the hosts. It prints the
+    /// message flow (step, source, destination, mtype, bytes, time), the
+    /// balances before and after and the outcome; with --interrupt-after it
+    /// loses a message and shows the recovery through the TTP.
+    ///
+    /// Example: tenet demo --interrupt-after agreement
     Demo {
         /// Lose the message after this step and show the recovery.
         #[arg(long, value_enum, value_name = "STEP")]
@@ -192,8 +240,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Run a host daemon whose own entity is the trusted third party (the
-    /// config must have a [ttp] section).
+    /// Run a host daemon whose own entity is the trusted third party.
+    ///
+    /// The config must have a [ttp] section: the TTP's key and certificate and
+    /// its decision store (SQLite, or PostgreSQL with --features postgres). It
+    /// resolves and aborts exchanges on the cards' requests, deciding each
+    /// exchange once (docs/vouchers.md).
+    ///
+    /// Example: tenet ttp --config /etc/tenet/ttp.toml
     Ttp {
         /// TOML configuration with [ttp] (see docs/vouchers.md).
         #[arg(long, value_name = "FILE")]
@@ -202,6 +256,12 @@ enum Cmd {
         socket: SocketArg,
     },
     /// A wallet app: balances, offers, exchanges, recovery.
+    ///
+    /// It connects to the host daemon that holds the card, authenticates to the
+    /// card with its PIN (--pin-file, TENET_PIN, --pin or the terminal) and
+    /// gives the card its orders; the card runs the exchange itself.
+    ///
+    /// Example: tenet wallet balance --card 0a0b0c0d0e0f101112131415:0 --pin-file pin.txt
     Wallet {
         #[command(flatten)]
         login: wallet::Login,
@@ -211,16 +271,35 @@ enum Cmd {
         cmd: wallet::WalletCmd,
     },
     /// Make a certificate authority for cards, hosts and the TTP.
+    ///
+    /// `init` makes the CA, `entity` the TTP's signing certificate. Host
+    /// certificates for TLS links come from `tenet host certs`, card
+    /// certificates from `tenet card new --ca`.
+    ///
+    /// Example: tenet ca init --dir ca
     Ca {
         #[command(subcommand)]
         cmd: CaCmd,
     },
     /// Make, inspect and serve virtual cards.
+    ///
+    /// A virtual card is a store file: the card makes its own key, which never
+    /// leaves it, and holds its certificate, PIN and vouchers. A host daemon
+    /// runs it in-process ([card] virtual = FILE), or `serve` plugs it into
+    /// pcscd.
+    ///
+    /// Example: tenet card new --store alice.card --pin 1234 --ca ca
     Card {
         #[command(subcommand)]
         cmd: card::CardCmd,
     },
     /// Run benchmarks side by side and print ratios.
+    ///
+    /// Each scenario runs next to its baseline in the same run (raw sockets,
+    /// the ISO 7816-4 way, D-Bus, the paper's Table 2 on a simulated card);
+    /// `all` writes the report of docs/benchmarks.md.
+    ///
+    /// Example: tenet bench core --json
     Bench {
         /// Print the results as JSON instead of text.
         #[arg(long, global = true)]
@@ -228,13 +307,22 @@ enum Cmd {
         #[command(subcommand)]
         which: bench::Which,
     },
-    /// Write the manual pages: tenet.1 and one per command (tenet-host.1,
-    /// tenet-wallet-offer.1, ...).
+    /// Write the manual pages.
+    ///
+    /// tenet.1 and one per command (tenet-host.1, tenet-wallet-offer.1, ...),
+    /// in roff for man(1); it prints the path of each file it writes.
+    ///
+    /// Example: tenet man /usr/local/share/man/man1
     Man {
         /// Directory to write them to (created if missing).
         dir: PathBuf,
     },
     /// Print a shell completion script.
+    ///
+    /// Completes the commands, options and enumerated values for bash, zsh,
+    /// fish, elvish or PowerShell.
+    ///
+    /// Example: tenet completions bash > ~/.local/share/bash-completion/completions/tenet
     Completions {
         /// The shell.
         #[arg(value_enum)]

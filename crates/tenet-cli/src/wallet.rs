@@ -31,13 +31,30 @@ pub struct Login {
 #[derive(Subcommand)]
 pub enum WalletCmd {
     /// Print the card's vouchers.
+    ///
+    /// One line per voucher class the card holds: quantity, promise and issuer,
+    /// as the card reports them (the card is the only record).
+    ///
+    /// Example: tenet wallet balance --card 0a0b0c0d0e0f101112131415:0 --pin-file pin.txt
     Balance,
     /// Mint vouchers of the card's own class: QTY:PROMISE.
+    ///
+    /// A card issues vouchers only of its own class (its domain is the issuer);
+    /// they add to its balance. A balance is capped at 2^53 - 1.
+    ///
+    /// Example: tenet wallet mint 5:coffee --card 0a0b0c0d0e0f101112131415:0 --pin-file pin.txt
     Mint {
         /// Quantity and promise, e.g. `5:coffee`.
         amount: String,
     },
     /// Offer vouchers to another card.
+    ///
+    /// The card signs an offer of what it gives for what it wants and sends it
+    /// to the other card's wallet (or to the card itself, for a merchant that
+    /// accepts by policy); the exchange then runs between the cards. Vouchers
+    /// are QTY:ISSUERHEX:PROMISE.
+    ///
+    /// Example: tenet wallet offer --card 0a0b0c0d0e0f101112131415:0 --pin-file pin.txt --to b2b2b2b2b2b2b2b2b2b2b2b2:0 --wallet b2b2b2b2b2b2b2b2b2b2b2b2:7 --give 2:0a0b0c0d0e0f101112131415:coffee --want 1:b2b2b2b2b2b2b2b2b2b2b2b2:ticket
     Offer {
         /// The other card, DOMAIN:0.
         #[arg(long)]
@@ -52,8 +69,13 @@ pub enum WalletCmd {
         #[arg(long)]
         want: String,
     },
-    /// Wait for offers to this wallet, or to the card itself (this wallet
-    /// registers as the card's acceptor), and print them.
+    /// Wait for offers and print them.
+    ///
+    /// Offers to this wallet, or to the card itself (this wallet registers as
+    /// the card's acceptor): one line each with the offer's hex for `accept`
+    /// or `reject`. With --accept or --accept-if it accepts them as they come.
+    ///
+    /// Example: tenet wallet offers --card b2b2b2b2b2b2b2b2b2b2b2b2:0 --pin-file pin.txt --accept-if 'GIVE>=2:0a0b0c0d0e0f101112131415:coffee,WANT<=1:b2b2b2b2b2b2b2b2b2b2b2b2:ticket'
     Offers {
         /// Accept every offer that arrives.
         #[arg(long)]
@@ -68,36 +90,70 @@ pub enum WalletCmd {
         count: Option<u32>,
     },
     /// Accept an offer printed by `tenet wallet offers` (its hex).
+    ///
+    /// The card checks the offer and its own balance, then runs the exchange
+    /// with the offering card (agreement, confirmation, commitment).
+    ///
+    /// Example: tenet wallet accept --card 0a0b0c0d0e0f101112131415:0 --pin-file pin.txt OFFER-HEX
     Accept {
         /// The offer's hex.
         offer: String,
     },
-    /// Decline an offer printed by `tenet wallet offers`: nothing is sent
-    /// and nothing on either card changes.
+    /// Decline an offer printed by `tenet wallet offers`.
+    ///
+    /// Nothing is sent and nothing on either card changes; the offering card
+    /// may recover its exchange through the TTP later.
+    ///
+    /// Example: tenet wallet reject --card 0a0b0c0d0e0f101112131415:0 --pin-file pin.txt OFFER-HEX
     Reject {
         /// The offer's hex.
         offer: String,
     },
     /// List the card's exchanges.
+    ///
+    /// One line per exchange the card remembers: its id (hex), the card's role
+    /// (Initiator or Responder), its state and what it gives and gets.
+    ///
+    /// Example: tenet wallet exchanges --card 0a0b0c0d0e0f101112131415:0 --pin-file pin.txt
     Exchanges,
     /// Ask the TTP to resolve an exchange this card offered.
+    ///
+    /// For an exchange stuck after the card sent its offer: the TTP decides
+    /// once for both sides, and the card either completes the swap or gets its
+    /// vouchers back.
+    ///
+    /// Example: tenet wallet resolve --card 0a0b0c0d0e0f101112131415:0 --pin-file pin.txt EXCHANGE-ID
     Resolve {
         /// The exchange id (as `exchanges` prints it, full hex).
         id: String,
     },
     /// Ask the TTP to abort an exchange this card accepted.
+    ///
+    /// For an exchange stuck after the card accepted: the TTP decides once for
+    /// both sides; if the other side already resolved it, the swap completes.
+    ///
+    /// Example: tenet wallet abort --card 0a0b0c0d0e0f101112131415:0 --pin-file pin.txt EXCHANGE-ID
     Abort {
         /// The exchange id (full hex).
         id: String,
     },
-    /// Recover every exchange still pending after SECS (resolve or abort by
-    /// role), e.g. after a restart.
+    /// Recover every exchange still pending after SECS.
+    ///
+    /// Resolve or abort each by the card's role, e.g. after a restart or a lost
+    /// link; exchanges younger than --after are left to finish.
+    ///
+    /// Example: tenet wallet recover --card 0a0b0c0d0e0f101112131415:0 --pin-file pin.txt --after 60
     Recover {
         /// Seconds an exchange may stay pending before recovery.
         #[arg(long, default_value_t = 30.0)]
         after: f64,
     },
     /// Print the card's exchange messages as they pass the host.
+    ///
+    /// A tap on the card's traffic: one line per exchange message to or from
+    /// the card, until --count messages or Ctrl-C.
+    ///
+    /// Example: tenet wallet watch --card 0a0b0c0d0e0f101112131415:0 --pin-file pin.txt -c 10
     Watch {
         /// Stop after this many messages.
         #[arg(short = 'c', long)]
