@@ -41,7 +41,14 @@ mod wallet;
 #[command(
     name = "tenet",
     version,
-    about = "TENeT: distributed inter-smartcard communication"
+    about = "TENeT: distributed inter-smartcard communication",
+    long_about = "TENeT: distributed inter-smartcard communication.\n\n\
+        Smartcards as peers: a card sends a message to a card on another \
+        host, to a server or to an app, and the host daemons route it. \
+        This command runs the daemons (host, ttp), the apps (wallet, ping, \
+        tap), makes cards and certificates (card, ca, host certs) and runs \
+        the demo and the benchmarks. Quiet by default: -v for more.\n\n\
+        Example: tenet demo"
 )]
 struct Cli {
     /// App socket of the host daemon, for the commands that use one (host,
