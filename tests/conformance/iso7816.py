@@ -4,10 +4,12 @@ tool sees it: every APDU goes through pcscd and vsmartcard's vpcd with
 pyscard. Nothing here comes from the project's own APDU code; the expected
 answers are those of docs/apdu.md.
 
-Usage: iso7816.py READER DOMAIN_HEX
+Usage: iso7816.py READER DOMAIN_HEX [APDU_MD]
 
 The card in READER must be a freshly inserted TENeT card of the domain
-DOMAIN_HEX (12 bytes) with an empty outbox. Prints one line per case
+DOMAIN_HEX (12 bytes) with an empty outbox. With APDU_MD (docs/apdu.md),
+also checks that every status word a case expected is in its table and
+that every row of the table (but 65 81) was expected by a case. Prints one line per case
 (PASS or FAIL, the case, the status word) and a summary line
 "conformance: N passed, M failed"; exits 0 only if every case passed.
 
@@ -26,6 +28,7 @@ AID = [0xF0, 0x54, 0x45, 0x4E, 0x45, 0x54, 0x01]
 EXPECTED_ATR = [0x3B, 0x80, 0x01, 0x81]
 
 results = []
+expected_sws = set()  # every status word a case expected and got
 
 
 def hx(b):
@@ -119,6 +122,8 @@ def expect(card, name, apdu, sw, data=None, length=None):
     90xx-with-data)."""
     got, gsw = card.send(apdu)
     ok = gsw == sw if isinstance(sw, int) else sw(gsw)
+    if ok:
+        expected_sws.add(gsw)
     if data is not None:
         ok = ok and got == list(data)
     if length is not None:
@@ -302,6 +307,8 @@ def run(reader_name, domain):
         _, sw = card.send(short(0x90, 0x10, 0, 0, [0] * 255))
         n += 1
     check("chain past 65 535 bytes: 6A 84 at piece 258", sw == 0x6A84 and n == 258, "piece %d SW %04X" % (n, sw))
+    if sw == 0x6A84 and n == 258:
+        expected_sws.add(sw)
     expect(card, "  the chain is gone: whole DELIVER", short(0x80, 0x10, 0, 0, e, 256), 0x9000, data=rep)
 
     # --- CLA ----------------------------------------------------------------
@@ -351,8 +358,42 @@ def run(reader_name, domain):
     conn.disconnect()
 
 
+def doc_status_words(path):
+    """The status words of the table under "## Status words" in
+    docs/apdu.md, as text: "90 00", "61 xx", ..."""
+    words = []
+    section = False
+    for line in open(path, encoding="utf-8"):
+        if line.startswith("## "):
+            section = line.strip() == "## Status words"
+        elif section and line.startswith("| `"):
+            words.append(line.split("`")[1])
+    return words
+
+
+def sw_matches(word, sw):
+    hi, lo = word.split()
+    if int(hi, 16) != sw >> 8:
+        return False
+    return not all(c in "0123456789ABCDEFabcdef" for c in lo) or int(lo, 16) == sw & 0xFF
+
+
+def check_table(path):
+    """Every status word the suite expected is in the table, and every row
+    of the table was expected by some case except 65 81 (a store failure,
+    covered by the project's fault injection)."""
+    words = doc_status_words(path)
+    check("docs/apdu.md lists status words", len(words) >= 10, ", ".join(words))
+    for sw in sorted(expected_sws):
+        check("SW %04X is in the docs table" % sw, any(sw_matches(w, sw) for w in words), "")
+    for w in words:
+        if w == "65 81":
+            continue
+        check("docs row %s exercised" % w, any(sw_matches(w, sw) for sw in expected_sws), "")
+
+
 def main():
-    if len(sys.argv) != 3:
+    if len(sys.argv) not in (3, 4):
         sys.exit(__doc__)
     domain = bytes.fromhex(sys.argv[2])
     if len(domain) != 12:
@@ -363,6 +404,8 @@ def main():
         import traceback
         traceback.print_exc()
         check("the suite ran to its end", False, repr(e))
+    if len(sys.argv) == 4:
+        check_table(sys.argv[3])
     failed = results.count(False)
     print("conformance: %d passed, %d failed" % (len(results) - failed, failed))
     sys.exit(1 if failed else 0)

@@ -79,12 +79,14 @@ fn iso7816_4_conformance_through_pcscd_with_pyscard() {
         let _ = tenet_card::vpcd::serve_connection(&mut card, theirs);
     });
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/conformance/iso7816.py");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let script = root.join("tests/conformance/iso7816.py");
     let domain: String = DOMAIN.iter().map(|b| format!("{b:02x}")).collect();
     let out = Command::new(PYTHON)
         .arg(&script)
         .arg(&reader)
         .arg(&domain)
+        .arg(root.join("docs/apdu.md"))
         .output()
         .expect("run the conformance script");
 
