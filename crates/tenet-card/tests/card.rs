@@ -746,8 +746,10 @@ fn reopen(path: &std::path::Path) -> Card<FileStore> {
 #[test]
 fn before_its_host_tells_the_time_a_card_uses_its_bound_the_personalization_time() {
     let before = system_now();
-    let mut c = card();
+    // Personalized here, not the copy `card()` shares.
+    let mut c = card_with(MemStore::new(32 * 1024), CardLimits::default());
     c.install(Box::new(Watch));
+    select(&mut c);
     let after = system_now();
     let (now, from_host) = applet_time(&mut c);
     assert!(
