@@ -373,13 +373,20 @@ fn a_socket_folder_another_user_controls_is_refused_by_daemon_and_client() {
 /// Starts `tenet host` under umask 000 with its socket at `socket` and
 /// permission bits `socket_mode`; waits for the socket.
 fn host_at(socket: &Path, socket_mode: &str) -> (Child, tempfile::TempDir) {
+    host_with(TENET, socket, &format!("socket_mode = \"{socket_mode}\"\n"))
+}
+
+/// Starts the binary `exe` as `tenet host` under umask 000, with its socket
+/// at `socket`, the domain `00112233445566778899aabb` and the `[host]` keys
+/// `extra`; waits for the socket.
+fn host_with(exe: &str, socket: &Path, extra: &str) -> (Child, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("host.toml");
     std::fs::write(
         &config,
         format!(
-            "[host]\nsocket = {socket:?}\nstate_dir = {:?}\nsocket_mode = \"{socket_mode}\"\n\
-             domain = \"00112233445566778899aabb\"\n",
+            "[host]\nsocket = {socket:?}\nstate_dir = {:?}\n\
+             domain = \"00112233445566778899aabb\"\n{extra}",
             dir.path().join("state")
         ),
     )
@@ -387,7 +394,7 @@ fn host_at(socket: &Path, socket_mode: &str) -> (Child, tempfile::TempDir) {
     let child = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "umask 000; exec {TENET} host --config {}",
+            "umask 000; exec {exe} host --config {}",
             config.display()
         ))
         .stdout(Stdio::null())
@@ -470,29 +477,11 @@ fn id_acquisitions_are_limited_per_local_user_not_per_connection() {
         .expect("the test command runs as root, which may give a folder to a group");
     std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o2750)).unwrap();
     let socket = run.join("host.sock");
-    let state = tempfile::tempdir().unwrap();
-    let config = state.path().join("host.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[host]\nsocket = {socket:?}\nstate_dir = {:?}\nsocket_mode = \"0660\"\n\
-             domain = \"00112233445566778899aabb\"\nacquire_burst = 2\nacquire_rate = 0.001\n",
-            state.path().join("state")
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(&exe)
-        .args(["host", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while !socket.exists() {
-        assert!(start.elapsed() < Duration::from_secs(10), "no socket");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut child, _state) = host_with(
+        exe.to_str().unwrap(),
+        &socket,
+        "socket_mode = \"0660\"\nacquire_burst = 2\nacquire_rate = 0.001\n",
+    );
     let ping = |user: Option<&str>| {
         let mut c = match user {
             Some(uid) => {
