@@ -291,7 +291,8 @@ impl<S: Storage> Card<S> {
             ca_certificate: None,
             clock_bound: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+                .map_or(0, |d| d.as_secs())
+                .min(crate::clock::MAX_TIME),
             applets: Default::default(),
         };
         store.commit(&state.to_bytes())?;

@@ -141,7 +141,8 @@ impl Clock {
         if given.saturating_add(TOLERANCE) < bound {
             return Err(ClockRefusal::BeforeBound { given, bound });
         }
-        let raise = given >= bound.saturating_add(DAY) && self.since_raise + 1 >= RAISE_EVERY;
+        let raise =
+            given >= bound.saturating_add(DAY) && self.since_raise.saturating_add(1) >= RAISE_EVERY;
         Ok(raise.then(|| given.min(bound + STEP)))
     }
 

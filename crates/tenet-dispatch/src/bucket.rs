@@ -50,9 +50,9 @@ impl TokenBucket {
 }
 
 /// One bucket per key (a local user, a peer), each `rate` per second and
-/// `burst` at once. Full buckets are forgotten once more than
-/// [`KeyedBuckets::REMEMBERED`] keys are held, so the map stays bounded by
-/// the keys that are actually being limited.
+/// `burst` at once. Full buckets are forgotten once
+/// [`KeyedBuckets::REMEMBERED`] keys are held; if none is full, a new key
+/// waits (is refused) until one is, so the map never holds more than that.
 #[derive(Debug, Clone)]
 pub struct KeyedBuckets<K> {
     rate: f64,
@@ -78,6 +78,12 @@ impl<K: std::hash::Hash + Eq + Clone> KeyedBuckets<K> {
     pub fn take(&mut self, key: &K, now: Instant) -> Result<(), Duration> {
         if self.buckets.len() >= Self::REMEMBERED && !self.buckets.contains_key(key) {
             self.buckets.retain(|_, b| !b.is_full(now));
+            if self.buckets.len() >= Self::REMEMBERED {
+                // Every remembered key is still being limited: a new one
+                // waits for room rather than growing the map.
+                return Err(Duration::from_secs_f64(1.0 / self.rate.max(1e-9))
+                    .min(Duration::from_secs(3600)));
+            }
         }
         let (rate, burst) = (self.rate, self.burst);
         self.buckets
@@ -130,5 +136,23 @@ mod tests {
         assert!(k.take(&1000, t0).is_err(), "user 1000 spent its burst");
         assert!(k.take(&1001, t0).is_ok(), "user 1001 is not held up");
         assert!(k.take(&1000, t0 + Duration::from_secs(1)).is_ok());
+    }
+
+    #[test]
+    fn the_map_stays_bounded_by_the_keys_being_limited() {
+        let t0 = Instant::now();
+        let mut k = KeyedBuckets::new(1.0, 1.0);
+        let n = KeyedBuckets::<u32>::REMEMBERED as u32;
+        for key in 0..n {
+            assert!(k.take(&key, t0).is_ok());
+        }
+        assert!(
+            k.take(&n, t0).is_err(),
+            "no room while every key is limited"
+        );
+        assert_eq!(k.buckets.len(), KeyedBuckets::<u32>::REMEMBERED);
+        // Once buckets are full again they are forgotten and room returns.
+        assert!(k.take(&n, t0 + Duration::from_secs(2)).is_ok());
+        assert_eq!(k.buckets.len(), 1);
     }
 }

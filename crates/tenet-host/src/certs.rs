@@ -124,6 +124,9 @@ pub enum CertError {
     /// A lifetime that ends before it starts.
     #[error("a certificate's lifetime must end after it starts")]
     Lifetime,
+    /// A lifetime that ends after the year 9999 (X.509 cannot say so).
+    #[error("a certificate's lifetime must end by the year 9999; choose fewer --days")]
+    TooLong,
     /// The CA's own certificate has expired: it issues nothing more.
     #[error("the CA in {dir} expired at {at}; make a new one and personalize again")]
     CaExpired {
@@ -369,6 +372,9 @@ pub fn ensure_ca_with(dir: &Path, name: &str, lifetime: Lifetime) -> Result<bool
 }
 
 fn check_lifetime(l: Lifetime) -> Result<(), CertError> {
+    if unix(l.not_after) > tenet_card::clock::MAX_TIME {
+        return Err(CertError::TooLong);
+    }
     match l.not_after.duration_since(l.not_before) {
         Ok(d) if !d.is_zero() => Ok(()),
         _ => Err(CertError::Lifetime),
@@ -732,6 +738,14 @@ mod tests {
             &der(&ttp.cert),
             &der(&ttp2.cert)
         ));
+    }
+
+    #[test]
+    fn a_lifetime_beyond_the_year_9999_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = ensure_ca_with(dir.path(), "long CA", Lifetime::days(4_000_000)).unwrap_err();
+        assert!(matches!(e, CertError::TooLong), "{e}");
+        assert!(e.to_string().contains("--days"), "{e}");
     }
 
     #[test]

@@ -760,13 +760,13 @@ fn refuse_busy(shared: &Shared, me: EntityId, refused: Vec<Full<Message>>) {
         .fetch_add(refused.len() as u64, std::sync::atomic::Ordering::Relaxed);
     let mut domains = std::collections::BTreeMap::<_, u64>::new();
     for full in &refused {
-        *domains.entry(full.domain).or_default() += 1;
+        *domains.entry((full.domain, full.bound)).or_default() += 1;
     }
-    for (domain, n) in domains {
+    for ((domain, bound), n) in domains {
         warn!(
             %domain,
             refused = n,
-            bound = refused[0].bound,
+            bound,
             "TTP busy: recovery requests beyond their domain's queue, or all queues together, refused"
         );
     }
