@@ -132,11 +132,16 @@ pub(crate) fn remote_ingress(
     {
         return Err(IngressRefusal::ForgedNotice { src, dst: u.dst });
     }
-    match t.store(Ingress::Remote, m.clone(), now) {
+    // Only the header is needed to tell the sender: the param is not copied.
+    let header = Message {
+        header: m.header,
+        param: Vec::new(),
+    };
+    match t.store(Ingress::Remote, m, now) {
         Ok(_) => Ok(()),
         Err(StoreError::Guard(d)) => Err(IngressRefusal::Guard(d.to_string())),
         Err(e) => {
-            t.undeliverable(&m, UndeliverableReason::QUEUE_FULL, now);
+            t.undeliverable(&header, UndeliverableReason::QUEUE_FULL, now);
             Err(IngressRefusal::NotStored(e.to_string()))
         }
     }

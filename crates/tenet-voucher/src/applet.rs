@@ -93,6 +93,10 @@ pub struct VoucherApplet {
     cache: Option<(Vec<u8>, VoucherCard)>,
     /// Peer certificates already checked against the CA (card RAM).
     checked: CheckedCertificates,
+    /// The TTP installed and pinned at personalization, once it was found
+    /// to be `ttp` (they never change after; card RAM): the check is not
+    /// made again for every message.
+    ttp_checked: Option<(EntityId, Option<Vec<u8>>)>,
 }
 
 impl VoucherApplet {
@@ -203,8 +207,16 @@ impl Applet for VoucherApplet {
             ));
         };
         if let Some(wanted) = self.ttp {
-            crate::certs::check_ttp(state.ttp, state.ttp_certificate.as_deref(), wanted)
-                .map_err(|e| Refusal(e.to_string()))?;
+            let pinned = state.ttp_certificate.as_deref();
+            let checked = self
+                .ttp_checked
+                .as_ref()
+                .is_some_and(|(t, c)| *t == ttp && c.as_deref() == pinned);
+            if !checked {
+                crate::certs::check_ttp(state.ttp, pinned, wanted)
+                    .map_err(|e| Refusal(e.to_string()))?;
+                self.ttp_checked = Some((ttp, pinned.map(<[u8]>::to_vec)));
+            }
         }
         if [msg::START_EXCHANGE, msg::ACCEPT].contains(&m.mtype()) {
             let own = cx.certificate.unwrap_or_default();
