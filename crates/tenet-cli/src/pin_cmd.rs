@@ -19,7 +19,7 @@ use tenet_client::card_pin::CardPin;
 use tenet_proto::EntityId;
 use tenet_proto::card::{PinOutcome, PinStatus, check_pin};
 
-use crate::pin::{PinArgs, read_pin_file};
+use crate::pin::{PinArgs, given, prompt};
 
 /// What the user is told when the PIN is blocked.
 pub const BLOCKED: &str = "PIN blocked: unblock it with the PUK: tenet card pin unblock";
@@ -47,12 +47,7 @@ pub struct NewPinArgs {
     #[arg(long, env = "TENET_NEW_PIN", hide_env_values = true)]
     new_pin: Option<String>,
     /// Read the new PIN from the first line of FILE (owner-only: chmod 600).
-    #[arg(
-        long,
-        value_name = "FILE",
-        env = "TENET_NEW_PIN_FILE",
-        conflicts_with = "new_pin"
-    )]
+    #[arg(long, value_name = "FILE", env = "TENET_NEW_PIN_FILE")]
     new_pin_file: Option<PathBuf>,
 }
 
@@ -60,16 +55,15 @@ impl NewPinArgs {
     /// The new PIN, checked (4 to 12 digits); asked twice on the terminal
     /// if none was given.
     fn resolve(&self, card: &str) -> Result<String> {
-        let pin = if let Some(p) = &self.new_pin {
-            p.clone()
-        } else if let Some(f) = &self.new_pin_file {
-            read_pin_file(f)?
+        let pin = if let Some(p) = given(self.new_pin.as_deref(), self.new_pin_file.as_deref())? {
+            p
         } else {
             let first = prompt(
+                "new PIN",
                 &format!("New PIN of {card}"),
                 "--new-pin-file FILE, TENET_NEW_PIN or --new-pin",
             )?;
-            let again = prompt("New PIN again", "--new-pin-file FILE")?;
+            let again = prompt("new PIN", "New PIN again", "--new-pin-file FILE")?;
             if first != again {
                 bail!("the two new PINs differ; nothing changed");
             }
@@ -88,21 +82,16 @@ pub struct PukArgs {
     #[arg(long, env = "TENET_PUK", hide_env_values = true)]
     puk: Option<String>,
     /// Read the PUK from the first line of FILE (owner-only: chmod 600).
-    #[arg(
-        long,
-        value_name = "FILE",
-        env = "TENET_PUK_FILE",
-        conflicts_with = "puk"
-    )]
+    #[arg(long, value_name = "FILE", env = "TENET_PUK_FILE")]
     puk_file: Option<PathBuf>,
 }
 
 impl PukArgs {
     fn resolve(&self, card: &str) -> Result<String> {
-        let puk = match (&self.puk, &self.puk_file) {
-            (Some(p), _) => p.clone(),
-            (None, Some(f)) => read_pin_file(f)?,
-            (None, None) => prompt(
+        let puk = match given(self.puk.as_deref(), self.puk_file.as_deref())? {
+            Some(p) => p,
+            None => prompt(
+                "PUK",
                 &format!("PUK of {card}"),
                 "--puk-file FILE, TENET_PUK or --puk",
             )?,
@@ -110,13 +99,6 @@ impl PukArgs {
         check_pin(puk.as_bytes(), "PUK")?;
         Ok(puk)
     }
-}
-
-/// A secret from the terminal, echo off.
-fn prompt(what: &str, instead: &str) -> Result<String> {
-    rpassword::prompt_password(format!("{what}: ")).map_err(|e| {
-        anyhow::anyhow!("no {what} given and no terminal to ask on ({e}): use {instead}")
-    })
 }
 
 /// PIN subcommands.

@@ -544,6 +544,23 @@ fn the_pin_comes_from_a_file_or_the_terminal_not_only_argv() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // A PIN file given while TENET_PIN is set (here to a wrong PIN) wins:
+    // it is the channel that stays out of the process list.
+    let mut c = Command::new(TENET);
+    base(&mut c);
+    let out = c
+        .env("TENET_PIN", "9999")
+        .arg("--pin-file")
+        .arg(&pin_file)
+        .arg("balance")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // A PIN file others can read is refused, saying how to fix it.
     std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut c = Command::new(TENET);
