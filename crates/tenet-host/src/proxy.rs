@@ -194,7 +194,9 @@ fn drain(shared: &Shared, link: &mut Attached, ep: EndpointId) -> bool {
         if let Err(SessionError::Link(LinkError::Reset)) = result {
             // The command was not executed; the card was reset by someone
             // else. Select again (the same card only) and send it once more.
-            if !link.reconnect() {
+            // The reset card gets the time before the message, as after any
+            // reconnection.
+            if !link.reconnect() || !tell_time(shared, link) {
                 undeliverable(shared, &m);
                 return false;
             }
