@@ -18,7 +18,7 @@ pub enum CardCmd {
     /// --ttp-cert). The PUK is printed once if not given; keep it to unblock
     /// the PIN.
     ///
-    /// Example: tenet card new --store alice.card --pin 1234 --ca ca --ttp 777777777777777777777777:0 --ttp-cert ca/ttp-entity.pem
+    /// Example: tenet card new --store alice.card --pin-file pin.txt --ca ca --ttp 777777777777777777777777:0 --ttp-cert ca/ttp-entity.pem
     New {
         /// The card's store file (created; never overwritten).
         #[arg(long, value_name = "FILE")]
@@ -26,12 +26,18 @@ pub enum CardCmd {
         /// The card's domain: 24 hex digits, or `random`.
         #[arg(long, default_value = "random")]
         domain: String,
-        /// The PIN, 4 to 12 digits.
-        #[arg(long)]
-        pin: String,
+        /// The PIN, 4 to 12 digits (also --pin-file or TENET_PIN; asked
+        /// twice on the terminal if none is given).
+        #[command(flatten)]
+        pin: crate::pin::PinArgs,
         /// The PUK, 4 to 12 digits; default: 8 random digits, printed once.
+        /// Other local users can read a process's arguments: prefer
+        /// --puk-file.
         #[arg(long)]
         puk: Option<String>,
+        /// Read the PUK from the first line of FILE (owner-only: chmod 600).
+        #[arg(long, value_name = "FILE")]
+        puk_file: Option<PathBuf>,
         /// Storage budget in bytes (the card's EEPROM).
         #[arg(long, default_value_t = tenet_card::store::DEFAULT_CAPACITY)]
         capacity: usize,
@@ -172,6 +178,7 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
             domain,
             pin,
             puk,
+            puk_file,
             capacity,
             ca,
             days,
@@ -201,6 +208,18 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
             if capacity < 1024 {
                 bail!("capacity {capacity} is too small; a card needs at least 1024 bytes");
             }
+            let pin = match crate::pin::given(pin.pin.as_deref(), pin.pin_file.as_deref())? {
+                Some(p) => p,
+                None => {
+                    let instead = "--pin-file FILE, TENET_PIN or --pin";
+                    let first = crate::pin::prompt("PIN", "PIN of the new card", instead)?;
+                    if first != crate::pin::prompt("PIN", "The PIN again", instead)? {
+                        bail!("the two PINs differ; no card was made");
+                    }
+                    first
+                }
+            };
+            let puk = crate::pin::given(puk.as_deref(), puk_file.as_deref())?;
             let generated = puk.is_none();
             let puk = match puk {
                 Some(p) => p,

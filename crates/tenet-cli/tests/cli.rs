@@ -664,3 +664,54 @@ fn a_closed_output_pipe_ends_a_command_quietly() {
     let e = std::fs::read_to_string(&err).unwrap();
     assert!(!e.contains("panicked"), "{e}");
 }
+
+/// `tenet card new` need not take the PIN and PUK in argv: files, or the
+/// terminal; without either and without a terminal, a clear error and no
+/// card.
+#[test]
+fn card_new_takes_the_pin_and_puk_from_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = |name: &str, value: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, format!("{value}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        p
+    };
+    let (pin, puk) = (secret("pin", "1234"), secret("puk", "12345678"));
+    let store = dir.path().join("a.card");
+    let out = Command::new(TENET)
+        .args(["card", "new", "--store"])
+        .arg(&store)
+        .arg("--pin-file")
+        .arg(&pin)
+        .arg("--puk-file")
+        .arg(&puk)
+        .env_remove("TENET_PIN")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("PUK "),
+        "a given PUK is not printed"
+    );
+    let other = dir.path().join("b.card");
+    let out = Command::new("setsid")
+        .args(["-w", TENET, "card", "new", "--store"])
+        .arg(&other)
+        .env_remove("TENET_PIN")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("no PIN given") && e.contains("--pin-file"),
+        "{e}"
+    );
+    assert!(!other.exists(), "no card was made");
+}
