@@ -157,13 +157,6 @@ pub enum CertError {
     },
 }
 
-/// DER contents of id-ce-extKeyUsage (2.5.29.37).
-const EXT_KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x25];
-/// DER contents of id-kp-serverAuth (1.3.6.1.5.5.7.3.1).
-const SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
-/// DER contents of id-kp-clientAuth (1.3.6.1.5.5.7.3.2).
-const CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
-
 /// Checks that `cert` is a host certificate, the one role TLS links
 /// accept: its extended key usage lists both TLS server and client
 /// authentication, and it names `host.tenet`. A card's or the TTP entity's
@@ -177,14 +170,15 @@ pub fn check_host_role(cert: &CertificateDer<'_>) -> Result<(), CertError> {
         names: names.join(", "),
         why,
     };
-    let purposes = key_purposes(cert.as_ref())?
+    let (server, client) = tenet_voucher::certs::tls_key_purposes(cert.as_ref())
+        .map_err(|e| CertError::Malformed(e.0))?
         .ok_or_else(|| not_host("no extended key usage (signatures only: a card or entity)"))?;
-    if !purposes.contains(&SERVER_AUTH) {
+    if !server {
         return Err(not_host(
             "its extended key usage lacks TLS server authentication",
         ));
     }
-    if !purposes.contains(&CLIENT_AUTH) {
+    if !client {
         return Err(not_host(
             "its extended key usage lacks TLS client authentication",
         ));
@@ -230,77 +224,6 @@ pub fn check_domains(cert: &CertificateDer<'_>, domains: &[Domain]) -> Result<()
                 .unwrap_or_default(),
         }),
     }
-}
-
-/// Splits one DER element off `input`: its tag, its contents and the rest.
-fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = match first {
-        0..=0x7f => (usize::from(first), rest),
-        0x81..=0x83 => {
-            let n = usize::from(first & 0x7f);
-            if rest.len() < n {
-                return None;
-            }
-            let (len, rest) = rest.split_at(n);
-            (
-                len.iter().fold(0usize, |a, b| (a << 8) | usize::from(*b)),
-                rest,
-            )
-        }
-        _ => return None,
-    };
-    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-}
-
-/// The key purposes (OID contents) in the extended key usage extension of
-/// the certificate `cert` (DER), or `None` when it has none. webpki checks
-/// the certificate's structure; this only reads that one extension.
-fn key_purposes(cert: &[u8]) -> Result<Option<Vec<&[u8]>>, CertError> {
-    const SEQUENCE: u8 = 0x30;
-    const OID: u8 = 0x06;
-    const BOOLEAN: u8 = 0x01;
-    const OCTET_STRING: u8 = 0x04;
-    const EXTENSIONS: u8 = 0xa3; // [3] EXPLICIT
-    fn take(input: &[u8], want: u8) -> Result<(&[u8], &[u8]), CertError> {
-        match der(input) {
-            Some((tag, body, rest)) if tag == want => Ok((body, rest)),
-            _ => Err(CertError::Malformed("unreadable extensions".into())),
-        }
-    }
-    let bad = || CertError::Malformed("unreadable extensions".into());
-    let (certificate, _) = take(cert, SEQUENCE)?;
-    let (mut tbs, _) = take(certificate, SEQUENCE)?;
-    while !tbs.is_empty() {
-        let (tag, body, rest) = der(tbs).ok_or_else(bad)?;
-        tbs = rest;
-        if tag != EXTENSIONS {
-            continue;
-        }
-        let (mut extensions, _) = take(body, SEQUENCE)?;
-        while !extensions.is_empty() {
-            let (extension, rest) = take(extensions, SEQUENCE)?;
-            extensions = rest;
-            let (oid, mut value) = take(extension, OID)?;
-            if oid != EXT_KEY_USAGE {
-                continue;
-            }
-            if let Some((BOOLEAN, _, rest)) = der(value) {
-                value = rest; // critical
-            }
-            let (octets, _) = take(value, OCTET_STRING)?;
-            let (mut list, _) = take(octets, SEQUENCE)?;
-            let mut purposes = Vec::new();
-            while !list.is_empty() {
-                let (purpose, rest) = take(list, OID)?;
-                purposes.push(purpose);
-                list = rest;
-            }
-            return Ok(Some(purposes));
-        }
-    }
-    Ok(None)
 }
 
 /// Files of one TLS or entity identity.
@@ -677,7 +600,10 @@ mod tests {
                 check_host_role(&cert)
             );
         }
-        // A critical extended key usage is read too.
+        // A critical extended key usage is read too. DER contents of
+        // id-kp-serverAuth and id-kp-clientAuth (1.3.6.1.5.5.7.3.1 and .2):
+        const SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
+        const CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
         let mut eku = rcgen::CustomExtension::from_oid_content(
             &[2, 5, 29, 37],
             [

@@ -44,6 +44,18 @@ pub fn validity(cert: &[u8]) -> Result<Validity, VerifyError> {
     })
 }
 
+/// What the extended key usage of `cert` (DER) grants for TLS: (server
+/// authentication, client authentication), or `None` when it has no such
+/// extension (card and entity certificates: signatures only).
+pub fn tls_key_purposes(cert: &[u8]) -> Result<Option<(bool, bool)>, VerifyError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| VerifyError(format!("certificate: {e}")))?;
+    let eku = parsed
+        .extended_key_usage()
+        .map_err(|e| VerifyError(format!("extended key usage: {e}")))?;
+    Ok(eku.map(|e| (e.value.server_auth, e.value.client_auth)))
+}
+
 /// Checks `v`, the validity of `whose` certificate, at the card's `time`:
 /// expired is refused always, not valid yet only with a time from the host.
 pub fn check_validity(v: Validity, time: CardTime, whose: &str) -> Result<(), VerifyError> {
