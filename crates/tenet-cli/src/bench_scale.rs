@@ -936,7 +936,7 @@ fn section(
         "\nFlood (Security II, item 1): {} apps acquire an id and never read; one \
          other app offers each {} messages of {} bytes, in turn ({:.0} MiB in all), \
          on the `[dispatch]` defaults (`total_bytes` {:.0} MiB, `per_destination_bytes` \
-         8 MiB, `per_sender_share` 0.5). {} accepted, {} refused with \"queue full\" \
+         {:.0} MiB, `per_sender_share` {}). {} accepted, {} refused with \"queue full\" \
          ({:.1} s). Daemon RSS: {:.1} MiB idle, **{:.1} MiB flooded**, {:.1} MiB at \
          its peak, against a budget of {:.0} MiB for the table (before byte budgets \
          this flood made a daemon hold 3.8 GB).",
@@ -945,6 +945,8 @@ fn section(
         f.param,
         f.offered_bytes as f64 / f64::from(1 << 20),
         f.budget_bytes as f64 / f64::from(1 << 20),
+        tenet_dispatch::Limits::default().per_destination_bytes as f64 / f64::from(1 << 20),
+        tenet_dispatch::Limits::default().per_sender_share,
         f.accepted,
         f.refused,
         f.secs,
