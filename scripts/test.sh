@@ -90,8 +90,16 @@ fi
 pg_bin=$(dirname "$(ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")
 pg_dir=$(mktemp -d)
 chown postgres "$pg_dir"
-runuser -u postgres -- "$pg_bin/initdb" -D "$pg_dir/data" -A trust -U postgres >/dev/null
-printf '%s\n' "local all all trust" "hostssl all all 127.0.0.1/32 trust" > "$pg_dir/data/pg_hba.conf"
+# Over TCP (which every local user can reach) only TLS with a password made
+# for this run; the private Unix socket stays password-free.
+pg_pass=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+printf '%s\n' "$pg_pass" > "$pg_dir/pwfile"
+chown postgres "$pg_dir/pwfile"
+chmod 600 "$pg_dir/pwfile"
+runuser -u postgres -- "$pg_bin/initdb" -D "$pg_dir/data" -A trust -U postgres \
+    --pwfile="$pg_dir/pwfile" >/dev/null
+rm "$pg_dir/pwfile"
+printf '%s\n' "local all all trust" "hostssl all all 127.0.0.1/32 scram-sha-256" > "$pg_dir/data/pg_hba.conf"
 pg_tls="$pg_dir/tls"
 mkdir "$pg_tls"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
@@ -122,7 +130,7 @@ if [ -z "$pg_port" ]; then
     exit 1
 fi
 export TENET_TEST_POSTGRES="host=$pg_dir port=$pg_port user=postgres dbname=postgres"
-export TENET_TEST_POSTGRES_TLS="host=127.0.0.1 port=$pg_port user=postgres dbname=postgres sslmode=verify-full sslrootcert=$pg_tls/root.pem"
+export TENET_TEST_POSTGRES_TLS="host=127.0.0.1 port=$pg_port user=postgres password=$pg_pass dbname=postgres sslmode=verify-full sslrootcert=$pg_tls/root.pem"
 echo "== started PostgreSQL in $pg_dir (TLS on 127.0.0.1:$pg_port)"
 
 echo "== format and lints"

@@ -121,6 +121,9 @@ fn require_without_a_root_encrypts_without_checking_the_server() {
 fn the_test_server_lets_in_tls_connections_only() {
     let e = refused(&with("sslmode=disable"));
     assert!(e.contains("no encryption"), "{e}");
+    // And only with this run's password: any local user reaches the port.
+    let e = refused(&with("password=wrong"));
+    assert!(e.contains("password authentication failed"), "{e}");
 }
 
 #[test]
