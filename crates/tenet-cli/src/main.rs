@@ -414,7 +414,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let socket = |after: Option<PathBuf>| {
         after
             .or_else(|| before.clone())
-            .unwrap_or_else(tenet_client::default_socket_path)
+            .unwrap_or_else(tenet_proto::socket::default_socket_path)
     };
     match cli.cmd {
         Cmd::Host {

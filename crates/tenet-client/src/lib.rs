@@ -35,9 +35,7 @@
 //! kept in order for later. Echo requests addressed to the app are answered
 //! automatically while the app reads (see [`Capability::set_answer_echo`]).
 
-// Unsafe code is denied, and allowed in one place only: reading this
-// process's user and group ids (`socket_dir`).
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 use std::collections::VecDeque;
@@ -46,33 +44,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tenet_proto::app::{ClientFrame, DaemonFrame, ErrorCode, MAX_APP_FRAME, SubscriptionId, TapId};
-use tenet_proto::frame::{begin_frame, finish_frame, split_frame};
+use tenet_proto::frame::{FrameDecoder, write_codec_frame};
 use tenet_proto::notice::{Undeliverable, UndeliverableReason};
 use tenet_proto::{Codec, DecodeError, EntityId, Filter, MAX_MESSAGE_LEN, Message, Mtype};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 pub mod card_pin;
-pub mod socket_dir;
 pub mod wallet;
 
-/// The default app socket path, used by daemon and clients alike:
-/// `$TENET_SOCKET` if set; else `$XDG_RUNTIME_DIR/tenet/host.sock`; else
-/// `/run/tenet/host.sock` for root; else `/tmp/tenet-UID/host.sock`.
-pub fn default_socket_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("TENET_SOCKET").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
-        return PathBuf::from(d).join("tenet/host.sock");
-    }
-    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m));
-    match uid {
-        Ok(0) => PathBuf::from("/run/tenet/host.sock"),
-        Ok(uid) => PathBuf::from(format!("/tmp/tenet-{uid}/host.sock")),
-        Err(_) => PathBuf::from("/run/tenet/host.sock"),
-    }
-}
+pub use tenet_proto::socket::default_socket_path;
 
 /// What went wrong, in the app's terms.
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +69,7 @@ pub enum ClientError {
     /// The socket's folder could be controlled by someone else: nothing
     /// was sent.
     #[error(transparent)]
-    UnsafeSocketDir(#[from] socket_dir::UnsafeSocketDir),
+    UnsafeSocketDir(#[from] tenet_proto::socket::UnsafeSocketDir),
     /// The daemon refused a request for lack of an id.
     #[error("no id acquired yet on this connection")]
     NotAcquired,
@@ -186,7 +167,7 @@ pub enum Incoming {
 pub struct Capability {
     stream: UnixStream,
     id: EntityId,
-    rbuf: Vec<u8>,
+    frames: FrameDecoder,
     inbox: VecDeque<Incoming>,
     answer_echo: bool,
     echo_seq: u64,
@@ -204,7 +185,7 @@ impl Capability {
     /// Connects to the daemon at `path` and acquires an id.
     ///
     /// The socket's folder is checked once connected and before anything
-    /// is sent ([`socket_dir`]): a socket in a folder that another user
+    /// is sent ([`tenet_proto::socket`]): a socket in a folder that another user
     /// could control is refused, and the connection is dropped unused.
     pub async fn acquire(path: impl AsRef<Path>) -> Result<Self, ClientError> {
         let path = path.as_ref();
@@ -214,11 +195,11 @@ impl Capability {
                 path: path.to_owned(),
                 source,
             })?;
-        socket_dir::check_for_client(path)?;
+        tenet_proto::socket::check_for_client(path)?;
         let mut c = Self {
             stream,
             id: EntityId::from_array([0; 16]),
-            rbuf: Vec::with_capacity(16 * 1024),
+            frames: FrameDecoder::new(MAX_APP_FRAME),
             inbox: VecDeque::new(),
             answer_echo: true,
             echo_seq: 0,
@@ -445,9 +426,7 @@ impl Capability {
 
     async fn request(&mut self, req: &ClientFrame) -> Result<DaemonFrame, ClientError> {
         let mut buf = Vec::new();
-        let at = begin_frame(&mut buf);
-        req.encode(&mut buf);
-        finish_frame(&mut buf, at);
+        write_codec_frame(&mut buf, req);
         self.stream.write_all(&buf).await?;
         loop {
             match self.read_frame().await? {
@@ -462,13 +441,10 @@ impl Capability {
 
     async fn read_frame(&mut self) -> Result<DaemonFrame, ClientError> {
         loop {
-            if let Some((used, body)) = split_frame(&self.rbuf, MAX_APP_FRAME)? {
-                let f = DaemonFrame::decode(body);
-                self.rbuf.drain(..used);
-                return Ok(f?);
+            if let Some(f) = self.frames.next_decoded::<DaemonFrame>()? {
+                return Ok(f);
             }
-            self.rbuf.reserve(16 * 1024);
-            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+            if self.stream.read_buf(self.frames.read_buf()).await? == 0 {
                 return Err(ClientError::Closed);
             }
         }

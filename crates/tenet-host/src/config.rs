@@ -288,7 +288,7 @@ pub struct CardSection {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostSection {
-    /// App socket path; default: see [`tenet_client::default_socket_path`].
+    /// App socket path; default: see [`tenet_proto::socket::default_socket_path`].
     pub socket: Option<PathBuf>,
     /// Permission bits of the app socket, octal string; default `"0660"`.
     /// Bits for "others" are refused: the socket is the capability boundary.
@@ -686,7 +686,7 @@ impl Config {
         self.host
             .socket
             .clone()
-            .unwrap_or_else(tenet_client::default_socket_path)
+            .unwrap_or_else(tenet_proto::socket::default_socket_path)
     }
 
     /// The state directory.

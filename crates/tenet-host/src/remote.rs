@@ -38,10 +38,10 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tenet_dispatch::reliable::{Inbound, PeerLink};
 use tenet_dispatch::{DispatchTable, EndpointId, Ingress, StoreError};
-use tenet_proto::frame::{begin_frame, finish_frame, split_frame};
+use tenet_proto::frame::{FrameDecoder, write_codec_frame};
 use tenet_proto::link::{LinkFrame, MAX_LINK_FRAME};
 use tenet_proto::notice::{Undeliverable, UndeliverableReason};
-use tenet_proto::{Codec, Domain, EntityId, Filter, Message, Mtype};
+use tenet_proto::{Codec, DecodeError, Domain, EntityId, Filter, Message, Mtype};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -595,10 +595,38 @@ async fn accept_loop(shared: Arc<Shared>, remote: Arc<Remote>, l: TcpListener) {
     }
 }
 
+/// Why a link's read side ended.
+#[derive(Debug, thiserror::Error)]
+enum LinkEnd {
+    /// The peer closed the stream.
+    #[error("closed by peer")]
+    Closed,
+    /// A TLS peer went away without close_notify (a daemon stopping or
+    /// dying): a close, not a protocol error.
+    #[error("closed by peer without close_notify")]
+    ClosedWithoutNotify,
+    /// A frame's length prefix is over the maximum.
+    #[error("bad framing: {0}")]
+    Framing(DecodeError),
+    /// A frame's body is not a link frame.
+    #[error("malformed frame: {0}")]
+    Malformed(DecodeError),
+    /// The stream failed.
+    #[error("read error: {0}")]
+    Read(std::io::Error),
+}
+
+impl LinkEnd {
+    /// The peer ended the link (rather than breaking it).
+    fn is_close(&self) -> bool {
+        matches!(self, LinkEnd::Closed | LinkEnd::ClosedWithoutNotify)
+    }
+}
+
 /// Reads length-prefixed link frames.
 struct FrameReader<R> {
     r: R,
-    buf: Vec<u8>,
+    frames: FrameDecoder,
     /// Frames decoded but not yet handed out.
     pending: Vec<LinkFrame>,
 }
@@ -607,13 +635,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     fn new(r: R) -> Self {
         Self {
             r,
-            buf: Vec::new(),
+            frames: FrameDecoder::new(MAX_LINK_FRAME),
             pending: Vec::new(),
         }
     }
 
     /// The next frame, or why the link ended.
-    async fn next_frame(&mut self) -> Result<LinkFrame, String> {
+    async fn next_frame(&mut self) -> Result<LinkFrame, LinkEnd> {
         loop {
             if let Some(f) = self.pending.pop() {
                 return Ok(f);
@@ -624,7 +652,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// The next frames available (at least one), or why the link ended.
-    async fn next_batch(&mut self) -> Result<Vec<LinkFrame>, String> {
+    async fn next_batch(&mut self) -> Result<Vec<LinkFrame>, LinkEnd> {
         if !self.pending.is_empty() {
             let mut out = std::mem::take(&mut self.pending);
             out.reverse();
@@ -632,33 +660,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         loop {
             let mut out = Vec::new();
-            let mut start = 0;
-            loop {
-                match split_frame(&self.buf[start..], MAX_LINK_FRAME) {
-                    Ok(Some((used, body))) => {
-                        out.push(
-                            LinkFrame::decode(body).map_err(|e| format!("malformed frame: {e}"))?,
-                        );
-                        start += used;
-                    }
-                    Ok(None) => break,
-                    Err(e) => return Err(format!("bad framing: {e}")),
-                }
+            while let Some(body) = self.frames.next_frame().map_err(LinkEnd::Framing)? {
+                out.push(LinkFrame::decode(body).map_err(LinkEnd::Malformed)?);
             }
-            self.buf.drain(..start);
             if !out.is_empty() {
                 return Ok(out);
             }
-            self.buf.reserve(16 * 1024);
-            match self.r.read_buf(&mut self.buf).await {
-                Ok(0) => return Err("closed by peer".into()),
+            match self.r.read_buf(self.frames.read_buf()).await {
+                Ok(0) => return Err(LinkEnd::Closed),
                 Ok(_) => {}
-                // A TLS peer that went away without close_notify (a daemon
-                // stopping or dying) is a close, not a protocol error.
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    return Err("closed by peer without close_notify".into());
+                    return Err(LinkEnd::ClosedWithoutNotify);
                 }
-                Err(e) => return Err(format!("read error: {e}")),
+                Err(e) => return Err(LinkEnd::Read(e)),
             }
         }
     }
@@ -666,9 +680,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
 fn encode(frames: &[LinkFrame], out: &mut Vec<u8>) {
     for f in frames {
-        let at = begin_frame(out);
-        f.encode(out);
-        finish_frame(out, at);
+        write_codec_frame(out, f);
     }
 }
 
@@ -965,11 +977,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
         let frames = match reader.next_batch().await {
             Ok(f) => f,
             Err(e) => {
-                if !e.starts_with("closed") {
+                if !e.is_close() {
                     remote.stats.links_broken.fetch_add(1, Ordering::Relaxed);
                     warn!(peer = %peer.label, error = %e, "closing link");
                 }
-                return e;
+                return e.to_string();
             }
         };
         let mut stored = Vec::new();

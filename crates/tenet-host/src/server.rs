@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tenet_dispatch::{DispatchTable, EndpointId, Event, Ingress, StoreError, TapItem};
 use tenet_proto::app::{ClientFrame, DaemonFrame, ErrorCode, MAX_APP_FRAME, TapId};
-use tenet_proto::frame::{begin_frame, finish_frame, split_frame};
+use tenet_proto::frame::{FrameDecoder, write_codec_frame};
 use tenet_proto::notice::Refused;
 use tenet_proto::{Codec, Domain, EntityId, Filter, Message, Mtype};
 use tokio::net::{UnixListener, UnixStream};
@@ -63,7 +63,7 @@ pub enum HostError {
     },
     /// The socket's folder could be controlled by another user.
     #[error(transparent)]
-    UnsafeSocketDir(#[from] tenet_client::socket_dir::UnsafeSocketDir),
+    UnsafeSocketDir(#[from] tenet_proto::socket::UnsafeSocketDir),
     /// Another daemon answers on the socket path.
     #[error("another tenet host is already running at {0}")]
     AlreadyRunning(PathBuf),
@@ -502,7 +502,7 @@ fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, HostError> {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(err(e)),
         }
-        tenet_client::socket_dir::check_for_daemon(parent, mode)?;
+        tenet_proto::socket::check_for_daemon(parent, mode)?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if !meta.file_type().is_socket() => {
@@ -690,9 +690,7 @@ fn pump(shared: &Shared, conn: &Conn) {
                 } else {
                     break;
                 };
-                let at = begin_frame(&mut buf);
-                frame.encode(&mut buf);
-                finish_frame(&mut buf, at);
+                write_codec_frame(&mut buf, &frame);
             }
         }
         if buf.is_empty() {
@@ -734,9 +732,7 @@ fn write_now(conn: &Conn, out: &mut Out, buf: Vec<u8>) {
 
 fn reply(conn: &Conn, frame: &DaemonFrame) {
     let mut buf = Vec::new();
-    let at = begin_frame(&mut buf);
-    frame.encode(&mut buf);
-    finish_frame(&mut buf, at);
+    write_codec_frame(&mut buf, frame);
     let mut out = lock(&conn.out);
     if out.closed {
         return;
@@ -832,7 +828,7 @@ async fn serve(shared: Arc<Shared>, conn: Arc<Conn>) {
 }
 
 async fn read_loop(shared: &Shared, conn: &Conn, session: &mut Session) -> &'static str {
-    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut frames = FrameDecoder::new(MAX_APP_FRAME);
     loop {
         // Backpressure: an app that does not read its replies is not read.
         loop {
@@ -851,21 +847,16 @@ async fn read_loop(shared: &Shared, conn: &Conn, session: &mut Session) -> &'sta
         if conn.stream.readable().await.is_err() {
             return "read error";
         }
-        buf.reserve(16 * 1024);
-        match conn.stream.try_read_buf(&mut buf) {
+        match conn.stream.try_read_buf(frames.read_buf()) {
             Ok(0) => return "end of stream",
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return "read error",
         }
-        let mut start = 0;
         loop {
-            match split_frame(&buf[start..], MAX_APP_FRAME) {
-                Ok(Some((used, body))) => {
-                    handle(shared, conn, session, body).await;
-                    start += used;
-                }
+            match frames.next_frame() {
+                Ok(Some(body)) => handle(shared, conn, session, body).await,
                 Ok(None) => break,
                 Err(e) => {
                     warn!(endpoint = conn.ep.0, id = ?session.id, error = %e, "closing app connection: bad framing");
@@ -878,7 +869,6 @@ async fn read_loop(shared: &Shared, conn: &Conn, session: &mut Session) -> &'sta
                 }
             }
         }
-        buf.drain(..start);
     }
 }
 

@@ -1,7 +1,9 @@
 //! # tenet-proto: the TENeT wire protocol
 //!
 //! What travels between entities and hosts, as plain types with one codec
-//! trait ([`Codec`]). This crate does no I/O and has no async runtime: it
+//! trait ([`Codec`]). This crate has no async runtime and does no I/O (but
+//! for [`socket`], which reads file metadata to find and check the app
+//! socket's folder for daemon and clients alike): it
 //! turns bytes into typed values and back, and refuses malformed input with a
 //! [`DecodeError`] instead of panicking.
 //!
@@ -22,11 +24,14 @@
 //! - [`card`]: params of the card services (PIN, card info, time).
 //! - [`app`]: the app-socket protocol between the client library and the
 //!   host daemon.
+//! - [`socket`]: where the app socket lives and the check of its folder.
 //!
 //! What it does not do: routing, storage, sockets (see `tenet-dispatch` and
 //! `tenet-host`). The byte layouts are documented in `docs/wire.md`.
 
-#![forbid(unsafe_code)]
+// Unsafe code is denied, and allowed in one place only: reading this
+// process's user and group ids (`socket`).
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod apdu;
@@ -40,6 +45,7 @@ pub mod link;
 pub mod message;
 pub mod mtype;
 pub mod notice;
+pub mod socket;
 pub mod tlv;
 
 pub use codec::{Codec, DecodeError, Reader};

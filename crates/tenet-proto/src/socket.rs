@@ -1,4 +1,5 @@
-//! The app socket's folder, checked before daemon or client uses it.
+//! Where the app socket lives ([`default_socket_path`]) and its folder,
+//! checked before daemon or client uses it.
 //!
 //! Whoever controls the folder that holds the app socket can put a socket
 //! of their own there and receive what apps send the daemon, the wallet's
@@ -25,6 +26,24 @@
 use std::fmt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+/// The default app socket path, used by daemon and clients alike:
+/// `$TENET_SOCKET` if set; else `$XDG_RUNTIME_DIR/tenet/host.sock`; else
+/// `/run/tenet/host.sock` for root; else `/tmp/tenet-UID/host.sock`.
+pub fn default_socket_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("TENET_SOCKET").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
+        return PathBuf::from(d).join("tenet/host.sock");
+    }
+    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+    match uid {
+        Ok(0) => PathBuf::from("/run/tenet/host.sock"),
+        Ok(uid) => PathBuf::from(format!("/tmp/tenet-{uid}/host.sock")),
+        Err(_) => PathBuf::from("/run/tenet/host.sock"),
+    }
+}
 
 /// Why a socket folder is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
