@@ -64,9 +64,9 @@ impl Pki {
     pub(crate) fn new() -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let ca = dir.path().join("ca");
-        tenet_host::certs::ensure_ca(&ca, "bench CA")?;
+        tenet_pki::ensure_ca(&ca, "bench CA")?;
         let ttp = Domain::new([0x77; 12]).owner();
-        let tf = tenet_host::certs::issue_entity_key(&ca, "ttp", ttp)?;
+        let tf = tenet_pki::issue_entity_key(&ca, "ttp", ttp)?;
         let ttp_cert = {
             use pki_types::pem::PemObject;
             pki_types::CertificateDer::from_pem_file(&tf.cert)?.to_vec()
@@ -104,7 +104,7 @@ impl Pki {
         };
         let mut card = Card::personalize(store, &p, Default::default(), Box::new(SystemEntropy))?;
         let (cert, ca_der) =
-            tenet_host::certs::issue_entity(&self.ca, card.id(), &card.state().public_key.clone())?;
+            tenet_pki::issue_entity(&self.ca, card.id(), &card.state().public_key.clone())?;
         card.install_certificates(cert, ca_der)?;
         card.provision(
             APPLET_ID,

@@ -197,7 +197,7 @@ struct Floor {
 fn crypto_floor(ca: &Path, rounds: u32) -> Result<Floor> {
     let (ia, ib) = (domain(0xfa, 0).owner(), domain(0xfb, 0).owner());
     let key = |name: &str, id: EntityId| -> Result<tenet_voucher::crypto::KeyCrypto> {
-        let f = tenet_host::certs::issue_entity_key(ca, name, id)?;
+        let f = tenet_pki::issue_entity_key(ca, name, id)?;
         Ok(tenet_voucher::crypto::KeyCrypto::from_pem(
             &std::fs::read(&f.key)?,
             &std::fs::read(&f.cert)?,

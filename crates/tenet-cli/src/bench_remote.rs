@@ -105,9 +105,9 @@ pub async fn run(echoes: u32) -> Result<Section> {
 
     // TLS: A dials B; an app on A echoes B's host entity.
     let ca = dir.path().join("ca");
-    tenet_host::certs::ensure_ca(&ca, "bench CA")?;
-    let fa = tenet_host::certs::issue_host(&ca, "a", &[da])?;
-    let fb = tenet_host::certs::issue_host(&ca, "b", &[db])?;
+    tenet_pki::ensure_ca(&ca, "bench CA")?;
+    let fa = tenet_pki::issue_host(&ca, "a", &[da])?;
+    let fb = tenet_pki::issue_host(&ca, "b", &[db])?;
     let pb = free_port()?;
     let mut cb = config(dir.path(), "tls-b", db);
     cb.remote.listen = Some(format!("127.0.0.1:{pb}"));

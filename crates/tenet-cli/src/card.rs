@@ -46,7 +46,7 @@ pub enum CardCmd {
         #[arg(long, value_name = "DIR")]
         ca: Option<PathBuf>,
         /// Days the card's certificate is valid (with --ca).
-        #[arg(long, value_name = "N", default_value_t = tenet_host::certs::CARD_DAYS,
+        #[arg(long, value_name = "N", default_value_t = tenet_pki::CARD_DAYS,
               value_parser = clap::value_parser!(u32).range(1..=36_500), requires = "ca")]
         days: u32,
         /// The TTP the card's voucher applet trusts (its host entity,
@@ -75,7 +75,7 @@ pub enum CardCmd {
         #[arg(long, value_name = "DIR")]
         ca: PathBuf,
         /// Days the new certificate is valid.
-        #[arg(long, value_name = "N", default_value_t = tenet_host::certs::CARD_DAYS,
+        #[arg(long, value_name = "N", default_value_t = tenet_pki::CARD_DAYS,
               value_parser = clap::value_parser!(u32).range(1..=36_500))]
         days: u32,
     },
@@ -149,7 +149,7 @@ fn now() -> u64 {
 /// `from .. to` of a certificate (DER), in UTC.
 fn valid(der: &[u8]) -> String {
     use tenet_card::clock::Utc;
-    match tenet_host::certs::validity(der) {
+    match tenet_pki::validity(der) {
         Ok(v) => format!("valid {} to {}", Utc(v.not_before), Utc(v.not_after)),
         Err(e) => format!("unreadable: {e}"),
     }
@@ -194,7 +194,7 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
                 })
                 .transpose()?;
             if let (Some(t), Some(c)) = (ttp, &ttp_cert)
-                && !tenet_voucher::certs::names(c, t)
+                && !tenet_pki::names(c, t)
             {
                 bail!("the TTP certificate does not name {t} (--ttp)");
             }
@@ -240,11 +240,11 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
                 .and_then(|mut card| {
                     if let Some(dir) = &ca {
                         let public_key = card.state().public_key.clone();
-                        let (cert, ca_der) = tenet_host::certs::issue_entity_with(
+                        let (cert, ca_der) = tenet_pki::issue_entity_with(
                             dir,
                             card.id(),
                             &public_key,
-                            tenet_host::certs::Lifetime::days(days),
+                            tenet_pki::Lifetime::days(days),
                         )
                         .with_context(|| format!("CA in {}", dir.display()))?;
                         card.install_certificates(cert, ca_der)?;
@@ -302,11 +302,11 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
             }
             let before = card.state().certificate.as_deref().map(valid);
             let public_key = card.state().public_key.clone();
-            let (cert, ca_der) = tenet_host::certs::issue_entity_with(
+            let (cert, ca_der) = tenet_pki::issue_entity_with(
                 &ca,
                 card.id(),
                 &public_key,
-                tenet_host::certs::Lifetime::days(days),
+                tenet_pki::Lifetime::days(days),
             )
             .with_context(|| format!("CA in {}", ca.display()))?;
             card.install_certificates(cert.clone(), ca_der)?;

@@ -108,7 +108,7 @@ pub(crate) fn host_config(
 ) -> Result<tenet_host::Config> {
     let mut domains = vec![sw];
     domains.extend_from_slice(more);
-    let files = tenet_host::certs::issue_host(ca, name, &domains)?;
+    let files = tenet_pki::issue_host(ca, name, &domains)?;
     let mut cfg = tenet_host::Config::default();
     cfg.host.socket = Some(dir.join(format!("{name}.sock")));
     cfg.host.state_dir = Some(dir.join(format!("{name}-state")));
@@ -139,8 +139,7 @@ pub(crate) fn make_card(
         Default::default(),
         Box::new(tenet_card::SystemEntropy),
     )?;
-    let (cert, ca_der) =
-        tenet_host::certs::issue_entity(ca, card.id(), &card.state().public_key.clone())?;
+    let (cert, ca_der) = tenet_pki::issue_entity(ca, card.id(), &card.state().public_key.clone())?;
     card.install_certificates(cert, ca_der)?;
     card.provision(
         tenet_voucher::applet::APPLET_ID,
@@ -175,7 +174,7 @@ pub async fn run(interrupt: Option<Step>, json: bool) -> Result<ExitCode> {
     let t_run = Instant::now();
     let dir = tempfile::tempdir()?;
     let ca = dir.path().join("ca");
-    tenet_host::certs::ensure_ca(&ca, "demo CA")?;
+    tenet_pki::ensure_ca(&ca, "demo CA")?;
     let (ds, da, dca, db, dcb) = (
         Domain::new([0x77; 12]),
         Domain::new([0xa1; 12]),
@@ -188,7 +187,7 @@ pub async fn run(interrupt: Option<Step>, json: bool) -> Result<ExitCode> {
 
     // The TTP: a host whose own entity decides, with SQLite.
     let mut ct = host_config(dir.path(), &ca, "ttp", ds, &[], pt)?;
-    let tf = tenet_host::certs::issue_entity_key(&ca, "ttp", ttp)?;
+    let tf = tenet_pki::issue_entity_key(&ca, "ttp", ttp)?;
     ct.ttp = Some(TtpSection {
         key: tf.key,
         cert: tf.cert,

@@ -92,7 +92,7 @@ enum CaCmd {
         #[arg(long, default_value = "tenet CA")]
         name: String,
         /// Days the CA is valid; no certificate it issues outlives it.
-        #[arg(long, value_name = "N", default_value_t = tenet_host::certs::CA_DAYS,
+        #[arg(long, value_name = "N", default_value_t = tenet_pki::CA_DAYS,
               value_parser = clap::value_parser!(u32).range(1..=36_500))]
         days: u32,
     },
@@ -115,7 +115,7 @@ enum CaCmd {
         #[arg(long)]
         id: EntityId,
         /// Days the certificate is valid.
-        #[arg(long, value_name = "N", default_value_t = tenet_host::certs::ENTITY_DAYS,
+        #[arg(long, value_name = "N", default_value_t = tenet_pki::ENTITY_DAYS,
               value_parser = clap::value_parser!(u32).range(1..=36_500))]
         days: u32,
     },
@@ -145,7 +145,7 @@ enum HostAction {
         #[arg(long = "domain", value_name = "HEX", required = true)]
         domains: Vec<Domain>,
         /// Days the host certificate is valid.
-        #[arg(long, value_name = "N", default_value_t = tenet_host::certs::HOST_DAYS,
+        #[arg(long, value_name = "N", default_value_t = tenet_pki::HOST_DAYS,
               value_parser = clap::value_parser!(u32).range(1..=36_500))]
         days: u32,
     },
@@ -427,16 +427,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }),
             ..
         } => {
-            if tenet_host::certs::ensure_ca(&dir, "tenet development CA")? {
+            if tenet_pki::ensure_ca(&dir, "tenet development CA")? {
                 println!("made CA {}", dir.join("ca.pem").display());
             }
-            let renews = tenet_host::certs::host_renews(&dir, &name);
-            let files = tenet_host::certs::issue_host_with(
-                &dir,
-                &name,
-                &domains,
-                tenet_host::certs::Lifetime::days(days),
-            )?;
+            let renews = tenet_pki::host_renews(&dir, &name);
+            let files =
+                tenet_pki::issue_host_with(&dir, &name, &domains, tenet_pki::Lifetime::days(days))?;
             if renews {
                 println!(
                     "renewed {} (same key {})",
@@ -516,13 +512,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     days,
                 },
         } => {
-            let renews = tenet_host::certs::entity_renews(&dir, &name);
-            let files = tenet_host::certs::issue_entity_key_with(
-                &dir,
-                &name,
-                id,
-                tenet_host::certs::Lifetime::days(days),
-            )?;
+            let renews = tenet_pki::entity_renews(&dir, &name);
+            let files =
+                tenet_pki::issue_entity_key_with(&dir, &name, id, tenet_pki::Lifetime::days(days))?;
             println!(
                 "{} {} and {} for {id}",
                 if renews { "renewed (same key)" } else { "made" },
@@ -536,8 +528,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Ca {
             cmd: CaCmd::Init { dir, name, days },
         } => {
-            let lifetime = tenet_host::certs::Lifetime::days(days);
-            if tenet_host::certs::ensure_ca_with(&dir, &name, lifetime)? {
+            let lifetime = tenet_pki::Lifetime::days(days);
+            if tenet_pki::ensure_ca_with(&dir, &name, lifetime)? {
                 println!("made CA {}", dir.join("ca.pem").display());
             } else {
                 println!("CA {} exists; kept", dir.join("ca.pem").display());
@@ -583,7 +575,7 @@ fn valid_until(path: &std::path::Path) -> Result<String> {
     use pki_types::pem::PemObject;
     let der = pki_types::CertificateDer::from_pem_file(path)
         .with_context(|| format!("reading {}", path.display()))?;
-    let v = tenet_host::certs::validity(&der)?;
+    let v = tenet_pki::validity(&der)?;
     Ok(format!(
         "valid {} to {}",
         tenet_card::clock::Utc(v.not_before),

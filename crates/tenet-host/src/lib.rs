@@ -24,7 +24,6 @@
 
 #![warn(missing_docs)]
 
-pub mod certs;
 pub mod config;
 pub mod entity;
 pub mod link;

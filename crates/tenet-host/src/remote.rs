@@ -47,9 +47,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::certs::{self, HOST_NAME};
 use crate::config::Config;
 use crate::server::{HostError, Shared, drain_events, lock, run_events};
+use tenet_pki::{self as certs, HOST_NAME};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);

@@ -40,7 +40,7 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use tenet_card::state::{CardState, KdfParams, SecretHash};
 use tenet_card::{Card, CardLimits, MemStore, Personalization, SeededEntropy, Storage};
 use tenet_host::Config;
-use tenet_host::certs::{ensure_ca, issue_entity, issue_entity_key};
+use tenet_pki::{ensure_ca, issue_entity, issue_entity_key};
 use tenet_proto::apdu::{Command, Response, StatusWord, tenet};
 use tenet_proto::app::{ClientFrame, DaemonFrame, ErrorCode, SubscriptionId, TapId};
 use tenet_proto::card::{CardInfo, ChangePin, PinOutcome, PinStatus, UnblockPin, VerifyPin};
@@ -3193,7 +3193,7 @@ fn worst_case_shapes_stay_within_the_bounds() {
             Domain::new(d)
         })
         .collect();
-    let files = tenet_host::certs::issue_host(&ca, "many-names", &domains).unwrap();
+    let files = tenet_pki::issue_host(&ca, "many-names", &domains).unwrap();
     let cert = CertificateDer::from_pem_slice(&std::fs::read(&files.cert).unwrap())
         .unwrap()
         .to_vec();

@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use tenet_client::{Capability, ClientError};
-use tenet_host::certs::{ensure_ca, issue_host};
 use tenet_host::config::NatsSection;
 use tenet_host::nats::NatsCounters;
 use tenet_host::{Config, ConfigError, HostError, HostHandle};
+use tenet_pki::{ensure_ca, issue_host};
 use tenet_proto::notice::UndeliverableReason;
 use tenet_proto::{Codec, Domain, EntityId, Message, Mtype, Port};
 use tokio::sync::mpsc;

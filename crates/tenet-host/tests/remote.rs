@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tenet_client::{Capability, ClientError};
-use tenet_host::certs::{HostFiles, ensure_ca, issue_host};
 use tenet_host::config::PeerSection;
 use tenet_host::{Config, HostHandle};
+use tenet_pki::{HostFiles, ensure_ca, issue_host};
 use tenet_proto::frame::{begin_frame, finish_frame, split_frame};
 use tenet_proto::link::LinkFrame;
 use tenet_proto::{Codec, Domain, EntityId, Message, Mtype, Port};

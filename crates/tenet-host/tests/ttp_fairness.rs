@@ -11,8 +11,8 @@ use std::path::Path;
 
 use tenet_client::{Capability, Incoming};
 use tenet_host::Config;
-use tenet_host::certs::{ensure_ca, issue_entity_key, issue_host};
 use tenet_host::config::{PeerSection, TtpSection};
+use tenet_pki::{ensure_ca, issue_entity_key, issue_host};
 use tenet_proto::notice::Refused;
 use tenet_proto::{Codec, Domain, EntityId, Filter, Message, Mtype};
 use tenet_voucher::crypto::{Crypto, KeyCrypto};

@@ -25,6 +25,7 @@
 //! - [`app`]: the app-socket protocol between the client library and the
 //!   host daemon.
 //! - [`socket`]: where the app socket lives and the check of its folder.
+//! - [`time`]: a card's time ([`time::CardTime`]) and UTC display.
 //!
 //! What it does not do: routing, storage, sockets (see `tenet-dispatch` and
 //! `tenet-host`). The byte layouts are documented in `docs/wire.md`.
@@ -46,6 +47,7 @@ pub mod message;
 pub mod mtype;
 pub mod notice;
 pub mod socket;
+pub mod time;
 pub mod tlv;
 
 pub use codec::{Codec, DecodeError, Reader};

@@ -68,7 +68,7 @@ fn deliver(m: &Message) -> Command {
 /// with its wallet app authenticated.
 fn card(dir: &std::path::Path, wallet: EntityId) -> Card<MemStore> {
     let ca = dir.join("ca");
-    tenet_host::certs::ensure_ca(&ca, "bench CA").expect("a CA");
+    tenet_pki::ensure_ca(&ca, "bench CA").expect("a CA");
     let p = Personalization {
         domain: A,
         pin: b"1234".to_vec(),
@@ -82,7 +82,7 @@ fn card(dir: &std::path::Path, wallet: EntityId) -> Card<MemStore> {
     )
     .expect("personalized");
     let (cert, ca_der) =
-        tenet_host::certs::issue_entity(&ca, c.id(), &c.state().public_key).expect("a certificate");
+        tenet_pki::issue_entity(&ca, c.id(), &c.state().public_key).expect("a certificate");
     c.install_certificates(cert, ca_der).expect("installed");
     c.provision(
         APPLET_ID,

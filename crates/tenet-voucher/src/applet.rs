@@ -18,12 +18,13 @@ use tenet_proto::codec::Codec;
 use tenet_proto::{EntityId, Message, Mtype};
 
 use crate::card::{BALANCE_REQUEST, Ctx, EXCHANGES_REQUEST, MINT, SET_ACCEPTOR, VoucherCard};
-use crate::certs::{TtpSwap, check_validity, validity, verify_at};
-use crate::checked::CheckedCertificates;
+use crate::certs::TtpSwap;
 use crate::crypto::{Crypto, VerifyError};
 use crate::msg;
+use tenet_pki::cache::CheckedCertificates;
+use tenet_pki::{check_validity, validity, verify_at};
 
-pub use crate::certs::{verify_known, verify_with_ca};
+pub use tenet_pki::{verify_known, verify_with_ca};
 
 struct CardCrypto<'c, 'a> {
     cx: &'c mut AppletCx<'a>,

@@ -739,7 +739,7 @@ impl VoucherCard {
         if self
             .ttp_certificate
             .as_ref()
-            .is_some_and(|pinned| !crate::certs::same_key(pinned, &a.certificate))
+            .is_some_and(|pinned| !tenet_pki::same_key(pinned, &a.certificate))
         {
             return refuse(
                 "the admission's certificate is not the TTP certificate installed on this card (nor a renewal for its key)",

@@ -4,10 +4,7 @@
 
 use tenet_proto::EntityId;
 
-/// Why a signature or certificate did not verify.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("verification failed: {0}")]
-pub struct VerifyError(pub String);
+pub use tenet_pki::VerifyError;
 
 /// A party's keys and the trust anchor it checks others against.
 pub trait Crypto {
@@ -171,7 +168,7 @@ impl Crypto for KeyCrypto {
         msg: &[u8],
         sig: &[u8],
     ) -> Result<(), VerifyError> {
-        crate::certs::verify_with_ca(&self.ca, pki_types::UnixTime::now(), signer, cert, msg, sig)
+        tenet_pki::verify_with_ca(&self.ca, pki_types::UnixTime::now(), signer, cert, msg, sig)
     }
 
     fn verify_for_recovery(
@@ -181,7 +178,7 @@ impl Crypto for KeyCrypto {
         msg: &[u8],
         sig: &[u8],
     ) -> Result<(), VerifyError> {
-        crate::certs::verify_ignoring_expiry(
+        tenet_pki::verify_ignoring_expiry(
             &self.ca,
             pki_types::UnixTime::now(),
             signer,

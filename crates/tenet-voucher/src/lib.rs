@@ -29,7 +29,6 @@
 pub mod applet;
 pub mod card;
 pub mod certs;
-pub mod checked;
 pub mod crypto;
 pub mod model;
 pub mod msg;

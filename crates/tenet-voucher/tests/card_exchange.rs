@@ -98,14 +98,14 @@ impl World {
     /// Two cards whose certificates have the given lifetimes (default:
     /// what `tenet card new` gives).
     fn with_lifetimes(
-        a_life: Option<tenet_host::certs::Lifetime>,
-        b_life: Option<tenet_host::certs::Lifetime>,
+        a_life: Option<tenet_pki::Lifetime>,
+        b_life: Option<tenet_pki::Lifetime>,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca");
-        tenet_host::certs::ensure_ca(&ca, "test CA").unwrap();
+        tenet_pki::ensure_ca(&ca, "test CA").unwrap();
         let ttp_id = dom(0x77).owner();
-        let files = tenet_host::certs::issue_entity_key(&ca, "ttp", ttp_id).unwrap();
+        let files = tenet_pki::issue_entity_key(&ca, "ttp", ttp_id).unwrap();
         let read = |p: &std::path::Path| std::fs::read(p).unwrap();
         let ttp =
             KeyCrypto::from_pem(&read(&files.key), &read(&files.cert), &read(&files.ca)).unwrap();
@@ -113,7 +113,7 @@ impl World {
             use tenet_voucher::crypto::Crypto;
             ttp.certificate()
         };
-        let card = |b: u8, life: Option<tenet_host::certs::Lifetime>| {
+        let card = |b: u8, life: Option<tenet_pki::Lifetime>| {
             let p = Personalization {
                 domain: dom(b),
                 pin: b"1234".to_vec(),
@@ -128,8 +128,8 @@ impl World {
             .unwrap();
             let key = c.state().public_key.clone();
             let (cert, ca_der) = match life {
-                None => tenet_host::certs::issue_entity(&ca, c.id(), &key),
-                Some(l) => tenet_host::certs::issue_entity_with(&ca, c.id(), &key, l),
+                None => tenet_pki::issue_entity(&ca, c.id(), &key),
+                Some(l) => tenet_pki::issue_entity_with(&ca, c.id(), &key, l),
             }
             .unwrap();
             c.install_certificates(cert, ca_der).unwrap();
@@ -425,8 +425,8 @@ fn an_agreement_certified_by_another_ca_is_refused() {
     // A rogue CA certifies a key for B's card id and signs a proper agreement.
     let dir = tempfile::tempdir().unwrap();
     let rogue_ca = dir.path().join("rogue");
-    tenet_host::certs::ensure_ca(&rogue_ca, "rogue CA").unwrap();
-    let files = tenet_host::certs::issue_entity_key(&rogue_ca, "fake-b", dom(B).owner()).unwrap();
+    tenet_pki::ensure_ca(&rogue_ca, "rogue CA").unwrap();
+    let files = tenet_pki::issue_entity_key(&rogue_ca, "fake-b", dom(B).owner()).unwrap();
     let read = |p: &std::path::Path| std::fs::read(p).unwrap();
     let mut fake =
         KeyCrypto::from_pem(&read(&files.key), &read(&files.cert), &read(&files.ca)).unwrap();
@@ -559,7 +559,7 @@ fn now() -> u64 {
 }
 
 /// A lifetime from `from` to `to` seconds relative to now.
-fn life(from: i64, to: i64) -> tenet_host::certs::Lifetime {
+fn life(from: i64, to: i64) -> tenet_pki::Lifetime {
     let at = |d: i64| {
         let t = std::time::SystemTime::now();
         if d < 0 {
@@ -568,7 +568,7 @@ fn life(from: i64, to: i64) -> tenet_host::certs::Lifetime {
             t + std::time::Duration::from_secs(d as u64)
         }
     };
-    tenet_host::certs::Lifetime::between(at(from), at(to))
+    tenet_pki::Lifetime::between(at(from), at(to))
 }
 
 /// The agreement m2 is refused when the responder's certificate has expired
@@ -715,10 +715,10 @@ fn a_renewed_certificate_for_the_same_key_lets_the_card_exchange_again() {
 
     let key = w.a.state().public_key.clone();
     let old = w.a.state().certificate.clone().unwrap();
-    let (cert, ca) = tenet_host::certs::issue_entity(&w.ca, w.a.id(), &key).unwrap();
+    let (cert, ca) = tenet_pki::issue_entity(&w.ca, w.a.id(), &key).unwrap();
     w.a.install_certificates(cert.clone(), ca).unwrap();
     assert_eq!(w.a.state().public_key, key, "the same key");
-    let v = |c: &[u8]| tenet_voucher::certs::validity(c).unwrap().not_after;
+    let v = |c: &[u8]| tenet_pki::validity(c).unwrap().not_after;
     assert!(v(&old) < v(&cert));
 
     w.refused.clear();
@@ -739,10 +739,10 @@ fn the_ttp_finishes_an_exchange_whose_party_certificate_expired_since() {
     use tenet_voucher::msg::{Agreement, ExchangeId, Kind, Offer};
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca");
-    tenet_host::certs::ensure_ca(&ca, "test CA").unwrap();
+    tenet_pki::ensure_ca(&ca, "test CA").unwrap();
     let read = |p: &std::path::Path| std::fs::read(p).unwrap();
     let keys = |name: &str, id: EntityId, lifetime| {
-        let f = tenet_host::certs::issue_entity_key_with(&ca, name, id, lifetime).unwrap();
+        let f = tenet_pki::issue_entity_key_with(&ca, name, id, lifetime).unwrap();
         KeyCrypto::from_pem(&read(&f.key), &read(&f.cert), &read(&f.ca)).unwrap()
     };
     let ttp_id = dom(0x77).owner();

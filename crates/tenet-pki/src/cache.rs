@@ -7,7 +7,7 @@
 //! a card remembers the last [`CheckedCertificates::CAPACITY`] certificates
 //! it accepted, keyed by the SHA-256 of the CA certificate and the whole
 //! certificate. A remembered certificate is still checked for its validity
-//! period at the card's current time ([`crate::certs::check_validity`]) and
+//! period at the card's current time ([`crate::check::check_validity`]) and
 //! for the signer's name, and the peer's signature is always verified; only
 //! the CA's signature, which depends on nothing but those bytes, is not
 //! verified again.
@@ -18,7 +18,7 @@
 
 use std::collections::VecDeque;
 
-use crate::certs::Validity;
+use crate::check::Validity;
 
 /// A certificate and the CA it was checked against: SHA-256 over the CA
 /// certificate's length, the CA certificate and the certificate.
@@ -118,18 +118,18 @@ impl CheckedCertificates {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "issue"))]
 mod tests {
     use super::*;
-    use tenet_card::CardTime;
+    use tenet_proto::time::CardTime;
     use tenet_proto::{Domain, EntityId, Port};
 
-    use crate::certs::{check_validity, validity};
+    use crate::check::{check_validity, validity};
 
     fn certs(n: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
         use pki_types::pem::PemObject;
         let dir = tempfile::tempdir().unwrap();
-        tenet_host::certs::ensure_ca(dir.path(), "test CA").unwrap();
+        crate::issue::ensure_ca(dir.path(), "test CA").unwrap();
         let der = |p: &std::path::Path| {
             pki_types::CertificateDer::from_pem_file(p)
                 .unwrap()
@@ -139,8 +139,7 @@ mod tests {
         let certs = (0..n)
             .map(|i| {
                 let id = EntityId::new(Domain::new([i as u8; 12]), Port::new(0));
-                let f =
-                    tenet_host::certs::issue_entity_key(dir.path(), &format!("e{i}"), id).unwrap();
+                let f = crate::issue::issue_entity_key(dir.path(), &format!("e{i}"), id).unwrap();
                 der(&f.cert)
             })
             .collect();
@@ -212,9 +211,9 @@ mod tests {
     fn a_remembered_certificate_must_still_name_the_signer() {
         let (_, c) = certs(2);
         let signer = EntityId::new(Domain::new([1; 12]), Port::new(0));
-        let err = crate::certs::verify_known(signer, &c[0], b"m", b"sig").unwrap_err();
+        let err = crate::check::verify_known(signer, &c[0], b"m", b"sig").unwrap_err();
         assert!(err.0.contains("certificate for"), "{err}");
-        let err = crate::certs::verify_known(signer, &c[1], b"m", b"sig").unwrap_err();
+        let err = crate::check::verify_known(signer, &c[1], b"m", b"sig").unwrap_err();
         assert!(err.0.contains("signature"), "{err}");
     }
 }

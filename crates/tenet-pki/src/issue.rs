@@ -1,57 +1,23 @@
-//! Certificates, made with one command each: a development CA (`tenet ca
-//! init`), host certificates for links between hosts (`tenet host certs`),
-//! and entity certificates for cards (`tenet card new --ca`) and the TTP
-//! (`tenet ca entity`). Keys are ECDSA P-256; files are PEM.
-//!
-//! Certificates have roles, and what a certificate authorizes is checked
-//! here and nowhere else ([`check_host_role`], [`authorized_domains`],
-//! [`check_domains`]):
-//!
-//! - A host certificate is for TLS links only. Its extended key usage lists
-//!   TLS server and client authentication; it names, as DNS subject
-//!   alternative names, `host.tenet` (every host's certificate has it; links
-//!   connect to that name) and one `DOMAIN.domain.tenet` per domain the host
-//!   may serve. A peer may serve a domain, and use a host id, only if the
-//!   certificate it presented on that very connection names the domain; the
-//!   config's `[[remote.peers]] domains` pre-route and authorize nothing.
-//! - An entity certificate (a card's, or the TTP entity's) is for
-//!   signatures only. It names `DOMAIN-PORT.id.tenet`
-//!   ([`EntityId::certificate_name`]) as its only name (an empty subject and
-//!   a critical subject alternative name) and has no extended key usage, so
-//!   it is refused for a TLS link: links want the host usages and
-//!   `host.tenet`. It carries nothing else a verifier does not use, as
-//!   cards send it in every exchange.
-//!
-//! Certificates have real lifetimes ([`Lifetime`]): by default the CA 10
-//! years, cards 3, hosts and the TTP entity 1 (`--days` chooses), never
-//! beyond the CA's own end. Each is valid from a day before its issue, as
-//! a card's clock may lag its host's by an hour and hosts' clocks differ.
-//! Renewal keeps the key: `tenet host certs` and `tenet ca entity` renew in
-//! place when the files exist, `tenet card recertify` gives a card's key a
-//! new certificate. What cards and the TTP check (chain, validity at the
-//! card's time, names, the pinned TTP) is in `tenet_voucher::certs`.
+//! Making certificates (feature `issue`, with rcgen): a development CA
+//! (`tenet ca init`), host certificates for links between hosts (`tenet
+//! host certs`), and entity certificates for cards (`tenet card new --ca`)
+//! and the TTP (`tenet ca entity`). Keys are ECDSA P-256; files are PEM.
+//! What the certificates say and who may use them is in the crate
+//! documentation.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use pki_types::CertificateDer;
+use pki_types::pem::PemObject;
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SerialNumber,
 };
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use tenet_proto::{Domain, EntityId};
 
-/// The name every host certificate carries and every link connects to.
-pub const HOST_NAME: &str = "host.tenet";
-
-/// The suffix of the DNS names that authorize a host to serve a domain.
-const DOMAIN_SUFFIX: &str = ".domain.tenet";
-
-/// The DNS name that authorizes a host to serve `d`.
-pub fn domain_name(d: Domain) -> String {
-    format!("{d}{DOMAIN_SUFFIX}")
-}
+use crate::roles::{HOST_NAME, domain_name};
+use crate::{CertError, Validity};
 
 /// Default lifetime of a CA, in days (10 years).
 pub const CA_DAYS: u32 = 3650;
@@ -95,134 +61,6 @@ impl Lifetime {
     fn apply(self, p: &mut CertificateParams) {
         p.not_before = self.not_before.into();
         p.not_after = self.not_after.into();
-    }
-}
-
-/// Why certificates could not be made.
-#[derive(Debug, thiserror::Error)]
-pub enum CertError {
-    /// A file could not be read or written.
-    #[error("{path}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// rcgen failed.
-    #[error("certificate generation: {0}")]
-    Gen(#[from] rcgen::Error),
-    /// The system's random source failed (for a serial number).
-    #[error("random serial number: {0}")]
-    Random(String),
-    /// A PEM file holds no certificate.
-    #[error("PEM: {0}")]
-    Pem(String),
-    /// A certificate could not be read.
-    #[error("certificate: {0}")]
-    Malformed(String),
-    /// A lifetime that ends before it starts.
-    #[error("a certificate's lifetime must end after it starts")]
-    Lifetime,
-    /// A lifetime that ends after the year 9999 (X.509 cannot say so).
-    #[error("a certificate's lifetime must end by the year 9999; choose fewer --days")]
-    TooLong,
-    /// The CA's own certificate has expired: it issues nothing more.
-    #[error("the CA in {dir} expired at {at}; make a new one and personalize again")]
-    CaExpired {
-        /// The CA's directory.
-        dir: PathBuf,
-        /// When it expired (UTC).
-        at: String,
-    },
-    /// A certificate used outside its role: a card's or an entity's (or
-    /// any other) where a host certificate is needed, for a TLS link.
-    #[error("not a host certificate (names: {names}): {why}")]
-    NotHost {
-        /// The DNS names it presents.
-        names: String,
-        /// What it lacks.
-        why: &'static str,
-    },
-    /// A host certificate that does not name a domain its holder announced,
-    /// or is routed.
-    #[error(
-        "not authorized for domain {domain}: the certificate does not name it (names: {names})"
-    )]
-    DomainNotNamed {
-        /// The domain.
-        domain: Domain,
-        /// The DNS names it presents.
-        names: String,
-    },
-}
-
-/// Checks that `cert` is a host certificate, the one role TLS links
-/// accept: its extended key usage lists both TLS server and client
-/// authentication, and it names `host.tenet`. A card's or the TTP entity's
-/// certificate has neither. Chain, validity and signatures are the TLS
-/// verifier's; this checks the role only, from the certificate alone.
-pub fn check_host_role(cert: &CertificateDer<'_>) -> Result<(), CertError> {
-    let ee =
-        webpki::EndEntityCert::try_from(cert).map_err(|e| CertError::Malformed(e.to_string()))?;
-    let names: Vec<&str> = ee.valid_dns_names().collect();
-    let not_host = |why| CertError::NotHost {
-        names: names.join(", "),
-        why,
-    };
-    let (server, client) = tenet_voucher::certs::tls_key_purposes(cert.as_ref())
-        .map_err(|e| CertError::Malformed(e.0))?
-        .ok_or_else(|| not_host("no extended key usage (signatures only: a card or entity)"))?;
-    if !server {
-        return Err(not_host(
-            "its extended key usage lacks TLS server authentication",
-        ));
-    }
-    if !client {
-        return Err(not_host(
-            "its extended key usage lacks TLS client authentication",
-        ));
-    }
-    if !names.iter().any(|n| n.eq_ignore_ascii_case(HOST_NAME)) {
-        return Err(not_host("it does not name host.tenet"));
-    }
-    Ok(())
-}
-
-/// The domains a host certificate authorizes its holder to serve: one per
-/// `DOMAIN.domain.tenet` DNS name. Checks the role first
-/// ([`check_host_role`]); a wildcard or any other name authorizes nothing.
-pub fn authorized_domains(cert: &CertificateDer<'_>) -> Result<Vec<Domain>, CertError> {
-    check_host_role(cert)?;
-    let ee =
-        webpki::EndEntityCert::try_from(cert).map_err(|e| CertError::Malformed(e.to_string()))?;
-    let mut out = Vec::new();
-    for name in ee.valid_dns_names() {
-        let name = name.to_ascii_lowercase();
-        if let Some(d) = name
-            .strip_suffix(DOMAIN_SUFFIX)
-            .and_then(|hex| hex.parse::<Domain>().ok())
-            && !out.contains(&d)
-        {
-            out.push(d);
-        }
-    }
-    Ok(out)
-}
-
-/// Checks that the host certificate `cert`, presented on a link, names
-/// every one of `domains` (the peer's host id's domain, the domains it
-/// announced, the domains routed to it).
-pub fn check_domains(cert: &CertificateDer<'_>, domains: &[Domain]) -> Result<(), CertError> {
-    let named = authorized_domains(cert)?;
-    match domains.iter().find(|d| !named.contains(d)) {
-        None => Ok(()),
-        Some(d) => Err(CertError::DomainNotNamed {
-            domain: *d,
-            names: webpki::EndEntityCert::try_from(cert)
-                .map(|ee| ee.valid_dns_names().collect::<Vec<_>>().join(", "))
-                .unwrap_or_default(),
-        }),
     }
 }
 
@@ -295,7 +133,7 @@ pub fn ensure_ca_with(dir: &Path, name: &str, lifetime: Lifetime) -> Result<bool
 }
 
 fn check_lifetime(l: Lifetime) -> Result<(), CertError> {
-    if unix(l.not_after) > tenet_card::clock::MAX_TIME {
+    if unix(l.not_after) > tenet_proto::time::MAX_TIME {
         return Err(CertError::TooLong);
     }
     match l.not_after.duration_since(l.not_before) {
@@ -311,8 +149,8 @@ fn unix(t: SystemTime) -> u64 {
 }
 
 /// The validity of the certificate `der` (seconds since the Unix epoch).
-pub fn validity(der: &[u8]) -> Result<tenet_voucher::certs::Validity, CertError> {
-    tenet_voucher::certs::validity(der).map_err(|e| CertError::Malformed(e.0))
+pub fn validity(der: &[u8]) -> Result<Validity, CertError> {
+    crate::check::validity(der).map_err(|e| CertError::Malformed(e.0))
 }
 
 /// Signs a leaf certificate for `subject_key` with the CA in `dir`, valid
@@ -333,7 +171,7 @@ fn sign_leaf(
     if ca_end < unix(SystemTime::now()) {
         return Err(CertError::CaExpired {
             dir: dir.to_owned(),
-            at: tenet_card::clock::Utc(ca_end).to_string(),
+            at: tenet_proto::time::Utc(ca_end).to_string(),
         });
     }
     check_lifetime(lifetime)?;
@@ -505,7 +343,7 @@ pub fn issue_entity_with(
         &spki,
         lifetime,
     )?;
-    let ca_der = rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes())
+    let ca_der = pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes())
         .map_err(|e| CertError::Pem(e.to_string()))?;
     Ok((c.der().to_vec(), ca_der.to_vec()))
 }
@@ -513,6 +351,7 @@ pub fn issue_entity_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::roles::{authorized_domains, check_domains, check_host_role};
     use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
 
     fn ca() -> tempfile::TempDir {
@@ -660,10 +499,7 @@ mod tests {
         let ttp2 =
             issue_entity_key_with(dir.path(), "ttp", d.owner(), Lifetime::days(800)).unwrap();
         assert_eq!(std::fs::read(&ttp2.key).unwrap(), ttp_key, "same key");
-        assert!(tenet_voucher::certs::same_key(
-            &der(&ttp.cert),
-            &der(&ttp2.cert)
-        ));
+        assert!(crate::same_key(&der(&ttp.cert), &der(&ttp2.cert)));
     }
 
     #[test]
