@@ -430,7 +430,7 @@ pub(crate) async fn core(messages: u64, echoes: u32) -> Result<Section> {
     let mut cfg = tenet_host::Config::default();
     cfg.host.socket = Some(dir.path().join("host.sock"));
     cfg.host.state_dir = Some(dir.path().join("state"));
-    let host = tenet_host::start(&cfg)
+    let host = tenet_voucher_app::start(&cfg)
         .await
         .context("starting the daemon")?;
     let socket = host.socket_path().to_owned();

@@ -39,12 +39,12 @@ use tenet_host::link::LinkStats;
 use tenet_proto::apdu::{Command, Response, StatusWord, tenet};
 use tenet_proto::card::{PinOutcome, PinStatus, VerifyPin};
 use tenet_proto::{Codec, Domain, EntityId, Filter, Message, Mtype, Port};
-use tenet_voucher::applet::{APPLET_ID, VoucherApplet, initial_data};
 use tenet_voucher::card::{MINT, VoucherCard};
 use tenet_voucher::model::{Amount, VoucherClass};
 use tenet_voucher::msg::{
     self, Agreement, Commitment, Confirmation, ExchangeId, Offer, StartExchange,
 };
+use tenet_voucher_app::applet::{APPLET_ID, VoucherApplet, initial_data};
 
 use crate::bench::summarize;
 use crate::bench_report::{Plot, Section, progress, ratio};
@@ -744,8 +744,8 @@ impl Ours {
             address: format!("127.0.0.1:{pa}"),
             domains: vec![],
         }];
-        let ha = tenet_host::start(&cfg_a).await.context("host A")?;
-        let hb = tenet_host::start(&cfg_b).await.context("host B")?;
+        let ha = tenet_voucher_app::start(&cfg_a).await.context("host A")?;
+        let hb = tenet_voucher_app::start(&cfg_b).await.context("host B")?;
         let (card_a, card_b) = (ca.owner(), cb.owner());
         wait_links(&hb, &[card_a]).await?;
         wait_links(&ha, &[card_b]).await?;

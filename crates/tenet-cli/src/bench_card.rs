@@ -113,7 +113,7 @@ mod with_pcsc {
         cfg.host.socket = Some(dir.join("host.sock"));
         cfg.host.state_dir = Some(dir.join("state"));
         cfg.card = card;
-        Ok(tenet_host::start(&cfg).await?)
+        Ok(tenet_voucher_app::start(&cfg).await?)
     }
 
     pub async fn run(rounds: u32, vpcd: &str, reader: &str) -> Result<Section> {

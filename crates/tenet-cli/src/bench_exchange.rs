@@ -15,10 +15,10 @@ use tenet_client::wallet::Wallet;
 use tenet_host::HostHandle;
 use tenet_host::config::{Config, PeerSection};
 use tenet_proto::{Domain, EntityId};
-use tenet_voucher::applet::verify_known;
 use tenet_voucher::crypto::Crypto;
 use tenet_voucher::model::{Amount, VoucherClass};
 use tenet_voucher::msg;
+use tenet_voucher_app::applet::verify_known;
 
 use crate::bench::{Summary, summarize, us};
 use crate::bench_baseline::Pki;
@@ -88,8 +88,8 @@ impl Setup {
             address: format!("127.0.0.1:{pa}"),
             domains: vec![],
         }];
-        let ha = tenet_host::start(&ca_cfg).await?;
-        let hb = tenet_host::start(&cb_cfg).await?;
+        let ha = tenet_voucher_app::start(&ca_cfg).await?;
+        let hb = tenet_voucher_app::start(&cb_cfg).await?;
         wait_links(&hb, &[dca.owner()]).await?;
         wait_links(&ha, &[dcb.owner()]).await?;
         Ok(Pair {

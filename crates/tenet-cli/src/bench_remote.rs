@@ -119,8 +119,8 @@ pub async fn run(echoes: u32) -> Result<Section> {
         address: format!("127.0.0.1:{pb}"),
         domains: Vec::new(),
     }];
-    let hb = tenet_host::start(&cb).await?;
-    let ha = tenet_host::start(&cfa).await?;
+    let hb = tenet_voucher_app::start(&cb).await?;
+    let ha = tenet_voucher_app::start(&cfa).await?;
     let mut tls_app = Capability::acquire(ha.socket_path()).await?;
     ready(&mut tls_app, db.owner()).await?;
 
@@ -157,8 +157,8 @@ pub async fn run(echoes: u32) -> Result<Section> {
         na.remote.nats = Some(section.clone());
         let mut nb = config(dir.path(), "nats-b", ndb);
         nb.remote.nats = Some(section);
-        let hna = tenet_host::start(&na).await?;
-        let hnb = tenet_host::start(&nb).await?;
+        let hna = tenet_voucher_app::start(&na).await?;
+        let hnb = tenet_voucher_app::start(&nb).await?;
         let mut app = Capability::acquire(hna.socket_path()).await?;
         ready(&mut app, ndb.owner()).await?;
         let client = async_nats::connect(url.as_str()).await?;

@@ -577,7 +577,7 @@ async fn card_vs_dbus(dir: &Path, n: u32) -> Result<Rtt> {
     cfg.host.socket = Some(dir.join("card.sock"));
     cfg.host.state_dir = Some(dir.join("card-state"));
     cfg.card.virtual_store = Some(store);
-    let host = tenet_host::start(&cfg)
+    let host = tenet_voucher_app::start(&cfg)
         .await
         .context("starting the daemon with the virtual card")?;
     let card = host.card_id().context("the daemon has no card")?;

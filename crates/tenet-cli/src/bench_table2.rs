@@ -18,8 +18,8 @@ use tenet_card::{Card, MemStore};
 use tenet_proto::apdu::{Command, Response, StatusWord, tenet};
 use tenet_proto::card::VerifyPin;
 use tenet_proto::{Codec, Domain, EntityId, Message, Mtype, Port};
-use tenet_voucher::applet::VoucherApplet;
 use tenet_voucher::card::MINT;
+use tenet_voucher_app::applet::VoucherApplet;
 
 use crate::bench_baseline::{IsoCard, PIN, Pki, STEPS, coffee, iso, start_exchange, ticket};
 use crate::bench_report::{Plot, Section, progress};

@@ -165,9 +165,9 @@ pub(crate) fn check_ttp(
     let data = card
         .state()
         .applets
-        .get(&tenet_voucher::applet::APPLET_ID)
+        .get(&tenet_voucher_app::applet::APPLET_ID)
         .map(Vec::as_slice);
-    tenet_voucher::applet::VoucherApplet::check_ttp(data, ttp)
+    tenet_voucher_app::applet::VoucherApplet::check_ttp(data, ttp)
         .with_context(|| format!("card {} (--ttp {ttp})", store.display()))
 }
 
@@ -251,8 +251,8 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
                     }
                     if let Some(t) = ttp {
                         card.provision(
-                            tenet_voucher::applet::APPLET_ID,
-                            tenet_voucher::applet::initial_data(t, ttp_cert.clone()),
+                            tenet_voucher_app::applet::APPLET_ID,
+                            tenet_voucher_app::applet::initial_data(t, ttp_cert.clone()),
                         )?;
                     }
                     Ok(card)
@@ -332,7 +332,7 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
             let voucher = card
                 .state()
                 .applets
-                .get(&tenet_voucher::applet::APPLET_ID)
+                .get(&tenet_voucher_app::applet::APPLET_ID)
                 .and_then(|d| tenet_voucher::card::VoucherCard::decode(d).ok());
             match voucher.as_ref().and_then(|v| v.ttp) {
                 Some(t) => println!(
@@ -377,7 +377,7 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
             if let Some(t) = ttp {
                 check_ttp(&card, &store, t)?;
             }
-            card.install(Box::new(tenet_voucher::applet::VoucherApplet::new(ttp)));
+            card.install(Box::new(tenet_voucher_app::applet::VoucherApplet::new(ttp)));
             eprintln!("card {} serving vpcd at {vpcd}", card.id());
             tenet_card::vpcd::serve(&mut card, &vpcd)?;
             Ok(ExitCode::SUCCESS)

@@ -142,8 +142,8 @@ pub(crate) fn make_card(
     let (cert, ca_der) = tenet_pki::issue_entity(ca, card.id(), &card.state().public_key.clone())?;
     card.install_certificates(cert, ca_der)?;
     card.provision(
-        tenet_voucher::applet::APPLET_ID,
-        tenet_voucher::applet::initial_data(ttp, Some(ttp_cert.to_vec())),
+        tenet_voucher_app::applet::APPLET_ID,
+        tenet_voucher_app::applet::initial_data(ttp, Some(ttp_cert.to_vec())),
     )?;
     Ok(store)
 }
@@ -200,7 +200,7 @@ pub async fn run(interrupt: Option<Step>, json: bool) -> Result<ExitCode> {
         pki_types::CertificateDer::from_pem_file(&ct.ttp.as_ref().context("TTP configured")?.cert)?
             .to_vec()
     };
-    let ht = tenet_host::start(&ct).await?;
+    let ht = tenet_voucher_app::start(&ct).await?;
 
     // Alice and Bob: a card each (key made on the card, certificate from the CA, the TTP's id).
     let mut ca_cfg = host_config(dir.path(), &ca, "alice", da, &[dca], pa)?;
@@ -235,8 +235,8 @@ pub async fn run(interrupt: Option<Step>, json: bool) -> Result<ExitCode> {
         .rules
         .push(rule);
     }
-    let ha = tenet_host::start(&ca_cfg).await?;
-    let hb = tenet_host::start(&cb_cfg).await?;
+    let ha = tenet_voucher_app::start(&ca_cfg).await?;
+    let hb = tenet_voucher_app::start(&cb_cfg).await?;
     wait_links(&hb, &[dca.owner(), ttp]).await?;
     wait_links(&ha, &[ttp]).await?;
 

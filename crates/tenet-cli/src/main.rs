@@ -591,7 +591,7 @@ async fn host(config: Option<PathBuf>, socket: PathBuf) -> Result<ExitCode> {
     if cfg.host.socket.is_none() {
         cfg.host.socket = Some(socket);
     }
-    let handle = tenet_host::start(&cfg).await?;
+    let handle = tenet_voucher_app::start(&cfg).await?;
     eprintln!(
         "tenet host {} listening on {}",
         handle.host_id(),

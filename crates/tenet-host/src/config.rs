@@ -11,7 +11,6 @@ use std::time::Duration;
 use serde::Deserialize;
 use tenet_dispatch::{Limits, RuleError, RuleGuard, RuleSpec, Share};
 use tenet_proto::{Domain, EntityId};
-use tenet_voucher::policy::Policy;
 
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -386,25 +385,17 @@ impl Config {
         self.domain()?;
         self.limits()?;
         RuleGuard::from_specs(&self.guard.rules)?;
-        self.offer_policy()?;
         self.card_wait()?;
         self.card_limits()?;
         self.card_ttp()?;
-        if let Some(t) = &self.ttp {
-            if t.postgres.is_some() && t.database.is_some() {
-                return Err(ConfigError::Value {
-                    key: "ttp",
-                    detail: "set either database (SQLite) or postgres, not both".into(),
-                });
-            }
-            if t.postgres.is_some() && !cfg!(feature = "postgres") {
-                return Err(ConfigError::Value {
-                    key: "ttp.postgres",
-                    detail:
-                        "this build has no PostgreSQL support; rebuild with `--features postgres`"
-                            .into(),
-                });
-            }
+        if let Some(t) = &self.ttp
+            && t.postgres.is_some()
+            && t.database.is_some()
+        {
+            return Err(ConfigError::Value {
+                key: "ttp",
+                detail: "set either database (SQLite) or postgres, not both".into(),
+            });
         }
         self.remote_checked()?;
         if self.card.virtual_store.is_some() && self.card.reader.is_some() {
@@ -704,22 +695,6 @@ impl Config {
         PathBuf::from(home).join(".local/state/tenet")
     }
 
-    /// `[guard.offers] policy`, parsed.
-    pub fn offer_policy(&self) -> Result<Option<Policy>, ConfigError> {
-        self.guard
-            .offers
-            .policy
-            .as_deref()
-            .map(|p| {
-                p.parse()
-                    .map_err(|e: tenet_voucher::policy::PolicyError| ConfigError::Value {
-                        key: "guard.offers.policy",
-                        detail: e.to_string(),
-                    })
-            })
-            .transpose()
-    }
-
     /// The rule guard made of `[[guard.rules]]`.
     pub fn rule_guard(&self) -> Result<RuleGuard, ConfigError> {
         Ok(RuleGuard::from_specs(&self.guard.rules)?)
@@ -951,17 +926,5 @@ mod tests {
             parse("[[guard.rules]]\naction = \"explode\""),
             Err(ConfigError::Rule(_))
         ));
-        assert!(matches!(
-            parse("[guard.offers]\npolicy = \"GIVE>=2:coffee\""),
-            Err(ConfigError::Value {
-                key: "guard.offers.policy",
-                ..
-            })
-        ));
-        let ok = parse(
-            "[guard.offers]\npolicy = \"GIVE>=2:cacacacacacacacacacacaca:coffee,WANT<=1:cbcbcbcbcbcbcbcbcbcbcbcb:ticket\"",
-        )
-        .unwrap();
-        assert_eq!(ok.offer_policy().unwrap().unwrap().give.quantity, 2);
     }
 }

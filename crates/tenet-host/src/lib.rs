@@ -15,10 +15,9 @@
 //!
 //! - [`remote`]: the remote proxy: links to other hosts over TLS, routing
 //!   by domain, reliable delivery across link breaks.
-//! - [`offers`]: the offer guard: offers to a local card held for its
-//!   acceptor app (option 2a).
-//! - [`ttp`]: the TTP service: the host entity decides recovery requests,
-//!   kept in SQLite.
+//! - [`plugin`]: what an application plugs in: card applets, card guards,
+//!   services of the host entity ([`HostBuilder`]). The host itself knows
+//!   no application.
 //! - [`nats`]: the NATS transport: subjects derived from domains, no routing
 //!   table; origin bound to the subject.
 
@@ -28,14 +27,14 @@ pub mod config;
 pub mod entity;
 pub mod link;
 pub mod nats;
-pub mod offers;
+pub mod plugin;
 mod proxy;
 pub mod remote;
 pub mod server;
 pub mod state;
-pub mod ttp;
 
 pub use config::{Config, ConfigError};
+pub use plugin::HostBuilder;
 pub use server::{HostError, HostHandle, start};
 
 /// True when the daemon runs as root.

@@ -32,7 +32,7 @@ use tenet_proto::card::CardInfo;
 
 use crate::config::{Config, ConfigError};
 use crate::link::{CardSession, InProcessLink, LinkStats};
-use crate::offers::OfferGuard;
+use crate::plugin::{AppletFactory, HostBuilder, HostSender, ServiceRoute};
 use crate::proxy::ProxyCmd;
 use crate::state::{self, PortAllocator, StateError};
 
@@ -83,29 +83,23 @@ pub enum HostError {
 
 /// Opens the configured card link, selects the applet and reads the card's
 /// info; waits up to `card.wait_secs` for a card in a PC/SC reader.
-async fn open_card(config: &Config) -> Result<Option<(CardSession, CardInfo)>, HostError> {
+async fn open_card(
+    config: &Config,
+    applets: Vec<AppletFactory>,
+) -> Result<Option<(CardSession, CardInfo)>, HostError> {
     let short = config.card.short_apdus.unwrap_or(false);
     let limits = config.card_limits()?;
-    let ttp = config.card_ttp()?;
     if let Some(path) = config.card.virtual_store.clone() {
         let opened = tokio::task::spawn_blocking(move || -> Result<_, HostError> {
             let store = FileStore::open(&path).map_err(|e| HostError::Card(crate::chain(&e)))?;
             let mut card = Card::open(store, limits, Box::new(SystemEntropy)).map_err(|e| {
                 HostError::Card(format!("{}: {}", path.display(), crate::chain(&e)))
             })?;
-            if let Some(t) = ttp {
-                // The host may only name the TTP the card was personalized
-                // for: a host owner cannot swap it.
-                let data = card
-                    .state()
-                    .applets
-                    .get(&tenet_voucher::applet::APPLET_ID)
-                    .map(Vec::as_slice);
-                tenet_voucher::applet::VoucherApplet::check_ttp(data, t).map_err(|e| {
-                    HostError::Card(format!("{}: [card] ttp = \"{t}\": {e}", path.display()))
-                })?;
+            for make in &applets {
+                let applet = make(card.state())
+                    .map_err(|e| HostError::Card(format!("{}: {e}", path.display())))?;
+                card.install(applet);
             }
-            card.install(Box::new(tenet_voucher::applet::VoucherApplet::new(ttp)));
             let mut session = CardSession::new(Box::new(InProcessLink::new(card)), short);
             let info = session
                 .reconnect()
@@ -185,16 +179,17 @@ pub(crate) struct Shared {
     pub(crate) table: Mutex<DispatchTable>,
     conns: Mutex<HashMap<EndpointId, Arc<Conn>>>,
     ports: Mutex<PortAllocator>,
-    domain: Domain,
+    pub(crate) domain: Domain,
     host_ep: EndpointId,
     allow_taps: bool,
     clock: Clock,
     card: Option<CardAttach>,
     pub(crate) remote: Option<Arc<crate::remote::Remote>>,
     pub(crate) nats: Option<Arc<crate::nats::Nats>>,
-    ttp: Option<std::sync::mpsc::SyncSender<Message>>,
-    /// Recovery requests refused because the TTP's queue was full.
-    pub(crate) ttp_busy: std::sync::atomic::AtomicU64,
+    /// The services of the host entity, by the mtypes they answer.
+    services: Vec<ServiceRoute>,
+    /// Requests refused because a service's queue was full.
+    pub(crate) service_busy: std::sync::atomic::AtomicU64,
     /// Ids acquired, limited per local user (uid), not per connection.
     acquires: Mutex<tenet_dispatch::KeyedBuckets<u32>>,
 }
@@ -207,6 +202,21 @@ struct CardAttach {
     stats: Arc<LinkStats>,
     link: String,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Shared {
+    /// Runs `f` on the dispatch table, then acts on the events it caused
+    /// (wakes readers, logs guard notes) with the table unlocked: the one
+    /// way host code changes the table.
+    pub(crate) fn with_core<R>(&self, f: impl FnOnce(&mut DispatchTable) -> R) -> R {
+        let (r, events) = {
+            let mut t = lock(&self.table);
+            let r = f(&mut t);
+            (r, drain_events(&mut t))
+        };
+        run_events(self, events);
+        r
+    }
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -294,9 +304,9 @@ impl HostHandle {
     /// already had `dispatch.per_destination` requests waiting for a
     /// decision, or more than that arrived during one decision (the
     /// hand-off to the TTP thread was full).
-    pub fn ttp_busy(&self) -> u64 {
+    pub fn service_busy(&self) -> u64 {
         self.shared
-            .ttp_busy
+            .service_busy
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
@@ -329,9 +339,25 @@ impl HostHandle {
     }
 }
 
-/// Starts a daemon from `config` on the current tokio runtime.
+/// Starts a daemon from `config` on the current tokio runtime, with no
+/// application plugged in ([`HostBuilder`] plugs them in).
 pub async fn start(config: &Config) -> Result<HostHandle, HostError> {
+    HostBuilder::new(config).start().await
+}
+
+pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, HostError> {
+    let HostBuilder {
+        config,
+        applets,
+        card_guards,
+        services,
+    } = plugins;
     config.validate()?;
+    if config.ttp.is_some() && services.is_empty() {
+        return Err(HostError::Ttp(
+            "[ttp] is configured, but this host runs no service of its entity; start it with the voucher application (tenet host, tenet ttp)".into(),
+        ));
+    }
     let state_dir = config.state_dir();
     state::ensure_dir(&state_dir)?;
     let domain = state::load_domain(&state_dir, config.domain()?)?;
@@ -345,7 +371,7 @@ pub async fn start(config: &Config) -> Result<HostHandle, HostError> {
     table
         .bind(host_ep, domain.owner())
         .expect("fresh table has no bindings");
-    let card = open_card(config).await?;
+    let card = open_card(config, applets).await?;
     let card_ep = match &card {
         Some((_, info)) if info.domain == domain => {
             return Err(HostError::Card(format!(
@@ -355,7 +381,9 @@ pub async fn start(config: &Config) -> Result<HostHandle, HostError> {
         }
         Some((_, info)) => {
             table.add_card(info.domain, info.privileged.iter().copied());
-            table.push_guard(Box::new(OfferGuard::new(config.offer_policy()?)));
+            for g in card_guards {
+                table.push_guard(g);
+            }
             let ep = table.add_endpoint();
             table
                 .bind(ep, info.domain.owner())
@@ -367,28 +395,21 @@ pub async fn start(config: &Config) -> Result<HostHandle, HostError> {
     let socket = config.socket_path();
     let listener = bind_socket(&socket, config.socket_mode()?)?;
     info!(socket = %socket.display(), host = %domain.owner(), guards = ?table.guard_names(), "host started");
-    // Opening the decision store may block (a PostgreSQL client runs its own
-    // runtime), so it happens off the async workers.
-    let ttp_parts = match config.ttp.clone() {
-        Some(t) => {
-            let dir = state_dir.clone();
-            Some(
-                tokio::task::spawn_blocking(move || crate::ttp::open(&t, &dir))
-                    .await
-                    .map_err(|e| HostError::Ttp(e.to_string()))??,
-            )
-        }
-        None => None,
-    };
-    let (ttp_tx, ttp_rx) = match ttp_parts {
-        Some(_) => {
-            // Requests waiting for a decision are bounded like any reader's
-            // queue; beyond that the requester is told to ask again.
-            let (tx, rx) = std::sync::mpsc::sync_channel(table.limits().per_destination);
-            (Some(tx), Some(rx))
-        }
-        None => (None, None),
-    };
+    // Requests waiting for a service are bounded like any reader's queue;
+    // beyond that the requester is told to ask again.
+    let per_destination = table.limits().per_destination;
+    let (routes, inboxes): (Vec<_>, Vec<_>) = services
+        .into_iter()
+        .map(|svc| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(per_destination);
+            let route = ServiceRoute {
+                name: svc.name().to_owned(),
+                mtypes: svc.mtypes(),
+                tx,
+            };
+            (route, (svc, rx))
+        })
+        .unzip();
     let mut my_domains = vec![domain];
     if let Some((_, info)) = &card {
         my_domains.push(info.domain);
@@ -429,19 +450,22 @@ pub async fn start(config: &Config) -> Result<HostHandle, HostError> {
         card: attach,
         remote: remote.map(Arc::new),
         nats,
-        ttp: ttp_tx,
-        ttp_busy: Default::default(),
+        services: routes,
+        service_busy: Default::default(),
         acquires: Mutex::new({
             let (rate, burst) = config.acquire_limit()?;
             tenet_dispatch::KeyedBuckets::new(rate, f64::from(burst))
         }),
     });
-    if let (Some((crypto, store)), Some(rx)) = (ttp_parts, ttp_rx) {
-        let (sh, me) = (shared.clone(), domain.owner());
+    for (svc, rx) in inboxes {
+        let host = HostSender {
+            shared: shared.clone(),
+        };
+        let name = svc.name().to_owned();
         std::thread::Builder::new()
-            .name("tenet-ttp".into())
-            .spawn(move || crate::ttp::run(sh, rx, crypto, store, me))
-            .map_err(|e| HostError::Ttp(format!("cannot start the TTP thread: {e}")))?;
+            .name(format!("tenet-{}", name.to_lowercase()))
+            .spawn(move || svc.run(rx, host))
+            .map_err(|e| HostError::Ttp(format!("cannot start the {name} thread: {e}")))?;
     }
     if let (Some((session, info)), Some(a)) = (card, &shared.card) {
         info!(card = %info.domain.owner(), link = %a.link, privileged = ?info.privileged, "card attached");
@@ -587,25 +611,27 @@ pub(crate) fn run_events(shared: &Shared, events: Vec<Event>) {
                 let mut t = lock(&shared.table);
                 let me = shared.domain.owner();
                 while let Some(d) = t.take(ep) {
-                    if d.message.mtype() == tenet_voucher::msg::RECOVERY_REQUEST
-                        && let Some(tx) = &shared.ttp
+                    if let Some(svc) = shared
+                        .services
+                        .iter()
+                        .find(|s| s.mtypes.contains(&d.message.mtype()))
                     {
-                        if let Err(e) = tx.try_send(d.message) {
+                        if let Err(e) = svc.tx.try_send(d.message) {
                             let m = match e {
                                 std::sync::mpsc::TrySendError::Full(m)
                                 | std::sync::mpsc::TrySendError::Disconnected(m) => m,
                             };
                             shared
-                                .ttp_busy
+                                .service_busy
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            warn!(requester = %m.src(), "TTP busy: recovery request refused");
+                            warn!(requester = %m.src(), service = %svc.name, "service busy: request refused");
                             let busy = Message::new(
                                 me,
                                 m.src(),
                                 Mtype::REFUSED,
                                 Refused {
                                     mtype: m.mtype(),
-                                    text: "the TTP is busy; ask again later".into(),
+                                    text: format!("the {} is busy; ask again later", svc.name),
                                 }
                                 .to_bytes(),
                             );

@@ -7,8 +7,9 @@
 //!   quantity per class), balances, `h`.
 //! - [`msg`]: the exchange's messages `m1`-`m4`, recovery requests and
 //!   admissions, with their mtypes and signed bytes.
-//! - [`certs`]: the certificate checks of cards and the TTP (chain,
-//!   validity at the card's time, names, the pinned TTP).
+//! - [`certs`]: whether a host may name the TTP of a card (the TTP
+//!   installed and pinned at personalization); the certificate checks
+//!   themselves are `tenet_pki`'s.
 //! - [`crypto`]: the [`Crypto`](crypto::Crypto) interface (sign, verify
 //!   with certificate, randomness) and a deterministic test stand-in.
 //! - [`card`]: what a card does with each message ([`card::VoucherCard`]).
@@ -26,7 +27,6 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod applet;
 pub mod card;
 pub mod certs;
 pub mod crypto;

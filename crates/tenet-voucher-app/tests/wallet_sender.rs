@@ -14,12 +14,12 @@ use tenet_host::{Config, HostHandle};
 use tenet_pki::{ensure_ca, issue_entity};
 use tenet_proto::notice::{Refused, Undeliverable, UndeliverableReason};
 use tenet_proto::{Codec, Domain, Mtype};
-use tenet_voucher::applet::{APPLET_ID, initial_data};
 use tenet_voucher::card::{
     BALANCE_REQUEST, BALANCES, EXCHANGES, EXCHANGES_REQUEST, Phase, encode_balances,
 };
 use tenet_voucher::model::{Amount, Balances, VoucherClass};
 use tenet_voucher::msg::{self, Offer};
+use tenet_voucher_app::applet::{APPLET_ID, initial_data};
 
 mod support;
 
@@ -72,7 +72,7 @@ async fn host_with_voucher_card(dir: &Path, k: Domain) -> HostHandle {
     c.host.domain = Some(dom(0xa1).to_string());
     c.card.virtual_store = Some(make_card(dir, &ca, k));
     c.card.ttp = Some(dom(0x77).owner().to_string());
-    tenet_host::start(&c).await.unwrap()
+    tenet_voucher_app::start(&c).await.unwrap()
 }
 
 /// A rogue app stores fake answers and notices for the wallet before the

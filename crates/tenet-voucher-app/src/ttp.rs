@@ -8,7 +8,7 @@
 //!   bounded by `dispatch.per_destination` per domain, and the domains take
 //!   turns, one request a turn. A request beyond its domain's bound is not
 //!   kept: its sender gets a `refused` notice ("the TTP is busy"), and it
-//!   is logged and counted ([`crate::HostHandle::ttp_busy`]).
+//!   is logged and counted ([`tenet_host::HostHandle::service_busy`]).
 //! - each request first gets the checks that cost no cryptography (the
 //!   sender is the party entitled to it, sizes, the agreement fits the
 //!   offer), then the signature verifications and the decision.
@@ -24,12 +24,9 @@
 //! the same signed admission back, byte for byte.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::mpsc::Receiver;
-use std::time::Instant;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
-use tenet_dispatch::Ingress;
 use tenet_proto::notice::Refused;
 use tenet_proto::{Codec, EntityId, Message, Mtype};
 use tenet_voucher::crypto::{Crypto, KeyCrypto};
@@ -37,7 +34,8 @@ use tenet_voucher::msg::{self, Admission, ExchangeId, RecoveryRequest};
 use tenet_voucher::ttp::{DecisionStore, FairQueue, Full, handle_request};
 use tracing::{info, warn};
 
-use crate::server::{HostError, Shared, drain_events, lock, run_events};
+use tenet_host::config::TtpSection;
+use tenet_host::plugin::{EntityService, HostSender};
 
 /// Decisions in a SQLite database.
 pub struct SqliteDecisions {
@@ -669,95 +667,134 @@ mod pg_tls {
     }
 }
 
-/// Opens the TTP's keys and decision store from the config.
-pub(crate) fn open(
-    cfg: &crate::config::TtpSection,
-    state_dir: &Path,
-) -> Result<(KeyCrypto, Box<dyn DecisionStore + Send>), HostError> {
-    let read =
-        |p: &Path| std::fs::read(p).map_err(|e| HostError::Ttp(format!("{}: {e}", p.display())));
-    let crypto = KeyCrypto::from_pem(&read(&cfg.key)?, &read(&cfg.cert)?, &read(&cfg.ca)?)
-        .map_err(|e| HostError::Ttp(e.to_string()))?;
-    #[cfg(feature = "postgres")]
-    if let Some(conn) = &cfg.postgres {
-        let store = PgDecisions::connect(conn).map_err(HostError::Ttp)?;
-        info!("TTP decisions in PostgreSQL");
-        return Ok((crypto, Box::new(store)));
-    }
-    let db = cfg
-        .database
-        .clone()
-        .unwrap_or_else(|| state_dir.join("ttp.sqlite"));
-    let store = SqliteDecisions::open(&db).map_err(HostError::Ttp)?;
-    info!(database = %db.display(), "TTP decisions in SQLite");
-    Ok((crypto, Box::new(store)))
+/// Why the TTP cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum TtpError {
+    /// A key or certificate file cannot be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The key, certificate or CA is unusable.
+    #[error("{0}")]
+    Keys(String),
+    /// The decision store cannot be opened.
+    #[error("{0}")]
+    Store(String),
 }
 
-/// The TTP thread: decides the recovery requests sent to the host entity,
-/// one domain's at a time in turn.
-///
-/// Requests come from the routing side through a hand-off channel bounded
-/// by `dispatch.per_destination` (beyond it routing refuses them as busy).
-/// Before each decision the thread moves everything that arrived during the
-/// last one into its domain's queue, so the channel's order never decides
-/// who waits: a request that arrived during a decision is decided after at
-/// most one request of each other domain.
+/// The TTP service: the host entity's answers to recovery requests.
+pub struct TtpService {
+    crypto: KeyCrypto,
+    store: Box<dyn DecisionStore + Send>,
+}
+
+impl TtpService {
+    /// Opens the TTP's keys and decision store from the config (`[ttp]`;
+    /// the SQLite default is `STATE_DIR/ttp.sqlite`). Opening the store
+    /// may block (a PostgreSQL client runs its own runtime): call it off
+    /// the async workers.
+    pub fn open(cfg: &TtpSection, state_dir: &Path) -> Result<Self, TtpError> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|source| TtpError::Read {
+                path: p.to_owned(),
+                source,
+            })
+        };
+        let crypto = KeyCrypto::from_pem(&read(&cfg.key)?, &read(&cfg.cert)?, &read(&cfg.ca)?)
+            .map_err(|e| TtpError::Keys(e.to_string()))?;
+        #[cfg(feature = "postgres")]
+        if let Some(conn) = &cfg.postgres {
+            let store = PgDecisions::connect(conn).map_err(TtpError::Store)?;
+            info!("TTP decisions in PostgreSQL");
+            return Ok(Self {
+                crypto,
+                store: Box::new(store),
+            });
+        }
+        let db = cfg
+            .database
+            .clone()
+            .unwrap_or_else(|| state_dir.join("ttp.sqlite"));
+        let store = SqliteDecisions::open(&db).map_err(TtpError::Store)?;
+        info!(database = %db.display(), "TTP decisions in SQLite");
+        Ok(Self {
+            crypto,
+            store: Box::new(store),
+        })
+    }
+}
+
 /// Requests waiting for a decision over all domains, in units of the bound
 /// of one domain: a flood from many domains (a certificate naming many, a
 /// broker without per-host permissions) is refused as busy beyond it.
-pub(crate) const TOTAL_WAITING_DOMAINS: usize = 4;
+pub const TOTAL_WAITING_DOMAINS: usize = 4;
 
-pub(crate) fn run(
-    shared: Arc<Shared>,
-    rx: Receiver<Message>,
-    mut crypto: KeyCrypto,
-    mut store: Box<dyn DecisionStore + Send>,
-    me: EntityId,
-) {
-    // Each domain may have as many requests waiting as any reader of the
-    // dispatch table; so many also fill the hand-off channel.
-    let per_destination = lock(&shared.table).limits().per_destination;
-    // However many domains flood at once, at most this many wait in all.
-    let mut queue = FairQueue::with_total(per_destination, TOTAL_WAITING_DOMAINS * per_destination);
-    loop {
-        let first = match queue.is_empty() {
-            true => match rx.recv() {
-                Ok(m) => Some(m),
-                Err(_) => return,
-            },
-            false => None,
-        };
-        let arrived = first
-            .into_iter()
-            .chain(std::iter::from_fn(|| rx.try_recv().ok()).take(per_destination));
-        let mut busy = Vec::new();
-        for m in arrived {
-            if let Err(full) = queue.push(m.src().domain(), m) {
-                busy.push(full);
+impl EntityService for TtpService {
+    fn name(&self) -> &str {
+        "TTP"
+    }
+
+    fn mtypes(&self) -> Vec<Mtype> {
+        vec![msg::RECOVERY_REQUEST]
+    }
+
+    /// The TTP thread: decides the recovery requests sent to the host
+    /// entity, one domain's at a time in turn.
+    ///
+    /// Requests come from the routing side through a hand-off channel
+    /// bounded by `dispatch.per_destination` (beyond it routing refuses
+    /// them as busy). Before each decision the thread moves everything that
+    /// arrived during the last one into its domain's queue, so the
+    /// channel's order never decides who waits: a request that arrived
+    /// during a decision is decided after at most one request of each other
+    /// domain.
+    fn run(self: Box<Self>, rx: Receiver<Message>, host: HostSender) {
+        let Self {
+            mut crypto,
+            mut store,
+        } = *self;
+        let me = host.id();
+        // Each domain may have as many requests waiting as any reader of the
+        // dispatch table; so many also fill the hand-off channel.
+        let per_destination = host.per_destination();
+        // However many domains flood at once, at most this many wait in all.
+        let mut queue =
+            FairQueue::with_total(per_destination, TOTAL_WAITING_DOMAINS * per_destination);
+        loop {
+            let first = match queue.is_empty() {
+                true => match rx.recv() {
+                    Ok(m) => Some(m),
+                    Err(_) => return,
+                },
+                false => None,
+            };
+            let arrived = first
+                .into_iter()
+                .chain(std::iter::from_fn(|| rx.try_recv().ok()).take(per_destination));
+            let mut busy = Vec::new();
+            for m in arrived {
+                if let Err(full) = queue.push(m.src().domain(), m) {
+                    busy.push(full);
+                }
             }
-        }
-        if !busy.is_empty() {
-            refuse_busy(&shared, me, busy);
-        }
-        let Some((_, m)) = queue.pop() else { continue };
-        let reply = answer(&mut crypto, store.as_mut(), me, &m);
-        let events = {
-            let mut t = lock(&shared.table);
-            if let Err(e) = t.store(Ingress::Internal, reply, Instant::now()) {
-                warn!(error = %e, "TTP answer not stored");
+            if !busy.is_empty() {
+                refuse_busy(&host, me, busy);
             }
-            drain_events(&mut t)
-        };
-        run_events(&shared, events);
+            let Some((_, m)) = queue.pop() else { continue };
+            let reply = answer(&mut crypto, store.as_mut(), me, &m);
+            host.send([reply]);
+        }
     }
 }
 
 /// Tells the senders of requests beyond their domain's bound that the TTP
 /// is busy, and counts them.
-fn refuse_busy(shared: &Shared, me: EntityId, refused: Vec<Full<Message>>) {
-    shared
-        .ttp_busy
-        .fetch_add(refused.len() as u64, std::sync::atomic::Ordering::Relaxed);
+fn refuse_busy(host: &HostSender, me: EntityId, refused: Vec<Full<Message>>) {
+    host.count_busy(refused.len() as u64);
     let mut domains = std::collections::BTreeMap::<_, u64>::new();
     for full in &refused {
         *domains.entry((full.domain, full.bound)).or_default() += 1;
@@ -770,28 +807,20 @@ fn refuse_busy(shared: &Shared, me: EntityId, refused: Vec<Full<Message>>) {
             "TTP busy: recovery requests beyond their domain's queue, or all queues together, refused"
         );
     }
-    let events = {
-        let mut t = lock(&shared.table);
-        for full in refused {
-            let src = full.request.src();
-            let text = format!("the TTP is busy: {full}; ask again later");
-            let notice = Message::new(
-                me,
-                src,
-                Mtype::REFUSED,
-                Refused {
-                    mtype: msg::RECOVERY_REQUEST,
-                    text,
-                }
-                .to_bytes(),
-            );
-            if let Err(e) = t.store(Ingress::Internal, notice, Instant::now()) {
-                warn!(error = %e, to = %src, "TTP busy notice not stored");
+    host.send(refused.into_iter().map(|full| {
+        let src = full.request.src();
+        let text = format!("the TTP is busy: {full}; ask again later");
+        Message::new(
+            me,
+            src,
+            Mtype::REFUSED,
+            Refused {
+                mtype: msg::RECOVERY_REQUEST,
+                text,
             }
-        }
-        drain_events(&mut t)
-    };
-    run_events(shared, events);
+            .to_bytes(),
+        )
+    }));
 }
 
 /// The TTP's answer to the request `m`: an admission, or a `refused` notice

@@ -10,12 +10,12 @@ use tenet_proto::card::{SetTime, VerifyPin};
 use tenet_proto::codec::Codec;
 use tenet_proto::notice::Refused;
 use tenet_proto::{Domain, EntityId, Message, Mtype, Port};
-use tenet_voucher::applet::VoucherApplet;
 use tenet_voucher::card::MINT;
 use tenet_voucher::crypto::KeyCrypto;
 use tenet_voucher::model::{Amount, VoucherClass};
 use tenet_voucher::msg::{self, RecoveryRequest, StartExchange};
 use tenet_voucher::ttp::{MemoryDecisions, handle_request};
+use tenet_voucher_app::applet::VoucherApplet;
 
 const A: u8 = 0xaa;
 const B: u8 = 0xbb;
@@ -134,8 +134,8 @@ impl World {
             .unwrap();
             c.install_certificates(cert, ca_der).unwrap();
             c.provision(
-                tenet_voucher::applet::APPLET_ID,
-                tenet_voucher::applet::initial_data(ttp_id, Some(ttp_cert.clone())),
+                tenet_voucher_app::applet::APPLET_ID,
+                tenet_voucher_app::applet::initial_data(ttp_id, Some(ttp_cert.clone())),
             )
             .unwrap();
             c.install(Box::new(VoucherApplet::default()));
@@ -299,7 +299,7 @@ impl World {
     fn balances(&self) -> [u64; 4] {
         let st = |c: &Card<MemStore>| {
             tenet_voucher::card::VoucherCard::decode(
-                &c.state().applets[&tenet_voucher::applet::APPLET_ID],
+                &c.state().applets[&tenet_voucher_app::applet::APPLET_ID],
             )
             .unwrap()
         };
@@ -340,7 +340,7 @@ fn lost_confirmation_resolved_with_the_ttps_signed_admission() {
         w.step(m);
     }
     let st = tenet_voucher::card::VoucherCard::decode(
-        &w.a.state().applets[&tenet_voucher::applet::APPLET_ID],
+        &w.a.state().applets[&tenet_voucher_app::applet::APPLET_ID],
     )
     .unwrap();
     let id = *st.pending().next().unwrap().0;
@@ -352,7 +352,7 @@ fn lost_confirmation_resolved_with_the_ttps_signed_admission() {
     ));
     w.run();
     let stb = tenet_voucher::card::VoucherCard::decode(
-        &w.b.state().applets[&tenet_voucher::applet::APPLET_ID],
+        &w.b.state().applets[&tenet_voucher_app::applet::APPLET_ID],
     )
     .unwrap();
     let idb = *stb.pending().next().unwrap().0;
@@ -506,7 +506,7 @@ fn queries_answer_from_the_state_and_store_nothing() {
     w.run();
     let model = tenet_card::timing::TimingModel::paper_card();
     w.a.set_meter(Some(model.meter()));
-    let stored = w.a.state().applets[&tenet_voucher::applet::APPLET_ID].clone();
+    let stored = w.a.state().applets[&tenet_voucher_app::applet::APPLET_ID].clone();
     let ask = |w: &mut World, mtype: Mtype, param: Vec<u8>| {
         let m = Message::new(wallet(A), dom(A).owner(), mtype, param);
         deliver_to(&mut w.a, &m)
@@ -535,7 +535,7 @@ fn queries_answer_from_the_state_and_store_nothing() {
     assert_eq!(out[0].mtype(), Mtype::REFUSED);
     assert_eq!(commits(&w.a), 0, "no query wrote the store");
     assert_eq!(
-        w.a.state().applets[&tenet_voucher::applet::APPLET_ID],
+        w.a.state().applets[&tenet_voucher_app::applet::APPLET_ID],
         stored,
         "the stored data is unchanged"
     );

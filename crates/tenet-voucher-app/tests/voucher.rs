@@ -12,10 +12,10 @@ use tenet_host::config::{PeerSection, TtpSection};
 use tenet_host::{Config, HostHandle};
 use tenet_pki::{ensure_ca, issue_entity, issue_entity_key, issue_host};
 use tenet_proto::{Domain, EntityId};
-use tenet_voucher::applet::{APPLET_ID, initial_data};
 use tenet_voucher::card::{ExchangeSummary, Phase};
 use tenet_voucher::model::{Amount, VoucherClass};
 use tenet_voucher::msg;
+use tenet_voucher_app::applet::{APPLET_ID, initial_data};
 
 mod support;
 use support::{WAIT, free_port};
@@ -119,7 +119,7 @@ async fn interrupted_exchange(postgres: Option<String>) {
         database,
         postgres: postgres.clone(),
     });
-    let ht = tenet_host::start(&ct).await.unwrap();
+    let ht = tenet_voucher_app::start(&ct).await.unwrap();
 
     let mut ca_cfg = base(dir.path(), "a", da, &ca, &[da, ca_dom], pa);
     ca_cfg.card.virtual_store = Some(card(dir.path(), &ca, ca_dom));
@@ -128,7 +128,7 @@ async fn interrupted_exchange(postgres: Option<String>) {
         address: format!("127.0.0.1:{pt}"),
         domains: vec![],
     }];
-    let ha = tenet_host::start(&ca_cfg).await.unwrap();
+    let ha = tenet_voucher_app::start(&ca_cfg).await.unwrap();
 
     let mut cb_cfg = base(dir.path(), "b", db, &ca, &[db, cb_dom], pb);
     cb_cfg.card.virtual_store = Some(card(dir.path(), &ca, cb_dom));
@@ -150,7 +150,7 @@ async fn interrupted_exchange(postgres: Option<String>) {
         )
         .unwrap(),
     ];
-    let hb = tenet_host::start(&cb_cfg).await.unwrap();
+    let hb = tenet_voucher_app::start(&cb_cfg).await.unwrap();
 
     let (card_a, card_b) = (ca_dom.owner(), cb_dom.owner());
     // Wait for the links: B reaches A's card and the TTP.
@@ -254,7 +254,7 @@ async fn interrupted_exchange(postgres: Option<String>) {
     // the card's store, listed by a new wallet, and recovered.
     drop(wa);
     ha.shutdown().await;
-    let ha = tenet_host::start(&ca_cfg).await.unwrap();
+    let ha = tenet_voucher_app::start(&ca_cfg).await.unwrap();
     let mut wa = wallet(&ha, card_a).await;
     let pending: Vec<_> = wa
         .exchanges()
@@ -292,7 +292,7 @@ async fn interrupted_exchange(postgres: Option<String>) {
         "B has v2 back"
     );
     if postgres.is_none() {
-        let decided = tenet_host::ttp::SqliteDecisions::open(&dir.path().join("ttp.sqlite"))
+        let decided = tenet_voucher_app::ttp::SqliteDecisions::open(&dir.path().join("ttp.sqlite"))
             .unwrap()
             .count()
             .unwrap();
@@ -320,7 +320,7 @@ async fn offers_to_a_merchant_card_are_held_by_its_hosts_guard() {
     let mut ca_cfg = base(dir.path(), "a", da, &ca, &[da, ca_dom], pa);
     ca_cfg.card.virtual_store = Some(card(dir.path(), &ca, ca_dom));
     ca_cfg.card.ttp = Some(ttp.to_string());
-    let ha = tenet_host::start(&ca_cfg).await.unwrap();
+    let ha = tenet_voucher_app::start(&ca_cfg).await.unwrap();
     let mut cb_cfg = base(dir.path(), "b", db, &ca, &[db, cb_dom], pb);
     cb_cfg.card.virtual_store = Some(card(dir.path(), &ca, cb_dom));
     cb_cfg.card.ttp = Some(ttp.to_string());
@@ -329,7 +329,7 @@ async fn offers_to_a_merchant_card_are_held_by_its_hosts_guard() {
         domains: vec![],
     }];
     cb_cfg.guard.offers.policy = Some(format!("GIVE>=2:{ca_dom}:coffee,WANT<=1:{cb_dom}:ticket"));
-    let hb = tenet_host::start(&cb_cfg).await.unwrap();
+    let hb = tenet_voucher_app::start(&cb_cfg).await.unwrap();
     let (card_a, card_b) = (ca_dom.owner(), cb_dom.owner());
     let mut probe = Capability::acquire(hb.socket_path()).await.unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;

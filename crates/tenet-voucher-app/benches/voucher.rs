@@ -9,10 +9,10 @@ use tenet_card::{Card, CardLimits, MemStore, Personalization, SeededEntropy};
 use tenet_proto::apdu::{Command, Response, tenet};
 use tenet_proto::card::VerifyPin;
 use tenet_proto::{Codec, Domain, EntityId, Message, Mtype, Port};
-use tenet_voucher::applet::{APPLET_ID, VoucherApplet, initial_data};
 use tenet_voucher::card::{BALANCE_REQUEST, BALANCES, MINT};
 use tenet_voucher::model::{Amount, VoucherClass};
 use tenet_voucher::msg::{Agreement, ExchangeId, Offer};
+use tenet_voucher_app::applet::{APPLET_ID, VoucherApplet, initial_data};
 
 const A: Domain = Domain::new([0xaa; 12]);
 const B: Domain = Domain::new([0xbb; 12]);

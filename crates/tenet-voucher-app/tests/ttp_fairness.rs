@@ -149,11 +149,11 @@ async fn an_honest_resolve_overtakes_a_flood_of_bogus_requests() {
         database: Some(database.clone()),
         postgres: None,
     });
-    let ht = tenet_host::start(&ct).await.unwrap();
-    let hm = tenet_host::start(&host(dir.path(), &ca, "m", dm, free_port(), &[pt]))
+    let ht = tenet_voucher_app::start(&ct).await.unwrap();
+    let hm = tenet_voucher_app::start(&host(dir.path(), &ca, "m", dm, free_port(), &[pt]))
         .await
         .unwrap();
-    let ha = tenet_host::start(&host(dir.path(), &ca, "a", da, free_port(), &[pt]))
+    let ha = tenet_voucher_app::start(&host(dir.path(), &ca, "a", da, free_port(), &[pt]))
         .await
         .unwrap();
     let mut flooder = Capability::acquire(hm.socket_path()).await.unwrap();
@@ -285,8 +285,8 @@ async fn an_honest_resolve_overtakes_a_flood_of_bogus_requests() {
         let m = tapped(&mut tap).await;
         count(&m, &mut arrived, &mut answered);
     }
-    assert_eq!(ht.ttp_busy(), 0);
-    let decided = tenet_host::ttp::SqliteDecisions::open(&database)
+    assert_eq!(ht.service_busy(), 0);
+    let decided = tenet_voucher_app::ttp::SqliteDecisions::open(&database)
         .unwrap()
         .count()
         .unwrap();

@@ -17,12 +17,14 @@ use tenet_card::{Applet, AppletCx, Refusal};
 use tenet_proto::codec::Codec;
 use tenet_proto::{EntityId, Message, Mtype};
 
-use crate::card::{BALANCE_REQUEST, Ctx, EXCHANGES_REQUEST, MINT, SET_ACCEPTOR, VoucherCard};
-use crate::certs::TtpSwap;
-use crate::crypto::{Crypto, VerifyError};
-use crate::msg;
 use tenet_pki::cache::CheckedCertificates;
 use tenet_pki::{check_validity, validity, verify_at};
+use tenet_voucher::card::{
+    BALANCE_REQUEST, Ctx, EXCHANGES_REQUEST, MINT, SET_ACCEPTOR, VoucherCard,
+};
+use tenet_voucher::certs::TtpSwap;
+use tenet_voucher::crypto::{Crypto, VerifyError};
+use tenet_voucher::msg;
 
 pub use tenet_pki::{verify_known, verify_with_ca};
 
@@ -111,7 +113,7 @@ impl VoucherApplet {
     }
 
     /// Checks, at startup, that the TTP a host names for its card is the
-    /// one the card was personalized for ([`crate::certs::check_ttp`]):
+    /// one the card was personalized for ([`tenet_voucher::certs::check_ttp`]):
     /// `data` is the applet's stored data (`CardState::applets`), absent
     /// on a card personalized without a TTP.
     pub fn check_ttp(data: Option<&[u8]>, wanted: EntityId) -> Result<(), TtpSwap> {
@@ -119,7 +121,7 @@ impl VoucherApplet {
             .filter(|d| !d.is_empty())
             .and_then(|d| VoucherCard::decode(d).ok())
             .unwrap_or_default();
-        crate::certs::check_ttp(state.ttp, state.ttp_certificate.as_deref(), wanted)
+        tenet_voucher::certs::check_ttp(state.ttp, state.ttp_certificate.as_deref(), wanted)
     }
 
     /// The applet remembering up to `n` checked certificates instead of
@@ -214,7 +216,7 @@ impl Applet for VoucherApplet {
                 .as_ref()
                 .is_some_and(|(t, c)| *t == ttp && c.as_deref() == pinned);
             if !checked {
-                crate::certs::check_ttp(state.ttp, pinned, wanted)
+                tenet_voucher::certs::check_ttp(state.ttp, pinned, wanted)
                     .map_err(|e| Refusal(e.to_string()))?;
                 self.ttp_checked = Some((ttp, pinned.map(<[u8]>::to_vec)));
             }
@@ -247,7 +249,7 @@ impl Applet for VoucherApplet {
             }
             return Ok(());
         }
-        let hashed_before = crate::model::h_blocks();
+        let hashed_before = tenet_voucher::model::h_blocks();
         let outs = {
             let mut crypto = CardCrypto {
                 cx,
@@ -263,7 +265,7 @@ impl Applet for VoucherApplet {
                 .handle(&mut ctx, m.src(), m.mtype(), &m.param)
                 .map_err(|r| Refusal(r.0))?
         };
-        cx.count_hash_blocks(crate::model::h_blocks() - hashed_before);
+        cx.count_hash_blocks(tenet_voucher::model::h_blocks() - hashed_before);
         cx.data.clear();
         state.encode(cx.data);
         self.cache = Some((cx.data.clone(), state));

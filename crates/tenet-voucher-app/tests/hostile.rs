@@ -51,7 +51,6 @@ use tenet_proto::tlv::{self, Fields, Tag};
 use tenet_proto::{
     Codec, DecodeError, Domain, EntityId, Filter, Header, MAX_MESSAGE_LEN, Message, Mtype, Port,
 };
-use tenet_voucher::applet::{APPLET_ID, VoucherApplet, initial_data, verify_with_ca};
 use tenet_voucher::card::{
     self as vcard, Exchange, ExchangeSummary, Phase, Role, VoucherCard, decode_balances,
     decode_exchanges, encode_balances,
@@ -63,6 +62,7 @@ use tenet_voucher::msg::{
     StartExchange,
 };
 use tenet_voucher::policy::Policy;
+use tenet_voucher_app::applet::{APPLET_ID, VoucherApplet, initial_data, verify_with_ca};
 
 // ---------------------------------------------------------------------------
 // Counting allocator

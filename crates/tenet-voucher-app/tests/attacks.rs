@@ -22,10 +22,10 @@ use tenet_proto::frame::{begin_frame, finish_frame, split_frame};
 use tenet_proto::link::{LinkFrame, MAX_LINK_FRAME};
 use tenet_proto::notice::Refused;
 use tenet_proto::{Codec, Domain, EntityId, Filter, MAX_MESSAGE_LEN, Message, Mtype, Port};
-use tenet_voucher::applet::{APPLET_ID, initial_data};
 use tenet_voucher::card::{BALANCE_REQUEST, EXCHANGES_REQUEST, MINT, SET_ACCEPTOR, VoucherCard};
 use tenet_voucher::model::{Amount, VoucherClass};
 use tenet_voucher::msg::{self, Agreement, ExchangeId, Kind, Offer, RecoveryRequest};
+use tenet_voucher_app::applet::{APPLET_ID, initial_data};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -299,11 +299,11 @@ async fn a_peer_forging_another_hosts_src_is_dropped_and_that_host_still_gets_th
     let (pa, pb) = (free_port(), free_port());
     let mut ca_cfg = config(dir.path(), "a", da);
     with_tls(&mut ca_cfg, &ca, "a", &[da], pa);
-    let ha = tenet_host::start(&ca_cfg).await.unwrap();
+    let ha = tenet_voucher_app::start(&ca_cfg).await.unwrap();
     let mut cb = config(dir.path(), "b", db);
     with_tls(&mut cb, &ca, "b", &[db], pb);
     dial(&mut cb, pa);
-    let hb = tenet_host::start(&cb).await.unwrap();
+    let hb = tenet_voucher_app::start(&cb).await.unwrap();
     let mut on_a = app(&ha).await;
     let mut on_b = app(&hb).await;
     echo_eventually(&mut on_b, da.owner()).await;
@@ -363,7 +363,7 @@ async fn a_peer_forging_another_hosts_src_is_dropped_and_that_host_still_gets_th
 async fn a_local_app_cannot_act_under_an_authenticated_apps_id() {
     let dir = tempfile::tempdir().unwrap();
     let (k, cfg) = host_with_card(dir.path());
-    let h = tenet_host::start(&cfg).await.unwrap();
+    let h = tenet_voucher_app::start(&cfg).await.unwrap();
     let mut alice = app(&h).await;
     assert_eq!(
         pin(&mut alice, k.owner(), Mtype::VERIFY_PIN, verify_pin(PIN))
@@ -446,7 +446,7 @@ async fn privileged_orders_from_an_unauthenticated_app_are_refused_and_change_no
     ensure_ca(&ca, "test CA").unwrap();
     let k = dom(0xca);
     let (cfg, card) = voucher_host(dir.path(), &ca, dom(0xa1), k);
-    let h = tenet_host::start(&cfg).await.unwrap();
+    let h = tenet_voucher_app::start(&cfg).await.unwrap();
     let mut w = Wallet::open(app(&h).await, k.owner(), PIN).await.unwrap();
     w.mint(amount(k, "coffee", 5)).await.unwrap();
     let before = w.balances().await.unwrap();
@@ -509,7 +509,7 @@ async fn privileged_orders_from_an_unauthenticated_app_are_refused_and_change_no
 async fn a_tap_never_shows_a_pin_or_puk() {
     let dir = tempfile::tempdir().unwrap();
     let (k, cfg) = host_with_card(dir.path());
-    let h = tenet_host::start(&cfg).await.unwrap();
+    let h = tenet_voucher_app::start(&cfg).await.unwrap();
     let mut mallory = app(&h).await;
     let tap = mallory.tap(Filter::to(k.owner())).await.unwrap();
     let mut alice = app(&h).await;
@@ -581,7 +581,7 @@ async fn pin_guessing_is_stopped_across_connections_and_restarts() {
         ids.push(c.id());
         pin(&mut c, k.owner(), Mtype::VERIFY_PIN, verify_pin(p)).await
     };
-    let h = tenet_host::start(&cfg).await.unwrap();
+    let h = tenet_voucher_app::start(&cfg).await.unwrap();
     let status = |outcome, tries_left| PinStatus {
         outcome,
         tries_left,
@@ -589,7 +589,7 @@ async fn pin_guessing_is_stopped_across_connections_and_restarts() {
     assert_eq!(guess(&h, b"0000").await, status(PinOutcome::Wrong, 2));
     assert_eq!(guess(&h, b"1111").await, status(PinOutcome::Wrong, 1));
     h.shutdown().await;
-    let h = tenet_host::start(&cfg).await.unwrap();
+    let h = tenet_voucher_app::start(&cfg).await.unwrap();
     assert_eq!(guess(&h, b"2222").await, status(PinOutcome::Blocked, 0));
     assert_eq!(
         guess(&h, PIN).await,
@@ -636,7 +636,7 @@ async fn pin_guessing_is_stopped_across_connections_and_restarts() {
 async fn puk_guessing_blocks_the_puk_and_leaves_the_pin_alone() {
     let dir = tempfile::tempdir().unwrap();
     let (k, cfg) = host_with_card(dir.path());
-    let h = tenet_host::start(&cfg).await.unwrap();
+    let h = tenet_voucher_app::start(&cfg).await.unwrap();
     let unblock = |puk: &[u8]| {
         UnblockPin {
             puk: puk.to_vec(),
@@ -704,7 +704,7 @@ async fn a_remote_peer_gains_no_privilege_on_a_local_card() {
     let pa = free_port();
     let (mut cfg, card) = voucher_host(dir.path(), &ca, da, k);
     with_tls(&mut cfg, &ca, "a", &[da, k], pa);
-    let h = tenet_host::start(&cfg).await.unwrap();
+    let h = tenet_voucher_app::start(&cfg).await.unwrap();
     let mut w = Wallet::open(app(&h).await, k.owner(), PIN).await.unwrap();
     w.mint(amount(k, "coffee", 5)).await.unwrap();
     let before = w.balances().await.unwrap();
@@ -869,11 +869,11 @@ async fn a_flooding_peer_stays_within_its_bounds_and_other_peers_get_through() {
     ca_cfg.remote.window = Some(4);
     ca_cfg.remote.rate = Some(1e6);
     ca_cfg.remote.burst = Some(1e6);
-    let ha = tenet_host::start(&ca_cfg).await.unwrap();
+    let ha = tenet_voucher_app::start(&ca_cfg).await.unwrap();
     let mut cb = config(dir.path(), "b", db);
     with_tls(&mut cb, &ca, "b", &[db], pb);
     dial(&mut cb, pa);
-    let hb = tenet_host::start(&cb).await.unwrap();
+    let hb = tenet_voucher_app::start(&cb).await.unwrap();
     let mut probe = app(&ha).await;
     let mut idle = app(&ha).await;
     let mut on_b = app(&hb).await;
@@ -950,7 +950,7 @@ async fn refused_hellos_leave_no_peer_state_behind() {
     let pa = free_port();
     let mut cfg = config(dir.path(), "a", da);
     with_tls(&mut cfg, &ca, "a", &[da], pa);
-    let h = tenet_host::start(&cfg).await.unwrap();
+    let h = tenet_voucher_app::start(&cfg).await.unwrap();
     let files = issue_host(&ca, "rogue", &[dr]).unwrap();
     let mut buf = Vec::new();
     let mut s = rogue_link(pa, &files, dr.owner(), vec![dr]).await;
@@ -1012,11 +1012,11 @@ async fn a_flood_of_recovery_requests_finds_the_ttps_queue_bounded() {
         database: None,
         postgres: None,
     });
-    let ht = tenet_host::start(&ct).await.unwrap();
+    let ht = tenet_voucher_app::start(&ct).await.unwrap();
     let mut cb = config(dir.path(), "b", db);
     with_tls(&mut cb, &ca, "b", &[db], pb);
     dial(&mut cb, pt);
-    let hb = tenet_host::start(&cb).await.unwrap();
+    let hb = tenet_voucher_app::start(&cb).await.unwrap();
     let mut on_b = app(&hb).await;
     echo_eventually(&mut on_b, dt.owner()).await;
 
@@ -1059,7 +1059,7 @@ async fn a_flood_of_recovery_requests_finds_the_ttps_queue_bounded() {
     let mut s = rogue_link(pt, &files, dr.owner(), vec![dr]).await;
     send_frames(&mut s, &data(1, requests)).await;
     eventually("the TTP refuses requests beyond its queue", || {
-        ht.ttp_busy() > 0
+        ht.service_busy() > 0
     })
     .await;
     on_b.echo(dt.owner(), b"still here", WAIT)
@@ -1086,11 +1086,11 @@ async fn oversized_messages_are_refused_on_the_app_socket_and_the_link() {
     let (pa, pb) = (free_port(), free_port());
     let mut ca_cfg = config(dir.path(), "a", da);
     with_tls(&mut ca_cfg, &ca, "a", &[da], pa);
-    let ha = tenet_host::start(&ca_cfg).await.unwrap();
+    let ha = tenet_voucher_app::start(&ca_cfg).await.unwrap();
     let mut cb = config(dir.path(), "b", db);
     with_tls(&mut cb, &ca, "b", &[db], pb);
     dial(&mut cb, pa);
-    let hb = tenet_host::start(&cb).await.unwrap();
+    let hb = tenet_voucher_app::start(&cb).await.unwrap();
     let mut target = app(&ha).await;
     let mut on_b = app(&hb).await;
     echo_eventually(&mut on_b, da.owner()).await;
@@ -1177,7 +1177,7 @@ async fn an_app_that_never_reads_holds_up_no_one_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), "a", dom(0xa1));
     cfg.dispatch.per_destination = Some(PER);
-    let h = tenet_host::start(&cfg).await.unwrap();
+    let h = tenet_voucher_app::start(&cfg).await.unwrap();
     let mut slow = app(&h).await;
     let mut sender = app(&h).await;
     let mut accepted = 0u32;
@@ -1218,7 +1218,7 @@ async fn an_app_that_never_reads_holds_up_no_one_and_loses_nothing() {
 #[tokio::test]
 async fn an_app_that_never_reads_its_replies_is_no_longer_read() {
     let dir = tempfile::tempdir().unwrap();
-    let h = tenet_host::start(&config(dir.path(), "a", dom(0xa1)))
+    let h = tenet_voucher_app::start(&config(dir.path(), "a", dom(0xa1)))
         .await
         .unwrap();
     let mut raw = Raw::connect(h.socket_path()).await;
@@ -1294,7 +1294,7 @@ async fn an_app_that_never_reads_its_replies_is_no_longer_read() {
 #[tokio::test]
 async fn half_a_frame_holds_up_no_one() {
     let dir = tempfile::tempdir().unwrap();
-    let h = tenet_host::start(&config(dir.path(), "a", dom(0xa1)))
+    let h = tenet_voucher_app::start(&config(dir.path(), "a", dom(0xa1)))
         .await
         .unwrap();
     let mut target = app(&h).await;
@@ -1357,7 +1357,7 @@ async fn a_tap_that_is_never_read_skips_copies_and_holds_up_no_one() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), "a", dom(0xa1));
     cfg.dispatch.tap_queue = Some(8);
-    let h = tenet_host::start(&cfg).await.unwrap();
+    let h = tenet_voucher_app::start(&cfg).await.unwrap();
     let mut watcher = app(&h).await;
     let (mut a, mut b) = (app(&h).await, app(&h).await);
     let tap = watcher
@@ -1416,11 +1416,11 @@ async fn tls_clients_without_a_certificate_from_the_ca_are_refused() {
     let (pa, pb) = (free_port(), free_port());
     let mut ca_cfg = config(dir.path(), "a", da);
     with_tls(&mut ca_cfg, &ca, "a", &[da], pa);
-    let ha = tenet_host::start(&ca_cfg).await.unwrap();
+    let ha = tenet_voucher_app::start(&ca_cfg).await.unwrap();
     let mut cb = config(dir.path(), "b", db);
     with_tls(&mut cb, &ca, "b", &[db], pb);
     dial(&mut cb, pa);
-    let hb = tenet_host::start(&cb).await.unwrap();
+    let hb = tenet_voucher_app::start(&cb).await.unwrap();
     let mut on_b = app(&hb).await;
     echo_eventually(&mut on_b, da.owner()).await;
     let before = ha.remote_stats().unwrap();
@@ -1470,7 +1470,7 @@ async fn tls_clients_without_a_certificate_from_the_ca_are_refused() {
 async fn a_host_config_that_swaps_the_cards_ttp_fails_to_start() {
     let (ttp, rogue) = (dom(0x77).owner(), dom(0x66).owner());
     let refused = |cfg: Config| async move {
-        match tenet_host::start(&cfg).await {
+        match tenet_voucher_app::start(&cfg).await {
             Ok(h) => {
                 h.shutdown().await;
                 panic!("the daemon started with [card] ttp = {:?}", cfg.card.ttp)
@@ -1494,7 +1494,11 @@ async fn a_host_config_that_swaps_the_cards_ttp_fails_to_start() {
     );
     // Its own TTP: a check that passes.
     cfg.card.ttp = Some(ttp.to_string());
-    tenet_host::start(&cfg).await.unwrap().shutdown().await;
+    tenet_voucher_app::start(&cfg)
+        .await
+        .unwrap()
+        .shutdown()
+        .await;
 
     // Personalized with the TTP's certificate pinned: the host must name
     // the TTP that certificate names.

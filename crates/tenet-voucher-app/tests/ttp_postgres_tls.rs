@@ -6,9 +6,9 @@
 
 use std::path::Path;
 
-use tenet_host::ttp::PgDecisions;
 use tenet_voucher::msg::{Admission, ExchangeId, Kind};
 use tenet_voucher::ttp::DecisionStore;
+use tenet_voucher_app::ttp::PgDecisions;
 
 /// The test PostgreSQL over TLS, `sslmode=verify-full` with its root.
 fn tls_conn() -> String {
