@@ -747,8 +747,11 @@ fn refusal(case: &str, toml: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let config_text = toml.replace("$DIR", d);
-    // A case the parser accepts starts a daemon: only inside $DIR.
-    if tenet_host::Config::parse(&config_text, Path::new("case.toml")).is_ok() {
+    // A case the parser (the host's and the voucher application's checks)
+    // accepts starts a daemon: only inside $DIR.
+    if tenet_host::Config::parse(&config_text, Path::new("case.toml"))
+        .is_ok_and(|c| tenet_voucher_app::validate(&c).is_ok())
+    {
         assert!(
             toml.contains("socket = \"$DIR/") && toml.contains("state_dir = \"$DIR/"),
             "{case}: the parser accepts it; give it a socket and state_dir in $DIR"
