@@ -20,26 +20,10 @@ use crate::msg::{
     StartExchange,
 };
 
-/// Mint (privileged): an issuer's card creates vouchers of its own class.
-pub const MINT: Mtype = Mtype(0x020a);
-/// Progress report to the wallet app (tap-free notification).
-pub const PROGRESS: Mtype = Mtype(0x020b);
-/// Ask the card for its balances (privileged: holdings are private).
-pub const BALANCE_REQUEST: Mtype = Mtype(0x020c);
-/// The card's balances: a sequence of [`Amount`]s.
-pub const BALANCES: Mtype = Mtype(0x020d);
-
-/// Register the wallet app that gets offers addressed to the card itself
-/// (option 2a; privileged). Param: the app's id (16 bytes).
-pub const SET_ACCEPTOR: Mtype = Mtype(0x0210);
-/// The card's answer to [`SET_ACCEPTOR`], sent to the new acceptor: from
-/// now on, offers addressed to the card go to it.
-pub const ACCEPTOR_SET: Mtype = Mtype(0x0211);
-
-/// Ask the card for its exchanges (privileged).
-pub const EXCHANGES_REQUEST: Mtype = Mtype(0x020e);
-/// The card's exchanges: a sequence of [`ExchangeSummary`]s.
-pub const EXCHANGES: Mtype = Mtype(0x020f);
+pub use crate::mtype::{
+    ACCEPTOR_SET, BALANCE_REQUEST, BALANCES, EXCHANGES, EXCHANGES_REQUEST, MINT, PROGRESS,
+    SET_ACCEPTOR,
+};
 
 /// One exchange as a wallet sees it.
 #[derive(Clone, PartialEq, Eq, Debug)]

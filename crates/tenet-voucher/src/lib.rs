@@ -5,6 +5,7 @@
 //!
 //! - [`model`]: vouchers after RFC 3506 (class = issuer + promise, a
 //!   quantity per class), balances, `h`.
+//! - [`mtype`]: the application's mtypes, defined once.
 //! - [`msg`]: the exchange's messages `m1`-`m4`, recovery requests and
 //!   admissions, with their mtypes and signed bytes.
 //! - [`certs`]: whether a host may name the TTP of a card (the TTP
@@ -32,5 +33,6 @@ pub mod certs;
 pub mod crypto;
 pub mod model;
 pub mod msg;
+pub mod mtype;
 pub mod policy;
 pub mod ttp;

@@ -26,24 +26,10 @@ use tenet_proto::{EntityId, Mtype};
 
 use crate::model::{Amount, h};
 
-/// start-exchange (privileged).
-pub const START_EXCHANGE: Mtype = Mtype(0x0201);
-/// offer `m1`.
-pub const OFFER: Mtype = Mtype(0x0202);
-/// accept (privileged).
-pub const ACCEPT: Mtype = Mtype(0x0203);
-/// agreement `m2`.
-pub const AGREEMENT: Mtype = Mtype(0x0204);
-/// confirmation `m3`.
-pub const CONFIRMATION: Mtype = Mtype(0x0205);
-/// commitment `m4`.
-pub const COMMITMENT: Mtype = Mtype(0x0206);
-/// recovery request to the TTP.
-pub const RECOVERY_REQUEST: Mtype = Mtype(0x0207);
-/// the TTP's admission.
-pub const ADMISSION: Mtype = Mtype(0x0208);
-/// order a card to recover an exchange now (privileged).
-pub const RECOVER: Mtype = Mtype(0x0209);
+pub use crate::mtype::{
+    ACCEPT, ADMISSION, AGREEMENT, COMMITMENT, CONFIRMATION, OFFER, RECOVER, RECOVERY_REQUEST,
+    START_EXCHANGE,
+};
 
 /// The mtypes a voucher card accepts only from its authenticated wallet.
 pub const PRIVILEGED: [Mtype; 3] = [START_EXCHANGE, ACCEPT, RECOVER];
