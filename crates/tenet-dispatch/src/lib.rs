@@ -9,6 +9,9 @@
 //!
 //! - [`table`]: storage until read, routing, bounds, fair service of
 //!   senders, time to live, undeliverable notices.
+//! - [`core`]: [`HostCore`], the host's decisions around the table (the
+//!   endpoint registry, the host entity and its services, remote ingress)
+//!   as inputs and [`Effect`]s.
 //! - [`bucket`]: a token bucket (rate limits).
 //! - [`budget`]: bounds in messages and in bytes, and a sender's share of
 //!   them; the table, the tap queues, link windows and the NATS path count
@@ -24,6 +27,7 @@
 
 pub mod bucket;
 pub mod budget;
+pub mod core;
 pub mod guard;
 pub mod reliable;
 pub mod rules;
@@ -31,6 +35,7 @@ pub mod table;
 
 pub use bucket::{KeyedBuckets, TokenBucket};
 pub use budget::{Budget, Share, Unit, Usage};
+pub use core::{Effect, EndpointKind, HostCore, IngressRefusal, ServiceId, host_entity_answer};
 pub use guard::{Dropped, Guard, GuardChain, GuardContext, Ingress, RemoteIngressGuard, Verdict};
 pub use rules::{RuleError, RuleGuard, RuleSpec};
 pub use table::{
