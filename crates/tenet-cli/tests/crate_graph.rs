@@ -20,7 +20,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("tenet-client", 3),
     ("tenet-host", 3),
     ("tenet-voucher-app", 4),
-    ("tenet", 6),
+    ("tenet-testkit", 5),
+    ("tenet", 7),
 ];
 
 /// Crates the host runtime must not link (without a feature asking).

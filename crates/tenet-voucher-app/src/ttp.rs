@@ -824,8 +824,9 @@ fn refuse_busy(host: &HostSender, me: EntityId, refused: Vec<Full<Message>>) {
 }
 
 /// The TTP's answer to the request `m`: an admission, or a `refused` notice
-/// saying why.
-fn answer(
+/// saying why. The service's decision, without its queue (a simulator
+/// calls it directly).
+pub fn answer(
     crypto: &mut dyn Crypto,
     store: &mut dyn DecisionStore,
     me: EntityId,
