@@ -8,7 +8,8 @@
 # (tests/conformance, run by tenet-card's `conformance` test), nats-server for the
 # NATS transport, iproute2 for the network-namespace test (which needs
 # root, like the installs), PostgreSQL for the TTP's PostgreSQL store,
-# dbus-daemon for the D-Bus baseline of `tenet bench scale`.
+# dbus-daemon for the D-Bus baseline of `tenet bench scale`, systemd and
+# man-db for `systemd-analyze verify` of the units in contrib/systemd.
 # Starts a private PostgreSQL (unix socket in a temporary directory, and
 # TLS only on a loopback port) and pcscd with the vpcd reader (unless one
 # already runs) and stops what it started at the end; the NATS tests start
@@ -28,6 +29,8 @@ command -v opensc-tool >/dev/null || missing+=(opensc)
 command -v nats-server >/dev/null || missing+=(nats-server)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v dbus-daemon >/dev/null || missing+=(dbus-daemon)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v man >/dev/null || missing+=(man-db)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
