@@ -9,7 +9,8 @@
 # NATS transport, iproute2 for the network-namespace test (which needs
 # root, like the installs), PostgreSQL for the TTP's PostgreSQL store,
 # dbus-daemon for the D-Bus baseline of `tenet bench scale`, systemd and
-# man-db for `systemd-analyze verify` of the units in contrib/systemd.
+# man-db for `systemd-analyze verify` of the units in contrib/systemd,
+# tshark to read a `tenet tap --pcap` capture with contrib/wireshark/tenet.lua.
 # Starts a private PostgreSQL (unix socket in a temporary directory, and
 # TLS only on a loopback port) and pcscd with the vpcd reader (unless one
 # already runs) and stops what it started at the end; the NATS tests start
@@ -31,6 +32,7 @@ command -v ip >/dev/null || missing+=(iproute2)
 command -v dbus-daemon >/dev/null || missing+=(dbus-daemon)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v man >/dev/null || missing+=(man-db)
+command -v tshark >/dev/null || missing+=(tshark)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then

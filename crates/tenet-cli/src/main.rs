@@ -33,6 +33,7 @@ mod bench_scale;
 mod bench_table2;
 mod card;
 mod demo;
+mod pcap;
 mod pin;
 mod pin_cmd;
 mod wallet;
@@ -226,6 +227,10 @@ enum Cmd {
         /// Stop after this many messages.
         #[arg(short = 'c', long)]
         count: Option<u64>,
+        /// Also write each message to this pcap file (link type USER0, 147;
+        /// dissect with contrib/wireshark/tenet.lua).
+        #[arg(long, value_name = "FILE")]
+        pcap: Option<PathBuf>,
         #[command(flatten)]
         socket: SocketArg,
     },
@@ -471,6 +476,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             dst_domain,
             mtype,
             count,
+            pcap,
             socket: after,
         } => {
             let f = Filter {
@@ -480,7 +486,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 dst_domain,
                 mtype,
             };
-            tap(socket(after.socket), f, count).await
+            tap(socket(after.socket), f, count, pcap.as_deref()).await
         }
         Cmd::Demo {
             interrupt_after,
@@ -691,7 +697,13 @@ fn time_of_day(t: SystemTime) -> String {
     )
 }
 
-async fn tap(socket: PathBuf, filter: Filter, count: Option<u64>) -> Result<ExitCode> {
+async fn tap(
+    socket: PathBuf,
+    filter: Filter,
+    count: Option<u64>,
+    pcap: Option<&std::path::Path>,
+) -> Result<ExitCode> {
+    let mut capture = pcap.map(pcap::Capture::create).transpose()?;
     let mut cap = Capability::acquire(&socket).await?;
     let me = cap.id();
     cap.tap(filter).await?;
@@ -701,6 +713,9 @@ async fn tap(socket: PathBuf, filter: Filter, count: Option<u64>) -> Result<Exit
         match cap.next().await? {
             Incoming::Tapped { at, message, .. } => {
                 seen += 1;
+                if let Some(c) = capture.as_mut() {
+                    c.write(at, &message)?;
+                }
                 println!(
                     "{} {} -> {} {} len={}",
                     time_of_day(at),

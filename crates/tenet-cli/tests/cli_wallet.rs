@@ -634,3 +634,126 @@ fn the_pin_comes_from_a_file_or_the_terminal_not_only_argv() {
     assert!(child.wait().unwrap().success(), "{rest}");
     assert!(!rest.contains("PIN not accepted"), "{rest}");
 }
+
+/// `tenet tap --pcap` on Alice's host during an exchange, read back by
+/// tshark with contrib/wireshark/tenet.lua: the four messages of the
+/// exchange with their sender, destination and mtype, and the offer's
+/// BER-TLV fields by name down to the amounts inside it.
+#[test]
+fn a_tapped_exchange_is_dissected_by_tshark_with_the_lua_dissector() {
+    let p = pair();
+    wallet(&p.sock_a, &p.card_a, &["mint", "5:coffee"]);
+    wallet(&p.sock_b, &p.card_b, &["mint", "3:ticket"]);
+    let capture = p._dir.path().join("exchange.pcap");
+    let mut tap = Command::new(TENET)
+        .args(["--socket", p.sock_a.to_str().unwrap(), "tap", "--pcap"])
+        .arg(&capture)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = BufReader::new(tap.stderr.take().unwrap()).lines();
+    let first = said.next().unwrap().unwrap();
+    assert!(first.starts_with("tapping as"), "{first}");
+    let tap = Kill(tap);
+
+    let mut offers = Command::new(TENET)
+        .args(["--socket", p.sock_b.to_str().unwrap(), "wallet", "--card"])
+        .args([&p.card_b, "--pin", "1234", "offers", "--accept", "-c", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(offers.stdout.take().unwrap()).lines();
+    let b_wallet = lines.next().unwrap().unwrap();
+    let b_wallet = b_wallet.split_whitespace().nth(1).unwrap().to_owned();
+    let (give, want) = (
+        format!("2:{}:coffee", p.ca_dom),
+        format!("1:{}:ticket", p.cb_dom),
+    );
+    offer_until_sent(&p, &b_wallet, &give, &want);
+    let _: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(offers.wait().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !wallet(&p.sock_a, &p.card_a, &["balance"]).contains("ticket") {
+        assert!(Instant::now() < deadline, "not swapped");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(tap);
+
+    let lua = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/wireshark/tenet.lua");
+    let out = Command::new("tshark")
+        .arg("-X")
+        .arg(format!("lua_script:{}", lua.display()))
+        .arg("-r")
+        .arg(&capture)
+        .args(["-T", "fields", "-E", "separator=|", "-E", "aggregator=,"])
+        .args(["-e", "tenet.src", "-e", "tenet.dst", "-e", "tenet.mtype"])
+        .args(["-e", "tenet.tlv.name"])
+        .output()
+        .expect("tshark runs (Debian: tshark)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "tshark: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split('|').collect()).collect();
+    let find = |mtype: &str, src: &str, dst: &str| {
+        rows.iter()
+            .find(|r| r.len() == 4 && r[2] == mtype && r[0] == src && r[1] == dst)
+            .unwrap_or_else(|| panic!("no {mtype} from {src} to {dst} in\n{text}"))
+    };
+    let offer = find("0x0202", &p.card_a, &b_wallet);
+    for name in [
+        "initiator",
+        "responder",
+        "give",
+        "want",
+        "n1",
+        "issuer",
+        "promise",
+        "quantity",
+    ] {
+        assert!(
+            offer[3].split(',').any(|n| n == name),
+            "offer lacks {name}: {offer:?}"
+        );
+    }
+    let agreement = find("0x0204", &p.card_b, &p.card_a);
+    for name in [
+        "offer digest",
+        "exchange id h(n2)",
+        "signature",
+        "certificate",
+    ] {
+        assert!(agreement[3].split(',').any(|n| n == name), "{agreement:?}");
+    }
+    find("0x0205", &p.card_a, &p.card_b);
+    find("0x0206", &p.card_b, &p.card_a);
+}
+
+/// The dissector's mtype names are the proto registry's.
+#[test]
+fn the_dissector_names_every_registered_mtype() {
+    let lua = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/wireshark/tenet.lua"),
+    )
+    .unwrap();
+    let table: Vec<(u16, String)> = lua
+        .lines()
+        .skip_while(|l| !l.starts_with("local mtype_names = {"))
+        .skip(1)
+        .take_while(|l| !l.starts_with('}'))
+        .filter_map(|l| l.trim().strip_prefix("[0x"))
+        .filter_map(|l| {
+            let (hex, rest) = l.split_once("] = \"")?;
+            let name = rest.strip_suffix("\",")?;
+            Some((u16::from_str_radix(hex, 16).ok()?, name.to_owned()))
+        })
+        .collect();
+    let registry: Vec<(u16, String)> = tenet_proto::Mtype::registry()
+        .map(|(m, n)| (m.0, n.to_owned()))
+        .collect();
+    assert_eq!(table, registry);
+}
