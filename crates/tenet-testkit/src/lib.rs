@@ -12,6 +12,10 @@
 //! no port is guessed. It returns when every link carries echoes, with a
 //! [`Running`] that names each host and its bound address.
 //!
+//! On such a topology, [`exchange`] runs the voucher exchange of `tenet
+//! demo`, a message lost on purpose if asked, and reports its flow and
+//! outcome.
+//!
 //! The kit also makes the pieces one at a time ([`Ca`], [`make_card`],
 //! [`blank_card`], [`host_config`], [`wait_links`]) and starts a private
 //! `nats-server` on a port of its choosing ([`NatsServer`]).
@@ -25,6 +29,7 @@ use std::time::Duration;
 
 use tenet_proto::EntityId;
 
+pub mod exchange;
 mod nats;
 mod pki;
 mod topology;
@@ -103,6 +108,12 @@ pub enum Error {
     /// [`HostSpec::config`]) has no `remote.listen`.
     #[error("host {0:?} is dialed but does not listen")]
     NotListening(String),
+    /// A wallet's order failed.
+    #[error(transparent)]
+    Wallet(#[from] tenet_client::wallet::WalletError),
+    /// A scenario stalled.
+    #[error("{0}")]
+    Stalled(&'static str),
     /// nats-server could not be started (not installed, for one).
     #[error("cannot run nats-server")]
     NatsSpawn(#[source] std::io::Error),
