@@ -4,16 +4,17 @@
 //! the result.
 //!
 //! Each scenario is a module that returns a section of the report
-//! (markdown, JSON, plots): `core` (the dispatch table, app echo through the daemon
-//! next to a raw Unix socket), `remote` (TLS and NATS links next to raw
-//! TCP and plain NATS), `exchange` (the voucher exchange between two
-//! hosts), `baseline` (the exchange the ISO 7816-4 way next to ours),
-//! `table2` (the paper's Table 2 on a simulated card), `card` (PC/SC
-//! through pcscd and vpcd next to the in-process card link) and `scale`
-//! (thousands of apps, a flood, D-Bus). [`run`] runs what the command line
-//! asked for ([`Which`]); `report` prints the sections and writes the
-//! markdown report of `docs/benchmarks.md`. Hosts and their links come
-//! from `tenet-testkit`.
+//! (markdown, JSON, plots): `core` (the dispatch table, app echo through
+//! the daemon next to a raw Unix socket), `remote` (TLS and NATS links
+//! next to raw TCP and plain NATS), `exchange` (the voucher exchange
+//! between two hosts), `baseline` (the exchange the ISO 7816-4 way next to
+//! ours), `table2` (the paper's Table 2 on a simulated card), `card`
+//! (PC/SC through pcscd and vpcd next to the in-process card link) and
+//! `scale` (thousands of apps, a flood, D-Bus). [`run`] runs what the
+//! command line asked for ([`Which`]); `report` prints the sections and
+//! writes the markdown report of `docs/benchmarks.md`. Hosts linked to
+//! each other, their cards and the private nats-server come from
+//! `tenet-testkit`; a scenario with one daemon configures it itself.
 //!
 //! It is a library of the `tenet` binary and assumes it runs inside it:
 //! the `scale` scenario starts its daemon as a child process of the
