@@ -23,14 +23,6 @@ use clap::{CommandFactory, Parser, Subcommand};
 use tenet_client::{Capability, ClientError, Incoming};
 use tenet_proto::{Domain, EntityId, Filter, Mtype};
 
-mod bench;
-mod bench_baseline;
-mod bench_card;
-mod bench_exchange;
-mod bench_remote;
-mod bench_report;
-mod bench_scale;
-mod bench_table2;
 mod card;
 mod demo;
 mod pcap;
@@ -317,7 +309,7 @@ enum Cmd {
         #[arg(long, global = true)]
         json: bool,
         #[command(subcommand)]
-        which: bench::Which,
+        which: tenet_bench::Which,
     },
     /// Write the manual pages.
     ///
@@ -547,7 +539,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             cmd: card::CardCmd::Pin { socket: after, cmd },
         } => pin_cmd::run(&socket(after.socket), cmd).await,
         Cmd::Card { cmd } => tokio::task::spawn_blocking(move || card::run(cmd)).await?,
-        Cmd::Bench { which, json } => bench::run(which, json).await,
+        Cmd::Bench { which, json } => tenet_bench::run(which, json).await,
         Cmd::Man { dir } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let mut cmd = Cli::command().disable_help_subcommand(true);

@@ -27,6 +27,7 @@
 //! nothing while both daemons stay up. See `docs/remote.md`.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -490,16 +491,39 @@ impl Peer {
     }
 }
 
-/// Starts the listener and the dialers; returns their tasks.
-pub(crate) async fn start(
-    shared: Arc<Shared>,
-    cfg: &Config,
-) -> Result<Vec<tokio::task::JoinHandle<()>>, HostError> {
+/// What [`start`] started: the listener's and dialers' tasks, and the
+/// address the listener is bound to (`remote.listen` with the port the
+/// system chose for port 0), if it listens.
+pub(crate) struct Started {
+    pub(crate) tasks: Vec<tokio::task::JoinHandle<()>>,
+    pub(crate) listening: Option<SocketAddr>,
+}
+
+/// Starts the listener and the dialers. The listener is bound first, so a
+/// port that cannot be had leaves no dialer behind.
+pub(crate) async fn start(shared: Arc<Shared>, cfg: &Config) -> Result<Started, HostError> {
     let Some(remote) = shared.remote.clone() else {
-        return Ok(Vec::new());
+        return Ok(Started {
+            tasks: Vec::new(),
+            listening: None,
+        });
+    };
+    let routes = cfg.remote_checked()?;
+    let listener = match &cfg.remote.listen {
+        Some(listen) => {
+            let l = TcpListener::bind(listen)
+                .await
+                .map_err(|e| HostError::Remote(format!("cannot listen on {listen}: {e}")))?;
+            // The bound address, so `listen = "127.0.0.1:0"` says which port it got.
+            let bound = l.local_addr().map_err(|e| {
+                HostError::Remote(format!("cannot read the address bound for {listen}: {e}"))
+            })?;
+            Some((l, bound))
+        }
+        None => None,
     };
     let mut tasks = Vec::new();
-    for route in cfg.remote_checked()? {
+    for route in routes {
         let peer = remote.new_peer(&shared, route.address.clone(), route.domains, route.host);
         tasks.push(tokio::spawn(dial_loop(
             shared.clone(),
@@ -508,18 +532,12 @@ pub(crate) async fn start(
             route.address,
         )));
     }
-    if let Some(listen) = &cfg.remote.listen {
-        let l = TcpListener::bind(listen)
-            .await
-            .map_err(|e| HostError::Remote(format!("cannot listen on {listen}: {e}")))?;
-        // The bound address, so `listen = "127.0.0.1:0"` says which port it got.
-        let bound = l
-            .local_addr()
-            .map_or_else(|_| listen.clone(), |a| a.to_string());
+    let listening = listener.map(|(l, bound)| {
         info!(host = %remote.me, address = %bound, tls = remote.tls.is_some(), "accepting host links");
         tasks.push(tokio::spawn(accept_loop(shared.clone(), remote.clone(), l)));
-    }
-    Ok(tasks)
+        bound
+    });
+    Ok(Started { tasks, listening })
 }
 
 async fn dial_loop(shared: Arc<Shared>, remote: Arc<Remote>, peer: Arc<Peer>, addr: String) {

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -230,6 +231,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct HostHandle {
     shared: Arc<Shared>,
     socket: PathBuf,
+    remote_addr: Option<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -237,6 +239,14 @@ impl HostHandle {
     /// The app socket path.
     pub fn socket_path(&self) -> &Path {
         &self.socket
+    }
+
+    /// The address the remote listener (`remote.listen`) is bound to, with
+    /// the port the system chose if the config said port 0; `None` if the
+    /// host accepts no TLS links. Peers of a host started with
+    /// `listen = "127.0.0.1:0"` dial this.
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.remote_addr
     }
 
     /// The host's own id (`DOMAIN:0` of its software domain).
@@ -480,16 +490,24 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
     let timer = tokio::spawn(timer_loop(shared.clone()));
     let mut tasks = vec![accept, timer];
     let started = match crate::remote::start(shared.clone(), config).await {
-        Ok(t) => match &config.remote.nats {
-            Some(n) => crate::nats::start(shared.clone(), n, my_domains)
-                .await
-                .map(|u| t.into_iter().chain(u).collect()),
-            None => Ok(t),
+        Ok(r) => match &config.remote.nats {
+            Some(n) => match crate::nats::start(shared.clone(), n, my_domains).await {
+                Ok(u) => Ok((r.tasks.into_iter().chain(u).collect(), r.listening)),
+                Err(e) => {
+                    // No dialer or listener left behind.
+                    r.tasks.iter().for_each(JoinHandle::abort);
+                    Err(e)
+                }
+            },
+            None => Ok((r.tasks, r.listening)),
         },
         Err(e) => Err(e),
     };
-    match started {
-        Ok(t) => tasks.extend(t),
+    let remote_addr = match started {
+        Ok((t, listening)) => {
+            tasks.extend(t);
+            listening
+        }
         Err(e) => {
             for t in &tasks {
                 t.abort();
@@ -497,10 +515,11 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
             let _ = std::fs::remove_file(&socket);
             return Err(e);
         }
-    }
+    };
     Ok(HostHandle {
         shared,
         socket,
+        remote_addr,
         tasks,
     })
 }

@@ -577,3 +577,30 @@ async fn malformed_or_oversized_frames_close_only_that_link_and_floods_are_limit
     a.stop().await;
     b.stop().await;
 }
+
+/// `listen = "127.0.0.1:0"`: the host reports the port the system chose
+/// (`HostHandle::remote_addr`), and a peer that dials it gets a link; a host
+/// without a listener reports none.
+#[tokio::test]
+async fn a_host_listening_on_port_0_reports_the_port_it_got() {
+    let root = tempfile::tempdir().unwrap();
+    let ca = root.path().join("ca");
+    ensure_ca(&ca, "test CA").unwrap();
+    let mut b = Host::new(root.path(), &ca, 0xb7);
+    b.port = 0;
+    b.start().await;
+    let addr = b.h().remote_addr().expect("b listens");
+    assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
+
+    let mut a = Host::new(root.path(), &ca, 0xa7);
+    a.dial_addr(&addr.to_string());
+    let mut cfg = a.config();
+    cfg.remote.listen = None;
+    let ha = tenet_host::start(&cfg).await.unwrap();
+    assert_eq!(ha.remote_addr(), None);
+    let mut on_a = Capability::acquire(ha.socket_path()).await.unwrap();
+    echo_eventually(&mut on_a, b.id()).await;
+    drop(on_a);
+    ha.shutdown().await;
+    b.stop().await;
+}

@@ -13,24 +13,35 @@ use anyhow::{Context, Result, bail, ensure};
 use tenet_client::Capability;
 use tenet_client::wallet::Wallet;
 use tenet_host::HostHandle;
-use tenet_host::config::{Config, PeerSection};
 use tenet_proto::{Domain, EntityId};
 use tenet_voucher::crypto::Crypto;
 use tenet_voucher::model::{Amount, VoucherClass};
 use tenet_voucher::msg;
 use tenet_voucher_app::applet::verify_known;
 
-use crate::bench::{Summary, summarize, us};
-use crate::bench_baseline::Pki;
-use crate::bench_report::{Plot, Section, progress, ratio};
-use crate::demo::{PIN, WAIT, free_port, host_config, make_card, wait_links};
+use tenet_testkit::{CardSpec, HostSpec, PIN, Running, Topology, WAIT};
+
+use crate::baseline::Pki;
+use crate::report::{Plot, Section, progress, ratio};
+use crate::stats::{Summary, summarize, us};
 
 /// Two hosts, a card each, B dialing A.
 struct Pair {
-    ha: HostHandle,
-    hb: HostHandle,
+    /// Hosts `a{i}` and `b{i}`.
+    hosts: Running,
+    i: usize,
     card_a: EntityId,
     card_b: EntityId,
+}
+
+impl Pair {
+    fn ha(&self) -> &HostHandle {
+        self.hosts.host(&format!("a{}", self.i))
+    }
+
+    fn hb(&self) -> &HostHandle {
+        self.hosts.host(&format!("b{}", self.i))
+    }
 }
 
 fn domain(tag: u8, i: usize) -> Domain {
@@ -61,40 +72,29 @@ impl Setup {
     }
 
     async fn pair(&self, i: usize) -> Result<Pair> {
-        let (dir, pki) = (self.pki.path(), &self.pki);
         let (da, dca, db, dcb) = (
             domain(0xa1, i),
             domain(0xca, i),
             domain(0xb2, i),
             domain(0xcb, i),
         );
-        let (pa, pb) = (free_port()?, free_port()?);
-        // One host with its card: host domain, card domain, listening port.
-        let host = |name: String, d: Domain, card: Domain, port: u16| -> Result<Config> {
-            let mut c = host_config(dir, &pki.ca, &name, d, &[card], port)?;
-            c.card.virtual_store = Some(make_card(
-                &self.stores,
-                &pki.ca,
-                &name,
-                card,
-                pki.ttp,
-                &pki.ttp_cert,
-            )?);
-            Ok(c)
+        // One host with its card, its store in `self.stores`; the files of
+        // pair i are named after it.
+        let host = |name: &str, d: Domain, card: Domain| {
+            HostSpec::new(&format!("{name}{i}"), d).card(
+                CardSpec::new(card)
+                    .ttp(&self.pki.ttp)
+                    .store_dir(&self.stores),
+            )
         };
-        let ca_cfg = host(format!("a{i}"), da, dca, pa)?;
-        let mut cb_cfg = host(format!("b{i}"), db, dcb, pb)?;
-        cb_cfg.remote.peers = vec![PeerSection {
-            address: format!("127.0.0.1:{pa}"),
-            domains: vec![],
-        }];
-        let ha = tenet_voucher_app::start(&ca_cfg).await?;
-        let hb = tenet_voucher_app::start(&cb_cfg).await?;
-        wait_links(&hb, &[dca.owner()]).await?;
-        wait_links(&ha, &[dcb.owner()]).await?;
+        let hosts = Topology::new(self.pki.path(), self.pki.ca.clone())
+            .host(host("a", da, dca))
+            .host(host("b", db, dcb).peer(&format!("a{i}")))
+            .start()
+            .await?;
         Ok(Pair {
-            ha,
-            hb,
+            hosts,
+            i,
             card_a: dca.owner(),
             card_b: dcb.owner(),
         })
@@ -108,13 +108,13 @@ impl Setup {
 /// it). Checks that every voucher was swapped and none lost.
 async fn trade(pair: &Pair, n: u32) -> Result<Vec<Duration>> {
     let mut wa = Wallet::open(
-        Capability::acquire(pair.ha.socket_path()).await?,
+        Capability::acquire(pair.ha().socket_path()).await?,
         pair.card_a,
         PIN,
     )
     .await?;
     let mut wb = Wallet::open(
-        Capability::acquire(pair.hb.socket_path()).await?,
+        Capability::acquire(pair.hb().socket_path()).await?,
         pair.card_b,
         PIN,
     )
@@ -306,8 +306,8 @@ pub async fn run(exchanges: u32, pairs: &[usize], stores: &[Stores]) -> Result<S
         trade(&pair, 20).await?; // warm-up
         let busy = |p: &Pair| {
             (
-                p.ha.card_link_busy().unwrap_or_default(),
-                p.hb.card_link_busy().unwrap_or_default(),
+                p.ha().card_link_busy().unwrap_or_default(),
+                p.hb().card_link_busy().unwrap_or_default(),
             )
         };
         let (a0, b0) = busy(&pair);
@@ -316,13 +316,12 @@ pub async fn run(exchanges: u32, pairs: &[usize], stores: &[Stores]) -> Result<S
         cards.push((kind, (a1 - a0) / exchanges, (b1 - b0) / exchanges));
         if kind == Stores::Tmpfs {
             floor = tokio::task::spawn_blocking({
-                let ca = setup.pki.ca.clone();
+                let ca = setup.pki.ca.dir().to_owned();
                 move || crypto_floor(&ca, exchanges.max(200))
             })
             .await??;
         }
-        pair.ha.shutdown().await;
-        pair.hb.shutdown().await;
+        pair.hosts.shutdown().await;
         latency.push((kind, summarize(t)));
         bar.inc(1);
     }
@@ -366,8 +365,7 @@ pub async fn run(exchanges: u32, pairs: &[usize], stores: &[Stores]) -> Result<S
         median.rates = rates;
         throughput.push(median);
         for p in ps {
-            p.ha.shutdown().await;
-            p.hb.shutdown().await;
+            p.hosts.shutdown().await;
         }
         bar.inc(1);
     }

@@ -20,8 +20,8 @@ use tenet_client::Capability;
 use tenet_dispatch::{DispatchTable, Ingress, Limits};
 use tenet_proto::{Domain, EntityId, Message, Mtype, Port};
 
-use crate::bench::{Summary, summarize, us};
-use crate::bench_report::{Plot, Section, progress, ratio};
+use crate::report::{Plot, Section, progress, ratio};
+use crate::stats::{Summary, summarize, us};
 
 /// The app-to-app messages' mtype (an application mtype).
 const MTYPE: Mtype = Mtype(0x8001);
@@ -572,7 +572,7 @@ struct Rtt {
 /// dbus-daemon, interleaved in rounds.
 async fn card_vs_dbus(dir: &Path, n: u32) -> Result<Rtt> {
     let store = dir.join("card.store");
-    crate::bench::blank_card(&store, 0xcd)?;
+    tenet_testkit::blank_card(&store, 0xcd)?;
     let mut cfg = tenet_host::Config::default();
     cfg.host.socket = Some(dir.join("card.sock"));
     cfg.host.state_dir = Some(dir.join("card-state"));

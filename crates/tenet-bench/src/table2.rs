@@ -21,8 +21,8 @@ use tenet_proto::{Codec, Domain, EntityId, Message, Mtype, Port};
 use tenet_voucher::card::MINT;
 use tenet_voucher_app::applet::VoucherApplet;
 
-use crate::bench_baseline::{IsoCard, PIN, Pki, STEPS, coffee, iso, start_exchange, ticket};
-use crate::bench_report::{Plot, Section, progress};
+use crate::baseline::{IsoCard, PIN, Pki, STEPS, coffee, iso, start_exchange, ticket};
+use crate::report::{Plot, Section, progress};
 
 /// The paper's Table 2: CPU and I/O in ms per message type, in [`STEPS`]
 /// order.
@@ -320,7 +320,7 @@ pub(crate) fn run_blocking(n: u32) -> Result<Section> {
             "{who}: a message did not commit exactly once"
         );
     }
-    let held = |c: &Card<MemStore>| crate::bench_baseline::vouchers(c).map(|v| v.balances);
+    let held = |c: &Card<MemStore>| crate::baseline::vouchers(c).map(|v| v.balances);
     let (ba, bb) = (held(&ours.cards[0])?, held(&ours.cards[1])?);
     ensure!(
         ba.of(&ticket(ours.cards[1].id().domain(), 0).class) == n

@@ -5,7 +5,7 @@ pub async fn run(
     _rounds: u32,
     _vpcd: &str,
     _reader: &str,
-) -> anyhow::Result<crate::bench_report::Section> {
+) -> anyhow::Result<crate::report::Section> {
     anyhow::bail!("`tenet bench card` compares against PC/SC: rebuild with `--features pcsc`")
 }
 
@@ -24,8 +24,8 @@ mod with_pcsc {
     use tenet_host::link::{CardSession, InProcessLink, PcscLink};
     use tenet_proto::{EntityId, Message, Mtype, Port};
 
-    use crate::bench::{rtt_table, summarize, us};
-    use crate::bench_report::{Plot, Section, progress};
+    use crate::report::{Plot, Section, progress};
+    use crate::stats::{rtt_table, summarize, us};
 
     fn open(path: &Path) -> Result<Card<FileStore>> {
         Ok(Card::open(
@@ -119,8 +119,8 @@ mod with_pcsc {
     pub async fn run(rounds: u32, vpcd: &str, reader: &str) -> Result<Section> {
         let dir = tempfile::tempdir()?;
         let (store_a, store_b) = (dir.path().join("a.store"), dir.path().join("b.store"));
-        let card_a = crate::bench::blank_card(&store_a, 0xaa)?.owner();
-        let card_b = crate::bench::blank_card(&store_b, 0xbb)?.owner();
+        let card_a = tenet_testkit::blank_card(&store_a, 0xaa)?.owner();
+        let card_b = tenet_testkit::blank_card(&store_b, 0xbb)?.owner();
         let bar = progress(2, "card");
 
         // APDU level: one DELIVER (echo, 42-byte message) per round trip.

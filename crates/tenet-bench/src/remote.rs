@@ -2,29 +2,20 @@
 //! baselines.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
 use tenet_client::Capability;
-use tenet_host::config::{NatsSection, PeerSection};
+use tenet_host::config::NatsSection;
 use tenet_proto::Domain;
 use tenet_proto::frame::write_frame;
+use tenet_testkit::{Ca, HostSpec, NatsServer, Topology};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::bench::{echo_frames, rtt_table, summarize, us};
-use crate::bench_report::{Plot, Section, progress};
-use crate::demo::free_port;
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::core::echo_frames;
+use crate::report::{Plot, Section, progress};
+use crate::stats::{rtt_table, summarize, us};
 
 async fn raw_tcp_echo(n: u32, body: usize) -> Result<Vec<Duration>> {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -104,50 +95,28 @@ pub async fn run(echoes: u32) -> Result<Section> {
     let mut notes = String::new();
 
     // TLS: A dials B; an app on A echoes B's host entity.
-    let ca = dir.path().join("ca");
-    tenet_pki::ensure_ca(&ca, "bench CA")?;
-    let fa = tenet_pki::issue_host(&ca, "a", &[da])?;
-    let fb = tenet_pki::issue_host(&ca, "b", &[db])?;
-    let pb = free_port()?;
-    let mut cb = config(dir.path(), "tls-b", db);
-    cb.remote.listen = Some(format!("127.0.0.1:{pb}"));
-    (cb.remote.ca, cb.remote.cert, cb.remote.key) =
-        (Some(fb.ca.clone()), Some(fb.cert), Some(fb.key));
-    let mut cfa = config(dir.path(), "tls-a", da);
-    (cfa.remote.ca, cfa.remote.cert, cfa.remote.key) = (Some(fa.ca), Some(fa.cert), Some(fa.key));
-    cfa.remote.peers = vec![PeerSection {
-        address: format!("127.0.0.1:{pb}"),
-        domains: Vec::new(),
-    }];
-    let hb = tenet_voucher_app::start(&cb).await?;
-    let ha = tenet_voucher_app::start(&cfa).await?;
-    let mut tls_app = Capability::acquire(ha.socket_path()).await?;
-    ready(&mut tls_app, db.owner()).await?;
+    let ca = Ca::create(dir.path().join("ca"), "bench CA")?;
+    let tls_hosts = Topology::new(dir.path(), ca)
+        .host(HostSpec::new("b", db))
+        .host(HostSpec::new("a", da).peer("b"))
+        .start()
+        .await?;
+    let mut tls_app = Capability::acquire(tls_hosts.host("a").socket_path()).await?;
 
     // NATS: a private nats-server, two daemons, and a plain request/reply.
-    let nats_port = free_port()?;
-    let nats = match Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", &nats_port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-    {
-        Ok(c) => Some(Kill(c)),
-        Err(e) => {
+    let nats = match NatsServer::start(dir.path()).await {
+        Ok(n) => Some(n),
+        Err(tenet_testkit::Error::NatsSpawn(e)) => {
             notes.push_str(&format!(
                 "nats-server not available ({e}): NATS rows skipped.\n\n"
             ));
             None
         }
+        Err(e) => return Err(e.into()),
     };
     let mut nats_parts = None;
-    if nats.is_some() {
-        let url = format!("nats://127.0.0.1:{nats_port}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", nats_port)).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "nats-server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    if let Some(server) = &nats {
+        let url = server.url().to_owned();
         let section = NatsSection {
             url: url.clone(),
             ..Default::default()
@@ -226,8 +195,7 @@ pub async fn run(echoes: u32) -> Result<Section> {
         hnb.shutdown().await;
     }
     drop(tls_app);
-    ha.shutdown().await;
-    hb.shutdown().await;
+    tls_hosts.shutdown().await;
     drop(nats);
     Ok(Section {
         name: "remote",

@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,10 +31,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use serde_json::json;
 use tenet_card::timing::LinkModel;
-use tenet_card::{Card, FileStore, Personalization, Storage, SystemEntropy};
+use tenet_card::{Card, FileStore, Storage, SystemEntropy};
 use tenet_client::{Capability, Incoming};
 use tenet_host::HostHandle;
-use tenet_host::config::PeerSection;
 use tenet_host::link::LinkStats;
 use tenet_proto::apdu::{Command, Response, StatusWord, tenet};
 use tenet_proto::card::{PinOutcome, PinStatus, VerifyPin};
@@ -44,39 +43,28 @@ use tenet_voucher::model::{Amount, VoucherClass};
 use tenet_voucher::msg::{
     self, Agreement, Commitment, Confirmation, ExchangeId, Offer, StartExchange,
 };
-use tenet_voucher_app::applet::{APPLET_ID, VoucherApplet, initial_data};
+use tenet_voucher_app::applet::{APPLET_ID, VoucherApplet};
 
-use crate::bench::summarize;
-use crate::bench_report::{Plot, Section, progress, ratio};
-pub(crate) use crate::demo::PIN;
-use crate::demo::{WAIT, free_port, wait_links};
+pub(crate) use tenet_testkit::PIN;
+use tenet_testkit::{Ca, CardSpec, HostSpec, Running, Topology, TtpIdentity, WAIT};
+
+use crate::report::{Plot, Section, progress, ratio};
+use crate::stats::summarize;
 
 /// A CA, a TTP the cards trust (the optimistic exchange never needs it),
 /// and personalization of cards with the voucher applet.
 pub(crate) struct Pki {
     dir: tempfile::TempDir,
-    pub(crate) ca: PathBuf,
-    pub(crate) ttp: EntityId,
-    pub(crate) ttp_cert: Vec<u8>,
+    pub(crate) ca: Ca,
+    pub(crate) ttp: TtpIdentity,
 }
 
 impl Pki {
     pub(crate) fn new() -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let ca = dir.path().join("ca");
-        tenet_pki::ensure_ca(&ca, "bench CA")?;
-        let ttp = Domain::new([0x77; 12]).owner();
-        let tf = tenet_pki::issue_entity_key(&ca, "ttp", ttp)?;
-        let ttp_cert = {
-            use pki_types::pem::PemObject;
-            pki_types::CertificateDer::from_pem_file(&tf.cert)?.to_vec()
-        };
-        Ok(Self {
-            dir,
-            ca,
-            ttp,
-            ttp_cert,
-        })
+        let ca = Ca::create(dir.path().join("ca"), "bench CA")?;
+        let ttp = ca.ttp("ttp", Domain::new([0x77; 12]).owner())?;
+        Ok(Self { dir, ca, ttp })
     }
 
     /// A folder for stores and sockets, removed with `self`.
@@ -97,19 +85,7 @@ impl Pki {
         domain: Domain,
         applet: VoucherApplet,
     ) -> Result<Card<S>> {
-        let p = Personalization {
-            domain,
-            pin: PIN.to_vec(),
-            puk: b"12345678".to_vec(),
-        };
-        let mut card = Card::personalize(store, &p, Default::default(), Box::new(SystemEntropy))?;
-        let (cert, ca_der) =
-            tenet_pki::issue_entity(&self.ca, card.id(), &card.state().public_key.clone())?;
-        card.install_certificates(cert, ca_der)?;
-        card.provision(
-            APPLET_ID,
-            initial_data(self.ttp, Some(self.ttp_cert.clone())),
-        )?;
+        let mut card = self.ca.card(store, domain, PIN, Some(&self.ttp))?;
         card.install(Box::new(applet));
         Ok(card)
     }
@@ -694,25 +670,10 @@ pub(crate) fn deliver_len(m: &Message) -> usize {
         .len()
 }
 
-fn host_config(
-    pki: &Pki,
-    name: &str,
-    sw: Domain,
-    card: Domain,
-    port: u16,
-) -> Result<tenet_host::Config> {
-    let dir = pki.path();
-    let mut cfg = crate::demo::host_config(dir, &pki.ca, name, sw, &[card], port)?;
-    let store = dir.join(format!("{name}.card"));
-    drop(pki.card(FileStore::create(&store, 64 * 1024)?, card)?);
-    cfg.card.virtual_store = Some(store);
-    Ok(cfg)
-}
-
 /// Our world: two daemons over TLS, a virtual card each, and the wallets.
 struct Ours {
-    ha: HostHandle,
-    hb: HostHandle,
+    /// Hosts `ours-a` and `ours-b`, B dialing A.
+    hosts: Running,
     app_a: Capability,
     app_b: Capability,
     /// Measurement only: taps the commitment on its way to card A.
@@ -730,6 +691,14 @@ fn link_totals(h: &HostHandle) -> (u64, u64, u64, Duration) {
 }
 
 impl Ours {
+    fn ha(&self) -> &HostHandle {
+        self.hosts.host("ours-a")
+    }
+
+    fn hb(&self) -> &HostHandle {
+        self.hosts.host("ours-b")
+    }
+
     async fn new(pki: &Pki, n: u64) -> Result<Self> {
         let (sa, ca, sb, cb) = (
             Domain::new([0xa6; 12]),
@@ -737,18 +706,16 @@ impl Ours {
             Domain::new([0xb6; 12]),
             Domain::new([0xd6; 12]),
         );
-        let (pa, pb) = (free_port()?, free_port()?);
-        let cfg_a = host_config(pki, "ours-a", sa, ca, pa)?;
-        let mut cfg_b = host_config(pki, "ours-b", sb, cb, pb)?;
-        cfg_b.remote.peers = vec![PeerSection {
-            address: format!("127.0.0.1:{pa}"),
-            domains: vec![],
-        }];
-        let ha = tenet_voucher_app::start(&cfg_a).await.context("host A")?;
-        let hb = tenet_voucher_app::start(&cfg_b).await.context("host B")?;
+        // Each card's store is PKI_DIR/NAME.card, where `finish` reads it.
+        let card = |d: Domain| CardSpec::new(d).ttp(&pki.ttp).capacity(64 * 1024);
+        let hosts = Topology::new(pki.path(), pki.ca.clone())
+            .host(HostSpec::new("ours-a", sa).card(card(ca)))
+            .host(HostSpec::new("ours-b", sb).card(card(cb)).peer("ours-a"))
+            .start()
+            .await
+            .context("hosts A and B")?;
         let (card_a, card_b) = (ca.owner(), cb.owner());
-        wait_links(&hb, &[card_a]).await?;
-        wait_links(&ha, &[card_b]).await?;
+        let (ha, hb) = (hosts.host("ours-a"), hosts.host("ours-b"));
         let mut app_a = ours_open(ha.socket_path(), card_a).await?;
         let mut app_b = ours_open(hb.socket_path(), card_b).await?;
         app_a.send(card_a, MINT, coffee(ca, n).to_bytes()).await?;
@@ -764,8 +731,7 @@ impl Ours {
         let start = start_exchange(card_a, card_b, app_b.id());
         Ok(Self {
             echo: (deliver_len(&echo) as u64, echo.encoded_len() as u64 + 2),
-            ha,
-            hb,
+            hosts,
             app_a,
             app_b,
             done,
@@ -779,7 +745,7 @@ impl Ours {
     /// has handled the commitment (wallet A learns it by asking its card,
     /// an echo, once the commitment has passed its host).
     async fn exchange(&mut self) -> Result<Sample> {
-        let (a0, b0) = (link_totals(&self.ha), link_totals(&self.hb));
+        let (a0, b0) = (link_totals(self.ha()), link_totals(self.hb()));
         let t = Instant::now();
         ours_initiate(&mut self.app_a, self.card_a, &self.start).await?;
         ours_respond(&mut self.app_b, self.card_b, |o| o.want.quantity <= 1).await?;
@@ -795,7 +761,7 @@ impl Ours {
         }
         self.app_a.echo(self.card_a, b"", WAIT).await?;
         let wall = t.elapsed();
-        let (a1, b1) = (link_totals(&self.ha), link_totals(&self.hb));
+        let (a1, b1) = (link_totals(self.ha()), link_totals(self.hb()));
         let (eo, ei) = self.echo;
         Ok(Sample {
             wall,
@@ -813,7 +779,7 @@ impl Ours {
     /// checked against the link counters.
     async fn accounted(&mut self) -> Result<(Sample, Vec<ApduSize>)> {
         let mut taps = Vec::new();
-        for (h, card) in [(&self.ha, self.card_a), (&self.hb, self.card_b)] {
+        for (h, card) in [(self.ha(), self.card_a), (self.hb(), self.card_b)] {
             let mut t = Capability::acquire(h.socket_path()).await?;
             t.tap(Filter::to(card)).await?;
             t.tap(Filter {
@@ -874,8 +840,7 @@ impl Ours {
 
     async fn finish(self, pki: &Pki) -> Result<(VoucherCard, VoucherCard)> {
         drop((self.app_a, self.app_b, self.done));
-        self.ha.shutdown().await;
-        self.hb.shutdown().await;
+        self.hosts.shutdown().await;
         let open = |name: &str| -> Result<VoucherCard> {
             let store = FileStore::open(&pki.path().join(format!("{name}.card")))?;
             vouchers(&Card::open(
@@ -916,7 +881,7 @@ fn check_conserved(a: &VoucherCard, b: &VoucherCard, minted: u64, n: u64, who: &
 }
 
 /// The source this scenario counts its lines of app code in.
-const SOURCE: &str = include_str!("bench_baseline.rs");
+const SOURCE: &str = include_str!("baseline.rs");
 
 /// Per-side figures of the run.
 struct Side {
@@ -1108,7 +1073,7 @@ fn section(exchanges: u32, base: Side, ours: Side) -> Section {
     ));
     md.push_str(
         "Lines of code: the non-blank, non-comment lines of the wallet logic in \
-         `crates/tenet-cli/src/bench_baseline.rs` between `// loc:baseline` (or `// loc:ours`) and \
+         `crates/tenet-bench/src/baseline.rs` between `// loc:baseline` (or `// loc:ours`) and \
          `// loc:end`, counted by the benchmark from its own source. Both sides include opening \
          the card (PIN); the baseline adds the APDU helper, the TCP link and framing, and the \
          message shuttle of both wallets; ours is the start order and the accept decision \
