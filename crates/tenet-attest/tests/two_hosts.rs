@@ -4,6 +4,8 @@
 //! [`tenet_attest::plug`], the only way the hosts know of it. An app on
 //! host A orders card A to attest with card B; the cards do the rest.
 //!
+//! One test plugs the voucher application in beside it, on the same card.
+//!
 //! Host B listens on `127.0.0.1:0` and the tests read the bound address
 //! from its "accepting host links" event; they wait for the link with the
 //! "link up" events of both hosts. Every wait is for an event (a log
@@ -19,6 +21,7 @@ use pki_types::pem::PemObject;
 use tenet_attest::msg::{self, AttestResult, Outcome, Peers, Record, Start, sha256};
 use tenet_card::{Card, CardLimits, FileStore, Personalization, SystemEntropy};
 use tenet_client::card_pin::CardPin;
+use tenet_client::wallet::Wallet;
 use tenet_client::{Capability, Incoming};
 use tenet_host::config::PeerSection;
 use tenet_host::plugin::HostBuilder;
@@ -27,6 +30,7 @@ use tenet_proto::card::PinOutcome;
 use tenet_proto::codec::Codec;
 use tenet_proto::notice::Refused;
 use tenet_proto::{Domain, EntityId, Filter, Message, Mtype};
+use tenet_voucher::model::{Amount, VoucherClass};
 use tokio::sync::watch;
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
@@ -155,10 +159,26 @@ struct Host {
     address: String,
 }
 
+/// What a test host runs and how its card is certified.
+#[derive(Clone, Copy)]
+struct Setup<'a> {
+    /// The CA that certifies the card.
+    issuer: &'a Path,
+    /// Whether the voucher application runs too, on the same card.
+    vouchers: bool,
+}
+
+/// The TTP the cards of a host with vouchers are personalized for (no
+/// test here needs it to run).
+fn ttp() -> EntityId {
+    dom(0x77).owner()
+}
+
 /// Personalizes a virtual card of domain `card` in a store file: its key
-/// made on the card, its certificate from the CA in `issuer`, the test CA
-/// as the CA it trusts. Returns the store and the certificate.
-fn make_card(pki: &Pki, name: &str, card: Domain, issuer: &Path) -> (PathBuf, Vec<u8>) {
+/// made on the card, its certificate from the CA `setup.issuer`, the test
+/// CA as the CA it trusts, and the voucher applet's data if it runs too.
+/// Returns the store and the certificate.
+fn make_card(pki: &Pki, name: &str, card: Domain, setup: Setup<'_>) -> (PathBuf, Vec<u8>) {
     let store = pki.root().join(format!("{name}.card"));
     let p = Personalization {
         domain: card,
@@ -173,27 +193,35 @@ fn make_card(pki: &Pki, name: &str, card: Domain, issuer: &Path) -> (PathBuf, Ve
     )
     .unwrap();
     let key = c.state().public_key.clone();
-    let (cert, _) = tenet_pki::issue_entity(issuer, c.id(), &key).unwrap();
+    let (cert, _) = tenet_pki::issue_entity(setup.issuer, c.id(), &key).unwrap();
     let ca = CertificateDer::from_pem_file(pki.ca.join("ca.pem"))
         .unwrap()
         .to_vec();
     c.install_certificates(cert.clone(), ca).unwrap();
+    if setup.vouchers {
+        c.provision(
+            tenet_voucher_app::applet::APPLET_ID,
+            tenet_voucher_app::applet::initial_data(ttp(), None),
+        )
+        .unwrap();
+    }
     (store, cert)
 }
 
 /// Starts host `name` with software domain `[sw; 12]` and a card of
-/// domain `[card; 12]` certified by `issuer`, accepting links on
-/// `127.0.0.1:0` and dialing `peers`, with the attestation applet.
+/// domain `[card; 12]`, accepting links on `127.0.0.1:0` and dialing
+/// `peers`, with the attestation applet (and the voucher application, if
+/// `setup` says so).
 async fn start_host(
     pki: &Pki,
     name: &str,
     (sw, card): (u8, u8),
-    issuer: &Path,
+    setup: Setup<'_>,
     peers: &[&Host],
 ) -> Host {
     capture_logs();
     let (sw, card) = (dom(sw), dom(card));
-    let (store, certificate) = make_card(pki, name, card, issuer);
+    let (store, certificate) = make_card(pki, name, card, setup);
     let files = tenet_pki::issue_host(&pki.ca, name, &[sw, card]).unwrap();
     let mut cfg = Config::default();
     cfg.host.socket = Some(pki.root().join(format!("{name}.sock")));
@@ -210,10 +238,11 @@ async fn start_host(
             domains: Vec::new(),
         })
         .collect();
-    let handle = tenet_attest::plug(HostBuilder::new(&cfg))
-        .start()
-        .await
-        .unwrap();
+    let mut builder = HostBuilder::new(&cfg);
+    if setup.vouchers {
+        builder = tenet_voucher_app::plug(builder, &cfg, None).unwrap();
+    }
+    let handle = tenet_attest::plug(builder).start().await.unwrap();
     let host = handle.host_id().to_string();
     let address = logged("accepting host links", "host", &host)
         .await
@@ -227,11 +256,15 @@ async fn start_host(
     }
 }
 
-/// Hosts A and B, A dialing B, with the link up both ways. `b_issuer`
-/// certifies B's card.
-async fn linked(pki: &Pki, (a, b): (u8, u8), b_issuer: &Path) -> (Host, Host) {
-    let hb = start_host(pki, "b", (b, b + 1), b_issuer, &[]).await;
-    let ha = start_host(pki, "a", (a, a + 1), &pki.ca, &[&hb]).await;
+/// Hosts A and B, A dialing B, with the link up both ways. `setup_b` sets up
+/// B; A's card is certified by the test CA.
+async fn linked(pki: &Pki, (a, b): (u8, u8), setup_b: Setup<'_>) -> (Host, Host) {
+    let hb = start_host(pki, "b", (b, b + 1), setup_b, &[]).await;
+    let setup_a = Setup {
+        issuer: &pki.ca,
+        ..setup_b
+    };
+    let ha = start_host(pki, "a", (a, a + 1), setup_a, &[&hb]).await;
     let (ida, idb) = (ha.handle.host_id(), hb.handle.host_id());
     logged("link up", "host", &idb.to_string()).await;
     logged("link up", "host", &ida.to_string()).await;
@@ -290,6 +323,14 @@ async fn refused(cap: &mut Capability, dst: EntityId, mtype: Mtype, param: Vec<u
     r.text
 }
 
+/// A host with the attestation only, its card certified by `issuer`.
+fn plain(issuer: &Path) -> Setup<'_> {
+    Setup {
+        issuer,
+        vouchers: false,
+    }
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -302,7 +343,7 @@ fn now() -> u64 {
 #[tokio::test]
 async fn an_app_starts_it_and_both_cards_record_each_other() {
     let pki = Pki::new();
-    let (ha, hb) = linked(&pki, (0x11, 0x21), &pki.ca).await;
+    let (ha, hb) = linked(&pki, (0x11, 0x21), plain(&pki.ca)).await;
     let mut on_a = app(&ha).await;
     let result = attest(&mut on_a, ha.card, hb.card).await;
     assert_eq!(result.peer, hb.card);
@@ -345,7 +386,7 @@ async fn an_app_starts_it_and_both_cards_record_each_other() {
 async fn a_card_certified_by_another_ca_is_refused_and_nothing_is_recorded_on_either_side() {
     let pki = Pki::new();
     // Card B holds the right CA certificate, but another CA made its own.
-    let (ha, hb) = linked(&pki, (0x12, 0x22), &pki.rogue).await;
+    let (ha, hb) = linked(&pki, (0x12, 0x22), plain(&pki.rogue)).await;
     let mut on_a = app(&ha).await;
     let mut on_b = app(&hb).await;
 
@@ -377,7 +418,7 @@ async fn a_card_certified_by_another_ca_is_refused_and_nothing_is_recorded_on_ei
 #[tokio::test]
 async fn forged_and_replayed_messages_are_refused() {
     let pki = Pki::new();
-    let (ha, hb) = linked(&pki, (0x13, 0x23), &pki.ca).await;
+    let (ha, hb) = linked(&pki, (0x13, 0x23), plain(&pki.ca)).await;
     // A tap on host B sees the protocol's messages go by.
     let mut tap = Capability::acquire(hb.handle.socket_path()).await.unwrap();
     tap.tap(Filter::ANY).await.unwrap();
@@ -456,6 +497,49 @@ async fn forged_and_replayed_messages_are_refused() {
     assert_eq!(on_card_b.len(), 1);
     assert_eq!(on_card_a[0].transcript, transcript);
     assert_eq!(on_card_b[0].transcript, transcript);
+    ha.handle.shutdown().await;
+    hb.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_voucher_application_runs_beside_it_on_the_same_card() {
+    let pki = Pki::new();
+    let setup = Setup {
+        issuer: &pki.ca,
+        vouchers: true,
+    };
+    let (ha, hb) = linked(&pki, (0x14, 0x24), setup).await;
+    let mut wallet = Wallet::open(
+        Capability::acquire(ha.handle.socket_path()).await.unwrap(),
+        ha.card,
+        PIN,
+    )
+    .await
+    .unwrap();
+    let coffee = Amount {
+        class: VoucherClass {
+            issuer: ha.card.domain(),
+            promise: "coffee".into(),
+        },
+        quantity: 5,
+    };
+    let minted = wallet.mint(coffee.clone()).await.unwrap();
+    assert_eq!(minted, std::slice::from_ref(&coffee));
+
+    let mut on_a = app(&ha).await;
+    let result = attest(&mut on_a, ha.card, hb.card).await;
+    let Outcome::Attested { transcript, .. } = result.outcome else {
+        panic!("{result:?}")
+    };
+    let mut on_b = app(&hb).await;
+    let on_card_b = peers(&mut on_b, hb.card).await;
+    assert_eq!(on_card_b.len(), 1);
+    assert_eq!(
+        (on_card_b[0].peer, on_card_b[0].transcript),
+        (ha.card, transcript)
+    );
+    // Each applet kept its own data on the card.
+    assert_eq!(wallet.balances().await.unwrap(), [coffee]);
     ha.handle.shutdown().await;
     hb.handle.shutdown().await;
 }
