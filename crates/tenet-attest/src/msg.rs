@@ -195,7 +195,7 @@ pub struct Reply {
     pub n_b: Nonce,
     /// The responder's certificate.
     pub certificate: Vec<u8>,
-    /// ECDSA P-256 (ASN.1 DER) over [`Transcript::responder_signs`].
+    /// ECDSA P-256 (ASN.1 DER) over [`responder_signs`].
     pub signature: Vec<u8>,
 }
 
@@ -227,7 +227,7 @@ pub struct Finish {
     pub n_a: Nonce,
     /// `n_b`.
     pub n_b: Nonce,
-    /// ECDSA P-256 (ASN.1 DER) over [`Transcript::initiator_signs`].
+    /// ECDSA P-256 (ASN.1 DER) over [`initiator_signs`].
     pub signature: Vec<u8>,
 }
 
