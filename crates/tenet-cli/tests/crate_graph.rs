@@ -20,6 +20,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("tenet-client", 3),
     ("tenet-host", 3),
     ("tenet-voucher-app", 4),
+    ("tenet-attest", 4),
     ("tenet-testkit", 5),
     ("tenet-bench", 6),
     ("tenet", 7),
