@@ -40,10 +40,17 @@ impl From<Step> for Cut {
 pub async fn run(interrupt: Option<Step>, json: bool) -> Result<ExitCode> {
     let dir = tempfile::tempdir()?;
     let ran = tenet_testkit::exchange::run(dir.path(), interrupt.map(Cut::from)).await?;
-    if json {
-        println!("{}", ran.json()?);
+    let out = if json {
+        format!("{}\n", ran.json()?)
     } else {
-        print!("{}", ran.text());
+        ran.text()
+    };
+    // The daemons run in this process, so SIGPIPE stays ignored: a reader
+    // that went away (`tenet demo | head -1`) ends the output quietly.
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(out.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other?,
     }
     Ok(if ran.fair() {
         ExitCode::SUCCESS

@@ -665,6 +665,26 @@ fn a_closed_output_pipe_ends_a_command_quietly() {
     assert!(!e.contains("panicked"), "{e}");
 }
 
+/// The demo, whose daemons keep SIGPIPE ignored, also ends quietly and
+/// successfully when its reader is gone before it prints (`| true` exits
+/// at once; the demo runs for a second before it writes).
+#[test]
+fn the_demo_ends_quietly_when_its_reader_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = dir.path().join("stderr");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "{TENET} demo 2>{} | true; exit ${{PIPESTATUS[0]}}",
+            err.display()
+        ))
+        .output()
+        .unwrap();
+    let e = std::fs::read_to_string(&err).unwrap();
+    assert!(!e.contains("panicked"), "{e}");
+    assert!(out.status.success(), "{e}");
+}
+
 /// `tenet card new` need not take the PIN and PUK in argv: files, or the
 /// terminal; without either and without a terminal, a clear error and no
 /// card.
