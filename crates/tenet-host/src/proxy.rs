@@ -50,9 +50,23 @@ pub(crate) enum ProxyCmd {
     /// Messages for the card wait in the table.
     Wake,
     /// Assign a port for an app acquiring its id.
-    AssignPort(tokio::sync::oneshot::Sender<Result<Port, String>>),
+    AssignPort(tokio::sync::oneshot::Sender<Result<Port, NoPort>>),
     /// Stop the thread.
     Stop,
+}
+
+/// Why the card assigned no port to an app acquiring its id.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NoPort {
+    /// The card is not connected (the proxy keeps retrying).
+    #[error("card not present")]
+    Absent,
+    /// The card link failed while asking.
+    #[error("card not available: {0}")]
+    Unavailable(LinkError),
+    /// The card refused, or answered something else than a port.
+    #[error("{0}")]
+    Refused(SessionError),
 }
 
 const RETRY: Duration = Duration::from_millis(500);
@@ -107,12 +121,12 @@ pub(crate) fn run(
                         Ok(p) => Ok(p),
                         Err(SessionError::Link(e)) => {
                             connected = link.handle_link_error(&e);
-                            Err(format!("card not available: {e}"))
+                            Err(NoPort::Unavailable(e))
                         }
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Err(NoPort::Refused(e)),
                     }
                 } else {
-                    Err("card not present".into())
+                    Err(NoPort::Absent)
                 };
                 let _ = reply.send(r);
             }

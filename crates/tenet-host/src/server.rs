@@ -1000,7 +1000,7 @@ async fn acquire(shared: &Shared, conn: &Conn, session: &mut Session) {
                 Ok(Ok(port)) => EntityId::new(card.id.domain(), port),
                 Ok(Err(e)) => {
                     warn!(error = %e, "card cannot assign a port");
-                    return error(conn, ErrorCode::ID_UNAVAILABLE, e);
+                    return error(conn, ErrorCode::ID_UNAVAILABLE, e.to_string());
                 }
                 Err(_) => {
                     return error(
