@@ -48,7 +48,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tenet_dispatch::{Budget, EndpointId, Usage};
 use tenet_proto::notice::UndeliverableReason;
-use tenet_proto::{Codec, Domain, Message};
+use tenet_proto::{Codec, DecodeError, Domain, EntityId, Message};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
@@ -305,7 +305,7 @@ async fn receive(
     while let Some(msg) = sub.next().await {
         let answer = match ingress(&shared, &nats.stats, &subjects, &msg.subject, &msg.payload) {
             Ok(()) => String::new(),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         };
         match msg.reply {
             Some(reply) if subjects.is_inbox(&reply) => {
@@ -319,6 +319,28 @@ async fn receive(
     }
 }
 
+/// Why a message from NATS was not stored: the answer its sender gets.
+#[derive(Debug, thiserror::Error)]
+enum NatsRefusal {
+    /// The subject is not a data subject under this host's prefix.
+    #[error("not a PREFIX.d.DOMAIN.s.DOMAIN subject")]
+    Subject,
+    /// The payload is no eTP message.
+    #[error("malformed: {0}")]
+    Malformed(DecodeError),
+    /// The message's dst is not in the subject's destination domain.
+    #[error("dst {dst} is not in the subject's domain {subject}")]
+    OtherDomain {
+        /// The message's dst.
+        dst: EntityId,
+        /// The subject's destination domain.
+        subject: Domain,
+    },
+    /// Remote ingress refused it.
+    #[error(transparent)]
+    Ingress(IngressRefusal),
+}
+
 /// One message from NATS through remote ingress, its origin the subject's
 /// sender domain; the refusal its sender gets as the answer.
 fn ingress(
@@ -327,24 +349,24 @@ fn ingress(
     subjects: &Subjects,
     subject: &str,
     payload: &[u8],
-) -> Result<(), String> {
-    let refuse = |counter: &AtomicU64, why: String| {
+) -> Result<(), NatsRefusal> {
+    let refuse = |counter: &AtomicU64, why: NatsRefusal| {
         count(counter);
         warn!(%subject, reason = %why, "message from NATS refused");
         why
     };
     let Some((to, from)) = subjects.parse(subject) else {
-        return Err(refuse(
-            &stats.malformed,
-            "not a PREFIX.d.DOMAIN.s.DOMAIN subject".into(),
-        ));
+        return Err(refuse(&stats.malformed, NatsRefusal::Subject));
     };
     let m = Message::decode(payload)
-        .map_err(|e| refuse(&stats.malformed, format!("malformed: {e}")))?;
+        .map_err(|e| refuse(&stats.malformed, NatsRefusal::Malformed(e)))?;
     if m.dst().domain() != to {
         return Err(refuse(
             &stats.malformed,
-            format!("dst {} is not in the subject's domain {to}", m.dst()),
+            NatsRefusal::OtherDomain {
+                dst: m.dst(),
+                subject: to,
+            },
         ));
     }
     let (result, events) = {
@@ -362,11 +384,13 @@ fn ingress(
             e @ (IngressRefusal::Forged(_)
             | IngressRefusal::OwnDomain(_)
             | IngressRefusal::ForgedNotice { .. }),
-        ) => Err(refuse(&stats.forged_dropped, e.to_string())),
-        Err(e @ IngressRefusal::Guard(_)) => Err(refuse(&stats.guard_dropped, e.to_string())),
+        ) => Err(refuse(&stats.forged_dropped, NatsRefusal::Ingress(e))),
+        Err(e @ IngressRefusal::Guard(_)) => {
+            Err(refuse(&stats.guard_dropped, NatsRefusal::Ingress(e)))
+        }
         Err(e @ IngressRefusal::NotStored(_)) => {
             debug!(%subject, error = %e, "message from NATS not stored");
-            Err(e.to_string())
+            Err(NatsRefusal::Ingress(e))
         }
     }
 }

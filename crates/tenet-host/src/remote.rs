@@ -37,7 +37,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tenet_dispatch::reliable::{Inbound, PeerLink};
-use tenet_dispatch::{DispatchTable, EndpointId, Ingress, StoreError};
+use tenet_dispatch::{DispatchTable, Dropped, EndpointId, Ingress, StoreError};
 use tenet_proto::frame::{FrameDecoder, write_codec_frame};
 use tenet_proto::link::{LinkFrame, MAX_LINK_FRAME};
 use tenet_proto::notice::{Undeliverable, UndeliverableReason};
@@ -98,10 +98,10 @@ pub(crate) enum IngressRefusal {
     },
     /// The guard chain dropped it (first the default remote-ingress guard).
     #[error("{0}")]
-    Guard(String),
+    Guard(Dropped),
     /// The table could not take it; its sender was told `undeliverable`.
     #[error("{0}")]
-    NotStored(String),
+    NotStored(StoreError),
 }
 
 /// Remote ingress, the one path of every transport: a message from another
@@ -139,10 +139,10 @@ pub(crate) fn remote_ingress(
     };
     match t.store(Ingress::Remote, m, now) {
         Ok(_) => Ok(()),
-        Err(StoreError::Guard(d)) => Err(IngressRefusal::Guard(d.to_string())),
+        Err(StoreError::Guard(d)) => Err(IngressRefusal::Guard(d)),
         Err(e) => {
             t.undeliverable(&header, UndeliverableReason::QUEUE_FULL, now);
-            Err(IngressRefusal::NotStored(e.to_string()))
+            Err(IngressRefusal::NotStored(e))
         }
     }
 }
@@ -595,6 +595,80 @@ async fn accept_loop(shared: Arc<Shared>, remote: Arc<Remote>, l: TcpListener) {
     }
 }
 
+/// Why a link was refused at its hello: what the peer is told in the
+/// close frame, and the log says.
+#[derive(Debug, thiserror::Error)]
+enum LinkRefusal {
+    /// A dialer reached another host than the config says must answer.
+    #[error("expected host {expected}: {why}")]
+    NotExpected {
+        /// The host the config names.
+        expected: EntityId,
+        /// Why the certificate is not that host's.
+        why: Unnamed,
+    },
+    /// The hello names another host than the one this peer was before.
+    #[error("expected host {expected}, got {got}")]
+    OtherHost {
+        /// The peer's host id so far.
+        expected: EntityId,
+        /// The host id in the hello.
+        got: EntityId,
+    },
+    /// The hello is this host's own.
+    #[error("a link to itself")]
+    Itself,
+    /// The link's certificate does not name every domain the link would
+    /// carry.
+    #[error("{0}")]
+    Unnamed(Unnamed),
+    /// The peer announces a domain of this host.
+    #[error("domain {0} is local here")]
+    LocalDomain(Domain),
+    /// The peer announces a domain another peer serves.
+    #[error("domain {0} is already served by another peer")]
+    Served(Domain),
+}
+
+/// Why a link's certificate does not name the domains asked for.
+#[derive(Debug, thiserror::Error)]
+enum Unnamed {
+    /// The TLS peer presented no certificate.
+    #[error("no peer certificate")]
+    NoCertificate,
+    /// The certificate does not name them, or cannot be read.
+    #[error("{0}")]
+    Certificate(certs::CertError),
+}
+
+/// Why an up link went down (logged).
+#[derive(Debug, thiserror::Error)]
+enum LinkDown {
+    /// The read side ended.
+    #[error(transparent)]
+    Ended(LinkEnd),
+    /// A data frame skipped a sequence number: the peer misbehaves.
+    #[error("sequence gap: expected {expected}, got {got}")]
+    Gap {
+        /// The sequence number expected.
+        expected: u64,
+        /// The one that came.
+        got: u64,
+    },
+    /// The peer closed the link, saying why.
+    #[error("peer closed: {0}")]
+    PeerClosed(String),
+    /// The peer sent a second hello on the link.
+    #[error("second hello")]
+    SecondHello,
+    /// Writing to the stream failed.
+    #[error("write failed")]
+    WriteFailed,
+    /// A newer link to the same peer replaced this one.
+    #[error("replaced by a newer link")]
+    Replaced,
+}
+
 /// Why a link's read side ended.
 #[derive(Debug, thiserror::Error)]
 enum LinkEnd {
@@ -708,11 +782,11 @@ async fn run_link<S: LinkStream>(
     // identity).
     let cert = stream.peer_certificate();
     let plaintext = remote.tls.is_none();
-    let named = |domains: &[Domain]| -> Result<(), String> {
+    let named = |domains: &[Domain]| -> Result<(), Unnamed> {
         match (&cert, plaintext) {
             (_, true) => Ok(()),
-            (Some(c), false) => certs::check_domains(c, domains).map_err(|e| e.to_string()),
-            (None, false) => Err("no peer certificate".into()),
+            (Some(c), false) => certs::check_domains(c, domains).map_err(Unnamed::Certificate),
+            (None, false) => Err(Unnamed::NoCertificate),
         }
     };
     let (rd, mut wr) = tokio::io::split(stream);
@@ -728,12 +802,12 @@ async fn run_link<S: LinkStream>(
         // A dialer told which host it must reach checks whom it reached
         // before it says anything.
         if let Some(expected) = p.expected
-            && let Err(e) = named(&[expected.domain()])
+            && let Err(why) = named(&[expected.domain()])
         {
-            let reason = format!("expected host {expected}: {e}");
+            let reason = LinkRefusal::NotExpected { expected, why };
             remote.stats.links_refused.fetch_add(1, Ordering::Relaxed);
             warn!(peer = %p.label, %expected, %reason, "link refused");
-            send_close(&mut wr, &reason).await;
+            send_close(&mut wr, &reason.to_string()).await;
             return;
         }
         let f = hello(lock(&p.inner).link.hello_fields());
@@ -811,32 +885,30 @@ async fn run_link<S: LinkStream>(
         let t = lock(&shared.table);
         wanted.iter().map(|d| t.is_local_domain(*d)).collect()
     };
-    let refusal = {
-        if pinned.is_some_and(|h| h != host) {
-            Some(format!(
-                "expected host {}, got {host}",
-                pinned.expect("checked")
-            ))
-        } else if host == remote.me {
-            Some("a link to itself".into())
-        } else if let Err(e) = named(&certified) {
-            Some(e)
-        } else {
-            wanted.iter().zip(&local).find_map(|(d, is_local)| {
-                if *is_local {
-                    Some(format!("domain {d} is local here"))
-                } else if others.contains(d) {
-                    Some(format!("domain {d} is already served by another peer"))
-                } else {
-                    None
-                }
-            })
-        }
+    let refusal = if let Some(expected) = pinned.filter(|h| *h != host) {
+        Some(LinkRefusal::OtherHost {
+            expected,
+            got: host,
+        })
+    } else if host == remote.me {
+        Some(LinkRefusal::Itself)
+    } else if let Err(e) = named(&certified) {
+        Some(LinkRefusal::Unnamed(e))
+    } else {
+        wanted.iter().zip(&local).find_map(|(d, is_local)| {
+            if *is_local {
+                Some(LinkRefusal::LocalDomain(*d))
+            } else if others.contains(d) {
+                Some(LinkRefusal::Served(*d))
+            } else {
+                None
+            }
+        })
     };
     if let Some(reason) = refusal {
         remote.stats.links_refused.fetch_add(1, Ordering::Relaxed);
         warn!(peer = %label, %host, %reason, "link refused");
-        send_close(&mut wr, &reason).await;
+        send_close(&mut wr, &reason.to_string()).await;
         return;
     }
     let peer = match existing.or_else(|| known(host)) {
@@ -936,7 +1008,7 @@ async fn run_link<S: LinkStream>(
             }
             if !buf.is_empty() {
                 if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
-                    return "write failed".to_owned();
+                    return LinkDown::WriteFailed;
                 }
                 buf.clear();
             }
@@ -956,7 +1028,7 @@ async fn run_link<S: LinkStream>(
     let reason = tokio::select! {
         r = writer => r,
         r = reading => r,
-        _ = stop.notified() => "replaced by a newer link".to_owned(),
+        _ = stop.notified() => LinkDown::Replaced,
     };
     {
         let mut i = lock(&peer.inner);
@@ -972,7 +1044,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     remote: &Remote,
     peer: &Peer,
     reader: &mut FrameReader<R>,
-) -> String {
+) -> LinkDown {
     loop {
         let frames = match reader.next_batch().await {
             Ok(f) => f,
@@ -981,11 +1053,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     remote.stats.links_broken.fetch_add(1, Ordering::Relaxed);
                     warn!(peer = %peer.label, error = %e, "closing link");
                 }
-                return e.to_string();
+                return LinkDown::Ended(e);
             }
         };
         let mut stored = Vec::new();
-        let mut outcome: Option<String> = None;
+        let mut outcome: Option<LinkDown> = None;
         let reopened;
         let authorized;
         {
@@ -1001,8 +1073,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         match i.link.on_data(seq) {
                             Inbound::Duplicate => {}
                             Inbound::Gap { expected } => {
-                                outcome =
-                                    Some(format!("sequence gap: expected {expected}, got {seq}"));
+                                outcome = Some(LinkDown::Gap { expected, got: seq });
                                 break;
                             }
                             Inbound::New => {
@@ -1022,11 +1093,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     }
                     LinkFrame::Ack { ack } => i.link.on_ack(ack),
                     LinkFrame::Close { reason } => {
-                        outcome = Some(format!("peer closed: {reason}"));
+                        outcome = Some(LinkDown::PeerClosed(reason));
                         break;
                     }
                     LinkFrame::Hello { .. } => {
-                        outcome = Some("second hello".into());
+                        outcome = Some(LinkDown::SecondHello);
                         break;
                     }
                 }
@@ -1153,7 +1224,7 @@ mod tests {
         );
         assert!(matches!(
             ingress(from(peer), Mtype::CHANGE_PIN),
-            Err(IngressRefusal::Guard(why)) if why.contains("privileged")
+            Err(IngressRefusal::Guard(why)) if why.to_string().contains("privileged")
         ));
         assert_eq!(ingress(from(peer), Mtype::ECHO_REQUEST), Ok(()));
         // A sender authorized for a domain of this host still cannot use it.
