@@ -53,7 +53,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::config::{ConfigError, NatsSection};
-use crate::remote::{IngressRefusal, remote_ingress};
+use crate::remote::{IngressRefusal, RemoteSetupError, remote_ingress};
 use crate::server::{HostError, Shared, drain_events, lock, run_events};
 
 /// How long a sender waits for the receiving host's answer.
@@ -266,8 +266,13 @@ pub(crate) async fn start(
     let urls: Vec<String> = cfg.url.split(',').map(|u| u.trim().to_owned()).collect();
     let client = tokio::time::timeout(Duration::from_secs(10), opts.connect(urls.clone()))
         .await
-        .map_err(|_| HostError::Remote(format!("NATS server {} not reachable", cfg.url)))?
-        .map_err(|e| HostError::Remote(format!("NATS server {}: {e}", cfg.url)))?;
+        .map_err(|_| HostError::Remote(RemoteSetupError::NatsUnreachable(cfg.url.clone())))?
+        .map_err(|error| {
+            HostError::Remote(RemoteSetupError::NatsConnect {
+                url: cfg.url.clone(),
+                error,
+            })
+        })?;
     let mut tasks = Vec::new();
     for d in &domains {
         let subject = subjects.inbound(*d);
@@ -275,7 +280,7 @@ pub(crate) async fn start(
             Some(q) => client.queue_subscribe(subject, q.clone()).await,
             None => client.subscribe(subject).await,
         }
-        .map_err(|e| HostError::Remote(format!("NATS subscribe: {e}")))?;
+        .map_err(|e| HostError::Remote(RemoteSetupError::NatsSubscribe(e)))?;
         tasks.push(tokio::spawn(receive(
             shared.clone(),
             nats.clone(),
@@ -287,7 +292,7 @@ pub(crate) async fn start(
     client
         .flush()
         .await
-        .map_err(|e| HostError::Remote(format!("NATS: {e}")))?;
+        .map_err(|e| HostError::Remote(RemoteSetupError::NatsFlush(e)))?;
     info!(url = %cfg.url, subjects = ?domains.iter().map(|d| subjects.inbound(*d)).collect::<Vec<_>>(), queue = ?cfg.queue, "NATS link up");
     tasks.push(tokio::spawn(send_loop(
         shared, nats, client, subjects, domains,

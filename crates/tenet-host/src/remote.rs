@@ -27,12 +27,13 @@
 //! nothing while both daemons stay up. See `docs/remote.md`.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
@@ -75,6 +76,88 @@ pub struct RemoteStats {
     pub received: AtomicU64,
     /// Links that came up (hello accepted), reconnects included.
     pub links_up: AtomicU64,
+}
+
+/// Why the remote links cannot be set up ([`HostError::Remote`]): this
+/// host's TLS files, its listener, its NATS connection. Each text holds its
+/// cause.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteSetupError {
+    /// The CA file (`remote.ca`) cannot be read as PEM.
+    #[error("CA file {}: {error}", path.display())]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        error: pem::Error,
+    },
+    /// A certificate in the CA file cannot be a root.
+    #[error("CA certificate: {0}")]
+    CaCertificate(rustls::Error),
+    /// The certificate file (`remote.cert`) cannot be read as PEM.
+    #[error("certificate file {}: {error}", path.display())]
+    CertFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        error: pem::Error,
+    },
+    /// The certificate file's certificate is not a host certificate.
+    #[error("certificate file {}: {error}", path.display())]
+    NotHost {
+        /// The file.
+        path: PathBuf,
+        /// Why it is not a host's.
+        error: certs::CertError,
+    },
+    /// The key file (`remote.key`) cannot be read as PEM.
+    #[error("key file {}: {error}", path.display())]
+    KeyFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        error: pem::Error,
+    },
+    /// The verifier of peers' client certificates cannot be made.
+    #[error("client verifier: {0}")]
+    ClientVerifier(rustls::server::VerifierBuilderError),
+    /// The verifier of peers' server certificates cannot be made.
+    #[error("server verifier: {0}")]
+    ServerVerifier(rustls::server::VerifierBuilderError),
+    /// rustls refuses the TLS configuration.
+    #[error("TLS: {0}")]
+    Tls(rustls::Error),
+    /// rustls refuses the host's certificate or key.
+    #[error("host certificate: {0}")]
+    HostCertificate(rustls::Error),
+    /// The system's random source failed (for the link session id).
+    #[error("no randomness: {0}")]
+    Randomness(getrandom::Error),
+    /// The listener (`remote.listen`) cannot be bound.
+    #[error("cannot listen on {address}: {error}")]
+    Listen {
+        /// The address as configured.
+        address: String,
+        /// The cause.
+        error: std::io::Error,
+    },
+    /// No NATS server answered in time.
+    #[error("NATS server {0} not reachable")]
+    NatsUnreachable(String),
+    /// The NATS server refused the connection.
+    #[error("NATS server {url}: {error}")]
+    NatsConnect {
+        /// The configured URL(s).
+        url: String,
+        /// The cause.
+        error: async_nats::ConnectError,
+    },
+    /// A subscription to this host's subjects failed.
+    #[error("NATS subscribe: {0}")]
+    NatsSubscribe(async_nats::SubscribeError),
+    /// The subscriptions could not be flushed to the server.
+    #[error("NATS: {0}")]
+    NatsFlush(async_nats::client::FlushError),
 }
 
 /// Why remote ingress refused a message from another host.
@@ -333,7 +416,7 @@ impl ServerCertVerifier for HostServerVerifier {
     }
 }
 
-fn load_tls(cfg: &Config, my_domains: &[Domain]) -> Result<Option<Tls>, HostError> {
+fn load_tls(cfg: &Config, my_domains: &[Domain]) -> Result<Option<Tls>, RemoteSetupError> {
     let r = &cfg.remote;
     if r.danger_plaintext.unwrap_or(false) {
         return Ok(None);
@@ -341,55 +424,64 @@ fn load_tls(cfg: &Config, my_domains: &[Domain]) -> Result<Option<Tls>, HostErro
     let (Some(ca), Some(cert), Some(key)) = (&r.ca, &r.cert, &r.key) else {
         return Ok(None);
     };
-    let err = |what: &str, e: &dyn std::fmt::Display| HostError::Remote(format!("{what}: {e}"));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let ca_file = |error| RemoteSetupError::CaFile {
+        path: ca.clone(),
+        error,
+    };
     let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca)
-        .map_err(|e| err(&format!("CA file {}", ca.display()), &e))?
-    {
+    for c in CertificateDer::pem_file_iter(ca).map_err(ca_file)? {
         roots
-            .add(c.map_err(|e| err(&format!("CA file {}", ca.display()), &e))?)
-            .map_err(|e| err("CA certificate", &e))?;
+            .add(c.map_err(ca_file)?)
+            .map_err(RemoteSetupError::CaCertificate)?;
     }
     let roots = Arc::new(roots);
+    let cert_file = |error| RemoteSetupError::CertFile {
+        path: cert.clone(),
+        error,
+    };
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| err(&format!("certificate file {}", cert.display()), &e))?
+        .map_err(cert_file)?
         .collect::<Result<_, _>>()
-        .map_err(|e| err(&format!("certificate file {}", cert.display()), &e))?;
+        .map_err(cert_file)?;
     // This host's own certificate must be a host certificate, and should
     // name its domains (peers refuse a link otherwise).
     if let Some(ee) = chain.first() {
-        certs::check_host_role(ee)
-            .map_err(|e| err(&format!("certificate file {}", cert.display()), &e))?;
+        certs::check_host_role(ee).map_err(|error| RemoteSetupError::NotHost {
+            path: cert.clone(),
+            error,
+        })?;
         if let Err(e) = certs::check_domains(ee, my_domains) {
             warn!(file = %cert.display(), error = %e, "this host's certificate does not name all its domains; peers will refuse its links");
         }
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| err(&format!("key file {}", key.display()), &e))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|error| RemoteSetupError::KeyFile {
+        path: key.clone(),
+        error,
+    })?;
     let client_verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         roots.clone(),
         provider.clone(),
     )
     .build()
-    .map_err(|e| err("client verifier", &e))?;
+    .map_err(RemoteSetupError::ClientVerifier)?;
     let server_verifier =
         rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
             .build()
-            .map_err(|e| err("server verifier", &e))?;
+            .map_err(RemoteSetupError::ServerVerifier)?;
     let server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| err("TLS", &e))?
+        .map_err(RemoteSetupError::Tls)?
         .with_client_cert_verifier(Arc::new(HostClientVerifier(client_verifier)))
         .with_single_cert(chain.clone(), key.clone_key())
-        .map_err(|e| err("host certificate", &e))?;
+        .map_err(RemoteSetupError::HostCertificate)?;
     let client = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| err("TLS", &e))?
+        .map_err(RemoteSetupError::Tls)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(HostServerVerifier(server_verifier)))
         .with_client_auth_cert(chain, key)
-        .map_err(|e| err("host certificate", &e))?;
+        .map_err(RemoteSetupError::HostCertificate)?;
     Ok(Some(Tls {
         acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
         connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
@@ -411,9 +503,9 @@ impl Remote {
         cfg.remote_checked()?;
         let mut session = [0u8; 8];
         getrandom::fill(&mut session)
-            .map_err(|e| HostError::Remote(format!("no randomness: {e}")))?;
+            .map_err(|e| HostError::Remote(RemoteSetupError::Randomness(e)))?;
         let rate = r.rate.unwrap_or(20_000.0);
-        let tls = load_tls(cfg, &my_domains)?;
+        let tls = load_tls(cfg, &my_domains).map_err(HostError::Remote)?;
         Ok(Some(Self {
             session: u64::from_be_bytes(session) | 1,
             me,
@@ -509,9 +601,12 @@ pub(crate) async fn start(
         )));
     }
     if let Some(listen) = &cfg.remote.listen {
-        let l = TcpListener::bind(listen)
-            .await
-            .map_err(|e| HostError::Remote(format!("cannot listen on {listen}: {e}")))?;
+        let l = TcpListener::bind(listen).await.map_err(|error| {
+            HostError::Remote(RemoteSetupError::Listen {
+                address: listen.clone(),
+                error,
+            })
+        })?;
         // The bound address, so `listen = "127.0.0.1:0"` says which port it got.
         let bound = l
             .local_addr()

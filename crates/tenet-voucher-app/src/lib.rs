@@ -21,7 +21,7 @@ pub mod offers;
 pub mod ttp;
 
 use tenet_host::config::{Config, ConfigError};
-use tenet_host::plugin::HostBuilder;
+use tenet_host::plugin::{HostBuilder, ServiceError};
 use tenet_host::{HostError, HostHandle};
 use tenet_voucher::policy::{Policy, PolicyError};
 
@@ -94,10 +94,10 @@ pub async fn open_ttp(config: &Config) -> Result<Option<ttp::TtpService>, HostEr
     let dir = config.state_dir();
     tokio::task::spawn_blocking(move || -> Result<_, HostError> {
         tenet_host::state::ensure_dir(&dir)?;
-        ttp::TtpService::open(&t, &dir).map_err(|e| HostError::Ttp(e.to_string()))
+        ttp::TtpService::open(&t, &dir).map_err(|e| HostError::Ttp(ServiceError::Plugin(e.into())))
     })
     .await
-    .map_err(|e| HostError::Ttp(e.to_string()))?
+    .map_err(|e| HostError::Ttp(ServiceError::Plugin(e.into())))?
     .map(Some)
 }
 
