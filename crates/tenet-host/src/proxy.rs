@@ -144,7 +144,7 @@ struct Attached {
     card: EntityId,
     /// Why the last reconnection failed, so that a refusal is logged once
     /// until it changes (the proxy retries every 500 ms).
-    failed: Option<String>,
+    failed: Option<SessionError>,
     /// The last drain stopped after a batch with messages still waiting.
     more: bool,
 }
@@ -162,8 +162,7 @@ impl Attached {
             }
             Err(e) => e,
         };
-        let text = why.to_string();
-        let first = self.failed.as_deref() != Some(text.as_str());
+        let first = self.failed.as_ref() != Some(&why);
         match &why {
             SessionError::OtherCard(reason) if first => {
                 warn!(expected = %card, %reason, "card refused: another card is in the reader; nothing is sent to it, messages for the card wait");
@@ -173,7 +172,7 @@ impl Attached {
             }
             _ => debug!(%card, error = %why, "card not back yet"),
         }
-        self.failed = Some(text);
+        self.failed = Some(why);
         false
     }
 
