@@ -54,7 +54,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{ConfigError, NatsSection};
 use crate::remote::{IngressRefusal, RemoteSetupError, remote_ingress};
-use crate::server::{HostError, Shared, drain_events, lock, run_events};
+use crate::server::{HostError, Shared, lock};
 
 /// How long a sender waits for the receiving host's answer.
 const ANSWER: Duration = Duration::from_secs(5);
@@ -374,12 +374,7 @@ fn ingress(
             },
         ));
     }
-    let (result, events) = {
-        let mut t = lock(&shared.table);
-        let r = remote_ingress(&mut t, &[from], m, Instant::now());
-        (r, drain_events(&mut t))
-    };
-    run_events(shared, events);
+    let result = shared.with_core(|t| remote_ingress(t, &[from], m, Instant::now()));
     match result {
         Ok(()) => {
             count(&stats.received);
@@ -495,12 +490,7 @@ impl Drop for InFlight {
 
 /// Tells the sender of `m` that it is undeliverable.
 fn bounce(shared: &Shared, m: &Message, reason: UndeliverableReason) {
-    let events = {
-        let mut t = lock(&shared.table);
-        t.undeliverable(m, reason, Instant::now());
-        drain_events(&mut t)
-    };
-    run_events(shared, events);
+    shared.with_core(|t| t.undeliverable(m, reason, Instant::now()));
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ use tenet_proto::{Codec, EntityId, Message, Mtype, Port};
 use tracing::{debug, info, warn};
 
 use crate::link::{CardSession, LinkError, SessionError};
-use crate::server::{Shared, drain_events, lock, run_events};
+use crate::server::{Shared, lock};
 
 /// Requests to the proxy thread.
 pub(crate) enum ProxyCmd {
@@ -264,17 +264,11 @@ fn tell_time(shared: &Shared, link: &mut Attached) -> bool {
 }
 
 fn undeliverable(shared: &Shared, m: &Message) {
-    let events = {
-        let mut t = lock(&shared.table);
-        t.undeliverable(m, UndeliverableReason::DESTINATION_GONE, Instant::now());
-        drain_events(&mut t)
-    };
-    run_events(shared, events);
+    shared.with_core(|t| t.undeliverable(m, UndeliverableReason::DESTINATION_GONE, Instant::now()));
 }
 
 fn store_from_card(shared: &Shared, card: EntityId, out: Vec<Message>) {
-    let events = {
-        let mut t = lock(&shared.table);
+    shared.with_core(|t| {
         for m in out {
             if m.src() != card {
                 warn!(%card, claimed = %m.src(), "message from the card with another src dropped");
@@ -284,7 +278,5 @@ fn store_from_card(shared: &Shared, card: EntityId, out: Vec<Message>) {
                 warn!(%card, error = %e, "message from the card not stored");
             }
         }
-        drain_events(&mut t)
-    };
-    run_events(shared, events);
+    });
 }

@@ -49,7 +49,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::server::{HostError, Shared, drain_events, lock, run_events};
+use crate::server::{HostError, Shared, lock};
 use tenet_pki::{self as certs, HOST_NAME};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -1049,17 +1049,14 @@ async fn run_link<S: LinkStream>(
         });
         (resume, new_domains, our_hello)
     };
-    let events = {
-        let mut t = lock(&shared.table);
+    shared.with_core(|t| {
         for d in &new_domains {
             let _ = t.subscribe(peer.ep, Filter::to_domain(*d));
         }
         for m in &resume.lost {
             t.undeliverable(m, UndeliverableReason::DESTINATION_GONE, Instant::now());
         }
-        drain_events(&mut t)
-    };
-    run_events(shared, events);
+    });
     remote.stats.links_up.fetch_add(1, Ordering::Relaxed);
     info!(peer = %peer.label, %host, domains = ?wanted, resent = resume.resend.len(), lost = resume.lost.len(), restarted = resume.peer_restarted, "link up");
     let mut first = Vec::new();
@@ -1077,12 +1074,13 @@ async fn run_link<S: LinkStream>(
             // Take what waits in the table while the window has room. A
             // message for a domain this link's certificate does not name
             // (routed here by an earlier link's announcement) goes back to
-            // its sender as undeliverable.
-            {
-                let mut i = lock(&peer.inner);
-                let mut t = lock(&shared.table);
+            // its sender as undeliverable. The peer is locked before the
+            // table, and unlocked with it (when the closure ends), before
+            // the table's events run.
+            let inner = lock(&peer.inner);
+            let frames = shared.with_core(|t| {
+                let mut i = inner;
                 let mut frames = Vec::new();
-                let mut bounced = false;
                 while i.link.has_room() {
                     let Some(d) = t.take(peer.ep) else { break };
                     if i.authorized.contains(&d.message.dst().domain()) {
@@ -1090,17 +1088,11 @@ async fn run_link<S: LinkStream>(
                     } else {
                         let why = UndeliverableReason::DESTINATION_GONE;
                         t.undeliverable(&d.message, why, Instant::now());
-                        bounced = true;
                     }
                 }
-                let events = bounced.then(|| drain_events(&mut t));
-                drop(t);
-                drop(i);
-                if let Some(events) = events {
-                    run_events(shared, events);
-                }
-                encode(&frames, &mut buf);
-            }
+                frames
+            });
+            encode(&frames, &mut buf);
             if !buf.is_empty() {
                 if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
                     return LinkDown::WriteFailed;
@@ -1200,11 +1192,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
             reopened = was_full && i.link.has_room();
         }
         if !stored.is_empty() {
-            let events = {
-                let mut t = lock(&shared.table);
+            shared.with_core(|t| {
                 for m in stored {
                     let src = m.src();
-                    match remote_ingress(&mut t, &authorized, m, Instant::now()) {
+                    match remote_ingress(t, &authorized, m, Instant::now()) {
                         Ok(()) => {
                             remote.stats.received.fetch_add(1, Ordering::Relaxed);
                         }
@@ -1224,9 +1215,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         }
                     }
                 }
-                drain_events(&mut t)
-            };
-            run_events(shared, events);
+            });
         }
         // Let the writer use the room that acknowledgements opened; our own
         // acknowledgements ride on data frames or go out on the writer's tick.

@@ -271,7 +271,9 @@ struct CardAttach {
 impl Shared {
     /// Runs `f` on the dispatch table, then acts on the events it caused
     /// (wakes readers, logs guard notes) with the table unlocked: the one
-    /// way host code changes the table.
+    /// way host code changes the table. Never called with the table
+    /// locked; a lock `f` takes or is given (a peer's) ends with it,
+    /// before the events run.
     pub(crate) fn with_core<R>(&self, f: impl FnOnce(&mut DispatchTable) -> R) -> R {
         let (r, events) = {
             let mut t = lock(&self.table);
@@ -646,23 +648,21 @@ async fn timer_loop(shared: Arc<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let events = {
-            let mut t = lock(&shared.table);
+        shared.with_core(|t| {
             if t.poll_timeout().is_some_and(|d| d <= Instant::now()) {
                 t.handle_timeout(Instant::now());
             }
-            drain_events(&mut t)
-        };
-        run_events(&shared, events);
+        });
     }
 }
 
-pub(crate) fn drain_events(t: &mut DispatchTable) -> Vec<Event> {
+fn drain_events(t: &mut DispatchTable) -> Vec<Event> {
     std::iter::from_fn(|| t.poll_event()).collect()
 }
 
-/// Acts on table events until none are left.
-pub(crate) fn run_events(shared: &Shared, events: Vec<Event>) {
+/// Acts on table events until none are left; called with the table
+/// unlocked (by [`Shared::with_core`] only).
+fn run_events(shared: &Shared, events: Vec<Event>) {
     let mut work = std::collections::VecDeque::from(events);
     while let Some(ev) = work.pop_front() {
         match ev {
@@ -903,12 +903,7 @@ async fn serve(shared: Arc<Shared>, conn: Arc<Conn>) {
     lock(&conn.out).closed = true;
     conn.kick.notify_one();
     lock(&shared.conns).remove(&conn.ep);
-    let events = {
-        let mut t = lock(&shared.table);
-        t.remove_endpoint(conn.ep, Instant::now());
-        drain_events(&mut t)
-    };
-    run_events(&shared, events);
+    shared.with_core(|t| t.remove_endpoint(conn.ep, Instant::now()));
     writer.abort();
 }
 
@@ -1099,13 +1094,9 @@ fn send(shared: &Shared, conn: &Conn, id: EntityId, m: Message) {
             format!("src {} is not this connection's id {id}", m.src()),
         );
     }
-    let (result, events) = {
-        let mut t = lock(&shared.table);
-        let r = t.store(Ingress::App, m, Instant::now());
-        (r, drain_events(&mut t))
-    };
-    // Deliver first, then acknowledge: the destination's latency matters more.
-    run_events(shared, events);
+    // Deliver first (with_core acts on the events before it returns), then
+    // acknowledge: the destination's latency matters more.
+    let result = shared.with_core(|t| t.store(Ingress::App, m, Instant::now()));
     match result {
         Ok(_) => reply(conn, &DaemonFrame::Ok(0)),
         Err(e @ StoreError::QueueFull { .. }) => error(conn, ErrorCode::QUEUE_FULL, e.to_string()),
