@@ -564,7 +564,29 @@ struct Rtt {
     card: Summary,
     app: Summary,
     /// The D-Bus method call, or why there is none.
-    dbus: std::result::Result<Summary, String>,
+    dbus: std::result::Result<Summary, NoDbus>,
+}
+
+/// Why a run has no D-Bus baseline.
+#[derive(Debug, thiserror::Error)]
+pub enum NoDbus {
+    /// This build has no D-Bus client.
+    #[cfg(not(feature = "dbus"))]
+    #[error("not in this build (rebuild with `--features dbus`)")]
+    NotBuilt,
+    /// dbus-daemon is missing.
+    #[cfg(feature = "dbus")]
+    #[error(
+        "dbus-daemon is not installed (Debian package `dbus-daemon`); no D-Bus baseline in this run"
+    )]
+    NotInstalled,
+    /// dbus-daemon or the client did not start.
+    #[cfg(feature = "dbus")]
+    #[error("dbus-daemon did not start: {0:#}")]
+    DidNotStart(anyhow::Error),
+    /// A method call failed during the run.
+    #[error("the D-Bus method call failed: {0:#}")]
+    CallFailed(anyhow::Error),
 }
 
 /// Echo from an app to the daemon's in-process virtual card (`CARD:0`) and
@@ -610,7 +632,7 @@ async fn card_vs_dbus(dir: &Path, n: u32) -> Result<Rtt> {
         if let Ok(bench) = &mut bus {
             match bench.calls(warmup, per).await {
                 Ok(v) => d.extend(v),
-                Err(e) => bus = Err(format!("the D-Bus method call failed: {e:#}")),
+                Err(e) => bus = Err(NoDbus::CallFailed(e)),
             }
         }
         pb.inc(1);
@@ -635,8 +657,8 @@ mod dbus {
     pub enum Bench {}
 
     impl Bench {
-        pub async fn start(_dir: &Path) -> Result<Self, String> {
-            Err("not in this build (rebuild with `--features dbus`)".into())
+        pub async fn start(_dir: &Path) -> Result<Self, super::NoDbus> {
+            Err(super::NoDbus::NotBuilt)
         }
 
         pub async fn calls(&mut self, _warmup: u32, _n: u32) -> anyhow::Result<Vec<Duration>> {
@@ -689,17 +711,13 @@ mod dbus {
 
     impl Bench {
         /// Starts dbus-daemon on a socket in `dir`, or says why not.
-        pub async fn start(dir: &Path) -> Result<Self, String> {
+        pub async fn start(dir: &Path) -> Result<Self, super::NoDbus> {
             let Some(exe) = find("dbus-daemon") else {
-                return Err(
-                    "dbus-daemon is not installed (Debian package `dbus-daemon`); \
-                     no D-Bus baseline in this run"
-                        .into(),
-                );
+                return Err(super::NoDbus::NotInstalled);
             };
             Self::start_with(&exe, dir)
                 .await
-                .map_err(|e| format!("dbus-daemon did not start: {e:#}"))
+                .map_err(super::NoDbus::DidNotStart)
         }
 
         async fn start_with(exe: &Path, dir: &Path) -> Result<Self> {
@@ -1010,7 +1028,7 @@ fn section(
         }
         Err(why) => {
             let _ = writeln!(md, "\n**No D-Bus baseline: {why}.**");
-            json!({"available": false, "reason": why})
+            json!({"available": false, "reason": why.to_string()})
         }
     };
 

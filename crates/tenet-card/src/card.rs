@@ -89,7 +89,19 @@ pub enum CardError {
     /// A PIN or PUK could not be hashed (the memory Argon2id needs could
     /// not be had); nothing changed.
     #[error("the card could not hash the PIN or PUK: {0}")]
-    Hash(String),
+    Hash(HashError),
+}
+
+/// Why a PIN or PUK could not be hashed.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    /// The parameters are not ones Argon2id takes (a stored hash made
+    /// with parameters this build refuses).
+    #[error("invalid Argon2id parameters {0:?}")]
+    Params(KdfParams),
+    /// Argon2id failed (the memory it needs could not be had).
+    #[error("{0}")]
+    Argon2(argon2::Error),
 }
 
 /// What an unblock with the PUK did ([`Card::unblock_pin`]).
@@ -175,17 +187,15 @@ fn argon2id(
     salt: &[u8; 16],
     which: Secret,
     secret: &[u8],
-) -> Result<[u8; SECRET_HASH_LEN], String> {
-    let p = params
-        .argon2()
-        .ok_or_else(|| format!("invalid Argon2id parameters {params:?}"))?;
+) -> Result<[u8; SECRET_HASH_LEN], HashError> {
+    let p = params.argon2().ok_or(HashError::Params(params))?;
     let mut s = [0u8; 19];
     s[..16].copy_from_slice(salt);
     s[16..].copy_from_slice(which.label());
     let mut out = [0u8; SECRET_HASH_LEN];
     argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, p)
         .hash_password_into(secret, &s, &mut out)
-        .map_err(|e| e.to_string())?;
+        .map_err(HashError::Argon2)?;
     Ok(out)
 }
 

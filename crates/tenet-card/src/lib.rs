@@ -31,7 +31,9 @@ pub mod timing;
 pub mod vpcd;
 
 pub use applet::{Applet, AppletCx, Entropy, Refusal, SeededEntropy, SystemEntropy};
-pub use card::{ATR, Card, CardError, CardLimits, Personalization, SetTimeError, Unblock};
+pub use card::{
+    ATR, Card, CardError, CardLimits, HashError, Personalization, SetTimeError, Unblock,
+};
 pub use clock::{CardTime, ClockRefusal};
 pub use store::{FileStore, MemStore, Storage, StoreError};
 pub use timing::{Meter, TimingModel};

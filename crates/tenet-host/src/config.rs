@@ -148,20 +148,24 @@ struct PeerToml {
     host: Option<String>,
 }
 
-impl TryFrom<RemoteToml> for RemoteSection {
-    type Error = String;
+/// Two `[[remote.peers]]` entries for one address both name a `host`.
+#[derive(Debug, thiserror::Error)]
+#[error("[[remote.peers]] address {address} has two entries with a host")]
+struct TwoPeerHosts {
+    address: String,
+}
 
-    fn try_from(r: RemoteToml) -> Result<Self, String> {
+impl TryFrom<RemoteToml> for RemoteSection {
+    type Error = TwoPeerHosts;
+
+    fn try_from(r: RemoteToml) -> Result<Self, TwoPeerHosts> {
         let mut peers = Vec::with_capacity(r.peers.len());
         let mut peer_hosts = BTreeMap::new();
         for p in r.peers {
             if let Some(h) = p.host
                 && peer_hosts.insert(p.address.clone(), h).is_some()
             {
-                return Err(format!(
-                    "[[remote.peers]] address {} has two entries with a host",
-                    p.address
-                ));
+                return Err(TwoPeerHosts { address: p.address });
             }
             peers.push(PeerSection {
                 address: p.address,

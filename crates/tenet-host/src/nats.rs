@@ -48,13 +48,13 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tenet_dispatch::{Budget, EndpointId, Usage};
 use tenet_proto::notice::UndeliverableReason;
-use tenet_proto::{Codec, Domain, Message};
+use tenet_proto::{Codec, DecodeError, Domain, EntityId, Message};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::config::{ConfigError, NatsSection};
-use crate::remote::{IngressRefusal, remote_ingress};
-use crate::server::{HostError, Shared, drain_events, lock, run_events};
+use crate::remote::{IngressRefusal, RemoteSetupError, remote_ingress};
+use crate::server::{HostError, Shared, lock};
 
 /// How long a sender waits for the receiving host's answer.
 const ANSWER: Duration = Duration::from_secs(5);
@@ -266,8 +266,13 @@ pub(crate) async fn start(
     let urls: Vec<String> = cfg.url.split(',').map(|u| u.trim().to_owned()).collect();
     let client = tokio::time::timeout(Duration::from_secs(10), opts.connect(urls.clone()))
         .await
-        .map_err(|_| HostError::Remote(format!("NATS server {} not reachable", cfg.url)))?
-        .map_err(|e| HostError::Remote(format!("NATS server {}: {e}", cfg.url)))?;
+        .map_err(|_| HostError::Remote(RemoteSetupError::NatsUnreachable(cfg.url.clone())))?
+        .map_err(|error| {
+            HostError::Remote(RemoteSetupError::NatsConnect {
+                url: cfg.url.clone(),
+                error,
+            })
+        })?;
     let mut tasks = Vec::new();
     for d in &domains {
         let subject = subjects.inbound(*d);
@@ -275,7 +280,7 @@ pub(crate) async fn start(
             Some(q) => client.queue_subscribe(subject, q.clone()).await,
             None => client.subscribe(subject).await,
         }
-        .map_err(|e| HostError::Remote(format!("NATS subscribe: {e}")))?;
+        .map_err(|e| HostError::Remote(RemoteSetupError::NatsSubscribe(e)))?;
         tasks.push(tokio::spawn(receive(
             shared.clone(),
             nats.clone(),
@@ -287,7 +292,7 @@ pub(crate) async fn start(
     client
         .flush()
         .await
-        .map_err(|e| HostError::Remote(format!("NATS: {e}")))?;
+        .map_err(|e| HostError::Remote(RemoteSetupError::NatsFlush(e)))?;
     info!(url = %cfg.url, subjects = ?domains.iter().map(|d| subjects.inbound(*d)).collect::<Vec<_>>(), queue = ?cfg.queue, "NATS link up");
     tasks.push(tokio::spawn(send_loop(
         shared, nats, client, subjects, domains,
@@ -305,7 +310,7 @@ async fn receive(
     while let Some(msg) = sub.next().await {
         let answer = match ingress(&shared, &nats.stats, &subjects, &msg.subject, &msg.payload) {
             Ok(()) => String::new(),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         };
         match msg.reply {
             Some(reply) if subjects.is_inbox(&reply) => {
@@ -319,6 +324,28 @@ async fn receive(
     }
 }
 
+/// Why a message from NATS was not stored: the answer its sender gets.
+#[derive(Debug, thiserror::Error)]
+enum NatsRefusal {
+    /// The subject is not a data subject under this host's prefix.
+    #[error("not a PREFIX.d.DOMAIN.s.DOMAIN subject")]
+    Subject,
+    /// The payload is no eTP message.
+    #[error("malformed: {0}")]
+    Malformed(DecodeError),
+    /// The message's dst is not in the subject's destination domain.
+    #[error("dst {dst} is not in the subject's domain {subject}")]
+    OtherDomain {
+        /// The message's dst.
+        dst: EntityId,
+        /// The subject's destination domain.
+        subject: Domain,
+    },
+    /// Remote ingress refused it.
+    #[error(transparent)]
+    Ingress(IngressRefusal),
+}
+
 /// One message from NATS through remote ingress, its origin the subject's
 /// sender domain; the refusal its sender gets as the answer.
 fn ingress(
@@ -327,32 +354,27 @@ fn ingress(
     subjects: &Subjects,
     subject: &str,
     payload: &[u8],
-) -> Result<(), String> {
-    let refuse = |counter: &AtomicU64, why: String| {
+) -> Result<(), NatsRefusal> {
+    let refuse = |counter: &AtomicU64, why: NatsRefusal| {
         count(counter);
         warn!(%subject, reason = %why, "message from NATS refused");
         why
     };
     let Some((to, from)) = subjects.parse(subject) else {
-        return Err(refuse(
-            &stats.malformed,
-            "not a PREFIX.d.DOMAIN.s.DOMAIN subject".into(),
-        ));
+        return Err(refuse(&stats.malformed, NatsRefusal::Subject));
     };
     let m = Message::decode(payload)
-        .map_err(|e| refuse(&stats.malformed, format!("malformed: {e}")))?;
+        .map_err(|e| refuse(&stats.malformed, NatsRefusal::Malformed(e)))?;
     if m.dst().domain() != to {
         return Err(refuse(
             &stats.malformed,
-            format!("dst {} is not in the subject's domain {to}", m.dst()),
+            NatsRefusal::OtherDomain {
+                dst: m.dst(),
+                subject: to,
+            },
         ));
     }
-    let (result, events) = {
-        let mut t = lock(&shared.table);
-        let r = remote_ingress(&mut t, &[from], m, Instant::now());
-        (r, drain_events(&mut t))
-    };
-    run_events(shared, events);
+    let result = shared.with_core(|t| remote_ingress(t, &[from], m, Instant::now()));
     match result {
         Ok(()) => {
             count(&stats.received);
@@ -362,11 +384,13 @@ fn ingress(
             e @ (IngressRefusal::Forged(_)
             | IngressRefusal::OwnDomain(_)
             | IngressRefusal::ForgedNotice { .. }),
-        ) => Err(refuse(&stats.forged_dropped, e.to_string())),
-        Err(e @ IngressRefusal::Guard(_)) => Err(refuse(&stats.guard_dropped, e.to_string())),
+        ) => Err(refuse(&stats.forged_dropped, NatsRefusal::Ingress(e))),
+        Err(e @ IngressRefusal::Guard(_)) => {
+            Err(refuse(&stats.guard_dropped, NatsRefusal::Ingress(e)))
+        }
         Err(e @ IngressRefusal::NotStored(_)) => {
             debug!(%subject, error = %e, "message from NATS not stored");
-            Err(e.to_string())
+            Err(NatsRefusal::Ingress(e))
         }
     }
 }
@@ -466,12 +490,7 @@ impl Drop for InFlight {
 
 /// Tells the sender of `m` that it is undeliverable.
 fn bounce(shared: &Shared, m: &Message, reason: UndeliverableReason) {
-    let events = {
-        let mut t = lock(&shared.table);
-        t.undeliverable(m, reason, Instant::now());
-        drain_events(&mut t)
-    };
-    run_events(shared, events);
+    shared.with_core(|t| t.undeliverable(m, reason, Instant::now()));
 }
 
 #[cfg(test)]

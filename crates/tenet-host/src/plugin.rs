@@ -31,6 +31,29 @@ use crate::server::{HostError, HostHandle, Shared};
 /// Why a plug-in refused to start; the host names the plug-in around it.
 pub type PluginError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Why a service of the host entity (the TTP) cannot start
+/// ([`HostError::Ttp`]). Each text holds its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// `[ttp]` is configured, but no service was plugged in.
+    #[error(
+        "[ttp] is configured, but this host runs no service of its entity; \
+         start it with the voucher application (tenet host, tenet ttp)"
+    )]
+    NoService,
+    /// The service's thread cannot be started.
+    #[error("cannot start the {name} thread: {error}")]
+    Thread {
+        /// The service's name.
+        name: String,
+        /// The cause.
+        error: std::io::Error,
+    },
+    /// The service could not be made (its keys, its store).
+    #[error("{0}")]
+    Plugin(PluginError),
+}
+
 /// Makes an applet for the host's in-process virtual card, given the card's
 /// state as it was opened.
 pub type AppletFactory =

@@ -43,16 +43,30 @@ use tenet_proto::{Codec, EntityId, Message, Mtype, Port};
 use tracing::{debug, info, warn};
 
 use crate::link::{CardSession, LinkError, SessionError};
-use crate::server::{Shared, drain_events, lock, run_events};
+use crate::server::{Shared, lock};
 
 /// Requests to the proxy thread.
 pub(crate) enum ProxyCmd {
     /// Messages for the card wait in the table.
     Wake,
     /// Assign a port for an app acquiring its id.
-    AssignPort(tokio::sync::oneshot::Sender<Result<Port, String>>),
+    AssignPort(tokio::sync::oneshot::Sender<Result<Port, NoPort>>),
     /// Stop the thread.
     Stop,
+}
+
+/// Why the card assigned no port to an app acquiring its id.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NoPort {
+    /// The card is not connected (the proxy keeps retrying).
+    #[error("card not present")]
+    Absent,
+    /// The card link failed while asking.
+    #[error("card not available: {0}")]
+    Unavailable(LinkError),
+    /// The card refused, or answered something else than a port.
+    #[error("{0}")]
+    Refused(SessionError),
 }
 
 const RETRY: Duration = Duration::from_millis(500);
@@ -107,12 +121,12 @@ pub(crate) fn run(
                         Ok(p) => Ok(p),
                         Err(SessionError::Link(e)) => {
                             connected = link.handle_link_error(&e);
-                            Err(format!("card not available: {e}"))
+                            Err(NoPort::Unavailable(e))
                         }
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Err(NoPort::Refused(e)),
                     }
                 } else {
-                    Err("card not present".into())
+                    Err(NoPort::Absent)
                 };
                 let _ = reply.send(r);
             }
@@ -130,7 +144,7 @@ struct Attached {
     card: EntityId,
     /// Why the last reconnection failed, so that a refusal is logged once
     /// until it changes (the proxy retries every 500 ms).
-    failed: Option<String>,
+    failed: Option<SessionError>,
     /// The last drain stopped after a batch with messages still waiting.
     more: bool,
 }
@@ -148,8 +162,7 @@ impl Attached {
             }
             Err(e) => e,
         };
-        let text = why.to_string();
-        let first = self.failed.as_deref() != Some(text.as_str());
+        let first = self.failed.as_ref() != Some(&why);
         match &why {
             SessionError::OtherCard(reason) if first => {
                 warn!(expected = %card, %reason, "card refused: another card is in the reader; nothing is sent to it, messages for the card wait");
@@ -159,7 +172,7 @@ impl Attached {
             }
             _ => debug!(%card, error = %why, "card not back yet"),
         }
-        self.failed = Some(text);
+        self.failed = Some(why);
         false
     }
 
@@ -251,17 +264,11 @@ fn tell_time(shared: &Shared, link: &mut Attached) -> bool {
 }
 
 fn undeliverable(shared: &Shared, m: &Message) {
-    let events = {
-        let mut t = lock(&shared.table);
-        t.undeliverable(m, UndeliverableReason::DESTINATION_GONE, Instant::now());
-        drain_events(&mut t)
-    };
-    run_events(shared, events);
+    shared.with_core(|t| t.undeliverable(m, UndeliverableReason::DESTINATION_GONE, Instant::now()));
 }
 
 fn store_from_card(shared: &Shared, card: EntityId, out: Vec<Message>) {
-    let events = {
-        let mut t = lock(&shared.table);
+    shared.with_core(|t| {
         for m in out {
             if m.src() != card {
                 warn!(%card, claimed = %m.src(), "message from the card with another src dropped");
@@ -271,7 +278,5 @@ fn store_from_card(shared: &Shared, card: EntityId, out: Vec<Message>) {
                 warn!(%card, error = %e, "message from the card not stored");
             }
         }
-        drain_events(&mut t)
-    };
-    run_events(shared, events);
+    });
 }

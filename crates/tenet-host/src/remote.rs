@@ -28,17 +28,18 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tenet_dispatch::reliable::{Inbound, PeerLink};
-use tenet_dispatch::{DispatchTable, EndpointId, Ingress, StoreError};
+use tenet_dispatch::{DispatchTable, Dropped, EndpointId, Ingress, StoreError};
 use tenet_proto::frame::{FrameDecoder, write_codec_frame};
 use tenet_proto::link::{LinkFrame, MAX_LINK_FRAME};
 use tenet_proto::notice::{Undeliverable, UndeliverableReason};
@@ -49,7 +50,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::server::{HostError, Shared, drain_events, lock, run_events};
+use crate::server::{HostError, Shared, lock};
 use tenet_pki::{self as certs, HOST_NAME};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,6 +79,88 @@ pub struct RemoteStats {
     pub links_up: AtomicU64,
 }
 
+/// Why the remote links cannot be set up ([`HostError::Remote`]): this
+/// host's TLS files, its listener, its NATS connection. Each text holds its
+/// cause.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteSetupError {
+    /// The CA file (`remote.ca`) cannot be read as PEM.
+    #[error("CA file {}: {error}", path.display())]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        error: pem::Error,
+    },
+    /// A certificate in the CA file cannot be a root.
+    #[error("CA certificate: {0}")]
+    CaCertificate(rustls::Error),
+    /// The certificate file (`remote.cert`) cannot be read as PEM.
+    #[error("certificate file {}: {error}", path.display())]
+    CertFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        error: pem::Error,
+    },
+    /// The certificate file's certificate is not a host certificate.
+    #[error("certificate file {}: {error}", path.display())]
+    NotHost {
+        /// The file.
+        path: PathBuf,
+        /// Why it is not a host's.
+        error: certs::CertError,
+    },
+    /// The key file (`remote.key`) cannot be read as PEM.
+    #[error("key file {}: {error}", path.display())]
+    KeyFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        error: pem::Error,
+    },
+    /// The verifier of peers' client certificates cannot be made.
+    #[error("client verifier: {0}")]
+    ClientVerifier(rustls::server::VerifierBuilderError),
+    /// The verifier of peers' server certificates cannot be made.
+    #[error("server verifier: {0}")]
+    ServerVerifier(rustls::server::VerifierBuilderError),
+    /// rustls refuses the TLS configuration.
+    #[error("TLS: {0}")]
+    Tls(rustls::Error),
+    /// rustls refuses the host's certificate or key.
+    #[error("host certificate: {0}")]
+    HostCertificate(rustls::Error),
+    /// The system's random source failed (for the link session id).
+    #[error("no randomness: {0}")]
+    Randomness(getrandom::Error),
+    /// The listener (`remote.listen`) cannot be bound.
+    #[error("cannot listen on {address}: {error}")]
+    Listen {
+        /// The address as configured.
+        address: String,
+        /// The cause.
+        error: std::io::Error,
+    },
+    /// No NATS server answered in time.
+    #[error("NATS server {0} not reachable")]
+    NatsUnreachable(String),
+    /// The NATS server refused the connection.
+    #[error("NATS server {url}: {error}")]
+    NatsConnect {
+        /// The configured URL(s).
+        url: String,
+        /// The cause.
+        error: async_nats::ConnectError,
+    },
+    /// A subscription to this host's subjects failed.
+    #[error("NATS subscribe: {0}")]
+    NatsSubscribe(async_nats::SubscribeError),
+    /// The subscriptions could not be flushed to the server.
+    #[error("NATS: {0}")]
+    NatsFlush(async_nats::client::FlushError),
+}
+
 /// Why remote ingress refused a message from another host.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum IngressRefusal {
@@ -99,10 +182,10 @@ pub(crate) enum IngressRefusal {
     },
     /// The guard chain dropped it (first the default remote-ingress guard).
     #[error("{0}")]
-    Guard(String),
+    Guard(Dropped),
     /// The table could not take it; its sender was told `undeliverable`.
     #[error("{0}")]
-    NotStored(String),
+    NotStored(StoreError),
 }
 
 /// Remote ingress, the one path of every transport: a message from another
@@ -140,10 +223,10 @@ pub(crate) fn remote_ingress(
     };
     match t.store(Ingress::Remote, m, now) {
         Ok(_) => Ok(()),
-        Err(StoreError::Guard(d)) => Err(IngressRefusal::Guard(d.to_string())),
+        Err(StoreError::Guard(d)) => Err(IngressRefusal::Guard(d)),
         Err(e) => {
             t.undeliverable(&header, UndeliverableReason::QUEUE_FULL, now);
-            Err(IngressRefusal::NotStored(e.to_string()))
+            Err(IngressRefusal::NotStored(e))
         }
     }
 }
@@ -334,7 +417,7 @@ impl ServerCertVerifier for HostServerVerifier {
     }
 }
 
-fn load_tls(cfg: &Config, my_domains: &[Domain]) -> Result<Option<Tls>, HostError> {
+fn load_tls(cfg: &Config, my_domains: &[Domain]) -> Result<Option<Tls>, RemoteSetupError> {
     let r = &cfg.remote;
     if r.danger_plaintext.unwrap_or(false) {
         return Ok(None);
@@ -342,55 +425,64 @@ fn load_tls(cfg: &Config, my_domains: &[Domain]) -> Result<Option<Tls>, HostErro
     let (Some(ca), Some(cert), Some(key)) = (&r.ca, &r.cert, &r.key) else {
         return Ok(None);
     };
-    let err = |what: &str, e: &dyn std::fmt::Display| HostError::Remote(format!("{what}: {e}"));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let ca_file = |error| RemoteSetupError::CaFile {
+        path: ca.clone(),
+        error,
+    };
     let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca)
-        .map_err(|e| err(&format!("CA file {}", ca.display()), &e))?
-    {
+    for c in CertificateDer::pem_file_iter(ca).map_err(ca_file)? {
         roots
-            .add(c.map_err(|e| err(&format!("CA file {}", ca.display()), &e))?)
-            .map_err(|e| err("CA certificate", &e))?;
+            .add(c.map_err(ca_file)?)
+            .map_err(RemoteSetupError::CaCertificate)?;
     }
     let roots = Arc::new(roots);
+    let cert_file = |error| RemoteSetupError::CertFile {
+        path: cert.clone(),
+        error,
+    };
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| err(&format!("certificate file {}", cert.display()), &e))?
+        .map_err(cert_file)?
         .collect::<Result<_, _>>()
-        .map_err(|e| err(&format!("certificate file {}", cert.display()), &e))?;
+        .map_err(cert_file)?;
     // This host's own certificate must be a host certificate, and should
     // name its domains (peers refuse a link otherwise).
     if let Some(ee) = chain.first() {
-        certs::check_host_role(ee)
-            .map_err(|e| err(&format!("certificate file {}", cert.display()), &e))?;
+        certs::check_host_role(ee).map_err(|error| RemoteSetupError::NotHost {
+            path: cert.clone(),
+            error,
+        })?;
         if let Err(e) = certs::check_domains(ee, my_domains) {
             warn!(file = %cert.display(), error = %e, "this host's certificate does not name all its domains; peers will refuse its links");
         }
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| err(&format!("key file {}", key.display()), &e))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|error| RemoteSetupError::KeyFile {
+        path: key.clone(),
+        error,
+    })?;
     let client_verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         roots.clone(),
         provider.clone(),
     )
     .build()
-    .map_err(|e| err("client verifier", &e))?;
+    .map_err(RemoteSetupError::ClientVerifier)?;
     let server_verifier =
         rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
             .build()
-            .map_err(|e| err("server verifier", &e))?;
+            .map_err(RemoteSetupError::ServerVerifier)?;
     let server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| err("TLS", &e))?
+        .map_err(RemoteSetupError::Tls)?
         .with_client_cert_verifier(Arc::new(HostClientVerifier(client_verifier)))
         .with_single_cert(chain.clone(), key.clone_key())
-        .map_err(|e| err("host certificate", &e))?;
+        .map_err(RemoteSetupError::HostCertificate)?;
     let client = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| err("TLS", &e))?
+        .map_err(RemoteSetupError::Tls)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(HostServerVerifier(server_verifier)))
         .with_client_auth_cert(chain, key)
-        .map_err(|e| err("host certificate", &e))?;
+        .map_err(RemoteSetupError::HostCertificate)?;
     Ok(Some(Tls {
         acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
         connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
@@ -412,9 +504,9 @@ impl Remote {
         cfg.remote_checked()?;
         let mut session = [0u8; 8];
         getrandom::fill(&mut session)
-            .map_err(|e| HostError::Remote(format!("no randomness: {e}")))?;
+            .map_err(|e| HostError::Remote(RemoteSetupError::Randomness(e)))?;
         let rate = r.rate.unwrap_or(20_000.0);
-        let tls = load_tls(cfg, &my_domains)?;
+        let tls = load_tls(cfg, &my_domains).map_err(HostError::Remote)?;
         Ok(Some(Self {
             session: u64::from_be_bytes(session) | 1,
             me,
@@ -511,13 +603,15 @@ pub(crate) async fn start(shared: Arc<Shared>, cfg: &Config) -> Result<Started, 
     let routes = cfg.remote_checked()?;
     let listener = match &cfg.remote.listen {
         Some(listen) => {
-            let l = TcpListener::bind(listen)
-                .await
-                .map_err(|e| HostError::Remote(format!("cannot listen on {listen}: {e}")))?;
+            let listen_error = |error| {
+                HostError::Remote(RemoteSetupError::Listen {
+                    address: listen.clone(),
+                    error,
+                })
+            };
+            let l = TcpListener::bind(listen).await.map_err(listen_error)?;
             // The bound address, so `listen = "127.0.0.1:0"` says which port it got.
-            let bound = l.local_addr().map_err(|e| {
-                HostError::Remote(format!("cannot read the address bound for {listen}: {e}"))
-            })?;
+            let bound = l.local_addr().map_err(listen_error)?;
             Some((l, bound))
         }
         None => None,
@@ -611,6 +705,80 @@ async fn accept_loop(shared: Arc<Shared>, remote: Arc<Remote>, l: TcpListener) {
             Some(_) = links.join_next(), if !links.is_empty() => {}
         }
     }
+}
+
+/// Why a link was refused at its hello: what the peer is told in the
+/// close frame, and the log says.
+#[derive(Debug, thiserror::Error)]
+enum LinkRefusal {
+    /// A dialer reached another host than the config says must answer.
+    #[error("expected host {expected}: {why}")]
+    NotExpected {
+        /// The host the config names.
+        expected: EntityId,
+        /// Why the certificate is not that host's.
+        why: Unnamed,
+    },
+    /// The hello names another host than the one this peer was before.
+    #[error("expected host {expected}, got {got}")]
+    OtherHost {
+        /// The peer's host id so far.
+        expected: EntityId,
+        /// The host id in the hello.
+        got: EntityId,
+    },
+    /// The hello is this host's own.
+    #[error("a link to itself")]
+    Itself,
+    /// The link's certificate does not name every domain the link would
+    /// carry.
+    #[error("{0}")]
+    Unnamed(Unnamed),
+    /// The peer announces a domain of this host.
+    #[error("domain {0} is local here")]
+    LocalDomain(Domain),
+    /// The peer announces a domain another peer serves.
+    #[error("domain {0} is already served by another peer")]
+    Served(Domain),
+}
+
+/// Why a link's certificate does not name the domains asked for.
+#[derive(Debug, thiserror::Error)]
+enum Unnamed {
+    /// The TLS peer presented no certificate.
+    #[error("no peer certificate")]
+    NoCertificate,
+    /// The certificate does not name them, or cannot be read.
+    #[error("{0}")]
+    Certificate(certs::CertError),
+}
+
+/// Why an up link went down (logged).
+#[derive(Debug, thiserror::Error)]
+enum LinkDown {
+    /// The read side ended.
+    #[error(transparent)]
+    Ended(LinkEnd),
+    /// A data frame skipped a sequence number: the peer misbehaves.
+    #[error("sequence gap: expected {expected}, got {got}")]
+    Gap {
+        /// The sequence number expected.
+        expected: u64,
+        /// The one that came.
+        got: u64,
+    },
+    /// The peer closed the link, saying why.
+    #[error("peer closed: {0}")]
+    PeerClosed(String),
+    /// The peer sent a second hello on the link.
+    #[error("second hello")]
+    SecondHello,
+    /// Writing to the stream failed.
+    #[error("write failed")]
+    WriteFailed,
+    /// A newer link to the same peer replaced this one.
+    #[error("replaced by a newer link")]
+    Replaced,
 }
 
 /// Why a link's read side ended.
@@ -726,11 +894,11 @@ async fn run_link<S: LinkStream>(
     // identity).
     let cert = stream.peer_certificate();
     let plaintext = remote.tls.is_none();
-    let named = |domains: &[Domain]| -> Result<(), String> {
+    let named = |domains: &[Domain]| -> Result<(), Unnamed> {
         match (&cert, plaintext) {
             (_, true) => Ok(()),
-            (Some(c), false) => certs::check_domains(c, domains).map_err(|e| e.to_string()),
-            (None, false) => Err("no peer certificate".into()),
+            (Some(c), false) => certs::check_domains(c, domains).map_err(Unnamed::Certificate),
+            (None, false) => Err(Unnamed::NoCertificate),
         }
     };
     let (rd, mut wr) = tokio::io::split(stream);
@@ -746,12 +914,12 @@ async fn run_link<S: LinkStream>(
         // A dialer told which host it must reach checks whom it reached
         // before it says anything.
         if let Some(expected) = p.expected
-            && let Err(e) = named(&[expected.domain()])
+            && let Err(why) = named(&[expected.domain()])
         {
-            let reason = format!("expected host {expected}: {e}");
+            let reason = LinkRefusal::NotExpected { expected, why };
             remote.stats.links_refused.fetch_add(1, Ordering::Relaxed);
             warn!(peer = %p.label, %expected, %reason, "link refused");
-            send_close(&mut wr, &reason).await;
+            send_close(&mut wr, &reason.to_string()).await;
             return;
         }
         let f = hello(lock(&p.inner).link.hello_fields());
@@ -829,32 +997,30 @@ async fn run_link<S: LinkStream>(
         let t = lock(&shared.table);
         wanted.iter().map(|d| t.is_local_domain(*d)).collect()
     };
-    let refusal = {
-        if pinned.is_some_and(|h| h != host) {
-            Some(format!(
-                "expected host {}, got {host}",
-                pinned.expect("checked")
-            ))
-        } else if host == remote.me {
-            Some("a link to itself".into())
-        } else if let Err(e) = named(&certified) {
-            Some(e)
-        } else {
-            wanted.iter().zip(&local).find_map(|(d, is_local)| {
-                if *is_local {
-                    Some(format!("domain {d} is local here"))
-                } else if others.contains(d) {
-                    Some(format!("domain {d} is already served by another peer"))
-                } else {
-                    None
-                }
-            })
-        }
+    let refusal = if let Some(expected) = pinned.filter(|h| *h != host) {
+        Some(LinkRefusal::OtherHost {
+            expected,
+            got: host,
+        })
+    } else if host == remote.me {
+        Some(LinkRefusal::Itself)
+    } else if let Err(e) = named(&certified) {
+        Some(LinkRefusal::Unnamed(e))
+    } else {
+        wanted.iter().zip(&local).find_map(|(d, is_local)| {
+            if *is_local {
+                Some(LinkRefusal::LocalDomain(*d))
+            } else if others.contains(d) {
+                Some(LinkRefusal::Served(*d))
+            } else {
+                None
+            }
+        })
     };
     if let Some(reason) = refusal {
         remote.stats.links_refused.fetch_add(1, Ordering::Relaxed);
         warn!(peer = %label, %host, %reason, "link refused");
-        send_close(&mut wr, &reason).await;
+        send_close(&mut wr, &reason.to_string()).await;
         return;
     }
     let peer = match existing.or_else(|| known(host)) {
@@ -900,17 +1066,14 @@ async fn run_link<S: LinkStream>(
         });
         (resume, new_domains, our_hello)
     };
-    let events = {
-        let mut t = lock(&shared.table);
+    shared.with_core(|t| {
         for d in &new_domains {
             let _ = t.subscribe(peer.ep, Filter::to_domain(*d));
         }
         for m in &resume.lost {
             t.undeliverable(m, UndeliverableReason::DESTINATION_GONE, Instant::now());
         }
-        drain_events(&mut t)
-    };
-    run_events(shared, events);
+    });
     remote.stats.links_up.fetch_add(1, Ordering::Relaxed);
     info!(peer = %peer.label, %host, domains = ?wanted, resent = resume.resend.len(), lost = resume.lost.len(), restarted = resume.peer_restarted, "link up");
     let mut first = Vec::new();
@@ -928,12 +1091,13 @@ async fn run_link<S: LinkStream>(
             // Take what waits in the table while the window has room. A
             // message for a domain this link's certificate does not name
             // (routed here by an earlier link's announcement) goes back to
-            // its sender as undeliverable.
-            {
-                let mut i = lock(&peer.inner);
-                let mut t = lock(&shared.table);
+            // its sender as undeliverable. The peer is locked before the
+            // table, and unlocked with it (when the closure ends), before
+            // the table's events run.
+            let inner = lock(&peer.inner);
+            let frames = shared.with_core(|t| {
+                let mut i = inner;
                 let mut frames = Vec::new();
-                let mut bounced = false;
                 while i.link.has_room() {
                     let Some(d) = t.take(peer.ep) else { break };
                     if i.authorized.contains(&d.message.dst().domain()) {
@@ -941,20 +1105,14 @@ async fn run_link<S: LinkStream>(
                     } else {
                         let why = UndeliverableReason::DESTINATION_GONE;
                         t.undeliverable(&d.message, why, Instant::now());
-                        bounced = true;
                     }
                 }
-                let events = bounced.then(|| drain_events(&mut t));
-                drop(t);
-                drop(i);
-                if let Some(events) = events {
-                    run_events(shared, events);
-                }
-                encode(&frames, &mut buf);
-            }
+                frames
+            });
+            encode(&frames, &mut buf);
             if !buf.is_empty() {
                 if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
-                    return "write failed".to_owned();
+                    return LinkDown::WriteFailed;
                 }
                 buf.clear();
             }
@@ -974,7 +1132,7 @@ async fn run_link<S: LinkStream>(
     let reason = tokio::select! {
         r = writer => r,
         r = reading => r,
-        _ = stop.notified() => "replaced by a newer link".to_owned(),
+        _ = stop.notified() => LinkDown::Replaced,
     };
     {
         let mut i = lock(&peer.inner);
@@ -990,7 +1148,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     remote: &Remote,
     peer: &Peer,
     reader: &mut FrameReader<R>,
-) -> String {
+) -> LinkDown {
     loop {
         let frames = match reader.next_batch().await {
             Ok(f) => f,
@@ -999,11 +1157,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     remote.stats.links_broken.fetch_add(1, Ordering::Relaxed);
                     warn!(peer = %peer.label, error = %e, "closing link");
                 }
-                return e.to_string();
+                return LinkDown::Ended(e);
             }
         };
         let mut stored = Vec::new();
-        let mut outcome: Option<String> = None;
+        let mut outcome: Option<LinkDown> = None;
         let reopened;
         let authorized;
         {
@@ -1019,8 +1177,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         match i.link.on_data(seq) {
                             Inbound::Duplicate => {}
                             Inbound::Gap { expected } => {
-                                outcome =
-                                    Some(format!("sequence gap: expected {expected}, got {seq}"));
+                                outcome = Some(LinkDown::Gap { expected, got: seq });
                                 break;
                             }
                             Inbound::New => {
@@ -1040,11 +1197,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     }
                     LinkFrame::Ack { ack } => i.link.on_ack(ack),
                     LinkFrame::Close { reason } => {
-                        outcome = Some(format!("peer closed: {reason}"));
+                        outcome = Some(LinkDown::PeerClosed(reason));
                         break;
                     }
                     LinkFrame::Hello { .. } => {
-                        outcome = Some("second hello".into());
+                        outcome = Some(LinkDown::SecondHello);
                         break;
                     }
                 }
@@ -1052,11 +1209,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
             reopened = was_full && i.link.has_room();
         }
         if !stored.is_empty() {
-            let events = {
-                let mut t = lock(&shared.table);
+            shared.with_core(|t| {
                 for m in stored {
                     let src = m.src();
-                    match remote_ingress(&mut t, &authorized, m, Instant::now()) {
+                    match remote_ingress(t, &authorized, m, Instant::now()) {
                         Ok(()) => {
                             remote.stats.received.fetch_add(1, Ordering::Relaxed);
                         }
@@ -1076,9 +1232,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         }
                     }
                 }
-                drain_events(&mut t)
-            };
-            run_events(shared, events);
+            });
         }
         // Let the writer use the room that acknowledgements opened; our own
         // acknowledgements ride on data frames or go out on the writer's tick.
@@ -1171,7 +1325,7 @@ mod tests {
         );
         assert!(matches!(
             ingress(from(peer), Mtype::CHANGE_PIN),
-            Err(IngressRefusal::Guard(why)) if why.contains("privileged")
+            Err(IngressRefusal::Guard(why)) if why.to_string().contains("privileged")
         ));
         assert_eq!(ingress(from(peer), Mtype::ECHO_REQUEST), Ok(()));
         // A sender authorized for a domain of this host still cannot use it.

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tenet_dispatch::{DispatchTable, EndpointId, Event, Ingress, StoreError, TapItem};
+use tenet_dispatch::{DispatchTable, EndpointId, Event, Ingress, StoreError, TableError, TapItem};
 use tenet_proto::app::{ClientFrame, DaemonFrame, ErrorCode, MAX_APP_FRAME, TapId};
 use tenet_proto::frame::{FrameDecoder, write_codec_frame};
 use tenet_proto::notice::Refused;
@@ -32,9 +32,12 @@ use tenet_card::{Card, FileStore, SystemEntropy};
 use tenet_proto::card::CardInfo;
 
 use crate::config::{Config, ConfigError};
-use crate::link::{CardSession, InProcessLink, LinkStats};
-use crate::plugin::{AppletFactory, HostBuilder, HostSender, ServiceRoute};
+use crate::link::{CardSession, InProcessLink, LinkStats, SessionError};
+use crate::plugin::{
+    AppletFactory, HostBuilder, HostSender, PluginError, ServiceError, ServiceRoute,
+};
 use crate::proxy::ProxyCmd;
+use crate::remote::RemoteSetupError;
 use crate::state::{self, PortAllocator, StateError};
 
 /// Output bytes waiting for one app beyond which the daemon stops reading
@@ -71,15 +74,69 @@ pub enum HostError {
     /// Something that is not a socket is in the way.
     #[error("{0} exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
-    /// The configured card cannot be used.
+    /// The configured card cannot be used. The text holds the cause, so
+    /// it is not also given as [`source`](std::error::Error::source): an
+    /// error chain (`{:#}`) prints it once.
     #[error("card: {0}")]
-    Card(String),
-    /// The remote links cannot be set up.
+    Card(CardAttachError),
+    /// The remote links cannot be set up (the text holds the cause, as for
+    /// [`HostError::Card`]).
     #[error("remote links: {0}")]
-    Remote(String),
-    /// The TTP cannot be set up.
+    Remote(RemoteSetupError),
+    /// The TTP (a service of the host entity) cannot be set up (the text
+    /// holds the cause, as for [`HostError::Card`]).
     #[error("TTP: {0}")]
-    Ttp(String),
+    Ttp(ServiceError),
+}
+
+/// Why the configured card cannot be used. Each text holds its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum CardAttachError {
+    /// The virtual card's store cannot be opened.
+    #[error("{}", crate::chain(.0))]
+    Store(tenet_card::StoreError),
+    /// The virtual card's store holds no usable card.
+    #[error("{}: {}", path.display(), crate::chain(error))]
+    Open {
+        /// The store.
+        path: PathBuf,
+        /// The cause.
+        error: tenet_card::CardError,
+    },
+    /// A plugged-in applet refused to start on the virtual card.
+    #[error("{}: {error}", path.display())]
+    Applet {
+        /// The store.
+        path: PathBuf,
+        /// The applet's reason.
+        error: PluginError,
+    },
+    /// The virtual card did not answer its selection.
+    #[error("{0}")]
+    Session(SessionError),
+    /// No usable card in the PC/SC reader in time (`card.wait_secs`).
+    #[cfg(feature = "pcsc")]
+    #[error("reader {reader:?}: {error}")]
+    Reader {
+        /// The reader's name.
+        reader: String,
+        /// The last attempt's failure.
+        error: SessionError,
+    },
+    /// The card's domain is the host's software domain.
+    #[error(
+        "the card's domain {0} is also the host's software domain; give the host another domain"
+    )]
+    SameDomain(Domain),
+    /// The card's id cannot be bound in the dispatch table.
+    #[error("{0}")]
+    Bind(TableError),
+    /// The thread opening the card failed.
+    #[error("{0}")]
+    Join(tokio::task::JoinError),
+    /// The smartcard proxy's thread cannot be started.
+    #[error("cannot start the smartcard proxy: {0}")]
+    Thread(io::Error),
 }
 
 /// Opens the configured card link, selects the applet and reads the card's
@@ -91,30 +148,35 @@ async fn open_card(
     let short = config.card.short_apdus.unwrap_or(false);
     let limits = config.card_limits()?;
     if let Some(path) = config.card.virtual_store.clone() {
-        let opened = tokio::task::spawn_blocking(move || -> Result<_, HostError> {
-            let store = FileStore::open(&path).map_err(|e| HostError::Card(crate::chain(&e)))?;
-            let mut card = Card::open(store, limits, Box::new(SystemEntropy)).map_err(|e| {
-                HostError::Card(format!("{}: {}", path.display(), crate::chain(&e)))
+        let opened = tokio::task::spawn_blocking(move || -> Result<_, CardAttachError> {
+            let store = FileStore::open(&path).map_err(CardAttachError::Store)?;
+            let mut card = Card::open(store, limits, Box::new(SystemEntropy)).map_err(|error| {
+                CardAttachError::Open {
+                    path: path.clone(),
+                    error,
+                }
             })?;
             for make in &applets {
-                let applet = make(card.state())
-                    .map_err(|e| HostError::Card(format!("{}: {e}", path.display())))?;
+                let applet = make(card.state()).map_err(|error| CardAttachError::Applet {
+                    path: path.clone(),
+                    error,
+                })?;
                 card.install(applet);
             }
             let mut session = CardSession::new(Box::new(InProcessLink::new(card)), short);
-            let info = session
-                .reconnect()
-                .map_err(|e| HostError::Card(e.to_string()))?;
+            let info = session.reconnect().map_err(CardAttachError::Session)?;
             Ok((session, info))
         })
         .await
-        .map_err(|e| HostError::Card(e.to_string()))??;
+        .map_err(CardAttachError::Join)
+        .and_then(|opened| opened)
+        .map_err(HostError::Card)?;
         return Ok(Some(opened));
     }
     #[cfg(feature = "pcsc")]
     if let Some(reader) = config.card.reader.clone() {
         let wait = config.card_wait()?;
-        let opened = tokio::task::spawn_blocking(move || -> Result<_, HostError> {
+        let opened = tokio::task::spawn_blocking(move || -> Result<_, CardAttachError> {
             let deadline = Instant::now() + wait;
             loop {
                 let attempt = crate::link::PcscLink::connect(&reader, !short)
@@ -126,15 +188,17 @@ async fn open_card(
                     });
                 match attempt {
                     Ok(ok) => return Ok(ok),
-                    Err(e) if Instant::now() >= deadline => {
-                        return Err(HostError::Card(format!("reader {reader:?}: {e}")));
+                    Err(error) if Instant::now() >= deadline => {
+                        return Err(CardAttachError::Reader { reader, error });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(200)),
                 }
             }
         })
         .await
-        .map_err(|e| HostError::Card(e.to_string()))??;
+        .map_err(CardAttachError::Join)
+        .and_then(|opened| opened)
+        .map_err(HostError::Card)?;
         return Ok(Some(opened));
     }
     Ok(None)
@@ -208,7 +272,9 @@ struct CardAttach {
 impl Shared {
     /// Runs `f` on the dispatch table, then acts on the events it caused
     /// (wakes readers, logs guard notes) with the table unlocked: the one
-    /// way host code changes the table.
+    /// way host code changes the table. Never called with the table
+    /// locked; a lock `f` takes or is given (a peer's) ends with it,
+    /// before the events run.
     pub(crate) fn with_core<R>(&self, f: impl FnOnce(&mut DispatchTable) -> R) -> R {
         let (r, events) = {
             let mut t = lock(&self.table);
@@ -364,9 +430,7 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
     } = plugins;
     config.validate()?;
     if config.ttp.is_some() && services.is_empty() {
-        return Err(HostError::Ttp(
-            "[ttp] is configured, but this host runs no service of its entity; start it with the voucher application (tenet host, tenet ttp)".into(),
-        ));
+        return Err(HostError::Ttp(ServiceError::NoService));
     }
     let state_dir = config.state_dir();
     state::ensure_dir(&state_dir)?;
@@ -384,10 +448,7 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
     let card = open_card(config, applets).await?;
     let card_ep = match &card {
         Some((_, info)) if info.domain == domain => {
-            return Err(HostError::Card(format!(
-                "the card's domain {} is also the host's software domain; give the host another domain",
-                info.domain
-            )));
+            return Err(HostError::Card(CardAttachError::SameDomain(info.domain)));
         }
         Some((_, info)) => {
             table.add_card(info.domain, info.privileged.iter().copied());
@@ -397,7 +458,7 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
             let ep = table.add_endpoint();
             table
                 .bind(ep, info.domain.owner())
-                .map_err(|e| HostError::Card(e.to_string()))?;
+                .map_err(|e| HostError::Card(CardAttachError::Bind(e)))?;
             Some(ep)
         }
         None => None,
@@ -475,7 +536,7 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
         std::thread::Builder::new()
             .name(format!("tenet-{}", name.to_lowercase()))
             .spawn(move || svc.run(rx, host))
-            .map_err(|e| HostError::Ttp(format!("cannot start the {name} thread: {e}")))?;
+            .map_err(|error| HostError::Ttp(ServiceError::Thread { name, error }))?;
     }
     if let (Some((session, info)), Some(a)) = (card, &shared.card) {
         info!(card = %info.domain.owner(), link = %a.link, privileged = ?info.privileged, "card attached");
@@ -483,7 +544,7 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
         let t = std::thread::Builder::new()
             .name("tenet-card-proxy".into())
             .spawn(move || crate::proxy::run(sh, session, proxy_rx, ep, id))
-            .map_err(|e| HostError::Card(format!("cannot start the smartcard proxy: {e}")))?;
+            .map_err(|e| HostError::Card(CardAttachError::Thread(e)))?;
         *lock(&a.thread) = Some(t);
     }
     let accept = tokio::spawn(accept_loop(shared.clone(), listener));
@@ -606,23 +667,21 @@ async fn timer_loop(shared: Arc<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let events = {
-            let mut t = lock(&shared.table);
+        shared.with_core(|t| {
             if t.poll_timeout().is_some_and(|d| d <= Instant::now()) {
                 t.handle_timeout(Instant::now());
             }
-            drain_events(&mut t)
-        };
-        run_events(&shared, events);
+        });
     }
 }
 
-pub(crate) fn drain_events(t: &mut DispatchTable) -> Vec<Event> {
+fn drain_events(t: &mut DispatchTable) -> Vec<Event> {
     std::iter::from_fn(|| t.poll_event()).collect()
 }
 
-/// Acts on table events until none are left.
-pub(crate) fn run_events(shared: &Shared, events: Vec<Event>) {
+/// Acts on table events until none are left; called with the table
+/// unlocked (by [`Shared::with_core`] only).
+fn run_events(shared: &Shared, events: Vec<Event>) {
     let mut work = std::collections::VecDeque::from(events);
     while let Some(ev) = work.pop_front() {
         match ev {
@@ -863,12 +922,7 @@ async fn serve(shared: Arc<Shared>, conn: Arc<Conn>) {
     lock(&conn.out).closed = true;
     conn.kick.notify_one();
     lock(&shared.conns).remove(&conn.ep);
-    let events = {
-        let mut t = lock(&shared.table);
-        t.remove_endpoint(conn.ep, Instant::now());
-        drain_events(&mut t)
-    };
-    run_events(&shared, events);
+    shared.with_core(|t| t.remove_endpoint(conn.ep, Instant::now()));
     writer.abort();
 }
 
@@ -1019,7 +1073,7 @@ async fn acquire(shared: &Shared, conn: &Conn, session: &mut Session) {
                 Ok(Ok(port)) => EntityId::new(card.id.domain(), port),
                 Ok(Err(e)) => {
                     warn!(error = %e, "card cannot assign a port");
-                    return error(conn, ErrorCode::ID_UNAVAILABLE, e);
+                    return error(conn, ErrorCode::ID_UNAVAILABLE, e.to_string());
                 }
                 Err(_) => {
                     return error(
@@ -1059,13 +1113,9 @@ fn send(shared: &Shared, conn: &Conn, id: EntityId, m: Message) {
             format!("src {} is not this connection's id {id}", m.src()),
         );
     }
-    let (result, events) = {
-        let mut t = lock(&shared.table);
-        let r = t.store(Ingress::App, m, Instant::now());
-        (r, drain_events(&mut t))
-    };
-    // Deliver first, then acknowledge: the destination's latency matters more.
-    run_events(shared, events);
+    // Deliver first (with_core acts on the events before it returns), then
+    // acknowledge: the destination's latency matters more.
+    let result = shared.with_core(|t| t.store(Ingress::App, m, Instant::now()));
     match result {
         Ok(_) => reply(conn, &DaemonFrame::Ok(0)),
         Err(e @ StoreError::QueueFull { .. }) => error(conn, ErrorCode::QUEUE_FULL, e.to_string()),

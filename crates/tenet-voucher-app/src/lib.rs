@@ -21,8 +21,10 @@ pub mod offers;
 pub mod ttp;
 
 use tenet_host::config::{Config, ConfigError};
-use tenet_host::plugin::HostBuilder;
+use tenet_host::plugin::{HostBuilder, ServiceError};
 use tenet_host::{HostError, HostHandle};
+use tenet_proto::EntityId;
+use tenet_voucher::certs::TtpSwap;
 use tenet_voucher::policy::{Policy, PolicyError};
 
 /// `[guard.offers] policy`, parsed.
@@ -55,6 +57,17 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Why the applet refuses to start: the host names another TTP
+/// (`[card] ttp`) than the card was personalized for.
+#[derive(Debug, thiserror::Error)]
+#[error("[card] ttp = \"{ttp}\": {swap}")]
+pub struct WrongTtp {
+    /// The TTP the host names.
+    pub ttp: EntityId,
+    /// Why the card does not take it.
+    pub swap: TtpSwap,
+}
+
 /// Adds the voucher application to `host` as `config` asks: the applet on
 /// the virtual card (checked against `[card] ttp`), the offer guard, and
 /// `ttp`, the TTP service opened from `[ttp]` ([`open_ttp`]).
@@ -73,7 +86,7 @@ pub fn plug<'a>(
                 // for: a host owner cannot swap it.
                 let data = card.applets.get(&applet::APPLET_ID).map(Vec::as_slice);
                 applet::VoucherApplet::check_ttp(data, t)
-                    .map_err(|e| format!("[card] ttp = \"{t}\": {e}"))?;
+                    .map_err(|swap| WrongTtp { ttp: t, swap })?;
             }
             Ok(Box::new(applet::VoucherApplet::new(card_ttp)))
         }))
@@ -94,10 +107,10 @@ pub async fn open_ttp(config: &Config) -> Result<Option<ttp::TtpService>, HostEr
     let dir = config.state_dir();
     tokio::task::spawn_blocking(move || -> Result<_, HostError> {
         tenet_host::state::ensure_dir(&dir)?;
-        ttp::TtpService::open(&t, &dir).map_err(|e| HostError::Ttp(e.to_string()))
+        ttp::TtpService::open(&t, &dir).map_err(|e| HostError::Ttp(ServiceError::Plugin(e.into())))
     })
     .await
-    .map_err(|e| HostError::Ttp(e.to_string()))?
+    .map_err(|e| HostError::Ttp(ServiceError::Plugin(e.into())))?
     .map(Some)
 }
 

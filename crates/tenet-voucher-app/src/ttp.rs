@@ -23,15 +23,15 @@
 //! database) the first fixes the decision, and every later request gets
 //! the same signed admission back, byte for byte.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use tenet_proto::notice::Refused;
 use tenet_proto::{Codec, EntityId, Message, Mtype};
-use tenet_voucher::crypto::{Crypto, KeyCrypto};
+use tenet_voucher::crypto::{Crypto, KeyCrypto, VerifyError};
 use tenet_voucher::msg::{self, Admission, ExchangeId, RecoveryRequest};
-use tenet_voucher::ttp::{DecisionStore, FairQueue, Full, handle_request};
+use tenet_voucher::ttp::{DecisionStore, FairQueue, Full, StoreError, handle_request};
 use tracing::{info, warn};
 
 use tenet_host::config::TtpSection;
@@ -42,11 +42,41 @@ pub struct SqliteDecisions {
     conn: Connection,
 }
 
+/// Why the SQLite decision store cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SqliteOpenError {
+    /// The database file cannot be created or opened.
+    #[error("{}: {error}", path.display())]
+    File {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        error: std::io::Error,
+    },
+    /// SQLite cannot open the database or set up its table.
+    #[error("{}: {error}", path.display())]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        error: rusqlite::Error,
+    },
+}
+
+/// A database's own error as the store's.
+fn database(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Database(Box::new(e))
+}
+
 impl SqliteDecisions {
     /// Opens (or creates) the database at `path`. A new database is
     /// owner-only (0600), whatever the umask; SQLite gives its journal
     /// files the database's mode.
-    pub fn open(path: &Path) -> Result<Self, String> {
+    pub fn open(path: &Path) -> Result<Self, SqliteOpenError> {
+        let sqlite = |error| SqliteOpenError::Sqlite {
+            path: path.to_owned(),
+            error,
+        };
         {
             use std::os::unix::fs::OpenOptionsExt;
             std::fs::OpenOptions::new()
@@ -55,9 +85,12 @@ impl SqliteDecisions {
                 .truncate(false)
                 .mode(0o600)
                 .open(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+                .map_err(|error| SqliteOpenError::File {
+                    path: path.to_owned(),
+                    error,
+                })?;
         }
-        let conn = Connection::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let conn = Connection::open(path).map_err(sqlite)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
@@ -69,16 +102,15 @@ impl SqliteDecisions {
                  decided_at INTEGER NOT NULL
              );",
         )
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(sqlite)?;
         Ok(Self { conn })
     }
 
     /// Number of decisions kept.
-    pub fn count(&self) -> Result<u64, String> {
+    pub fn count(&self) -> Result<u64, rusqlite::Error> {
         self.conn
             .query_row("SELECT COUNT(*) FROM decisions", [], |r| r.get::<_, i64>(0))
             .map(|n| n as u64)
-            .map_err(|e| e.to_string())
     }
 }
 
@@ -87,11 +119,11 @@ impl DecisionStore for SqliteDecisions {
         &mut self,
         id: &ExchangeId,
         make: &mut dyn FnMut() -> Admission,
-    ) -> Result<Admission, String> {
+    ) -> Result<Admission, StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| e.to_string())?;
+            .map_err(database)?;
         let existing: Option<Vec<u8>> = tx
             .query_row(
                 "SELECT admission FROM decisions WHERE exchange = ?1",
@@ -99,10 +131,9 @@ impl DecisionStore for SqliteDecisions {
                 |r| r.get(0),
             )
             .optional()
-            .map_err(|e| e.to_string())?;
+            .map_err(database)?;
         if let Some(bytes) = existing {
-            return Admission::decode(&bytes)
-                .map_err(|e| format!("stored admission unreadable: {e}"));
+            return Admission::decode(&bytes).map_err(StoreError::Unreadable);
         }
         let a = make();
         let kind = match a.kind {
@@ -116,8 +147,8 @@ impl DecisionStore for SqliteDecisions {
             "INSERT INTO decisions (exchange, kind, admission, decided_at) VALUES (?1, ?2, ?3, ?4)",
             rusqlite::params![&id.0[..], kind, a.to_bytes(), now],
         )
-        .map_err(|e| e.to_string())?;
-        tx.commit().map_err(|e| e.to_string())?;
+        .map_err(database)?;
+        tx.commit().map_err(database)?;
         Ok(a)
     }
 }
@@ -134,7 +165,7 @@ pub struct PgDecisions {
 #[cfg(feature = "postgres")]
 impl PgDecisions {
     /// Connects and creates the table if needed.
-    pub fn connect(conn: &str) -> Result<Self, String> {
+    pub fn connect(conn: &str) -> Result<Self, PgError> {
         let mut client = pg_tls::Target::parse(conn)?.connect()?;
         // An advisory lock serializes table creation among TTP processes
         // starting at once (CREATE TABLE IF NOT EXISTS alone can race).
@@ -150,32 +181,28 @@ impl PgDecisions {
                  );
                  COMMIT;",
             )
-            .map_err(|e| pg_tls::error(&e))?;
+            .map_err(PgError::Server)?;
         Ok(Self { client })
     }
 
     /// Number of decisions kept.
-    pub fn count(&mut self) -> Result<u64, String> {
+    pub fn count(&mut self) -> Result<u64, postgres::Error> {
         let row = self
             .client
-            .query_one("SELECT COUNT(*) FROM tenet_decisions", &[])
-            .map_err(|e| e.to_string())?;
+            .query_one("SELECT COUNT(*) FROM tenet_decisions", &[])?;
         Ok(row.get::<_, i64>(0) as u64)
     }
 
-    fn stored(&mut self, key: &[u8]) -> Result<Option<Admission>, String> {
+    fn stored(&mut self, key: &[u8]) -> Result<Option<Admission>, StoreError> {
         let rows = self
             .client
             .query(
                 "SELECT admission FROM tenet_decisions WHERE exchange = $1",
                 &[&key],
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(database)?;
         rows.first()
-            .map(|r| {
-                Admission::decode(r.get::<_, &[u8]>(0))
-                    .map_err(|e| format!("stored admission unreadable: {e}"))
-            })
+            .map(|r| Admission::decode(r.get::<_, &[u8]>(0)).map_err(StoreError::Unreadable))
             .transpose()
     }
 }
@@ -186,7 +213,7 @@ impl DecisionStore for PgDecisions {
         &mut self,
         id: &ExchangeId,
         make: &mut dyn FnMut() -> Admission,
-    ) -> Result<Admission, String> {
+    ) -> Result<Admission, StoreError> {
         let key: &[u8] = &id.0;
         if let Some(a) = self.stored(key)? {
             return Ok(a);
@@ -204,10 +231,119 @@ impl DecisionStore for PgDecisions {
                  ON CONFLICT (exchange) DO NOTHING",
                 &[&key, &kind, &a.to_bytes()],
             )
-            .map_err(|e| e.to_string())?;
-        self.stored(key)?
-            .ok_or_else(|| "decision vanished".to_owned())
+            .map_err(database)?;
+        self.stored(key)?.ok_or(StoreError::Vanished)
     }
+}
+
+/// Why the PostgreSQL decision store cannot be used: its connection string,
+/// its TLS settings, or the server.
+#[cfg(feature = "postgres")]
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// A key/value connection string has `=` with no keyword before it.
+    #[error("PostgreSQL connection string: `=` without a keyword before it")]
+    NoKeyword,
+    /// A keyword is not followed by `= value`.
+    #[error("PostgreSQL connection string: `{0}` without `= value`")]
+    NoEquals(String),
+    /// A quoted value has no closing quote.
+    #[error("PostgreSQL connection string: the value of `{0}` has no closing quote")]
+    UnclosedQuote(String),
+    /// A keyword's value is empty.
+    #[error("PostgreSQL connection string: `{0}` without a value")]
+    NoValue(String),
+    /// A URL's query parameter has no `=`.
+    #[error("PostgreSQL connection URL: parameter `{0}` without `=`")]
+    UrlParameter(String),
+    /// A URL's query parameter, percent-decoded, is not UTF-8.
+    #[error("PostgreSQL connection URL: a parameter is not UTF-8")]
+    UrlNotUtf8,
+    /// The rest of the connection string, as tokio-postgres reads it, is
+    /// malformed.
+    #[error("PostgreSQL connection string: {0}")]
+    Config(postgres::Error),
+    /// `sslmode=allow`, which this client does not support.
+    #[error(
+        "PostgreSQL: sslmode=allow is not supported; \
+         use prefer, require or (to check the server) verify-full"
+    )]
+    ModeAllow,
+    /// An `sslmode` libpq does not know.
+    #[error(
+        "PostgreSQL: sslmode={0}: expected disable, prefer, require, \
+         verify-ca or verify-full"
+    )]
+    UnknownMode(String),
+    /// `sslrootcert=system`: there are no system roots here.
+    #[error(
+        "PostgreSQL: sslrootcert=system is not supported; \
+         name the file of the root certificate (PEM)"
+    )]
+    SystemRoots,
+    /// `verify-ca` or `verify-full` (the mode named) without `sslrootcert`.
+    #[error(
+        "PostgreSQL: sslmode={0} needs sslrootcert=FILE, the root certificate \
+         (PEM) the server's certificate must chain to"
+    )]
+    NoRoots(&'static str),
+    /// The `sslrootcert` file cannot be read.
+    #[error("PostgreSQL: sslrootcert {}: {error}", path.display())]
+    RootsRead {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        error: std::io::Error,
+    },
+    /// The `sslrootcert` file is not PEM.
+    #[error("PostgreSQL: sslrootcert {}: {error}", path.display())]
+    RootsPem {
+        /// The file.
+        path: PathBuf,
+        /// What the PEM reader said.
+        error: rustls::pki_types::pem::Error,
+    },
+    /// A certificate in the `sslrootcert` file cannot be a root.
+    #[error(
+        "PostgreSQL: sslrootcert {}: not a usable certificate ({})",
+        path.display(),
+        pg_tls::unusable(error)
+    )]
+    RootUnusable {
+        /// The file.
+        path: PathBuf,
+        /// What rustls said.
+        error: rustls::Error,
+    },
+    /// The `sslrootcert` file holds no certificate.
+    #[error(
+        "PostgreSQL: sslrootcert {}: no certificate in the file \
+         (PEM, \"-----BEGIN CERTIFICATE-----\")",
+        path.display()
+    )]
+    RootsEmpty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// rustls cannot make the TLS configuration.
+    #[error("PostgreSQL: TLS: {0}")]
+    Tls(rustls::Error),
+    /// The server's TLS certificate does not pass the check the mode asks
+    /// for, against the `sslrootcert` file.
+    #[error(
+        "PostgreSQL: the server's TLS certificate is refused: {}: {cause}",
+        pg_tls::refused_because(cause, root)
+    )]
+    CertificateRefused {
+        /// The `sslrootcert` file.
+        root: PathBuf,
+        /// What was wrong with the certificate.
+        cause: rustls::CertificateError,
+    },
+    /// The connection or the server failed; the server's message when it
+    /// sent one.
+    #[error("PostgreSQL: {}", pg_tls::server_text(.0))]
+    Server(postgres::Error),
 }
 
 /// TLS on the link to PostgreSQL, with libpq's `sslmode` and `sslrootcert`,
@@ -260,6 +396,8 @@ mod pg_tls {
     use tokio_postgres_rustls::MakeRustlsConnect;
     use tracing::warn;
 
+    use super::PgError;
+
     /// libpq's `sslmode`, less `allow`.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub(super) enum Mode {
@@ -271,24 +409,15 @@ mod pg_tls {
     }
 
     impl Mode {
-        fn parse(s: &str) -> Result<Self, String> {
+        fn parse(s: &str) -> Result<Self, PgError> {
             Ok(match s {
                 "disable" => Self::Disable,
                 "prefer" => Self::Prefer,
                 "require" => Self::Require,
                 "verify-ca" => Self::VerifyCa,
                 "verify-full" => Self::VerifyFull,
-                "allow" => {
-                    return Err("PostgreSQL: sslmode=allow is not supported; \
-                                use prefer, require or (to check the server) verify-full"
-                        .to_owned());
-                }
-                other => {
-                    return Err(format!(
-                        "PostgreSQL: sslmode={other}: expected disable, prefer, require, \
-                         verify-ca or verify-full"
-                    ));
-                }
+                "allow" => return Err(PgError::ModeAllow),
+                other => return Err(PgError::UnknownMode(other.to_owned())),
             })
         }
 
@@ -317,7 +446,7 @@ mod pg_tls {
 
     impl Target {
         /// Reads a libpq connection string (key/value pairs or a URL).
-        pub(super) fn parse(conn: &str) -> Result<Self, String> {
+        pub(super) fn parse(conn: &str) -> Result<Self, PgError> {
             let split = split(conn)?;
             let mode = split
                 .sslmode
@@ -327,11 +456,7 @@ mod pg_tls {
                 .unwrap_or(Mode::Prefer);
             let roots = match split.sslrootcert.as_deref() {
                 None | Some("") => None,
-                Some("system") => {
-                    return Err("PostgreSQL: sslrootcert=system is not supported; \
-                                name the file of the root certificate (PEM)"
-                        .to_owned());
-                }
+                Some("system") => return Err(PgError::SystemRoots),
                 Some(file) => {
                     let path = PathBuf::from(file);
                     let roots = load_roots(&path)?;
@@ -339,16 +464,9 @@ mod pg_tls {
                 }
             };
             if matches!(mode, Mode::VerifyCa | Mode::VerifyFull) && roots.is_none() {
-                return Err(format!(
-                    "PostgreSQL: sslmode={} needs sslrootcert=FILE, the root certificate \
-                     (PEM) the server's certificate must chain to",
-                    mode.name()
-                ));
+                return Err(PgError::NoRoots(mode.name()));
             }
-            let mut config: postgres::Config = split
-                .rest
-                .parse()
-                .map_err(|e| format!("PostgreSQL connection string: {e}"))?;
+            let mut config: postgres::Config = split.rest.parse().map_err(PgError::Config)?;
             let tcp = config.get_hosts().iter().any(|h| matches!(h, Host::Tcp(_)))
                 || !config.get_hostaddrs().is_empty();
             config.ssl_mode(match mode {
@@ -366,12 +484,15 @@ mod pg_tls {
         }
 
         /// Connects, through TLS as the mode asks.
-        pub(super) fn connect(&self) -> Result<postgres::Client, String> {
+        pub(super) fn connect(&self) -> Result<postgres::Client, PgError> {
             if !self.tcp || self.mode == Mode::Disable {
                 if self.tcp {
                     warn!("PostgreSQL over TCP without TLS (sslmode=disable)");
                 }
-                return self.config.connect(postgres::NoTls).map_err(|e| error(&e));
+                return self
+                    .config
+                    .connect(postgres::NoTls)
+                    .map_err(PgError::Server);
             }
             if self.roots.is_none() {
                 warn!(
@@ -383,10 +504,10 @@ mod pg_tls {
             }
             self.config
                 .connect(MakeRustlsConnect::new(self.tls_config()?))
-                .map_err(|e| self.explain(&e))
+                .map_err(|e| self.explain(e))
         }
 
-        fn tls_config(&self) -> Result<rustls::ClientConfig, String> {
+        fn tls_config(&self) -> Result<rustls::ClientConfig, PgError> {
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             let verifier = ServerVerifier {
                 roots: self.roots.as_ref().map(|(_, r)| r.clone()),
@@ -395,7 +516,7 @@ mod pg_tls {
             };
             let mut config = rustls::ClientConfig::builder_with_provider(provider)
                 .with_protocol_versions(&[&rustls::version::TLS13])
-                .map_err(|e| format!("PostgreSQL: TLS: {e}"))?
+                .map_err(PgError::Tls)?
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(verifier))
                 .with_no_client_auth();
@@ -405,62 +526,79 @@ mod pg_tls {
 
         /// The error, saying why the server's certificate was refused when
         /// that is the cause.
-        fn explain(&self, e: &postgres::Error) -> String {
-            let refused = std::error::Error::source(e)
+        fn explain(&self, e: postgres::Error) -> PgError {
+            let refused = std::error::Error::source(&e)
                 .and_then(|s| s.downcast_ref::<std::io::Error>())
                 .and_then(|io| io.get_ref())
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>());
-            let (Some(rustls::Error::InvalidCertificate(cause)), Some((root, _))) =
-                (refused, &self.roots)
-            else {
-                return error(e);
-            };
-            let why = match cause {
-                CertificateError::UnknownIssuer => {
-                    format!(
-                        "it does not chain to the root certificate in {}",
-                        root.display()
-                    )
+            match (refused, &self.roots) {
+                (Some(rustls::Error::InvalidCertificate(cause)), Some((root, _))) => {
+                    PgError::CertificateRefused {
+                        root: root.clone(),
+                        cause: cause.clone(),
+                    }
                 }
-                CertificateError::NotValidForName
-                | CertificateError::NotValidForNameContext { .. } => {
-                    "it does not name the host (sslmode=verify-full)".to_owned()
-                }
-                _ => format!("checked against the root certificate in {}", root.display()),
-            };
-            format!("PostgreSQL: the server's TLS certificate is refused: {why}: {cause}")
+                _ => PgError::Server(e),
+            }
+        }
+    }
+
+    /// Why the server's certificate was refused, in the words of the check
+    /// that refused it.
+    pub(super) fn refused_because(cause: &CertificateError, root: &Path) -> String {
+        match cause {
+            CertificateError::UnknownIssuer => {
+                format!(
+                    "it does not chain to the root certificate in {}",
+                    root.display()
+                )
+            }
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                "it does not name the host (sslmode=verify-full)".to_owned()
+            }
+            _ => format!("checked against the root certificate in {}", root.display()),
         }
     }
 
     /// A PostgreSQL error as one line: the server's message when it sent
     /// one.
-    pub(super) fn error(e: &postgres::Error) -> String {
+    pub(super) fn server_text(e: &postgres::Error) -> String {
         match e.as_db_error() {
-            Some(d) => format!("PostgreSQL: {}: {}", d.severity(), d.message()),
-            None => format!("PostgreSQL: {e}"),
+            Some(d) => format!("{}: {}", d.severity(), d.message()),
+            None => e.to_string(),
+        }
+    }
+
+    /// Why a certificate cannot be a root: the certificate's fault without
+    /// rustls's "invalid peer certificate" around it.
+    pub(super) fn unusable(e: &rustls::Error) -> String {
+        match e {
+            rustls::Error::InvalidCertificate(c) => c.to_string(),
+            other => other.to_string(),
         }
     }
 
     /// The certificates of a root certificate file (PEM), at least one.
-    fn load_roots(path: &Path) -> Result<RootCertStore, String> {
-        let what = || format!("PostgreSQL: sslrootcert {}", path.display());
-        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", what()))?;
+    fn load_roots(path: &Path) -> Result<RootCertStore, PgError> {
+        let pem = std::fs::read(path).map_err(|error| PgError::RootsRead {
+            path: path.to_owned(),
+            error,
+        })?;
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| format!("{}: {e}", what()))?;
-            roots.add(cert).map_err(|e| {
-                let why = match e {
-                    rustls::Error::InvalidCertificate(c) => c.to_string(),
-                    other => other.to_string(),
-                };
-                format!("{}: not a usable certificate ({why})", what())
+            let cert = cert.map_err(|error| PgError::RootsPem {
+                path: path.to_owned(),
+                error,
+            })?;
+            roots.add(cert).map_err(|error| PgError::RootUnusable {
+                path: path.to_owned(),
+                error,
             })?;
         }
         if roots.is_empty() {
-            return Err(format!(
-                "{}: no certificate in the file (PEM, \"-----BEGIN CERTIFICATE-----\")",
-                what()
-            ));
+            return Err(PgError::RootsEmpty {
+                path: path.to_owned(),
+            });
         }
         Ok(roots)
     }
@@ -536,7 +674,7 @@ mod pg_tls {
         pub(super) sslrootcert: Option<String>,
     }
 
-    pub(super) fn split(conn: &str) -> Result<Split, String> {
+    pub(super) fn split(conn: &str) -> Result<Split, PgError> {
         for prefix in ["postgresql://", "postgres://"] {
             if let Some(rest) = conn.strip_prefix(prefix) {
                 return split_url(prefix, rest);
@@ -547,8 +685,7 @@ mod pg_tls {
 
     /// `key = value ...`, values bare or in single quotes, `\` escaping
     /// the next character (libpq's rules, as tokio-postgres reads them).
-    fn split_key_values(conn: &str) -> Result<Split, String> {
-        let bad = |what: &str| Err(format!("PostgreSQL connection string: {what}"));
+    fn split_key_values(conn: &str) -> Result<Split, PgError> {
         let mut out = Split::default();
         let mut kept = Vec::new();
         let mut it = conn.chars().peekable();
@@ -563,13 +700,13 @@ mod pg_tls {
             }
             if key.is_empty() {
                 if it.peek().is_some() {
-                    return bad("`=` without a keyword before it");
+                    return Err(PgError::NoKeyword);
                 }
                 break;
             }
             skip_ws(&mut it);
             if it.next() != Some('=') {
-                return bad(&format!("`{key}` without `= value`"));
+                return Err(PgError::NoEquals(key));
             }
             skip_ws(&mut it);
             let mut value = String::new();
@@ -579,7 +716,7 @@ mod pg_tls {
                         Some('\'') => break,
                         Some('\\') => value.extend(it.next()),
                         Some(c) => value.push(c),
-                        None => return bad(&format!("the value of `{key}` has no closing quote")),
+                        None => return Err(PgError::UnclosedQuote(key)),
                     }
                 }
             } else {
@@ -590,7 +727,7 @@ mod pg_tls {
                     }
                 }
                 if value.is_empty() {
-                    return bad(&format!("`{key}` without a value"));
+                    return Err(PgError::NoValue(key));
                 }
             }
             match key.as_str() {
@@ -610,7 +747,7 @@ mod pg_tls {
     /// split as tokio-postgres does: the credentials end at the first `@`,
     /// the parameters start at the next `?`, keys and values are
     /// percent-encoded.
-    fn split_url(prefix: &str, url: &str) -> Result<Split, String> {
+    fn split_url(prefix: &str, url: &str) -> Result<Split, PgError> {
         let mut out = Split::default();
         let after_credentials = url.find('@').map_or(0, |i| i + 1);
         let Some(q) = url[after_credentials..]
@@ -623,9 +760,7 @@ mod pg_tls {
         let mut kept = Vec::new();
         for param in url[q + 1..].split('&').filter(|p| !p.is_empty()) {
             let Some((key, value)) = param.split_once('=') else {
-                return Err(format!(
-                    "PostgreSQL connection URL: parameter `{param}` without `=`"
-                ));
+                return Err(PgError::UrlParameter(param.to_owned()));
             };
             match percent_decode(key)?.as_str() {
                 "sslmode" => out.sslmode = Some(percent_decode(value)?),
@@ -642,7 +777,7 @@ mod pg_tls {
     }
 
     /// `%XX` to its byte; a `%` not followed by two hex digits stays.
-    fn percent_decode(s: &str) -> Result<String, String> {
+    fn percent_decode(s: &str) -> Result<String, PgError> {
         let b = s.as_bytes();
         let mut out = Vec::with_capacity(b.len());
         let mut i = 0;
@@ -651,9 +786,8 @@ mod pg_tls {
                 .get(i + 1..i + 3)
                 .filter(|h| h.iter().all(u8::is_ascii_hexdigit));
             match (b[i], hex) {
-                (b'%', Some(h)) => {
-                    let h = std::str::from_utf8(h).map_err(|e| e.to_string())?;
-                    out.push(u8::from_str_radix(h, 16).map_err(|e| e.to_string())?);
+                (b'%', Some(&[hi, lo])) => {
+                    out.push(hex_digit(hi) << 4 | hex_digit(lo));
                     i += 3;
                 }
                 (c, _) => {
@@ -662,8 +796,16 @@ mod pg_tls {
                 }
             }
         }
-        String::from_utf8(out)
-            .map_err(|_| "PostgreSQL connection URL: a parameter is not UTF-8".to_owned())
+        String::from_utf8(out).map_err(|_| PgError::UrlNotUtf8)
+    }
+
+    /// The value of an ASCII hex digit (checked by the caller).
+    fn hex_digit(c: u8) -> u8 {
+        match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => c - b'A' + 10,
+        }
     }
 }
 
@@ -680,10 +822,14 @@ pub enum TtpError {
     },
     /// The key, certificate or CA is unusable.
     #[error("{0}")]
-    Keys(String),
-    /// The decision store cannot be opened.
+    Keys(VerifyError),
+    /// The SQLite decision store cannot be opened.
     #[error("{0}")]
-    Store(String),
+    Sqlite(SqliteOpenError),
+    /// The PostgreSQL decision store cannot be used.
+    #[cfg(feature = "postgres")]
+    #[error("{0}")]
+    Postgres(PgError),
 }
 
 /// The TTP service: the host entity's answers to recovery requests.
@@ -705,10 +851,10 @@ impl TtpService {
             })
         };
         let crypto = KeyCrypto::from_pem(&read(&cfg.key)?, &read(&cfg.cert)?, &read(&cfg.ca)?)
-            .map_err(|e| TtpError::Keys(e.to_string()))?;
+            .map_err(TtpError::Keys)?;
         #[cfg(feature = "postgres")]
         if let Some(conn) = &cfg.postgres {
-            let store = PgDecisions::connect(conn).map_err(TtpError::Store)?;
+            let store = PgDecisions::connect(conn).map_err(TtpError::Postgres)?;
             info!("TTP decisions in PostgreSQL");
             return Ok(Self {
                 crypto,
@@ -719,7 +865,7 @@ impl TtpService {
             .database
             .clone()
             .unwrap_or_else(|| state_dir.join("ttp.sqlite"));
-        let store = SqliteDecisions::open(&db).map_err(TtpError::Store)?;
+        let store = SqliteDecisions::open(&db).map_err(TtpError::Sqlite)?;
         info!(database = %db.display(), "TTP decisions in SQLite");
         Ok(Self {
             crypto,
@@ -823,6 +969,18 @@ fn refuse_busy(host: &HostSender, me: EntityId, refused: Vec<Full<Message>>) {
     }));
 }
 
+/// Why a recovery request gets no admission; its text is the `refused`
+/// notice's.
+#[derive(Debug, thiserror::Error)]
+enum NoAdmission {
+    /// The request cannot be decoded.
+    #[error("malformed recovery request: {0}")]
+    Malformed(tenet_proto::DecodeError),
+    /// The TTP refused it, or could not decide.
+    #[error(transparent)]
+    Refused(#[from] tenet_voucher::ttp::TtpError),
+}
+
 /// The TTP's answer to the request `m`: an admission, or a `refused` notice
 /// saying why. The service's decision, without its queue (a simulator
 /// calls it directly).
@@ -832,17 +990,16 @@ pub fn answer(
     me: EntityId,
     m: &Message,
 ) -> Message {
-    let answer = match RecoveryRequest::decode(&m.param) {
-        Err(e) => Err(format!("malformed recovery request: {e}")),
-        Ok(req) => handle_request(crypto, store, m.src(), &req)
-            .inspect(|a| {
-                info!(exchange = %a.id, kind = ?a.kind, requester = %m.src(), "TTP admission");
-            })
-            .map_err(|e| e.to_string()),
-    };
+    let answer = RecoveryRequest::decode(&m.param)
+        .map_err(NoAdmission::Malformed)
+        .and_then(|req| Ok(handle_request(crypto, store, m.src(), &req)?));
     match answer {
-        Ok(a) => Message::new(me, m.src(), msg::ADMISSION, a.to_bytes()),
-        Err(text) => {
+        Ok(a) => {
+            info!(exchange = %a.id, kind = ?a.kind, requester = %m.src(), "TTP admission");
+            Message::new(me, m.src(), msg::ADMISSION, a.to_bytes())
+        }
+        Err(e) => {
+            let text = e.to_string();
             warn!(requester = %m.src(), %text, "recovery request refused");
             Message::new(
                 me,
@@ -1042,7 +1199,7 @@ mod pg_tls_tests {
     fn malformed_strings_and_modes_are_refused_with_their_cause() {
         let refused = |conn: &str| match Target::parse(conn) {
             Ok(_) => panic!("accepted {conn}"),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         };
         assert!(refused("host=x port").contains("`port` without `= value`"));
         assert!(refused("host='x").contains("no closing quote"));

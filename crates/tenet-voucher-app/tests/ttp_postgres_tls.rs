@@ -8,7 +8,7 @@ use std::path::Path;
 
 use tenet_voucher::msg::{Admission, ExchangeId, Kind};
 use tenet_voucher::ttp::DecisionStore;
-use tenet_voucher_app::ttp::PgDecisions;
+use tenet_voucher_app::ttp::{PgDecisions, PgError};
 
 /// The test PostgreSQL over TLS, `sslmode=verify-full` with its root.
 fn tls_conn() -> String {
@@ -23,14 +23,14 @@ fn with(keys: &str) -> String {
     format!("{} {keys}", tls_conn())
 }
 
-fn connect(conn: &str) -> Result<PgDecisions, String> {
+fn connect(conn: &str) -> Result<PgDecisions, PgError> {
     PgDecisions::connect(conn)
 }
 
 fn refused(conn: &str) -> String {
     match connect(conn) {
         Ok(_) => panic!("connected with {conn}"),
-        Err(e) => e,
+        Err(e) => e.to_string(),
     }
 }
 

@@ -17,6 +17,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use tenet_proto::codec::DecodeError;
 use tenet_proto::{Domain, EntityId};
 
 use crate::crypto::{Crypto, VerifyError};
@@ -31,14 +32,32 @@ pub const MAX_SIGNATURE_LEN: usize = 72;
 pub const MAX_CERTIFICATE_LEN: usize = 2048;
 
 /// Why the TTP refused a request; no decision was made.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum TtpError {
     /// The request does not verify or does not fit the exchange.
     #[error("refused: {0}")]
     Refused(#[from] Refusal),
     /// The decision store failed; nothing was decided.
     #[error("decision store: {0}")]
-    Store(String),
+    Store(StoreError),
+}
+
+/// Why a [`DecisionStore`] did not decide. Nothing was recorded; a
+/// decision recorded before stays.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed (unreachable, locked for too long, out of
+    /// space): its own error, as it reports it.
+    #[error(transparent)]
+    Database(Box<dyn std::error::Error + Send + Sync>),
+    /// A decision is recorded for the exchange, but its admission cannot
+    /// be read back.
+    #[error("stored admission unreadable: {0}")]
+    Unreadable(DecodeError),
+    /// The store took the decision (or found one taken concurrently), yet
+    /// holds none for the exchange when read back.
+    #[error("decision vanished")]
+    Vanished,
 }
 
 /// What was wrong with a refused request. The first three are found
@@ -87,7 +106,7 @@ pub trait DecisionStore {
         &mut self,
         id: &ExchangeId,
         make: &mut dyn FnMut() -> Admission,
-    ) -> Result<Admission, String>;
+    ) -> Result<Admission, StoreError>;
 }
 
 /// Decisions in memory, for tests and the model checker.
@@ -102,7 +121,7 @@ impl DecisionStore for MemoryDecisions {
         &mut self,
         id: &ExchangeId,
         make: &mut dyn FnMut() -> Admission,
-    ) -> Result<Admission, String> {
+    ) -> Result<Admission, StoreError> {
         Ok(self.decided.entry(*id).or_insert_with(make).clone())
     }
 }

@@ -29,7 +29,7 @@ use tenet_voucher::card::{Ctx, MINT, PROGRESS, Phase, VoucherCard};
 use tenet_voucher::crypto::TestCrypto;
 use tenet_voucher::model::{Amount, MAX_QUANTITY, VoucherClass};
 use tenet_voucher::msg::{self, Admission, ExchangeId, RecoveryRequest, StartExchange};
-use tenet_voucher::ttp::{DecisionKey, DecisionStore, handle_request_keyed};
+use tenet_voucher::ttp::{DecisionKey, DecisionStore, StoreError, handle_request_keyed};
 
 const S_A: usize = 0;
 const S_B: usize = 1;
@@ -211,9 +211,9 @@ impl DecisionStore for MapStore<'_> {
         &mut self,
         id: &ExchangeId,
         make: &mut dyn FnMut() -> Admission,
-    ) -> Result<Admission, String> {
+    ) -> Result<Admission, StoreError> {
         let bytes = self.0.entry(id.0).or_insert_with(|| make().to_bytes());
-        Admission::decode(bytes).map_err(|e| e.to_string())
+        Admission::decode(bytes).map_err(StoreError::Unreadable)
     }
 }
 
