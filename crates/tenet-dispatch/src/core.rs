@@ -190,6 +190,33 @@ impl HostCore {
         &mut self.table
     }
 
+    /// The table's bounds.
+    pub fn limits(&self) -> Limits {
+        self.table.limits()
+    }
+
+    /// Takes the next message waiting for `ep` (its reader reads).
+    pub fn take(&mut self, ep: EndpointId) -> Option<crate::table::Delivery> {
+        self.table.take(ep)
+    }
+
+    /// Takes the next tap item waiting for `ep`.
+    pub fn take_tap(&mut self, ep: EndpointId) -> Option<crate::table::TapItem> {
+        self.table.take_tap(ep)
+    }
+
+    /// Tells the sender of `failed` that it could not be delivered.
+    pub fn undeliverable(&mut self, failed: &Message, reason: UndeliverableReason, now: Instant) {
+        self.table.undeliverable(failed, reason, now);
+        self.process(now);
+    }
+
+    /// Works out the effects of changes made through
+    /// [`HostCore::table_mut`] (a runtime calls it after each batch).
+    pub fn process_events(&mut self, now: Instant) {
+        self.process(now);
+    }
+
     /// The host entity's id.
     pub fn host_id(&self) -> EntityId {
         self.table.host_id()
@@ -487,55 +514,61 @@ mod tests {
         assert_eq!(core.kind(card), Some(EndpointKind::Card));
     }
 
-    /// The checks of remote ingress, in order, the same for every transport.
+    /// The checks of remote ingress, in order, the same for TLS and NATS.
     #[test]
     fn remote_ingress_checks_origin_own_domains_then_the_guard() {
         let (me, card, peer, other) = (dom(0xa1), dom(0x4b), dom(0xb2), dom(0xc3));
-        let now = Instant::now();
-        let mut core = HostCore::new(me.owner(), Limits::default());
-        core.table_mut().add_card(card, [Mtype::CHANGE_PIN]);
-        let ep = core.add_endpoint(EndpointKind::Card);
-        core.table_mut()
+        let mut t = HostCore::new(me.owner(), Limits::default());
+        t.table_mut().add_card(card, [Mtype::CHANGE_PIN]);
+        let ep = t.add_endpoint(EndpointKind::Card);
+        t.table_mut()
             .subscribe(ep, Filter::to_domain(card))
             .unwrap();
+        let now = Instant::now();
+        let from = |d: Domain| id(d, 1);
         let m = |src, mtype| Message::new(src, card.owner(), mtype, vec![]);
-        let mut ingress = |src, mtype| core.remote_ingress(&[peer], m(src, mtype), now);
+        let mut ingress = |src, mtype| t.remote_ingress(&[peer], m(src, mtype), now);
         assert_eq!(
-            ingress(id(other, 1), Mtype::ECHO_REQUEST),
-            Err(IngressRefusal::Forged(id(other, 1)))
+            ingress(from(other), Mtype::ECHO_REQUEST),
+            Err(IngressRefusal::Forged(from(other)))
         );
         assert_eq!(
-            ingress(id(me, 1), Mtype::ECHO_REQUEST),
-            Err(IngressRefusal::Forged(id(me, 1)))
+            ingress(from(me), Mtype::ECHO_REQUEST),
+            Err(IngressRefusal::Forged(from(me)))
         );
         assert!(matches!(
-            ingress(id(peer, 1), Mtype::CHANGE_PIN),
+            ingress(from(peer), Mtype::CHANGE_PIN),
             Err(IngressRefusal::Guard(why)) if why.to_string().contains("privileged")
         ));
-        assert_eq!(ingress(id(peer, 1), Mtype::ECHO_REQUEST), Ok(()));
-        let notice = Message::new(
-            id(peer, 1),
-            card.owner(),
-            Mtype::UNDELIVERABLE,
-            Undeliverable {
-                dst: card.owner(),
-                mtype: Mtype::ECHO_REQUEST,
-                reason: UndeliverableReason::NO_ROUTE,
-            }
-            .to_bytes(),
-        );
+        assert_eq!(ingress(from(peer), Mtype::ECHO_REQUEST), Ok(()));
+        // A sender authorized for a domain of this host still cannot use it.
         assert_eq!(
-            core.remote_ingress(&[peer], notice, now),
+            t.remote_ingress(&[card], m(from(card), Mtype::ECHO_REQUEST), now),
+            Err(IngressRefusal::OwnDomain(from(card)))
+        );
+        assert_eq!(t.table().len(), 1, "only the honest message was stored");
+
+        // Another host cannot report a local card undeliverable to a local
+        // app; it may report its own entities.
+        let notice = |dst| Undeliverable {
+            dst,
+            mtype: Mtype::ECHO_REQUEST,
+            reason: UndeliverableReason::NO_ROUTE,
+        };
+        let app = id(card, 7);
+        let to_app =
+            |n: Undeliverable| Message::new(peer.owner(), app, Mtype::UNDELIVERABLE, n.to_bytes());
+        assert_eq!(
+            t.remote_ingress(&[peer], to_app(notice(card.owner())), now),
             Err(IngressRefusal::ForgedNotice {
-                src: id(peer, 1),
+                src: peer.owner(),
                 dst: card.owner()
             })
         );
-        let mut own = HostCore::new(me.owner(), Limits::default());
-        own.table_mut().add_local_domain(peer);
         assert_eq!(
-            own.remote_ingress(&[peer], m(id(peer, 1), Mtype::ECHO_REQUEST), now),
-            Err(IngressRefusal::OwnDomain(id(peer, 1)))
+            t.remote_ingress(&[peer], to_app(notice(from(peer))), now),
+            Ok(())
         );
+        assert_eq!(t.table().len(), 2);
     }
 }

@@ -1,6 +1,8 @@
 //! # tenet-host: the host daemon runtime
 //!
-//! Runs the dispatch core ([`tenet_dispatch`]) on tokio: it listens on the
+//! Drives the host's core ([`tenet_dispatch::HostCore`]: the dispatch table,
+//! the endpoint registry, the host entity and its services, remote ingress)
+//! on tokio, doing what its effects say: it listens on the
 //! app socket, binds each connection to the id it acquires (the capability
 //! of paper 4.4), stamps and checks `src`, moves messages between the
 //! dispatch table and the apps' sockets, answers echo for the host's own
@@ -8,7 +10,6 @@
 //!
 //! - [`config`]: the TOML configuration.
 //! - [`state`]: the persistent software domain and port counter.
-//! - [`entity`]: what the host's own entity (`DOMAIN:0`) answers.
 //! - [`link`]: card links (in-process, PC/SC) and the APDU session.
 //! - `proxy`: the smartcard proxy thread between table and card.
 //! - [`server`]: the socket server; [`start`] runs a daemon.
@@ -24,7 +25,6 @@
 #![warn(missing_docs)]
 
 pub mod config;
-pub mod entity;
 pub mod link;
 pub mod nats;
 pub mod plugin;

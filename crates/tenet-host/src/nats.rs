@@ -53,8 +53,9 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::config::{ConfigError, NatsSection};
-use crate::remote::{IngressRefusal, RemoteSetupError, remote_ingress};
+use crate::remote::RemoteSetupError;
 use crate::server::{HostError, Shared, lock};
+use tenet_dispatch::IngressRefusal;
 
 /// How long a sender waits for the receiving host's answer.
 const ANSWER: Duration = Duration::from_secs(5);
@@ -374,7 +375,7 @@ fn ingress(
             },
         ));
     }
-    let result = shared.with_core(|t| remote_ingress(t, &[from], m, Instant::now()));
+    let result = shared.with_core(|t| t.remote_ingress(&[from], m, Instant::now()));
     match result {
         Ok(()) => {
             count(&stats.received);

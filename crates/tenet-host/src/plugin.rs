@@ -110,7 +110,6 @@ impl HostSender {
 /// A service plugged in, as routing sees it.
 pub(crate) struct ServiceRoute {
     pub(crate) name: String,
-    pub(crate) mtypes: Vec<Mtype>,
     pub(crate) tx: std::sync::mpsc::SyncSender<Message>,
 }
 

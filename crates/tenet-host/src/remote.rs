@@ -39,11 +39,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tenet_dispatch::reliable::{Inbound, PeerLink};
-use tenet_dispatch::{DispatchTable, Dropped, EndpointId, Ingress, StoreError};
+use tenet_dispatch::{EndpointId, EndpointKind, IngressRefusal};
 use tenet_proto::frame::{FrameDecoder, write_codec_frame};
 use tenet_proto::link::{LinkFrame, MAX_LINK_FRAME};
-use tenet_proto::notice::{Undeliverable, UndeliverableReason};
-use tenet_proto::{Codec, DecodeError, Domain, EntityId, Filter, Message, Mtype};
+use tenet_proto::notice::UndeliverableReason;
+use tenet_proto::{Codec, DecodeError, Domain, EntityId, Filter};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -159,76 +159,6 @@ pub enum RemoteSetupError {
     /// The subscriptions could not be flushed to the server.
     #[error("NATS: {0}")]
     NatsFlush(async_nats::client::FlushError),
-}
-
-/// Why remote ingress refused a message from another host.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum IngressRefusal {
-    /// Its src is in no domain its sender may send from: a forgery.
-    #[error("src {0} is not in a domain of the sending host")]
-    Forged(EntityId),
-    /// Its src claims one of this host's own domains: a forgery.
-    #[error("src {0} claims a domain of this host")]
-    OwnDomain(EntityId),
-    /// An `undeliverable` notice about a message to an entity of this host:
-    /// only this host can know that, so another host's is a forgery (it
-    /// would make a local app give up on its own card).
-    #[error("{src} reports {dst}, an entity of this host, undeliverable")]
-    ForgedNotice {
-        /// The notice's sender.
-        src: EntityId,
-        /// The local entity it names.
-        dst: EntityId,
-    },
-    /// The guard chain dropped it (first the default remote-ingress guard).
-    #[error("{0}")]
-    Guard(Dropped),
-    /// The table could not take it; its sender was told `undeliverable`.
-    #[error("{0}")]
-    NotStored(StoreError),
-}
-
-/// Remote ingress, the one path of every transport: a message from another
-/// host whose origin the transport established as `from` (the domains the
-/// TLS link's certificate names; over NATS, the sender domain of the
-/// subject the message came on) is stored only if its src is in one of
-/// those domains, is not in one of this host's own domains, and passes the
-/// guard chain, beginning with the default remote-ingress guard (no src in
-/// a local card's domain, no privileged mtype to a local card). No I/O,
-/// time passed in; the caller counts the outcome and runs the table's
-/// events.
-pub(crate) fn remote_ingress(
-    t: &mut DispatchTable,
-    from: &[Domain],
-    m: Message,
-    now: Instant,
-) -> Result<(), IngressRefusal> {
-    let src = m.src();
-    if !from.contains(&src.domain()) {
-        return Err(IngressRefusal::Forged(src));
-    }
-    if t.is_local_domain(src.domain()) {
-        return Err(IngressRefusal::OwnDomain(src));
-    }
-    if m.mtype() == Mtype::UNDELIVERABLE
-        && let Ok(u) = Undeliverable::decode(&m.param)
-        && t.is_local_domain(u.dst.domain())
-    {
-        return Err(IngressRefusal::ForgedNotice { src, dst: u.dst });
-    }
-    // Only the header is needed to tell the sender: the param is not copied.
-    let header = Message {
-        header: m.header,
-        param: Vec::new(),
-    };
-    match t.store(Ingress::Remote, m, now) {
-        Ok(_) => Ok(()),
-        Err(StoreError::Guard(d)) => Err(IngressRefusal::Guard(d)),
-        Err(e) => {
-            t.undeliverable(&header, UndeliverableReason::QUEUE_FULL, now);
-            Err(IngressRefusal::NotStored(e))
-        }
-    }
 }
 
 /// A byte stream to a peer host: the one interface the link code needs from
@@ -533,9 +463,9 @@ impl Remote {
     ) -> Arc<Peer> {
         let ep = {
             let mut t = lock(&shared.table);
-            let ep = t.add_endpoint();
+            let ep = t.add_endpoint(EndpointKind::Peer);
             for d in &config_domains {
-                let _ = t.subscribe(ep, Filter::to_domain(*d));
+                let _ = t.table_mut().subscribe(ep, Filter::to_domain(*d));
             }
             ep
         };
@@ -995,7 +925,10 @@ async fn run_link<S: LinkStream>(
     certified.extend(config_domains.iter().filter(|d| !wanted.contains(d)));
     let local: Vec<bool> = {
         let t = lock(&shared.table);
-        wanted.iter().map(|d| t.is_local_domain(*d)).collect()
+        wanted
+            .iter()
+            .map(|d| t.table().is_local_domain(*d))
+            .collect()
     };
     let refusal = if let Some(expected) = pinned.filter(|h| *h != host) {
         Some(LinkRefusal::OtherHost {
@@ -1068,7 +1001,7 @@ async fn run_link<S: LinkStream>(
     };
     shared.with_core(|t| {
         for d in &new_domains {
-            let _ = t.subscribe(peer.ep, Filter::to_domain(*d));
+            let _ = t.table_mut().subscribe(peer.ep, Filter::to_domain(*d));
         }
         for m in &resume.lost {
             t.undeliverable(m, UndeliverableReason::DESTINATION_GONE, Instant::now());
@@ -1212,7 +1145,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             shared.with_core(|t| {
                 for m in stored {
                     let src = m.src();
-                    match remote_ingress(t, &authorized, m, Instant::now()) {
+                    match t.remote_ingress(&authorized, m, Instant::now()) {
                         Ok(()) => {
                             remote.stats.received.fetch_add(1, Ordering::Relaxed);
                         }
@@ -1289,73 +1222,4 @@ pub(crate) fn routes(remote: &Remote) -> HashMap<Domain, (String, bool)> {
         .into_iter()
         .map(|(d, l, up)| (d, (l, up)))
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use tenet_dispatch::Limits;
-    use tenet_proto::{Mtype, Port};
-
-    use super::*;
-
-    /// The checks of remote ingress, in order, the same for TLS and NATS.
-    #[test]
-    fn remote_ingress_checks_origin_own_domains_then_the_guard() {
-        let (me, card, peer, other) = (
-            Domain::new([0xa1; 12]),
-            Domain::new([0x4b; 12]),
-            Domain::new([0xb2; 12]),
-            Domain::new([0xc3; 12]),
-        );
-        let mut t = DispatchTable::new(me.owner(), Limits::default());
-        t.add_card(card, [Mtype::CHANGE_PIN]);
-        let ep = t.add_endpoint();
-        t.subscribe(ep, Filter::to_domain(card)).unwrap();
-        let now = Instant::now();
-        let from = |d: Domain| EntityId::new(d, Port::new(1));
-        let m = |src, mtype| Message::new(src, card.owner(), mtype, vec![]);
-        let mut ingress = |src, mtype| remote_ingress(&mut t, &[peer], m(src, mtype), now);
-        assert_eq!(
-            ingress(from(other), Mtype::ECHO_REQUEST),
-            Err(IngressRefusal::Forged(from(other)))
-        );
-        assert_eq!(
-            ingress(from(me), Mtype::ECHO_REQUEST),
-            Err(IngressRefusal::Forged(from(me)))
-        );
-        assert!(matches!(
-            ingress(from(peer), Mtype::CHANGE_PIN),
-            Err(IngressRefusal::Guard(why)) if why.to_string().contains("privileged")
-        ));
-        assert_eq!(ingress(from(peer), Mtype::ECHO_REQUEST), Ok(()));
-        // A sender authorized for a domain of this host still cannot use it.
-        assert_eq!(
-            remote_ingress(&mut t, &[card], m(from(card), Mtype::ECHO_REQUEST), now),
-            Err(IngressRefusal::OwnDomain(from(card)))
-        );
-        assert_eq!(t.len(), 1, "only the honest message was stored");
-
-        // Another host cannot report a local card undeliverable to a local
-        // app; it may report its own entities.
-        let notice = |dst| Undeliverable {
-            dst,
-            mtype: Mtype::ECHO_REQUEST,
-            reason: UndeliverableReason::NO_ROUTE,
-        };
-        let app = EntityId::new(card, Port::new(7));
-        let to_app =
-            |n: Undeliverable| Message::new(peer.owner(), app, Mtype::UNDELIVERABLE, n.to_bytes());
-        assert_eq!(
-            remote_ingress(&mut t, &[peer], to_app(notice(card.owner())), now),
-            Err(IngressRefusal::ForgedNotice {
-                src: peer.owner(),
-                dst: card.owner()
-            })
-        );
-        assert_eq!(
-            remote_ingress(&mut t, &[peer], to_app(notice(from(peer))), now),
-            Ok(())
-        );
-        assert_eq!(t.len(), 2);
-    }
 }

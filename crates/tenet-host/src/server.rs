@@ -18,11 +18,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tenet_dispatch::{DispatchTable, EndpointId, Event, Ingress, StoreError, TableError, TapItem};
+use tenet_dispatch::{
+    Effect, EndpointId, EndpointKind, HostCore, Ingress, StoreError, TableError, TapItem,
+};
 use tenet_proto::app::{ClientFrame, DaemonFrame, ErrorCode, MAX_APP_FRAME, TapId};
 use tenet_proto::frame::{FrameDecoder, write_codec_frame};
-use tenet_proto::notice::Refused;
-use tenet_proto::{Codec, Domain, EntityId, Filter, Message, Mtype};
+use tenet_proto::{Codec, Domain, EntityId, Filter, Message};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -241,17 +242,17 @@ impl Clock {
 }
 
 pub(crate) struct Shared {
-    pub(crate) table: Mutex<DispatchTable>,
+    /// The host's decisions and its dispatch table ([`HostCore`]).
+    pub(crate) table: Mutex<HostCore>,
     conns: Mutex<HashMap<EndpointId, Arc<Conn>>>,
     ports: Mutex<PortAllocator>,
     pub(crate) domain: Domain,
-    host_ep: EndpointId,
     allow_taps: bool,
     clock: Clock,
     card: Option<CardAttach>,
     pub(crate) remote: Option<Arc<crate::remote::Remote>>,
     pub(crate) nats: Option<Arc<crate::nats::Nats>>,
-    /// The services of the host entity, by the mtypes they answer.
+    /// The services of the host entity, by [`tenet_dispatch::ServiceId`].
     services: Vec<ServiceRoute>,
     /// Requests refused because a service's queue was full.
     pub(crate) service_busy: std::sync::atomic::AtomicU64,
@@ -270,18 +271,24 @@ struct CardAttach {
 }
 
 impl Shared {
-    /// Runs `f` on the dispatch table, then acts on the events it caused
-    /// (wakes readers, logs guard notes) with the table unlocked: the one
-    /// way host code changes the table. Never called with the table
-    /// locked; a lock `f` takes or is given (a peer's) ends with it,
-    /// before the events run.
-    pub(crate) fn with_core<R>(&self, f: impl FnOnce(&mut DispatchTable) -> R) -> R {
-        let (r, events) = {
-            let mut t = lock(&self.table);
-            let r = f(&mut t);
-            (r, drain_events(&mut t))
+    /// Runs `f` on the host's core, then does what the core says (wakes
+    /// readers, hands requests to services, logs) with the core unlocked:
+    /// the one way host code changes the table. Never called with the core
+    /// locked; a lock `f` takes or is given (a peer's) ends with it, before
+    /// the effects run.
+    pub(crate) fn with_core<R>(&self, f: impl FnOnce(&mut HostCore) -> R) -> R {
+        let (r, effects) = {
+            let mut core = lock(&self.table);
+            let r = f(&mut core);
+            core.process_events(Instant::now());
+            (
+                r,
+                std::iter::from_fn(|| core.poll_effect()).collect::<Vec<_>>(),
+            )
         };
-        run_events(self, events);
+        for e in effects {
+            act(self, e);
+        }
         r
     }
 }
@@ -360,12 +367,12 @@ impl HostHandle {
 
     /// Counters of the dispatch table.
     pub fn stats(&self) -> tenet_dispatch::Stats {
-        lock(&self.shared.table).stats()
+        lock(&self.shared.table).table().stats()
     }
 
     /// Messages waiting in the dispatch table now (notices included).
     pub fn queued(&self) -> usize {
-        lock(&self.shared.table).len()
+        lock(&self.shared.table).table().len()
     }
 
     /// What the dispatch table holds now, in messages and bytes (messages
@@ -373,7 +380,7 @@ impl HostHandle {
     /// `dispatch.total_bytes` bound. The most bytes it ever held is in
     /// [`stats`](Self::stats) (`peak_bytes`).
     pub fn held(&self) -> tenet_dispatch::Usage {
-        lock(&self.shared.table).held()
+        lock(&self.shared.table).table().held()
     }
 
     /// Recovery requests refused with "the TTP is busy": their domain
@@ -436,27 +443,24 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
     state::ensure_dir(&state_dir)?;
     let domain = state::load_domain(&state_dir, config.domain()?)?;
     let ports = PortAllocator::open(&state_dir, domain)?;
-    let mut table = DispatchTable::new(domain.owner(), config.limits()?);
+    let mut core = HostCore::new(domain.owner(), config.limits()?);
     let rules = config.rule_guard()?;
     if !rules.is_empty() {
-        table.push_guard(Box::new(rules));
+        core.table_mut().push_guard(Box::new(rules));
     }
-    let host_ep = table.add_endpoint();
-    table
-        .bind(host_ep, domain.owner())
-        .expect("fresh table has no bindings");
     let card = open_card(config, applets).await?;
     let card_ep = match &card {
         Some((_, info)) if info.domain == domain => {
             return Err(HostError::Card(CardAttachError::SameDomain(info.domain)));
         }
         Some((_, info)) => {
+            let table = core.table_mut();
             table.add_card(info.domain, info.privileged.iter().copied());
             for g in card_guards {
                 table.push_guard(g);
             }
-            let ep = table.add_endpoint();
-            table
+            let ep = core.add_endpoint(EndpointKind::Card);
+            core.table_mut()
                 .bind(ep, info.domain.owner())
                 .map_err(|e| HostError::Card(CardAttachError::Bind(e)))?;
             Some(ep)
@@ -465,17 +469,18 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
     };
     let socket = config.socket_path();
     let listener = bind_socket(&socket, config.socket_mode()?)?;
-    info!(socket = %socket.display(), host = %domain.owner(), guards = ?table.guard_names(), "host started");
+    info!(socket = %socket.display(), host = %domain.owner(), guards = ?core.table().guard_names(), "host started");
     // Requests waiting for a service are bounded like any reader's queue;
     // beyond that the requester is told to ask again.
-    let per_destination = table.limits().per_destination;
+    let per_destination = core.limits().per_destination;
     let (routes, inboxes): (Vec<_>, Vec<_>) = services
         .into_iter()
         .map(|svc| {
+            // Service ids are given in order: the route's index.
+            core.add_service(svc.mtypes());
             let (tx, rx) = std::sync::mpsc::sync_channel(per_destination);
             let route = ServiceRoute {
                 name: svc.name().to_owned(),
-                mtypes: svc.mtypes(),
                 tx,
             };
             (route, (svc, rx))
@@ -487,8 +492,8 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
     }
     let remote = crate::remote::Remote::new(config, domain.owner(), my_domains.clone())?;
     let nats = config.remote.nats.as_ref().map(|_| {
-        let ep = table.add_endpoint();
-        table.set_default_route(Some(ep));
+        let ep = core.add_endpoint(EndpointKind::DefaultRoute);
+        core.table_mut().set_default_route(Some(ep));
         Arc::new(crate::nats::Nats {
             ep,
             wake: tokio::sync::Notify::new(),
@@ -508,11 +513,10 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
             thread: Mutex::new(None),
         });
     let shared = Arc::new(Shared {
-        table: Mutex::new(table),
+        table: Mutex::new(core),
         conns: Mutex::new(HashMap::new()),
         ports: Mutex::new(ports),
         domain,
-        host_ep,
         allow_taps: config.allow_taps(),
         clock: Clock {
             instant: Instant::now(),
@@ -639,7 +643,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let ep = lock(&shared.table).add_endpoint();
+                    let ep = lock(&shared.table).add_endpoint(EndpointKind::App);
                     let uid = stream.peer_cred().ok().map(|c| c.uid());
                     let conn = Arc::new(Conn {
                         ep,
@@ -675,89 +679,73 @@ async fn timer_loop(shared: Arc<Shared>) {
     }
 }
 
-fn drain_events(t: &mut DispatchTable) -> Vec<Event> {
-    std::iter::from_fn(|| t.poll_event()).collect()
-}
-
-/// Acts on table events until none are left; called with the table
-/// unlocked (by [`Shared::with_core`] only).
-fn run_events(shared: &Shared, events: Vec<Event>) {
-    let mut work = std::collections::VecDeque::from(events);
-    while let Some(ev) = work.pop_front() {
-        match ev {
-            Event::Readable(ep) | Event::TapReadable(ep) if ep == shared.host_ep => {
-                let mut t = lock(&shared.table);
-                let me = shared.domain.owner();
-                while let Some(d) = t.take(ep) {
-                    if let Some(svc) = shared
-                        .services
-                        .iter()
-                        .find(|s| s.mtypes.contains(&d.message.mtype()))
-                    {
-                        if let Err(e) = svc.tx.try_send(d.message) {
-                            let m = match e {
-                                std::sync::mpsc::TrySendError::Full(m)
-                                | std::sync::mpsc::TrySendError::Disconnected(m) => m,
-                            };
-                            shared
-                                .service_busy
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            warn!(requester = %m.src(), service = %svc.name, "service busy: request refused");
-                            let busy = Message::new(
-                                me,
-                                m.src(),
-                                Mtype::REFUSED,
-                                Refused {
-                                    mtype: m.mtype(),
-                                    text: format!("the {} is busy; ask again later", svc.name),
-                                }
-                                .to_bytes(),
-                            );
-                            if let Err(e) = t.store(Ingress::Internal, busy, Instant::now()) {
-                                warn!(error = %e, to = %m.src(), "host entity answer not stored");
-                            }
-                        }
-                        continue;
-                    }
-                    if let Some(answer) = crate::entity::answer(me, &d.message)
-                        && let Err(e) = t.store(Ingress::Internal, answer, Instant::now())
-                    {
-                        warn!(error = %e, to = %d.message.src(), "host entity answer not stored");
-                    }
-                }
-                work.extend(drain_events(&mut t));
+/// Does what the core said; called with the core unlocked (by
+/// [`Shared::with_core`] only).
+fn act(shared: &Shared, effect: Effect) {
+    match effect {
+        Effect::Wake { ep, kind } => wake_reader(shared, ep, kind),
+        Effect::Service { service, message } => {
+            let Some(svc) = shared.services.get(service.0) else {
+                return;
+            };
+            if let Err(e) = svc.tx.try_send(message) {
+                let m = match e {
+                    std::sync::mpsc::TrySendError::Full(m)
+                    | std::sync::mpsc::TrySendError::Disconnected(m) => m,
+                };
+                shared
+                    .service_busy
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                warn!(requester = %m.src(), service = %svc.name, "service busy: request refused");
+                shared.with_core(|core| core.service_busy(&svc.name, &m, Instant::now()));
             }
-            Event::Readable(ep) | Event::TapReadable(ep) => wake_reader(shared, ep),
-            Event::GuardNote(n) => info!(target: "tenet::guard", "{n}"),
-            Event::GuardDropped {
-                ingress,
-                src,
-                dst,
-                mtype,
-                why,
-            } => {
-                warn!(target: "tenet::guard", ingress = ingress.name(), %src, %dst, %mtype, "{why}")
-            }
-            Event::NoticeDropped { to, reason } => {
-                warn!(%to, %reason, "undeliverable notice dropped: dispatch table full")
-            }
+        }
+        Effect::GuardNote(n) => info!(target: "tenet::guard", "{n}"),
+        Effect::GuardDropped {
+            ingress,
+            src,
+            dst,
+            mtype,
+            why,
+        } => {
+            warn!(target: "tenet::guard", ingress = ingress.name(), %src, %dst, %mtype, "{why}")
+        }
+        Effect::NoticeDropped { to, reason } => {
+            warn!(%to, %reason, "undeliverable notice dropped: dispatch table full")
+        }
+        Effect::AnswerDropped { to, error } => {
+            warn!(error = %error, %to, "host entity answer not stored")
         }
     }
 }
 
-/// Hands a readable endpoint to its reader: an app connection (the hot
-/// path, looked up first), the smartcard proxy, the NATS sender, or a peer
+/// Hands a readable endpoint to its reader, by the kind the core knows it
+/// as: an app connection, the smartcard proxy, the NATS sender, or a peer
 /// link.
-fn wake_reader(shared: &Shared, ep: EndpointId) {
-    let conn = lock(&shared.conns).get(&ep).cloned();
-    if let Some(conn) = conn {
-        pump(shared, &conn);
-    } else if let Some(c) = shared.card.as_ref().filter(|c| c.ep == ep) {
-        let _ = c.tx.send(ProxyCmd::Wake);
-    } else if let Some(n) = shared.nats.as_ref().filter(|n| n.ep == ep) {
-        n.wake.notify_one();
-    } else if let Some(p) = shared.remote.as_ref().and_then(|r| r.peer_by_ep(ep)) {
-        p.wake();
+fn wake_reader(shared: &Shared, ep: EndpointId, kind: EndpointKind) {
+    match kind {
+        EndpointKind::App => {
+            let conn = lock(&shared.conns).get(&ep).cloned();
+            if let Some(conn) = conn {
+                pump(shared, &conn);
+            }
+        }
+        EndpointKind::Card => {
+            if let Some(c) = shared.card.as_ref().filter(|c| c.ep == ep) {
+                let _ = c.tx.send(ProxyCmd::Wake);
+            }
+        }
+        EndpointKind::DefaultRoute => {
+            if let Some(n) = shared.nats.as_ref().filter(|n| n.ep == ep) {
+                n.wake.notify_one();
+            }
+        }
+        EndpointKind::Peer => {
+            if let Some(p) = shared.remote.as_ref().and_then(|r| r.peer_by_ep(ep)) {
+                p.wake();
+            }
+        }
+        EndpointKind::HostEntity => {}
     }
 }
 
@@ -1005,21 +993,21 @@ async fn handle(shared: &Shared, conn: &Conn, session: &mut Session, body: &[u8]
                     "taps are disabled on this host (host.allow_taps)",
                 );
             }
-            let r = lock(&shared.table).tap(conn.ep, f);
+            let r = lock(&shared.table).table_mut().tap(conn.ep, f);
             match r {
                 Ok(TapId(t)) => reply(conn, &DaemonFrame::Ok(t)),
                 Err(e) => error(conn, ErrorCode::LIMIT, e.to_string()),
             }
         }
         ClientFrame::Unsubscribe(s) => {
-            let r = lock(&shared.table).unsubscribe(conn.ep, s);
+            let r = lock(&shared.table).table_mut().unsubscribe(conn.ep, s);
             match r {
                 Ok(()) => reply(conn, &DaemonFrame::Ok(0)),
                 Err(e) => error(conn, ErrorCode::NO_SUCH_ID, e.to_string()),
             }
         }
         ClientFrame::Untap(t) => {
-            let r = lock(&shared.table).untap(conn.ep, t);
+            let r = lock(&shared.table).table_mut().untap(conn.ep, t);
             match r {
                 Ok(()) => reply(conn, &DaemonFrame::Ok(0)),
                 Err(e) => error(conn, ErrorCode::NO_SUCH_ID, e.to_string()),
@@ -1095,7 +1083,7 @@ async fn acquire(shared: &Shared, conn: &Conn, session: &mut Session) {
             }
         }
     };
-    if let Err(e) = lock(&shared.table).bind(conn.ep, id) {
+    if let Err(e) = lock(&shared.table).table_mut().bind(conn.ep, id) {
         warn!(error = %e, "fresh port already bound");
         return error(conn, ErrorCode::INTERNAL, e.to_string());
     }
@@ -1139,7 +1127,7 @@ fn subscribe(shared: &Shared, conn: &Conn, id: EntityId, f: Filter) {
             format!("apps may subscribe only to messages addressed to themselves ({id})"),
         );
     }
-    let r = lock(&shared.table).subscribe(conn.ep, f);
+    let r = lock(&shared.table).table_mut().subscribe(conn.ep, f);
     match r {
         Ok(s) => reply(conn, &DaemonFrame::Ok(s.0)),
         Err(e) => error(conn, ErrorCode::LIMIT, e.to_string()),
