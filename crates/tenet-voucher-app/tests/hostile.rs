@@ -42,17 +42,13 @@ use tenet_pki::{ensure_ca, issue_entity, issue_entity_key};
 use tenet_proto::apdu::{Command, Response, StatusWord, tenet};
 use tenet_proto::card::{ChangePin, PinOutcome, PinStatus, UnblockPin, VerifyPin};
 use tenet_proto::notice::{Undeliverable, UndeliverableReason};
-use tenet_proto::tlv::{self, Tag};
+use tenet_proto::tlv;
 use tenet_proto::{Codec, Domain, EntityId, MAX_MESSAGE_LEN, Message, Mtype, Port};
-use tenet_voucher::card::{
-    self as vcard, Exchange, ExchangeSummary, Phase, Role, VoucherCard, decode_balances,
-    decode_exchanges, encode_balances,
-};
+use tenet_voucher::card::{self as vcard, Exchange, Phase, Role, VoucherCard};
 use tenet_voucher::crypto::{Crypto, KeyCrypto};
-use tenet_voucher::model::{Amount, Balances, VoucherClass};
+use tenet_voucher::model::{Amount, VoucherClass};
 use tenet_voucher::msg::{
-    self, Admission, Agreement, Commitment, Confirmation, ExchangeId, Kind, Offer, RecoveryRequest,
-    StartExchange,
+    self, Admission, Agreement, Commitment, Confirmation, ExchangeId, Kind, Offer, StartExchange,
 };
 use tenet_voucher::policy::Policy;
 use tenet_voucher_app::applet::{APPLET_ID, VoucherApplet, initial_data};
@@ -366,27 +362,6 @@ const TLV_TOKENS: &[&[u8]] = &[
     &[0x80, 0x10],
 ];
 
-/// Fragments of PEM.
-const PEM_TOKENS: &[&[u8]] = &[
-    b"-----BEGIN CERTIFICATE-----\n",
-    b"-----END CERTIFICATE-----\n",
-    b"-----BEGIN PRIVATE KEY-----\n",
-    b"-----END PRIVATE KEY-----\n",
-    b"-----BEGIN EC PRIVATE KEY-----\n",
-    b"-----BEGIN X-----\n",
-    b"-----END X-----\n",
-    b"-----BEGIN ",
-    b"-----",
-    b"\r\n",
-    b"\n",
-    b"====",
-    b"=",
-    b"A",
-    b"/+",
-    b" ",
-    b"\0",
-];
-
 /// Fragments of TOML and of this project's configuration.
 const TOML_TOKENS: &[&[u8]] = &[
     b"[",
@@ -445,26 +420,6 @@ const TOML_TOKENS: &[&[u8]] = &[
     b"a.b.c.d.e.f.g = 1\n",
     b"\xc3\xa9",
     b"\xff",
-];
-
-/// Fragments of the text forms: ids, mtypes, offer policies.
-const TEXT_TOKENS: &[&[u8]] = &[
-    b":",
-    b",",
-    b"0x",
-    b"0X",
-    b"+",
-    b"-",
-    b" ",
-    b"GIVE>=",
-    b"WANT<=",
-    b"4294967295",
-    b"4294967296",
-    b"18446744073709551616",
-    b"00112233445566778899aabb",
-    b"\xc3\xa9",
-    b"\xe2\x80\x8b",
-    b"\0",
 ];
 
 /// One change to a byte string. Positions are `Index`es, resolved against
@@ -686,10 +641,6 @@ fn agreement() -> BoxedStrategy<Agreement> {
         .boxed()
 }
 
-fn kind() -> BoxedStrategy<Kind> {
-    select(vec![Kind::Resolve, Kind::Abort]).boxed()
-}
-
 fn role() -> BoxedStrategy<Role> {
     select(vec![Role::Initiator, Role::Responder]).boxed()
 }
@@ -845,242 +796,6 @@ fn fuzz_decoder<T, E: Display>(
     probe.finish(cases());
 }
 
-/// [`fuzz_decoder`] for a [`Codec`] type.
-fn fuzz_codec<T: Codec + Debug + 'static>(
-    name: &'static str,
-    bound: Bound,
-    seeds: BoxedStrategy<T>,
-) {
-    fuzz_decoder(
-        name,
-        bound,
-        encoded(seeds),
-        TLV_TOKENS,
-        T::decode,
-        T::to_bytes,
-    );
-}
-
-/// Hostile text into `parse`: no panic, allocation within `bound`, a valid
-/// text parses and prints back, and whatever parses satisfies `grammar`
-/// (the documented text form).
-fn fuzz_text<T, E>(
-    name: &'static str,
-    bound: Bound,
-    seeds: BoxedStrategy<String>,
-    parse: impl Fn(&str) -> Result<T, E>,
-    print: impl Fn(&T) -> String,
-    grammar: impl Fn(&str) -> bool,
-) {
-    let probe = Probe::new(name, bound);
-    check(hostile_text(seeds, TEXT_TOKENS), |input| {
-        let out = probe.run(input.text.len(), || parse(&input.text))?;
-        match out {
-            Ok(v) => {
-                prop_assert!(
-                    grammar(&input.text),
-                    "{} accepted {:?}, which is not in the documented text form",
-                    name,
-                    input.text
-                );
-                if input.pristine {
-                    prop_assert_eq!(print(&v), input.text.clone(), "{}", name);
-                }
-            }
-            Err(_) => prop_assert!(!input.pristine, "{name} refused the valid {:?}", input.text),
-        }
-        Ok(())
-    });
-    probe.finish(cases());
-}
-
-/// One TLV list, one copy of each value, an error text.
-const FLAT_PARAMS: Bound = tlv_list(1, 1);
-
-// ---------------------------------------------------------------------------
-// tenet-voucher: messages, amounts, balances, summaries, the applet's state
-// ---------------------------------------------------------------------------
-
-/// An amount: one TLV list, the promise copied and checked as UTF-8.
-const AMOUNT: Bound = tlv_list(1, 1);
-/// A message whose fields hold amounts: the message's list and one list per
-/// amount inside it (each input byte is in at most two lists).
-const WITH_AMOUNTS: Bound = tlv_list(2, 3);
-/// An exchange summary: summary, offer and amount lists (three levels).
-const SUMMARY: Bound = tlv_list(3, 4);
-/// A recovery request: request, offer and amount lists (three levels), and
-/// the agreement's list.
-const RECOVERY: Bound = tlv_list(3, 5);
-
-#[test]
-fn voucher_amounts() {
-    fuzz_codec("Amount", AMOUNT, amount(0));
-}
-
-#[test]
-fn voucher_exchange_ids() {
-    fuzz_codec("ExchangeId", FLAT_PARAMS, exchange_id());
-}
-
-#[test]
-fn voucher_start_exchange() {
-    let seeds = (entity(), entity(), amount(1), amount(1))
-        .prop_map(|(responder, peer_wallet, give, want)| StartExchange {
-            responder,
-            peer_wallet,
-            give,
-            want,
-        })
-        .boxed();
-    fuzz_codec("StartExchange", WITH_AMOUNTS, seeds);
-}
-
-#[test]
-fn voucher_offers() {
-    fuzz_codec("Offer", WITH_AMOUNTS, offer());
-}
-
-#[test]
-fn voucher_agreements() {
-    fuzz_codec("Agreement", FLAT_PARAMS, agreement());
-}
-
-#[test]
-fn voucher_confirmations() {
-    let seeds = (exchange_id(), bytes(80), bytes(400))
-        .prop_map(|(id, signature, certificate)| Confirmation {
-            id,
-            signature,
-            certificate,
-        })
-        .boxed();
-    fuzz_codec("Confirmation", FLAT_PARAMS, seeds);
-}
-
-#[test]
-fn voucher_commitments() {
-    fuzz_codec(
-        "Commitment",
-        FLAT_PARAMS,
-        any::<[u8; 16]>().prop_map(|n2| Commitment { n2 }).boxed(),
-    );
-}
-
-#[test]
-fn voucher_recovery_requests() {
-    let seeds = (kind(), offer(), agreement(), bytes(80), bytes(300))
-        .prop_map(
-            |(kind, offer, agreement, signature, certificate)| RecoveryRequest {
-                kind,
-                offer,
-                agreement,
-                signature,
-                certificate,
-            },
-        )
-        .boxed();
-    fuzz_codec("RecoveryRequest", RECOVERY, seeds);
-}
-
-#[test]
-fn voucher_admissions() {
-    let seeds = (kind(), exchange_id(), bytes(80), bytes(300))
-        .prop_map(|(kind, id, signature, certificate)| Admission {
-            kind,
-            id,
-            signature,
-            certificate,
-        })
-        .boxed();
-    fuzz_codec("Admission", FLAT_PARAMS, seeds);
-}
-
-fn summary() -> BoxedStrategy<ExchangeSummary> {
-    (exchange_id(), role(), phase(), offer())
-        .prop_map(|(id, role, phase, offer)| ExchangeSummary {
-            id,
-            role,
-            phase,
-            offer,
-        })
-        .boxed()
-}
-
-#[test]
-fn voucher_exchange_summaries() {
-    fuzz_codec("ExchangeSummary", SUMMARY, summary());
-}
-
-/// The list of a balances or exchanges param, then each item decoded on its
-/// own. Every item takes at least two bytes, so the per-item list minimum
-/// (4 objects) is charged per two input bytes; items are decoded in order
-/// and the first refused one ends the decoding.
-const BALANCE_LIST: Bound = Bound::new(
-    AMOUNT.per_byte + 2 * TLV_ITEM + 4 * TLV_ITEM + 64,
-    AMOUNT.constant,
-);
-const SUMMARY_LIST: Bound = Bound::new(
-    SUMMARY.per_byte + 2 * TLV_ITEM + 4 * TLV_ITEM + 64,
-    SUMMARY.constant,
-);
-
-fn list_of(items: Vec<Vec<u8>>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for i in items {
-        tlv::write(&mut out, Tag(0x30 | 0x20), &i);
-    }
-    out
-}
-
-#[test]
-fn voucher_balances() {
-    let seeds = proptest::collection::vec(amount(0), 0..5)
-        .prop_map(|amounts| {
-            let mut b = Balances::default();
-            for a in &amounts {
-                let _ = b.credit(a);
-            }
-            encode_balances(&b)
-        })
-        .boxed();
-    fuzz_decoder(
-        "decode_balances",
-        BALANCE_LIST,
-        seeds,
-        TLV_TOKENS,
-        decode_balances,
-        |v: &Vec<Amount>| list_of(v.iter().map(Codec::to_bytes).collect()),
-    );
-}
-
-#[test]
-fn voucher_exchange_lists() {
-    let seeds = proptest::collection::vec(summary(), 0..4)
-        .prop_map(|s| list_of(s.iter().map(Codec::to_bytes).collect()))
-        .boxed();
-    fuzz_decoder(
-        "decode_exchanges",
-        SUMMARY_LIST,
-        seeds,
-        TLV_TOKENS,
-        decode_exchanges,
-        |v: &Vec<ExchangeSummary>| list_of(v.iter().map(Codec::to_bytes).collect()),
-    );
-}
-
-/// The applet's whole state: TLV lists five levels deep (state, exchanges,
-/// exchange, offer, amount), the per-item list minimum, B-tree nodes for
-/// balances, offers, exchanges and accepted digests (a node holds 5 to 11
-/// entries; the first node of each map is allocated whole for its first
-/// entry, hence the constant), and copies of promises, signatures and
-/// certificates.
-const VOUCHER_STATE: Bound = Bound::new(tlv_list(5, 0).per_byte + 4 * TLV_ITEM + 64, 32 * 1024);
-
-#[test]
-fn voucher_card_state() {
-    fuzz_codec("VoucherCard", VOUCHER_STATE, voucher_card());
-}
-
 // ---------------------------------------------------------------------------
 // tenet-card: the persistent state and the APDU front end
 // ---------------------------------------------------------------------------
@@ -1169,9 +884,6 @@ const PUK: &[u8] = b"12345678";
 /// holds 1000 coffee vouchers and has one open offer.
 struct Fixture {
     _dir: tempfile::TempDir,
-    ca_pem: Vec<u8>,
-    ttp_key_pem: Vec<u8>,
-    ttp_cert_pem: Vec<u8>,
     /// The card's store, as personalization and setup left it.
     card_store: MemStore,
     card: EntityId,
@@ -1410,9 +1122,6 @@ impl Fixture {
             m(wallet, Mtype(0x8001), vec![1, 2, 3]),
         ];
         Self {
-            ca_pem,
-            ttp_key_pem,
-            ttp_cert_pem,
             card_store: card.store().clone(),
             card: id,
             wallet,
@@ -1728,46 +1437,6 @@ fn voucher_applet_reads_hostile_stored_state() {
 // Certificates and keys
 // ---------------------------------------------------------------------------
 
-/// PEM decoding of three sections (each base64-decoded once into a vector
-/// of at most 3/4 of its text, a line buffer and a 1 KiB base64 buffer that
-/// may double), the key check, copies of the two certificates and an error
-/// text that may quote a line.
-const PEM_KEYS: Bound = Bound::new(16, 16 * 1024);
-
-/// Hostile PEM key, certificate and CA certificate into
-/// `KeyCrypto::from_pem` (how the TTP loads its identity).
-#[test]
-fn key_crypto_from_pem() {
-    let fx = fixture();
-    let parts = [
-        (0usize, fx.ttp_key_pem.clone()),
-        (1, fx.ttp_cert_pem.clone()),
-        (2, fx.ca_pem.clone()),
-    ];
-    let strategy = proptest::strategy::Union::new(
-        parts
-            .into_iter()
-            .map(|(part, seed)| {
-                hostile(Just(seed).boxed(), PEM_TOKENS)
-                    .prop_map(move |i| (part, i))
-                    .boxed()
-            })
-            .collect::<Vec<_>>(),
-    );
-    let probe = Probe::new("KeyCrypto::from_pem", PEM_KEYS);
-    check(strategy, |(part, input)| {
-        let mut pems = [&fx.ttp_key_pem[..], &fx.ttp_cert_pem[..], &fx.ca_pem[..]];
-        pems[part] = &input.bytes;
-        let n = pems.iter().map(|p| p.len()).sum();
-        let out = probe.run(n, || KeyCrypto::from_pem(pems[0], pems[1], pems[2]))?;
-        if input.pristine {
-            prop_assert!(out.is_ok(), "the TTP's own PEM files were refused");
-        }
-        Ok(())
-    });
-    probe.finish(cases());
-}
-
 // ---------------------------------------------------------------------------
 // Text: the configuration, offer policies, ids and mtypes
 // ---------------------------------------------------------------------------
@@ -2039,45 +1708,9 @@ fn policy() -> BoxedStrategy<Policy> {
         .boxed()
 }
 
-/// The error keeps the whole text and explains what is wrong, quoting a
-/// part of the text in `{:?}` form (at most 5 bytes per input byte, for a
-/// control character written `\u{1}`), and for a bad issuer the id parser's
-/// error, which quotes it again: at most `n + 2 · 5n` bytes of text, built
-/// in strings that may double.
-const POLICY: Bound = Bound::new(32, 1024);
-
-#[test]
-fn offer_policies() {
-    fuzz_text(
-        "Policy",
-        POLICY,
-        policy().prop_map(|p| p.to_string()).boxed(),
-        str::parse::<Policy>,
-        Policy::to_string,
-        |_| true,
-    );
-}
-
 // ---------------------------------------------------------------------------
 // Worst-case shapes
 // ---------------------------------------------------------------------------
-
-/// Empty objects with distinct three-byte tags (4 bytes each), up to `max`
-/// bytes: the most objects a list can hold without a duplicate.
-fn distinct_tags(max: usize) -> Vec<u8> {
-    let mut b = Vec::new();
-    for first in [0x9fu8, 0xbf, 0xdf, 0xff, 0x1f, 0x3f, 0x5f, 0x7f] {
-        for second in 0x80u8..=0xff {
-            for third in 0u8..0x80 {
-                if b.len() + 4 > max {
-                    return b;
-                }
-                b.extend_from_slice(&[first, second, third, 0]);
-            }
-        }
-    }
-    b
-}
 
 /// Checks one large input against a bound, printing how much of it was
 /// used.
@@ -2111,22 +1744,6 @@ fn shape<'a, T, E>(
 /// are mostly small.
 #[test]
 fn worst_case_shapes_stay_within_the_bounds() {
-    let max = MAX_MESSAGE_LEN;
-    let fill = |unit: &[u8], prefix: &[u8]| {
-        let mut b = prefix.to_vec();
-        while b.len() + unit.len() <= max {
-            b.extend_from_slice(unit);
-        }
-        b
-    };
-    let distinct = distinct_tags(max);
-    shape(
-        "Offer, distinct tags",
-        WITH_AMOUNTS,
-        &distinct,
-        Offer::decode,
-    );
-
     let state = CardState {
         domain: Domain::new([1; 12]),
         key_pkcs8: vec![],
@@ -2155,94 +1772,6 @@ fn worst_case_shapes_stay_within_the_bounds() {
         CardState::decode,
     );
 
-    let tiny = |i: u32| Amount {
-        class: VoucherClass {
-            issuer: Domain::new([i as u8, (i >> 8) as u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-            promise: String::new(),
-        },
-        quantity: 1,
-    };
-    let mut balances = Balances::default();
-    for i in 0..2300 {
-        balances.credit(&tiny(i)).unwrap();
-    }
-    let encoded_balances = encode_balances(&balances);
-    shape(
-        "decode_balances, most amounts",
-        BALANCE_LIST,
-        &encoded_balances,
-        decode_balances,
-    );
-    let invalid_amounts = fill(&[0x30 | 0x20, 0x02, 0x80, 0x00], &[]);
-    shape(
-        "decode_balances, empty amounts",
-        BALANCE_LIST,
-        &invalid_amounts,
-        decode_balances,
-    );
-    let summaries: Vec<Vec<u8>> = (0..500u32)
-        .map(|i| {
-            ExchangeSummary {
-                id: ExchangeId([i as u8; 32]),
-                role: Role::Initiator,
-                phase: Phase::Committed,
-                offer: Offer {
-                    initiator: EntityId::from_array([1; 16]),
-                    responder: EntityId::from_array([2; 16]),
-                    give: tiny(i),
-                    want: tiny(i + 1),
-                    n1: [0; 16],
-                },
-            }
-            .to_bytes()
-        })
-        .collect();
-    shape(
-        "decode_exchanges, most summaries",
-        SUMMARY_LIST,
-        &list_of(summaries),
-        decode_exchanges,
-    );
-
-    let mut voucher = VoucherCard {
-        balances,
-        accepted: (0..300u32)
-            .map(|i| {
-                let mut d = [0u8; 32];
-                d[..4].copy_from_slice(&i.to_be_bytes());
-                d
-            })
-            .collect(),
-        ..VoucherCard::default()
-    };
-    for i in 0..100u32 {
-        let mut n1 = [0u8; 16];
-        n1[..4].copy_from_slice(&i.to_be_bytes());
-        let o = Offer {
-            initiator: EntityId::from_array([1; 16]),
-            responder: EntityId::from_array([2; 16]),
-            give: tiny(i),
-            want: tiny(i),
-            n1,
-        };
-        voucher.offers.insert(n1, o);
-    }
-    let voucher = voucher.to_bytes();
-    shape(
-        "VoucherCard, most entries",
-        VOUCHER_STATE,
-        &voucher,
-        VoucherCard::decode,
-    );
-
-    let control = "\u{1}".repeat(20_000);
-    let policy = format!("GIVE>=1:{control}:x,WANT<=1:{control}:y");
-    shape(
-        "Policy, control characters quoted twice",
-        POLICY,
-        policy.as_bytes(),
-        |b| std::str::from_utf8(b).unwrap().parse::<Policy>(),
-    );
     let path = Path::new("shape.toml");
     let toml_shapes: Vec<(&str, String)> = vec![
         (
@@ -2342,26 +1871,6 @@ fn worst_case_shapes_stay_within_the_bounds() {
             |b| Config::parse(std::str::from_utf8(b).unwrap(), path),
         );
     }
-
-    let fx = fixture();
-    let body: String = {
-        let line = "QUJD".repeat(16);
-        (0..900).map(|_| format!("{line}\n")).collect()
-    };
-    let big_cert = format!("-----BEGIN CERTIFICATE-----\n{body}-----END CERTIFICATE-----\n");
-    shape(
-        "KeyCrypto::from_pem, long certificate",
-        PEM_KEYS,
-        big_cert.as_bytes(),
-        |b| KeyCrypto::from_pem(&fx.ttp_key_pem, b, &fx.ca_pem),
-    );
-    let labels = "-----BEGIN X-----\n".repeat(3500);
-    shape(
-        "KeyCrypto::from_pem, many sections",
-        PEM_KEYS,
-        labels.as_bytes(),
-        |b| KeyCrypto::from_pem(b, &fx.ttp_cert_pem, &fx.ca_pem),
-    );
 }
 
 // ---------------------------------------------------------------------------
