@@ -26,7 +26,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::fmt::{Debug, Display, Write as _};
+use std::fmt::{Debug, Write as _};
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -35,14 +35,13 @@ use proptest::sample::{Index, select};
 use proptest::test_runner::{
     Config as ProptestConfig, RngAlgorithm, TestCaseError, TestCaseResult, TestRunner,
 };
-use tenet_card::state::{CardState, KdfParams, SecretHash};
+use tenet_card::state::CardState;
 use tenet_card::{Card, CardLimits, MemStore, Personalization, SeededEntropy, Storage};
 use tenet_host::Config;
 use tenet_pki::{ensure_ca, issue_entity, issue_entity_key};
 use tenet_proto::apdu::{Command, Response, StatusWord, tenet};
 use tenet_proto::card::{ChangePin, PinOutcome, PinStatus, UnblockPin, VerifyPin};
 use tenet_proto::notice::{Undeliverable, UndeliverableReason};
-use tenet_proto::tlv;
 use tenet_proto::{Codec, Domain, EntityId, MAX_MESSAGE_LEN, Message, Mtype, Port};
 use tenet_voucher::card::{self as vcard, Exchange, Phase, Role, VoucherCard};
 use tenet_voucher::crypto::{Crypto, KeyCrypto};
@@ -194,28 +193,6 @@ impl Bound {
         self.per_byte * n + self.constant
     }
 }
-
-/// Size of one parsed data object (`Tlv`: a tag and a borrowed value).
-const TLV_ITEM: usize = std::mem::size_of::<tlv::Tlv<'static>>();
-
-/// What lists of data objects may cost: every object takes at least two
-/// input bytes (tag, length), so a list of `n` bytes has `k <= n/2` items;
-/// its vector grows by doubling from 4, so the capacities it passes through
-/// add up to less than `2 · max(2k, 4)` items: `48n + 192` bytes per list.
-/// `per_byte_levels` counts how many lists one input byte can be part of
-/// (nesting); 16 more per byte pay for the copies of values and for the
-/// tag vector of the duplicate check (4 bytes per object). `lists` counts
-/// the lists whose 4-item minimum is charged as a constant.
-const fn tlv_list(per_byte_levels: usize, lists: usize) -> Bound {
-    Bound::new(
-        2 * TLV_ITEM * per_byte_levels + 16,
-        4 * 2 * TLV_ITEM * lists + ERROR_TEXT,
-    )
-}
-
-/// What building one error message may cost (a `format!` of a fixed text
-/// with numbers or a tag: under 100 bytes, and the `String` growing to it).
-const ERROR_TEXT: usize = 512;
 
 /// Counts what a decoder did with the inputs of one property and the
 /// largest share of its bound an input used.
@@ -711,50 +688,6 @@ fn voucher_card() -> BoxedStrategy<VoucherCard> {
         .boxed()
 }
 
-fn card_state() -> BoxedStrategy<CardState> {
-    (
-        (domain(), bytes(160), bytes(80), any::<[u8; 16]>()),
-        (
-            any::<[u8; 32]>(),
-            any::<u8>(),
-            any::<[u8; 32]>(),
-            any::<u8>(),
-        ),
-        (
-            any::<u32>(),
-            proptest::option::of(bytes(400)),
-            proptest::option::of(bytes(400)),
-            proptest::collection::btree_map(any::<u16>(), bytes(100), 0..4),
-        ),
-    )
-        .prop_map(
-            |(
-                (domain, key_pkcs8, public_key, salt),
-                (pin_hash, pin_tries, puk_hash, puk_tries),
-                (next_port, certificate, ca_certificate, applets),
-            )| CardState {
-                domain,
-                key_pkcs8,
-                public_key,
-                salt,
-                // Both layouts: Argon2id, and SHA-256 from older stores.
-                pin_hash: SecretHash::Argon2id {
-                    params: KdfParams::CURRENT,
-                    hash: pin_hash,
-                },
-                pin_tries,
-                puk_hash: SecretHash::Sha256(puk_hash),
-                puk_tries,
-                next_port,
-                certificate,
-                ca_certificate,
-                clock_bound: u64::from(next_port),
-                applets,
-            },
-        )
-        .boxed()
-}
-
 fn encoded<T: Codec + Debug + 'static>(s: BoxedStrategy<T>) -> BoxedStrategy<Vec<u8>> {
     s.prop_map(|v| v.to_bytes()).boxed()
 }
@@ -763,118 +696,9 @@ fn encoded<T: Codec + Debug + 'static>(s: BoxedStrategy<T>) -> BoxedStrategy<Vec
 // Generic properties
 // ---------------------------------------------------------------------------
 
-/// Hostile input into `decode`: no panic, allocation within `bound`, and a
-/// valid encoding decodes and `encode`s back to the same bytes.
-fn fuzz_decoder<T, E: Display>(
-    name: &'static str,
-    bound: Bound,
-    seeds: BoxedStrategy<Vec<u8>>,
-    tokens: &'static [&'static [u8]],
-    decode: impl Fn(&[u8]) -> Result<T, E>,
-    encode: impl Fn(&T) -> Vec<u8>,
-) {
-    let probe = Probe::new(name, bound);
-    check(hostile(seeds, tokens), |input| {
-        let out = probe.run(input.bytes.len(), || decode(&input.bytes))?;
-        if input.pristine {
-            match out {
-                Ok(v) => prop_assert_eq!(
-                    encode(&v),
-                    input.bytes.clone(),
-                    "{}: a valid encoding does not come back",
-                    name
-                ),
-                Err(e) => {
-                    return Err(TestCaseError::fail(format!(
-                        "{name}: a valid encoding was refused: {e}"
-                    )));
-                }
-            }
-        }
-        Ok(())
-    });
-    probe.finish(cases());
-}
-
 // ---------------------------------------------------------------------------
 // tenet-card: the persistent state and the APDU front end
 // ---------------------------------------------------------------------------
-
-/// One TLV list; key, public key, certificates and applet data copied once;
-/// one B-tree node per 5 to 11 applet records of at least 6 bytes each.
-const CARD_STATE: Bound = Bound::new(tlv_list(1, 0).per_byte + 1 + 64, 4 * 1024);
-
-#[test]
-fn card_state_decode() {
-    let fx = fixture();
-    let real = fx.card_store.clone().load().unwrap().expect("personalized");
-    let seeds = prop_oneof![
-        1 => Just(real),
-        3 => encoded(card_state()),
-    ]
-    .boxed();
-    fuzz_decoder(
-        "CardState",
-        CARD_STATE,
-        seeds,
-        TLV_TOKENS,
-        CardState::decode,
-        CardState::to_bytes,
-    );
-}
-
-/// A card opened from a hostile store record: it refuses to open (corrupt
-/// state or key) or opens and then answers APDUs; it never panics.
-#[test]
-fn card_opens_hostile_store_records() {
-    let fx = fixture();
-    let real = fx.card_store.clone().load().unwrap().expect("personalized");
-    let seeds = prop_oneof![Just(real.clone()), encoded(card_state())].boxed();
-    let opened = Cell::new(0u64);
-    let refused = Cell::new(0u64);
-    check(hostile(seeds, TLV_TOKENS), |input| {
-        let mut store = MemStore::new(1 << 20);
-        store.commit(&input.bytes).unwrap();
-        let card = Card::open(
-            store,
-            CardLimits::default(),
-            Box::new(SeededEntropy::new(5)),
-        );
-        if input.bytes == real {
-            prop_assert!(card.is_ok(), "the real record did not open");
-        }
-        match card {
-            Ok(mut card) => {
-                opened.set(opened.get() + 1);
-                card.install(Box::new(VoucherApplet::default()));
-                for apdu in [
-                    select_apdu(),
-                    Command::new(tenet::CLA, tenet::INS_GET_INFO, 0, 0)
-                        .with_le(65_536)
-                        .to_bytes(),
-                    Command::new(tenet::CLA, tenet::INS_ASSIGN_PORT, 0, 0).to_bytes(),
-                    deliver_apdu(
-                        &Message::new(fx.wallet, card.id(), vcard::BALANCE_REQUEST, vec![]),
-                        Some(65_536),
-                    ),
-                ] {
-                    let r = card.process_apdu(&apdu);
-                    prop_assert!(Response::decode(&r).is_ok());
-                }
-            }
-            Err(_) => refused.set(refused.get() + 1),
-        }
-        Ok(())
-    });
-    eprintln!(
-        "Card::open: {} opened, {} refused",
-        opened.get(),
-        refused.get()
-    );
-    if cases() >= COVERAGE_MIN_CASES {
-        assert!(opened.get() > 0 && refused.get() > 0);
-    }
-}
 
 const PIN: &[u8] = b"1234";
 const PUK: &[u8] = b"12345678";
@@ -1744,34 +1568,6 @@ fn shape<'a, T, E>(
 /// are mostly small.
 #[test]
 fn worst_case_shapes_stay_within_the_bounds() {
-    let state = CardState {
-        domain: Domain::new([1; 12]),
-        key_pkcs8: vec![],
-        public_key: vec![],
-        salt: [0; 16],
-        pin_hash: SecretHash::Argon2id {
-            params: KdfParams::CURRENT,
-            hash: [0; 32],
-        },
-        pin_tries: 3,
-        puk_hash: SecretHash::Argon2id {
-            params: KdfParams::CURRENT,
-            hash: [0; 32],
-        },
-        puk_tries: 10,
-        next_port: 1,
-        certificate: None,
-        ca_certificate: None,
-        clock_bound: 0,
-        applets: (0..10_800u16).map(|i| (i, vec![])).collect(),
-    };
-    shape(
-        "CardState, most applet records",
-        CARD_STATE,
-        &state.to_bytes(),
-        CardState::decode,
-    );
-
     let path = Path::new("shape.toml");
     let toml_shapes: Vec<(&str, String)> = vec![
         (
