@@ -21,20 +21,29 @@
 //!   [`fuzz_text`] (text in, print back, grammar), and [`shape`] for one
 //!   large worst-case input.
 //!
-//! A test file uses it like this (a decoder from bytes, its encoder, and
-//! a strategy of valid encodings):
+//! A test file uses it like this: it installs the allocator once, and each
+//! property hands a decoder, its encoder and a strategy of valid encodings
+//! to the harness (here a toy decoder of at most 100 bytes, copied once):
 //!
-//! ```ignore
+//! ```
+//! use tenet_hostile::{ONE_COPY, TLV_TOKENS, bytes, fuzz_decoder};
+//!
 //! tenet_hostile::install_counting_allocator!();
 //!
-//! #[test]
-//! fn my_decoder() {
-//!     fuzz_decoder("Thing", Bound::new(1, 0), seeds, TLV_TOKENS, Thing::decode, Thing::to_bytes);
+//! fn decode(b: &[u8]) -> Result<Vec<u8>, &'static str> {
+//!     if b.len() > 100 { Err("too long") } else { Ok(b.to_vec()) }
 //! }
+//!
+//! # fn main() {
+//! // In a test file: #[test] fn toy() { ... }
+//! fuzz_decoder("toy", ONE_COPY, bytes(100), TLV_TOKENS, decode, |v: &Vec<u8>| v.clone());
+//! # }
 //! ```
 //!
 //! It is a dev-dependency only (`publish = false`): the counting allocator
 //! is for test binaries.
+
+#![warn(missing_docs)]
 
 mod alloc;
 mod generate;
