@@ -13,6 +13,7 @@ use serde_json::Value;
 /// on each other; a new crate must be placed here.
 const LAYERS: &[(&str, u32)] = &[
     ("tenet-proto", 0),
+    ("tenet-hostile", 0),
     ("tenet-pki", 1),
     ("tenet-dispatch", 1),
     ("tenet-card", 1),
