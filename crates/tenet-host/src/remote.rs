@@ -454,6 +454,14 @@ impl Remote {
         }))
     }
 
+    /// The peer whose link last said it is `host`.
+    fn known(&self, host: EntityId) -> Option<Arc<Peer>> {
+        lock(&self.peers)
+            .iter()
+            .find(|p| lock(&p.inner).host == Some(host))
+            .cloned()
+    }
+
     fn new_peer(
         &self,
         shared: &Shared,
@@ -812,7 +820,12 @@ async fn send_close<W: AsyncWrite + Unpin>(w: &mut W, reason: &str) {
     let _ = w.flush().await;
 }
 
-/// Runs one link until it ends.
+/// Runs one link until it ends, in steps: a dialer checks whom it reached
+/// and greets ([`greet`]); the peer's hello arrives ([`await_hello`]); the
+/// hello is authorized ([`authorize`], its decision [`hello_refusal`] pure);
+/// the link comes up in the peer's state and the table ([`bring_up`]); then
+/// the writer ([`write_loop`]) and the reader ([`read_loop`]) run until one
+/// ends or a newer link replaces this one ([`take_down`]).
 async fn run_link<S: LinkStream>(
     shared: &Arc<Shared>,
     remote: &Arc<Remote>,
@@ -822,89 +835,220 @@ async fn run_link<S: LinkStream>(
     // Identity is what the certificate on this connection says: `named`
     // checks that it names every domain given (plaintext links have no
     // identity).
-    let cert = stream.peer_certificate();
-    let plaintext = remote.tls.is_none();
-    let named = |domains: &[Domain]| -> Result<(), Unnamed> {
-        match (&cert, plaintext) {
+    let named = Named {
+        cert: stream.peer_certificate(),
+        plaintext: remote.tls.is_none(),
+    };
+    let (rd, mut wr) = tokio::io::split(stream);
+    let mut reader = FrameReader::new(rd);
+    if let Some(p) = &dialed
+        && !greet(remote, p, &named, &mut wr).await
+    {
+        return;
+    }
+    let Some(their) = await_hello(remote, &mut reader, &mut wr).await else {
+        return;
+    };
+    let auth = match authorize(shared, remote, &named, dialed.as_ref(), &their) {
+        Ok(a) => a,
+        Err(reason) => {
+            remote.stats.links_refused.fetch_add(1, Ordering::Relaxed);
+            send_close(&mut wr, &reason.to_string()).await;
+            return;
+        }
+    };
+    let Some(up) = bring_up(shared, remote, dialed.is_some(), their, auth) else {
+        remote.stats.links_refused.fetch_add(1, Ordering::Relaxed);
+        send_close(&mut wr, "duplicate link").await;
+        return;
+    };
+    let Up {
+        peer,
+        host,
+        id,
+        stop,
+        first,
+    } = up;
+    let reason = tokio::select! {
+        r = write_loop(shared, &peer, &mut wr, first) => r,
+        r = read_loop(shared, remote, &peer, &mut reader) => r,
+        _ = stop.notified() => LinkDown::Replaced,
+    };
+    take_down(&peer, host, id, reason);
+}
+
+/// What a link's certificate authorizes (plaintext links: everything).
+struct Named {
+    cert: Option<CertificateDer<'static>>,
+    plaintext: bool,
+}
+
+impl Named {
+    /// Checks that the certificate names every one of `domains`.
+    fn check(&self, domains: &[Domain]) -> Result<(), Unnamed> {
+        match (&self.cert, self.plaintext) {
             (_, true) => Ok(()),
             (Some(c), false) => certs::check_domains(c, domains).map_err(Unnamed::Certificate),
             (None, false) => Err(Unnamed::NoCertificate),
         }
-    };
-    let (rd, mut wr) = tokio::io::split(stream);
-    let mut reader = FrameReader::new(rd);
-    let hello = |fields: (u64, u64)| LinkFrame::Hello {
+    }
+}
+
+/// This host's hello, with the link state's fields.
+fn our_hello(remote: &Remote, fields: (u64, u64)) -> LinkFrame {
+    LinkFrame::Hello {
         host: remote.me,
         session: remote.session,
         your_session: fields.0,
         recv_upto: fields.1,
         domains: remote.my_domains.clone(),
-    };
-    if let Some(p) = &dialed {
-        // A dialer told which host it must reach checks whom it reached
-        // before it says anything.
-        if let Some(expected) = p.expected
-            && let Err(why) = named(&[expected.domain()])
-        {
-            let reason = LinkRefusal::NotExpected { expected, why };
-            remote.stats.links_refused.fetch_add(1, Ordering::Relaxed);
-            warn!(peer = %p.label, %expected, %reason, "link refused");
-            send_close(&mut wr, &reason.to_string()).await;
-            return;
-        }
-        let f = hello(lock(&p.inner).link.hello_fields());
-        let mut buf = Vec::new();
-        encode(&[f], &mut buf);
-        if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
-            return;
-        }
     }
-    let their = match tokio::time::timeout(HELLO_TIMEOUT, reader.next_frame()).await {
-        Ok(Ok(hello @ LinkFrame::Hello { .. })) => hello,
+}
+
+/// A dialer told which host it must reach checks whom it reached before it
+/// says anything, then sends its hello. Returns whether to go on.
+async fn greet<W: AsyncWrite + Unpin>(
+    remote: &Remote,
+    p: &Peer,
+    named: &Named,
+    wr: &mut W,
+) -> bool {
+    if let Some(expected) = p.expected
+        && let Err(why) = named.check(&[expected.domain()])
+    {
+        let reason = LinkRefusal::NotExpected { expected, why };
+        remote.stats.links_refused.fetch_add(1, Ordering::Relaxed);
+        warn!(peer = %p.label, %expected, %reason, "link refused");
+        send_close(wr, &reason.to_string()).await;
+        return false;
+    }
+    let f = our_hello(remote, lock(&p.inner).link.hello_fields());
+    let mut buf = Vec::new();
+    encode(&[f], &mut buf);
+    wr.write_all(&buf).await.is_ok() && wr.flush().await.is_ok()
+}
+
+/// The peer's hello, the first frame, within [`HELLO_TIMEOUT`].
+struct Hello {
+    host: EntityId,
+    session: u64,
+    your_session: u64,
+    recv_upto: u64,
+    domains: Vec<Domain>,
+}
+
+async fn await_hello<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    remote: &Remote,
+    reader: &mut FrameReader<R>,
+    wr: &mut W,
+) -> Option<Hello> {
+    match tokio::time::timeout(HELLO_TIMEOUT, reader.next_frame()).await {
+        Ok(Ok(LinkFrame::Hello {
+            host,
+            session,
+            your_session,
+            recv_upto,
+            domains,
+        })) => Some(Hello {
+            host,
+            session,
+            your_session,
+            recv_upto,
+            domains,
+        }),
         Ok(Ok(_)) => {
             remote.stats.links_refused.fetch_add(1, Ordering::Relaxed);
-            send_close(&mut wr, "the first frame must be a hello").await;
-            return;
+            send_close(wr, "the first frame must be a hello").await;
+            None
         }
         Ok(Err(e)) => {
             debug!(error = %e, "link ended before hello");
-            return;
+            None
         }
         Err(_) => {
-            send_close(&mut wr, "no hello in time").await;
-            return;
+            send_close(wr, "no hello in time").await;
+            None
         }
-    };
-    let LinkFrame::Hello {
-        host,
-        session,
-        your_session,
-        recv_upto,
-        domains,
-    } = their
-    else {
-        unreachable!("checked above")
-    };
-    let known = |host: EntityId| {
-        lock(&remote.peers)
-            .iter()
-            .find(|p| lock(&p.inner).host == Some(host))
-            .cloned()
-    };
+    }
+}
+
+/// An authorized hello: the peer it belongs to (if known), the domains the
+/// link will carry, and those its certificate names.
+struct Authorized {
+    existing: Option<Arc<Peer>>,
+    label: String,
+    wanted: Vec<Domain>,
+    certified: Vec<Domain>,
+}
+
+/// What decides whether a hello is accepted, gathered from the link, the
+/// config and the table.
+struct HelloFacts<'a> {
+    /// This host.
+    me: EntityId,
+    /// The host id in the hello.
+    host: EntityId,
+    /// The host this peer was before, if any.
+    pinned: Option<EntityId>,
+    /// Whether the certificate names the host's domain, the announced
+    /// domains and the domains the config routes to this peer.
+    named: Result<(), Unnamed>,
+    /// The domains the link would carry, each with whether it is local.
+    wanted: &'a [(Domain, bool)],
+    /// Domains other peers serve.
+    others: &'a [Domain],
+}
+
+/// Why a hello is refused, if it is: another host than before, this host
+/// itself, a certificate that does not name what the link would carry, a
+/// local domain, or a domain another peer serves. No I/O.
+fn hello_refusal(f: HelloFacts<'_>) -> Option<LinkRefusal> {
+    if let Some(expected) = f.pinned.filter(|h| *h != f.host) {
+        return Some(LinkRefusal::OtherHost {
+            expected,
+            got: f.host,
+        });
+    }
+    if f.host == f.me {
+        return Some(LinkRefusal::Itself);
+    }
+    if let Err(e) = f.named {
+        return Some(LinkRefusal::Unnamed(e));
+    }
+    f.wanted.iter().find_map(|(d, is_local)| {
+        if *is_local {
+            Some(LinkRefusal::LocalDomain(*d))
+        } else if f.others.contains(d) {
+            Some(LinkRefusal::Served(*d))
+        } else {
+            None
+        }
+    })
+}
+
+/// Authorizes `their` hello: the certificate must name the host id's
+/// domain, every announced domain, and every domain the config routes to
+/// this peer (they would travel on this link). A refusal is logged here;
+/// the caller sends it to the peer.
+fn authorize(
+    shared: &Shared,
+    remote: &Remote,
+    named: &Named,
+    dialed: Option<&Arc<Peer>>,
+    their: &Hello,
+) -> Result<Authorized, LinkRefusal> {
+    let host = their.host;
     // A host not seen before gets its peer state only once its hello is
     // accepted: refused hellos with ever new host ids must not pile up
     // peers and dispatch endpoints.
-    let existing = match &dialed {
+    let existing = match dialed {
         Some(p) => Some(p.clone()),
-        None => known(host),
+        None => remote.known(host),
     };
     let label = existing
         .as_ref()
         .map_or_else(|| host.to_string(), |p| p.label.clone());
-    // Authorize: the certificate must name the host id's domain, every
-    // announced domain, and every domain the config routes to this peer
-    // (they would travel on this link).
-    let mut wanted = domains.clone();
+    let mut wanted = their.domains.clone();
     if !wanted.contains(&host.domain()) {
         wanted.push(host.domain());
     }
@@ -923,47 +1067,77 @@ async fn run_link<S: LinkStream>(
     let config_domains: &[Domain] = existing.as_ref().map_or(&[], |p| &p.config_domains);
     let mut certified = wanted.clone();
     certified.extend(config_domains.iter().filter(|d| !wanted.contains(d)));
-    let local: Vec<bool> = {
+    let local: Vec<(Domain, bool)> = {
         let t = lock(&shared.table);
         wanted
             .iter()
-            .map(|d| t.table().is_local_domain(*d))
+            .map(|d| (*d, t.table().is_local_domain(*d)))
             .collect()
     };
-    let refusal = if let Some(expected) = pinned.filter(|h| *h != host) {
-        Some(LinkRefusal::OtherHost {
-            expected,
-            got: host,
-        })
-    } else if host == remote.me {
-        Some(LinkRefusal::Itself)
-    } else if let Err(e) = named(&certified) {
-        Some(LinkRefusal::Unnamed(e))
-    } else {
-        wanted.iter().zip(&local).find_map(|(d, is_local)| {
-            if *is_local {
-                Some(LinkRefusal::LocalDomain(*d))
-            } else if others.contains(d) {
-                Some(LinkRefusal::Served(*d))
-            } else {
-                None
-            }
-        })
-    };
+    let refusal = hello_refusal(HelloFacts {
+        me: remote.me,
+        host,
+        pinned,
+        named: named.check(&certified),
+        wanted: &local,
+        others: &others,
+    });
     if let Some(reason) = refusal {
-        remote.stats.links_refused.fetch_add(1, Ordering::Relaxed);
         warn!(peer = %label, %host, %reason, "link refused");
-        send_close(&mut wr, &reason.to_string()).await;
-        return;
+        return Err(reason);
     }
-    let peer = match existing.or_else(|| known(host)) {
+    Ok(Authorized {
+        existing,
+        label,
+        wanted,
+        certified,
+    })
+}
+
+/// A link that came up.
+struct Up {
+    peer: Arc<Peer>,
+    host: EntityId,
+    /// This link's number, to tell it from a newer one of the same peer.
+    id: u64,
+    /// Notified when a newer link replaces this one.
+    stop: Arc<Notify>,
+    /// What the writer sends first: our hello (to a dialer) and what the
+    /// peer did not acknowledge on the last link.
+    first: Vec<LinkFrame>,
+}
+
+/// Makes the link this peer's one link: the peer state (created for a new
+/// host), the session resumed from the hello, the table's subscriptions
+/// for the domains it carries; what the peer lost goes back to its senders
+/// as undeliverable. `None` for a duplicate link: of two links dialed in
+/// opposite directions, the one dialed by the smaller host id stays; a
+/// reconnect in the same direction replaces the old one.
+fn bring_up(
+    shared: &Arc<Shared>,
+    remote: &Arc<Remote>,
+    dialed: bool,
+    their: Hello,
+    auth: Authorized,
+) -> Option<Up> {
+    let Hello {
+        host,
+        session,
+        your_session,
+        recv_upto,
+        ..
+    } = their;
+    let Authorized {
+        existing,
+        label,
+        wanted,
+        certified,
+    } = auth;
+    let peer = match existing.or_else(|| remote.known(host)) {
         Some(p) => p,
         None => remote.new_peer(shared, label, Vec::new(), None),
     };
-    // One link per peer: a reconnect in the same direction replaces the old
-    // one; of two links dialed in opposite directions, the one dialed by the
-    // smaller host id stays.
-    let dialer = if dialed.is_some() { remote.me } else { host };
+    let dialer = if dialed { remote.me } else { host };
     let id = remote.next_link.fetch_add(1, Ordering::Relaxed);
     let stop = Arc::new(Notify::new());
     let duplicate = lock(&peer.inner)
@@ -971,17 +1145,15 @@ async fn run_link<S: LinkStream>(
         .as_ref()
         .is_some_and(|old| old.dialer != dialer && old.dialer < dialer);
     if duplicate {
-        remote.stats.links_refused.fetch_add(1, Ordering::Relaxed);
         debug!(peer = %peer.label, "duplicate link in the other direction closed");
-        send_close(&mut wr, "duplicate link").await;
-        return;
+        return None;
     }
-    let (resume, new_domains, our_hello) = {
+    let (resume, new_domains, hello) = {
         let mut i = lock(&peer.inner);
         if let Some(old) = &i.active {
             old.stop.notify_one();
         }
-        let our_hello = hello(i.link.hello_fields());
+        let hello = our_hello(remote, i.link.hello_fields());
         i.host = Some(host);
         let resume = i.link.on_hello(session, your_session, recv_upto);
         let new_domains: Vec<Domain> = wanted
@@ -991,13 +1163,13 @@ async fn run_link<S: LinkStream>(
             .collect();
         i.subscribed.extend(&new_domains);
         // This link's certificate, not an earlier one's, decides.
-        i.authorized = certified.clone();
+        i.authorized = certified;
         i.active = Some(Active {
             id,
             dialer,
             stop: stop.clone(),
         });
-        (resume, new_domains, our_hello)
+        (resume, new_domains, hello)
     };
     shared.with_core(|t| {
         for d in &new_domains {
@@ -1010,63 +1182,77 @@ async fn run_link<S: LinkStream>(
     remote.stats.links_up.fetch_add(1, Ordering::Relaxed);
     info!(peer = %peer.label, %host, domains = ?wanted, resent = resume.resend.len(), lost = resume.lost.len(), restarted = resume.peer_restarted, "link up");
     let mut first = Vec::new();
-    if dialed.is_none() {
-        first.push(our_hello);
+    if !dialed {
+        first.push(hello);
     }
     first.extend(resume.resend);
+    Some(Up {
+        peer,
+        host,
+        id,
+        stop,
+        first,
+    })
+}
 
-    let writer = async {
-        let mut ack_tick = tokio::time::interval(ACK_DELAY);
-        ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut buf = Vec::new();
-        encode(&first, &mut buf);
-        loop {
-            // Take what waits in the table while the window has room. A
-            // message for a domain this link's certificate does not name
-            // (routed here by an earlier link's announcement) goes back to
-            // its sender as undeliverable. The peer is locked before the
-            // table, and unlocked with it (when the closure ends), before
-            // the table's events run.
-            let inner = lock(&peer.inner);
-            let frames = shared.with_core(|t| {
-                let mut i = inner;
-                let mut frames = Vec::new();
-                while i.link.has_room() {
-                    let Some(d) = t.take(peer.ep) else { break };
-                    if i.authorized.contains(&d.message.dst().domain()) {
-                        frames.push(i.link.send(d.message));
-                    } else {
-                        let why = UndeliverableReason::DESTINATION_GONE;
-                        t.undeliverable(&d.message, why, Instant::now());
-                    }
+/// Sends `first`, then what waits in the table for this peer while the
+/// window has room, and delayed acknowledgements; returns when a write
+/// fails.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    peer: &Peer,
+    wr: &mut W,
+    first: Vec<LinkFrame>,
+) -> LinkDown {
+    let mut ack_tick = tokio::time::interval(ACK_DELAY);
+    ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut buf = Vec::new();
+    encode(&first, &mut buf);
+    loop {
+        // Take what waits in the table while the window has room. A
+        // message for a domain this link's certificate does not name
+        // (routed here by an earlier link's announcement) goes back to
+        // its sender as undeliverable. The peer is locked before the
+        // table, and unlocked with it (when the closure ends), before
+        // the table's events run.
+        let inner = lock(&peer.inner);
+        let frames = shared.with_core(|t| {
+            let mut i = inner;
+            let mut frames = Vec::new();
+            while i.link.has_room() {
+                let Some(d) = t.take(peer.ep) else { break };
+                if i.authorized.contains(&d.message.dst().domain()) {
+                    frames.push(i.link.send(d.message));
+                } else {
+                    let why = UndeliverableReason::DESTINATION_GONE;
+                    t.undeliverable(&d.message, why, Instant::now());
                 }
-                frames
-            });
-            encode(&frames, &mut buf);
-            if !buf.is_empty() {
-                if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
-                    return LinkDown::WriteFailed;
-                }
-                buf.clear();
             }
-            tokio::select! {
-                _ = peer.wake.notified() => {}
-                _ = ack_tick.tick() => {
-                    // Delayed acknowledgement: data frames carry acks for
-                    // free; a bare one goes out only when none did lately.
-                    if let Some(a) = lock(&peer.inner).link.ack_due() {
-                        encode(&[a], &mut buf);
-                    }
+            frames
+        });
+        encode(&frames, &mut buf);
+        if !buf.is_empty() {
+            if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
+                return LinkDown::WriteFailed;
+            }
+            buf.clear();
+        }
+        tokio::select! {
+            _ = peer.wake.notified() => {}
+            _ = ack_tick.tick() => {
+                // Delayed acknowledgement: data frames carry acks for
+                // free; a bare one goes out only when none did lately.
+                if let Some(a) = lock(&peer.inner).link.ack_due() {
+                    encode(&[a], &mut buf);
                 }
             }
         }
-    };
-    let reading = read_loop(shared, remote, &peer, &mut reader);
-    let reason = tokio::select! {
-        r = writer => r,
-        r = reading => r,
-        _ = stop.notified() => LinkDown::Replaced,
-    };
+    }
+}
+
+/// The link ended: it is no longer the peer's active link (unless a newer
+/// one already is).
+fn take_down(peer: &Peer, host: EntityId, id: u64, reason: LinkDown) {
     {
         let mut i = lock(&peer.inner);
         if i.active.as_ref().is_some_and(|a| a.id == id) {
@@ -1222,4 +1408,59 @@ pub(crate) fn routes(remote: &Remote) -> HashMap<Domain, (String, bool)> {
         .into_iter()
         .map(|(d, l, up)| (d, (l, up)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use tenet_proto::Port;
+
+    use super::*;
+
+    fn dom(b: u8) -> Domain {
+        Domain::new([b; 12])
+    }
+
+    /// The hello decisions, in order: the same host as before, not this
+    /// host, a certificate naming what the link carries, no local domain,
+    /// no domain another peer serves.
+    #[test]
+    fn a_hello_is_refused_for_the_first_reason_that_applies() {
+        let (me, peer, other) = (dom(1).owner(), dom(2).owner(), dom(3).owner());
+        let ok: &[(Domain, bool)] = &[(dom(2), false)];
+        let served = [dom(2)];
+        let facts = |host, pinned, named, wanted, others| HelloFacts {
+            me,
+            host,
+            pinned,
+            named,
+            wanted,
+            others,
+        };
+        assert!(hello_refusal(facts(peer, None, Ok(()), ok, &[])).is_none());
+        assert!(hello_refusal(facts(peer, Some(peer), Ok(()), ok, &[])).is_none());
+        assert!(matches!(
+            hello_refusal(facts(other, Some(peer), Ok(()), ok, &[])),
+            Some(LinkRefusal::OtherHost { expected, got }) if expected == peer && got == other
+        ));
+        assert!(matches!(
+            hello_refusal(facts(me, None, Ok(()), ok, &[])),
+            Some(LinkRefusal::Itself)
+        ));
+        assert!(matches!(
+            hello_refusal(facts(peer, None, Err(Unnamed::NoCertificate), ok, &[])),
+            Some(LinkRefusal::Unnamed(Unnamed::NoCertificate))
+        ));
+        let local: &[(Domain, bool)] = &[(dom(2), false), (dom(9), true)];
+        assert!(matches!(
+            hello_refusal(facts(peer, None, Ok(()), local, &[])),
+            Some(LinkRefusal::LocalDomain(d)) if d == dom(9)
+        ));
+        assert!(matches!(
+            hello_refusal(facts(peer, None, Ok(()), ok, &served)),
+            Some(LinkRefusal::Served(d)) if d == dom(2)
+        ));
+        // An id of another port in the peer's domain is another host.
+        let twin = EntityId::new(dom(2), Port::new(1));
+        assert!(hello_refusal(facts(twin, Some(peer), Ok(()), ok, &[])).is_some());
+    }
 }
