@@ -19,6 +19,8 @@
 //! - [`plugin`]: what an application plugs in: card applets, card guards,
 //!   services of the host entity ([`HostBuilder`]). The host itself knows
 //!   no application.
+//! - [`transport`]: the [`transport::RemoteTransport`] trait: TLS links,
+//!   NATS and in-memory links between hosts in one process.
 //! - [`nats`]: the NATS transport: subjects derived from domains, no routing
 //!   table; origin bound to the subject.
 
@@ -32,6 +34,7 @@ mod proxy;
 pub mod remote;
 pub mod server;
 pub mod state;
+pub mod transport;
 
 pub use config::{Config, ConfigError};
 pub use plugin::HostBuilder;

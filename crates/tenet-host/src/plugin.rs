@@ -119,6 +119,7 @@ pub struct HostBuilder<'a> {
     pub(crate) applets: Vec<AppletFactory>,
     pub(crate) card_guards: Vec<Box<dyn Guard>>,
     pub(crate) services: Vec<Box<dyn EntityService>>,
+    pub(crate) transports: Vec<Box<dyn crate::transport::RemoteTransport>>,
 }
 
 impl<'a> HostBuilder<'a> {
@@ -129,6 +130,7 @@ impl<'a> HostBuilder<'a> {
             applets: Vec::new(),
             card_guards: Vec::new(),
             services: Vec::new(),
+            transports: Vec::new(),
         }
     }
 
@@ -147,6 +149,13 @@ impl<'a> HostBuilder<'a> {
     /// Runs `service` for the host's own entity.
     pub fn service(mut self, service: Box<dyn EntityService>) -> Self {
         self.services.push(service);
+        self
+    }
+
+    /// Reaches other hosts also through `transport` (besides the TLS links
+    /// and NATS the config names), e.g. a [`MemoryLink`](crate::transport::MemoryLink).
+    pub fn transport(mut self, transport: Box<dyn crate::transport::RemoteTransport>) -> Self {
+        self.transports.push(transport);
         self
     }
 

@@ -27,7 +27,6 @@
 //! nothing while both daemons stay up. See `docs/remote.md`.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -134,6 +133,12 @@ pub enum RemoteSetupError {
     /// The system's random source failed (for the link session id).
     #[error("no randomness: {0}")]
     Randomness(getrandom::Error),
+    /// A memory link on a host without its TLS identity: the link's
+    /// certificate could not be checked.
+    #[error(
+        "a memory link needs the host's [remote] ca, cert and key, to check the certificate it is given"
+    )]
+    MemoryLinkWithoutIdentity,
     /// The listener (`remote.listen`) cannot be bound.
     #[error("cannot listen on {address}: {error}")]
     Listen {
@@ -422,13 +427,16 @@ fn load_tls(cfg: &Config, my_domains: &[Domain]) -> Result<Option<Tls>, RemoteSe
 impl Remote {
     /// Builds the remote proxy from the config; `None` when no links are
     /// configured.
+    /// The link state of a host with `[remote] listen` or peers, or with
+    /// another transport that carries links (`links`: a [`MemoryLink`](crate::transport::MemoryLink)).
     pub(crate) fn new(
         cfg: &Config,
         me: EntityId,
         my_domains: Vec<Domain>,
+        links: bool,
     ) -> Result<Option<Self>, HostError> {
         let r = &cfg.remote;
-        if r.listen.is_none() && r.peers.is_empty() {
+        if r.listen.is_none() && r.peers.is_empty() && !links {
             return Ok(None);
         }
         cfg.remote_checked()?;
@@ -524,16 +532,14 @@ impl Peer {
 /// What [`start`] started: the listener's and dialers' tasks, and the
 /// address the listener is bound to (`remote.listen` with the port the
 /// system chose for port 0), if it listens.
-pub(crate) struct Started {
-    pub(crate) tasks: Vec<tokio::task::JoinHandle<()>>,
-    pub(crate) listening: Option<SocketAddr>,
-}
-
 /// Starts the listener and the dialers. The listener is bound first, so a
 /// port that cannot be had leaves no dialer behind.
-pub(crate) async fn start(shared: Arc<Shared>, cfg: &Config) -> Result<Started, HostError> {
+pub(crate) async fn start(
+    shared: Arc<Shared>,
+    cfg: &Config,
+) -> Result<crate::transport::Started, HostError> {
     let Some(remote) = shared.remote.clone() else {
-        return Ok(Started {
+        return Ok(crate::transport::Started {
             tasks: Vec::new(),
             listening: None,
         });
@@ -569,7 +575,80 @@ pub(crate) async fn start(shared: Arc<Shared>, cfg: &Config) -> Result<Started, 
         tasks.push(tokio::spawn(accept_loop(shared.clone(), remote.clone(), l)));
         bound
     });
-    Ok(Started { tasks, listening })
+    Ok(crate::transport::Started { tasks, listening })
+}
+
+/// Runs one end of a [`MemoryLink`](crate::transport::MemoryLink) as a
+/// link of this host, the other end's certificate as its peer's. The host
+/// must have its TLS identity (`[remote] ca`, `cert`, `key`): the
+/// certificate is checked as a TLS peer's would be.
+pub(crate) fn start_memory_link(
+    shared: Arc<Shared>,
+    stream: tokio::io::DuplexStream,
+    peer_certificate: CertificateDer<'static>,
+    dials: bool,
+) -> Result<tokio::task::JoinHandle<()>, HostError> {
+    let remote = shared
+        .remote
+        .clone()
+        .filter(|r| r.tls.is_some())
+        .ok_or(HostError::Remote(
+            RemoteSetupError::MemoryLinkWithoutIdentity,
+        ))?;
+    let stream = MemoryStream {
+        io: stream,
+        peer_certificate,
+    };
+    Ok(tokio::spawn(async move {
+        let dialed = dials.then(|| remote.new_peer(&shared, "memory".into(), Vec::new(), None));
+        run_link(&shared, &remote, stream, dialed).await;
+    }))
+}
+
+/// An in-memory byte stream with the certificate its pair was made with.
+struct MemoryStream {
+    io: tokio::io::DuplexStream,
+    peer_certificate: CertificateDer<'static>,
+}
+
+impl AsyncRead for MemoryStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for MemoryStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl LinkStream for MemoryStream {
+    fn peer_certificate(&self) -> Option<CertificateDer<'static>> {
+        Some(self.peer_certificate.clone())
+    }
 }
 
 async fn dial_loop(shared: Arc<Shared>, remote: Arc<Remote>, peer: Arc<Peer>, addr: String) {

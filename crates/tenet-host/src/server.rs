@@ -40,6 +40,7 @@ use crate::plugin::{
 use crate::proxy::ProxyCmd;
 use crate::remote::RemoteSetupError;
 use crate::state::{self, PortAllocator, StateError};
+use crate::transport::{NatsLinks, RemoteTransport, TlsLinks, TransportHost};
 
 /// Output bytes waiting for one app beyond which the daemon stops reading
 /// that app's requests until it reads its replies.
@@ -434,6 +435,7 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
         applets,
         card_guards,
         services,
+        transports: extra,
     } = plugins;
     config.validate()?;
     if config.ttp.is_some() && services.is_empty() {
@@ -490,7 +492,8 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
     if let Some((_, info)) = &card {
         my_domains.push(info.domain);
     }
-    let remote = crate::remote::Remote::new(config, domain.owner(), my_domains.clone())?;
+    let links = extra.iter().any(|t| t.uses_links());
+    let remote = crate::remote::Remote::new(config, domain.owner(), my_domains.clone(), links)?;
     let nats = config.remote.nats.as_ref().map(|_| {
         let ep = core.add_endpoint(EndpointKind::DefaultRoute);
         core.table_mut().set_default_route(Some(ep));
@@ -554,20 +557,40 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
     let accept = tokio::spawn(accept_loop(shared.clone(), listener));
     let timer = tokio::spawn(timer_loop(shared.clone()));
     let mut tasks = vec![accept, timer];
-    let started = match crate::remote::start(shared.clone(), config).await {
-        Ok(r) => match &config.remote.nats {
-            Some(n) => match crate::nats::start(shared.clone(), n, my_domains).await {
-                Ok(u) => Ok((r.tasks.into_iter().chain(u).collect(), r.listening)),
-                Err(e) => {
-                    // No dialer or listener left behind.
-                    r.tasks.iter().for_each(JoinHandle::abort);
-                    Err(e)
-                }
-            },
-            None => Ok((r.tasks, r.listening)),
-        },
-        Err(e) => Err(e),
+    // The transports the config names, then those plugged in; a failed
+    // start leaves none of the others' tasks behind.
+    let mut transports: Vec<Box<dyn RemoteTransport>> = vec![
+        Box::new(TlsLinks),
+        Box::new(NatsLinks {
+            domains: my_domains,
+        }),
+    ];
+    transports.extend(extra);
+    let cx = TransportHost {
+        shared: shared.clone(),
+        config: config.clone(),
     };
+    let mut started: Result<(Vec<JoinHandle<()>>, Option<SocketAddr>), HostError> =
+        Ok((Vec::new(), None));
+    for t in transports {
+        let name = t.name();
+        match t.start(&cx).await {
+            Ok(s) => {
+                if let Ok((tasks, listening)) = &mut started {
+                    tasks.extend(s.tasks);
+                    *listening = listening.or(s.listening);
+                }
+            }
+            Err(e) => {
+                if let Ok((tasks, _)) = &started {
+                    tasks.iter().for_each(JoinHandle::abort);
+                }
+                debug!(transport = name, error = %e, "transport did not start");
+                started = Err(e);
+                break;
+            }
+        }
+    }
     let remote_addr = match started {
         Ok((t, listening)) => {
             tasks.extend(t);
