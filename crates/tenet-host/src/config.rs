@@ -757,6 +757,66 @@ fn check_dispatch_budgets(l: &Limits) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The configuration's values, checked and typed once
+/// (`Settings::try_from(&config)`): the daemon reads these and never the
+/// text again. An error names the key.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The app socket.
+    pub socket: PathBuf,
+    /// Its permission bits.
+    pub socket_mode: u32,
+    /// The state directory.
+    pub state_dir: PathBuf,
+    /// The software domain, if the config fixes it.
+    pub domain: Option<Domain>,
+    /// The dispatch table's bounds.
+    pub limits: Limits,
+    /// The guard rules (`[[guard.rules]]`), checked.
+    pub rules: Vec<RuleSpec>,
+    /// Whether apps may tap.
+    pub allow_taps: bool,
+    /// Ids one local user may acquire: rate per second and burst.
+    pub acquire: (f64, u32),
+    /// The card's limits.
+    pub card_limits: tenet_card::CardLimits,
+    /// How long to wait for a card in a reader at startup.
+    pub card_wait: Duration,
+    /// The TTP `[card] ttp` names.
+    pub card_ttp: Option<tenet_proto::EntityId>,
+    /// The static peer routes (`[[remote.peers]]`).
+    pub peers: Vec<PeerRoute>,
+}
+
+impl TryFrom<&Config> for Settings {
+    type Error = ConfigError;
+
+    fn try_from(c: &Config) -> Result<Self, ConfigError> {
+        c.validate()?;
+        Ok(Self {
+            socket: c.socket_path(),
+            socket_mode: c.socket_mode()?,
+            state_dir: c.state_dir(),
+            domain: c.domain()?,
+            limits: c.limits()?,
+            rules: c.guard.rules.clone(),
+            allow_taps: c.allow_taps(),
+            acquire: c.acquire_limit()?,
+            card_limits: c.card_limits()?,
+            card_wait: c.card_wait()?,
+            card_ttp: c.card_ttp()?,
+            peers: c.remote_checked()?,
+        })
+    }
+}
+
+impl Settings {
+    /// The rule guard made of the rules (checked when the settings were).
+    pub fn rule_guard(&self) -> Result<RuleGuard, ConfigError> {
+        Ok(RuleGuard::from_specs(&self.rules)?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -929,6 +989,27 @@ mod tests {
         assert!(matches!(
             parse("[[guard.rules]]\naction = \"explode\""),
             Err(ConfigError::Rule(_))
+        ));
+    }
+
+    #[test]
+    fn settings_are_the_checked_typed_values_and_a_bad_one_names_its_key() {
+        let ok = parse(
+            "[host]\nsocket_mode = \"0600\"\ndomain = \"a1a1a1a1a1a1a1a1a1a1a1a1\"\n[dispatch]\nper_destination = 7",
+        )
+        .unwrap();
+        let s = Settings::try_from(&ok).unwrap();
+        assert_eq!(s.socket_mode, 0o600);
+        assert_eq!(s.domain, Some(Domain::new([0xa1; 12])));
+        assert_eq!(s.limits.per_destination, 7);
+        let mut bad = ok.clone();
+        bad.host.socket_mode = Some("0999".into());
+        assert!(matches!(
+            Settings::try_from(&bad),
+            Err(ConfigError::Value {
+                key: "host.socket_mode",
+                ..
+            })
         ));
     }
 }

@@ -48,7 +48,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, Settings};
 use crate::server::{HostError, Shared, lock};
 use tenet_pki::{self as certs, HOST_NAME};
 
@@ -431,6 +431,7 @@ impl Remote {
     /// another transport that carries links (`links`: a [`MemoryLink`](crate::transport::MemoryLink)).
     pub(crate) fn new(
         cfg: &Config,
+        settings: &Settings,
         me: EntityId,
         my_domains: Vec<Domain>,
         links: bool,
@@ -439,7 +440,6 @@ impl Remote {
         if r.listen.is_none() && r.peers.is_empty() && !links {
             return Ok(None);
         }
-        cfg.remote_checked()?;
         let mut session = [0u8; 8];
         getrandom::fill(&mut session)
             .map_err(|e| HostError::Remote(RemoteSetupError::Randomness(e)))?;
@@ -452,7 +452,7 @@ impl Remote {
             tls,
             window: tenet_dispatch::Budget::new(
                 r.window.unwrap_or(1024),
-                cfg.limits()?.per_destination_bytes,
+                settings.limits.per_destination_bytes,
             ),
             rate,
             burst: r.burst.unwrap_or(2.0 * rate),
@@ -537,6 +537,7 @@ impl Peer {
 pub(crate) async fn start(
     shared: Arc<Shared>,
     cfg: &Config,
+    routes: Vec<crate::config::PeerRoute>,
 ) -> Result<crate::transport::Started, HostError> {
     let Some(remote) = shared.remote.clone() else {
         return Ok(crate::transport::Started {
@@ -544,7 +545,6 @@ pub(crate) async fn start(
             listening: None,
         });
     };
-    let routes = cfg.remote_checked()?;
     let listener = match &cfg.remote.listen {
         Some(listen) => {
             let listen_error = |error| {

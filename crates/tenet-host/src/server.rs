@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 use tenet_card::{Card, FileStore, SystemEntropy};
 use tenet_proto::card::CardInfo;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Settings};
 use crate::link::{CardSession, InProcessLink, LinkStats, SessionError};
 use crate::plugin::{
     AppletFactory, HostBuilder, HostSender, PluginError, ServiceError, ServiceRoute,
@@ -145,10 +145,11 @@ pub enum CardAttachError {
 /// info; waits up to `card.wait_secs` for a card in a PC/SC reader.
 async fn open_card(
     config: &Config,
+    settings: &Settings,
     applets: Vec<AppletFactory>,
 ) -> Result<Option<(CardSession, CardInfo)>, HostError> {
     let short = config.card.short_apdus.unwrap_or(false);
-    let limits = config.card_limits()?;
+    let limits = settings.card_limits;
     if let Some(path) = config.card.virtual_store.clone() {
         let opened = tokio::task::spawn_blocking(move || -> Result<_, CardAttachError> {
             let store = FileStore::open(&path).map_err(CardAttachError::Store)?;
@@ -177,7 +178,7 @@ async fn open_card(
     }
     #[cfg(feature = "pcsc")]
     if let Some(reader) = config.card.reader.clone() {
-        let wait = config.card_wait()?;
+        let wait = settings.card_wait;
         let opened = tokio::task::spawn_blocking(move || -> Result<_, CardAttachError> {
             let deadline = Instant::now() + wait;
             loop {
@@ -437,20 +438,21 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
         services,
         transports: extra,
     } = plugins;
-    config.validate()?;
+    // Every value checked and typed once; the rest of the start reads these.
+    let settings = Settings::try_from(config)?;
     if config.ttp.is_some() && services.is_empty() {
         return Err(HostError::Ttp(ServiceError::NoService));
     }
-    let state_dir = config.state_dir();
+    let state_dir = settings.state_dir.clone();
     state::ensure_dir(&state_dir)?;
-    let domain = state::load_domain(&state_dir, config.domain()?)?;
+    let domain = state::load_domain(&state_dir, settings.domain)?;
     let ports = PortAllocator::open(&state_dir, domain)?;
-    let mut core = HostCore::new(domain.owner(), config.limits()?);
-    let rules = config.rule_guard()?;
+    let mut core = HostCore::new(domain.owner(), settings.limits);
+    let rules = settings.rule_guard()?;
     if !rules.is_empty() {
         core.table_mut().push_guard(Box::new(rules));
     }
-    let card = open_card(config, applets).await?;
+    let card = open_card(config, &settings, applets).await?;
     let card_ep = match &card {
         Some((_, info)) if info.domain == domain => {
             return Err(HostError::Card(CardAttachError::SameDomain(info.domain)));
@@ -469,8 +471,8 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
         }
         None => None,
     };
-    let socket = config.socket_path();
-    let listener = bind_socket(&socket, config.socket_mode()?)?;
+    let socket = settings.socket.clone();
+    let listener = bind_socket(&socket, settings.socket_mode)?;
     info!(socket = %socket.display(), host = %domain.owner(), guards = ?core.table().guard_names(), "host started");
     // Requests waiting for a service are bounded like any reader's queue;
     // beyond that the requester is told to ask again.
@@ -493,7 +495,8 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
         my_domains.push(info.domain);
     }
     let links = extra.iter().any(|t| t.uses_links());
-    let remote = crate::remote::Remote::new(config, domain.owner(), my_domains.clone(), links)?;
+    let remote =
+        crate::remote::Remote::new(config, &settings, domain.owner(), my_domains.clone(), links)?;
     let nats = config.remote.nats.as_ref().map(|_| {
         let ep = core.add_endpoint(EndpointKind::DefaultRoute);
         core.table_mut().set_default_route(Some(ep));
@@ -520,7 +523,7 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
         conns: Mutex::new(HashMap::new()),
         ports: Mutex::new(ports),
         domain,
-        allow_taps: config.allow_taps(),
+        allow_taps: settings.allow_taps,
         clock: Clock {
             instant: Instant::now(),
             system: SystemTime::now(),
@@ -531,7 +534,7 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
         services: routes,
         service_busy: Default::default(),
         acquires: Mutex::new({
-            let (rate, burst) = config.acquire_limit()?;
+            let (rate, burst) = settings.acquire;
             tenet_dispatch::KeyedBuckets::new(rate, f64::from(burst))
         }),
     });
@@ -569,6 +572,7 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
     let cx = TransportHost {
         shared: shared.clone(),
         config: config.clone(),
+        settings: settings.clone(),
     };
     let mut started: Result<(Vec<JoinHandle<()>>, Option<SocketAddr>), HostError> =
         Ok((Vec::new(), None));

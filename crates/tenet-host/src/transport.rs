@@ -28,7 +28,7 @@ use rustls::pki_types::CertificateDer;
 use tokio::io::DuplexStream;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, Settings};
 use crate::server::{HostError, Shared};
 
 /// What a transport's start returns.
@@ -44,6 +44,7 @@ pub struct Started {
 pub struct TransportHost {
     pub(crate) shared: Arc<Shared>,
     pub(crate) config: Config,
+    pub(crate) settings: Settings,
 }
 
 /// A future a transport's start returns.
@@ -72,8 +73,12 @@ impl RemoteTransport for TlsLinks {
     }
 
     fn start(self: Box<Self>, host: &TransportHost) -> StartFuture {
-        let (shared, config) = (host.shared.clone(), host.config.clone());
-        Box::pin(async move { crate::remote::start(shared, &config).await })
+        let (shared, config, peers) = (
+            host.shared.clone(),
+            host.config.clone(),
+            host.settings.peers.clone(),
+        );
+        Box::pin(async move { crate::remote::start(shared, &config, peers).await })
     }
 }
 

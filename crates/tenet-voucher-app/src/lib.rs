@@ -20,7 +20,7 @@ pub mod applet;
 pub mod offers;
 pub mod ttp;
 
-use tenet_host::config::{Config, ConfigError};
+use tenet_host::config::{Config, ConfigError, Settings};
 use tenet_host::plugin::{HostBuilder, ServiceError};
 use tenet_host::{HostError, HostHandle};
 use tenet_proto::EntityId;
@@ -76,9 +76,9 @@ pub fn plug<'a>(
     config: &'a Config,
     ttp: Option<ttp::TtpService>,
 ) -> Result<HostBuilder<'a>, HostError> {
-    config.validate()?;
+    let settings = Settings::try_from(config)?;
     validate(config)?;
-    let card_ttp = config.card_ttp()?;
+    let card_ttp = settings.card_ttp;
     let mut host = host
         .applet(Box::new(move |card| {
             if let Some(t) = card_ttp {
