@@ -70,10 +70,23 @@ async fn app(h: &HostHandle) -> Capability {
     Capability::acquire(h.socket_path()).await.unwrap()
 }
 
-/// Nothing more arrives for `c` within a short while.
+/// Nothing more waits for `c`: a message `c` sends itself now is the next
+/// thing it gets. The table keeps one queue per sender, in order, and
+/// serves the queues in turn, those that were waiting first; the daemon
+/// writes waiting messages before tap copies. So anything stored for `c`
+/// before this message comes first. (What is still on its way, a link's
+/// frames not yet read, is not covered: callers first see a message sent
+/// after it arrive.)
 async fn nothing_more(c: &mut Capability) {
-    if let Ok(r) = tokio::time::timeout(Duration::from_millis(300), c.next()).await {
-        panic!("unexpected {r:?}");
+    const END: Mtype = Mtype(0x80ff);
+    c.send(c.id(), END, b"end".to_vec()).await.unwrap();
+    match tokio::time::timeout(WAIT, c.next())
+        .await
+        .expect("the message to itself arrives")
+        .unwrap()
+    {
+        Incoming::Message { message, .. } if (message.src(), message.mtype()) == (c.id(), END) => {}
+        other => panic!("unexpected {other:?}"),
     }
 }
 
@@ -564,12 +577,28 @@ async fn a_tap_never_shows_a_pin_or_puk() {
             other => panic!("{other:?}"),
         }
     }
-    nothing_more(&mut mallory).await;
+    // Knowing no PIN, mallory's own order is refused. Its copy is the next
+    // on the tap (copies wait in order): no other copy came in between.
     mallory
         .send(k.owner(), Mtype::CHANGE_PIN, secrets[1].1.clone())
         .await
         .unwrap();
     assert_eq!(recv(&mut mallory).await.mtype(), Mtype::REFUSED);
+    match tokio::time::timeout(WAIT, mallory.next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Incoming::Tapped { message, .. } => {
+            assert_eq!(
+                (message.src(), message.mtype()),
+                (mallory.id(), Mtype::CHANGE_PIN)
+            );
+            assert!(message.param.is_empty(), "{:?}", message.param);
+        }
+        other => panic!("{other:?}"),
+    }
+    nothing_more(&mut mallory).await;
     h.shutdown().await;
 }
 
@@ -1287,13 +1316,32 @@ async fn an_app_that_never_reads_its_replies_is_no_longer_read() {
             .unwrap();
         assert!(n > 0, "connection closed after {replies} of {sent} replies");
     }
-    let _wr = writer.await.unwrap().unwrap();
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), rd.read_buf(&mut buf))
+    // One reply per request: replies come in the order of the requests, so
+    // the next frame answers a request sent after them all (naming another
+    // subscription).
+    let mut wr = writer.await.unwrap().unwrap();
+    let mut last = Vec::new();
+    let at = begin_frame(&mut last);
+    ClientFrame::Unsubscribe(tenet_proto::app::SubscriptionId(998)).encode(&mut last);
+    finish_frame(&mut last, at);
+    wr.write_all(&last).await.unwrap();
+    let next = loop {
+        if let Some((_, body)) = split_frame(&buf, MAX_APP_FRAME).unwrap() {
+            break DaemonFrame::decode(body).unwrap();
+        }
+        let n = tokio::time::timeout(WAIT, rd.read_buf(&mut buf))
             .await
-            .is_err(),
-        "one reply per request"
-    );
+            .expect("the last request is answered")
+            .unwrap();
+        assert!(n > 0, "connection closed before the last reply");
+    };
+    match next {
+        DaemonFrame::Error { code, text } => {
+            assert_eq!(code, ErrorCode::NO_SUCH_ID);
+            assert!(text.contains("998"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
     h.shutdown().await;
 }
 
