@@ -2,9 +2,12 @@
 //! work across hosts exactly as on one.
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod support;
 
 const TENET: &str = env!("CARGO_BIN_EXE_tenet");
 
@@ -15,14 +18,6 @@ impl Drop for Kill {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn certs(dir: &Path, name: &str, domain: &str) {
@@ -39,24 +34,26 @@ fn certs(dir: &Path, name: &str, domain: &str) {
     );
 }
 
+/// `tenet host` `name` listening for TLS links on a port the system picks,
+/// dialing `dial` (a host started first); returns it, its socket and where
+/// it listens.
 fn daemon(
     dir: &Path,
     ca: &Path,
     name: &str,
     domain: &str,
-    port: u16,
-    dial: Option<u16>,
-) -> (Kill, PathBuf) {
+    dial: Option<SocketAddr>,
+) -> (Kill, PathBuf, SocketAddr) {
     let socket = dir.join(format!("{name}.sock"));
     let peers = dial.map_or(String::new(), |p| {
-        format!("[[remote.peers]]\naddress = \"127.0.0.1:{p}\"\n")
+        format!("[[remote.peers]]\naddress = \"{p}\"\n")
     });
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(
         &config,
         format!(
             "[host]\nsocket = {socket:?}\nstate_dir = {:?}\ndomain = \"{domain}\"\n\
-             [remote]\nlisten = \"127.0.0.1:{port}\"\nca = {:?}\ncert = {:?}\nkey = {:?}\n{peers}",
+             [remote]\nlisten = \"127.0.0.1:0\"\nca = {:?}\ncert = {:?}\nkey = {:?}\n{peers}",
             dir.join(format!("{name}-state")),
             ca.join("ca.pem"),
             ca.join(format!("{name}.pem")),
@@ -64,20 +61,8 @@ fn daemon(
         ),
     )
     .unwrap();
-    let child = Command::new(TENET)
-        .args(["host", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let k = Kill(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "daemon {name} did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (k, socket)
+    let (child, remote) = support::host(&config);
+    (Kill(child), socket, remote.expect("the host listens"))
 }
 
 #[test]
@@ -87,9 +72,8 @@ fn ping_and_tap_across_hosts() {
     let (da, db) = ("a1a1a1a1a1a1a1a1a1a1a1a1", "b2b2b2b2b2b2b2b2b2b2b2b2");
     certs(&ca, "a", da);
     certs(&ca, "b", db);
-    let (pa, pb) = (free_port(), free_port());
-    let (_b, sock_b) = daemon(dir.path(), &ca, "b", db, pb, None);
-    let (_a, sock_a) = daemon(dir.path(), &ca, "a", da, pa, Some(pb));
+    let (_b, sock_b, at_b) = daemon(dir.path(), &ca, "b", db, None);
+    let (_a, sock_a, _) = daemon(dir.path(), &ca, "a", da, Some(at_b));
 
     let mut tap = Command::new(TENET)
         .arg("--socket")

@@ -2,9 +2,12 @@
 //! voucher card: mint, offer, accept, balances, exchanges.
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod support;
 
 const TENET: &str = env!("CARGO_BIN_EXE_tenet");
 const TTP: &str = "777777777777777777777777:0";
@@ -28,33 +31,27 @@ fn run(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
+/// `tenet host` `name` with the virtual card `card`, listening for TLS
+/// links on a port the system picks, dialing `dial` (a host started first);
+/// returns it, its socket and where it listens.
 fn host(
     dir: &Path,
     name: &str,
     sw: &str,
     card: &Path,
-    port: u16,
-    dial: Option<u16>,
-) -> (Kill, PathBuf) {
+    dial: Option<SocketAddr>,
+) -> (Kill, PathBuf, SocketAddr) {
     let ca = dir.join("ca");
     let socket = dir.join(format!("{name}.sock"));
     let peers = dial.map_or(String::new(), |p| {
-        format!("[[remote.peers]]\naddress = \"127.0.0.1:{p}\"\n")
+        format!("[[remote.peers]]\naddress = \"{p}\"\n")
     });
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(
         &config,
         format!(
             "[host]\nsocket = {socket:?}\nstate_dir = {:?}\ndomain = \"{sw}\"\n[card]\nvirtual = {card:?}\n\
-             [remote]\nlisten = \"127.0.0.1:{port}\"\nca = {:?}\ncert = {:?}\nkey = {:?}\n{peers}",
+             [remote]\nlisten = \"127.0.0.1:0\"\nca = {:?}\ncert = {:?}\nkey = {:?}\n{peers}",
             dir.join(format!("{name}-state")),
             ca.join("ca.pem"),
             ca.join(format!("{name}.pem")),
@@ -62,21 +59,8 @@ fn host(
         ),
     )
     .unwrap();
-    let k = Kill(
-        Command::new(TENET)
-            .args(["host", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "daemon {name} did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (k, socket)
+    let (child, remote) = support::host(&config);
+    (Kill(child), socket, remote.expect("the host listens"))
 }
 
 fn wallet(socket: &Path, card: &str, args: &[&str]) -> String {
@@ -161,9 +145,8 @@ fn pair() -> Pair {
         ]);
         stores.push(store);
     }
-    let (pa, pb) = (free_port(), free_port());
-    let (_a, sock_a) = host(dir.path(), "a", sa, &stores[0], pa, None);
-    let (_b, sock_b) = host(dir.path(), "b", sb, &stores[1], pb, Some(pa));
+    let (_a, sock_a, at_a) = host(dir.path(), "a", sa, &stores[0], None);
+    let (_b, sock_b, _) = host(dir.path(), "b", sb, &stores[1], Some(at_a));
     let (card_a, card_b) = (format!("{ca_dom}:0"), format!("{cb_dom}:0"));
     Pair {
         _hosts: (_a, _b),

@@ -4,6 +4,7 @@
 //! `docs/security.md` maps every guarantee to its tests, here and in the
 //! other test files.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
 mod support;
-use support::{Raw, WAIT, echo_eventually, error_code, free_port, recv};
+use support::{Raw, WAIT, echo_eventually, error_code, recv};
 
 const PIN: &[u8] = b"1234";
 const PUK: &[u8] = b"12345678";
@@ -48,17 +49,19 @@ fn config(dir: &Path, name: &str, d: Domain) -> Config {
     c
 }
 
-/// Adds TLS links to `c`: listens on `port` with a certificate from the CA
-/// in `ca` naming `domains`.
-fn with_tls(c: &mut Config, ca: &Path, name: &str, domains: &[Domain], port: u16) {
+/// Adds TLS links to `c`: listens on a port of the system's choosing (the
+/// started host reports it) with a certificate from the CA in `ca` naming
+/// `domains`.
+fn with_tls(c: &mut Config, ca: &Path, name: &str, domains: &[Domain]) {
     let f = issue_host(ca, name, domains).unwrap();
-    c.remote.listen = Some(format!("127.0.0.1:{port}"));
+    c.remote.listen = Some("127.0.0.1:0".into());
     (c.remote.ca, c.remote.cert, c.remote.key) = (Some(f.ca), Some(f.cert), Some(f.key));
 }
 
-fn dial(c: &mut Config, port: u16) {
+/// Dials the host listening on `addr` (started first).
+fn dial(c: &mut Config, addr: SocketAddr) {
     c.remote.peers.push(PeerSection {
-        address: format!("127.0.0.1:{port}"),
+        address: addr.to_string(),
         domains: Vec::new(),
     });
 }
@@ -67,10 +70,23 @@ async fn app(h: &HostHandle) -> Capability {
     Capability::acquire(h.socket_path()).await.unwrap()
 }
 
-/// Nothing more arrives for `c` within a short while.
+/// Nothing more waits for `c`: a message `c` sends itself now is the next
+/// thing it gets. The table keeps one queue per sender, in order, and
+/// serves the queues in turn, those that were waiting first; the daemon
+/// writes waiting messages before tap copies. So anything stored for `c`
+/// before this message comes first. (What is still on its way, a link's
+/// frames not yet read, is not covered: callers first see a message sent
+/// after it arrive.)
 async fn nothing_more(c: &mut Capability) {
-    if let Ok(r) = tokio::time::timeout(Duration::from_millis(300), c.next()).await {
-        panic!("unexpected {r:?}");
+    const END: Mtype = Mtype(0x80ff);
+    c.send(c.id(), END, b"end".to_vec()).await.unwrap();
+    match tokio::time::timeout(WAIT, c.next())
+        .await
+        .expect("the message to itself arrives")
+        .unwrap()
+    {
+        Incoming::Message { message, .. } if (message.src(), message.mtype()) == (c.id(), END) => {}
+        other => panic!("unexpected {other:?}"),
     }
 }
 
@@ -193,8 +209,8 @@ fn tls_client(trust: &Path, me: Option<&HostFiles>) -> Arc<rustls::ClientConfig>
 
 type Tls = tokio_rustls::client::TlsStream<TcpStream>;
 
-async fn tls_connect(port: u16, cfg: Arc<rustls::ClientConfig>) -> std::io::Result<Tls> {
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+async fn tls_connect(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> std::io::Result<Tls> {
+    let tcp = TcpStream::connect(addr).await?;
     tokio_rustls::TlsConnector::from(cfg)
         .connect(ServerName::try_from("host.tenet").unwrap(), tcp)
         .await
@@ -202,8 +218,13 @@ async fn tls_connect(port: u16, cfg: Arc<rustls::ClientConfig>) -> std::io::Resu
 
 /// A peer with a valid certificate speaking the link protocol by hand: it
 /// connects and sends its hello as host `me` serving `domains`.
-async fn rogue_link(port: u16, files: &HostFiles, me: EntityId, domains: Vec<Domain>) -> Tls {
-    let mut s = tls_connect(port, tls_client(&files.ca, Some(files)))
+async fn rogue_link(
+    addr: SocketAddr,
+    files: &HostFiles,
+    me: EntityId,
+    domains: Vec<Domain>,
+) -> Tls {
+    let mut s = tls_connect(addr, tls_client(&files.ca, Some(files)))
         .await
         .unwrap();
     send_frames(
@@ -296,12 +317,12 @@ async fn a_peer_forging_another_hosts_src_is_dropped_and_that_host_still_gets_th
     let ca = dir.path().join("ca");
     ensure_ca(&ca, "test CA").unwrap();
     let (da, db, dr) = (dom(0xa1), dom(0xb2), dom(0x66));
-    let (pa, pb) = (free_port(), free_port());
     let mut ca_cfg = config(dir.path(), "a", da);
-    with_tls(&mut ca_cfg, &ca, "a", &[da], pa);
+    with_tls(&mut ca_cfg, &ca, "a", &[da]);
     let ha = tenet_voucher_app::start(&ca_cfg).await.unwrap();
+    let pa = ha.remote_addr().unwrap();
     let mut cb = config(dir.path(), "b", db);
-    with_tls(&mut cb, &ca, "b", &[db], pb);
+    with_tls(&mut cb, &ca, "b", &[db]);
     dial(&mut cb, pa);
     let hb = tenet_voucher_app::start(&cb).await.unwrap();
     let mut on_a = app(&ha).await;
@@ -556,12 +577,28 @@ async fn a_tap_never_shows_a_pin_or_puk() {
             other => panic!("{other:?}"),
         }
     }
-    nothing_more(&mut mallory).await;
+    // Knowing no PIN, mallory's own order is refused. Its copy is the next
+    // on the tap (copies wait in order): no other copy came in between.
     mallory
         .send(k.owner(), Mtype::CHANGE_PIN, secrets[1].1.clone())
         .await
         .unwrap();
     assert_eq!(recv(&mut mallory).await.mtype(), Mtype::REFUSED);
+    match tokio::time::timeout(WAIT, mallory.next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Incoming::Tapped { message, .. } => {
+            assert_eq!(
+                (message.src(), message.mtype()),
+                (mallory.id(), Mtype::CHANGE_PIN)
+            );
+            assert!(message.param.is_empty(), "{:?}", message.param);
+        }
+        other => panic!("{other:?}"),
+    }
+    nothing_more(&mut mallory).await;
     h.shutdown().await;
 }
 
@@ -701,10 +738,10 @@ async fn a_remote_peer_gains_no_privilege_on_a_local_card() {
     let ca = dir.path().join("ca");
     ensure_ca(&ca, "test CA").unwrap();
     let (da, k, dr) = (dom(0xa1), dom(0xca), dom(0x66));
-    let pa = free_port();
     let (mut cfg, card) = voucher_host(dir.path(), &ca, da, k);
-    with_tls(&mut cfg, &ca, "a", &[da, k], pa);
+    with_tls(&mut cfg, &ca, "a", &[da, k]);
     let h = tenet_voucher_app::start(&cfg).await.unwrap();
+    let pa = h.remote_addr().unwrap();
     let mut w = Wallet::open(app(&h).await, k.owner(), PIN).await.unwrap();
     w.mint(amount(k, "coffee", 5)).await.unwrap();
     let before = w.balances().await.unwrap();
@@ -859,9 +896,8 @@ async fn a_flooding_peer_stays_within_its_bounds_and_other_peers_get_through() {
     let ca = dir.path().join("ca");
     ensure_ca(&ca, "test CA").unwrap();
     let (da, db, dr) = (dom(0xa1), dom(0xb2), dom(0x66));
-    let (pa, pb) = (free_port(), free_port());
     let mut ca_cfg = config(dir.path(), "a", da);
-    with_tls(&mut ca_cfg, &ca, "a", &[da], pa);
+    with_tls(&mut ca_cfg, &ca, "a", &[da]);
     ca_cfg.dispatch.per_destination = Some(PER);
     ca_cfg.dispatch.total = Some(64);
     // A small window (what the flooder leaves unacknowledged) and no rate
@@ -870,8 +906,9 @@ async fn a_flooding_peer_stays_within_its_bounds_and_other_peers_get_through() {
     ca_cfg.remote.rate = Some(1e6);
     ca_cfg.remote.burst = Some(1e6);
     let ha = tenet_voucher_app::start(&ca_cfg).await.unwrap();
+    let pa = ha.remote_addr().unwrap();
     let mut cb = config(dir.path(), "b", db);
-    with_tls(&mut cb, &ca, "b", &[db], pb);
+    with_tls(&mut cb, &ca, "b", &[db]);
     dial(&mut cb, pa);
     let hb = tenet_voucher_app::start(&cb).await.unwrap();
     let mut probe = app(&ha).await;
@@ -947,10 +984,10 @@ async fn refused_hellos_leave_no_peer_state_behind() {
     let ca = dir.path().join("ca");
     ensure_ca(&ca, "test CA").unwrap();
     let (da, dr) = (dom(0xa1), dom(0x66));
-    let pa = free_port();
     let mut cfg = config(dir.path(), "a", da);
-    with_tls(&mut cfg, &ca, "a", &[da], pa);
+    with_tls(&mut cfg, &ca, "a", &[da]);
     let h = tenet_voucher_app::start(&cfg).await.unwrap();
+    let pa = h.remote_addr().unwrap();
     let files = issue_host(&ca, "rogue", &[dr]).unwrap();
     let mut buf = Vec::new();
     let mut s = rogue_link(pa, &files, dr.owner(), vec![dr]).await;
@@ -998,9 +1035,8 @@ async fn a_flood_of_recovery_requests_finds_the_ttps_queue_bounded() {
     let ca = dir.path().join("ca");
     ensure_ca(&ca, "test CA").unwrap();
     let (dt, db, dr) = (dom(0x77), dom(0xb2), dom(0x66));
-    let (pt, pb) = (free_port(), free_port());
     let mut ct = config(dir.path(), "t", dt);
-    with_tls(&mut ct, &ca, "t", &[dt], pt);
+    with_tls(&mut ct, &ca, "t", &[dt]);
     ct.dispatch.per_destination = Some(64);
     ct.remote.rate = Some(1e6);
     ct.remote.burst = Some(1e6);
@@ -1013,8 +1049,9 @@ async fn a_flood_of_recovery_requests_finds_the_ttps_queue_bounded() {
         postgres: None,
     });
     let ht = tenet_voucher_app::start(&ct).await.unwrap();
+    let pt = ht.remote_addr().unwrap();
     let mut cb = config(dir.path(), "b", db);
-    with_tls(&mut cb, &ca, "b", &[db], pb);
+    with_tls(&mut cb, &ca, "b", &[db]);
     dial(&mut cb, pt);
     let hb = tenet_voucher_app::start(&cb).await.unwrap();
     let mut on_b = app(&hb).await;
@@ -1083,12 +1120,12 @@ async fn oversized_messages_are_refused_on_the_app_socket_and_the_link() {
     let ca = dir.path().join("ca");
     ensure_ca(&ca, "test CA").unwrap();
     let (da, db, dr) = (dom(0xa1), dom(0xb2), dom(0x66));
-    let (pa, pb) = (free_port(), free_port());
     let mut ca_cfg = config(dir.path(), "a", da);
-    with_tls(&mut ca_cfg, &ca, "a", &[da], pa);
+    with_tls(&mut ca_cfg, &ca, "a", &[da]);
     let ha = tenet_voucher_app::start(&ca_cfg).await.unwrap();
+    let pa = ha.remote_addr().unwrap();
     let mut cb = config(dir.path(), "b", db);
-    with_tls(&mut cb, &ca, "b", &[db], pb);
+    with_tls(&mut cb, &ca, "b", &[db]);
     dial(&mut cb, pa);
     let hb = tenet_voucher_app::start(&cb).await.unwrap();
     let mut target = app(&ha).await;
@@ -1279,13 +1316,32 @@ async fn an_app_that_never_reads_its_replies_is_no_longer_read() {
             .unwrap();
         assert!(n > 0, "connection closed after {replies} of {sent} replies");
     }
-    let _wr = writer.await.unwrap().unwrap();
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), rd.read_buf(&mut buf))
+    // One reply per request: replies come in the order of the requests, so
+    // the next frame answers a request sent after them all (naming another
+    // subscription).
+    let mut wr = writer.await.unwrap().unwrap();
+    let mut last = Vec::new();
+    let at = begin_frame(&mut last);
+    ClientFrame::Unsubscribe(tenet_proto::app::SubscriptionId(998)).encode(&mut last);
+    finish_frame(&mut last, at);
+    wr.write_all(&last).await.unwrap();
+    let next = loop {
+        if let Some((_, body)) = split_frame(&buf, MAX_APP_FRAME).unwrap() {
+            break DaemonFrame::decode(body).unwrap();
+        }
+        let n = tokio::time::timeout(WAIT, rd.read_buf(&mut buf))
             .await
-            .is_err(),
-        "one reply per request"
-    );
+            .expect("the last request is answered")
+            .unwrap();
+        assert!(n > 0, "connection closed before the last reply");
+    };
+    match next {
+        DaemonFrame::Error { code, text } => {
+            assert_eq!(code, ErrorCode::NO_SUCH_ID);
+            assert!(text.contains("998"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
     h.shutdown().await;
 }
 
@@ -1413,12 +1469,12 @@ async fn tls_clients_without_a_certificate_from_the_ca_are_refused() {
     ensure_ca(&ca, "test CA").unwrap();
     ensure_ca(&other_ca, "another CA").unwrap();
     let (da, db, dr) = (dom(0xa1), dom(0xb2), dom(0x66));
-    let (pa, pb) = (free_port(), free_port());
     let mut ca_cfg = config(dir.path(), "a", da);
-    with_tls(&mut ca_cfg, &ca, "a", &[da], pa);
+    with_tls(&mut ca_cfg, &ca, "a", &[da]);
     let ha = tenet_voucher_app::start(&ca_cfg).await.unwrap();
+    let pa = ha.remote_addr().unwrap();
     let mut cb = config(dir.path(), "b", db);
-    with_tls(&mut cb, &ca, "b", &[db], pb);
+    with_tls(&mut cb, &ca, "b", &[db]);
     dial(&mut cb, pa);
     let hb = tenet_voucher_app::start(&cb).await.unwrap();
     let mut on_b = app(&hb).await;

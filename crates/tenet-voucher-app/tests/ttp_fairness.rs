@@ -7,6 +7,7 @@
 //! every request it receives and every answer it sends passes the dispatch
 //! table there, in order. No timing is asserted.
 
+use std::net::SocketAddr;
 use std::path::Path;
 
 use tenet_client::{Capability, Incoming};
@@ -20,7 +21,7 @@ use tenet_voucher::model::{Amount, VoucherClass};
 use tenet_voucher::msg::{self, Admission, Agreement, ExchangeId, Kind, Offer, RecoveryRequest};
 
 mod support;
-use support::{WAIT, echo_eventually, free_port, recv};
+use support::{WAIT, echo_eventually, recv};
 
 /// Bogus requests in the flood.
 const FLOOD: usize = 4000;
@@ -39,19 +40,20 @@ fn dom(b: u8) -> Domain {
 }
 
 /// A host named `name` with software domain `d`, linked over TLS: it
-/// listens on `port` and dials `peers`.
-fn host(dir: &Path, ca: &Path, name: &str, d: Domain, port: u16, peers: &[u16]) -> Config {
+/// listens on a port of the system's choosing (the started host reports it)
+/// and dials `peers`.
+fn host(dir: &Path, ca: &Path, name: &str, d: Domain, peers: &[SocketAddr]) -> Config {
     let f = issue_host(ca, name, &[d]).unwrap();
     let mut c = Config::default();
     c.host.socket = Some(dir.join(format!("{name}.sock")));
     c.host.state_dir = Some(dir.join(format!("{name}-state")));
     c.host.domain = Some(d.to_string());
-    c.remote.listen = Some(format!("127.0.0.1:{port}"));
+    c.remote.listen = Some("127.0.0.1:0".into());
     (c.remote.ca, c.remote.cert, c.remote.key) = (Some(f.ca), Some(f.cert), Some(f.key));
     c.remote.peers = peers
         .iter()
         .map(|p| PeerSection {
-            address: format!("127.0.0.1:{p}"),
+            address: p.to_string(),
             domains: Vec::new(),
         })
         .collect();
@@ -139,8 +141,7 @@ async fn an_honest_resolve_overtakes_a_flood_of_bogus_requests() {
     let ttp = dt.owner();
     let database = dir.path().join("ttp.sqlite");
 
-    let pt = free_port();
-    let mut ct = host(dir.path(), &ca, "t", dt, pt, &[]);
+    let mut ct = host(dir.path(), &ca, "t", dt, &[]);
     let tf = issue_entity_key(&ca, "ttp", ttp).unwrap();
     ct.ttp = Some(TtpSection {
         key: tf.key,
@@ -150,10 +151,11 @@ async fn an_honest_resolve_overtakes_a_flood_of_bogus_requests() {
         postgres: None,
     });
     let ht = tenet_voucher_app::start(&ct).await.unwrap();
-    let hm = tenet_voucher_app::start(&host(dir.path(), &ca, "m", dm, free_port(), &[pt]))
+    let pt = ht.remote_addr().unwrap();
+    let hm = tenet_voucher_app::start(&host(dir.path(), &ca, "m", dm, &[pt]))
         .await
         .unwrap();
-    let ha = tenet_voucher_app::start(&host(dir.path(), &ca, "a", da, free_port(), &[pt]))
+    let ha = tenet_voucher_app::start(&host(dir.path(), &ca, "a", da, &[pt]))
         .await
         .unwrap();
     let mut flooder = Capability::acquire(hm.socket_path()).await.unwrap();

@@ -18,22 +18,33 @@ use tenet_voucher::msg;
 use tenet_voucher_app::applet::{APPLET_ID, initial_data};
 
 mod support;
-use support::{WAIT, free_port};
+use support::WAIT;
 
 fn dom(b: u8) -> Domain {
     Domain::new([b; 12])
 }
 
-fn base(dir: &Path, name: &str, sw: Domain, ca: &Path, domains: &[Domain], listen: u16) -> Config {
+/// Host `name` with software domain `sw`, linked over TLS with a certificate
+/// for `domains`, listening on a port of the system's choosing: its peers
+/// dial the address the started host reports.
+fn base(dir: &Path, name: &str, sw: Domain, ca: &Path, domains: &[Domain]) -> Config {
     let files = issue_host(ca, name, domains).unwrap();
     let mut c = Config::default();
     c.host.socket = Some(dir.join(format!("{name}.sock")));
     c.host.state_dir = Some(dir.join(format!("{name}-state")));
     c.host.domain = Some(sw.to_string());
-    c.remote.listen = Some(format!("127.0.0.1:{listen}"));
+    c.remote.listen = Some("127.0.0.1:0".into());
     (c.remote.ca, c.remote.cert, c.remote.key) =
         (Some(files.ca), Some(files.cert), Some(files.key));
     c
+}
+
+/// A peer entry dialing the started host `h`.
+fn peer(h: &HostHandle) -> PeerSection {
+    PeerSection {
+        address: h.remote_addr().expect("the host listens").to_string(),
+        domains: vec![],
+    }
 }
 
 fn card(dir: &Path, ca: &Path, d: Domain) -> std::path::PathBuf {
@@ -106,10 +117,11 @@ async fn interrupted_exchange(postgres: Option<String>) {
     ensure_ca(&ca, "test CA").unwrap();
     let (da, ca_dom, db, cb_dom, dt) = (dom(0xa1), dom(0xca), dom(0xb2), dom(0xcb), dom(0x77));
     let ttp = dt.owner();
-    let (pa, pb, pt) = (free_port(), free_port(), free_port());
 
+    // Each host starts after those it dials: the TTP's, B's, then A's, which
+    // dials the other two, so that it links to both again when it restarts.
     // The TTP's host: its own entity decides, with its entity certificate.
-    let mut ct = base(dir.path(), "t", dt, &ca, &[dt], pt);
+    let mut ct = base(dir.path(), "t", dt, &ca, &[dt]);
     let tf = issue_entity_key(&ca, "ttp", ttp).unwrap();
     let database = postgres.is_none().then(|| dir.path().join("ttp.sqlite"));
     ct.ttp = Some(TtpSection {
@@ -121,28 +133,10 @@ async fn interrupted_exchange(postgres: Option<String>) {
     });
     let ht = tenet_voucher_app::start(&ct).await.unwrap();
 
-    let mut ca_cfg = base(dir.path(), "a", da, &ca, &[da, ca_dom], pa);
-    ca_cfg.card.virtual_store = Some(card(dir.path(), &ca, ca_dom));
-    ca_cfg.card.ttp = Some(ttp.to_string());
-    ca_cfg.remote.peers = vec![PeerSection {
-        address: format!("127.0.0.1:{pt}"),
-        domains: vec![],
-    }];
-    let ha = tenet_voucher_app::start(&ca_cfg).await.unwrap();
-
-    let mut cb_cfg = base(dir.path(), "b", db, &ca, &[db, cb_dom], pb);
+    let mut cb_cfg = base(dir.path(), "b", db, &ca, &[db, cb_dom]);
     cb_cfg.card.virtual_store = Some(card(dir.path(), &ca, cb_dom));
     cb_cfg.card.ttp = Some(ttp.to_string());
-    cb_cfg.remote.peers = vec![
-        PeerSection {
-            address: format!("127.0.0.1:{pt}"),
-            domains: vec![],
-        },
-        PeerSection {
-            address: format!("127.0.0.1:{pa}"),
-            domains: vec![],
-        },
-    ];
+    cb_cfg.remote.peers = vec![peer(&ht)];
     // The interruption: B's host drops the confirmation m3 arriving from A.
     cb_cfg.guard.rules = vec![
         toml::from_str(
@@ -151,6 +145,12 @@ async fn interrupted_exchange(postgres: Option<String>) {
         .unwrap(),
     ];
     let hb = tenet_voucher_app::start(&cb_cfg).await.unwrap();
+
+    let mut ca_cfg = base(dir.path(), "a", da, &ca, &[da, ca_dom]);
+    ca_cfg.card.virtual_store = Some(card(dir.path(), &ca, ca_dom));
+    ca_cfg.card.ttp = Some(ttp.to_string());
+    ca_cfg.remote.peers = vec![peer(&ht), peer(&hb)];
+    let ha = tenet_voucher_app::start(&ca_cfg).await.unwrap();
 
     let (card_a, card_b) = (ca_dom.owner(), cb_dom.owner());
     // Wait for the links: B reaches A's card and the TTP.
@@ -316,18 +316,14 @@ async fn offers_to_a_merchant_card_are_held_by_its_hosts_guard() {
     ensure_ca(&ca, "test CA").unwrap();
     let (da, ca_dom, db, cb_dom) = (dom(0xa1), dom(0xca), dom(0xb2), dom(0xcb));
     let ttp = dom(0x77).owner();
-    let (pa, pb) = (free_port(), free_port());
-    let mut ca_cfg = base(dir.path(), "a", da, &ca, &[da, ca_dom], pa);
+    let mut ca_cfg = base(dir.path(), "a", da, &ca, &[da, ca_dom]);
     ca_cfg.card.virtual_store = Some(card(dir.path(), &ca, ca_dom));
     ca_cfg.card.ttp = Some(ttp.to_string());
     let ha = tenet_voucher_app::start(&ca_cfg).await.unwrap();
-    let mut cb_cfg = base(dir.path(), "b", db, &ca, &[db, cb_dom], pb);
+    let mut cb_cfg = base(dir.path(), "b", db, &ca, &[db, cb_dom]);
     cb_cfg.card.virtual_store = Some(card(dir.path(), &ca, cb_dom));
     cb_cfg.card.ttp = Some(ttp.to_string());
-    cb_cfg.remote.peers = vec![PeerSection {
-        address: format!("127.0.0.1:{pa}"),
-        domains: vec![],
-    }];
+    cb_cfg.remote.peers = vec![peer(&ha)];
     cb_cfg.guard.offers.policy = Some(format!("GIVE>=2:{ca_dom}:coffee,WANT<=1:{cb_dom}:ticket"));
     let hb = tenet_voucher_app::start(&cb_cfg).await.unwrap();
     let (card_a, card_b) = (ca_dom.owner(), cb_dom.owner());

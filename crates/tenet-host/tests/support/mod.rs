@@ -16,15 +16,6 @@ use tokio::net::UnixStream;
 /// How long a test waits for anything that should happen.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A loopback port free at the moment of asking.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The next message for `c`, within [`WAIT`].
 pub async fn recv(c: &mut Capability) -> Message {
     tokio::time::timeout(WAIT, c.receive())
