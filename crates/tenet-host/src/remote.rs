@@ -250,6 +250,11 @@ pub(crate) struct Remote {
     burst: f64,
     pub(crate) peers: std::sync::Mutex<Vec<Arc<Peer>>>,
     next_link: AtomicU64,
+    /// Set when the host stops: links close cleanly (a close frame, then
+    /// TLS close_notify) and dialers stop dialing.
+    pub(crate) stopping: tokio::sync::watch::Sender<bool>,
+    /// Links up now; [`Remote::links_closed`] waits for none.
+    live: tokio::sync::watch::Sender<usize>,
     pub(crate) stats: RemoteStats,
 }
 
@@ -458,8 +463,20 @@ impl Remote {
             burst: r.burst.unwrap_or(2.0 * rate),
             peers: std::sync::Mutex::new(Vec::new()),
             next_link: AtomicU64::new(1),
+            stopping: tokio::sync::watch::channel(false).0,
+            live: tokio::sync::watch::channel(0).0,
             stats: RemoteStats::default(),
         }))
+    }
+
+    /// Tells every link to close cleanly and every dialer to stop.
+    pub(crate) fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Waits until no link is up.
+    pub(crate) async fn links_closed(&self) {
+        let _ = self.live.subscribe().wait_for(|n| *n == 0).await;
     }
 
     /// The peer whose link last said it is `host`.
@@ -654,7 +671,11 @@ impl LinkStream for MemoryStream {
 async fn dial_loop(shared: Arc<Shared>, remote: Arc<Remote>, peer: Arc<Peer>, addr: String) {
     let mut backoff = BACKOFF_MIN;
     let mut logged = false;
+    let stopping = remote.stopping.subscribe();
     loop {
+        if *stopping.borrow() {
+            return;
+        }
         match TcpStream::connect(&addr).await {
             Ok(tcp) => {
                 let _ = tcp.set_nodelay(true);
@@ -796,6 +817,9 @@ enum LinkDown {
     /// A newer link to the same peer replaced this one.
     #[error("replaced by a newer link")]
     Replaced,
+    /// This host is stopping.
+    #[error("host stopping")]
+    HostStopping,
 }
 
 /// Why a link's read side ended.
@@ -948,12 +972,21 @@ async fn run_link<S: LinkStream>(
         stop,
         first,
     } = up;
+    remote.live.send_modify(|n| *n += 1);
+    let mut stopping = remote.stopping.subscribe();
     let reason = tokio::select! {
         r = write_loop(shared, &peer, &mut wr, first) => r,
         r = read_loop(shared, remote, &peer, &mut reader) => r,
         _ = stop.notified() => LinkDown::Replaced,
+        _ = stopping.wait_for(|s| *s) => LinkDown::HostStopping,
     };
+    if matches!(reason, LinkDown::HostStopping) {
+        // A clean close: the peer reads why, then TLS close_notify.
+        send_close(&mut wr, "host stopping").await;
+        let _ = wr.shutdown().await;
+    }
     take_down(&peer, host, id, reason);
+    remote.live.send_modify(|n| *n -= 1);
 }
 
 /// What a link's certificate authorizes (plaintext links: everything).
@@ -1438,8 +1471,12 @@ async fn read_loop<R: AsyncRead + Unpin>(
             peer.wake();
         }
         if let Some(reason) = outcome {
-            remote.stats.links_broken.fetch_add(1, Ordering::Relaxed);
-            warn!(peer = %peer.label, %reason, "closing link");
+            // A close frame is the peer's deliberate end (it stops, or
+            // refuses a duplicate): not a broken link.
+            if !matches!(reason, LinkDown::PeerClosed(_)) {
+                remote.stats.links_broken.fetch_add(1, Ordering::Relaxed);
+                warn!(peer = %peer.label, %reason, "closing link");
+            }
             return reason;
         }
     }

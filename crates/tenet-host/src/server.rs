@@ -47,6 +47,8 @@ use crate::transport::{NatsLinks, RemoteTransport, TlsLinks, TransportHost};
 const MAX_PENDING_OUT: usize = 1 << 20;
 /// Bytes taken from the table per write.
 const WRITE_BATCH: usize = 64 * 1024;
+/// How long links get to close cleanly when the daemon stops.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 /// How often expired messages are removed.
 const TICK: Duration = Duration::from_millis(250);
 
@@ -406,6 +408,12 @@ impl HostHandle {
 
     /// Stops accepting, closes every connection and removes the socket.
     pub async fn shutdown(self) {
+        // Links first: each sends a close frame and TLS close_notify, so
+        // peers log a clean close; then the rest is stopped.
+        if let Some(remote) = &self.shared.remote {
+            remote.stop();
+            let _ = tokio::time::timeout(STOP_GRACE, remote.links_closed()).await;
+        }
         for t in &self.tasks {
             t.abort();
         }

@@ -245,6 +245,35 @@ async fn unanswered(h: &HostHandle, dst: EntityId) {
 /// it once, T goes down; a rogue host whose certificate (same CA) names only
 /// its own domain dials V announcing T's host id. V refuses it, says why in
 /// the close frame and the log, and never routes T's domain to it.
+/// A daemon that stops closes its links cleanly: its peer reads a close
+/// frame ("host stopping") before TLS close_notify, and logs that, not a
+/// connection cut without close_notify.
+#[tokio::test]
+async fn a_stopping_host_closes_its_links_cleanly() {
+    let root = tempfile::tempdir().unwrap();
+    let ca = root.path().join("ca");
+    ensure_ca(&ca, "test CA").unwrap();
+    let (p, q) = (dom(0x31), dom(0x32));
+    let p_files = issue_host(&ca, "p", &[p]).unwrap();
+    let (hp, p_addr) = start(&config(root.path(), "p", p, &p_files, ""), p.owner()).await;
+    let q_files = issue_host(&ca, "q", &[q]).unwrap();
+    let q_cfg = config(
+        root.path(),
+        "q",
+        q,
+        &q_files,
+        &peer(&p_addr, "domains", "[]"),
+    );
+    let (hq, _) = start(&q_cfg, q.owner()).await;
+    logged("link up", &[("host", &p.owner().to_string())]).await;
+    hp.shutdown().await;
+    // Q, the dialer, saw P close: the link went down for P's reason.
+    let down = logged("link down", &[("host", &p.owner().to_string())]).await;
+    assert_eq!(down.field("reason"), "peer closed: host stopping");
+    assert_eq!(hq.remote_stats().unwrap().links_broken, 0);
+    hq.shutdown().await;
+}
+
 #[tokio::test]
 async fn rogue_host_announcing_a_met_peers_id_is_refused() {
     let root = tempfile::tempdir().unwrap();
