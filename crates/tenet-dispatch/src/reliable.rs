@@ -248,6 +248,11 @@ mod tests {
         let (ra, rb) = greet(&mut a, &mut b, 10, 20);
         assert!(!ra.peer_restarted && ra.lost.is_empty());
         assert_eq!(
+            (a.links_up(), b.links_up()),
+            (2, 2),
+            "first link and one reconnect"
+        );
+        assert_eq!(
             ra.resend.iter().map(seq_of).collect::<Vec<_>>(),
             [4, 5],
             "B said it has 1..3"
