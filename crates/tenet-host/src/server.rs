@@ -298,9 +298,7 @@ impl Shared {
         }
         r
     }
-}
 
-impl Shared {
     /// App connections open now.
     pub(crate) fn apps_connected(&self) -> usize {
         lock(&self.conns).len()
