@@ -78,8 +78,8 @@ pub struct Config {
 pub struct MetricsSection {
     /// IP address and port to serve on, e.g. `"127.0.0.1:9464"`; port 0
     /// lets the system choose ([`crate::HostHandle::metrics_addr`]). The
-    /// figures hold no ids, but keep it on loopback or a monitoring network:
-    /// anyone who reaches it sees the host's traffic volume.
+    /// figures hold no app's or card's id, but keep it on loopback or a
+    /// monitoring network: anyone who reaches it sees the host's traffic.
     pub listen: Option<String>,
 }
 

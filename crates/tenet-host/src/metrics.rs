@@ -10,9 +10,9 @@
 //! prometheus-client [`Collector`] turns the figures into metrics at each
 //! scrape. The names and what they mean are in `docs/host.md`.
 //!
-//! The figures hold no ids: no app's, no card's (a peer is named by the
-//! address it was configured or connected with, a guard and a service by
-//! their names).
+//! The figures hold no app's or card's id: a peer is named by its
+//! configured address or, if it connected to this host, by its host id
+//! (`DOMAIN:0`); a guard and a service by their names.
 //!
 //! The HTTP server is hyper's HTTP/1 server on tokio: hyper parses the
 //! requests and applies its limits (headers of at most about 400 KiB, a
@@ -181,7 +181,8 @@ const FAMILIES: &[Family] = &[
     ),
     gauge(
         "remote_peer_up",
-        "1 if the link to the peer is up, else 0, by peer (its configured or connecting address).",
+        "1 if the link to the peer is up, else 0, by peer (its configured address, or the host id \
+         of a peer that connected).",
     ),
     counter(
         "remote_peer_reconnects_total",

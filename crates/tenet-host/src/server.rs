@@ -1017,8 +1017,8 @@ async fn handle(shared: &Shared, conn: &Conn, session: &mut Session, body: &[u8]
     };
     match req {
         ClientFrame::Acquire => return acquire(shared, conn, session).await,
-        // Figures only, no ids: any app that may connect may ask, before
-        // it holds an id (asking costs no card write).
+        // Figures only, no app's or card's id: any app that may connect may
+        // ask, before it holds an id (asking costs no card write).
         ClientFrame::Status => {
             return reply(conn, &DaemonFrame::Status(crate::metrics::status(shared)));
         }
