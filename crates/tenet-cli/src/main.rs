@@ -4,6 +4,7 @@
 //! - `tenet ping DST [-c N] [-i SECS] [-W SECS] [-s BYTES]`: echo like ping(8).
 //! - `tenet tap [--src ID] [--dst ID] [--src-domain D] [--dst-domain D] [--mtype M] [-c N]`:
 //!   print one line per observed message.
+//! - `tenet status [--json]`: the daemon's figures (as its `/metrics`).
 //! - `tenet card new|info|recertify|serve`: personalize, inspect, renew the
 //!   certificate of, and plug a virtual card into pcscd via vpcd.
 //! - `tenet bench core|remote|exchange|...`: side-by-side benchmarks.
@@ -45,8 +46,9 @@ mod wallet;
 )]
 struct Cli {
     /// App socket of the host daemon, for the commands that use one (host,
-    /// ttp, ping, tap, wallet, card pin), which also take it after their
-    /// name (default: $TENET_SOCKET, else the documented per-user default).
+    /// ttp, ping, tap, status, wallet, card pin), which also take it after
+    /// their name (default: $TENET_SOCKET, else the documented per-user
+    /// default).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
     /// Log more on stderr: -v info, -vv debug, -vvv trace (default:
@@ -226,6 +228,22 @@ enum Cmd {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Print the host daemon's figures: traffic, queues, card, links, TTP.
+    ///
+    /// It asks the daemon on its app socket, without acquiring an id: messages
+    /// routed by ingress, dropped by guard, undeliverable by reason, what the
+    /// dispatch table holds, the card link's APDUs and time, each peer's link,
+    /// the TTP's busy refusals and decisions. The same figures as the daemon's
+    /// /metrics ([metrics] listen); docs/host.md says what each means.
+    ///
+    /// Example: tenet status --json
+    Status {
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// The voucher exchange demo: three hosts over TLS on loopback.
     ///
     /// Alice and Bob have a virtual card each, the TTP keeps its decisions in
@@ -340,6 +358,7 @@ fn prints_and_ends(cmd: &Cmd) -> bool {
     match cmd {
         Cmd::Ping { .. }
         | Cmd::Tap { .. }
+        | Cmd::Status { .. }
         | Cmd::Wallet { .. }
         | Cmd::Ca { .. }
         | Cmd::Man { .. }
@@ -479,6 +498,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 mtype,
             };
             tap(socket(after.socket), f, count, pcap.as_deref()).await
+        }
+        Cmd::Status {
+            json,
+            socket: after,
+        } => {
+            let status = tenet_client::host_status(socket(after.socket)).await?;
+            if json {
+                let j = tenet_client::status::json(&status);
+                println!("{}", serde_json::to_string_pretty(&j)?);
+            } else {
+                print!("{}", tenet_client::status::text(&status));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo {
             interrupt_after,

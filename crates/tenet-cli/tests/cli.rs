@@ -150,6 +150,75 @@ fn bad_config_is_a_clear_error() {
     );
 }
 
+/// `tenet status --json`: the value of the figure `name` whose labels
+/// include `labels`.
+fn status_figure(socket: &Path, name: &str, labels: &[(&str, &str)]) -> u64 {
+    let out = tenet(socket, &["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let figures = j["figures"].as_array().unwrap();
+    let f = figures
+        .iter()
+        .find(|f| f["name"] == name && labels.iter().all(|(k, v)| f["labels"][k] == *v))
+        .unwrap_or_else(|| panic!("no {name} {labels:?} in {j}"));
+    f["value"].as_u64().unwrap()
+}
+
+#[test]
+fn status_prints_figures_that_move_with_traffic() {
+    let d = daemon("");
+    let routed =
+        |ingress| status_figure(&d.socket, "messages_routed_total", &[("ingress", ingress)]);
+    let (app, internal) = (routed("app"), routed("internal"));
+    let out = tenet(&d.socket, &["ping", HOST_ID, "-c", "3", "-i", "0"]);
+    assert!(out.status.success());
+    assert_eq!(routed("app"), app + 3, "3 echo requests from the ping app");
+    assert_eq!(
+        routed("internal"),
+        internal + 3,
+        "3 echo replies of the host"
+    );
+    let nobody = "00112233445566778899aabb:4242";
+    let out = tenet(&d.socket, &["ping", nobody, "-c", "1", "-W", "5"]);
+    assert!(!out.status.success());
+    let reason = [("reason", "unknown_destination")];
+    assert_eq!(
+        status_figure(&d.socket, "messages_undeliverable_total", &reason),
+        1
+    );
+    // For a person: a heading per section, then aligned "name  value" lines.
+    let out = tenet(&d.socket, &["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.starts_with("messages\n"),
+        "{text}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("  routed_total{ingress=app} "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(
+        line.split_whitespace().last(),
+        Some("3"),
+        "the one to nobody was not routed: {line}"
+    );
+    let column = |l: &str| l.len() - l.trim_end_matches(char::is_numeric).len();
+    let values: Vec<usize> = text
+        .lines()
+        .filter(|l| l.starts_with("  "))
+        .map(|l| l.len() - column(l))
+        .collect();
+    assert!(
+        values.windows(2).all(|w| w[0] == w[1]),
+        "one value column:\n{text}"
+    );
+    assert!(text.contains("\nqueue\n  messages "), "{text}");
+}
+
 #[test]
 fn tap_prints_one_line_per_observed_message() {
     let d = daemon("");

@@ -698,6 +698,12 @@ ttp.unknown_key: [ttp]\nkey = "k"\ncert = "c"\nca = "a"\ndb = "d"
 ttp.no_key: [ttp]\ncert = "c"\nca = "a"
 ttp.database_and_postgres: [ttp]\nkey = "k"\ncert = "c"\nca = "a"\ndatabase = "d"\npostgres = "host=x"
 ttp.files_missing: [host]\nsocket = "$DIR/host.sock"\nstate_dir = "$DIR/state"\n[ttp]\nkey = "$DIR/ttp.key"\ncert = "$DIR/ttp.pem"\nca = "$DIR/ca.pem"
+# [metrics]
+metrics.unknown_key: [metrics]\naddress = "127.0.0.1:9464"
+metrics.listen_not_a_string: [metrics]\nlisten = 9464
+metrics.listen_host_name: [metrics]\nlisten = "localhost:9464"
+metrics.listen_without_port: [metrics]\nlisten = "127.0.0.1"
+metrics.listen_port_out_of_range: [metrics]\nlisten = "127.0.0.1:99999"
 "#;
 
 /// The cases of [`REFUSED`]: (case, TOML).
@@ -873,6 +879,9 @@ key = "ca/ttp-entity.key"
 cert = "ca/ttp-entity.pem"
 ca = "ca/ca.pem"
 database = "/var/lib/tenet/ttp.sqlite"
+
+[metrics]
+listen = "127.0.0.1:9464"
 "#,
     ),
     (

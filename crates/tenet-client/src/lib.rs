@@ -27,7 +27,9 @@
 //! [`wallet::Wallet`] is the high-level library for vouchers on top (paper
 //! 4.3.3): balances, mint, offer, incoming offers, accept, exchanges,
 //! recovery. [`card_pin::CardPin`] is the PIN management an app needs:
-//! verify, change, unblock with the PUK, lock the card.
+//! verify, change, unblock with the PUK, lock the card. [`status`] asks a
+//! daemon for its figures without acquiring an id, and lays them out for a
+//! person or as JSON (`tenet status`).
 //!
 //! The client owns its socket and has no background task: frames are read
 //! when the app calls [`Capability::next`], [`Capability::receive`] or a
@@ -46,11 +48,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tenet_proto::app::{ClientFrame, DaemonFrame, ErrorCode, MAX_APP_FRAME, SubscriptionId, TapId};
 use tenet_proto::frame::{FrameDecoder, write_codec_frame};
 use tenet_proto::notice::{Undeliverable, UndeliverableReason};
+use tenet_proto::status::Status;
 use tenet_proto::{Codec, DecodeError, EntityId, Filter, MAX_MESSAGE_LEN, Message, Mtype};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 pub mod card_pin;
+pub mod status;
 pub mod wallet;
 
 pub use tenet_proto::socket::default_socket_path;
@@ -188,7 +192,17 @@ impl Capability {
     /// is sent ([`tenet_proto::socket`]): a socket in a folder that another user
     /// could control is refused, and the connection is dropped unused.
     pub async fn acquire(path: impl AsRef<Path>) -> Result<Self, ClientError> {
-        let path = path.as_ref();
+        let mut c = Self::connect(path.as_ref()).await?;
+        match c.request(&ClientFrame::Acquire).await? {
+            DaemonFrame::Acquired(id) => c.id = id,
+            other => return Err(unexpected(&other)),
+        }
+        Ok(c)
+    }
+
+    /// Connects to the daemon at `path` and checks the socket's folder; no
+    /// id yet (the id field is all zeros until an acquire).
+    async fn connect(path: &Path) -> Result<Self, ClientError> {
         let stream = UnixStream::connect(path)
             .await
             .map_err(|source| ClientError::NotRunning {
@@ -196,19 +210,22 @@ impl Capability {
                 source,
             })?;
         tenet_proto::socket::check_for_client(path)?;
-        let mut c = Self {
+        Ok(Self {
             stream,
             id: EntityId::from_array([0; 16]),
             frames: FrameDecoder::new(MAX_APP_FRAME),
             inbox: VecDeque::new(),
             answer_echo: true,
             echo_seq: 0,
-        };
-        match c.request(&ClientFrame::Acquire).await? {
-            DaemonFrame::Acquired(id) => c.id = id,
-            other => return Err(unexpected(&other)),
+        })
+    }
+
+    /// The daemon's figures now ([`status`]), on this connection.
+    pub async fn status(&mut self) -> Result<Status, ClientError> {
+        match self.request(&ClientFrame::Status).await? {
+            DaemonFrame::Status(s) => Ok(s),
+            other => Err(unexpected(&other)),
         }
-        Ok(c)
     }
 
     /// Connects to the daemon at [`default_socket_path`] and acquires an id.
@@ -430,7 +447,9 @@ impl Capability {
         self.stream.write_all(&buf).await?;
         loop {
             match self.read_frame().await? {
-                f @ (DaemonFrame::Acquired(_) | DaemonFrame::Ok(_)) => return Ok(f),
+                f @ (DaemonFrame::Acquired(_) | DaemonFrame::Ok(_) | DaemonFrame::Status(_)) => {
+                    return Ok(f);
+                }
                 DaemonFrame::Error { code, text } => {
                     return Err(ClientError::from_daemon(code, text));
                 }
@@ -449,6 +468,13 @@ impl Capability {
             }
         }
     }
+}
+
+/// Asks the daemon at `path` for its figures, without acquiring an id (so
+/// without a card write): any local user who may connect to the socket may
+/// ask. See [`status`] to print them.
+pub async fn host_status(path: impl AsRef<Path>) -> Result<Status, ClientError> {
+    Capability::connect(path.as_ref()).await?.status().await
 }
 
 fn unexpected(f: &DaemonFrame) -> ClientError {

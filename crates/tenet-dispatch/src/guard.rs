@@ -25,6 +25,14 @@ pub enum Ingress {
 }
 
 impl Ingress {
+    /// Every path, in the order counters list them.
+    pub const ALL: [Ingress; 4] = [
+        Ingress::App,
+        Ingress::Card,
+        Ingress::Remote,
+        Ingress::Internal,
+    ];
+
     /// Lower-case name, as used in the config.
     pub fn name(self) -> &'static str {
         match self {

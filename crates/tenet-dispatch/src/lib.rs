@@ -39,6 +39,6 @@ pub use core::{Effect, EndpointKind, HostCore, IngressRefusal, ServiceId, host_e
 pub use guard::{Dropped, Guard, GuardChain, GuardContext, Ingress, RemoteIngressGuard, Verdict};
 pub use rules::{RuleError, RuleGuard, RuleSpec};
 pub use table::{
-    Bound, Delivery, DispatchTable, EndpointId, Event, Limits, Stats, StoreError, Stored,
-    TableError, TapItem,
+    Bound, Delivery, DispatchTable, EndpointId, Event, GuardDrops, Limits, PerIngress, PerReason,
+    Stats, StoreError, Stored, TableError, TapItem,
 };

@@ -60,6 +60,8 @@ pub struct PeerLink {
     window: Budget,
     recv_upto: u64,
     acked_upto: u64,
+    /// Hellos handled: links that came up, the first one included.
+    hellos: u64,
 }
 
 impl PeerLink {
@@ -75,7 +77,14 @@ impl PeerLink {
             window: Budget::new(window.messages.max(1), window.bytes.max(1)),
             recv_upto: 0,
             acked_upto: 0,
+            hellos: 0,
         }
+    }
+
+    /// Links to this peer that came up so far (hellos handled), the first
+    /// one included: reconnects are one less.
+    pub fn links_up(&self) -> u64 {
+        self.hellos
     }
 
     /// The peer's session, once known.
@@ -90,6 +99,7 @@ impl PeerLink {
 
     /// Handles the peer's hello.
     pub fn on_hello(&mut self, session: u64, your_session: u64, recv_upto: u64) -> Resume {
+        self.hellos += 1;
         let mut r = Resume::default();
         if self.peer_session != Some(session) {
             // First contact, or the peer restarted: its inbound state is new.
@@ -237,6 +247,11 @@ mod tests {
         }
         let (ra, rb) = greet(&mut a, &mut b, 10, 20);
         assert!(!ra.peer_restarted && ra.lost.is_empty());
+        assert_eq!(
+            (a.links_up(), b.links_up()),
+            (2, 2),
+            "first link and one reconnect"
+        );
         assert_eq!(
             ra.resend.iter().map(seq_of).collect::<Vec<_>>(),
             [4, 5],

@@ -300,6 +300,109 @@ pub struct Stats {
     pub tap_skipped: u64,
     /// The most bytes the table held at once (messages and tap copies).
     pub peak_bytes: u64,
+    /// Messages stored for a reader, by the path they came in on (notices
+    /// the table makes itself are not counted here).
+    pub routed: PerIngress,
+    /// Messages whose sender was told they cannot be delivered, by reason:
+    /// no route or unknown destination, reported by a proxy, expired, their
+    /// reader gone. A notice is never sent about a notice, but a notice
+    /// that fails is counted too.
+    pub undeliverable_by_reason: PerReason,
+}
+
+/// A count for each [`Ingress`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PerIngress([u64; 4]);
+
+impl PerIngress {
+    /// The count of `ingress`.
+    pub fn get(&self, ingress: Ingress) -> u64 {
+        self.0[Self::index(ingress)]
+    }
+
+    /// Every path and its count, in the order of [`Ingress::ALL`].
+    pub fn iter(&self) -> impl Iterator<Item = (Ingress, u64)> + '_ {
+        Ingress::ALL.into_iter().map(|i| (i, self.get(i)))
+    }
+
+    /// The sum over all paths.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    fn add(&mut self, ingress: Ingress) {
+        self.0[Self::index(ingress)] += 1;
+    }
+
+    fn index(ingress: Ingress) -> usize {
+        match ingress {
+            Ingress::App => 0,
+            Ingress::Card => 1,
+            Ingress::Remote => 2,
+            Ingress::Internal => 3,
+        }
+    }
+}
+
+/// A count for each [`UndeliverableReason`] this crate knows, and one for
+/// all others together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PerReason {
+    /// Index: the reason's code for the known ones (1 to 5), 0 for others.
+    counts: [u64; 6],
+}
+
+impl PerReason {
+    /// The reasons counted one by one.
+    pub const KNOWN: [UndeliverableReason; 5] = [
+        UndeliverableReason::UNKNOWN_DESTINATION,
+        UndeliverableReason::NO_ROUTE,
+        UndeliverableReason::EXPIRED,
+        UndeliverableReason::DESTINATION_GONE,
+        UndeliverableReason::QUEUE_FULL,
+    ];
+
+    /// The count of `reason` (of all unknown reasons together, for one of
+    /// them).
+    pub fn get(&self, reason: UndeliverableReason) -> u64 {
+        self.counts[Self::index(reason)]
+    }
+
+    /// Each of [`PerReason::KNOWN`] and its count.
+    pub fn iter(&self) -> impl Iterator<Item = (UndeliverableReason, u64)> + '_ {
+        Self::KNOWN.into_iter().map(|r| (r, self.get(r)))
+    }
+
+    /// Messages undeliverable for a reason outside [`PerReason::KNOWN`].
+    pub fn other(&self) -> u64 {
+        self.counts[0]
+    }
+
+    /// The sum over all reasons.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    fn add(&mut self, reason: UndeliverableReason) {
+        self.counts[Self::index(reason)] += 1;
+    }
+
+    fn index(reason: UndeliverableReason) -> usize {
+        if Self::KNOWN.contains(&reason) {
+            usize::from(reason.0)
+        } else {
+            0
+        }
+    }
+}
+
+/// Messages one guard dropped, by the path they came in on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardDrops {
+    /// The guard's name ([`Guard::name`]).
+    pub guard: String,
+    /// How many it dropped.
+    pub dropped: PerIngress,
 }
 
 struct Queued {
@@ -382,6 +485,8 @@ pub struct DispatchTable {
     deadlines: BinaryHeap<Reverse<(Instant, EndpointId)>>,
     events: VecDeque<Event>,
     stats: Stats,
+    /// Drops by guard name: one entry per guard that dropped anything.
+    guard_drops: Vec<GuardDrops>,
     notes: Vec<String>,
 }
 
@@ -408,6 +513,7 @@ impl DispatchTable {
             deadlines: BinaryHeap::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
+            guard_drops: Vec::new(),
             notes: Vec::new(),
         }
     }
@@ -425,6 +531,13 @@ impl DispatchTable {
     /// Counters.
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// Messages dropped by each guard that dropped any, by the path they
+    /// came in on (their sum is [`Stats::guard_dropped`]). One entry per
+    /// guard name: as many as the chain has guards.
+    pub fn guard_drops(&self) -> &[GuardDrops] {
+        &self.guard_drops
     }
 
     /// Messages waiting in the table.
@@ -642,6 +755,17 @@ impl DispatchTable {
         }
         if let Err(why) = checked {
             self.stats.guard_dropped += 1;
+            match self.guard_drops.iter_mut().find(|d| d.guard == why.guard) {
+                Some(d) => d.dropped.add(ingress),
+                None => {
+                    let mut dropped = PerIngress::default();
+                    dropped.add(ingress);
+                    self.guard_drops.push(GuardDrops {
+                        guard: why.guard.clone(),
+                        dropped,
+                    });
+                }
+            }
             self.events.push_back(Event::GuardDropped {
                 ingress,
                 src: h.src,
@@ -657,6 +781,7 @@ impl DispatchTable {
         match self.route(&message) {
             Ok((ep, subscription)) => {
                 self.enqueue(ep, subscription, message, now, false)?;
+                self.stats.routed.add(ingress);
                 Ok(Stored::Queued(ep))
             }
             Err(reason) => {
@@ -861,7 +986,10 @@ impl DispatchTable {
         self.notify_sender(failed, reason, now);
     }
 
+    /// Counts `failed` as undeliverable for `reason` and tells its sender
+    /// (unless it is itself a notice).
     fn notify_sender(&mut self, failed: &Message, reason: UndeliverableReason, now: Instant) {
+        self.stats.undeliverable_by_reason.add(reason);
         let h = failed.header;
         if h.mtype == Mtype::UNDELIVERABLE || h.mtype == Mtype::REFUSED {
             return;

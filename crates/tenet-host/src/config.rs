@@ -65,6 +65,22 @@ pub struct Config {
     pub remote: RemoteSection,
     /// `[ttp]`: this host's entity acts as the trusted third party.
     pub ttp: Option<TtpSection>,
+    /// `[metrics]`: serve `/metrics` over HTTP.
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// `[metrics]`: the daemon's figures in the Prometheus text format at
+/// `http://LISTEN/metrics` (the same figures `tenet status` prints; see
+/// `docs/host.md`). Off unless `listen` is set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// IP address and port to serve on, e.g. `"127.0.0.1:9464"`; port 0
+    /// lets the system choose ([`crate::HostHandle::metrics_addr`]). The
+    /// figures hold no app's or card's id, but keep it on loopback or a
+    /// monitoring network: anyone who reaches it sees the host's traffic.
+    pub listen: Option<String>,
 }
 
 /// `[ttp]`: the host's own entity `DOMAIN:0` answers recovery requests
@@ -392,6 +408,7 @@ impl Config {
         self.card_wait()?;
         self.card_limits()?;
         self.card_ttp()?;
+        self.metrics_listen()?;
         if let Some(t) = &self.ttp
             && t.postgres.is_some()
             && t.database.is_some()
@@ -536,6 +553,22 @@ impl Config {
                 })
             })
             .collect()
+    }
+
+    /// The address `/metrics` is served on, if `[metrics] listen` is set.
+    pub fn metrics_listen(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        self.metrics
+            .listen
+            .as_deref()
+            .map(|s| {
+                s.parse().map_err(|_| ConfigError::Value {
+                    key: "metrics.listen",
+                    detail: format!(
+                        "{s:?} is not an IP address and port like \"127.0.0.1:9464\" or \"[::1]:9464\""
+                    ),
+                })
+            })
+            .transpose()
     }
 
     /// The virtual card's limits.
@@ -873,6 +906,9 @@ mod tests {
                 "card.ttp",
             ),
             ("[remote]\nlisten = \"127.0.0.1:1\"", "remote"),
+            ("[metrics]\nlisten = \"localhost:9464\"", "metrics.listen"),
+            ("[metrics]\nlisten = \"127.0.0.1\"", "metrics.listen"),
+            ("[metrics]\nlisten = \"127.0.0.1:99999\"", "metrics.listen"),
             (
                 "[remote]\ndanger_plaintext = true\nwindow = 0",
                 "remote.window",

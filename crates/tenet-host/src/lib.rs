@@ -23,11 +23,15 @@
 //!   NATS and in-memory links between hosts in one process.
 //! - [`nats`]: the NATS transport: subjects derived from domains, no routing
 //!   table; origin bound to the subject.
+//! - `metrics`: the host's figures, read from its counters when asked:
+//!   `/metrics` (`[metrics] listen`) and the app socket's status request
+//!   (`tenet status`).
 
 #![warn(missing_docs)]
 
 pub mod config;
 pub mod link;
+mod metrics;
 pub mod nats;
 pub mod plugin;
 mod proxy;

@@ -13,10 +13,12 @@
 //!   [`HostSender`]. Requests wait in a hand-off channel bounded by
 //!   `dispatch.per_destination`; beyond it the host answers `refused`
 //!   ("the NAME is busy") and counts it ([`crate::HostHandle::service_busy`]).
+//!   A service may count events of its own ([`HostSender::count`]): they
+//!   show in `tenet status` and `/metrics` with the host's figures.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tenet_card::Applet;
@@ -74,6 +76,8 @@ pub trait EntityService: Send + 'static {
 #[derive(Clone)]
 pub struct HostSender {
     pub(crate) shared: Arc<Shared>,
+    /// The service it sends for: its index in the host's services.
+    pub(crate) service: usize,
 }
 
 impl HostSender {
@@ -103,7 +107,25 @@ impl HostSender {
 
     /// Counts `n` requests refused as busy ([`HostHandle::service_busy`]).
     pub fn count_busy(&self, n: u64) {
-        self.shared.service_busy.fetch_add(n, Ordering::Relaxed);
+        if let Some(route) = self.shared.services.get(self.service) {
+            route.busy.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts one `event` of this service: `tenet status` and `/metrics`
+    /// show it as `tenet_service_events_total{service="NAME",event="EVENT"}`.
+    /// Events are the service's own fixed words (the TTP counts
+    /// `admission_resolve`, `admission_abort` and `refused`), never ids or
+    /// other values from outside: each one is a figure for as long as the
+    /// host runs.
+    pub fn count(&self, event: &'static str) {
+        if let Some(route) = self.shared.services.get(self.service) {
+            let mut events = crate::server::lock(&route.events);
+            match events.iter_mut().find(|(e, _)| *e == event) {
+                Some((_, n)) => *n += 1,
+                None => events.push((event, 1)),
+            }
+        }
     }
 }
 
@@ -111,6 +133,11 @@ impl HostSender {
 pub(crate) struct ServiceRoute {
     pub(crate) name: String,
     pub(crate) tx: std::sync::mpsc::SyncSender<Message>,
+    /// Requests refused because the service was busy.
+    pub(crate) busy: AtomicU64,
+    /// The service's own events ([`HostSender::count`]), in the order first
+    /// counted.
+    pub(crate) events: Mutex<Vec<(&'static str, u64)>>,
 }
 
 /// A host with its plug-ins, ready to start.

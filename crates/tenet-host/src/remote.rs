@@ -538,6 +538,18 @@ impl Remote {
         }
         out
     }
+
+    /// Each peer: its label, whether its link is up, and how many links to
+    /// it came up (reconnects are one less).
+    pub(crate) fn peer_links(&self) -> Vec<(String, bool, u64)> {
+        lock(&self.peers)
+            .iter()
+            .map(|p| {
+                let i = lock(&p.inner);
+                (p.label.clone(), i.active.is_some(), i.link.links_up())
+            })
+            .collect()
+    }
 }
 
 impl Peer {

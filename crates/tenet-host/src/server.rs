@@ -91,6 +91,14 @@ pub enum HostError {
     /// holds the cause, as for [`HostError::Card`]).
     #[error("TTP: {0}")]
     Ttp(ServiceError),
+    /// The metrics listener (`metrics.listen`) cannot be bound.
+    #[error("metrics.listen {addr}")]
+    Metrics {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The cause.
+        source: io::Error,
+    },
 }
 
 /// Why the configured card cannot be used. Each text holds its cause.
@@ -253,23 +261,22 @@ pub(crate) struct Shared {
     pub(crate) domain: Domain,
     allow_taps: bool,
     clock: Clock,
-    card: Option<CardAttach>,
+    pub(crate) card: Option<CardAttach>,
     pub(crate) remote: Option<Arc<crate::remote::Remote>>,
     pub(crate) nats: Option<Arc<crate::nats::Nats>>,
-    /// The services of the host entity, by [`tenet_dispatch::ServiceId`].
-    services: Vec<ServiceRoute>,
-    /// Requests refused because a service's queue was full.
-    pub(crate) service_busy: std::sync::atomic::AtomicU64,
+    /// The services of the host entity, by [`tenet_dispatch::ServiceId`],
+    /// with their busy counts.
+    pub(crate) services: Vec<ServiceRoute>,
     /// Ids acquired, limited per local user (uid), not per connection.
     acquires: Mutex<tenet_dispatch::KeyedBuckets<u32>>,
 }
 
 /// The host's card, as the daemon sees it.
-struct CardAttach {
+pub(crate) struct CardAttach {
     ep: EndpointId,
     id: EntityId,
     tx: std::sync::mpsc::Sender<ProxyCmd>,
-    stats: Arc<LinkStats>,
+    pub(crate) stats: Arc<LinkStats>,
     link: String,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -295,6 +302,11 @@ impl Shared {
         }
         r
     }
+
+    /// App connections open now.
+    pub(crate) fn apps_connected(&self) -> usize {
+        lock(&self.conns).len()
+    }
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -309,6 +321,7 @@ pub struct HostHandle {
     shared: Arc<Shared>,
     socket: PathBuf,
     remote_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -324,6 +337,19 @@ impl HostHandle {
     /// `listen = "127.0.0.1:0"` dial this.
     pub fn remote_addr(&self) -> Option<SocketAddr> {
         self.remote_addr
+    }
+
+    /// The address `/metrics` is served on (`metrics.listen`), with the
+    /// port the system chose if the config said port 0; `None` if the host
+    /// serves no metrics.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The host's figures now: what `tenet status` prints and `/metrics`
+    /// serves (names without the `tenet_` prefix; `docs/host.md`).
+    pub fn figures(&self) -> Vec<tenet_proto::status::Figure> {
+        crate::metrics::figures(&self.shared)
     }
 
     /// The host's own id (`DOMAIN:0` of its software domain).
@@ -393,8 +419,10 @@ impl HostHandle {
     /// hand-off to the TTP thread was full).
     pub fn service_busy(&self) -> u64 {
         self.shared
-            .service_busy
-            .load(std::sync::atomic::Ordering::Relaxed)
+            .services
+            .iter()
+            .map(|s| s.busy.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
     }
 
     /// Peer hosts the remote proxy keeps state for (configured peers and
@@ -451,6 +479,12 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
     if config.ttp.is_some() && services.is_empty() {
         return Err(HostError::Ttp(ServiceError::NoService));
     }
+    // Bound first: a port that cannot be had stops the host before it
+    // opens its card or its socket.
+    let metrics = match config.metrics_listen()? {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
     let state_dir = settings.state_dir.clone();
     state::ensure_dir(&state_dir)?;
     let domain = state::load_domain(&state_dir, settings.domain)?;
@@ -494,6 +528,8 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
             let route = ServiceRoute {
                 name: svc.name().to_owned(),
                 tx,
+                busy: Default::default(),
+                events: Default::default(),
             };
             (route, (svc, rx))
         })
@@ -540,15 +576,15 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
         remote: remote.map(Arc::new),
         nats,
         services: routes,
-        service_busy: Default::default(),
         acquires: Mutex::new({
             let (rate, burst) = settings.acquire;
             tenet_dispatch::KeyedBuckets::new(rate, f64::from(burst))
         }),
     });
-    for (svc, rx) in inboxes {
+    for (service, (svc, rx)) in inboxes.into_iter().enumerate() {
         let host = HostSender {
             shared: shared.clone(),
+            service,
         };
         let name = svc.name().to_owned();
         std::thread::Builder::new()
@@ -568,6 +604,15 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
     let accept = tokio::spawn(accept_loop(shared.clone(), listener));
     let timer = tokio::spawn(timer_loop(shared.clone()));
     let mut tasks = vec![accept, timer];
+    let mut metrics_addr = None;
+    if let Some((listener, addr)) = metrics {
+        info!(%addr, "serving /metrics");
+        tasks.push(tokio::spawn(crate::metrics::serve(
+            shared.clone(),
+            listener,
+        )));
+        metrics_addr = Some(addr);
+    }
     // The transports the config names, then those plugged in; a failed
     // start leaves none of the others' tasks behind.
     let mut transports: Vec<Box<dyn RemoteTransport>> = vec![
@@ -620,6 +665,7 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
         shared,
         socket,
         remote_addr,
+        metrics_addr,
         tasks,
     })
 }
@@ -728,9 +774,7 @@ fn act(shared: &Shared, effect: Effect) {
                     std::sync::mpsc::TrySendError::Full(m)
                     | std::sync::mpsc::TrySendError::Disconnected(m) => m,
                 };
-                shared
-                    .service_busy
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                svc.busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 warn!(requester = %m.src(), service = %svc.name, "service busy: request refused");
                 shared.with_core(|core| core.service_busy(&svc.name, &m, Instant::now()));
             }
@@ -1006,8 +1050,14 @@ async fn handle(shared: &Shared, conn: &Conn, session: &mut Session, body: &[u8]
             );
         }
     };
-    if let ClientFrame::Acquire = req {
-        return acquire(shared, conn, session).await;
+    match req {
+        ClientFrame::Acquire => return acquire(shared, conn, session).await,
+        // Figures only, no app's or card's id: any app that may connect may
+        // ask, before it holds an id (asking costs no card write).
+        ClientFrame::Status => {
+            return reply(conn, &DaemonFrame::Status(crate::metrics::status(shared)));
+        }
+        _ => {}
     }
     let Some(id) = session.id else {
         return error(
@@ -1017,7 +1067,7 @@ async fn handle(shared: &Shared, conn: &Conn, session: &mut Session, body: &[u8]
         );
     };
     match req {
-        ClientFrame::Acquire => unreachable!("handled above"),
+        ClientFrame::Acquire | ClientFrame::Status => unreachable!("handled above"),
         ClientFrame::Send(m) => send(shared, conn, id, m),
         ClientFrame::Subscribe(f) => subscribe(shared, conn, id, f),
         ClientFrame::Tap(f) => {

@@ -3,7 +3,8 @@
 //!
 //! Each direction is a sequence of stream frames ([`crate::frame`]); a frame
 //! body is one op byte and the op's payload. Every request from the client
-//! gets exactly one reply (`Acquired`, `Ok` or `Error`), in request order.
+//! gets exactly one reply (`Acquired`, `Ok`, `Status` or `Error`), in
+//! request order.
 //! `Deliver`, `Tapped` and `Lagged` are unsolicited and may arrive between a
 //! request and its reply. Byte layouts are in `docs/wire.md`.
 
@@ -13,6 +14,7 @@ use crate::codec::{Codec, DecodeError, Reader};
 use crate::filter::Filter;
 use crate::id::EntityId;
 use crate::message::{MAX_MESSAGE_LEN, Message};
+use crate::status::Status;
 
 /// Largest frame body on the app socket: an op byte, the largest per-op
 /// prefix (tap id and timestamp, 12 bytes) and the largest eTP message.
@@ -109,6 +111,9 @@ pub enum ClientFrame {
     Unsubscribe(SubscriptionId),
     /// `0x06`: drop a tap.
     Untap(TapId),
+    /// `0x07`: ask for the daemon's figures ([`crate::status`]); allowed
+    /// before `Acquire`, answered with `Status`.
+    Status,
 }
 
 /// A frame from daemon to client.
@@ -150,6 +155,8 @@ pub enum DaemonFrame {
         /// How many copies were skipped.
         missed: u64,
     },
+    /// `0x87`: reply to `Status`: the daemon's figures.
+    Status(Status),
 }
 
 fn op(r: &mut Reader<'_>) -> Result<u8, DecodeError> {
@@ -187,6 +194,7 @@ impl Codec for ClientFrame {
                 out.push(0x06);
                 out.extend_from_slice(&id.0.to_be_bytes());
             }
+            Self::Status => out.push(0x07),
         }
     }
 
@@ -198,6 +206,7 @@ impl Codec for ClientFrame {
             0x04 => Self::Tap(Filter::read(r)?),
             0x05 => Self::Unsubscribe(SubscriptionId(r.u32("subscription id")?)),
             0x06 => Self::Untap(TapId(r.u32("tap id")?)),
+            0x07 => Self::Status,
             other => return Err(bad_op(other)),
         })
     }
@@ -242,6 +251,10 @@ impl Codec for DaemonFrame {
                 out.extend_from_slice(&tap.0.to_be_bytes());
                 out.extend_from_slice(&missed.to_be_bytes());
             }
+            Self::Status(s) => {
+                out.push(0x87);
+                s.encode(out);
+            }
         }
     }
 
@@ -267,6 +280,7 @@ impl Codec for DaemonFrame {
                 tap: TapId(r.u32("tap id")?),
                 missed: r.u64("missed count")?,
             },
+            0x87 => Self::Status(Status::read(r)?),
             other => return Err(bad_op(other)),
         })
     }
@@ -296,6 +310,7 @@ mod tests {
             ClientFrame::Tap(Filter::ANY),
             ClientFrame::Unsubscribe(SubscriptionId(4)),
             ClientFrame::Untap(TapId(5)),
+            ClientFrame::Status,
         ];
         for f in client {
             assert_eq!(ClientFrame::decode(&f.to_bytes()), Ok(f));
@@ -320,6 +335,19 @@ mod tests {
                 tap: TapId(1),
                 missed: 9,
             },
+            DaemonFrame::Status(Status::default()),
+            DaemonFrame::Status(Status {
+                figures: vec![
+                    crate::status::Figure::count("queue_messages", &[], 3),
+                    crate::status::Figure::new(
+                        "card_link_busy_seconds_total",
+                        &[],
+                        crate::status::Value::Time(std::time::Duration::from_micros(5)),
+                    ),
+                    crate::status::Figure::count("peer_link_up", &[("peer", "127.0.0.1:7001")], 1),
+                ],
+                omitted: 4,
+            }),
         ];
         for f in daemon {
             assert_eq!(DaemonFrame::decode(&f.to_bytes()), Ok(f));

@@ -24,6 +24,8 @@
 //! - [`card`]: params of the card services (PIN, card info, time).
 //! - [`app`]: the app-socket protocol between the client library and the
 //!   host daemon.
+//! - [`status`]: a daemon's figures, as `tenet status` and `/metrics` show
+//!   them.
 //! - [`socket`]: where the app socket lives and the check of its folder.
 //! - [`time`]: a card's time ([`time::CardTime`]) and UTC display.
 //!
@@ -47,6 +49,7 @@ pub mod message;
 pub mod mtype;
 pub mod notice;
 pub mod socket;
+pub mod status;
 pub mod time;
 pub mod tlv;
 

@@ -30,6 +30,7 @@ use tenet_proto::card::{CardInfo, ChangePin, PinOutcome, PinStatus, UnblockPin, 
 use tenet_proto::frame::{LEN_PREFIX, split_frame, write_frame};
 use tenet_proto::link::LinkFrame;
 use tenet_proto::notice::{Refused, Undeliverable, UndeliverableReason};
+use tenet_proto::status::{Figure, Status, Value};
 use tenet_proto::tlv::{self, Fields, Tag};
 use tenet_proto::{
     Codec, DecodeError, Domain, EntityId, Filter, Header, MAX_MESSAGE_LEN, MAX_PARAM_LEN, Message,
@@ -116,6 +117,7 @@ fn client_frame() -> BoxedStrategy<ClientFrame> {
         filter().prop_map(ClientFrame::Tap),
         any::<u32>().prop_map(|v| ClientFrame::Unsubscribe(SubscriptionId(v))),
         any::<u32>().prop_map(|v| ClientFrame::Untap(TapId(v))),
+        Just(ClientFrame::Status),
     ]
     .boxed()
 }
@@ -143,8 +145,28 @@ fn daemon_frame() -> BoxedStrategy<DaemonFrame> {
             tap: TapId(t),
             missed
         }),
+        (proptest::collection::vec(figure(), 0..12), any::<u32>())
+            .prop_map(|(figures, omitted)| DaemonFrame::Status(Status { figures, omitted })),
     ]
     .boxed()
+}
+
+fn figure() -> BoxedStrategy<Figure> {
+    let word = "[a-z_]{1,20}";
+    (
+        word,
+        proptest::collection::vec((word, ".{1,12}"), 0..3),
+        prop_oneof![
+            any::<u64>().prop_map(Value::Count),
+            any::<u64>().prop_map(|us| Value::Time(std::time::Duration::from_micros(us))),
+        ],
+    )
+        .prop_map(|(name, labels, value)| Figure {
+            name,
+            labels,
+            value,
+        })
+        .boxed()
 }
 
 fn link_frame() -> BoxedStrategy<LinkFrame> {
@@ -409,8 +431,12 @@ fn app_socket_client_frames() {
 /// Deliver and Tapped: one copy of the message. Error: the text, read as
 /// UTF-8 with every invalid byte replaced by U+FFFD (3 bytes), so at most
 /// `3n` bytes, in a `String` that starts at `n` and may double twice. An
-/// unknown op formats an error text.
-const DAEMON_FRAME: Bound = Bound::new(8, ERROR_TEXT);
+/// unknown op formats an error text. Status: its figure and label vectors
+/// are allocated once, at the size their announced counts need, after a
+/// check that the bytes for that many are there; the costliest input is
+/// all labels, 48 bytes of a label pair and 2 of its strings per 6 input
+/// bytes (key and value of one byte each, with their u16 lengths).
+const DAEMON_FRAME: Bound = Bound::new(9, ERROR_TEXT);
 
 #[test]
 fn app_socket_daemon_frames() {
@@ -736,6 +762,28 @@ fn worst_case_shapes_stay_within_the_bounds() {
         "DaemonFrame, error text of invalid UTF-8",
         DAEMON_FRAME,
         &fill(&[0xff], &[0x83, 0, 6]),
+        DaemonFrame::decode,
+    );
+    let status = |figure: &Figure| {
+        let one = figure.to_bytes();
+        let n = (max - 7) / one.len();
+        let mut b = vec![0x87, 0, 0, 0, 0];
+        b.extend_from_slice(&(n as u16).to_be_bytes());
+        for _ in 0..n {
+            b.extend_from_slice(&one);
+        }
+        b
+    };
+    shape(
+        "DaemonFrame, status of the smallest figures",
+        DAEMON_FRAME,
+        &status(&Figure::count("a", &[], 1)),
+        DaemonFrame::decode,
+    );
+    shape(
+        "DaemonFrame, status of figures with 255 of the smallest labels",
+        DAEMON_FRAME,
+        &status(&Figure::count("a", &[("k", "v"); 255], 1)),
         DaemonFrame::decode,
     );
     shape(

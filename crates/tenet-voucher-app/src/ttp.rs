@@ -9,6 +9,9 @@
 //!   turns, one request a turn. A request beyond its domain's bound is not
 //!   kept: its sender gets a `refused` notice ("the TTP is busy"), and it
 //!   is logged and counted ([`tenet_host::HostHandle::service_busy`]).
+//! - each decision is counted by outcome for `tenet status` and `/metrics`
+//!   (`service_events_total{service="TTP"}`, events `admission_resolve`,
+//!   `admission_abort` and `refused`).
 //! - each request first gets the checks that cost no cryptography (the
 //!   sender is the party entitled to it, sizes, the agreement fits the
 //!   offer), then the signature verifications and the decision.
@@ -30,7 +33,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use tenet_proto::notice::Refused;
 use tenet_proto::{Codec, EntityId, Message, Mtype};
 use tenet_voucher::crypto::{Crypto, KeyCrypto, VerifyError};
-use tenet_voucher::msg::{self, Admission, ExchangeId, RecoveryRequest};
+use tenet_voucher::msg::{self, Admission, ExchangeId, Kind, RecoveryRequest};
 use tenet_voucher::ttp::{DecisionStore, FairQueue, Full, StoreError, handle_request};
 use tracing::{info, warn};
 
@@ -931,8 +934,13 @@ impl EntityService for TtpService {
                 refuse_busy(&host, me, busy);
             }
             let Some((_, m)) = queue.pop() else { continue };
-            let reply = answer(&mut crypto, store.as_mut(), me, &m);
-            host.send([reply]);
+            let decided = decide(&mut crypto, store.as_mut(), &m);
+            host.count(match &decided {
+                Ok(a) if a.kind == Kind::Resolve => "admission_resolve",
+                Ok(_) => "admission_abort",
+                Err(_) => "refused",
+            });
+            host.send([reply(me, &m, decided)]);
         }
     }
 }
@@ -990,10 +998,23 @@ pub fn answer(
     me: EntityId,
     m: &Message,
 ) -> Message {
-    let answer = RecoveryRequest::decode(&m.param)
+    reply(me, m, decide(crypto, store, m))
+}
+
+/// The TTP's decision about the request `m`.
+fn decide(
+    crypto: &mut dyn Crypto,
+    store: &mut dyn DecisionStore,
+    m: &Message,
+) -> Result<Admission, NoAdmission> {
+    RecoveryRequest::decode(&m.param)
         .map_err(NoAdmission::Malformed)
-        .and_then(|req| Ok(handle_request(crypto, store, m.src(), &req)?));
-    match answer {
+        .and_then(|req| Ok(handle_request(crypto, store, m.src(), &req)?))
+}
+
+/// The message that tells the requester of `m` the decision, logged.
+fn reply(me: EntityId, m: &Message, decided: Result<Admission, NoAdmission>) -> Message {
+    match decided {
         Ok(a) => {
             info!(exchange = %a.id, kind = ?a.kind, requester = %m.src(), "TTP admission");
             Message::new(me, m.src(), msg::ADMISSION, a.to_bytes())
@@ -1018,7 +1039,6 @@ pub fn answer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tenet_voucher::msg::Kind;
 
     fn admission(kind: Kind, n: u8) -> Admission {
         Admission {
@@ -1078,7 +1098,6 @@ mod tests {
 #[cfg(all(test, feature = "postgres"))]
 mod pg_tests {
     use super::*;
-    use tenet_voucher::msg::Kind;
 
     fn conn() -> String {
         std::env::var("TENET_TEST_POSTGRES")

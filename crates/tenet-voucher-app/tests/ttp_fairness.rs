@@ -293,6 +293,18 @@ async fn an_honest_resolve_overtakes_a_flood_of_bogus_requests() {
         .count()
         .unwrap();
     assert_eq!(decided, 1, "only the honest exchange is decided");
+    // The TTP's own counts (tenet status, /metrics) say the same.
+    let figures = ht.figures();
+    let event = |event: &str| {
+        figures
+            .iter()
+            .find(|f| f.name == "service_events_total" && f.label("event") == Some(event))
+            .map(|f| f.value)
+    };
+    use tenet_proto::status::Value::Count;
+    assert_eq!(event("admission_resolve"), Some(Count(1)));
+    assert_eq!(event("refused"), Some(Count(FLOOD as u64)));
+    assert_eq!(event("admission_abort"), None, "never counted, never shown");
     for h in [ha, hm, ht] {
         h.shutdown().await;
     }

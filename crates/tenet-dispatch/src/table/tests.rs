@@ -947,6 +947,90 @@ fn every_store_passes_the_guard_chain() {
 }
 
 #[test]
+fn counters_tell_ingress_guard_and_reason_apart() {
+    let mut t = table(Limits::default());
+    let now = Instant::now();
+    t.add_card(dom(3), [Mtype(0x0201)]);
+    let (card, app) = (t.add_endpoint(), t.add_endpoint());
+    t.bind(card, id(3, 0)).unwrap();
+    t.bind(app, id(1, 5)).unwrap();
+    let spec: RuleSpec =
+        toml::from_str("action = \"drop\"\ningress = \"app\"\nmtype = \"0x0063\"").unwrap();
+    t.push_guard(Box::new(RuleGuard::from_specs(&[spec]).unwrap()));
+    // Routed: two from the app, one from a remote host, one from the card.
+    t.store(Ingress::App, msg(id(1, 5), id(3, 0), 1), now)
+        .unwrap();
+    t.store(Ingress::App, msg(id(1, 5), id(3, 0), 1), now)
+        .unwrap();
+    t.store(Ingress::Remote, msg(id(9, 1), id(1, 5), 1), now)
+        .unwrap();
+    t.store(Ingress::Card, msg(id(3, 0), id(1, 5), 1), now)
+        .unwrap();
+    // Dropped: one by each guard.
+    assert!(
+        t.store(Ingress::Remote, msg(id(3, 7), id(3, 0), 1), now)
+            .is_err()
+    );
+    assert!(
+        t.store(Ingress::App, msg(id(1, 5), id(3, 0), 0x63), now)
+            .is_err()
+    );
+    // Undeliverable: an unknown local id, a foreign domain, a proxy's report.
+    t.store(Ingress::App, msg(id(1, 5), id(1, 99), 1), now)
+        .unwrap();
+    t.store(Ingress::App, msg(id(1, 5), id(8, 1), 1), now)
+        .unwrap();
+    t.undeliverable(&msg(id(1, 5), id(8, 1), 1), UndeliverableReason(0x77), now);
+    let s = t.stats();
+    let routed: Vec<_> = s.routed.iter().collect();
+    assert_eq!(
+        routed,
+        [
+            (Ingress::App, 2),
+            (Ingress::Card, 1),
+            (Ingress::Remote, 1),
+            (Ingress::Internal, 0)
+        ]
+    );
+    let by_guard: Vec<_> = t
+        .guard_drops()
+        .iter()
+        .map(|d| {
+            (
+                d.guard.as_str(),
+                d.dropped.get(Ingress::Remote),
+                d.dropped.get(Ingress::App),
+            )
+        })
+        .collect();
+    assert_eq!(by_guard, [("remote-ingress", 1, 0), ("rules", 0, 1)]);
+    assert_eq!(s.guard_dropped, 2);
+    let r = s.undeliverable_by_reason;
+    assert_eq!(
+        (
+            r.get(UndeliverableReason::UNKNOWN_DESTINATION),
+            r.get(UndeliverableReason::NO_ROUTE),
+            r.other(),
+            r.total()
+        ),
+        (1, 1, 1, 3)
+    );
+    // Expiry and a reader going away count under their reasons.
+    t.remove_endpoint(app, now);
+    t.handle_timeout(now + Duration::from_secs(3600));
+    let r = t.stats().undeliverable_by_reason;
+    assert_eq!(
+        r.get(UndeliverableReason::DESTINATION_GONE),
+        5,
+        "what waited for the app: the card's and the remote's messages, its 3 notices"
+    );
+    assert!(
+        r.get(UndeliverableReason::EXPIRED) >= 2,
+        "the app's messages to the card"
+    );
+}
+
+#[test]
 fn oversized_message_is_refused() {
     let mut t = table(Limits::default());
     let m = Message::new(
@@ -1064,6 +1148,9 @@ mod props {
                 }
                 let s = t.stats();
                 prop_assert_eq!(s.stored, s.delivered + s.expired + t.len() as u64, "conservation");
+                prop_assert_eq!(s.routed.get(Ingress::App), accepted);
+                prop_assert_eq!(s.routed.total(), accepted, "apps only");
+                prop_assert_eq!(s.undeliverable_by_reason.get(UndeliverableReason::EXPIRED), s.expired);
                 let held = t.held();
                 prop_assert!(held.messages <= limits.total && held.bytes <= limits.total_bytes, "{held:?}");
                 prop_assert!(s.peak_bytes <= limits.total_bytes as u64);
