@@ -119,6 +119,8 @@ pub(crate) struct Nats {
     pub(crate) ep: EndpointId,
     pub(crate) wake: Notify,
     pub(crate) stats: NatsStats,
+    /// The connection, once up: drained when the host stops.
+    pub(crate) client: std::sync::Mutex<Option<async_nats::Client>>,
 }
 
 /// The subjects under one prefix.
@@ -295,6 +297,7 @@ pub(crate) async fn start(
         .await
         .map_err(|e| HostError::Remote(RemoteSetupError::NatsFlush(e)))?;
     info!(url = %cfg.url, subjects = ?domains.iter().map(|d| subjects.inbound(*d)).collect::<Vec<_>>(), queue = ?cfg.queue, "NATS link up");
+    *lock(&nats.client) = Some(client.clone());
     tasks.push(tokio::spawn(send_loop(
         shared, nats, client, subjects, domains,
     )));

@@ -442,6 +442,20 @@ impl HostHandle {
             remote.stop();
             let _ = tokio::time::timeout(STOP_GRACE, remote.links_closed()).await;
         }
+        // NATS: what was published is flushed and the subscriptions end
+        // before the connection closes.
+        let nats = self
+            .shared
+            .nats
+            .as_ref()
+            .and_then(|n| lock(&n.client).clone());
+        if let Some(client) = nats {
+            match tokio::time::timeout(STOP_GRACE, client.drain()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(error = %e, "NATS drain failed"),
+                Err(_) => debug!("NATS drain did not finish in time"),
+            }
+        }
         for t in &self.tasks {
             t.abort();
         }
@@ -548,6 +562,7 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
             ep,
             wake: tokio::sync::Notify::new(),
             stats: Default::default(),
+            client: Mutex::new(None),
         })
     });
     let (proxy_tx, proxy_rx) = std::sync::mpsc::channel();
