@@ -11,4 +11,4 @@ cargo build --release --locked -p tenet --features pcsc,postgres
 rm -rf target/man && mkdir -p target/man
 target/release/tenet man target/man >/dev/null
 gzip -9n target/man/*.1
-cargo deb --no-build -p tenet "$@"
+cargo deb --no-build --strip -p tenet "$@"

@@ -210,7 +210,17 @@ impl Wallet {
         self.cap
             .send(self.card, BALANCE_REQUEST, Vec::new())
             .await?;
-        let m = self.answer(BALANCES, sent).await?;
+        let m = match self.answer(BALANCES, sent).await {
+            Ok(m) => m,
+            // The order was refused; the balance request behind it still
+            // gets its answer. Take it now, or the next query would read
+            // these balances instead of its own.
+            Err(WalletError::Refused { mtype, text }) if mtype != BALANCE_REQUEST => {
+                let _ = self.answer(BALANCES, &[BALANCE_REQUEST]).await;
+                return Err(WalletError::Refused { mtype, text });
+            }
+            Err(e) => return Err(e),
+        };
         decode_balances(&m.param).map_err(|e| WalletError::Malformed(e.to_string()))
     }
 

@@ -93,11 +93,17 @@ impl HostSender {
     }
 
     /// Stores `messages` (from the host entity) and delivers them; a
-    /// message the table refuses (full) is logged and dropped.
+    /// message the table refuses (full) is logged and dropped, and so is
+    /// one that claims another sender than the host entity.
     pub fn send(&self, messages: impl IntoIterator<Item = Message>) {
+        let me = self.id();
         self.shared.with_core(|t| {
             for m in messages {
                 let to = m.dst();
+                if m.src() != me {
+                    warn!(src = %m.src(), %to, "service message with another src than the host entity dropped");
+                    continue;
+                }
                 if let Err(e) = t.store(Ingress::Internal, m, Instant::now()) {
                     warn!(error = %e, %to, "host entity answer not stored");
                 }
@@ -132,7 +138,10 @@ impl HostSender {
 /// A service plugged in, as routing sees it.
 pub(crate) struct ServiceRoute {
     pub(crate) name: String,
-    pub(crate) tx: std::sync::mpsc::SyncSender<Message>,
+    /// The service's inbox; taken when the host stops, so that the
+    /// service's thread ends (its `HostSender` keeps the host's state
+    /// alive, and with it this sender).
+    pub(crate) tx: Mutex<Option<std::sync::mpsc::SyncSender<Message>>>,
     /// Requests refused because the service was busy.
     pub(crate) busy: AtomicU64,
     /// The service's own events ([`HostSender::count`]), in the order first

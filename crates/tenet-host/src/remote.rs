@@ -985,12 +985,13 @@ async fn run_link<S: LinkStream>(
         first,
     } = up;
     remote.live.send_modify(|n| *n += 1);
-    let mut stopping = remote.stopping.subscribe();
+    // The writer watches for the host stopping between its writes (a write
+    // cut off mid-frame would garble the close that follows).
+    let stopping = remote.stopping.subscribe();
     let reason = tokio::select! {
-        r = write_loop(shared, &peer, &mut wr, first) => r,
+        r = write_loop(shared, &peer, &mut wr, first, stopping) => r,
         r = read_loop(shared, remote, &peer, &mut reader) => r,
         _ = stop.notified() => LinkDown::Replaced,
-        _ = stopping.wait_for(|s| *s) => LinkDown::HostStopping,
     };
     if matches!(reason, LinkDown::HostStopping) {
         // A clean close: the peer reads why, then TLS close_notify.
@@ -1321,18 +1322,22 @@ fn bring_up(
 
 /// Sends `first`, then what waits in the table for this peer while the
 /// window has room, and delayed acknowledgements; returns when a write
-/// fails.
+/// fails, or between writes when the host stops.
 async fn write_loop<W: AsyncWrite + Unpin>(
     shared: &Shared,
     peer: &Peer,
     wr: &mut W,
     first: Vec<LinkFrame>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
 ) -> LinkDown {
     let mut ack_tick = tokio::time::interval(ACK_DELAY);
     ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = Vec::new();
     encode(&first, &mut buf);
     loop {
+        if *stopping.borrow() {
+            return LinkDown::HostStopping;
+        }
         // Take what waits in the table while the window has room. A
         // message for a domain this link's certificate does not name
         // (routed here by an earlier link's announcement) goes back to
@@ -1363,6 +1368,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
         tokio::select! {
             _ = peer.wake.notified() => {}
+            changed = stopping.changed() => {
+                if changed.is_err() {
+                    return LinkDown::HostStopping;
+                }
+            }
             _ = ack_tick.tick() => {
                 // Delayed acknowledgement: data frames carry acks for
                 // free; a bare one goes out only when none did lately.

@@ -462,6 +462,10 @@ impl HostHandle {
         for t in self.tasks {
             let _ = t.await;
         }
+        // The services' inboxes close: their threads end.
+        for svc in &self.shared.services {
+            lock(&svc.tx).take();
+        }
         if let Some(card) = &self.shared.card {
             let _ = card.tx.send(ProxyCmd::Stop);
             let thread = lock(&card.thread).take();
@@ -541,7 +545,7 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
             let (tx, rx) = std::sync::mpsc::sync_channel(per_destination);
             let route = ServiceRoute {
                 name: svc.name().to_owned(),
-                tx,
+                tx: Mutex::new(Some(tx)),
                 busy: Default::default(),
                 events: Default::default(),
             };
@@ -784,11 +788,15 @@ fn act(shared: &Shared, effect: Effect) {
             let Some(svc) = shared.services.get(service.0) else {
                 return;
             };
-            if let Err(e) = svc.tx.try_send(message) {
-                let m = match e {
+            let sent = match lock(&svc.tx).as_ref() {
+                Some(tx) => tx.try_send(message).map_err(|e| match e {
                     std::sync::mpsc::TrySendError::Full(m)
                     | std::sync::mpsc::TrySendError::Disconnected(m) => m,
-                };
+                }),
+                // The host is stopping.
+                None => Err(message),
+            };
+            if let Err(m) = sent {
                 svc.busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 warn!(requester = %m.src(), service = %svc.name, "service busy: request refused");
                 shared.with_core(|core| core.service_busy(&svc.name, &m, Instant::now()));

@@ -13,8 +13,10 @@
 //! - [`MemoryLink`]: a link between two hosts in one process over an
 //!   in-memory byte stream, for tests and simulations. It runs the same
 //!   link protocol as TLS links (hello, authorization, reliable delivery);
-//!   the certificate each end presents is the one the pair was made with,
-//!   checked like a TLS peer's.
+//!   the certificate each end presents is the one the pair was made with.
+//!   Its role (a host certificate) and the domains it names are checked
+//!   as a TLS peer's are; its chain and dates are not: whoever builds the
+//!   pair, in the same process, vouches for them.
 //!
 //! The daemon starts the transports its config names; [`crate::HostBuilder::transport`]
 //! adds more.
@@ -123,9 +125,10 @@ pub struct MemoryLink {
 impl MemoryLink {
     /// The two ends of a link: `a` goes to the host whose certificate is
     /// `a_cert`, `b` to the other. Each end presents the other host's
-    /// certificate to its host, which checks it like a TLS peer's (so a
-    /// pair made with a certificate that does not name the other host's
-    /// domains is refused, as over TLS). `a` dials.
+    /// certificate to its host, which checks its role and names as a TLS
+    /// peer's (so a pair made with a certificate that does not name the
+    /// other host's domains is refused, as over TLS); the chain and dates
+    /// are the caller's to vouch for. `a` dials.
     pub fn pair(
         a_cert: CertificateDer<'static>,
         b_cert: CertificateDer<'static>,

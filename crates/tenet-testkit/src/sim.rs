@@ -434,10 +434,41 @@ impl Sim {
                 dst: m.dst(),
                 mtype: m.mtype(),
             });
-            let out = card.session.deliver(&m).unwrap_or_default();
             let id = card.id;
+            let out = match card.session.deliver(&m) {
+                Ok(out) => out,
+                // As the smartcard proxy does: the sender is told.
+                Err(e) => {
+                    self.trace.push(TraceEvent {
+                        at: self.now,
+                        what: "card-error",
+                        src: m.src(),
+                        dst: m.dst(),
+                        mtype: m.mtype(),
+                    });
+                    vec![Message::new(
+                        id,
+                        m.src(),
+                        Mtype::REFUSED,
+                        tenet_proto::notice::Refused {
+                            mtype: m.mtype(),
+                            text: format!("the card refused the message: {e}"),
+                        }
+                        .to_bytes(),
+                    )]
+                }
+            };
             for o in out.into_iter().filter(|o| o.src() == id) {
-                let _ = h.core.store(Ingress::Card, o, now);
+                let (src, dst, mtype) = (o.src(), o.dst(), o.mtype());
+                if h.core.store(Ingress::Card, o, now).is_err() {
+                    self.trace.push(TraceEvent {
+                        at: self.now,
+                        what: "not-stored",
+                        src,
+                        dst,
+                        mtype,
+                    });
+                }
             }
         }
     }
@@ -445,6 +476,13 @@ impl Sim {
     fn send_over_network(&mut self, from: usize, m: Message) {
         let dst = m.dst().domain();
         let Some(to) = self.hosts.iter().position(|h| h.domains.contains(&dst)) else {
+            self.trace.push(TraceEvent {
+                at: self.now,
+                what: "no-host",
+                src: m.src(),
+                dst: m.dst(),
+                mtype: m.mtype(),
+            });
             return;
         };
         let copies = if self.rng.random_bool(self.faults.loss) {
@@ -574,16 +612,21 @@ impl Wallet {
         kept: &mut Vec<Message>,
     ) -> Result<Message, WalletError> {
         for _ in 0..1000 {
-            for m in sim.inbox(self.host, self.id) {
-                if m.src() == self.card && m.mtype() == mtype {
-                    return Ok(m);
-                }
-                if m.src() == self.card && m.mtype() == Mtype::REFUSED {
-                    let r = tenet_proto::notice::Refused::decode(&m.param)
-                        .map_err(WalletError::Malformed)?;
-                    return Err(WalletError::Refused(r.text));
-                }
-                kept.push(m);
+            let mut batch = sim.inbox(self.host, self.id).into_iter();
+            while let Some(m) = batch.next() {
+                let found = if m.src() == self.card && m.mtype() == mtype {
+                    Ok(m)
+                } else if m.src() == self.card && m.mtype() == Mtype::REFUSED {
+                    tenet_proto::notice::Refused::decode(&m.param)
+                        .map_err(WalletError::Malformed)
+                        .and_then(|r| Err(WalletError::Refused(r.text)))
+                } else {
+                    kept.push(m);
+                    continue;
+                };
+                // What came after the answer stays for later.
+                kept.extend(batch);
+                return found;
             }
             sim.run_for(Duration::from_millis(1));
         }
@@ -602,7 +645,10 @@ impl Wallet {
         m
     }
 
-    /// Has the card do `mtype` with `param`, then reads the balances.
+    /// Has the card do `mtype` with `param`, then reads the balances (a
+    /// barrier). A refused order still takes its barrier's answer, as
+    /// `tenet_client::wallet::Wallet` does, so that the next query reads
+    /// its own.
     fn order(
         &self,
         sim: &mut Sim,
@@ -610,7 +656,13 @@ impl Wallet {
         param: Vec<u8>,
     ) -> Result<Vec<Amount>, WalletError> {
         sim.app_send(self.host, self.id, self.card, mtype, param);
-        self.balances(sim)
+        match self.balances(sim) {
+            Err(WalletError::Refused(text)) => {
+                let _ = self.answer(sim, BALANCES);
+                Err(WalletError::Refused(text))
+            }
+            other => other,
+        }
     }
 
     /// The card's balances.

@@ -131,6 +131,14 @@ fn run(seed: u64, faults: Faults) -> Run {
         .trace()
         .iter()
         .any(|e| e.mtype == msg::RECOVERY_REQUEST && e.what == "delivered");
+    // Nothing failed outside the network: no card error, no message the
+    // table could not take, none without a host to go to.
+    let odd: Vec<&TraceEvent> = sim
+        .trace()
+        .iter()
+        .filter(|e| matches!(e.what, "card-error" | "not-stored" | "no-host"))
+        .collect();
+    assert!(odd.is_empty(), "seed {seed}: {odd:?}");
     Run {
         outcome,
         trace: sim.trace().to_vec(),

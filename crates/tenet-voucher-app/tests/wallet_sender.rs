@@ -165,3 +165,28 @@ async fn a_rogue_app_cannot_answer_for_the_wallets_card() {
     drop((w, rogue));
     h.shutdown().await;
 }
+
+/// A refused order does not leave its barrier's answer behind: the next
+/// order reads the balances after itself, not those of the refused order
+/// (here, before a mint that followed it).
+#[tokio::test]
+async fn after_a_refused_order_the_balances_are_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = dom(0xca);
+    let h = host_with_voucher_card(dir.path(), k).await;
+    let cap = Capability::acquire(h.socket_path()).await.unwrap();
+    let mut w = Wallet::open(cap, k.owner(), PIN).await.unwrap();
+    w.set_wait(support::WAIT);
+    w.mint(amount(k, "coffee", 5)).await.unwrap();
+    // No such exchange: the card refuses the recovery order.
+    let refused = w.recover(tenet_voucher::msg::ExchangeId([9; 32])).await;
+    assert!(
+        matches!(refused, Err(WalletError::Refused { .. })),
+        "{refused:?}"
+    );
+    // The mint's own barrier: the balances after it, not the refused
+    // order's.
+    let after = w.mint(amount(k, "coffee", 2)).await.unwrap();
+    assert_eq!(after, vec![amount(k, "coffee", 7)]);
+    assert_eq!(w.balances().await.unwrap(), vec![amount(k, "coffee", 7)]);
+}
