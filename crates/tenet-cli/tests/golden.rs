@@ -668,6 +668,8 @@ card.virtual_missing: [host]\nsocket = "$DIR/host.sock"\nstate_dir = "$DIR/state
 remote.unknown_key: [remote]\nlisten_on = "127.0.0.1:1"
 remote.listen_without_tls: [remote]\nlisten = "127.0.0.1:1"
 remote.peers_without_tls: [[remote.peers]]\naddress = "127.0.0.1:1"
+remote.peers.address_without_port: [remote]\ndanger_plaintext = true\n[[remote.peers]]\naddress = "nonsense"
+remote.peers.address_port_zero: [remote]\ndanger_plaintext = true\n[[remote.peers]]\naddress = "127.0.0.1:0"
 remote.window_zero: [remote]\ndanger_plaintext = true\nwindow = 0
 remote.rate_zero: [remote]\nrate = 0.0
 remote.burst_negative: [remote]\nburst = -1.0

@@ -39,9 +39,10 @@ pub enum ConfigError {
         /// What is wrong.
         detail: String,
     },
-    /// A guard rule is malformed.
+    /// A guard rule is malformed (its text says which and why; not also
+    /// given as the source, or a chain would print it twice).
     #[error("invalid config: {0}")]
-    Rule(#[from] RuleError),
+    Rule(RuleError),
 }
 
 /// The whole file.
@@ -521,6 +522,7 @@ impl Config {
         r.peers
             .iter()
             .map(|p| {
+                check_peer_address(&p.address)?;
                 let domains = p
                     .domains
                     .iter()
@@ -790,6 +792,49 @@ fn check_dispatch_budgets(l: &Limits) -> Result<(), ConfigError> {
     Ok(())
 }
 
+impl From<RuleError> for ConfigError {
+    fn from(e: RuleError) -> Self {
+        ConfigError::Rule(e)
+    }
+}
+
+/// Checks a peer's `address`: `HOST:PORT`, a host name or IP address and
+/// a port from 1 to 65535 (an IPv6 address in brackets).
+fn check_peer_address(a: &str) -> Result<(), ConfigError> {
+    let bad = |why: &str| ConfigError::Value {
+        key: "remote.peers.address",
+        detail: format!(
+            "{a:?}: {why}; write HOST:PORT, e.g. \"peer.example:7000\" or \"[::1]:7000\""
+        ),
+    };
+    let (host, port) = a.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(bad("the port is not a number from 1 to 65535")),
+    }
+    let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => {
+            return v6
+                .parse::<std::net::Ipv6Addr>()
+                .map(|_| ())
+                .map_err(|_| bad("not an IPv6 address in the brackets"));
+        }
+        None => host,
+    };
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if name_ok || host.parse::<std::net::Ipv4Addr>().is_ok() {
+        Ok(())
+    } else {
+        Err(bad("not a host name or an IP address"))
+    }
+}
+
 /// The configuration's values, checked and typed once
 /// (`Settings::try_from(&config)`): the daemon reads these and never the
 /// text again. An error names the key.
@@ -1044,6 +1089,51 @@ mod tests {
             Settings::try_from(&bad),
             Err(ConfigError::Value {
                 key: "host.socket_mode",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_peer_address_is_host_and_port_or_a_clear_error() {
+        for ok in [
+            "peer.example:7000",
+            "127.0.0.1:9",
+            "[::1]:7000",
+            "localhost:65535",
+        ] {
+            assert_eq!(
+                check_peer_address(ok).map_err(|e| e.to_string()),
+                Ok(()),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "nonsense",
+            "127.0.0.1:0",
+            "host:99999",
+            "::1:7000",
+            ":7000",
+            "a..b:1",
+            "[x]:1",
+        ] {
+            let e = check_peer_address(bad).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    ConfigError::Value {
+                        key: "remote.peers.address",
+                        ..
+                    }
+                ),
+                "{bad}: {e}"
+            );
+        }
+        let cfg = "[remote]\ndanger_plaintext = true\n[[remote.peers]]\naddress = \"nonsense\"";
+        assert!(matches!(
+            parse(cfg),
+            Err(ConfigError::Value {
+                key: "remote.peers.address",
                 ..
             })
         ));
