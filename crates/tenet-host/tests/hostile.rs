@@ -245,7 +245,7 @@ fn config_text() -> BoxedStrategy<String> {
             s
         });
     let peer = (
-        "[a-z]{1,8}:[0-9]{1,4}",
+        "[a-z]{1,8}:[1-9][0-9]{0,3}",
         proptest::collection::vec(domain(), 0..3),
     );
     let nats = (
