@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use pki_types::CertificateDer;
@@ -31,10 +30,6 @@ use tenet_proto::codec::Codec;
 use tenet_proto::notice::Refused;
 use tenet_proto::{Domain, EntityId, Filter, Message, Mtype};
 use tenet_voucher::model::{Amount, VoucherClass};
-use tokio::sync::watch;
-use tracing_subscriber::Layer;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 /// How long a test waits for anything that should happen.
 const WAIT: Duration = Duration::from_secs(10);
@@ -43,74 +38,9 @@ const PIN: &[u8] = b"1234";
 
 // ---------------------------------------------------------------- log events
 
-/// One tracing event: its message and its fields, as text.
-#[derive(Debug, Clone, Default)]
-struct Logged {
-    message: String,
-    fields: BTreeMap<String, String>,
-}
-
-impl Logged {
-    fn field(&self, name: &str) -> &str {
-        self.fields.get(name).map_or("", String::as_str)
-    }
-}
-
-impl tracing::field::Visit for Logged {
-    fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
-        let text = format!("{v:?}");
-        if f.name() == "message" {
-            self.message = text;
-        } else {
-            self.fields.insert(f.name().to_owned(), text);
-        }
-    }
-
-    fn record_str(&mut self, f: &tracing::field::Field, v: &str) {
-        self.record_debug(f, &format_args!("{v}"));
-    }
-}
-
-/// Every event at INFO or above of this test binary (tests run in
-/// parallel: each looks for its own hosts' ids).
-static EVENTS: LazyLock<watch::Sender<Vec<Logged>>> =
-    LazyLock::new(|| watch::channel(Vec::new()).0);
-
-struct Capture;
-
-impl<S: tracing::Subscriber> Layer<S> for Capture {
-    fn on_event(&self, e: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        let mut l = Logged::default();
-        e.record(&mut l);
-        EVENTS.send_modify(|v| v.push(l));
-    }
-}
-
-fn capture_logs() {
-    static INIT: std::sync::Once = std::sync::Once::new();
-    INIT.call_once(|| {
-        let shown = tracing_subscriber::EnvFilter::try_from_env("TENET_LOG")
-            .unwrap_or_else(|_| "off".into());
-        let _ = tracing_subscriber::registry()
-            .with(Capture.with_filter(tracing_subscriber::filter::LevelFilter::INFO))
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_test_writer()
-                    .with_filter(shown),
-            )
-            .try_init();
-    });
-}
-
-/// Waits (up to [`WAIT`]) for the first event `matches` takes.
-async fn logged_where(what: &str, matches: impl Fn(&Logged) -> bool) -> Logged {
-    let mut rx = EVENTS.subscribe();
-    let found = tokio::time::timeout(WAIT, rx.wait_for(|v| v.iter().any(&matches))).await;
-    match found {
-        Ok(Ok(v)) => v.iter().find(|l| matches(l)).cloned().expect("found"),
-        _ => panic!("no event {what} in time"),
-    }
-}
+#[path = "../../tenet-host/tests/support/logs.rs"]
+mod logs;
+use logs::{Logged, capture_logs, logged_where};
 
 /// Waits for the event `message` whose field `field` is `value`.
 async fn logged(message: &str, field: &str, value: &str) -> Logged {

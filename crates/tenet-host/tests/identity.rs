@@ -8,9 +8,8 @@
 //! from the daemon's "accepting host links" event. Every wait is for an
 //! event (a log event, a frame, a closed stream) with a deadline.
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
@@ -23,10 +22,6 @@ use tenet_proto::link::{LinkFrame, MAX_LINK_FRAME};
 use tenet_proto::{Codec, Domain, EntityId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
-use tracing_subscriber::Layer;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 mod support;
 use support::WAIT;
@@ -37,77 +32,17 @@ fn dom(b: u8) -> Domain {
 
 // ---------------------------------------------------------------- log events
 
-/// One tracing event: its message and its fields, as text.
-#[derive(Debug, Clone, Default)]
-struct Logged {
-    message: String,
-    fields: BTreeMap<String, String>,
-}
-
-impl Logged {
-    fn field(&self, name: &str) -> &str {
-        self.fields.get(name).map_or("", String::as_str)
-    }
-}
-
-impl tracing::field::Visit for Logged {
-    fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
-        let text = format!("{v:?}");
-        if f.name() == "message" {
-            self.message = text;
-        } else {
-            self.fields.insert(f.name().to_owned(), text);
-        }
-    }
-
-    fn record_str(&mut self, f: &tracing::field::Field, v: &str) {
-        self.record_debug(f, &format_args!("{v}"));
-    }
-}
-
-/// Every event at INFO or above of this test binary (tests run in parallel:
-/// each looks for its own hosts' ids and addresses).
-static EVENTS: LazyLock<watch::Sender<Vec<Logged>>> =
-    LazyLock::new(|| watch::channel(Vec::new()).0);
-
-struct Capture;
-
-impl<S: tracing::Subscriber> Layer<S> for Capture {
-    fn on_event(&self, e: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        let mut l = Logged::default();
-        e.record(&mut l);
-        EVENTS.send_modify(|v| v.push(l));
-    }
-}
-
-fn capture_logs() {
-    static INIT: std::sync::Once = std::sync::Once::new();
-    INIT.call_once(|| {
-        let shown = tracing_subscriber::EnvFilter::try_from_env("TENET_LOG")
-            .unwrap_or_else(|_| "off".into());
-        let _ = tracing_subscriber::registry()
-            .with(Capture.with_filter(tracing_subscriber::filter::LevelFilter::INFO))
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_test_writer()
-                    .with_filter(shown),
-            )
-            .try_init();
-    });
-}
+#[path = "support/logs.rs"]
+mod logs;
+use logs::{Logged, capture_logs, logged_where};
 
 /// Waits (up to [`WAIT`]) for the first event that has one of `messages`
 /// and every field in `fields` equal to the given text.
 async fn first_logged(messages: &[&str], fields: &[(&str, &str)]) -> Logged {
-    let matches = |l: &Logged| {
+    logged_where(&format!("{messages:?} with {fields:?}"), |l| {
         messages.contains(&l.message.as_str()) && fields.iter().all(|(k, v)| l.field(k) == *v)
-    };
-    let mut rx = EVENTS.subscribe();
-    let found = tokio::time::timeout(WAIT, rx.wait_for(|v| v.iter().any(&matches))).await;
-    match found {
-        Ok(Ok(v)) => v.iter().find(|l| matches(l)).cloned().expect("found"),
-        _ => panic!("no event {messages:?} with {fields:?} in time"),
-    }
+    })
+    .await
 }
 
 async fn logged(message: &str, fields: &[(&str, &str)]) -> Logged {

@@ -30,6 +30,8 @@ use tenet_voucher_app::applet::{APPLET_ID, initial_data};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
+// The daemon tests' helpers, shared rather than copied.
+#[path = "../../tenet-host/tests/support/mod.rs"]
 mod support;
 use support::{Raw, WAIT, echo_eventually, error_code, recv};
 

@@ -20,6 +20,8 @@ use tenet_voucher::crypto::{Crypto, KeyCrypto};
 use tenet_voucher::model::{Amount, VoucherClass};
 use tenet_voucher::msg::{self, Admission, Agreement, ExchangeId, Kind, Offer, RecoveryRequest};
 
+// The daemon tests' helpers, shared rather than copied.
+#[path = "../../tenet-host/tests/support/mod.rs"]
 mod support;
 use support::{WAIT, echo_eventually, recv};
 

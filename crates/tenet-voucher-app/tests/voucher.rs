@@ -17,6 +17,8 @@ use tenet_voucher::model::{Amount, VoucherClass};
 use tenet_voucher::msg;
 use tenet_voucher_app::applet::{APPLET_ID, initial_data};
 
+// The daemon tests' helpers, shared rather than copied.
+#[path = "../../tenet-host/tests/support/mod.rs"]
 mod support;
 use support::WAIT;
 

@@ -21,6 +21,8 @@ use tenet_voucher::model::{Amount, Balances, VoucherClass};
 use tenet_voucher::msg::{self, Offer};
 use tenet_voucher_app::applet::{APPLET_ID, initial_data};
 
+// The daemon tests' helpers, shared rather than copied.
+#[path = "../../tenet-host/tests/support/mod.rs"]
 mod support;
 
 const PIN: &[u8] = b"1234";

@@ -21,23 +21,20 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
-use proptest::sample::select;
 use tenet_hostile::{
     Bound, PEM_TOKENS, Probe, TLV_TOKENS, bytes, cases, check, distinct_tags, fuzz_decoder,
     fuzz_text, hostile, shape,
 };
 use tenet_pki::{ensure_ca, issue_entity_key};
 use tenet_proto::tlv::{self, Tag};
-use tenet_proto::{Codec, Domain, EntityId, MAX_MESSAGE_LEN, Port};
+use tenet_proto::{Codec, Domain, EntityId, MAX_MESSAGE_LEN};
 use tenet_voucher::card::{
-    Exchange, ExchangeSummary, Phase, Role, VoucherCard, decode_balances, decode_exchanges,
-    encode_balances,
+    ExchangeSummary, Phase, Role, VoucherCard, decode_balances, decode_exchanges, encode_balances,
 };
 use tenet_voucher::crypto::KeyCrypto;
 use tenet_voucher::model::{Amount, Balances, VoucherClass};
 use tenet_voucher::msg::{
-    Admission, Agreement, Commitment, Confirmation, ExchangeId, Kind, Offer, RecoveryRequest,
-    StartExchange,
+    Admission, Commitment, Confirmation, ExchangeId, Offer, RecoveryRequest, StartExchange,
 };
 use tenet_voucher::policy::Policy;
 
@@ -58,145 +55,8 @@ const FLAT_PARAMS: Bound = tlv_list(1, 1);
 // Valid values
 // ---------------------------------------------------------------------------
 
-// Ids as in tenet-proto's tests/hostile.rs.
-
-fn domain() -> BoxedStrategy<Domain> {
-    prop_oneof![
-        any::<[u8; 12]>().prop_map(Domain::new),
-        select(&[0u8, 0xc0, 0xff][..]).prop_map(|b| Domain::new([b; 12])),
-    ]
-    .boxed()
-}
-
-fn entity() -> BoxedStrategy<EntityId> {
-    prop_oneof![
-        any::<[u8; 16]>().prop_map(EntityId::from_array),
-        (domain(), 0u32..4).prop_map(|(d, p)| EntityId::new(d, Port::new(p))),
-    ]
-    .boxed()
-}
-
-fn promise() -> BoxedStrategy<String> {
-    prop_oneof!["[a-z0-9 ]{0,40}", ".{0,20}"].boxed()
-}
-
-fn class() -> BoxedStrategy<VoucherClass> {
-    (domain(), promise())
-        .prop_map(|(issuer, promise)| VoucherClass { issuer, promise })
-        .boxed()
-}
-
-/// An amount; `min` 1 for the amounts of an exchange, which must not be 0.
-fn amount(min: u64) -> BoxedStrategy<Amount> {
-    (class(), prop_oneof![min..=10, min..=u64::MAX])
-        .prop_map(|(class, quantity)| Amount { class, quantity })
-        .boxed()
-}
-
-fn offer() -> BoxedStrategy<Offer> {
-    (entity(), entity(), amount(1), amount(1), any::<[u8; 16]>())
-        .prop_map(|(initiator, responder, give, want, n1)| Offer {
-            initiator,
-            responder,
-            give,
-            want,
-            n1,
-        })
-        .boxed()
-}
-
-fn exchange_id() -> BoxedStrategy<ExchangeId> {
-    any::<[u8; 32]>().prop_map(ExchangeId).boxed()
-}
-
-fn agreement() -> BoxedStrategy<Agreement> {
-    (any::<[u8; 32]>(), exchange_id(), bytes(80), bytes(400))
-        .prop_map(|(offer_digest, id, signature, certificate)| Agreement {
-            offer_digest,
-            id,
-            signature,
-            certificate,
-        })
-        .boxed()
-}
-
-fn kind() -> BoxedStrategy<Kind> {
-    select(vec![Kind::Resolve, Kind::Abort]).boxed()
-}
-
-fn role() -> BoxedStrategy<Role> {
-    select(vec![Role::Initiator, Role::Responder]).boxed()
-}
-
-fn phase() -> BoxedStrategy<Phase> {
-    select(vec![
-        Phase::AwaitingCommitment,
-        Phase::AwaitingConfirmation,
-        Phase::Resolving,
-        Phase::Aborting,
-        Phase::Committed,
-        Phase::Resolved,
-        Phase::Aborted,
-    ])
-    .boxed()
-}
-
-fn voucher_card() -> BoxedStrategy<VoucherCard> {
-    let exchange = (
-        role(),
-        phase(),
-        offer(),
-        agreement(),
-        proptest::option::of(any::<[u8; 16]>()),
-    )
-        .prop_map(|(role, phase, offer, agreement, n2)| Exchange {
-            role,
-            phase,
-            offer,
-            agreement,
-            // The decoder refuses a responder's exchange without n2.
-            n2: if role == Role::Responder {
-                Some(n2.unwrap_or([2; 16]))
-            } else {
-                n2
-            },
-        });
-    (
-        proptest::collection::vec(amount(0), 0..4),
-        proptest::collection::vec(offer(), 0..3),
-        proptest::collection::vec(exchange, 0..3),
-        proptest::collection::vec(any::<[u8; 32]>(), 0..3),
-        proptest::option::of(entity()),
-        proptest::option::of(bytes(300)),
-        proptest::option::of(entity()),
-    )
-        .prop_map(
-            |(amounts, offers, exchanges, accepted, ttp, ttp_certificate, acceptor)| {
-                let mut v = VoucherCard {
-                    ttp,
-                    ttp_certificate,
-                    acceptor,
-                    accepted: accepted.into_iter().collect(),
-                    ..VoucherCard::default()
-                };
-                for a in &amounts {
-                    let _ = v.balances.credit(a);
-                }
-                for o in offers {
-                    v.offers.insert(o.n1, o);
-                }
-                for e in exchanges {
-                    v.exchanges.insert(e.agreement.id, e);
-                }
-                v
-            },
-        )
-        .boxed()
-}
-
-fn encoded<T: Codec + Debug + 'static>(s: BoxedStrategy<T>) -> BoxedStrategy<Vec<u8>> {
-    s.prop_map(|v| v.to_bytes()).boxed()
-}
+mod strategies;
+use strategies::*;
 
 /// [`fuzz_decoder`] for a [`Codec`] type.
 fn fuzz_codec<T: Codec + Debug + 'static>(

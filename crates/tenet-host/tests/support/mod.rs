@@ -1,4 +1,5 @@
-//! Helpers shared by the daemon's integration tests.
+//! Helpers shared by the daemon's integration tests (tenet-host's, and
+//! tenet-voucher-app's, which include this file by path).
 // Each test file uses a different subset.
 #![allow(dead_code)]
 
