@@ -29,6 +29,7 @@ pub mod bucket;
 pub mod budget;
 pub mod core;
 pub mod guard;
+pub mod hello;
 pub mod reliable;
 pub mod rules;
 pub mod table;
@@ -37,6 +38,7 @@ pub use bucket::{KeyedBuckets, TokenBucket};
 pub use budget::{Budget, Share, Unit, Usage};
 pub use core::{Effect, EndpointKind, HostCore, IngressRefusal, ServiceId, host_entity_answer};
 pub use guard::{Dropped, Guard, GuardChain, GuardContext, Ingress, RemoteIngressGuard, Verdict};
+pub use hello::{HelloFacts, HelloRefusal, hello_refusal};
 pub use rules::{RuleError, RuleGuard, RuleSpec};
 pub use table::{
     Bound, Delivery, DispatchTable, EndpointId, Event, GuardDrops, Limits, PerIngress, PerReason,

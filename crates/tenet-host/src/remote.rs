@@ -38,7 +38,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tenet_dispatch::reliable::{Inbound, PeerLink};
-use tenet_dispatch::{EndpointId, EndpointKind, IngressRefusal};
+use tenet_dispatch::{
+    EndpointId, EndpointKind, HelloFacts, HelloRefusal, IngressRefusal, TokenBucket, hello_refusal,
+};
 use tenet_proto::frame::{FrameDecoder, write_codec_frame};
 use tenet_proto::link::{LinkFrame, MAX_LINK_FRAME};
 use tenet_proto::notice::UndeliverableReason;
@@ -221,8 +223,8 @@ struct PeerInner {
     /// domains messages may come from and go to on it.
     authorized: Vec<Domain>,
     subscribed: Vec<Domain>,
-    tokens: f64,
-    last: Instant,
+    /// The peer's rate limit on messages it sends this host.
+    bucket: TokenBucket,
 }
 
 /// One peer host.
@@ -513,8 +515,7 @@ impl Remote {
                 active: None,
                 authorized: Vec::new(),
                 subscribed: config_domains,
-                tokens: self.burst,
-                last: Instant::now(),
+                bucket: TokenBucket::new(self.rate, self.burst),
             }),
             wake: Notify::new(),
         });
@@ -769,27 +770,9 @@ enum LinkRefusal {
         /// Why the certificate is not that host's.
         why: Unnamed,
     },
-    /// The hello names another host than the one this peer was before.
-    #[error("expected host {expected}, got {got}")]
-    OtherHost {
-        /// The peer's host id so far.
-        expected: EntityId,
-        /// The host id in the hello.
-        got: EntityId,
-    },
-    /// The hello is this host's own.
-    #[error("a link to itself")]
-    Itself,
-    /// The link's certificate does not name every domain the link would
-    /// carry.
-    #[error("{0}")]
-    Unnamed(Unnamed),
-    /// The peer announces a domain of this host.
-    #[error("domain {0} is local here")]
-    LocalDomain(Domain),
-    /// The peer announces a domain another peer serves.
-    #[error("domain {0} is already served by another peer")]
-    Served(Domain),
+    /// The hello itself is refused ([`hello_refusal`]).
+    #[error(transparent)]
+    Hello(HelloRefusal<Unnamed>),
 }
 
 /// Why a link's certificate does not name the domains asked for.
@@ -1106,51 +1089,6 @@ struct Authorized {
     certified: Vec<Domain>,
 }
 
-/// What decides whether a hello is accepted, gathered from the link, the
-/// config and the table.
-struct HelloFacts<'a> {
-    /// This host.
-    me: EntityId,
-    /// The host id in the hello.
-    host: EntityId,
-    /// The host this peer was before, if any.
-    pinned: Option<EntityId>,
-    /// Whether the certificate names the host's domain, the announced
-    /// domains and the domains the config routes to this peer.
-    named: Result<(), Unnamed>,
-    /// The domains the link would carry, each with whether it is local.
-    wanted: &'a [(Domain, bool)],
-    /// Domains other peers serve.
-    others: &'a [Domain],
-}
-
-/// Why a hello is refused, if it is: another host than before, this host
-/// itself, a certificate that does not name what the link would carry, a
-/// local domain, or a domain another peer serves. No I/O.
-fn hello_refusal(f: HelloFacts<'_>) -> Option<LinkRefusal> {
-    if let Some(expected) = f.pinned.filter(|h| *h != f.host) {
-        return Some(LinkRefusal::OtherHost {
-            expected,
-            got: f.host,
-        });
-    }
-    if f.host == f.me {
-        return Some(LinkRefusal::Itself);
-    }
-    if let Err(e) = f.named {
-        return Some(LinkRefusal::Unnamed(e));
-    }
-    f.wanted.iter().find_map(|(d, is_local)| {
-        if *is_local {
-            Some(LinkRefusal::LocalDomain(*d))
-        } else if f.others.contains(d) {
-            Some(LinkRefusal::Served(*d))
-        } else {
-            None
-        }
-    })
-}
-
 /// Authorizes `their` hello: the certificate must name the host id's
 /// domain, every announced domain, and every domain the config routes to
 /// this peer (they would travel on this link). A refusal is logged here;
@@ -1207,7 +1145,7 @@ fn authorize(
         wanted: &local,
         others: &others,
     });
-    if let Some(reason) = refusal {
+    if let Some(reason) = refusal.map(LinkRefusal::Hello) {
         warn!(peer = %label, %host, %reason, "link refused");
         return Err(reason);
     }
@@ -1435,15 +1373,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
                             }
                             Inbound::New => {
                                 i.link.stored();
-                                let now = Instant::now();
-                                let dt = now.saturating_duration_since(i.last).as_secs_f64();
-                                i.tokens = (i.tokens + dt * remote.rate).min(remote.burst);
-                                i.last = now;
-                                if i.tokens < 1.0 {
+                                if i.bucket.take(Instant::now()).is_err() {
                                     remote.stats.rate_dropped.fetch_add(1, Ordering::Relaxed);
                                     continue;
                                 }
-                                i.tokens -= 1.0;
                                 stored.push(message);
                             }
                         }
@@ -1546,59 +1479,4 @@ pub(crate) fn routes(remote: &Remote) -> HashMap<Domain, (String, bool)> {
         .into_iter()
         .map(|(d, l, up)| (d, (l, up)))
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use tenet_proto::Port;
-
-    use super::*;
-
-    fn dom(b: u8) -> Domain {
-        Domain::new([b; 12])
-    }
-
-    /// The hello decisions, in order: the same host as before, not this
-    /// host, a certificate naming what the link carries, no local domain,
-    /// no domain another peer serves.
-    #[test]
-    fn a_hello_is_refused_for_the_first_reason_that_applies() {
-        let (me, peer, other) = (dom(1).owner(), dom(2).owner(), dom(3).owner());
-        let ok: &[(Domain, bool)] = &[(dom(2), false)];
-        let served = [dom(2)];
-        let facts = |host, pinned, named, wanted, others| HelloFacts {
-            me,
-            host,
-            pinned,
-            named,
-            wanted,
-            others,
-        };
-        assert!(hello_refusal(facts(peer, None, Ok(()), ok, &[])).is_none());
-        assert!(hello_refusal(facts(peer, Some(peer), Ok(()), ok, &[])).is_none());
-        assert!(matches!(
-            hello_refusal(facts(other, Some(peer), Ok(()), ok, &[])),
-            Some(LinkRefusal::OtherHost { expected, got }) if expected == peer && got == other
-        ));
-        assert!(matches!(
-            hello_refusal(facts(me, None, Ok(()), ok, &[])),
-            Some(LinkRefusal::Itself)
-        ));
-        assert!(matches!(
-            hello_refusal(facts(peer, None, Err(Unnamed::NoCertificate), ok, &[])),
-            Some(LinkRefusal::Unnamed(Unnamed::NoCertificate))
-        ));
-        let local: &[(Domain, bool)] = &[(dom(2), false), (dom(9), true)];
-        assert!(matches!(
-            hello_refusal(facts(peer, None, Ok(()), local, &[])),
-            Some(LinkRefusal::LocalDomain(d)) if d == dom(9)
-        ));
-        assert!(matches!(
-            hello_refusal(facts(peer, None, Ok(()), ok, &served)),
-            Some(LinkRefusal::Served(d)) if d == dom(2)
-        ));
-        // An id of another port in the peer's domain is another host.
-        let twin = EntityId::new(dom(2), Port::new(1));
-        assert!(hello_refusal(facts(twin, Some(peer), Ok(()), ok, &[])).is_some());
-    }
 }
