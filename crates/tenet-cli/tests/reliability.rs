@@ -26,7 +26,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -71,14 +71,6 @@ fn strict() -> bool {
     std::env::var_os("CI").is_some() || std::env::var_os("TENET_VPCD_ADDR").is_some()
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn run_ok(args: &[&str]) -> String {
     let out = Command::new(TENET).args(args).output().unwrap();
     assert!(
@@ -102,6 +94,8 @@ struct Proc {
     name: &'static str,
     args: Vec<String>,
     log: PathBuf,
+    /// Where this run's lines begin in `log` (it keeps earlier runs').
+    from: u64,
     child: Option<Child>,
 }
 
@@ -111,6 +105,7 @@ impl Proc {
             name,
             args,
             log: dir.join(format!("{name}.log")),
+            from: 0,
             child: None,
         }
     }
@@ -122,15 +117,45 @@ impl Proc {
             .append(true)
             .open(&self.log)
             .unwrap();
+        self.from = log.metadata().unwrap().len();
         self.child = Some(
             Command::new(TENET)
                 .args(&self.args)
+                // The remote proxy logs the address it accepts links on.
+                .env("TENET_LOG", "warn,tenet_host::remote=info")
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.name)),
         );
+    }
+
+    /// The port this run accepts TLS links on: its config says
+    /// `listen = "127.0.0.1:0"`, and the remote proxy logs the port the
+    /// system picked (`accepting host links ... address=ADDR`).
+    fn listening(&mut self) -> u16 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut text = String::new();
+            let mut f = std::fs::File::open(&self.log).unwrap();
+            std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(self.from)).unwrap();
+            f.read_to_string(&mut text).unwrap();
+            if let Some(addr) = text
+                .lines()
+                .filter(|l| l.contains("accepting host links"))
+                .find_map(|l| l.split(" address=").nth(1)?.split_whitespace().next())
+            {
+                return addr.parse::<std::net::SocketAddr>().unwrap().port();
+            }
+            self.check_alive();
+            assert!(
+                Instant::now() < deadline,
+                "{} does not say where it listens",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// SIGKILL, and reap.
@@ -194,6 +219,8 @@ fn lines_of(child: &mut Child) -> Receiver<String> {
 /// network partition.
 struct Relay {
     port: u16,
+    /// Where it relays to; 0 until [`Relay::retarget`] (refused meanwhile).
+    target: Arc<AtomicU16>,
     cut: Arc<AtomicBool>,
     stalled: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
@@ -201,9 +228,11 @@ struct Relay {
 }
 
 impl Relay {
-    fn start(target: u16) -> Self {
+    fn start() -> Self {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
+        let target = Arc::new(AtomicU16::new(0));
+        let to = target.clone();
         let cut = Arc::new(AtomicBool::new(false));
         let stalled = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
@@ -219,6 +248,7 @@ impl Relay {
                     let _ = inbound.shutdown(Shutdown::Both);
                     continue;
                 }
+                let target = to.load(Ordering::SeqCst);
                 let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)) else {
                     let _ = inbound.shutdown(Shutdown::Both);
                     continue;
@@ -254,11 +284,17 @@ impl Relay {
         });
         Self {
             port,
+            target,
             cut,
             stalled,
             stop,
             conns,
         }
+    }
+
+    /// Relays new connections to `port` from now on (a restarted daemon's).
+    fn retarget(&self, port: u16) {
+        self.target.store(port, Ordering::SeqCst);
     }
 
     fn stall(&self, on: bool) {
@@ -287,9 +323,14 @@ impl Drop for Relay {
 
 // --------------------------------------------------------------- nats-server
 
+/// nats-server behind a relay: the hosts' config names the relay's port,
+/// and each (re)started server listens on a port of its own choosing,
+/// which the relay is pointed at.
 struct Nats {
-    port: u16,
-    child: Option<Child>,
+    relay: Relay,
+    /// Where the server writes its ports file.
+    dir: PathBuf,
+    server: Option<tenet_testkit::NatsServer>,
 }
 
 impl Nats {
@@ -303,26 +344,22 @@ impl Nats {
     }
 
     fn start(&mut self) {
-        assert!(self.child.is_none());
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server runs");
-        self.child = Some(child);
-        let deadline = Instant::now() + WAIT;
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert!(self.server.is_none());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let server = rt
+            .block_on(tenet_testkit::NatsServer::start(&self.dir))
+            .expect("nats-server starts");
+        let port = server.url().rsplit(':').next().unwrap().parse().unwrap();
+        self.relay.retarget(port);
+        self.server = Some(server);
     }
 
+    /// Kills the server (its connections through the relay end with it).
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.server = None;
     }
 }
 
@@ -502,7 +539,6 @@ struct World {
     dir: tempfile::TempDir,
     transport: Transport,
     rules: Option<Step>,
-    ports: [u16; 3],
     /// B dials A, A dials the TTP, B dials the TTP: each through a relay.
     relays: [Relay; 3],
     nats: Nats,
@@ -561,12 +597,9 @@ impl World {
             }
             run_ok(&args);
         }
-        let ports = [free_port(), free_port(), free_port()];
-        let relays = [
-            Relay::start(ports[0]),
-            Relay::start(ports[2]),
-            Relay::start(ports[2]),
-        ];
+        // B dials A through relays[0], A and B dial the TTP through
+        // relays[1] and [2]; each points at its daemon once it listens.
+        let relays = [Relay::start(), Relay::start(), Relay::start()];
         let conf = |n: &str| {
             vec![
                 "host".into(),
@@ -606,11 +639,11 @@ impl World {
             dir,
             transport: Transport::Tls,
             rules: None,
-            ports,
             relays,
             nats: Nats {
-                port: free_port(),
-                child: None,
+                relay: Relay::start(),
+                dir: d.clone(),
+                server: None,
             },
             host_a,
             host_b,
@@ -619,8 +652,7 @@ impl World {
         };
         w.start_card();
         w.write_configs();
-        w.ttp.start();
-        w.wait_socket("ttp");
+        w.start_ttp();
         w.start_host(Side::A);
         w.start_host(Side::B);
         w.wait_links();
@@ -668,10 +700,10 @@ impl World {
                     )
                 })
         };
-        let remote = |name: &str, listen: u16, peers: &[(u16, &[&str])]| match self.transport {
+        let remote = |name: &str, peers: &[(u16, &[&str])]| match self.transport {
             Transport::Tls => {
                 let mut s = format!(
-                    "[remote]\nlisten = \"127.0.0.1:{listen}\"\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+                    "[remote]\nlisten = \"127.0.0.1:0\"\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
                     ca.join("ca.pem"),
                     ca.join(format!("{name}.pem")),
                     ca.join(format!("{name}.key")),
@@ -686,7 +718,7 @@ impl World {
             }
             Transport::Nats => format!(
                 "[remote.nats]\nurl = \"nats://127.0.0.1:{}\"\n",
-                self.nats.port
+                self.nats.relay.port
             ),
         };
         let host = |name: &str, sw: &str| {
@@ -700,7 +732,6 @@ impl World {
         let card_b = format!("[card]\nreader = {:?}\nwait_secs = 15\n", reader::name());
         #[cfg(not(feature = "pcsc"))]
         let card_b = format!("[card]\nvirtual = {:?}\n", self.path("b.card"));
-        let [pa, pb, pt] = self.ports;
         let [ba, at, bt] = [&self.relays[0], &self.relays[1], &self.relays[2]].map(|r| r.port);
         std::fs::write(
             self.path("a.toml"),
@@ -709,7 +740,7 @@ impl World {
                 host("a", SA),
                 rule(Side::A),
                 self.path("a.card"),
-                remote("a", pa, &[(at, &[ST])])
+                remote("a", &[(at, &[ST])])
             ),
         )
         .unwrap();
@@ -719,7 +750,7 @@ impl World {
                 "{}{}{card_b}{}",
                 host("b", SB),
                 rule(Side::B),
-                remote("b", pb, &[(ba, &[SA, CA_DOM]), (bt, &[ST])])
+                remote("b", &[(ba, &[SA, CA_DOM]), (bt, &[ST])])
             ),
         )
         .unwrap();
@@ -728,7 +759,7 @@ impl World {
             format!(
                 "{}{}[ttp]\nkey = {:?}\ncert = {:?}\nca = {:?}\ndatabase = {:?}\n",
                 host("ttp", ST),
-                remote("ttp", pt, &[]),
+                remote("ttp", &[]),
                 ca.join("ttp-entity.key"),
                 ca.join("ttp-entity.pem"),
                 ca.join("ca.pem"),
@@ -751,6 +782,20 @@ impl World {
             Side::A => "a",
             Side::B => "b",
         });
+        if side == Side::A && self.transport == Transport::Tls {
+            let port = self.host_a.listening();
+            self.relays[0].retarget(port);
+        }
+    }
+
+    fn start_ttp(&mut self) {
+        self.ttp.start();
+        self.wait_socket("ttp");
+        if self.transport == Transport::Tls {
+            let port = self.ttp.listening();
+            self.relays[1].retarget(port);
+            self.relays[2].retarget(port);
+        }
     }
 
     /// Waits until the daemon accepts connections on its socket.
@@ -782,12 +827,11 @@ impl World {
         self.transport = transport;
         self.write_configs();
         if new_transport {
-            if transport == Transport::Nats && self.nats.child.is_none() {
+            if transport == Transport::Nats && self.nats.server.is_none() {
                 self.nats.start();
             }
             self.ttp.kill();
-            self.ttp.start();
-            self.wait_socket("ttp");
+            self.start_ttp();
         }
         for side in [Side::A, Side::B] {
             self.proc(side).kill();
@@ -1081,8 +1125,7 @@ impl World {
             }
             Fault::KillTtp => {
                 self.ttp.kill();
-                self.ttp.start();
-                self.wait_socket("ttp");
+                self.start_ttp();
             }
             Fault::KillCard => {
                 offers_wallet = None;
@@ -1153,7 +1196,7 @@ impl World {
             match transport {
                 Transport::Tls => self.relays[1].heal(),
                 Transport::Nats => {
-                    if self.nats.child.is_none() {
+                    if self.nats.server.is_none() {
                         self.nats.start();
                     }
                 }
