@@ -128,4 +128,13 @@ pub trait Applet: Send {
     fn privileged(&self) -> &[Mtype];
     /// Handles one message addressed to the card.
     fn handle(&mut self, cx: &mut AppletCx<'_>, m: &Message) -> Result<(), Refusal>;
+    /// The card took a time from its host (`set-time`, every `[card]
+    /// clock_secs`): `cx.time` is the new time. The applet may act on its
+    /// own, e.g. ask again for what it waits for too long; its data and
+    /// messages are committed as for [`Applet::handle`]. A refusal is only
+    /// logged (there is no sender to tell). Default: nothing.
+    fn on_time(&mut self, cx: &mut AppletCx<'_>) -> Result<(), Refusal> {
+        let _ = cx;
+        Ok(())
+    }
 }

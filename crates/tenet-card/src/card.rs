@@ -904,7 +904,15 @@ impl<S: Storage> Card<S> {
             }
         };
         match self.set_time(t.now) {
-            Ok(time) => debug!(%time, "host time taken"),
+            Ok(time) => {
+                debug!(%time, "host time taken");
+                for i in 0..self.applets.len() {
+                    if let Err(Refusal(text)) = self.call_applet(i, src, |a, cx| a.on_time(cx))? {
+                        let name = self.applets[i].name();
+                        debug!(applet = name, %text, "the applet did nothing at this time");
+                    }
+                }
+            }
             Err(SetTimeError::Refused(r)) => self.refuse(src, Mtype::SET_TIME, r.to_string()),
             Err(SetTimeError::Store(e)) => return Err(e),
         }
@@ -1025,6 +1033,23 @@ impl<S: Storage> Card<S> {
             }
             return Ok(());
         };
+        if let Err(Refusal(text)) = self.call_applet(i, src, |a, cx| a.handle(cx, &m))? {
+            let name = self.applets[i].name();
+            self.refuse(src, mt, format!("{name}: {text}"));
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on applet `i` with its context (`src` decides whether the
+    /// sender is authenticated). On `Ok` the applet's data is committed
+    /// and its messages queued, in one store update; on a refusal nothing
+    /// changes and the refusal is returned.
+    fn call_applet(
+        &mut self,
+        i: usize,
+        src: EntityId,
+        f: impl FnOnce(&mut dyn Applet, &mut AppletCx<'_>) -> Result<(), Refusal>,
+    ) -> Result<Result<(), Refusal>, StoreError> {
         let app_id = self.applets[i].id();
         let mut data = self.state.applets.get(&app_id).cloned().unwrap_or_default();
         let mut out = Vec::new();
@@ -1062,27 +1087,21 @@ impl<S: Storage> Card<S> {
             signer: &signer,
             meter,
         };
-        let result = self.applets[i].handle(&mut cx, &m);
-        match result {
-            Ok(()) => {
-                let changed = match self.state.applets.get(&app_id) {
-                    Some(before) => *before != data,
-                    None => !data.is_empty(),
-                };
-                if changed {
-                    self.commit_applet(app_id, data)?;
-                }
-                for o in out {
-                    if o.encoded_len() <= self.limits.max_message {
-                        self.outbox.push_back(o);
-                    }
-                }
+        let result = f(self.applets[i].as_mut(), &mut cx);
+        if result.is_ok() {
+            let changed = match self.state.applets.get(&app_id) {
+                Some(before) => *before != data,
+                None => !data.is_empty(),
+            };
+            if changed {
+                self.commit_applet(app_id, data)?;
             }
-            Err(Refusal(text)) => {
-                let name = self.applets[i].name();
-                self.refuse(src, mt, format!("{name}: {text}"));
+            for o in out {
+                if o.encoded_len() <= self.limits.max_message {
+                    self.outbox.push_back(o);
+                }
             }
         }
-        Ok(())
+        Ok(result)
     }
 }

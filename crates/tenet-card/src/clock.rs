@@ -4,10 +4,11 @@
 //! A smartcard has no clock of its own. Its host tells it the time with
 //! one card service, `set-time` (`0x0108`), which the smartcard proxy sends
 //! as the card's own id `DOMAIN:0` (no app and no remote peer can send as
-//! that id) when it attaches the card and every hour after. Everything on
-//! the card that depends on time (certificate validity today; offer
-//! expiry, recovery timeouts and presentations later) reads this clock and
-//! nothing else.
+//! that id) when it attaches the card and every `[card] clock_secs` after
+//! (10 s by default). Everything on the card that depends on time
+//! (certificate validity, the recovery timeouts of its applets: each
+//! accepted time is also a tick for them, [`crate::Applet::on_time`])
+//! reads this clock and nothing else.
 //!
 //! The card keeps in its store a lower bound on the time, the *bound*:
 //!
@@ -20,9 +21,10 @@
 //! - otherwise the card's time becomes `max(bound, host time)`;
 //! - the bound moves forward by at most [`STEP`] (a day) at a time, only
 //!   when the host time is at least a day past it, and at most once per
-//!   [`RAISE_EVERY`] host times accepted since power-up or the last raise
-//!   (a day of the proxy's hourly ticks). That is at most one store write a
-//!   day for a host whose clock is right, and a wrong host time in the
+//!   [`RAISE_EVERY`] host times accepted since power-up or the last raise,
+//!   counting only host times at least [`COUNT_GAP`] (an hour) after the
+//!   last one counted: a day of host time, however often the host ticks.
+//!   That is at most one store write a day for a host whose clock is right, and a wrong host time in the
 //!   future moves the bound one day per day of uptime at most, and not at
 //!   all across restarts (a daemon in a restart loop with its clock in the
 //!   future cannot push the bound ahead): when the host's clock is
@@ -45,8 +47,12 @@ pub use tenet_proto::time::{CardTime, DAY, MAX_TIME, Utc};
 pub const TOLERANCE: u64 = DAY;
 /// The most the bound moves forward at once.
 pub const STEP: u64 = DAY;
-/// Host times accepted between two raises of the bound.
+/// Host times counted between two raises of the bound.
 pub const RAISE_EVERY: u32 = 24;
+/// How far after the last counted host time the next one must be to count
+/// towards [`RAISE_EVERY`]: the bound moves after a day of host time, not
+/// after 24 ticks, whatever the proxy's tick period.
+pub const COUNT_GAP: u64 = 3600;
 
 /// Why the card refused a host time; it kept the time it had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -69,7 +75,8 @@ pub enum ClockRefusal {
 }
 
 /// The volatile part of the clock (card RAM): the host time last accepted
-/// since power-up and the count of host times since the bound last moved.
+/// since power-up, and the host times counted since the bound last moved
+/// (how many, and the last one).
 ///
 /// At power-up (`Default`) it has no host time and counts no host times:
 /// a day of host times passes before the bound moves, so restarts never
@@ -78,6 +85,7 @@ pub enum ClockRefusal {
 pub(crate) struct Clock {
     host: Option<u64>,
     since_raise: u32,
+    counted: Option<u64>,
 }
 
 impl Clock {
@@ -106,8 +114,9 @@ impl Clock {
         if given.saturating_add(TOLERANCE) < bound {
             return Err(ClockRefusal::BeforeBound { given, bound });
         }
-        let raise =
-            given >= bound.saturating_add(DAY) && self.since_raise.saturating_add(1) >= RAISE_EVERY;
+        let raise = given >= bound.saturating_add(DAY)
+            && self.counts(given)
+            && self.since_raise.saturating_add(1) >= RAISE_EVERY;
         Ok(raise.then(|| given.min(bound + STEP)))
     }
 
@@ -115,11 +124,21 @@ impl Clock {
     /// bound moved.
     pub(crate) fn accept(&mut self, given: u64, raised: bool) {
         self.host = Some(given);
-        self.since_raise = if raised {
-            0
-        } else {
-            self.since_raise.saturating_add(1)
-        };
+        if raised {
+            self.since_raise = 0;
+            self.counted = Some(given);
+        } else if self.counts(given) {
+            self.since_raise = self.since_raise.saturating_add(1);
+            self.counted = Some(given);
+        }
+    }
+
+    /// Whether the host time `given` counts towards [`RAISE_EVERY`]: the
+    /// first since power-up, then one at least [`COUNT_GAP`] after the
+    /// last counted.
+    fn counts(&self, given: u64) -> bool {
+        self.counted
+            .is_none_or(|c| given >= c.saturating_add(COUNT_GAP))
     }
 }
 
@@ -175,31 +194,70 @@ mod tests {
     fn the_bound_moves_a_day_at_most_and_once_per_day_of_ticks() {
         let mut c = Clock::default();
         let far = T + 100 * 365 * DAY;
-        // After power-up, 23 host times do not move the bound, the 24th
-        // moves it by a day.
+        // After power-up, 23 hourly host times do not move the bound, the
+        // 24th moves it by a day.
+        let mut t = far;
         for _ in 0..RAISE_EVERY - 1 {
-            assert_eq!(c.check(far, T), Ok(None));
-            c.accept(far, false);
+            assert_eq!(c.check(t, T), Ok(None));
+            c.accept(t, false);
+            t += COUNT_GAP;
         }
-        assert_eq!(c.check(far, T), Ok(Some(T + DAY)));
-        c.accept(far, true);
+        assert_eq!(c.check(t, T), Ok(Some(T + DAY)));
+        c.accept(t, true);
         let bound = T + DAY;
         // The next 23 do not move it, the 24th does.
         for _ in 0..RAISE_EVERY - 1 {
-            assert_eq!(c.check(far, bound), Ok(None));
-            c.accept(far, false);
+            t += COUNT_GAP;
+            assert_eq!(c.check(t, bound), Ok(None));
+            c.accept(t, false);
         }
-        assert_eq!(c.check(far, bound), Ok(Some(bound + DAY)));
+        t += COUNT_GAP;
+        assert_eq!(c.check(t, bound), Ok(Some(bound + DAY)));
         // A restart loop with the clock in the future never moves it.
         for _ in 0..1000 {
             assert_eq!(Clock::default().check(far, T), Ok(None));
         }
         // A time less than a day past the bound does not move it.
         let mut c = Clock::default();
-        for _ in 0..RAISE_EVERY - 1 {
-            c.accept(T + DAY + 5, false);
+        for i in 0..u64::from(RAISE_EVERY) - 1 {
+            c.accept(
+                T + DAY + 5 - (RAISE_EVERY as u64 - 1 - i) * COUNT_GAP,
+                false,
+            );
         }
         assert_eq!(c.check(T + DAY - 1, T), Ok(None));
         assert_eq!(c.check(T + DAY + 5, T), Ok(Some(T + DAY)));
+    }
+
+    /// The proxy ticks every few seconds: ticks closer than an hour of host
+    /// time count once, so a host whose clock is in the future still moves
+    /// the bound a day per day of host time, not a day per 24 ticks.
+    #[test]
+    fn frequent_ticks_do_not_move_the_bound_faster() {
+        let mut c = Clock::default();
+        let far = T + 100 * 365 * DAY;
+        // A day of host time less a tick, one tick every 10 s.
+        for i in 0..(DAY - COUNT_GAP) / 10 {
+            let t = far + i * 10;
+            assert_eq!(c.check(t, T), Ok(None), "tick {i}");
+            c.accept(t, false);
+        }
+        // Ten thousand ticks at one host time: none moves it.
+        let mut c = Clock::default();
+        for _ in 0..10_000 {
+            assert_eq!(c.check(far, T), Ok(None));
+            c.accept(far, false);
+        }
+        // A day of host time in 10 s ticks moves it once.
+        let mut c = Clock::default();
+        let raises = (0..DAY / 10 + 1)
+            .filter(|i| {
+                let t = far + i * 10;
+                let r = c.check(t, T).unwrap().is_some();
+                c.accept(t, r);
+                r
+            })
+            .count();
+        assert_eq!(raises, 1);
     }
 }

@@ -819,13 +819,20 @@ fn a_wrong_host_time_far_in_the_future_moves_the_bound_a_day_at_most() {
     assert!(set_time(&mut c, year_3000).is_empty());
     assert_eq!(applet_time(&mut c), (year_3000, true));
     assert_eq!(c.state().clock_bound, bound, "not at power-up");
-    // Once per day of hourly ticks: the 24th since power-up moves it a day.
-    for _ in 0..23 {
+    // Ticks at one host time, however many, do not move it.
+    for _ in 0..100 {
         set_time(&mut c, year_3000);
     }
+    assert_eq!(c.state().clock_bound, bound, "no host time passed");
+    // Once per day of host time: the 24th hourly tick since power-up moves
+    // it a day, whatever ticks come between.
+    for h in 1..=23 {
+        set_time(&mut c, year_3000 + h * 3600 - 10);
+        set_time(&mut c, year_3000 + h * 3600);
+    }
     assert_eq!(c.state().clock_bound, bound + 86_400, "one day, no more");
-    for _ in 0..23 {
-        set_time(&mut c, year_3000);
+    for h in 24..24 + 23 {
+        set_time(&mut c, year_3000 + h * 3600);
     }
     assert_eq!(c.state().clock_bound, bound + 86_400);
     // The host's clock is corrected: its time is taken again at once.
@@ -940,4 +947,72 @@ fn a_chain_is_ended_by_any_other_command() {
         apdu(&mut c, chained_poll).sw,
         StatusWord::CHAINING_NOT_SUPPORTED
     );
+}
+
+/// A test applet acting on the clock's ticks: each time the card takes,
+/// it stores it (its data) and tells app 7; with data "off" it refuses.
+struct Alarm;
+
+const ALARM: Mtype = Mtype(0x8105);
+
+impl Applet for Alarm {
+    fn id(&self) -> u16 {
+        0x83
+    }
+    fn name(&self) -> &'static str {
+        "alarm"
+    }
+    fn handles(&self, m: Mtype) -> bool {
+        m == ALARM
+    }
+    fn privileged(&self) -> &[Mtype] {
+        &[]
+    }
+    fn handle(&mut self, cx: &mut AppletCx<'_>, _: &Message) -> Result<(), Refusal> {
+        *cx.data = b"off".to_vec();
+        Ok(())
+    }
+    fn on_time(&mut self, cx: &mut AppletCx<'_>) -> Result<(), Refusal> {
+        if cx.data.as_slice() == b"off" {
+            *cx.data = b"changed before refusing".to_vec();
+            cx.send(app(7), ALARM, b"should not leave".to_vec());
+            return Err(Refusal("switched off".into()));
+        }
+        *cx.data = cx.time.now.to_be_bytes().to_vec();
+        cx.send(app(7), ALARM, cx.time.now.to_be_bytes().to_vec());
+        Ok(())
+    }
+}
+
+/// Every time the card takes from its host is a tick for its applets
+/// (`Applet::on_time`): what they store and send is committed together,
+/// a time the card refuses is no tick, and an applet that refuses a tick
+/// changes nothing and sends nothing (no `refused` either).
+#[test]
+fn an_accepted_host_time_is_a_tick_for_the_applets() {
+    let mut c = card_with(MemStore::new(32 * 1024), CardLimits::default());
+    c.install(Box::new(Alarm));
+    select(&mut c);
+    let now = system_now();
+    let out = set_time(&mut c, now);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!((out[0].dst(), out[0].mtype()), (app(7), ALARM));
+    assert_eq!(out[0].param, now.to_be_bytes());
+    assert_eq!(c.state().applets[&0x83], now.to_be_bytes());
+    // Refused time: no tick.
+    let out = set_time(&mut c, 0);
+    assert_eq!(out.len(), 1);
+    refusal_text(&out[0]);
+    assert_eq!(c.state().applets[&0x83], now.to_be_bytes());
+    // The applet refuses the tick: nothing stored, nothing sent.
+    one_or_none(&mut c, Message::new(app(1), CARD, ALARM, vec![]));
+    assert_eq!(c.state().applets[&0x83], b"off");
+    assert!(set_time(&mut c, now + 10).is_empty());
+    assert_eq!(c.state().applets[&0x83], b"off");
+}
+
+fn one_or_none<S: Storage>(c: &mut Card<S>, m: Message) {
+    let (sw, out) = deliver(c, m);
+    assert!(sw.is_success(), "{sw}");
+    assert!(out.is_empty(), "{out:?}");
 }

@@ -59,6 +59,12 @@ pub enum CardCmd {
         /// it (same key). Recommended with --ttp.
         #[arg(long, value_name = "FILE", requires = "ttp")]
         ttp_cert: Option<PathBuf>,
+        /// Seconds an exchange may stay pending before the card asks the
+        /// TTP by itself, then again with backoff; 0: only when a wallet
+        /// orders it (`tenet wallet recover`).
+        #[arg(long, value_name = "SECS", requires = "ttp",
+              default_value_t = tenet_voucher::card::DEFAULT_RECOVER_AFTER)]
+        recover_after: u32,
     },
     /// Give a virtual card's key a new certificate from its CA.
     ///
@@ -184,6 +190,7 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
             days,
             ttp,
             ttp_cert,
+            recover_after,
         } => {
             let ttp_cert = ttp_cert
                 .map(|p| {
@@ -252,7 +259,11 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
                     if let Some(t) = ttp {
                         card.provision(
                             tenet_voucher_app::applet::APPLET_ID,
-                            tenet_voucher_app::applet::initial_data(t, ttp_cert.clone()),
+                            tenet_voucher_app::applet::initial_data_with(
+                                t,
+                                ttp_cert.clone(),
+                                recover_after,
+                            ),
                         )?;
                     }
                     Ok(card)
@@ -334,18 +345,17 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
                 .applets
                 .get(&tenet_voucher_app::applet::APPLET_ID)
                 .and_then(|d| tenet_voucher::card::VoucherCard::decode(d).ok());
-            match voucher.as_ref().and_then(|v| v.ttp) {
-                Some(t) => println!(
-                    "TTP {t}{}",
-                    if voucher
-                        .as_ref()
-                        .is_some_and(|v| v.ttp_certificate.is_some())
-                    {
-                        " (certificate pinned)"
-                    } else {
-                        " (certificate not pinned)"
+            match voucher.as_ref().filter(|v| v.ttp.is_some()) {
+                Some(v) => {
+                    let pinned = ["not pinned", "pinned"][usize::from(v.ttp_certificate.is_some())];
+                    println!("TTP {} (certificate {pinned})", v.ttp.expect("filtered"));
+                    match v.recover_after {
+                        0 => println!("recovery when a wallet orders it (tenet wallet recover)"),
+                        s => {
+                            println!("recovery by the card after {s} s pending, then with backoff")
+                        }
                     }
-                ),
+                }
                 None => println!("TTP none (personalize with --ttp and --ttp-cert)"),
             }
             println!(

@@ -516,6 +516,7 @@ fn summary(c: &tenet_host::Config) -> Vec<String> {
         format!("card.reader = {}", or_unset(c.card.reader.as_ref())),
         format!("card.short_apdus = {}", or_unset(c.card.short_apdus)),
         format!("card.wait_secs = {}", c.card_wait().unwrap().as_secs_f64()),
+        format!("card.clock_secs = {}", c.card_clock().unwrap().as_secs()),
         format!(
             "card.max_message = {}",
             c.card_limits().unwrap().max_message
@@ -659,6 +660,9 @@ card.virtual_and_reader: [card]\nvirtual = "a"\nreader = "b"
 card.short_apdus_string: [card]\nshort_apdus = "no"
 card.wait_negative: [card]\nwait_secs = -3.0
 card.wait_over_an_hour: [card]\nwait_secs = 3601
+card.clock_zero: [card]\nclock_secs = 0
+card.clock_over_an_hour: [card]\nclock_secs = 3601
+card.clock_negative: [card]\nclock_secs = -1
 card.max_message_below_header: [card]\nmax_message = 33
 card.max_message_above_max: [card]\nmax_message = 70000
 card.ttp_without_virtual: [card]\nttp = "777777777777777777777777:0"
@@ -847,6 +851,7 @@ policy = "GIVE>=2:cacacacacacacacacacacaca:coffee,WANT<=1:cbcbcbcbcbcbcbcbcbcbcb
 virtual = "/var/lib/tenet/card.store"
 short_apdus = false
 wait_secs = 10
+clock_secs = 7
 max_message = 65535
 ttp = "777777777777777777777777:0"
 

@@ -302,6 +302,10 @@ pub struct CardSection {
     /// swap its card's TTP, so naming another one (or one for a card
     /// personalized without a TTP) stops the daemon at startup.
     pub ttp: Option<String>,
+    /// Seconds between two times the daemon gives its card (`set-time`,
+    /// the card's clock and the tick its applets act on, e.g. a voucher
+    /// card recovering a stuck exchange by itself), 1 to 3600; default 10.
+    pub clock_secs: Option<u64>,
 }
 
 /// `[host]`: where the daemon listens and keeps its state.
@@ -407,6 +411,7 @@ impl Config {
         self.limits()?;
         RuleGuard::from_specs(&self.guard.rules)?;
         self.card_wait()?;
+        self.card_clock()?;
         self.card_limits()?;
         self.card_ttp()?;
         self.metrics_listen()?;
@@ -620,6 +625,18 @@ impl Config {
             Some(t) => Err(ConfigError::Value {
                 key: "card.wait_secs",
                 detail: format!("{t} is not between 0 and 3600 seconds"),
+            }),
+        }
+    }
+
+    /// How often the daemon gives its card the time.
+    pub fn card_clock(&self) -> Result<Duration, ConfigError> {
+        match self.card.clock_secs {
+            None => Ok(Duration::from_secs(10)),
+            Some(t @ 1..=3600) => Ok(Duration::from_secs(t)),
+            Some(t) => Err(ConfigError::Value {
+                key: "card.clock_secs",
+                detail: format!("{t} is not between 1 and 3600 seconds"),
             }),
         }
     }
@@ -860,6 +877,8 @@ pub struct Settings {
     pub card_limits: tenet_card::CardLimits,
     /// How long to wait for a card in a reader at startup.
     pub card_wait: Duration,
+    /// How often the card is given the time (`[card] clock_secs`).
+    pub card_clock: Duration,
     /// The TTP `[card] ttp` names.
     pub card_ttp: Option<tenet_proto::EntityId>,
     /// The static peer routes (`[[remote.peers]]`).
@@ -882,6 +901,7 @@ impl TryFrom<&Config> for Settings {
             acquire: c.acquire_limit()?,
             card_limits: c.card_limits()?,
             card_wait: c.card_wait()?,
+            card_clock: c.card_clock()?,
             card_ttp: c.card_ttp()?,
             peers: c.remote_checked()?,
         })
@@ -945,6 +965,8 @@ mod tests {
             ),
             ("[card]\nvirtual = \"a\"\nreader = \"b\"", "card"),
             ("[card]\nwait_secs = -3.0", "card.wait_secs"),
+            ("[card]\nclock_secs = 0", "card.clock_secs"),
+            ("[card]\nclock_secs = 3601", "card.clock_secs"),
             ("[card]\nmax_message = 70000", "card.max_message"),
             (
                 "[card]\nreader = \"b\"\nttp = \"777777777777777777777777:0\"",

@@ -16,7 +16,10 @@
 //! The card's clock: the proxy gives the card the host's time (`set-time`,
 //! as the card's own id) when it attaches the card, before anything else,
 //! after every reconnection or reset (before the next delivery), and every
-//! [`CLOCK_PERIOD`] after. A time the card refuses (far below the bound it
+//! `[card] clock_secs` after (10 s by default). Each time is also the tick
+//! on which the card's applets act by themselves (a voucher card asks the
+//! TTP about an exchange stuck too long); what the card sends then is
+//! stored like any of its messages. A time the card refuses (far below the bound it
 //! keeps, `tenet_card::clock`) is logged as a warning.
 //!
 //! A missing card: when the link reports the card gone, the message being
@@ -74,19 +77,18 @@ const RETRY: Duration = Duration::from_millis(500);
 /// acquiring an id waits behind at most this many, however long the card's
 /// queue stays full (a flood keeps it so).
 const BATCH: usize = 8;
-/// How often the proxy gives the card the host's time, besides at attach.
-pub(crate) const CLOCK_PERIOD: Duration = Duration::from_secs(3600);
-
 pub(crate) fn run(
     shared: Arc<Shared>,
     session: CardSession,
     rx: Receiver<ProxyCmd>,
     ep: EndpointId,
     card: EntityId,
+    clock: Duration,
 ) {
     let mut link = Attached {
         session,
         card,
+        clock,
         failed: None,
         more: false,
     };
@@ -101,7 +103,7 @@ pub(crate) fn run(
             })
         } else if connected {
             // Wakes for the next tick of the card's clock (drain tells it).
-            rx.recv_timeout(link.session.time_due_in(CLOCK_PERIOD))
+            rx.recv_timeout(link.session.time_due_in(link.clock))
         } else {
             rx.recv_timeout(RETRY)
         };
@@ -142,6 +144,8 @@ pub(crate) fn run(
 struct Attached {
     session: CardSession,
     card: EntityId,
+    /// How often the card is given the time (`[card] clock_secs`).
+    clock: Duration,
     /// Why the last reconnection failed, so that a refusal is logged once
     /// until it changes (the proxy retries every 500 ms).
     failed: Option<SessionError>,
@@ -241,11 +245,11 @@ fn drain(shared: &Shared, link: &mut Attached, ep: EndpointId) -> bool {
     true
 }
 
-/// Gives the card the host's time if due ([`CLOCK_PERIOD`], or since the
+/// Gives the card the host's time if due (`[card] clock_secs`, or since the
 /// card was selected again). Returns whether the card is still connected.
 fn tell_time(shared: &Shared, link: &mut Attached) -> bool {
     let card = link.card;
-    match link.session.tell_time_if_due(card, CLOCK_PERIOD) {
+    match link.session.tell_time_if_due(card, link.clock) {
         Ok(out) => {
             let (refusals, rest): (Vec<_>, Vec<_>) = out.into_iter().partition(|m| m.dst() == card);
             for m in refusals {

@@ -613,10 +613,10 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
     }
     if let (Some((session, info)), Some(a)) = (card, &shared.card) {
         info!(card = %info.domain.owner(), link = %a.link, privileged = ?info.privileged, "card attached");
-        let (sh, ep, id) = (shared.clone(), a.ep, a.id);
+        let (sh, ep, id, clock) = (shared.clone(), a.ep, a.id, settings.card_clock);
         let t = std::thread::Builder::new()
             .name("tenet-card-proxy".into())
-            .spawn(move || crate::proxy::run(sh, session, proxy_rx, ep, id))
+            .spawn(move || crate::proxy::run(sh, session, proxy_rx, ep, id, clock))
             .map_err(|e| HostError::Card(CardAttachError::Thread(e)))?;
         *lock(&a.thread) = Some(t);
     }

@@ -89,8 +89,10 @@ impl Mtype {
     pub const CARD_INFO: Mtype = Mtype(0x0107);
     /// Card service: the host's time for the card's clock
     /// ([`SetTime`](crate::card::SetTime)), sent by the smartcard proxy as
-    /// the card's own id `DOMAIN:0` at attach and every hour. The only clock
-    /// in the system; no answer unless refused.
+    /// the card's own id `DOMAIN:0` at attach and every `[card] clock_secs`
+    /// (10 s by default); each time taken is also a tick on which the
+    /// card's applets act by themselves. The only clock in the system; no
+    /// answer unless refused.
     pub const SET_TIME: Mtype = Mtype(0x0108);
     /// Card service, privileged: end every authenticated session of the
     /// card at once (clear its authenticated-ID set), as pulling the card

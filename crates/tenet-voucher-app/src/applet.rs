@@ -20,7 +20,8 @@ use tenet_proto::{EntityId, Message, Mtype};
 use tenet_pki::cache::CheckedCertificates;
 use tenet_pki::{check_validity, validity, verify_at};
 use tenet_voucher::card::{
-    BALANCE_REQUEST, Ctx, EXCHANGES_REQUEST, MINT, SET_ACCEPTOR, VoucherCard,
+    BALANCE_REQUEST, Ctx, DEFAULT_RECOVER_AFTER, EXCHANGES_REQUEST, MINT, Out, SET_ACCEPTOR,
+    VoucherCard,
 };
 use tenet_voucher::certs::TtpSwap;
 use tenet_voucher::crypto::{Crypto, VerifyError};
@@ -137,12 +138,29 @@ impl VoucherApplet {
 /// pinning its certificate (DER), written at personalization
 /// (`Card::provision`).
 pub fn initial_data(ttp: EntityId, ttp_certificate: Option<Vec<u8>>) -> Vec<u8> {
+    initial_data_with(ttp, ttp_certificate, DEFAULT_RECOVER_AFTER)
+}
+
+/// [`initial_data`] with the card's recovery timeout: the seconds an
+/// exchange may stay pending before the card asks the TTP by itself
+/// ([`VoucherCard::tick`]); 0 leaves recovery to the wallet.
+pub fn initial_data_with(
+    ttp: EntityId,
+    ttp_certificate: Option<Vec<u8>>,
+    recover_after: u32,
+) -> Vec<u8> {
     VoucherCard {
         ttp: Some(ttp),
         ttp_certificate,
+        recover_after,
         ..VoucherCard::default()
     }
     .to_bytes()
+}
+
+/// The recovery timeout in the applet's stored data, if it is readable.
+pub fn recover_after(data: &[u8]) -> Option<u32> {
+    VoucherCard::decode(data).ok().map(|s| s.recover_after)
 }
 
 /// The applet's id (keys its persistent data).
@@ -173,6 +191,55 @@ const PRIVILEGED: [Mtype; 7] = [
     SET_ACCEPTOR,
 ];
 
+impl VoucherApplet {
+    /// Runs `f` on `state` with the card's keys as its context, then
+    /// stores the state and sends what `f` returned; on a refusal, neither.
+    fn step(
+        &mut self,
+        cx: &mut AppletCx<'_>,
+        mut state: VoucherCard,
+        ttp: EntityId,
+        f: impl FnOnce(&mut VoucherCard, &mut Ctx<'_>) -> Result<Vec<Out>, Refusal>,
+    ) -> Result<(), Refusal> {
+        let hashed_before = tenet_voucher::model::h_blocks();
+        let outs = {
+            let mut crypto = CardCrypto {
+                cx,
+                checked: RefCell::new(&mut self.checked),
+            };
+            let mut ctx = Ctx {
+                me: crypto.cx.card,
+                ttp,
+                wallet: None,
+                crypto: &mut crypto,
+            };
+            f(&mut state, &mut ctx)?
+        };
+        cx.count_hash_blocks(tenet_voucher::model::h_blocks() - hashed_before);
+        cx.data.clear();
+        state.encode(cx.data);
+        self.cache = Some((cx.data.clone(), state));
+        for o in outs {
+            cx.send(o.dst, o.mtype, o.param);
+        }
+        Ok(())
+    }
+
+    /// The stored state, from the cache while the stored bytes are the
+    /// cached ones.
+    fn load(&mut self, data: &[u8]) -> Result<(Vec<u8>, VoucherCard), Refusal> {
+        Ok(match self.cache.take() {
+            Some((bytes, state)) if bytes == *data => (bytes, state),
+            _ if data.is_empty() => (Vec::new(), VoucherCard::default()),
+            _ => (
+                data.to_vec(),
+                VoucherCard::decode(data)
+                    .map_err(|e| Refusal(format!("stored voucher state unreadable: {e}")))?,
+            ),
+        })
+    }
+}
+
 impl Applet for VoucherApplet {
     fn id(&self) -> u16 {
         APPLET_ID
@@ -194,15 +261,7 @@ impl Applet for VoucherApplet {
         if cx.certificate.is_none() || cx.ca_certificate.is_none() {
             return Err(Refusal("this card has no certificate yet".into()));
         }
-        let (bytes, mut state) = match self.cache.take() {
-            Some((bytes, state)) if bytes == *cx.data => (bytes, state),
-            _ if cx.data.is_empty() => (Vec::new(), VoucherCard::default()),
-            _ => (
-                cx.data.clone(),
-                VoucherCard::decode(cx.data)
-                    .map_err(|e| Refusal(format!("stored voucher state unreadable: {e}")))?,
-            ),
-        };
+        let (bytes, state) = self.load(cx.data)?;
         let me = cx.card;
         let Some(ttp) = state.ttp else {
             return Err(Refusal(
@@ -249,29 +308,31 @@ impl Applet for VoucherApplet {
             }
             return Ok(());
         }
-        let hashed_before = tenet_voucher::model::h_blocks();
-        let outs = {
-            let mut crypto = CardCrypto {
-                cx,
-                checked: RefCell::new(&mut self.checked),
-            };
-            let mut ctx = Ctx {
-                me,
-                ttp,
-                wallet: None,
-                crypto: &mut crypto,
-            };
-            state
-                .handle(&mut ctx, m.src(), m.mtype(), &m.param)
-                .map_err(|r| Refusal(r.0))?
-        };
-        cx.count_hash_blocks(tenet_voucher::model::h_blocks() - hashed_before);
-        cx.data.clear();
-        state.encode(cx.data);
-        self.cache = Some((cx.data.clone(), state));
-        for o in outs {
-            cx.send(o.dst, o.mtype, o.param);
+        self.step(cx, state, ttp, |s, ctx| {
+            s.handle(ctx, m.src(), m.mtype(), &m.param)
+                .map_err(|r| Refusal(r.0))
+        })
+    }
+
+    /// A tick of the card's clock: exchanges pending longer than the card's
+    /// recovery timeout are recovered with the TTP, and asked again with
+    /// backoff ([`VoucherCard::tick`]). Nothing before the host has told
+    /// the time since power-up, on a card without its certificates or TTP,
+    /// or without pending exchanges.
+    fn on_time(&mut self, cx: &mut AppletCx<'_>) -> Result<(), Refusal> {
+        if !cx.time.from_host
+            || cx.data.is_empty()
+            || cx.certificate.is_none()
+            || cx.ca_certificate.is_none()
+        {
+            return Ok(());
         }
-        Ok(())
+        let (bytes, state) = self.load(cx.data)?;
+        let Some(ttp) = state.ttp.filter(|_| state.pending().next().is_some()) else {
+            self.cache = Some((bytes, state));
+            return Ok(());
+        };
+        let now = cx.time.now;
+        self.step(cx, state, ttp, |s, ctx| Ok(s.tick(ctx, now)))
     }
 }

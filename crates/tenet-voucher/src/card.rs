@@ -183,6 +183,12 @@ pub struct Exchange {
     pub n2: Option<[u8; 16]>,
     /// Where it stands.
     pub phase: Phase,
+    /// The card time at which this card asks the TTP by itself, if the
+    /// exchange is still pending then ([`VoucherCard::tick`]); set by the
+    /// first tick that finds it pending.
+    pub due: Option<u64>,
+    /// How often this card asked the TTP by itself (the backoff).
+    pub asks: u8,
 }
 
 impl Exchange {
@@ -245,6 +251,22 @@ pub const HISTORY: usize = 16;
 /// h(n2), which only its own recovery touches (see docs/model.md).
 pub const ACCEPTED_MEMORY: usize = 32;
 
+/// The recovery timeout of a card whose state names none (personalized
+/// before cards recovered by themselves): a minute.
+pub const DEFAULT_RECOVER_AFTER: u32 = 60;
+
+/// The longest wait between two requests a card sends the TTP by itself,
+/// unless its timeout is longer: an hour.
+pub const MAX_BACKOFF: u64 = 3600;
+
+/// How long a card waits before asking the TTP again after its `asks`-th
+/// request, with timeout `after`: doubling, up to [`MAX_BACKOFF`].
+pub fn backoff(after: u64, asks: u8) -> u64 {
+    after
+        .saturating_mul(1 << asks.min(16))
+        .min(after.max(MAX_BACKOFF))
+}
+
 /// The voucher applet's persistent state.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct VoucherCard {
@@ -268,6 +290,10 @@ pub struct VoucherCard {
     /// Finished exchanges in the order they finished: the oldest is
     /// forgotten first.
     pub finished: VecDeque<ExchangeId>,
+    /// Seconds of card time an exchange may stay pending before the card
+    /// asks the TTP by itself (resolve as initiator, abort as responder),
+    /// chosen at personalization; 0: only when a wallet orders it.
+    pub recover_after: u32,
 }
 
 impl VoucherCard {
@@ -309,6 +335,39 @@ impl VoucherCard {
                 "{what}: {e} (counting what pending exchanges may credit)"
             ))
         })
+    }
+
+    /// The card's clock ticked (its host told it the time `now`): every
+    /// exchange pending for [`VoucherCard::recover_after`] seconds is
+    /// recovered as if a wallet had ordered it (resolve as initiator, abort
+    /// as responder), and asked again with [`backoff`] until the TTP's
+    /// admission finishes it. A pending exchange is timed from the first
+    /// tick that sees it. Returns the requests (and progress reports) to
+    /// send; the caller stores the state with them.
+    pub fn tick(&mut self, cx: &mut Ctx<'_>, now: u64) -> Vec<Out> {
+        if self.recover_after == 0 {
+            return Vec::new();
+        }
+        let after = u64::from(self.recover_after);
+        let pending: Vec<ExchangeId> = self.pending().map(|(id, _)| *id).collect();
+        let mut outs = Vec::new();
+        for id in pending {
+            let e = self.exchanges.get_mut(&id).expect("pending");
+            match e.due {
+                None => e.due = Some(now.saturating_add(after)),
+                Some(due) if now >= due => {
+                    // Pending, so recover cannot refuse.
+                    if let Ok(o) = self.recover(cx, id) {
+                        outs.extend(o);
+                    }
+                    let e = self.exchanges.get_mut(&id).expect("pending");
+                    e.asks = e.asks.saturating_add(1);
+                    e.due = Some(now.saturating_add(backoff(after, e.asks)));
+                }
+                Some(_) => {}
+            }
+        }
+        outs
     }
 
     /// Handles one eTP message addressed to the card (privilege was checked
@@ -518,6 +577,8 @@ impl VoucherCard {
                 agreement,
                 n2: Some(n2),
                 phase: Phase::AwaitingConfirmation,
+                due: None,
+                asks: 0,
             },
         );
         self.trim();
@@ -583,6 +644,8 @@ impl VoucherCard {
                 agreement: a,
                 n2: None,
                 phase: Phase::AwaitingCommitment,
+                due: None,
+                asks: 0,
             },
         );
         self.trim();
@@ -770,6 +833,8 @@ impl VoucherCard {
             if e.phase.is_final() {
                 e.agreement.signature.clear();
                 e.agreement.certificate.clear();
+                e.due = None;
+                e.asks = 0;
                 if !finished.contains(id) {
                     finished.push_back(*id);
                 }
@@ -792,6 +857,7 @@ const T_TTP: Tag = Tag(0x84);
 const T_ACCEPTOR: Tag = Tag(0x85);
 const T_TTP_CERT: Tag = Tag(0x86);
 const T_FINISHED: Tag = Tag(0x87);
+const T_RECOVER_AFTER: Tag = Tag(0x88);
 
 /// Appends each item as a constructed SEQUENCE that `write` fills in place.
 fn list<T>(out: &mut Vec<u8>, items: impl Iterator<Item = T>, write: impl Fn(&mut Vec<u8>, T)) {
@@ -832,6 +898,11 @@ impl Codec for VoucherCard {
                 if let Some(n2) = &e.n2 {
                     tlv::write(b, Tag(0x83), n2);
                 }
+                if let Some(due) = e.due {
+                    let mut v = due.to_be_bytes().to_vec();
+                    v.push(e.asks);
+                    tlv::write(b, Tag(0x84), &v);
+                }
             })
         });
         tlv::write_with(out, T_SEEN, |out| {
@@ -855,13 +926,22 @@ impl Codec for VoucherCard {
                 }
             });
         }
+        tlv::write(out, T_RECOVER_AFTER, &self.recover_after.to_be_bytes());
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let f = Fields::parse(r.rest())?;
         f.only(
             &[
-                T_BAL, T_OFFERS, T_EX, T_SEEN, T_TTP, T_ACCEPTOR, T_TTP_CERT, T_FINISHED,
+                T_BAL,
+                T_OFFERS,
+                T_EX,
+                T_SEEN,
+                T_TTP,
+                T_ACCEPTOR,
+                T_TTP_CERT,
+                T_FINISHED,
+                T_RECOVER_AFTER,
             ],
             "voucher state",
         )?;
@@ -878,6 +958,13 @@ impl Codec for VoucherCard {
                         .map(EntityId::from_array)
                 })
                 .transpose()?,
+            // A state from before cards recovered by themselves names no
+            // timeout: such a card gets the default.
+            recover_after: f
+                .get(T_RECOVER_AFTER)
+                .map(|_| f.require_array(T_RECOVER_AFTER, "recovery timeout"))
+                .transpose()?
+                .map_or(DEFAULT_RECOVER_AFTER, u32::from_be_bytes),
             ..VoucherCard::default()
         };
         for item in tlv::parse_all(f.require(T_BAL, "balances")?)? {
@@ -896,7 +983,13 @@ impl Codec for VoucherCard {
             let g = Fields::parse(item.value)?;
             let [role, phase] = g.require_array::<2>(Tag(0x80), "role and phase")?;
             let agreement = Agreement::decode(g.require(Tag(0xa2), "agreement")?)?;
+            let timer = g
+                .get(Tag(0x84))
+                .map(|_| g.require_array::<9>(Tag(0x84), "recovery timer"))
+                .transpose()?;
             let e = Exchange {
+                due: timer.map(|t| u64::from_be_bytes(t[..8].try_into().expect("8 bytes"))),
+                asks: timer.map_or(0, |t| t[8]),
                 role: role_from(role)?,
                 phase: Phase::from_code(phase)?,
                 offer: Offer::decode(g.require(Tag(0xa1), "offer")?)?,

@@ -84,19 +84,25 @@ impl World {
         w
     }
 
-    /// Delivers one message to card `who` and queues what it sends.
-    fn input(&mut self, who: u8, src: EntityId, mtype: Mtype, param: Vec<u8>) {
+    /// Card `who` and its context.
+    fn card(&mut self, who: u8) -> (&mut VoucherCard, Ctx<'_>) {
         let (card, crypto) = if who == A {
             (&mut self.a, &mut self.ca)
         } else {
             (&mut self.b, &mut self.cb)
         };
-        let mut cx = Ctx {
+        let cx = Ctx {
             me: card_id(who),
             ttp: card_id(T),
             wallet: Some(wallet(who)),
             crypto,
         };
+        (card, cx)
+    }
+
+    /// Delivers one message to card `who` and queues what it sends.
+    fn input(&mut self, who: u8, src: EntityId, mtype: Mtype, param: Vec<u8>) {
+        let (card, mut cx) = self.card(who);
         match card.handle(&mut cx, src, mtype, &param) {
             Ok(outs) => self.emit(card_id(who), outs),
             Err(r) => self.refusals.push(r.0),
@@ -176,6 +182,17 @@ impl World {
             for id in ids {
                 self.input(who, wallet(who), msg::RECOVER, id.to_bytes());
             }
+        }
+        self.run();
+    }
+
+    /// Both cards' clocks tick at card time `now`; what they send is
+    /// delivered.
+    fn tick(&mut self, now: u64) {
+        for who in [A, B] {
+            let (card, mut cx) = self.card(who);
+            let outs = card.tick(&mut cx, now);
+            self.emit(card_id(who), outs);
         }
         self.run();
     }
@@ -870,4 +887,94 @@ fn the_initiator_reserves_at_start() {
     w.start(); // a second open offer could bring one more
     assert_eq!(w.a.offers.len(), 1);
     assert!(w.refusals[0].contains("offer refused"), "{:?}", w.refusals);
+}
+
+/// Requests to the TTP on the network now.
+fn to_ttp(w: &World) -> usize {
+    w.net.iter().filter(|m| m.dst == card_id(T)).count()
+}
+
+/// A card recovers a stuck exchange by itself once it has been pending
+/// for its timeout, timed from the first tick that sees it; nobody orders
+/// it. The lost confirmation leaves both pending: whichever card's timeout
+/// passes first decides, and the outcome is fair either way.
+#[test]
+fn a_stuck_exchange_is_recovered_by_the_cards_own_timeout() {
+    for (after_a, after_b, outcome) in [(30, 60, SWAPPED), (60, 30, BEFORE)] {
+        let mut w = with_lost(msg::CONFIRMATION);
+        w.a.recover_after = after_a;
+        w.b.recover_after = after_b;
+        let t0 = 1_000_000;
+        w.tick(t0);
+        assert_eq!(w.a.pending().count() + w.b.pending().count(), 2);
+        // Just before the first timeout, nothing is asked.
+        w.tick(t0 + 29);
+        assert!(w.ttp.decided.is_empty());
+        assert_eq!(w.a.pending().count() + w.b.pending().count(), 2);
+        // At the first timeout that card asks; the TTP's admission
+        // finishes it, and the other card's own request later finishes it.
+        w.tick(t0 + 30);
+        assert_eq!(w.ttp.decided.len(), 1);
+        w.tick(t0 + 60);
+        assert!(w.a.pending().next().is_none() && w.b.pending().next().is_none());
+        assert_eq!(w.holdings(), outcome);
+        assert!(w.refusals.is_empty(), "{:?}", w.refusals);
+    }
+}
+
+/// A card whose requests get no answer asks again, waiting twice as long
+/// each time (up to an hour), and its timer survives encoding (a card
+/// restarted in between resumes where it was).
+#[test]
+fn an_unanswered_card_asks_again_with_backoff() {
+    let mut w = with_lost(msg::COMMITMENT);
+    w.a.recover_after = 10;
+    let id = *w.a.pending().next().unwrap().0;
+    let cx = |w: &mut World, now| {
+        let mut cx = Ctx {
+            me: card_id(A),
+            ttp: card_id(T),
+            wallet: None,
+            crypto: &mut w.ca,
+        };
+        let outs = w.a.tick(&mut cx, now);
+        // The TTP never answers: its requests are lost.
+        outs.iter().filter(|o| o.dst == card_id(T)).count()
+    };
+    let t0 = 5_000;
+    let mut asked_at = Vec::new();
+    for now in t0..t0 + 400 {
+        if cx(&mut w, now) > 0 {
+            asked_at.push(now - t0);
+        }
+        // Stored and read back after every tick: a restart loses nothing.
+        w.a = VoucherCard::decode(&w.a.to_bytes()).unwrap();
+    }
+    assert_eq!(asked_at, [10, 30, 70, 150, 310]);
+    assert_eq!(w.a.exchanges[&id].phase, Phase::Resolving);
+    assert_eq!(w.a.exchanges[&id].asks, 5);
+    assert_eq!(to_ttp(&w), 0);
+    assert_eq!(tenet_voucher::card::backoff(10, 40), 3600);
+    assert_eq!(tenet_voucher::card::backoff(7200, 3), 7200);
+}
+
+/// A card with timeout 0 never asks by itself, and a finished exchange
+/// is never asked about.
+#[test]
+fn no_timeout_or_nothing_pending_asks_nothing() {
+    let mut w = with_lost(msg::CONFIRMATION);
+    w.tick(1);
+    w.tick(1_000_000);
+    assert!(w.ttp.decided.is_empty());
+    assert_eq!(w.a.pending().count() + w.b.pending().count(), 2);
+    let mut w = World::new();
+    w.a.recover_after = 1;
+    w.b.recover_after = 1;
+    w.start();
+    w.accept_offers();
+    w.run();
+    w.tick(1);
+    w.tick(100);
+    assert!(w.ttp.decided.is_empty());
+    assert_eq!(w.holdings(), SWAPPED);
 }

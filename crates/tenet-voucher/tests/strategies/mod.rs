@@ -105,12 +105,15 @@ pub fn voucher_card() -> BoxedStrategy<VoucherCard> {
         offer(),
         agreement(),
         proptest::option::of(any::<[u8; 16]>()),
+        proptest::option::of((any::<u64>(), any::<u8>())),
     )
-        .prop_map(|(role, phase, offer, agreement, n2)| Exchange {
+        .prop_map(|(role, phase, offer, agreement, n2, timer)| Exchange {
             role,
             phase,
             offer,
             agreement,
+            due: timer.map(|(due, _)| due),
+            asks: timer.map_or(0, |(_, asks)| asks),
             // The decoder refuses a responder's exchange without n2.
             n2: if role == Role::Responder {
                 Some(n2.unwrap_or([2; 16]))
@@ -126,13 +129,24 @@ pub fn voucher_card() -> BoxedStrategy<VoucherCard> {
         proptest::option::of(entity()),
         proptest::option::of(bytes(300)),
         proptest::option::of(entity()),
+        any::<u32>(),
     )
         .prop_map(
-            |(amounts, offers, exchanges, accepted, ttp, ttp_certificate, acceptor)| {
+            |(
+                amounts,
+                offers,
+                exchanges,
+                accepted,
+                ttp,
+                ttp_certificate,
+                acceptor,
+                recover_after,
+            )| {
                 let mut v = VoucherCard {
                     ttp,
                     ttp_certificate,
                     acceptor,
+                    recover_after,
                     accepted: accepted.into_iter().collect(),
                     ..VoucherCard::default()
                 };
