@@ -41,6 +41,8 @@
 pub mod cache;
 pub mod check;
 #[cfg(feature = "issue")]
+pub mod enroll;
+#[cfg(feature = "issue")]
 pub mod issue;
 pub mod roles;
 
@@ -48,6 +50,11 @@ pub use cache::CheckedCertificates;
 pub use check::{
     Validity, VerifyError, check_validity, names, same_key, tls_key_purposes, validity, verify_at,
     verify_ignoring_expiry, verify_known, verify_with_ca,
+};
+#[cfg(feature = "issue")]
+pub use enroll::{
+    Asked, MAX_REQUEST_BYTES, Request, RequestError, RequestFiles, Role, Signed, card_request,
+    make_request, sign_request,
 };
 #[cfg(feature = "issue")]
 pub use issue::*;
