@@ -363,6 +363,17 @@ impl<S: Storage> Card<S> {
         Ok(())
     }
 
+    /// Signs `info`, the signed part of a certificate request for this
+    /// card's key (ECDSA P-256, SHA-256, ASN.1 DER): personalization away
+    /// from the CA (`tenet card csr`), with the store file at hand. No APDU
+    /// reaches it.
+    pub fn sign_certificate_request(&self, info: &[u8]) -> Vec<u8> {
+        self.key
+            .sign(&self.rng, info)
+            .map(|s| s.as_ref().to_vec())
+            .unwrap_or_default()
+    }
+
     /// Writes an applet's initial persistent data (personalization).
     pub fn provision(&mut self, applet: u16, data: Vec<u8>) -> Result<(), CardError> {
         let mut s = self.state.clone();

@@ -185,7 +185,7 @@ pub enum RequestError {
     #[error("unknown role {0:?}: host, entity or card")]
     UnknownRole(String),
     /// The request asks for something the role cannot have.
-    #[error("the request asks for {asked}, which a {role} certificate cannot name{hint}")]
+    #[error("the request asks for {asked}, which the {role} role does not certify{hint}")]
     WrongRole {
         /// The role the CA was asked to sign for.
         role: Role,
@@ -213,6 +213,10 @@ pub enum RequestError {
     /// A card's id has a port other than 0.
     #[error("a card is DOMAIN:0; {0} is not a card")]
     NotCard(EntityId),
+    /// A certificate to install that is not from the CA, not for this
+    /// entity or not for this key.
+    #[error("the certificate is not for this card: {0}")]
+    NotIssued(String),
     /// Making or signing the certificate failed.
     #[error(transparent)]
     Cert(#[from] CertError),
@@ -463,6 +467,30 @@ pub struct RequestFiles {
     pub csr: PathBuf,
     /// Whether the key existed: the request renews its certificate.
     pub renews: bool,
+    /// What the request asks for.
+    pub asked: Asked,
+}
+
+impl std::fmt::Display for RequestFiles {
+    /// The files, what the request asks for and the CA's next step.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = if self.renews {
+            "kept (renewal)"
+        } else {
+            "made"
+        };
+        let (k, csr) = (self.key.display(), self.csr.display());
+        writeln!(f, "key {k} {key}; it stays on this machine")?;
+        writeln!(f, "request {csr} for {}", self.asked)?;
+        let role = match self.asked {
+            Asked::Domains(_) => "host".to_owned(),
+            Asked::Entity(id) => format!("entity --id {id}"),
+        };
+        write!(
+            f,
+            "next: the CA runs `tenet ca sign --csr {csr} --role {role}`"
+        )
+    }
 }
 
 /// Makes `dir/STEM.key` unless it exists (then the request renews that
@@ -496,7 +524,12 @@ pub fn make_request(dir: &Path, name: &str, asked: &Asked) -> Result<RequestFile
         crate::issue::write(&key, &k.serialize_pem(), 0o600)?;
     }
     crate::issue::write(&csr, &pem, 0o644)?;
-    Ok(RequestFiles { key, csr, renews })
+    Ok(RequestFiles {
+        key,
+        csr,
+        renews,
+        asked: asked.clone(),
+    })
 }
 
 /// A PEM request for `asked`, with `name` as common name, signed by `key`.
@@ -576,7 +609,6 @@ pub struct Signed {
 impl std::fmt::Display for Signed {
     /// What the CA operator approved, one fact a line.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use tenet_proto::time::Utc;
         let what = match self.role {
             Role::Host => "host (TLS links: server and client authentication)",
             Role::Entity => "entity (signatures only; refused for TLS links)",
@@ -588,12 +620,7 @@ impl std::fmt::Display for Signed {
         }
         writeln!(f, "certifies: {}", self.asked)?;
         writeln!(f, "names: {}", names_of(&self.asked).join(", "))?;
-        write!(
-            f,
-            "valid {} to {}",
-            Utc(self.validity.not_before),
-            Utc(self.validity.not_after)
-        )
+        write!(f, "{}", self.validity)
     }
 }
 
@@ -656,12 +683,47 @@ pub fn sign_request(
     })
 }
 
+/// Checks, before a card installs them, that `cert` (DER) chains to `ca`
+/// (DER) and is valid now, names `id` and certifies `public_key`
+/// (uncompressed SEC1 P-256, the card's); returns its validity.
+pub fn check_issued(
+    cert: &[u8],
+    ca: &[u8],
+    id: EntityId,
+    public_key: &[u8],
+) -> Result<Validity, RequestError> {
+    let not = |why: String| RequestError::NotIssued(why);
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).map_err(|e| not(format!("{e}")))?;
+    if parsed.public_key().subject_public_key.data.as_ref() != public_key {
+        return Err(not("it certifies another key".into()));
+    }
+    if !crate::names(cert, id) {
+        return Err(not(format!("it does not name {id}")));
+    }
+    let ca = pki_types::CertificateDer::from(ca);
+    let anchor = webpki::anchor_from_trusted_cert(&ca).map_err(|e| not(format!("CA: {e}")))?;
+    let der = pki_types::CertificateDer::from(cert);
+    let ee = webpki::EndEntityCert::try_from(&der).map_err(|e| not(e.to_string()))?;
+    ee.verify_for_usage(
+        &[webpki::ring::ECDSA_P256_SHA256],
+        &[anchor],
+        &[],
+        pki_types::UnixTime::now(),
+        webpki::KeyUsage::required_if_present(crate::check::CLIENT_AUTH),
+        None,
+        None,
+    )
+    .map_err(|e| not(format!("against the CA: {e}")))?;
+    Ok(crate::issue::validity(cert)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::issue::ensure_ca;
     use crate::roles::{authorized_domains, check_host_role};
     use pki_types::CertificateDer;
+    use pki_types::pem::PemObject;
 
     const A: Domain = Domain::new([0xa1; 12]);
     const B: Domain = Domain::new([0xb2; 12]);
@@ -685,9 +747,8 @@ mod tests {
 
     /// Request parameters naming `names`, with an empty subject.
     fn host_params(names: &[&str]) -> CertificateParams {
-        let mut p =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
+        let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
         p.distinguished_name = rcgen::DistinguishedName::new();
         p
     }
@@ -710,7 +771,10 @@ mod tests {
         assert_eq!(authorized_domains(&cert).unwrap(), vec![A, B]);
         let key = KeyPair::from_pem(&std::fs::read_to_string(&files.key).unwrap()).unwrap();
         let (_, parsed) = x509_parser::parse_x509_certificate(&signed.der).unwrap();
-        assert_eq!(&parsed.public_key().subject_public_key.data[..], key.public_key_raw());
+        assert_eq!(
+            &parsed.public_key().subject_public_key.data[..],
+            key.public_key_raw()
+        );
         let bc = parsed.basic_constraints().unwrap().unwrap();
         assert!(!bc.value.ca, "a host is not a CA");
         let shown = signed.to_string();
@@ -808,6 +872,16 @@ mod tests {
             sign_request(ca.path(), &req, Role::Card, Some(id), Lifetime::days(1095)).unwrap();
         assert!(crate::names(&signed.der, id));
         assert_eq!(crate::tls_key_purposes(&signed.der).unwrap(), None);
+        check_issued(&signed.der, &signed.ca_der, id, k.public_key().as_ref()).unwrap();
+        let other = Domain::new([0xcb; 12]).owner();
+        for (cert_id, key) in [(other, k.public_key().as_ref()), (id, &[4u8; 65][..])] {
+            let e = check_issued(&signed.der, &signed.ca_der, cert_id, key).unwrap_err();
+            assert!(matches!(e, RequestError::NotIssued(_)), "{e}");
+        }
+        let (other_ca, _) = setup();
+        let other_ca = pki_types::CertificateDer::from_pem_file(other_ca.path().join("ca.pem"));
+        let e = check_issued(&signed.der, &other_ca.unwrap(), id, k.public_key().as_ref());
+        assert!(matches!(e, Err(RequestError::NotIssued(_))), "{e:?}");
         let port = EntityId::new(Domain::new([0xca; 12]), "5".parse().unwrap());
         assert!(matches!(
             card_request(port, k.public_key().as_ref(), &sign),

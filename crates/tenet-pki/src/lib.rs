@@ -54,7 +54,7 @@ pub use check::{
 #[cfg(feature = "issue")]
 pub use enroll::{
     Asked, MAX_REQUEST_BYTES, Request, RequestError, RequestFiles, Role, Signed, card_request,
-    make_request, sign_request,
+    check_issued, make_request, sign_request,
 };
 #[cfg(feature = "issue")]
 pub use issue::*;

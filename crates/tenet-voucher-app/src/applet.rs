@@ -145,6 +145,22 @@ pub fn initial_data(ttp: EntityId, ttp_certificate: Option<Vec<u8>>) -> Vec<u8> 
     .to_bytes()
 }
 
+/// The TTP the applet's stored `data` trusts, as `tenet card info` shows
+/// it: its id and whether its certificate is pinned.
+pub fn describe_ttp(data: Option<&[u8]>) -> String {
+    match data.and_then(|d| VoucherCard::decode(d).ok()) {
+        Some(VoucherCard {
+            ttp: Some(t),
+            ttp_certificate,
+            ..
+        }) => match ttp_certificate {
+            Some(_) => format!("TTP {t} (certificate pinned)"),
+            None => format!("TTP {t} (certificate not pinned)"),
+        },
+        _ => "TTP none (personalize with --ttp and --ttp-cert)".into(),
+    }
+}
+
 /// The applet's id (keys its persistent data).
 pub const APPLET_ID: u16 = 0x0200;
 
