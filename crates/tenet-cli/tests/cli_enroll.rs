@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use pki_types::CertificateDer;
@@ -15,39 +15,69 @@ use pki_types::pem::PemObject;
 
 mod support;
 
+use support::Kill;
+
 const TENET: &str = env!("CARGO_BIN_EXE_tenet");
 const DA: &str = "a1a1a1a1a1a1a1a1a1a1a1a1";
 const DB: &str = "b2b2b2b2b2b2b2b2b2b2b2b2";
 const TTP: &str = "777777777777777777777777:0";
 
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn tenet(args: &[&str]) -> Output {
     Command::new(TENET).args(args).output().unwrap()
 }
 
-fn run(args: &[&str]) -> String {
-    let out = tenet(args);
+/// The stdout of `out`, which must have succeeded.
+fn run(out: Output) -> String {
     assert!(
         out.status.success(),
-        "{args:?}: {}",
+        "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Runs `args`, which must fail; returns its stderr.
-fn fails(args: &[&str]) -> String {
-    let out = tenet(args);
-    assert!(!out.status.success(), "{args:?} succeeded");
+/// The stderr of `out`, which must have failed.
+fn fails(out: Output) -> String {
+    assert!(
+        !out.status.success(),
+        "succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `tenet host csr` in `dir` for `name`, asking for `what`.
+fn csr(dir: &Path, name: &str, what: &[&str]) -> Output {
+    tenet(&[&["host", "csr", "--dir", s(dir), "--name", name][..], what].concat())
+}
+
+/// `tenet ca sign` of `csr` by the CA in `ca` for `role`, with `extra`.
+fn sign(ca: &Path, csr: &Path, role: &str, extra: &[&str]) -> Output {
+    let args = [
+        "ca",
+        "sign",
+        "--dir",
+        s(ca),
+        "--csr",
+        s(csr),
+        "--role",
+        role,
+    ];
+    tenet(&[&args[..], extra].concat())
+}
+
+/// `tenet card install-cert` of `cert` and `ca_cert` on the card `store`.
+fn install(store: &Path, cert: &Path, ca_cert: &Path) -> Output {
+    tenet(&[
+        "card",
+        "install-cert",
+        "--store",
+        s(store),
+        "--cert",
+        s(cert),
+        "--ca-cert",
+        s(ca_cert),
+    ])
 }
 
 fn s(p: &Path) -> &str {
@@ -61,7 +91,14 @@ fn der(pem: &Path) -> Vec<u8> {
 /// A CA in `dir/ca`, made on its own machine.
 fn make_ca(dir: &Path) -> PathBuf {
     let ca = dir.join("ca");
-    run(&["ca", "init", "--dir", s(&ca), "--name", "Offline CA"]);
+    run(tenet(&[
+        "ca",
+        "init",
+        "--dir",
+        s(&ca),
+        "--name",
+        "Offline CA",
+    ]));
     ca
 }
 
@@ -70,28 +107,10 @@ fn make_ca(dir: &Path) -> PathBuf {
 /// are copied back. Returns the directory.
 fn enroll(dir: &Path, ca: &Path, name: &str, domain: &str) -> PathBuf {
     let host = dir.join(name);
-    let out = run(&[
-        "host",
-        "csr",
-        "--dir",
-        s(&host),
-        "--name",
-        name,
-        "--domain",
-        domain,
-    ]);
+    let out = run(csr(&host, name, &["--domain", domain]));
     assert!(out.contains("made"), "{out}");
     let csr = host.join(format!("{name}.csr"));
-    let signed = run(&[
-        "ca",
-        "sign",
-        "--dir",
-        s(ca),
-        "--csr",
-        s(&csr),
-        "--role",
-        "host",
-    ]);
+    let signed = run(sign(ca, &csr, "host", &[]));
     assert!(signed.contains("role: host"), "{signed}");
     assert!(
         signed.contains(&format!("{domain}.domain.tenet")),
@@ -162,31 +181,11 @@ fn hosts_enrolled_by_request_link_up_and_renewal_keeps_the_key() {
     // Renewal: a new request for the same key, signed again.
     let key = std::fs::read(alice.join("alice.key")).unwrap();
     let first = der(&alice.join("alice.pem"));
-    let out = run(&[
-        "host",
-        "csr",
-        "--dir",
-        s(&alice),
-        "--name",
-        "alice",
-        "--domain",
-        DA,
-    ]);
+    let out = run(csr(&alice, "alice", &["--domain", DA]));
     assert!(out.contains("kept (renewal)"), "{out}");
     assert_eq!(std::fs::read(alice.join("alice.key")).unwrap(), key);
     let csr = alice.join("alice.csr");
-    run(&[
-        "ca",
-        "sign",
-        "--dir",
-        s(&ca),
-        "--csr",
-        s(&csr),
-        "--role",
-        "host",
-        "--days",
-        "30",
-    ]);
+    run(sign(&ca, &csr, "host", &["--days", "30"]));
     let renewed = der(&alice.join("alice.pem"));
     assert_ne!(first, renewed, "a new certificate");
     assert!(tenet_pki::same_key(&first, &renewed), "for the same key");
@@ -199,69 +198,20 @@ fn the_ttp_entity_and_a_card_are_enrolled_by_request_for_signatures_only() {
     let dir = tempfile::tempdir().unwrap();
     let ca = make_ca(dir.path());
     let ttp = dir.path().join("ttp");
-    run(&[
-        "host",
-        "csr",
-        "--dir",
-        s(&ttp),
-        "--name",
-        "ttp",
-        "--id",
-        TTP,
-    ]);
+    run(csr(&ttp, "ttp", &["--id", TTP]));
     let csr = ttp.join("ttp-entity.csr");
-    let e = fails(&[
-        "ca",
-        "sign",
-        "--dir",
-        s(&ca),
-        "--csr",
-        s(&csr),
-        "--role",
-        "host",
-    ]);
+    let e = fails(sign(&ca, &csr, "host", &[]));
     assert!(e.contains("does not certify"), "{e}");
-    let e = fails(&[
-        "ca",
-        "sign",
-        "--dir",
-        s(&ca),
-        "--csr",
-        s(&csr),
-        "--role",
-        "entity",
-    ]);
+    let e = fails(sign(&ca, &csr, "entity", &[]));
     assert!(e.contains("--id"), "{e}");
     let other = "787878787878787878787878:0";
-    let e = fails(&[
-        "ca",
-        "sign",
-        "--dir",
-        s(&ca),
-        "--csr",
-        s(&csr),
-        "--role",
-        "entity",
-        "--id",
-        other,
-    ]);
+    let e = fails(sign(&ca, &csr, "entity", &["--id", other]));
     assert!(e.contains("not 787878787878787878787878:0"), "{e}");
     assert!(
         !ttp.join("ttp-entity.pem").exists(),
         "a refusal writes nothing"
     );
-    let out = run(&[
-        "ca",
-        "sign",
-        "--dir",
-        s(&ca),
-        "--csr",
-        s(&csr),
-        "--role",
-        "entity",
-        "--id",
-        TTP,
-    ]);
+    let out = run(sign(&ca, &csr, "entity", &["--id", TTP]));
     assert!(out.contains("role: entity (signatures only"), "{out}");
     let cert = der(&ttp.join("ttp-entity.pem"));
     assert!(tenet_pki::names(&cert, TTP.parse().unwrap()));
@@ -274,7 +224,7 @@ fn the_ttp_entity_and_a_card_are_enrolled_by_request_for_signatures_only() {
     let store = card_dir.join("alice.card");
     let domain = "cacacacacacacacacacacaca";
     let ttp_cert = ttp.join("ttp-entity.pem");
-    run(&[
+    run(tenet(&[
         "card",
         "new",
         "--store",
@@ -289,60 +239,29 @@ fn the_ttp_entity_and_a_card_are_enrolled_by_request_for_signatures_only() {
         TTP,
         "--ttp-cert",
         s(&ttp_cert),
-    ]);
-    let before = run(&["card", "info", "--store", s(&store)]);
+    ]));
+    let before = run(tenet(&["card", "info", "--store", s(&store)]));
     assert!(before.contains("certificate none"), "{before}");
     let csr = card_dir.join("alice-card.csr");
-    run(&["card", "csr", "--store", s(&store), "--out", s(&csr)]);
-    let id = format!("{domain}:0");
-    let e = fails(&[
-        "ca",
-        "sign",
-        "--dir",
-        s(&ca),
-        "--csr",
-        s(&csr),
-        "--role",
-        "host",
-    ]);
-    assert!(e.contains("does not certify"), "{e}");
-    run(&[
-        "ca",
-        "sign",
-        "--dir",
-        s(&ca),
-        "--csr",
-        s(&csr),
-        "--role",
+    run(tenet(&[
         "card",
-        "--id",
-        &id,
-    ]);
+        "csr",
+        "--store",
+        s(&store),
+        "--out",
+        s(&csr),
+    ]));
+    let id = format!("{domain}:0");
+    let e = fails(sign(&ca, &csr, "host", &[]));
+    assert!(e.contains("does not certify"), "{e}");
+    run(sign(&ca, &csr, "card", &["--id", &id]));
     let card_cert = card_dir.join("alice-card.pem");
     // A certificate for another key is refused by the card.
-    let e = fails(&[
-        "card",
-        "install-cert",
-        "--store",
-        s(&store),
-        "--cert",
-        s(&ttp_cert),
-        "--ca-cert",
-        s(&ca.join("ca.pem")),
-    ]);
+    let e = fails(install(&store, &ttp_cert, &ca.join("ca.pem")));
     assert!(e.contains("not for this card"), "{e}");
-    let out = run(&[
-        "card",
-        "install-cert",
-        "--store",
-        s(&store),
-        "--cert",
-        s(&card_cert),
-        "--ca-cert",
-        s(&ca.join("ca.pem")),
-    ]);
+    let out = run(install(&store, &card_cert, &ca.join("ca.pem")));
     assert!(out.contains("new certificate valid"), "{out}");
-    let after = run(&["card", "info", "--store", s(&store)]);
+    let after = run(tenet(&["card", "info", "--store", s(&store)]));
     assert!(
         after.contains("certificate ") && after.contains("(X.509 DER)"),
         "{after}"
@@ -354,16 +273,7 @@ fn the_ttp_entity_and_a_card_are_enrolled_by_request_for_signatures_only() {
     );
     // Another CA's certificate is refused now that the card trusts this one.
     let other_ca = make_ca(&dir.path().join("elsewhere"));
-    let e = fails(&[
-        "card",
-        "install-cert",
-        "--store",
-        s(&store),
-        "--cert",
-        s(&card_cert),
-        "--ca-cert",
-        s(&other_ca.join("ca.pem")),
-    ]);
+    let e = fails(install(&store, &card_cert, &other_ca.join("ca.pem")));
     assert!(e.contains("trusts another CA"), "{e}");
 }
 
@@ -372,28 +282,10 @@ fn the_ca_refuses_a_tampered_oversized_or_non_pem_request_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let ca = make_ca(dir.path());
     let host = dir.path().join("alice");
-    run(&[
-        "host",
-        "csr",
-        "--dir",
-        s(&host),
-        "--name",
-        "alice",
-        "--domain",
-        DA,
-    ]);
+    run(csr(&host, "alice", &["--domain", DA]));
     let pem = std::fs::read_to_string(host.join("alice.csr")).unwrap();
-    let sign = |csr: &Path| {
-        let e = fails(&[
-            "ca",
-            "sign",
-            "--dir",
-            s(&ca),
-            "--csr",
-            s(csr),
-            "--role",
-            "host",
-        ]);
+    let refused = |csr: &Path| {
+        let e = fails(sign(&ca, csr, "host", &[]));
         assert!(
             !csr.with_extension("pem").exists(),
             "nothing written for {csr:?}"
@@ -405,37 +297,19 @@ fn the_ca_refuses_a_tampered_oversized_or_non_pem_request_and_writes_nothing() {
     assert!(pem.contains("YTFh"), "{pem}");
     let tampered = host.join("tampered.csr");
     std::fs::write(&tampered, pem.replacen("YTFh", "YTFi", 1)).unwrap();
-    let e = sign(&tampered);
+    let e = refused(&tampered);
     assert!(e.contains("signature does not verify"), "{e}");
     let big = host.join("big.csr");
     std::fs::write(&big, pem.repeat(40)).unwrap();
-    let e = sign(&big);
+    let e = refused(&big);
     assert!(e.contains("larger than 16384 bytes"), "{e}");
     let text = host.join("text.csr");
     std::fs::write(&text, "alice please sign me\n").unwrap();
-    let e = sign(&text);
+    let e = refused(&text);
     assert!(e.contains("not a PEM certificate request"), "{e}");
-    let e = fails(&[
-        "ca",
-        "sign",
-        "--dir",
-        s(&ca),
-        "--csr",
-        s(&host.join("alice.csr")),
-        "--role",
-        "admin",
-    ]);
+    let e = fails(sign(&ca, &host.join("alice.csr"), "admin", &[]));
     assert!(e.contains("host, entity or card"), "{e}");
-    let e = fails(&[
-        "host",
-        "csr",
-        "--dir",
-        s(&host),
-        "--name",
-        "alice",
-        "--domain",
-        "a1a1",
-    ]);
+    let e = fails(csr(&host, "alice", &["--domain", "a1a1"]));
     assert!(e.contains("a1a1"), "{e}");
 }
 
@@ -471,89 +345,60 @@ fn requests_made_by_openssl_are_checked_the_same_way() {
     let dir = tempfile::tempdir().unwrap();
     let ca = make_ca(dir.path());
     let san = format!("subjectAltName=DNS:host.tenet,DNS:{DA}.domain.tenet");
-    let p256 = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-sha256",
-    ];
-    let sign = |csr: &Path| {
-        tenet(&[
-            "ca",
-            "sign",
-            "--dir",
-            s(&ca),
-            "--csr",
-            s(csr),
-            "--role",
-            "host",
-        ])
-    };
-
+    let curve = |c| ["-newkey", "ec", "-pkeyopt", c, "-sha256"];
+    let p256 = curve("ec_paramgen_curve:P-256");
     let good = openssl_request(
         dir.path(),
         "good",
         &[&p256[..], &["-addext", &san]].concat(),
     );
-    let out = sign(&good);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run(sign(&ca, &good, "host", &[]));
     let cert = CertificateDer::from(der(&good.with_extension("pem")));
-    assert_eq!(
-        tenet_pki::authorized_domains(&cert).unwrap(),
-        vec![DA.parse().unwrap()]
-    );
+    let domains = tenet_pki::authorized_domains(&cert).unwrap();
+    assert_eq!(domains, vec![DA.parse().unwrap()]);
 
-    let p384 = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-384",
-        "-addext",
-        &san,
+    let refused: [(&str, Vec<&str>, &str); 4] = [
+        (
+            "p384",
+            [&curve("ec_paramgen_curve:P-384")[..], &["-addext", &san]].concat(),
+            "not an ECDSA P-256 key",
+        ),
+        (
+            "ca",
+            [
+                &p256[..],
+                &[
+                    "-addext",
+                    &san,
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                ],
+            ]
+            .concat(),
+            "asks to be a CA",
+        ),
+        (
+            "eku",
+            [
+                &p256[..],
+                &["-addext", &san, "-addext", "extendedKeyUsage=codeSigning"],
+            ]
+            .concat(),
+            "extendedKeyUsage",
+        ),
+        (
+            "evil",
+            [&p256[..], &["-addext", "subjectAltName=DNS:bank.example"]].concat(),
+            "bank.example",
+        ),
     ];
-    let e = sign(&openssl_request(dir.path(), "p384", &p384));
-    assert!(
-        String::from_utf8_lossy(&e.stderr).contains("not an ECDSA P-256 key"),
-        "{e:?}"
-    );
-
-    let asks_ca = [
-        &p256[..],
-        &[
-            "-addext",
-            &san,
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-        ],
-    ]
-    .concat();
-    let e = sign(&openssl_request(dir.path(), "ca", &asks_ca));
-    assert!(
-        String::from_utf8_lossy(&e.stderr).contains("asks to be a CA"),
-        "{e:?}"
-    );
-    assert!(!dir.path().join("ca.pem").exists(), "nothing written");
-
-    let eku = [
-        &p256[..],
-        &["-addext", &san, "-addext", "extendedKeyUsage=codeSigning"],
-    ]
-    .concat();
-    let e = sign(&openssl_request(dir.path(), "eku", &eku));
-    assert!(
-        String::from_utf8_lossy(&e.stderr).contains("extendedKeyUsage"),
-        "{e:?}"
-    );
-
-    let evil = [&p256[..], &["-addext", "subjectAltName=DNS:bank.example"]].concat();
-    let e = sign(&openssl_request(dir.path(), "evil", &evil));
-    assert!(
-        String::from_utf8_lossy(&e.stderr).contains("bank.example"),
-        "{e:?}"
-    );
+    for (name, args, why) in refused {
+        let csr = openssl_request(dir.path(), name, &args);
+        let e = fails(sign(&ca, &csr, "host", &[]));
+        assert!(e.contains(why), "{name}: {e}");
+        assert!(
+            !csr.with_extension("pem").exists(),
+            "{name}: nothing written"
+        );
+    }
 }
