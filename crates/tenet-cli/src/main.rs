@@ -5,8 +5,9 @@
 //! - `tenet tap [--src ID] [--dst ID] [--src-domain D] [--dst-domain D] [--mtype M] [-c N]`:
 //!   print one line per observed message.
 //! - `tenet status [--json]`: the daemon's figures (as its `/metrics`).
-//! - `tenet card new|info|recertify|serve`: personalize, inspect, renew the
-//!   certificate of, and plug a virtual card into pcscd via vpcd.
+//! - `tenet card new|info|recertify|csr|install-cert|serve`: personalize,
+//!   inspect, renew the certificate of, and plug a virtual card into pcscd.
+//! - `tenet ca init|entity|sign`, `tenet host certs|csr`: certificates.
 //! - `tenet bench core|remote|exchange|...`: side-by-side benchmarks.
 //! - `tenet man DIR`, `tenet completions SHELL`: man pages and shell
 //!   completions, from the same definitions as `--help`.

@@ -1,7 +1,9 @@
 //! # tenet-pki: making and checking TENeT certificates
 //!
 //! The one crate that parses X.509. It makes certificates (module
-//! `issue`, feature `issue`, for the CLI and tests) and checks them: the
+//! `issue`, feature `issue`, for the CLI and tests), makes, checks and signs
+//! certificate requests (module `enroll`, feature `issue`: enrollment
+//! without moving keys) and checks certificates: the
 //! role of a certificate on a link between hosts ([`roles`]), and the
 //! chain, validity at a card's time and names that cards and the TTP check
 //! ([`check`], [`cache`]).
