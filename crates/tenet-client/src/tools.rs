@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tenet_proto::{EntityId, Filter, MAX_PARAM_LEN, Message};
+use tenet_proto::{EntityId, Filter, HEADER_LEN, MAX_MESSAGE_LEN, MAX_PARAM_LEN, Message};
 
 use crate::{Capability, ClientError, Incoming};
 
@@ -32,9 +32,13 @@ pub async fn ping(
     o: PingOptions,
     out: &mut dyn Write,
 ) -> Result<u32, ClientError> {
-    let max = MAX_PARAM_LEN - 8;
-    if o.size > max {
-        return Err(ClientError::TooLarge { len: o.size, max });
+    // The request's param is an 8-byte sequence number and the payload.
+    if o.size > MAX_PARAM_LEN - 8 {
+        let len = HEADER_LEN + 8 + o.size;
+        return Err(ClientError::TooLarge {
+            len,
+            max: MAX_MESSAGE_LEN,
+        });
     }
     let mut cap = Capability::acquire(socket).await?;
     let payload = vec![0xa5u8; o.size];
