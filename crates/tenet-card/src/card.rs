@@ -299,10 +299,7 @@ impl<S: Storage> Card<S> {
             next_port: 1,
             certificate: None,
             ca_certificate: None,
-            clock_bound: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs())
-                .min(crate::clock::MAX_TIME),
+            clock_bound: tenet_proto::time::unix_now().min(crate::clock::MAX_TIME),
             applets: Default::default(),
         };
         store.commit(&state.to_bytes())?;
@@ -361,6 +358,17 @@ impl<S: Storage> Card<S> {
         s.ca_certificate = Some(ca);
         self.commit(s)?;
         Ok(())
+    }
+
+    /// Signs `info`, the signed part of a certificate request for this
+    /// card's key (ECDSA P-256, SHA-256, ASN.1 DER): personalization away
+    /// from the CA (`tenet card csr`), with the store file at hand. No APDU
+    /// reaches it.
+    pub fn sign_certificate_request(&self, info: &[u8]) -> Vec<u8> {
+        self.key
+            .sign(&self.rng, info)
+            .map(|s| s.as_ref().to_vec())
+            .unwrap_or_default()
     }
 
     /// Writes an applet's initial persistent data (personalization).

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use tenet_card::{Card, CardLimits, FileStore, Personalization, SystemEntropy};
-use tenet_proto::{Codec, Domain};
+use tenet_proto::Domain;
 
 /// Card subcommands.
 #[derive(Subcommand)]
@@ -85,6 +85,38 @@ pub enum CardCmd {
               value_parser = clap::value_parser!(u32).range(1..=36_500))]
         days: u32,
     },
+    /// Write a certificate request for a virtual card's key.
+    ///
+    /// Personalization away from the CA: the card signs the request with its
+    /// key, which never leaves it; the CA signs it (`tenet ca sign --role card
+    /// --id DOMAIN:0`) and `install-cert` stores the certificate on the card.
+    ///
+    /// Example: tenet card csr --store alice.card --out alice-card.csr
+    Csr {
+        /// The card's store file.
+        #[arg(long, value_name = "FILE")]
+        store: PathBuf,
+        /// Where to write the request (PEM).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Store a certificate signed by the CA on a virtual card.
+    ///
+    /// It must name the card, certify its key and chain to --ca-cert, which
+    /// the card then trusts (on a renewal: the CA the card already trusts).
+    ///
+    /// Example: tenet card install-cert --store alice.card --cert alice-card.pem --ca-cert ca.pem
+    InstallCert {
+        /// The card's store file.
+        #[arg(long, value_name = "FILE")]
+        store: PathBuf,
+        /// The card's certificate (PEM, from `tenet ca sign --role card`).
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        /// The CA's certificate (PEM).
+        #[arg(long, value_name = "FILE")]
+        ca_cert: PathBuf,
+    },
     /// Print a virtual card's id and public key.
     ///
     /// Also its PIN tries left, its certificate's validity and the TTP it
@@ -142,23 +174,28 @@ fn open(store: &Path, limits: CardLimits) -> Result<Card<FileStore>> {
         .with_context(|| format!("opening card {}", store.display()))
 }
 
+fn random<const N: usize>() -> Result<[u8; N]> {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(b)
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+/// `valid .. to ..` of a certificate (DER), in UTC.
+fn valid(der: &[u8]) -> String {
+    tenet_pki::validity(der).map_or_else(|e| format!("unreadable: {e}"), |v| v.to_string())
 }
 
-/// `from .. to` of a certificate (DER), in UTC.
-fn valid(der: &[u8]) -> String {
-    use tenet_card::clock::Utc;
-    match tenet_pki::validity(der) {
-        Ok(v) => format!("valid {} to {}", Utc(v.not_before), Utc(v.not_after)),
-        Err(e) => format!("unreadable: {e}"),
-    }
+/// The DER of the PEM certificate `path`.
+pub(crate) fn pem(path: &Path) -> Result<Vec<u8>> {
+    use pki_types::pem::PemObject;
+    let der = pki_types::CertificateDer::from_pem_file(path);
+    Ok(der
+        .with_context(|| format!("certificate {}", path.display()))?
+        .to_vec())
 }
 
 /// Checks that `ttp`, named to serve the card in `store`, is the TTP the
@@ -177,6 +214,37 @@ pub(crate) fn check_ttp(
         .with_context(|| format!("card {} (--ttp {ttp})", store.display()))
 }
 
+/// Stores `cert` and `ca` (DER) on `card` once checked: the CA is the one
+/// the card trusts, if any (`ca_path` names it), and the certificate, from
+/// it, names the card and certifies its key. Prints old and new.
+fn install(
+    card: &mut Card<FileStore>,
+    cert: Vec<u8>,
+    ca: Vec<u8>,
+    ca_path: &Path,
+) -> Result<ExitCode> {
+    let (id, trusted) = (card.id(), &card.state().ca_certificate);
+    if trusted.as_ref().is_some_and(|c| *c != ca) {
+        bail!(
+            "card {id} trusts another CA than {}; use the CA that personalized it",
+            ca_path.display()
+        );
+    }
+    let new = tenet_pki::check_issued(&cert, &ca, id, &card.state().public_key)?;
+    let before = card.state().certificate.as_deref().map(valid);
+    card.install_certificates(cert, ca)?;
+    card.raise_clock_bound(tenet_proto::time::unix_now())?;
+    println!(
+        "card {id}\npublic key {} (unchanged)",
+        hex(&card.state().public_key)
+    );
+    if let Some(b) = before {
+        println!("old certificate {b}");
+    }
+    println!("new certificate {new}");
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn run(cmd: CardCmd) -> Result<ExitCode> {
     match cmd {
         CardCmd::New {
@@ -192,25 +260,15 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
             ttp_cert,
             recover_after,
         } => {
-            let ttp_cert = ttp_cert
-                .map(|p| {
-                    use pki_types::pem::PemObject;
-                    pki_types::CertificateDer::from_pem_file(&p)
-                        .map(|c| c.to_vec())
-                        .with_context(|| format!("TTP certificate {}", p.display()))
-                })
-                .transpose()?;
+            let ttp_cert = ttp_cert.as_deref().map(pem).transpose()?;
             if let (Some(t), Some(c)) = (ttp, &ttp_cert)
                 && !tenet_pki::names(c, t)
             {
                 bail!("the TTP certificate does not name {t} (--ttp)");
             }
-            let domain = if domain == "random" {
-                let mut b = [0u8; 12];
-                getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-                Domain::new(b)
-            } else {
-                domain.parse::<Domain>()?
+            let domain = match domain.as_str() {
+                "random" => Domain::new(random()?),
+                d => d.parse::<Domain>()?,
             };
             if capacity < 1024 {
                 bail!("capacity {capacity} is too small; a card needs at least 1024 bytes");
@@ -230,11 +288,10 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
             let generated = puk.is_none();
             let puk = match puk {
                 Some(p) => p,
-                None => {
-                    let mut b = [0u8; 8];
-                    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-                    b.iter().map(|x| char::from(b'0' + x % 10)).collect()
-                }
+                None => random::<8>()?
+                    .map(|x| char::from(b'0' + x % 10))
+                    .iter()
+                    .collect(),
             };
             let s = FileStore::create(&store, capacity)?;
             let p = Personalization {
@@ -293,43 +350,34 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
         CardCmd::Recertify { store, ca, days } => {
             let mut card = open(&store, CardLimits::default())?;
             let ca_pem = ca.join("ca.pem");
-            let ca_der = {
-                use pki_types::pem::PemObject;
-                pki_types::CertificateDer::from_pem_file(&ca_pem)
-                    .with_context(|| format!("CA certificate {}", ca_pem.display()))?
-                    .to_vec()
-            };
-            if card
-                .state()
-                .ca_certificate
-                .as_ref()
-                .is_some_and(|c| *c != ca_der)
-            {
-                bail!(
-                    "card {} trusts another CA than {}; recertify it with the CA that personalized it",
-                    card.id(),
-                    ca_pem.display()
-                );
-            }
-            let before = card.state().certificate.as_deref().map(valid);
-            let public_key = card.state().public_key.clone();
-            let (cert, ca_der) = tenet_pki::issue_entity_with(
-                &ca,
-                card.id(),
-                &public_key,
-                tenet_pki::Lifetime::days(days),
-            )
-            .with_context(|| format!("CA in {}", ca.display()))?;
-            card.install_certificates(cert.clone(), ca_der)?;
-            card.raise_clock_bound(now())?;
-            println!("card {}", card.id());
-            println!("public key {} (unchanged)", hex(&public_key));
-            if let Some(b) = before {
-                println!("old certificate {b}");
-            }
-            println!("new certificate {}", valid(&cert));
+            let (id, lifetime) = (card.id(), tenet_pki::Lifetime::days(days));
+            let (cert, ca_der) =
+                tenet_pki::issue_entity_with(&ca, id, &card.state().public_key, lifetime)
+                    .with_context(|| format!("CA in {}", ca.display()))?;
+            install(&mut card, cert, ca_der, &ca_pem)
+        }
+        CardCmd::Csr { store, out } => {
+            let card = open(&store, CardLimits::default())?;
+            let sign = |m: &[u8]| card.sign_certificate_request(m);
+            let csr = tenet_pki::card_request(card.id(), &card.state().public_key, &sign)?;
+            std::fs::write(&out, csr).with_context(|| format!("writing {}", out.display()))?;
+            println!("request {} for card {}", out.display(), card.id());
+            println!(
+                "next: the CA runs `tenet ca sign --role card --id {}`",
+                card.id()
+            );
             Ok(ExitCode::SUCCESS)
         }
+        CardCmd::InstallCert {
+            store,
+            cert,
+            ca_cert,
+        } => install(
+            &mut open(&store, CardLimits::default())?,
+            pem(&cert)?,
+            pem(&ca_cert)?,
+            &ca_cert,
+        ),
         CardCmd::Info { store, cert_out } => {
             let card = open(&store, CardLimits::default())?;
             println!("card {}", card.id());
@@ -340,24 +388,14 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
                 Some(c) => println!("certificate {} bytes (X.509 DER), {}", c.len(), valid(c)),
                 None => println!("certificate none (personalize with --ca)"),
             }
-            let voucher = card
+            let data = card
                 .state()
                 .applets
-                .get(&tenet_voucher_app::applet::APPLET_ID)
-                .and_then(|d| tenet_voucher::card::VoucherCard::decode(d).ok());
-            match voucher.as_ref().filter(|v| v.ttp.is_some()) {
-                Some(v) => {
-                    let pinned = ["not pinned", "pinned"][usize::from(v.ttp_certificate.is_some())];
-                    println!("TTP {} (certificate {pinned})", v.ttp.expect("filtered"));
-                    match v.recover_after {
-                        0 => println!("recovery when a wallet orders it (tenet wallet recover)"),
-                        s => {
-                            println!("recovery by the card after {s} s pending, then with backoff")
-                        }
-                    }
-                }
-                None => println!("TTP none (personalize with --ttp and --ttp-cert)"),
-            }
+                .get(&tenet_voucher_app::applet::APPLET_ID);
+            println!(
+                "{}",
+                tenet_voucher_app::applet::describe_ttp(data.map(Vec::as_slice))
+            );
             println!(
                 "clock bound {}",
                 tenet_card::clock::Utc(card.state().clock_bound)

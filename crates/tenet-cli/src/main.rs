@@ -5,8 +5,9 @@
 //! - `tenet tap [--src ID] [--dst ID] [--src-domain D] [--dst-domain D] [--mtype M] [-c N]`:
 //!   print one line per observed message.
 //! - `tenet status [--json]`: the daemon's figures (as its `/metrics`).
-//! - `tenet card new|info|recertify|serve`: personalize, inspect, renew the
-//!   certificate of, and plug a virtual card into pcscd via vpcd.
+//! - `tenet card new|info|recertify|csr|install-cert|serve`: personalize,
+//!   inspect, renew the certificate of, and plug a virtual card into pcscd.
+//! - `tenet ca init|entity|sign`, `tenet host certs|csr`: certificates.
 //! - `tenet bench core|remote|exchange|...`: side-by-side benchmarks.
 //! - `tenet man DIR`, `tenet completions SHELL`: man pages and shell
 //!   completions, from the same definitions as `--help`.
@@ -17,11 +18,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use std::io::{self, stdout};
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
-use tenet_client::{Capability, ClientError, Incoming};
 use tenet_proto::{Domain, EntityId, Filter, Mtype};
 
 mod card;
@@ -114,6 +116,43 @@ enum CaCmd {
               value_parser = clap::value_parser!(u32).range(1..=36_500))]
         days: u32,
     },
+    /// Check a certificate request and sign it for one role.
+    ///
+    /// The production path: the key stays where it was made (`tenet host
+    /// csr`, `tenet card csr`); only the request comes to the CA. It checks
+    /// the request's self-signature, its P-256 key and that it asks for
+    /// nothing but well-formed TENeT names, builds the certificate from those
+    /// alone with the role's extensions, and prints what it signed. Roles:
+    /// host (TLS links, the request's domains), entity (the TTP's signing
+    /// key) and card (DOMAIN:0), the last two only for the --id named.
+    ///
+    /// Example: tenet ca sign --dir ca --csr alice.csr --role host
+    Sign(SignArgs),
+}
+
+/// `tenet ca sign`.
+#[derive(clap::Args)]
+struct SignArgs {
+    /// The CA's directory (`ca.pem`, `ca.key`).
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// The request (PEM, from `tenet host csr` or `tenet card csr`).
+    #[arg(long, value_name = "FILE")]
+    csr: PathBuf,
+    /// host, entity or card.
+    #[arg(long)]
+    role: tenet_pki::Role,
+    /// The entity approved, DOMAIN:PORT (entity and card roles).
+    #[arg(long, value_name = "DOMAIN:PORT")]
+    id: Option<EntityId>,
+    /// Days the certificate is valid (default: host and entity 365,
+    /// card 1095).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    days: Option<u32>,
+    /// Where to write the certificate (default: the request's path with
+    /// .pem).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -144,11 +183,38 @@ enum HostAction {
               value_parser = clap::value_parser!(u32).range(1..=36_500))]
         days: u32,
     },
+    /// Make a key (kept if it exists: renewal) and a certificate request.
+    ///
+    /// Production enrollment without moving keys: NAME.key stays on this
+    /// machine (owner-only); NAME.csr goes to the CA (`tenet ca sign`), which
+    /// returns the certificate. With --domain, a host request for TLS links
+    /// naming the domains the host may serve; with --id, NAME-entity.key and
+    /// .csr for the host's entity (the TTP's signing key).
+    ///
+    /// Example: tenet host csr --dir /etc/tenet --name alice --domain a1a1a1a1a1a1a1a1a1a1a1a1
+    Csr(CsrArgs),
+}
+
+/// `tenet host csr`.
+#[derive(clap::Args)]
+struct CsrArgs {
+    /// Directory of the key and request (created if missing).
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// The host's name (file names and the request's subject).
+    #[arg(long)]
+    name: String,
+    /// A domain the host may serve; repeat for several.
+    #[arg(long = "domain", value_name = "HEX", required_unless_present = "id")]
+    domains: Vec<Domain>,
+    /// An entity, DOMAIN:PORT, instead of domains.
+    #[arg(long, value_name = "DOMAIN:PORT", conflicts_with = "domains")]
+    id: Option<EntityId>,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the host daemon (or `tenet host certs ...`).
+    /// Run the host daemon (or `tenet host certs|csr ...`).
     ///
     /// Apps connect to its Unix socket, acquire an id in the host's software
     /// domain and exchange eTP messages through its dispatch table; with [card]
@@ -294,9 +360,10 @@ enum Cmd {
     },
     /// Make a certificate authority for cards, hosts and the TTP.
     ///
-    /// `init` makes the CA, `entity` the TTP's signing certificate. Host
-    /// certificates for TLS links come from `tenet host certs`, card
-    /// certificates from `tenet card new --ca`.
+    /// `init` makes the CA, `entity` the TTP's signing certificate, `sign`
+    /// signs a request made where the key lives (production: docs/deploy.md).
+    /// For development, `tenet host certs` and `tenet card new --ca` use the CA
+    /// directly.
     ///
     /// Example: tenet ca init --dir ca
     Ca {
@@ -468,6 +535,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Host {
+            action: Some(HostAction::Csr(a)),
+            ..
+        } => {
+            let asked = a.id.map_or(
+                tenet_pki::Asked::Domains(a.domains),
+                tenet_pki::Asked::Entity,
+            );
+            println!("{}", tenet_pki::make_request(&a.dir, &a.name, &asked)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Host {
             config,
             socket: after,
             action: None,
@@ -479,7 +557,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             timeout,
             size,
             socket: after,
-        } => ping(socket(after.socket), dst, count, interval, timeout, size).await,
+        } => {
+            let (interval, timeout) = (secs("interval", interval)?, secs("timeout", timeout)?);
+            let o = tenet_client::tools::PingOptions {
+                count,
+                interval,
+                timeout,
+                size,
+            };
+            let lost =
+                tenet_client::tools::ping(&socket(after.socket), dst, o, &mut stdout()).await?;
+            Ok(if lost == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Cmd::Tap {
             src,
             dst,
@@ -497,7 +590,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 dst_domain,
                 mtype,
             };
-            tap(socket(after.socket), f, count, pcap.as_deref()).await
+            let mut capture = pcap.as_deref().map(pcap::Capture::create).transpose()?;
+            let mut each = |at, m: &_| {
+                capture
+                    .as_mut()
+                    .map_or(Ok(()), |c| c.write(at, m).map_err(io::Error::other))
+            };
+            let out = &mut stdout();
+            tenet_client::tools::tap(&socket(after.socket), f, count, out, &mut each).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Status {
             json,
@@ -556,6 +657,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Ca {
+            cmd: CaCmd::Sign(a),
+        } => {
+            let req = tenet_pki::Request::read(&a.csr)?;
+            let days = a.days.unwrap_or(a.role.default_days());
+            let lifetime = tenet_pki::Lifetime::days(days);
+            let signed = tenet_pki::sign_request(&a.dir, &req, a.role, a.id, lifetime)
+                .with_context(|| format!("signing with the CA in {}", a.dir.display()))?;
+            let out = a.out.unwrap_or_else(|| a.csr.with_extension("pem"));
+            std::fs::write(&out, &signed.pem)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("signed {}\n{signed}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Ca {
             cmd: CaCmd::Init { dir, name, days },
         } => {
             let lifetime = tenet_pki::Lifetime::days(days);
@@ -602,15 +717,7 @@ fn write_man_pages(cmd: &clap::Command, dir: &std::path::Path) -> Result<()> {
 
 /// "valid from .. to .." of the certificate in the PEM file `path`.
 fn valid_until(path: &std::path::Path) -> Result<String> {
-    use pki_types::pem::PemObject;
-    let der = pki_types::CertificateDer::from_pem_file(path)
-        .with_context(|| format!("reading {}", path.display()))?;
-    let v = tenet_pki::validity(&der)?;
-    Ok(format!(
-        "valid {} to {}",
-        tenet_card::clock::Utc(v.not_before),
-        tenet_card::clock::Utc(v.not_after)
-    ))
+    Ok(tenet_pki::validity(&card::pem(path)?)?.to_string())
 }
 
 async fn host(config: Option<PathBuf>, socket: PathBuf) -> Result<ExitCode> {
@@ -640,120 +747,4 @@ async fn host(config: Option<PathBuf>, socket: PathBuf) -> Result<ExitCode> {
 fn secs(name: &str, v: f64) -> Result<Duration> {
     Duration::try_from_secs_f64(v)
         .with_context(|| format!("{name} must be a non-negative number of seconds, got {v}"))
-}
-
-async fn ping(
-    socket: PathBuf,
-    dst: EntityId,
-    count: u32,
-    interval: f64,
-    timeout: f64,
-    size: usize,
-) -> Result<ExitCode> {
-    let interval = secs("interval", interval)?;
-    let timeout = secs("timeout", timeout)?;
-    let max = tenet_proto::MAX_PARAM_LEN - 8;
-    anyhow::ensure!(
-        size <= max,
-        "size {size} exceeds the maximum payload of {max} bytes"
-    );
-    let mut cap = Capability::acquire(&socket).await?;
-    let payload = vec![0xa5u8; size];
-    println!("PING {dst} from {}: {} bytes of param", cap.id(), size + 8);
-    let mut rtts = Vec::new();
-    for seq in 1..=count {
-        match cap.echo(dst, &payload, timeout).await {
-            Ok(rtt) => {
-                println!(
-                    "reply from {dst}: seq={seq} time={:.3} ms",
-                    rtt.as_secs_f64() * 1e3
-                );
-                rtts.push(rtt);
-            }
-            Err(e @ (ClientError::Undeliverable { .. } | ClientError::Timeout { .. })) => {
-                println!("seq={seq}: {e}");
-            }
-            Err(e) => return Err(e.into()),
-        }
-        if seq < count && !interval.is_zero() {
-            tokio::time::sleep(interval).await;
-        }
-    }
-    let lost = count as usize - rtts.len();
-    println!("--- {dst} ping statistics ---");
-    println!(
-        "{count} requests sent, {} replies received, {:.1}% loss",
-        rtts.len(),
-        if count == 0 {
-            0.0
-        } else {
-            100.0 * lost as f64 / f64::from(count)
-        }
-    );
-    if !rtts.is_empty() {
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let min = rtts.iter().min().copied().unwrap_or_default();
-        let max = rtts.iter().max().copied().unwrap_or_default();
-        let avg = rtts.iter().sum::<Duration>() / rtts.len() as u32;
-        println!(
-            "rtt min/avg/max = {:.3}/{:.3}/{:.3} ms",
-            ms(min),
-            ms(avg),
-            ms(max)
-        );
-    }
-    Ok(if lost == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-fn time_of_day(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let s = d.as_secs() % 86_400;
-    format!(
-        "{:02}:{:02}:{:02}.{:06}",
-        s / 3600,
-        s / 60 % 60,
-        s % 60,
-        d.subsec_micros()
-    )
-}
-
-async fn tap(
-    socket: PathBuf,
-    filter: Filter,
-    count: Option<u64>,
-    pcap: Option<&std::path::Path>,
-) -> Result<ExitCode> {
-    let mut capture = pcap.map(pcap::Capture::create).transpose()?;
-    let mut cap = Capability::acquire(&socket).await?;
-    let me = cap.id();
-    cap.tap(filter).await?;
-    eprintln!("tapping as {me}; times are UTC");
-    let mut seen = 0u64;
-    while count.is_none_or(|c| seen < c) {
-        match cap.next().await? {
-            Incoming::Tapped { at, message, .. } => {
-                seen += 1;
-                if let Some(c) = capture.as_mut() {
-                    c.write(at, &message)?;
-                }
-                println!(
-                    "{} {} -> {} {} len={}",
-                    time_of_day(at),
-                    message.src(),
-                    message.dst(),
-                    message.mtype(),
-                    message.param.len()
-                );
-            }
-            Incoming::Lagged { missed, .. } => {
-                println!("(tap lagged: {missed} messages not shown)")
-            }
-            Incoming::Message { .. } => {}
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use tenet_client::Capability;
 use tenet_client::wallet::{Wallet, WalletError};
-use tenet_proto::{Codec, Domain, EntityId, Filter};
+use tenet_proto::{Codec, Domain, EntityId};
 use tenet_voucher::card::Role;
 use tenet_voucher::model::Amount;
 use tenet_voucher::msg::ExchangeId;
@@ -292,16 +292,7 @@ pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode
                 println!("(no exchanges)");
             }
             for e in ex {
-                let (gives, gets) = match e.role {
-                    Role::Initiator => (&e.offer.give, &e.offer.want),
-                    Role::Responder => (&e.offer.want, &e.offer.give),
-                };
-                println!(
-                    "{}  {:?}  {:?}  gives {gives}, gets {gets}",
-                    hex(&e.id.0),
-                    e.role,
-                    e.phase
-                );
+                println!("{e}");
             }
         }
         WalletCmd::Recover { after } => {
@@ -319,31 +310,7 @@ pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode
         WalletCmd::Resolve { id } => recover(&mut w, &id, Role::Initiator, "resolve").await?,
         WalletCmd::Abort { id } => recover(&mut w, &id, Role::Responder, "abort").await?,
         WalletCmd::Watch { count } => {
-            let mut tap = Capability::acquire(socket).await?;
-            tap.tap(Filter {
-                dst_domain: Some(card.domain()),
-                ..Filter::ANY
-            })
-            .await?;
-            let mut tap2 = Capability::acquire(socket).await?;
-            tap2.tap(Filter {
-                src: Some(card),
-                ..Filter::ANY
-            })
-            .await?;
-            let mut seen = 0u64;
-            while count.is_none_or(|c| seen < c) {
-                let m = tokio::select! {
-                    i = tap.next() => i?,
-                    i = tap2.next() => i?,
-                };
-                if let tenet_client::Incoming::Tapped { message, .. } = m
-                    && message.mtype().0 & 0xff00 == 0x0200
-                {
-                    seen += 1;
-                    println!("{} -> {} {}", message.src(), message.dst(), message.mtype());
-                }
-            }
+            tenet_client::tools::watch_card(socket, card, count, &mut std::io::stdout()).await?
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -4,21 +4,14 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
 
+use support::Kill;
+
 const TENET: &str = env!("CARGO_BIN_EXE_tenet");
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn certs(dir: &Path, name: &str, domain: &str) {
     let out = Command::new(TENET)

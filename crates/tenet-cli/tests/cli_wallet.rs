@@ -4,22 +4,15 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
 
+use support::Kill;
+
 const TENET: &str = env!("CARGO_BIN_EXE_tenet");
 const TTP: &str = "777777777777777777777777:0";
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn run(args: &[&str]) -> String {
     let out = Command::new(TENET).args(args).output().unwrap();

@@ -29,7 +29,8 @@
 //! recovery. [`card_pin::CardPin`] is the PIN management an app needs:
 //! verify, change, unblock with the PUK, lock the card. [`status`] asks a
 //! daemon for its figures without acquiring an id, and lays them out for a
-//! person or as JSON (`tenet status`).
+//! person or as JSON (`tenet status`); [`tools`] are `tenet ping` and
+//! `tenet tap`.
 //!
 //! The client owns its socket and has no background task: frames are read
 //! when the app calls [`Capability::next`], [`Capability::receive`] or a
@@ -55,6 +56,7 @@ use tokio::net::UnixStream;
 
 pub mod card_pin;
 pub mod status;
+pub mod tools;
 pub mod wallet;
 
 pub use tenet_proto::socket::default_socket_path;

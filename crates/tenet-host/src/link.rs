@@ -19,7 +19,7 @@
 //! ([`SessionError::OtherCard`]) before anything is sent to it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tenet_card::{Card, FileStore};
 use tenet_proto::apdu::{Command, Response, SHORT_LC_MAX, StatusWord, tenet};
@@ -376,9 +376,7 @@ impl CardSession {
             return Ok(Vec::new());
         }
         self.time_told = Some(Instant::now());
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = tenet_proto::time::unix_now();
         self.deliver(&Message::new(
             card,
             card,

@@ -21,7 +21,7 @@ pub struct VerifyError(pub String);
 
 /// The DER value of the id-kp-clientAuth OID; a certificate with an EKU
 /// extension must allow it (card certificates have none).
-const CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
+pub(crate) const CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
 
 /// A certificate's validity period, in seconds since the Unix epoch,
 /// both ends included.
@@ -31,6 +31,18 @@ pub struct Validity {
     pub not_before: u64,
     /// The last second it is valid.
     pub not_after: u64,
+}
+
+impl std::fmt::Display for Validity {
+    /// `valid FROM to TO`, in UTC.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "valid {} to {}",
+            Utc(self.not_before),
+            Utc(self.not_after)
+        )
+    }
 }
 
 /// Reads the validity period of `cert` (DER).

@@ -75,7 +75,7 @@ pub struct HostFiles {
     pub key: PathBuf,
 }
 
-fn write(path: &Path, text: &str, mode: u32) -> Result<(), CertError> {
+pub(crate) fn write(path: &Path, text: &str, mode: u32) -> Result<(), CertError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let io = |source| CertError::Io {
@@ -92,7 +92,7 @@ fn write(path: &Path, text: &str, mode: u32) -> Result<(), CertError> {
     f.write_all(text.as_bytes()).map_err(io)
 }
 
-fn read(path: &Path) -> Result<String, CertError> {
+pub(crate) fn read(path: &Path) -> Result<String, CertError> {
     std::fs::read_to_string(path).map_err(|source| CertError::Io {
         path: path.to_owned(),
         source,
@@ -155,7 +155,7 @@ pub fn validity(der: &[u8]) -> Result<Validity, CertError> {
 
 /// Signs a leaf certificate for `subject_key` with the CA in `dir`, valid
 /// for `lifetime` but not beyond the CA's own end.
-fn sign_leaf(
+pub(crate) fn sign_leaf(
     dir: &Path,
     sans: Vec<String>,
     common_name: &str,
@@ -308,10 +308,16 @@ pub fn entity_renews(dir: &Path, name: &str) -> bool {
 }
 
 /// DER prefix of a P-256 SubjectPublicKeyInfo before the 65-byte point.
-const P256_SPKI_PREFIX: [u8; 26] = [
+pub(crate) const P256_SPKI_PREFIX: [u8; 26] = [
     0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
     0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
 ];
+
+/// The public key `point` (uncompressed SEC1 P-256) as rcgen signs it.
+pub(crate) fn p256_spki(point: &[u8]) -> Result<rcgen::SubjectPublicKeyInfo, CertError> {
+    let spki_der = [&P256_SPKI_PREFIX[..], point].concat();
+    Ok(rcgen::SubjectPublicKeyInfo::from_der(&spki_der)?)
+}
 
 /// Issues, with the CA in `dir`, a certificate for entity `id` whose key is
 /// `public_key` (uncompressed SEC1 P-256, as a card reports it), valid
@@ -333,8 +339,7 @@ pub fn issue_entity_with(
     public_key: &[u8],
     lifetime: Lifetime,
 ) -> Result<(Vec<u8>, Vec<u8>), CertError> {
-    let spki_der = [&P256_SPKI_PREFIX[..], public_key].concat();
-    let spki = rcgen::SubjectPublicKeyInfo::from_der(&spki_der)?;
+    let spki = p256_spki(public_key)?;
     let (c, ca_pem) = sign_leaf(
         dir,
         vec![id.certificate_name()],

@@ -1,7 +1,9 @@
 //! # tenet-pki: making and checking TENeT certificates
 //!
 //! The one crate that parses X.509. It makes certificates (module
-//! `issue`, feature `issue`, for the CLI and tests) and checks them: the
+//! `issue`, feature `issue`, for the CLI and tests), makes, checks and signs
+//! certificate requests (module `enroll`, feature `issue`: enrollment
+//! without moving keys) and checks certificates: the
 //! role of a certificate on a link between hosts ([`roles`]), and the
 //! chain, validity at a card's time and names that cards and the TTP check
 //! ([`check`], [`cache`]).
@@ -41,6 +43,8 @@
 pub mod cache;
 pub mod check;
 #[cfg(feature = "issue")]
+pub mod enroll;
+#[cfg(feature = "issue")]
 pub mod issue;
 pub mod roles;
 
@@ -48,6 +52,11 @@ pub use cache::CheckedCertificates;
 pub use check::{
     Validity, VerifyError, check_validity, names, same_key, tls_key_purposes, validity, verify_at,
     verify_ignoring_expiry, verify_known, verify_with_ca,
+};
+#[cfg(feature = "issue")]
+pub use enroll::{
+    Asked, MAX_REQUEST_BYTES, Request, RequestError, RequestFiles, Role, Signed, card_request,
+    check_issued, make_request, sign_request,
 };
 #[cfg(feature = "issue")]
 pub use issue::*;

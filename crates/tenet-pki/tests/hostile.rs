@@ -1,7 +1,7 @@
 //! Hostile input into tenet-pki: certificate chain verification with a
-//! hostile CA certificate, certificate, message or signature, and
-//! certificate issuance with a hostile card public key or CA certificate
-//! file.
+//! hostile CA certificate, certificate, message or signature, certificate
+//! issuance with a hostile card public key or CA certificate file, and the
+//! CA's check of a hostile certificate request.
 //!
 //! Each property asserts that nothing panics; the chain verification also
 //! that it allocates within its bound `a·n + c` (counted by the counting
@@ -205,6 +205,40 @@ fn certificate_issuance_with_hostile_keys_and_ca_files() {
         issued.get(),
         refused.get()
     );
+}
+
+/// Parsing a request: x509-parser borrows the DER; it allocates the
+/// subject's and the extensions' lists and the error text.
+const REQUEST: Bound = Bound::new(64, 64 * 1024);
+
+/// Hostile certificate requests into the CA's check (`tenet ca sign`): no
+/// panic, allocation within the bound, the untouched request is accepted,
+/// and a request that differs in any byte is refused or says exactly what
+/// the untouched one says (same key, names and common name): nothing
+/// unsigned gets through.
+#[test]
+fn certificate_requests_the_ca_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let asked = tenet_pki::Asked::Domains(vec![Domain::new([0xa1; 12]), Domain::new([0xb2; 12])]);
+    let files = tenet_pki::make_request(dir.path(), "host", &asked).unwrap();
+    let der = pki_types::CertificateSigningRequestDer::from_pem_slice(
+        &std::fs::read(&files.csr).unwrap(),
+    )
+    .unwrap()
+    .to_vec();
+    let original = tenet_pki::Request::from_der(&der).unwrap();
+    let probe = Probe::new("Request::from_der", REQUEST);
+    check(hostile(Just(der.clone()).boxed(), DER_TOKENS), |input| {
+        let out = probe.run(input.bytes.len(), || {
+            tenet_pki::Request::from_der(&input.bytes)
+        })?;
+        match out {
+            Ok(r) => prop_assert_eq!(r, original.clone()),
+            Err(e) => prop_assert!(input.bytes != der, "the untouched request was refused: {e}"),
+        }
+        Ok(())
+    });
+    probe.finish(cases());
 }
 
 // ---------------------------------------------------------------------------

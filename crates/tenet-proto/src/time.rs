@@ -10,6 +10,13 @@ pub const DAY: u64 = 86_400;
 /// The latest time a card accepts: 9999-12-31T23:59:59Z.
 pub const MAX_TIME: u64 = 253_402_300_799;
 
+/// This machine's time in seconds since the Unix epoch (0 before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// The card's time as its applets see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CardTime {

@@ -158,9 +158,26 @@ pub fn initial_data_with(
     .to_bytes()
 }
 
-/// The recovery timeout in the applet's stored data, if it is readable.
-pub fn recover_after(data: &[u8]) -> Option<u32> {
-    VoucherCard::decode(data).ok().map(|s| s.recover_after)
+/// The TTP the applet's stored `data` trusts and its recovery timeout, as
+/// `tenet card info` shows them: the TTP's id, whether its certificate is
+/// pinned, and when the card recovers by itself.
+pub fn describe_ttp(data: Option<&[u8]>) -> String {
+    match data.and_then(|d| VoucherCard::decode(d).ok()) {
+        Some(VoucherCard {
+            ttp: Some(t),
+            ttp_certificate,
+            recover_after,
+            ..
+        }) => {
+            let pinned = ["not pinned", "pinned"][usize::from(ttp_certificate.is_some())];
+            let recovery = match recover_after {
+                0 => "recovery when a wallet orders it (tenet wallet recover)".to_owned(),
+                s => format!("recovery by the card after {s} s pending, then with backoff"),
+            };
+            format!("TTP {t} (certificate {pinned})\n{recovery}")
+        }
+        _ => "TTP none (personalize with --ttp and --ttp-cert)".into(),
+    }
 }
 
 /// The applet's id (keys its persistent data).

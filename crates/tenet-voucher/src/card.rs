@@ -38,6 +38,22 @@ pub struct ExchangeSummary {
     pub offer: Offer,
 }
 
+impl std::fmt::Display for ExchangeSummary {
+    /// `ID  ROLE  PHASE  gives X, gets Y` (`tenet wallet exchanges`), with the
+    /// whole id in hex.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (gives, gets) = match self.role {
+            Role::Initiator => (&self.offer.give, &self.offer.want),
+            Role::Responder => (&self.offer.want, &self.offer.give),
+        };
+        for b in self.id.0 {
+            write!(f, "{b:02x}")?;
+        }
+        let (role, phase) = (self.role, self.phase);
+        write!(f, "  {role:?}  {phase:?}  gives {gives}, gets {gets}")
+    }
+}
+
 impl Codec for ExchangeSummary {
     fn encode(&self, out: &mut Vec<u8>) {
         tlv::write(out, Tag(0x80), &self.id.0);

@@ -10,6 +10,16 @@ use std::time::{Duration, Instant};
 
 const TENET: &str = env!("CARGO_BIN_EXE_tenet");
 
+/// A child process killed (and reaped) when dropped.
+pub struct Kill(pub Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// How long a daemon may take to start.
 const START: Duration = Duration::from_secs(10);
 
