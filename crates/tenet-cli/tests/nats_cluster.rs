@@ -13,7 +13,9 @@
 //!   every exchange ask the TTP at once, one to resolve and one to abort,
 //!   so the two requests of one exchange often reach different replicas;
 //!   one replica is killed (SIGKILL) while they decide. Every exchange
-//!   still ends with one decision that both cards follow.
+//!   still ends with one decision that both cards follow. (Given each
+//!   replica its own SQLite file instead, the test fails: one card
+//!   resolved, the other aborted.)
 //!
 //! nats-server must be installed (`scripts/test.sh` installs it).
 
@@ -495,7 +497,8 @@ mod replicas {
         let (mut d1, mut d2);
         loop {
             (d1, d2) = (decided(&s1).await, decided(&s2).await);
-            if d1 + d2 >= 4 {
+            // ttp1 is serving, and most requests are still to come.
+            if d1 >= 2 {
                 break;
             }
             assert!(
@@ -531,19 +534,26 @@ mod replicas {
         }
         let n_swapped = fair(&ea, &eb);
         conserved(&mut wa, &mut wb, &coffee, &ticket, N, n_swapped).await;
-        // One decision per exchange id, h(n2), in the shared store.
-        let mut store = tenet_voucher_app::ttp::PgDecisions::connect(&postgres).unwrap();
-        for e in &ea {
-            let first = tenet_voucher::ttp::DecisionStore::decide(&mut store, &e.id, &mut || {
-                panic!("exchange {:?} has no decision in PostgreSQL", e.id)
-            })
-            .unwrap();
-            assert_eq!(
-                first.kind == tenet_voucher::msg::Kind::Resolve,
-                e.phase == Phase::Resolved,
-                "the card follows the stored decision"
-            );
-        }
+        // One decision per exchange id, h(n2), in the shared store, and each
+        // card followed it. (The client blocks: off the runtime's threads.)
+        let ids: Vec<_> = ea.iter().map(|e| (e.id, e.phase)).collect();
+        tokio::task::spawn_blocking(move || {
+            let mut store = tenet_voucher_app::ttp::PgDecisions::connect(&postgres).unwrap();
+            for (id, phase) in ids {
+                let stored =
+                    tenet_voucher::ttp::DecisionStore::decide(&mut store, &id, &mut || {
+                        panic!("exchange {id:?} has no decision in PostgreSQL")
+                    })
+                    .unwrap();
+                assert_eq!(
+                    stored.kind == tenet_voucher::msg::Kind::Resolve,
+                    phase == Phase::Resolved,
+                    "the cards follow the stored decision"
+                );
+            }
+        })
+        .await
+        .unwrap();
         r.shutdown().await;
     }
 }
