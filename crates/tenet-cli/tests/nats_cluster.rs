@@ -28,8 +28,7 @@ use tenet_host::config::NatsSection;
 use tenet_host::{Config, HostHandle};
 use tenet_proto::Domain;
 use tenet_testkit::{
-    Ca, CardSpec, HostSpec, NatsCluster, NatsUser, PIN, Running, Topology, TtpIdentity, WAIT,
-    wait_links,
+    Ca, CardSpec, HostSpec, NatsCluster, NatsUser, PIN, Running, Topology, TtpIdentity, wait_links,
 };
 use tenet_voucher::card::{ExchangeSummary, Phase};
 use tenet_voucher::model::{Amount, VoucherClass};
@@ -385,6 +384,8 @@ async fn a_cluster_node_dying_under_exchanges_loses_no_exchange() {
 mod replicas {
     use std::path::Path;
     use std::process::Child;
+
+    use tenet_testkit::WAIT;
 
     use super::*;
 
