@@ -28,7 +28,8 @@ use tenet_host::config::NatsSection;
 use tenet_host::{Config, HostHandle};
 use tenet_proto::Domain;
 use tenet_testkit::{
-    Ca, CardSpec, HostSpec, NatsCluster, NatsUser, PIN, Running, Topology, TtpIdentity, wait_links,
+    Ca, CardSpec, HostSpec, NatsCluster, NatsUser, PIN, Running, Topology, TtpIdentity, WAIT,
+    wait_links,
 };
 use tenet_voucher::card::{ExchangeSummary, Phase};
 use tenet_voucher::model::{Amount, VoucherClass};
@@ -298,7 +299,10 @@ async fn a_cluster_node_dying_under_exchanges_loses_no_exchange() {
 
     let mut committed_before: Vec<ExchangeSummary> = Vec::new();
     let (mut killed, mut committed_after, mut pause) = (None::<Instant>, 0, None);
-    let mut reconnected = None;
+    let (mut reconnected, mut resumed) = (None, None);
+    let mut probe = Capability::acquire(r.host("a").socket_path())
+        .await
+        .unwrap();
     let mut done = 0;
     for _ in 0..N {
         // The node to kill during the next exchange, once KILL_AFTER have
@@ -307,6 +311,7 @@ async fn a_cluster_node_dying_under_exchanges_loses_no_exchange() {
         if done == KILL_AFTER && killed.is_none() {
             committed_before = wa.exchanges().await.unwrap();
             assert_eq!(committed_before.len(), KILL_AFTER);
+            assert!(committed_before.iter().all(|e| e.phase == Phase::Committed));
             let on = w.cluster.nodes_of("alice").await.unwrap();
             assert_eq!(on.len(), 1, "A's host has one connection: {on:?}");
             target = Some(on[0]);
@@ -314,9 +319,10 @@ async fn a_cluster_node_dying_under_exchanges_loses_no_exchange() {
         wa.offer(B_CARD.owner(), wb_id, one(&coffee), one(&ticket))
             .await
             .unwrap();
-        // This exchange's commitment, or none within 3 s (lost with the
-        // node: recovery finishes it below).
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        // This exchange's commitment, or none in time (lost with the node,
+        // or after it: recovery finishes it below). The exchange the node
+        // dies under gets 3 s from the kill.
+        let mut deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match wa.next_progress(left).await.unwrap() {
@@ -327,9 +333,20 @@ async fn a_cluster_node_dying_under_exchanges_loses_no_exchange() {
                     w.cluster.kill(node);
                     let k = Instant::now();
                     killed = Some(k);
+                    deadline = deadline.min(tokio::time::Instant::now() + Duration::from_secs(3));
                     let now_on = w.cluster.wait_for("alice").await.unwrap();
                     assert_ne!(now_on, node);
                     reconnected = Some(k.elapsed());
+                    // Traffic between the hosts again: an echo from A to
+                    // B's card.
+                    loop {
+                        let echo = probe.echo(B_CARD.owner(), b"", Duration::from_millis(200));
+                        if echo.await.is_ok() {
+                            break;
+                        }
+                        assert!(k.elapsed() < WAIT, "no traffic after the kill");
+                    }
+                    resumed = Some(k.elapsed());
                 }
                 Some(m) if m.mtype() == msg::COMMITMENT && m.dst() == A_CARD.owner() => {
                     done += 1;
@@ -371,8 +388,10 @@ async fn a_cluster_node_dying_under_exchanges_loses_no_exchange() {
         "node killed after {KILL_AFTER} exchanges: {N} offered, {accepted} accepted, \
          {done} committed ({committed_after} after the kill), {n_swapped} swapped, \
          {recovered} card sides finished by the TTP; A's host connected to another node \
-         {:?} after the kill, next commitment {:?} after it, all final {:?} after it",
+         {:?} after the kill, an echo from A to B's card answered {:?} after it, the next \
+         commitment {:?} after it, all final {:?} after it",
         reconnected.unwrap_or_default(),
+        resumed.unwrap_or_default(),
         pause.unwrap_or_default(),
         killed.elapsed()
     );
@@ -384,8 +403,6 @@ async fn a_cluster_node_dying_under_exchanges_loses_no_exchange() {
 mod replicas {
     use std::path::Path;
     use std::process::Child;
-
-    use tenet_testkit::WAIT;
 
     use super::*;
 
