@@ -14,7 +14,8 @@
 # Starts a private PostgreSQL (unix socket in a temporary directory, and
 # TLS only on a loopback port) and pcscd with the vpcd reader (unless one
 # already runs) and stops what it started at the end; the NATS tests start
-# and stop their own nats-server on private loopback ports.
+# and stop their own nats-server (one, or a three-node cluster) on private
+# loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never

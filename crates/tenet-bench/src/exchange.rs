@@ -25,10 +25,10 @@ use crate::baseline::Pki;
 use crate::report::{Plot, Section, progress, ratio};
 use crate::stats::{Summary, summarize, us};
 
-/// Two hosts, a card each, B dialing A.
-struct Pair {
+/// Two hosts, a card each, B dialing A (or both on a NATS server).
+pub(crate) struct Pair {
     /// Hosts `a{i}` and `b{i}`.
-    hosts: Running,
+    pub(crate) hosts: Running,
     i: usize,
     card_a: EntityId,
     card_b: EntityId,
@@ -44,7 +44,7 @@ impl Pair {
     }
 }
 
-fn domain(tag: u8, i: usize) -> Domain {
+pub(crate) fn domain(tag: u8, i: usize) -> Domain {
     let mut b = [tag; 12];
     b[10] = (i >> 8) as u8;
     b[11] = i as u8;
@@ -58,13 +58,13 @@ fn class(issuer: Domain, promise: &str) -> VoucherClass {
     }
 }
 
-struct Setup {
-    pki: Pki,
+pub(crate) struct Setup {
+    pub(crate) pki: Pki,
     stores: PathBuf,
 }
 
 impl Setup {
-    fn new(stores: &Path) -> Result<Self> {
+    pub(crate) fn new(stores: &Path) -> Result<Self> {
         Ok(Self {
             pki: Pki::new()?,
             stores: stores.to_owned(),
@@ -72,6 +72,12 @@ impl Setup {
     }
 
     async fn pair(&self, i: usize) -> Result<Pair> {
+        self.pair_over(i, None).await
+    }
+
+    /// Pair `i`, linked over TLS, or with `nats` (a server's URL) through
+    /// that NATS server only.
+    pub(crate) async fn pair_over(&self, i: usize, nats: Option<&str>) -> Result<Pair> {
         let (da, dca, db, dcb) = (
             domain(0xa1, i),
             domain(0xca, i),
@@ -87,11 +93,37 @@ impl Setup {
                     .store_dir(&self.stores),
             )
         };
-        let hosts = Topology::new(self.pki.path(), self.pki.ca.clone())
-            .host(host("a", da, dca))
-            .host(host("b", db, dcb).peer(&format!("a{i}")))
-            .start()
-            .await?;
+        let topology = Topology::new(self.pki.path(), self.pki.ca.clone());
+        let hosts = match nats {
+            None => {
+                topology
+                    .host(host("a", da, dca))
+                    .host(host("b", db, dcb).peer(&format!("a{i}")))
+                    .start()
+                    .await?
+            }
+            Some(url) => {
+                let over = |url: &str| {
+                    let url = url.to_owned();
+                    move |c: &mut tenet_host::Config| {
+                        c.remote.listen = None;
+                        c.remote.nats = Some(tenet_host::config::NatsSection {
+                            url,
+                            ..Default::default()
+                        });
+                    }
+                };
+                let hosts = topology
+                    .host(host("a", da, dca).config(over(url)))
+                    .host(host("b", db, dcb).config(over(url)))
+                    .start()
+                    .await?;
+                let (ha, hb) = (hosts.host(&format!("a{i}")), hosts.host(&format!("b{i}")));
+                tenet_testkit::wait_links(ha, &[dcb.owner()]).await?;
+                tenet_testkit::wait_links(hb, &[dca.owner()]).await?;
+                hosts
+            }
+        };
         Ok(Pair {
             hosts,
             i,
@@ -106,7 +138,7 @@ impl Setup {
 /// each: from A's wallet ordering the exchange to A's card having stored
 /// the ticket (m4 arrived, then an echo that the card answers after
 /// it). Checks that every voucher was swapped and none lost.
-async fn trade(pair: &Pair, n: u32) -> Result<Vec<Duration>> {
+pub(crate) async fn trade(pair: &Pair, n: u32) -> Result<Vec<Duration>> {
     let mut wa = Wallet::open(
         Capability::acquire(pair.ha().socket_path()).await?,
         pair.card_a,

@@ -9,8 +9,9 @@
 //! next to raw TCP and plain NATS), `exchange` (the voucher exchange
 //! between two hosts), `baseline` (the exchange the ISO 7816-4 way next to
 //! ours), `table2` (the paper's Table 2 on a simulated card), `card`
-//! (PC/SC through pcscd and vpcd next to the in-process card link) and
-//! `scale` (thousands of apps, a flood, D-Bus). [`run`] runs what the
+//! (PC/SC through pcscd and vpcd next to the in-process card link),
+//! `scale` (thousands of apps, a flood, D-Bus) and `cluster` (TTP
+//! replicas in a NATS queue group and pairs of hosts, growing). [`run`] runs what the
 //! command line asked for ([`Which`]); `report` prints the sections and
 //! writes the markdown report of `docs/benchmarks.md`. Hosts linked to
 //! each other, their cards and the private nats-server come from
@@ -29,6 +30,7 @@ use crate::report::{Section, emit, write_report};
 
 mod baseline;
 mod card;
+mod cluster;
 mod core;
 mod exchange;
 mod remote;
@@ -148,6 +150,37 @@ pub enum Which {
         #[arg(long, default_value = "Virtual PCD 00 00")]
         reader: String,
     },
+    /// Scale-out over NATS: TTP replicas in a queue group and pairs of hosts.
+    ///
+    /// Decisions per second of 1, 2, ... TTP replicas sharing one decision
+    /// store (one SQLite file, or PostgreSQL with --postgres) under a stream of
+    /// valid resolve requests, and exchanges per second of 1, 2, ... host pairs
+    /// trading at once, all on one private nats-server; side by side in each
+    /// round, as ratios to the first count (median of the rounds, with range).
+    ///
+    /// Example: tenet bench cluster --replicas 1,2 --pairs 1,2 --rounds 3
+    Cluster {
+        /// Resolve requests per decision run.
+        #[arg(long, default_value_t = 1_000)]
+        requests: u32,
+        /// Exchanges per host pair per run.
+        #[arg(long, default_value_t = 40)]
+        exchanges: u32,
+        /// TTP replica counts, measured in turn; the first is the base.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+        replicas: Vec<usize>,
+        /// Host pair counts, measured in turn; the first is the base.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        pairs: Vec<usize>,
+        /// Rounds; each measures every count.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// A PostgreSQL connection string for the replicas' decisions
+        /// (needs a build with --features postgres), instead of one SQLite
+        /// file.
+        #[arg(long, value_name = "CONN")]
+        postgres: Option<String>,
+    },
     /// Daemon memory and throughput with thousands of apps and a deep queue.
     ///
     /// Also the dispatch table with thousands of endpoints, a flood of apps
@@ -204,6 +237,25 @@ pub async fn run(which: Which, json: bool) -> Result<ExitCode> {
             emit(&[card::run(rounds, &vpcd, &reader).await?], json);
             Ok(ExitCode::SUCCESS)
         }
+        Which::Cluster {
+            requests,
+            exchanges,
+            replicas,
+            pairs,
+            rounds,
+            postgres,
+        } => {
+            let args = cluster::Args {
+                requests,
+                exchanges,
+                replicas: &replicas,
+                pairs: &pairs,
+                rounds,
+                postgres: postgres.as_deref(),
+            };
+            emit(&[cluster::run(&args).await?], json);
+            Ok(ExitCode::SUCCESS)
+        }
         Which::Scale(args) => {
             emit(&[scale::run(&args).await?], json);
             Ok(ExitCode::SUCCESS)
@@ -238,6 +290,17 @@ async fn all(quick: bool) -> Result<Vec<Section>> {
             flood_apps: 64,
             flood_messages: scale(1024, 128) as u32,
             flood_param: 60_000,
+        })
+        .await?,
+    );
+    sections.push(
+        cluster::run(&cluster::Args {
+            requests: scale(1_000, 200) as u32,
+            exchanges: scale(40, 10) as u32,
+            replicas: &[1, 2, 3],
+            pairs: &[1, 2, 4],
+            rounds: scale(5, 2) as u32,
+            postgres: None,
         })
         .await?,
     );

@@ -249,6 +249,38 @@ pub struct NatsSection {
     pub queue: Option<String>,
 }
 
+impl NatsSection {
+    /// The servers of `url`, in the order given: one address, or several
+    /// separated by commas (the nodes of a cluster; the client picks one at
+    /// random and moves to another when it goes away). Each is
+    /// `nats://HOST:PORT` or `tls://HOST:PORT` (also `ws://`, `wss://`;
+    /// no scheme means `nats://`, no port 4222). An empty entry, or one
+    /// that is no such address, is an error naming `remote.nats.url`.
+    pub fn servers(&self) -> Result<Vec<String>, ConfigError> {
+        let refuse = |detail: String| ConfigError::Value {
+            key: "remote.nats.url",
+            detail,
+        };
+        let mut servers: Vec<String> = Vec::new();
+        for entry in self.url.split(',').map(str::trim) {
+            if entry.is_empty() {
+                return Err(refuse(format!(
+                    "{:?}: an empty server address (comma-separated addresses, at least one)",
+                    self.url
+                )));
+            }
+            entry
+                .parse::<async_nats::ServerAddr>()
+                .map_err(|e| refuse(format!("{entry:?}: {e}")))?;
+            if servers.iter().any(|s| s == entry) {
+                return Err(refuse(format!("{entry:?} is listed twice")));
+            }
+            servers.push(entry.to_owned());
+        }
+        Ok(servers)
+    }
+}
+
 /// One `[[remote.peers]]` entry: a host this one dials and keeps a link to.
 /// Its optional `host` key is in [`RemoteSection::peer_hosts`].
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -444,6 +476,7 @@ impl Config {
     pub fn remote_checked(&self) -> Result<Vec<PeerRoute>, ConfigError> {
         let r = &self.remote;
         if let Some(n) = &r.nats {
+            n.servers()?;
             if n.user.is_some() != n.password.is_some() {
                 return Err(ConfigError::Value {
                     key: "remote.nats",
@@ -1078,6 +1111,35 @@ mod tests {
             match parse(&format!("{url}{text}")) {
                 Err(ConfigError::Value { key: k, .. }) => assert_eq!(k, key, "{text}"),
                 other => panic!("{text}: expected a value error, got {other:?}"),
+            }
+        }
+        // A cluster: several servers, comma-separated, each checked.
+        let n = parse(
+            "[remote.nats]\nurl = \"nats://a:4222, nats://b:4223,tls://c:4224\"\ntoken = \"t\"",
+        )
+        .unwrap()
+        .remote
+        .nats
+        .unwrap();
+        assert_eq!(
+            n.servers().unwrap(),
+            ["nats://a:4222", "nats://b:4223", "tls://c:4224"]
+        );
+        let cases = [
+            "",
+            " ",
+            "nats://a:4222,",
+            "nats://a:4222,,nats://b:4222",
+            "http://a:4222",
+            "nats://a:99999",
+            "nats://a:4222,nats://a:4222",
+        ];
+        for bad in cases {
+            match parse(&format!("[remote.nats]\nurl = {bad:?}")) {
+                Err(ConfigError::Value { key, detail }) => {
+                    assert_eq!(key, "remote.nats.url", "{bad:?}: {detail}")
+                }
+                other => panic!("{bad:?}: expected a value error, got {other:?}"),
             }
         }
     }

@@ -266,7 +266,7 @@ pub(crate) async fn start(
     let opts = connect_options(cfg, subjects.inbox(host))
         .await?
         .subscription_capacity((per_destination_bytes / tenet_proto::MAX_MESSAGE_LEN).max(1));
-    let urls: Vec<String> = cfg.url.split(',').map(|u| u.trim().to_owned()).collect();
+    let urls = cfg.servers()?;
     let client = tokio::time::timeout(Duration::from_secs(10), opts.connect(urls.clone()))
         .await
         .map_err(|_| HostError::Remote(RemoteSetupError::NatsUnreachable(cfg.url.clone())))?

@@ -18,7 +18,9 @@
 //!
 //! The kit also makes the pieces one at a time ([`Ca`], [`make_card`],
 //! [`blank_card`], [`host_config`], [`wait_links`]) and starts a private
-//! `nats-server` on a port of its choosing ([`NatsServer`]).
+//! `nats-server` on a port of its choosing ([`NatsServer`]), or a cluster
+//! of them with one user per host as `docs/nats-server.example.conf` has
+//! it ([`NatsCluster`], [`NatsUser`]).
 //!
 //! The topologies do not simulate: the hosts are the real daemon on real
 //! sockets, with tokio's clock. [`sim`] does: a deterministic simulator of
@@ -38,7 +40,7 @@ mod pki;
 pub mod sim;
 mod topology;
 
-pub use nats::NatsServer;
+pub use nats::{NatsCluster, NatsServer, NatsUser};
 pub use pki::{Ca, TtpIdentity, blank_card, make_card};
 pub use topology::{CardSpec, HostSpec, Running, Topology, host_config, wait_links};
 

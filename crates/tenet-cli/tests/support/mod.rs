@@ -31,8 +31,14 @@ const START: Duration = Duration::from_secs(10);
 /// its log is read (and dropped) while it runs, so it never blocks on a
 /// full pipe.
 pub fn host(config: &Path) -> (Child, Option<SocketAddr>) {
+    daemon("host", config)
+}
+
+/// [`host`] for a daemon started by another command with `--config`
+/// (`tenet ttp`), which logs its start in the same words.
+pub fn daemon(command: &str, config: &Path) -> (Child, Option<SocketAddr>) {
     let mut child = Command::new(TENET)
-        .args(["host", "--config"])
+        .args([command, "--config"])
         .arg(config)
         .env("TENET_LOG", "warn,tenet_host::remote=info")
         .stdout(Stdio::null())
