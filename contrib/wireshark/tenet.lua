@@ -47,6 +47,7 @@ local mtype_names = {
     [0x020f] = "exchanges",
     [0x0210] = "set-acceptor",
     [0x0211] = "acceptor-set",
+    [0x0212] = "withdraw",
 }
 
 local f = tenet.fields

@@ -120,6 +120,8 @@ pub(crate) fn start_exchange(a: EntityId, b: EntityId, b_wallet: EntityId) -> St
         peer_wallet: b_wallet,
         give: coffee(a.domain(), 1),
         want: ticket(b.domain(), 1),
+        // As `Wallet::offer`: the same bytes on the wire.
+        expires_in: Some(tenet_voucher::msg::DEFAULT_OFFER_SECS),
     }
 }
 

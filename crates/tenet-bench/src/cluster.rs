@@ -118,6 +118,7 @@ impl Requesters {
                     give: amount(initiator.domain(), "coffee"),
                     want: amount(self.responder_id.domain(), "ticket"),
                     n1,
+                    expires: None,
                 };
                 let id = ExchangeId::of_n2(&n1);
                 let agreement = Agreement {

@@ -10,11 +10,11 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use tenet_client::Capability;
-use tenet_client::wallet::{Wallet, WalletError};
+use tenet_client::wallet::Wallet;
 use tenet_proto::{Codec, Domain, EntityId};
 use tenet_voucher::card::Role;
 use tenet_voucher::model::Amount;
-use tenet_voucher::msg::ExchangeId;
+use tenet_voucher::msg::{DEFAULT_OFFER_SECS, ExchangeId, StartExchange};
 
 /// Who the wallet is.
 #[derive(Args)]
@@ -68,6 +68,22 @@ pub enum WalletCmd {
         /// What it wants: QTY:ISSUERHEX:PROMISE.
         #[arg(long)]
         want: String,
+        /// Seconds of the card's time the offer stays open (the other card refuses it after).
+        #[arg(long, value_name = "SECS", default_value_t = DEFAULT_OFFER_SECS,
+              value_parser = clap::value_parser!(u32).range(1..=2_592_000))]
+        expires_in: u32,
+    },
+    /// Withdraw this card's open offers, before an agreement reaches them.
+    ///
+    /// Nothing was deleted for an open offer; the card forgets it, releases
+    /// what it reserved, and refuses an agreement to it (the other card then
+    /// aborts). Refused if no offer is open.
+    ///
+    /// Example: tenet wallet withdraw --card 0a0b0c0d0e0f101112131415:0 --pin-file pin.txt --to b2b2b2b2b2b2b2b2b2b2b2b2:0
+    Withdraw {
+        /// Only the offers to this card (default: all).
+        #[arg(long)]
+        to: Option<EntityId>,
     },
     /// Wait for offers and print them.
     ///
@@ -218,11 +234,26 @@ pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode
             wallet,
             give,
             want,
+            expires_in,
         } => {
-            w.offer(to, wallet, amount(&give, None)?, amount(&want, None)?)
-                .await?;
+            let (give, want) = (amount(&give, None)?, amount(&want, None)?);
+            let s = StartExchange {
+                responder: to,
+                peer_wallet: wallet,
+                give,
+                want,
+                expires_in: Some(expires_in),
+            };
+            w.start(s).await?;
             println!(
-                "offer sent to {wallet} for card {to}; follow it with `tenet wallet exchanges`"
+                "offer sent to {wallet} for card {to}, open {expires_in} s; follow it with `tenet wallet exchanges`"
+            );
+        }
+        WalletCmd::Withdraw { to } => {
+            w.withdraw(to).await?;
+            println!(
+                "withdrew the open offers{}",
+                to.map_or(String::new(), |t| format!(" to {t}"))
             );
         }
         WalletCmd::Offers {
@@ -234,44 +265,9 @@ pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode
                 .as_deref()
                 .map(str::parse::<tenet_voucher::policy::Policy>)
                 .transpose()?;
-            w.register_acceptor().await?;
-            println!(
-                "wallet {} waiting for offers (to it or to card {card})",
-                w.id()
-            );
-            let mut n = 0;
-            while count.is_none_or(|c| n < c) {
-                let Some(o) = w.next_offer(Duration::from_secs(3600)).await? else {
-                    continue;
-                };
-                n += 1;
-                println!(
-                    "offer from {}: {} for {}\n  {}",
-                    o.offer.initiator,
-                    o.offer.give,
-                    o.offer.want,
-                    hex(&o.offer.to_bytes())
-                );
-                let how = match &policy {
-                    Some(p) if !p.allows(&o.offer) => {
-                        println!("  declined: outside the policy");
-                        continue;
-                    }
-                    Some(_) => "accepted (policy)",
-                    None if accept => "accepted",
-                    None => continue,
-                };
-                // A card that refuses (a replay, too little held, a credit
-                // beyond the cap) deleted nothing: say why and wait for the
-                // next offer.
-                match w.accept(&o).await {
-                    Ok(()) => println!("  {how}"),
-                    Err(WalletError::Refused { text, .. }) => {
-                        println!("  refused by the card: {text}")
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            let mut out = std::io::stdout();
+            tenet_client::wallet::take_offers(&mut w, policy.as_ref(), accept, count, &mut out)
+                .await?;
         }
         WalletCmd::Accept { offer } => {
             let bytes = unhex(&offer)?;

@@ -51,6 +51,65 @@ pub enum WalletError {
     /// The card's answer was malformed.
     #[error("malformed answer from the card: {0}")]
     Malformed(String),
+    /// Writing what the wallet reports failed (its reader went away).
+    #[error("writing the output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// Registers `w` as its card's acceptor, then reports each offer that
+/// reaches it on `out` (the initiator, what it gives and wants, when it
+/// expires, and its hex for `tenet wallet accept`), up to `count` offers.
+/// Offers within `policy` are accepted, or all with `accept`; a card that
+/// refuses one (a replay, an expired offer, too little held) deleted
+/// nothing, and the refusal is reported.
+pub async fn take_offers(
+    w: &mut Wallet,
+    policy: Option<&tenet_voucher::policy::Policy>,
+    accept: bool,
+    count: Option<u32>,
+    out: &mut impl std::io::Write,
+) -> Result<(), WalletError> {
+    w.register_acceptor().await?;
+    writeln!(
+        out,
+        "wallet {} waiting for offers (to it or to card {})",
+        w.id(),
+        w.card()
+    )?;
+    let mut n = 0;
+    while count.is_none_or(|c| n < c) {
+        let Some(o) = w.next_offer(Duration::from_secs(3600)).await? else {
+            continue;
+        };
+        n += 1;
+        let expires = o.offer.expires.map_or(String::new(), |e| {
+            format!(", expires {}", tenet_proto::time::Utc(e))
+        });
+        let hex: String = o.param.iter().map(|b| format!("{b:02x}")).collect();
+        let (from, give, want) = (o.offer.initiator, &o.offer.give, &o.offer.want);
+        writeln!(
+            out,
+            "offer from {from}: {give} for {want}{expires}\n  {hex}"
+        )?;
+        let how = match policy {
+            Some(p) if !p.allows(&o.offer) => {
+                writeln!(out, "  declined: outside the policy")?;
+                continue;
+            }
+            Some(_) => "accepted (policy)",
+            None if accept => "accepted",
+            None => continue,
+        };
+        match w.accept(&o).await {
+            Ok(()) => writeln!(out, "  {how}")?,
+            Err(WalletError::Refused { text, .. }) => {
+                writeln!(out, "  refused by the card: {text}")?
+            }
+            Err(e) => return Err(e),
+        }
+        out.flush()?;
+    }
+    Ok(())
 }
 
 /// An offer that reached this wallet (option 2b: the offering card sends
@@ -230,7 +289,8 @@ impl Wallet {
     }
 
     /// Has the card offer `give` for `want` to card `responder`, whose
-    /// wallet app is `peer_wallet`.
+    /// wallet app is `peer_wallet`, open for
+    /// [`msg::DEFAULT_OFFER_SECS`] of the card's time.
     pub async fn offer(
         &mut self,
         responder: EntityId,
@@ -243,8 +303,24 @@ impl Wallet {
             peer_wallet,
             give,
             want,
+            expires_in: Some(msg::DEFAULT_OFFER_SECS),
         };
+        self.start(s).await
+    }
+
+    /// Has the card make the offer `s` (its expiry included).
+    pub async fn start(&mut self, s: StartExchange) -> Result<(), WalletError> {
         self.order(msg::START_EXCHANGE, s.to_bytes())
+            .await
+            .map(|_| ())
+    }
+
+    /// Withdraws the card's open offers to `to`, or all of them: those no
+    /// agreement has reached yet (nothing was deleted for them). Refused
+    /// if there is none.
+    pub async fn withdraw(&mut self, to: Option<EntityId>) -> Result<(), WalletError> {
+        let param = to.map_or_else(Vec::new, |t| t.to_bytes());
+        self.order(tenet_voucher::card::WITHDRAW, param)
             .await
             .map(|_| ())
     }

@@ -54,6 +54,7 @@ const REGISTRY: &[(Mtype, &str)] = &[
     (Mtype(0x020f), "exchanges"),
     (Mtype(0x0210), "set-acceptor"),
     (Mtype(0x0211), "acceptor-set"),
+    (Mtype(0x0212), "withdraw"),
 ];
 
 impl Mtype {

@@ -692,6 +692,7 @@ impl Wallet {
             peer_wallet,
             give,
             want,
+            expires_in: Some(msg::DEFAULT_OFFER_SECS),
         };
         self.order(sim, msg::START_EXCHANGE, s.to_bytes())
             .map(|_| ())

@@ -34,6 +34,7 @@ fn decode(c: &mut Criterion) {
         give: amount(A, "coffee", 5),
         want: amount(B, "ticket", 1),
         n1: [7; 16],
+        expires: Some(1_800_000_000),
     }
     .to_bytes();
     // A P-256 signature and a certificate of typical sizes.

@@ -21,7 +21,7 @@ use tenet_pki::cache::CheckedCertificates;
 use tenet_pki::{check_validity, validity, verify_at};
 use tenet_voucher::card::{
     BALANCE_REQUEST, Ctx, DEFAULT_RECOVER_AFTER, EXCHANGES_REQUEST, MINT, Out, SET_ACCEPTOR,
-    VoucherCard,
+    VoucherCard, WITHDRAW,
 };
 use tenet_voucher::certs::TtpSwap;
 use tenet_voucher::crypto::{Crypto, VerifyError};
@@ -183,7 +183,7 @@ pub fn describe_ttp(data: Option<&[u8]>) -> String {
 /// The applet's id (keys its persistent data).
 pub const APPLET_ID: u16 = 0x0200;
 
-const HANDLED: [Mtype; 12] = [
+const HANDLED: [Mtype; 13] = [
     msg::START_EXCHANGE,
     msg::ACCEPT,
     msg::AGREEMENT,
@@ -196,9 +196,10 @@ const HANDLED: [Mtype; 12] = [
     EXCHANGES_REQUEST,
     SET_ACCEPTOR,
     msg::OFFER,
+    WITHDRAW,
 ];
 
-const PRIVILEGED: [Mtype; 7] = [
+const PRIVILEGED: [Mtype; 8] = [
     msg::START_EXCHANGE,
     msg::ACCEPT,
     msg::RECOVER,
@@ -206,6 +207,7 @@ const PRIVILEGED: [Mtype; 7] = [
     BALANCE_REQUEST,
     EXCHANGES_REQUEST,
     SET_ACCEPTOR,
+    WITHDRAW,
 ];
 
 impl VoucherApplet {
@@ -219,6 +221,7 @@ impl VoucherApplet {
         f: impl FnOnce(&mut VoucherCard, &mut Ctx<'_>) -> Result<Vec<Out>, Refusal>,
     ) -> Result<(), Refusal> {
         let hashed_before = tenet_voucher::model::h_blocks();
+        let now = cx.time.now;
         let outs = {
             let mut crypto = CardCrypto {
                 cx,
@@ -229,6 +232,7 @@ impl VoucherApplet {
                 ttp,
                 wallet: None,
                 crypto: &mut crypto,
+                now,
             };
             f(&mut state, &mut ctx)?
         };
@@ -305,6 +309,7 @@ impl Applet for VoucherApplet {
         }
         // A query only reads the state: the stored data stays as it is and
         // is not encoded again.
+        let now = cx.time.now;
         let query = {
             let mut crypto = CardCrypto {
                 cx,
@@ -315,6 +320,7 @@ impl Applet for VoucherApplet {
                 ttp,
                 wallet: None,
                 crypto: &mut crypto,
+                now,
             };
             state.query(&ctx, m.src(), m.mtype(), &m.param)
         };
@@ -345,7 +351,9 @@ impl Applet for VoucherApplet {
             return Ok(());
         }
         let (bytes, state) = self.load(cx.data)?;
-        let Some(ttp) = state.ttp.filter(|_| state.pending().next().is_some()) else {
+        let waiting =
+            state.pending().next().is_some() || state.offers.values().any(|o| o.expires.is_some());
+        let Some(ttp) = state.ttp.filter(|_| waiting) else {
             self.cache = Some((bytes, state));
             return Ok(());
         };

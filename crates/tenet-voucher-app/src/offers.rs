@@ -136,6 +136,7 @@ mod tests {
             give: amount(1, "coffee", give),
             want: amount(2, "ticket", 1),
             n1: [9; 16],
+            expires: None,
         };
         Message::new(id(1, 0), id(2, 0), OFFER, o.to_bytes())
     }

@@ -482,12 +482,14 @@ async fn privileged_orders_from_an_unauthenticated_app_are_refused_and_change_no
         give: amount(dom(0xbb), "ticket", 1),
         want: amount(k, "coffee", 5),
         n1: [1; 16],
+        expires: None,
     };
     let start = msg::StartExchange {
         responder: other,
         peer_wallet: mallory.id(),
         give: amount(k, "coffee", 5),
         want: amount(dom(0xbb), "ticket", 1),
+        expires_in: None,
     };
     let orders = [
         (msg::START_EXCHANGE, start.to_bytes()),
@@ -763,12 +765,14 @@ async fn a_remote_peer_gains_no_privilege_on_a_local_card() {
         give: amount(dr, "ticket", 1),
         want: amount(k, "coffee", 5),
         n1: [1; 16],
+        expires: None,
     };
     let start = msg::StartExchange {
         responder: dr.owner(),
         peer_wallet: r,
         give: amount(k, "coffee", 5),
         want: amount(dr, "ticket", 1),
+        expires_in: None,
     };
     let mut messages = vec![
         to_card(r, Mtype::VERIFY_PIN, verify_pin(PIN)),
@@ -1074,6 +1078,7 @@ async fn a_flood_of_recovery_requests_finds_the_ttps_queue_bounded() {
                 give: amount(dr, "ticket", 1),
                 want: amount(dr, "coffee", 1),
                 n1,
+                expires: None,
             };
             let req = RecoveryRequest {
                 kind: Kind::Resolve,

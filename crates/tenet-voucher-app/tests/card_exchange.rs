@@ -10,7 +10,7 @@ use tenet_proto::card::{SetTime, VerifyPin};
 use tenet_proto::codec::Codec;
 use tenet_proto::notice::Refused;
 use tenet_proto::{Domain, EntityId, Message, Mtype, Port};
-use tenet_voucher::card::MINT;
+use tenet_voucher::card::{MINT, WITHDRAW};
 use tenet_voucher::crypto::KeyCrypto;
 use tenet_voucher::model::{Amount, VoucherClass};
 use tenet_voucher::msg::{self, RecoveryRequest, StartExchange};
@@ -253,6 +253,7 @@ impl World {
             peer_wallet: wallet(B),
             give: coffee(2),
             want: ticket(1),
+            expires_in: None,
         };
         self.send(Message::new(
             wallet(A),
@@ -296,6 +297,16 @@ impl World {
         ));
     }
 
+    /// Delivers until the confirmation is on the wire, then loses it.
+    fn lose_confirmation(&mut self) {
+        while let Some(m) = self.net.pop_front() {
+            if m.mtype() == msg::CONFIRMATION {
+                break;
+            }
+            self.step(m);
+        }
+    }
+
     fn balances(&self) -> [u64; 4] {
         let st = |c: &Card<MemStore>| {
             tenet_voucher::card::VoucherCard::decode(
@@ -332,13 +343,7 @@ fn two_cards_exchange_with_real_signatures() {
 fn lost_confirmation_resolved_with_the_ttps_signed_admission() {
     let mut w = World::new();
     w.start_and_accept();
-    // Deliver until the confirmation is on the wire, then lose it.
-    while let Some(m) = w.net.pop_front() {
-        if m.mtype() == msg::CONFIRMATION {
-            break;
-        }
-        w.step(m);
-    }
+    w.lose_confirmation();
     let st = tenet_voucher::card::VoucherCard::decode(
         &w.a.state().applets[&tenet_voucher_app::applet::APPLET_ID],
     )
@@ -529,6 +534,7 @@ fn queries_answer_from_the_state_and_store_nothing() {
         give: ticket(1),
         want: coffee(1),
         n1: [5; 16],
+        expires: None,
     };
     let m = Message::new(dom(B).owner(), dom(A).owner(), msg::OFFER, to_a.to_bytes());
     let out = deliver_to(&mut w.a, &m);
@@ -658,6 +664,7 @@ fn a_card_whose_own_certificate_expired_starts_no_exchange() {
             peer_wallet: wallet(B),
             give: coffee(2),
             want: ticket(1),
+            expires_in: None,
         }
         .to_bytes(),
     ));
@@ -707,6 +714,7 @@ fn a_renewed_certificate_for_the_same_key_lets_the_card_exchange_again() {
             peer_wallet: wallet(B),
             give: coffee(2),
             want: ticket(1),
+            expires_in: None,
         }
         .to_bytes(),
     ));
@@ -754,6 +762,7 @@ fn the_ttp_finishes_an_exchange_whose_party_certificate_expired_since() {
         give: coffee(1),
         want: ticket(1),
         n1: [1; 16],
+        expires: None,
     };
     let request_from = |mut b: KeyCrypto| {
         let id = ExchangeId::of_n2(&[2; 16]);
@@ -803,4 +812,96 @@ fn the_ttp_finishes_an_exchange_whose_party_certificate_expired_since() {
     )
     .expect("signed with the current key");
     assert_eq!(decisions.decided.len(), 1, "still one decision");
+}
+
+/// Through the real applet and the cards' clocks: an offer carries the
+/// initiator card's time plus its lifetime, the responder's card refuses
+/// it once its host told it a later time (deleting nothing), and the
+/// initiator's card forgets it at its next tick: withdrawing it then finds
+/// nothing open.
+#[test]
+fn an_offer_expires_on_the_cards_clocks() {
+    let mut w = World::new();
+    let t0 = now();
+    assert!(w.tell_time(A, t0).is_empty());
+    assert!(w.tell_time(B, t0).is_empty());
+    let s = StartExchange {
+        responder: dom(B).owner(),
+        peer_wallet: wallet(B),
+        give: coffee(2),
+        want: ticket(1),
+        expires_in: Some(30),
+    };
+    w.send(Message::new(
+        wallet(A),
+        dom(A).owner(),
+        msg::START_EXCHANGE,
+        s.to_bytes(),
+    ));
+    w.run();
+    let offer = w.to_wallets.pop().expect("the offer reached P_B");
+    assert_eq!(
+        msg::Offer::decode(&offer.param).unwrap().expires,
+        Some(t0 + 30)
+    );
+    assert!(w.tell_time(B, t0 + 30).is_empty());
+    w.send(Message::new(
+        wallet(B),
+        dom(B).owner(),
+        msg::ACCEPT,
+        offer.param,
+    ));
+    w.run();
+    assert!(
+        w.refusals()
+            .iter()
+            .any(|r| r.contains("the offer expired at")),
+        "{:?}",
+        w.refusals()
+    );
+    assert_eq!(w.balances(), [5, 0, 0, 3]);
+    assert!(w.tell_time(A, t0 + 30).is_empty());
+    let withdraw = Message::new(wallet(A), dom(A).owner(), WITHDRAW, Vec::new());
+    w.send(withdraw);
+    w.run();
+    assert!(
+        w.refusals()
+            .iter()
+            .any(|r| r.contains("no open offer to withdraw")),
+        "{:?}",
+        w.refusals()
+    );
+}
+
+/// Through the real applet: a lost confirmation leaves both cards
+/// pending, and nobody orders recovery; the clock's ticks do it. The
+/// first tick starts each card's timer (60 s, the default at
+/// personalization), and the tick after it makes each card ask the TTP.
+#[test]
+fn a_lost_confirmation_is_recovered_by_the_cards_ticks() {
+    let mut w = World::new();
+    w.start_and_accept();
+    w.lose_confirmation();
+    let t0 = now();
+    for card in [A, B] {
+        assert!(w.tell_time(card, t0).is_empty(), "the timer only starts");
+        assert!(w.tell_time(card, t0 + 59).is_empty());
+    }
+    assert!(w.decisions.decided.is_empty());
+    // B's timeout passes first: it aborts; A's own request then gets the
+    // same decision.
+    let out = w.tell_time(B, t0 + 60);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].mtype(), msg::RECOVERY_REQUEST);
+    w.net.extend(out);
+    w.run();
+    let out = w.tell_time(A, t0 + 60);
+    w.net.extend(out);
+    w.run();
+    assert_eq!(w.balances(), [5, 0, 0, 3], "aborted: nothing moved");
+    assert_eq!(w.decisions.decided.len(), 1);
+    assert!(
+        w.tell_time(A, t0 + 1000).is_empty(),
+        "nothing pending any more"
+    );
 }

@@ -190,6 +190,7 @@ impl Fixture {
             peer_wallet: EntityId::new(peer.domain(), Port::new(5)),
             give: coffee(domain, 10),
             want: ticket(peer.domain(), 1),
+            expires_in: None,
         };
         let start = Message::new(wallet, id, msg::START_EXCHANGE, start.to_bytes());
         let sent = deliver(&mut card, &start);
@@ -211,6 +212,7 @@ impl Fixture {
             give: ticket(peer.domain(), 1),
             want: coffee(domain, 2),
             n1: [0x24; 16],
+            expires: None,
         };
         let mut admission = |kind: Kind| Admission {
             kind,
@@ -275,6 +277,7 @@ impl Fixture {
                     peer_wallet: peer,
                     give: coffee(domain, 1),
                     want: ticket(peer.domain(), 3),
+                    expires_in: None,
                 }
                 .to_bytes(),
             ),

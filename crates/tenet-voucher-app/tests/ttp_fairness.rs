@@ -112,6 +112,7 @@ fn offer(initiator: EntityId, responder: EntityId, n1: u8) -> Offer {
         give: amount(initiator.domain(), "coffee"),
         want: amount(responder.domain(), "ticket"),
         n1: [n1; 16],
+        expires: None,
     }
 }
 

@@ -100,6 +100,7 @@ async fn a_rogue_app_cannot_answer_for_the_wallets_card() {
         give: amount(dom(0xbb), "ticket", 1),
         want: amount(k, "coffee", 2),
         n1: [1; 16],
+        expires: None,
     };
     w.accept_offer(&offer).await.unwrap();
     let exchanges = w.exchanges().await.unwrap();

@@ -22,7 +22,7 @@ use crate::msg::{
 
 pub use crate::mtype::{
     ACCEPTOR_SET, BALANCE_REQUEST, BALANCES, EXCHANGES, EXCHANGES_REQUEST, MINT, PROGRESS,
-    SET_ACCEPTOR,
+    SET_ACCEPTOR, WITHDRAW,
 };
 
 /// One exchange as a wallet sees it.
@@ -254,6 +254,9 @@ pub struct Ctx<'a> {
     pub wallet: Option<EntityId>,
     /// Keys and randomness.
     pub crypto: &'a mut dyn Crypto,
+    /// The card's time (seconds since the Unix epoch): its host's, never
+    /// below the card's bound (`tenet_card::clock`).
+    pub now: u64,
 }
 
 /// Most finished exchanges remembered (older ones are forgotten first).
@@ -360,7 +363,11 @@ impl VoucherCard {
     /// admission finishes it. A pending exchange is timed from the first
     /// tick that sees it. Returns the requests (and progress reports) to
     /// send; the caller stores the state with them.
+    ///
+    /// Offers that expired by `now` are forgotten first: nothing was
+    /// deleted for them, and the headroom they reserved is free again.
     pub fn tick(&mut self, cx: &mut Ctx<'_>, now: u64) -> Vec<Out> {
+        self.offers.retain(|_, o| !o.expired(now));
         if self.recover_after == 0 {
             return Vec::new();
         }
@@ -409,6 +416,22 @@ impl VoucherCard {
             }
             msg::COMMITMENT => self.commitment(cx, src, Commitment::decode(param).map_err(bad)?),
             msg::RECOVER => self.recover(cx, ExchangeId::decode(param).map_err(bad)?),
+            WITHDRAW => {
+                let to = match param {
+                    [] => None,
+                    p => Some(EntityId::decode(p).map_err(bad)?),
+                };
+                let before = self.offers.len();
+                self.offers
+                    .retain(|_, o| to.is_some_and(|t| o.responder != t));
+                if self.offers.len() == before {
+                    return refuse(match to {
+                        Some(t) => format!("no open offer to {t} to withdraw"),
+                        None => "no open offer to withdraw".to_owned(),
+                    });
+                }
+                Ok(Vec::new())
+            }
             msg::ADMISSION => self.admission(cx, src, Admission::decode(param).map_err(bad)?),
             SET_ACCEPTOR => {
                 let id = EntityId::decode(param).map_err(bad)?;
@@ -538,6 +561,7 @@ impl VoucherCard {
             give: s.give,
             want: s.want,
             n1,
+            expires: s.expires_in.map(|t| cx.now.saturating_add(t.into())),
         };
         let out = Out {
             dst: s.peer_wallet,
@@ -552,6 +576,12 @@ impl VoucherCard {
     fn accept(&mut self, cx: &mut Ctx<'_>, offer: Offer) -> Result<Vec<Out>, Refusal> {
         if offer.responder != cx.me {
             return refuse("the offer is for another card");
+        }
+        if offer.expired(cx.now) {
+            return refuse(format!(
+                "the offer expired at {}",
+                tenet_proto::time::Utc(offer.expires.unwrap_or_default())
+            ));
         }
         let digest = offer.digest();
         if self.accepted.contains(&digest) {
@@ -618,6 +648,12 @@ impl VoucherCard {
             return refuse("no open offer matches this agreement (replayed or withdrawn)");
         };
         let (n1, offer) = (*n1, offer.clone());
+        // Past its expiry by this card's clock, the offer is over whatever
+        // the responder's clock said: nothing is deleted here, and the
+        // responder, which deleted its side, aborts with the TTP.
+        if offer.expired(cx.now) {
+            return refuse("the offer this agreement answers has expired");
+        }
         if src != offer.responder {
             return refuse(format!(
                 "agreement from {src}, offer was to {}",

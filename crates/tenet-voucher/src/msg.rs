@@ -124,6 +124,7 @@ const T_GIVE: Tag = Tag(0xa0);
 const T_WANT: Tag = Tag(0xa1);
 const T_OFFER: Tag = Tag(0xa2);
 const T_AGREEMENT: Tag = Tag(0xa3);
+const T_EXPIRES: Tag = Tag(0x84);
 
 fn id_at(f: &Fields<'_>, t: Tag, what: &'static str) -> Result<EntityId, DecodeError> {
     Ok(EntityId::from_array(f.require_array(t, what)?))
@@ -153,6 +154,9 @@ pub struct StartExchange {
     pub give: Amount,
     /// `v2`.
     pub want: Amount,
+    /// Seconds of the card's time the offer stays open; `None`: until it
+    /// is withdrawn.
+    pub expires_in: Option<u32>,
 }
 
 impl Codec for StartExchange {
@@ -161,19 +165,31 @@ impl Codec for StartExchange {
         tlv::write(out, T_B, &self.peer_wallet.to_array());
         tlv::write_codec(out, T_GIVE, &self.give);
         tlv::write_codec(out, T_WANT, &self.want);
+        if let Some(s) = self.expires_in {
+            tlv::write(out, T_EXPIRES, &s.to_be_bytes());
+        }
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let f = Fields::parse(r.rest())?;
-        f.only(&[T_A, T_B, T_GIVE, T_WANT], "start-exchange")?;
+        f.only(&[T_A, T_B, T_GIVE, T_WANT, T_EXPIRES], "start-exchange")?;
         Ok(Self {
             responder: id_at(&f, T_A, "responder")?,
             peer_wallet: id_at(&f, T_B, "peer wallet")?,
             give: amount_at(&f, T_GIVE, "give")?,
             want: amount_at(&f, T_WANT, "want")?,
+            expires_in: f
+                .get(T_EXPIRES)
+                .map(|_| f.require_array(T_EXPIRES, "expires in"))
+                .transpose()?
+                .map(u32::from_be_bytes),
         })
     }
 }
+
+/// How long a wallet's offer stays open unless it says otherwise: five
+/// minutes of the initiator card's time.
+pub const DEFAULT_OFFER_SECS: u32 = 300;
 
 /// The offer `m1 = {v1, v2, n1}`, naming both cards so that every later
 /// signature binds the parties.
@@ -189,6 +205,17 @@ pub struct Offer {
     pub want: Amount,
     /// `n1`.
     pub n1: [u8; 16],
+    /// When the offer expires, in the initiator card's time (seconds
+    /// since the Unix epoch); `None`: never. Part of the signed digest:
+    /// neither card accepts it later by its own clock.
+    pub expires: Option<u64>,
+}
+
+impl Offer {
+    /// Whether the offer has expired at `now`.
+    pub fn expired(&self, now: u64) -> bool {
+        self.expires.is_some_and(|e| now >= e)
+    }
 }
 
 impl Offer {
@@ -205,17 +232,25 @@ impl Codec for Offer {
         tlv::write_codec(out, T_GIVE, &self.give);
         tlv::write_codec(out, T_WANT, &self.want);
         tlv::write(out, T_C, &self.n1);
+        if let Some(e) = self.expires {
+            tlv::write(out, T_EXPIRES, &e.to_be_bytes());
+        }
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let f = Fields::parse(r.rest())?;
-        f.only(&[T_A, T_B, T_GIVE, T_WANT, T_C], "offer")?;
+        f.only(&[T_A, T_B, T_GIVE, T_WANT, T_C, T_EXPIRES], "offer")?;
         Ok(Self {
             initiator: id_at(&f, T_A, "initiator")?,
             responder: id_at(&f, T_B, "responder")?,
             give: amount_at(&f, T_GIVE, "give")?,
             want: amount_at(&f, T_WANT, "want")?,
             n1: f.require_array(T_C, "n1")?,
+            expires: f
+                .get(T_EXPIRES)
+                .map(|_| f.require_array(T_EXPIRES, "expires"))
+                .transpose()?
+                .map(u64::from_be_bytes),
         })
     }
 }

@@ -41,6 +41,12 @@ pub const SET_ACCEPTOR: Mtype = Mtype(0x0210);
 /// now on, offers addressed to the card go to it.
 pub const ACCEPTOR_SET: Mtype = Mtype(0x0211);
 
+/// Withdraw open offers (privileged, RFC 4154's cancel): those to the
+/// card named in the param (16 bytes), or all with an empty param. Only an
+/// offer no agreement has reached yet: nothing was deleted for it, and the
+/// headroom it reserved is released. Refused if none matches.
+pub const WITHDRAW: Mtype = Mtype(0x0212);
+
 /// Ask the card for its exchanges (privileged).
 pub const EXCHANGES_REQUEST: Mtype = Mtype(0x020e);
 /// The card's exchanges: a sequence of `ExchangeSummary`s (`crate::card::ExchangeSummary`).
@@ -65,6 +71,7 @@ pub const ALL: &[(Mtype, &str)] = &[
     (EXCHANGES, "exchanges"),
     (SET_ACCEPTOR, "set-acceptor"),
     (ACCEPTOR_SET, "acceptor-set"),
+    (WITHDRAW, "withdraw"),
 ];
 
 #[cfg(test)]

@@ -106,6 +106,7 @@ mod tests {
                 ..p.want
             },
             n1: [7; 16],
+            expires: None,
         }
     }
 

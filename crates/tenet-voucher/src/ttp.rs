@@ -461,6 +461,7 @@ mod tests {
             give: amount(A, "coffee"),
             want: amount(B, "ticket"),
             n1: [1; 16],
+            expires: None,
         };
         let id = ExchangeId::of_n2(&[2; 16]);
         let mut cb = TestCrypto::new(b, 2);

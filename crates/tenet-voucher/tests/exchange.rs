@@ -64,6 +64,8 @@ struct World {
     /// Messages delivered to wallets (offers, progress).
     to_wallets: Vec<Wire>,
     refusals: Vec<String>,
+    /// Both cards' time.
+    now: u64,
 }
 
 impl World {
@@ -78,6 +80,7 @@ impl World {
             net: VecDeque::new(),
             to_wallets: Vec::new(),
             refusals: Vec::new(),
+            now: 1_000_000,
         };
         w.input(A, wallet(A), MINT, coffee(5).to_bytes());
         w.input(B, wallet(B), MINT, ticket(3).to_bytes());
@@ -96,6 +99,7 @@ impl World {
             ttp: card_id(T),
             wallet: Some(wallet(who)),
             crypto,
+            now: self.now,
         };
         (card, cx)
     }
@@ -157,6 +161,7 @@ impl World {
             peer_wallet: wallet(B),
             give: coffee(2),
             want: ticket(1),
+            expires_in: Some(300),
         };
         self.input(A, wallet(A), msg::START_EXCHANGE, s.to_bytes());
     }
@@ -189,6 +194,7 @@ impl World {
     /// Both cards' clocks tick at card time `now`; what they send is
     /// delivered.
     fn tick(&mut self, now: u64) {
+        self.now = now;
         for who in [A, B] {
             let (card, mut cx) = self.card(who);
             let outs = card.tick(&mut cx, now);
@@ -418,6 +424,7 @@ fn option_2a_offer_to_the_card_reaches_the_registered_acceptor() {
         peer_wallet: card_id(B),
         give: coffee(2),
         want: ticket(1),
+        expires_in: None,
     };
     w.input(A, wallet(A), msg::START_EXCHANGE, s.to_bytes());
     w.run();
@@ -835,6 +842,7 @@ fn a_forged_offer_of_an_absurd_quantity_is_refused() {
         give: coffee(u64::MAX),
         want: ticket(1),
         n1: [9; 16],
+        expires: None,
     };
     let before = w.b.clone();
     w.input(B, wallet(B), msg::ACCEPT, offer.to_bytes());
@@ -936,6 +944,7 @@ fn an_unanswered_card_asks_again_with_backoff() {
             ttp: card_id(T),
             wallet: None,
             crypto: &mut w.ca,
+            now,
         };
         let outs = w.a.tick(&mut cx, now);
         // The TTP never answers: its requests are lost.
@@ -976,5 +985,127 @@ fn no_timeout_or_nothing_pending_asks_nothing() {
     w.tick(1);
     w.tick(100);
     assert!(w.ttp.decided.is_empty());
+    assert_eq!(w.holdings(), SWAPPED);
+}
+
+/// Takes the offers that reached B's wallet.
+fn offers_to_b(w: &mut World) -> Vec<Vec<u8>> {
+    let offers = w
+        .to_wallets
+        .iter()
+        .filter(|m| m.mtype == msg::OFFER)
+        .map(|m| m.param.clone())
+        .collect();
+    w.to_wallets.retain(|m| m.mtype != msg::OFFER);
+    offers
+}
+
+/// An offer carries its expiry, signed with it (part of the offer's
+/// digest); the responder's card refuses it once its clock is past it,
+/// and nothing is deleted anywhere.
+#[test]
+fn an_expired_offer_is_refused_by_the_responder() {
+    let mut w = World::new();
+    w.start();
+    let offer = offers_to_b(&mut w).remove(0);
+    let expires = msg::Offer::decode(&offer).unwrap().expires;
+    assert_eq!(expires, Some(w.now + 300));
+    w.now += 300;
+    w.input(B, wallet(B), msg::ACCEPT, offer);
+    w.run();
+    assert_eq!(w.refusals.len(), 1);
+    assert!(
+        w.refusals[0].contains("the offer expired at"),
+        "{:?}",
+        w.refusals
+    );
+    assert_eq!(w.holdings(), BEFORE);
+    assert!(w.b.exchanges.is_empty() && w.a.exchanges.is_empty());
+}
+
+/// The responder's clock lags and it accepts an offer the initiator's
+/// card holds expired: the initiator refuses the agreement (deleting
+/// nothing), the responder, which deleted its side, aborts with the TTP
+/// by itself, and the initiator's next tick forgets the offer, releasing
+/// the headroom it reserved. Nobody gains or loses.
+#[test]
+fn an_offer_expired_on_the_initiator_ends_aborted_and_releases_its_headroom() {
+    let mut w = World::new();
+    w.b.recover_after = 10;
+    w.start();
+    let offer = offers_to_b(&mut w).remove(0);
+    let reserved = w.a.committed(&ticket(0).class);
+    assert_eq!(
+        reserved, 1,
+        "the open offer reserves the ticket it may bring"
+    );
+    // B accepts at 299 s by its clock; A reads the agreement at 300 s.
+    w.now += 299;
+    w.input(B, wallet(B), msg::ACCEPT, offer);
+    w.now += 1;
+    w.run();
+    assert_eq!(w.refusals.len(), 1, "{:?}", w.refusals);
+    assert!(w.refusals[0].contains("has expired"), "{:?}", w.refusals);
+    assert_eq!(w.b.pending().count(), 1, "B deleted its ticket");
+    let t = w.now;
+    w.tick(t);
+    w.tick(t + 10);
+    assert_eq!(w.holdings(), BEFORE);
+    assert!(w.b.pending().next().is_none());
+    assert!(w.a.offers.is_empty(), "the tick forgot the expired offer");
+    assert_eq!(w.a.committed(&ticket(0).class), 0);
+}
+
+/// The initiator's wallet withdraws an open offer (RFC 4154's cancel):
+/// the card forgets it, so an agreement to it is refused and the
+/// responder aborts; withdrawing what is not open is refused; an offer to
+/// another card stays.
+#[test]
+fn a_withdrawn_offer_cannot_be_agreed_to() {
+    use tenet_voucher::card::WITHDRAW;
+    let mut w = World::new();
+    w.b.recover_after = 10;
+    w.start();
+    let offer = offers_to_b(&mut w).remove(0);
+    // Withdrawing offers to another card withdraws nothing, and says so.
+    w.input(A, wallet(A), WITHDRAW, card_id(T).to_bytes());
+    assert_eq!(w.refusals.len(), 1);
+    assert!(
+        w.refusals[0].contains("no open offer to"),
+        "{:?}",
+        w.refusals
+    );
+    assert_eq!(w.a.offers.len(), 1);
+    w.input(A, wallet(A), WITHDRAW, card_id(B).to_bytes());
+    assert!(w.a.offers.is_empty());
+    w.input(A, wallet(A), WITHDRAW, Vec::new());
+    assert_eq!(w.refusals.len(), 2, "nothing left to withdraw");
+    // B did not hear of it and accepts: A refuses, B aborts by itself.
+    w.input(B, wallet(B), msg::ACCEPT, offer);
+    w.run();
+    assert_eq!(w.refusals.len(), 3);
+    assert!(w.refusals[2].contains("withdrawn"), "{:?}", w.refusals);
+    let t = w.now;
+    w.tick(t);
+    w.tick(t + 10);
+    assert_eq!(w.holdings(), BEFORE);
+    assert!(w.b.pending().next().is_none());
+}
+
+/// An offer an agreement has reached is no longer open: withdrawing it is
+/// refused, and the exchange goes on to commit.
+#[test]
+fn an_agreed_offer_cannot_be_withdrawn() {
+    use tenet_voucher::card::WITHDRAW;
+    let mut w = World::new();
+    w.start();
+    w.accept_offers();
+    // Deliver m2 only.
+    let m2 = w.net.pop_front().unwrap();
+    assert_eq!(m2.mtype, msg::AGREEMENT);
+    w.deliver(m2);
+    w.input(A, wallet(A), WITHDRAW, Vec::new());
+    assert_eq!(w.refusals.len(), 1, "{:?}", w.refusals);
+    w.run();
     assert_eq!(w.holdings(), SWAPPED);
 }

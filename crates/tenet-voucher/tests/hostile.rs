@@ -101,13 +101,22 @@ fn voucher_exchange_ids() {
 
 #[test]
 fn voucher_start_exchange() {
-    let seeds = (entity(), entity(), amount(1), amount(1))
-        .prop_map(|(responder, peer_wallet, give, want)| StartExchange {
-            responder,
-            peer_wallet,
-            give,
-            want,
-        })
+    let seeds = (
+        entity(),
+        entity(),
+        amount(1),
+        amount(1),
+        proptest::option::of(any::<u32>()),
+    )
+        .prop_map(
+            |(responder, peer_wallet, give, want, expires_in)| StartExchange {
+                responder,
+                peer_wallet,
+                give,
+                want,
+                expires_in,
+            },
+        )
         .boxed();
     fuzz_codec("StartExchange", WITH_AMOUNTS, seeds);
 }
@@ -430,6 +439,7 @@ fn worst_case_shapes_stay_within_the_bounds() {
                     give: tiny(i),
                     want: tiny(i + 1),
                     n1: [0; 16],
+                    expires: None,
                 },
             }
             .to_bytes()
@@ -462,6 +472,7 @@ fn worst_case_shapes_stay_within_the_bounds() {
             give: tiny(i),
             want: tiny(i),
             n1,
+            expires: None,
         };
         voucher.offers.insert(n1, o);
     }

@@ -241,6 +241,8 @@ fn card_step(
         ttp: entity(T),
         wallet: Some(entity(wallet_of(ix))),
         crypto: &mut crypto,
+        // The model has no clock: its offers do not expire.
+        now: 0,
     };
     let outs = card.handle(&mut cx, src, m.mtype, &m.param).ok()?;
     Some((card.to_bytes(), outs))
@@ -308,6 +310,7 @@ impl Actor for Node {
                             peer_wallet: entity(P_B),
                             give: coffee(*q),
                             want: ticket(1),
+                            expires_in: None,
                         };
                         orders += 1;
                         o.send(
@@ -593,6 +596,7 @@ fn settle(model: &M, s: &Sys, first: usize) -> Result<[VoucherCard; 2], String> 
                 ttp: entity(T),
                 wallet: None,
                 crypto: &mut crypto,
+                now: 0,
             };
             let outs = cards[ix]
                 .handle(&mut cx, entity(wallet_of(ix)), msg::RECOVER, &id.to_bytes())
@@ -611,6 +615,7 @@ fn settle(model: &M, s: &Sys, first: usize) -> Result<[VoucherCard; 2], String> 
                 ttp: entity(T),
                 wallet: None,
                 crypto: &mut crypto,
+                now: 0,
             };
             cards[ix]
                 .handle(&mut cx, entity(T), msg::ADMISSION, &adm.to_bytes())

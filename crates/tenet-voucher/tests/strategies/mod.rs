@@ -51,13 +51,21 @@ pub fn amount(min: u64) -> BoxedStrategy<Amount> {
 }
 
 pub fn offer() -> BoxedStrategy<Offer> {
-    (entity(), entity(), amount(1), amount(1), any::<[u8; 16]>())
-        .prop_map(|(initiator, responder, give, want, n1)| Offer {
+    (
+        entity(),
+        entity(),
+        amount(1),
+        amount(1),
+        any::<[u8; 16]>(),
+        proptest::option::of(any::<u64>()),
+    )
+        .prop_map(|(initiator, responder, give, want, n1, expires)| Offer {
             initiator,
             responder,
             give,
             want,
             n1,
+            expires,
         })
         .boxed()
 }
