@@ -48,6 +48,8 @@ local mtype_names = {
     [0x0210] = "set-acceptor",
     [0x0211] = "acceptor-set",
     [0x0212] = "withdraw",
+    [0x0213] = "present",
+    [0x0214] = "presentation",
 }
 
 local f = tenet.fields

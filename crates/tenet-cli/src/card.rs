@@ -205,11 +205,7 @@ pub(crate) fn check_ttp(
     store: &Path,
     ttp: tenet_proto::EntityId,
 ) -> Result<()> {
-    let data = card
-        .state()
-        .applets
-        .get(&tenet_voucher_app::applet::APPLET_ID)
-        .map(Vec::as_slice);
+    let data = tenet_voucher_app::applet::applet_data(card.state());
     tenet_voucher_app::applet::VoucherApplet::check_ttp(data, ttp)
         .with_context(|| format!("card {} (--ttp {ttp})", store.display()))
 }
@@ -388,14 +384,8 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
                 Some(c) => println!("certificate {} bytes (X.509 DER), {}", c.len(), valid(c)),
                 None => println!("certificate none (personalize with --ca)"),
             }
-            let data = card
-                .state()
-                .applets
-                .get(&tenet_voucher_app::applet::APPLET_ID);
-            println!(
-                "{}",
-                tenet_voucher_app::applet::describe_ttp(data.map(Vec::as_slice))
-            );
+            let data = tenet_voucher_app::applet::applet_data(card.state());
+            println!("{}", tenet_voucher_app::applet::describe_ttp(data));
             println!(
                 "clock bound {}",
                 tenet_card::clock::Utc(card.state().clock_bound)

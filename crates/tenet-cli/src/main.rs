@@ -294,6 +294,26 @@ enum Cmd {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Verify what cards present (an app; it needs no card).
+    ///
+    /// It prints its id and a challenge for the holder (tenet wallet present),
+    /// checks each statement against the CA, this verifier, the challenge and
+    /// --amount, and refuses a replay; a new challenge follows each verified one.
+    ///
+    /// Example: tenet verify --ca ca/ca.pem --amount 1:b2b2b2b2b2b2b2b2b2b2b2b2:ticket -c 1
+    Verify {
+        /// The CA certificate (PEM) the cards' certificates must chain to.
+        #[arg(long, value_name = "FILE")]
+        ca: PathBuf,
+        /// At least this much: QTY:ISSUERHEX:PROMISE.
+        #[arg(long)]
+        amount: tenet_voucher::model::Amount,
+        /// Stop after this many verified presentations.
+        #[arg(short = 'c', long)]
+        count: Option<u32>,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// Print the host daemon's figures: traffic, queues, card, links, TTP.
     ///
     /// It asks the daemon on its app socket, without acquiring an id: messages
@@ -424,6 +444,7 @@ enum Cmd {
 fn prints_and_ends(cmd: &Cmd) -> bool {
     match cmd {
         Cmd::Ping { .. }
+        | Cmd::Verify { .. }
         | Cmd::Tap { .. }
         | Cmd::Status { .. }
         | Cmd::Wallet { .. }
@@ -510,27 +531,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }),
             ..
         } => {
-            if tenet_pki::ensure_ca(&dir, "tenet development CA")? {
-                println!("made CA {}", dir.join("ca.pem").display());
-            }
-            let renews = tenet_pki::host_renews(&dir, &name);
-            let files =
-                tenet_pki::issue_host_with(&dir, &name, &domains, tenet_pki::Lifetime::days(days))?;
-            if renews {
-                println!(
-                    "renewed {} (same key {})",
-                    files.cert.display(),
-                    files.key.display()
-                );
-            } else {
-                println!("made {} and {}", files.cert.display(), files.key.display());
-            }
-            println!("{}", valid_until(&files.cert)?);
-            let list: Vec<String> = domains.iter().map(ToString::to_string).collect();
-            println!("role: host (TLS links); may serve only {}", list.join(", "));
+            let life = tenet_pki::Lifetime::days(days);
             println!(
-                "config: [remote] ca = {:?}, cert = {:?}, key = {:?}",
-                files.ca, files.cert, files.key
+                "{}",
+                tenet_pki::host_certs_report(&dir, &name, &domains, life)?
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -567,11 +571,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             let lost =
                 tenet_client::tools::ping(&socket(after.socket), dst, o, &mut stdout()).await?;
-            Ok(if lost == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(ExitCode::from(u8::from(lost > 0)))
         }
         Cmd::Tap {
             src,
@@ -598,6 +598,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             let out = &mut stdout();
             tenet_client::tools::tap(&socket(after.socket), f, count, out, &mut each).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Verify {
+            ca,
+            amount,
+            count,
+            socket: after,
+        } => {
+            let (ca, mut out) = (card::pem(&ca)?, std::io::stdout());
+            let mut cap = tenet_client::Capability::acquire(&socket(after.socket)).await?;
+            tenet_client::wallet::verify_presentations(&mut cap, &ca, &amount, count, &mut out)
+                .await?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Status {
@@ -643,17 +655,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     days,
                 },
         } => {
-            let renews = tenet_pki::entity_renews(&dir, &name);
-            let files =
-                tenet_pki::issue_entity_key_with(&dir, &name, id, tenet_pki::Lifetime::days(days))?;
-            println!(
-                "{} {} and {} for {id}",
-                if renews { "renewed (same key)" } else { "made" },
-                files.cert.display(),
-                files.key.display()
-            );
-            println!("{}", valid_until(&files.cert)?);
-            println!("role: entity (signatures only; refused for TLS links)");
+            let life = tenet_pki::Lifetime::days(days);
+            println!("{}", tenet_pki::entity_report(&dir, &name, id, life)?);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Ca {
@@ -673,13 +676,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Ca {
             cmd: CaCmd::Init { dir, name, days },
         } => {
-            let lifetime = tenet_pki::Lifetime::days(days);
-            if tenet_pki::ensure_ca_with(&dir, &name, lifetime)? {
-                println!("made CA {}", dir.join("ca.pem").display());
-            } else {
-                println!("CA {} exists; kept", dir.join("ca.pem").display());
-            }
-            println!("{}", valid_until(&dir.join("ca.pem"))?);
+            let life = tenet_pki::Lifetime::days(days);
+            println!("{}", tenet_pki::ca_init_report(&dir, &name, life)?);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Card {
@@ -715,11 +713,6 @@ fn write_man_pages(cmd: &clap::Command, dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// "valid from .. to .." of the certificate in the PEM file `path`.
-fn valid_until(path: &std::path::Path) -> Result<String> {
-    Ok(tenet_pki::validity(&card::pem(path)?)?.to_string())
-}
-
 async fn host(config: Option<PathBuf>, socket: PathBuf) -> Result<ExitCode> {
     let mut cfg = match &config {
         Some(p) => tenet_host::Config::load(p)?,
@@ -729,18 +722,10 @@ async fn host(config: Option<PathBuf>, socket: PathBuf) -> Result<ExitCode> {
         cfg.host.socket = Some(socket);
     }
     let handle = tenet_voucher_app::start(&cfg).await?;
-    eprintln!(
-        "tenet host {} listening on {}",
-        handle.host_id(),
-        handle.socket_path().display()
-    );
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    handle.shutdown().await;
+    handle
+        .serve_until_signal()
+        .await
+        .context("installing the signal handlers")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -85,6 +85,23 @@ pub enum WalletCmd {
         #[arg(long)]
         to: Option<EntityId>,
     },
+    /// Show a verifier that the card holds an amount, moving nothing.
+    ///
+    /// The card signs "holds at least QTY at this time" for the verifier's
+    /// challenge (printed by `tenet verify presentation`); refused if it holds less.
+    ///
+    /// Example: tenet wallet present --card b2b2b2b2b2b2b2b2b2b2b2b2:0 --pin-file pin.txt --to 0a0b0c0d0e0f101112131415:9 --challenge 00112233445566778899aabbccddeeff --amount 1:b2b2b2b2b2b2b2b2b2b2b2b2:ticket
+    Present {
+        /// The verifier's id.
+        #[arg(long)]
+        to: EntityId,
+        /// The verifier's challenge, 32 hex digits.
+        #[arg(long)]
+        challenge: String,
+        /// At least this much: QTY:ISSUERHEX:PROMISE.
+        #[arg(long)]
+        amount: String,
+    },
     /// Wait for offers and print them.
     ///
     /// Offers to this wallet, or to the card itself (this wallet registers as
@@ -248,6 +265,16 @@ pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode
             println!(
                 "offer sent to {wallet} for card {to}, open {expires_in} s; follow it with `tenet wallet exchanges`"
             );
+        }
+        WalletCmd::Present {
+            to,
+            challenge,
+            amount: a,
+        } => {
+            let c = unhex(&challenge)?.try_into();
+            let c = c.map_err(|_| anyhow::anyhow!("a challenge is 16 bytes (32 hex digits)"))?;
+            w.present(to, c, amount(&a, None)?).await?;
+            println!("presented at least {a} to {to}");
         }
         WalletCmd::Withdraw { to } => {
             w.withdraw(to).await?;

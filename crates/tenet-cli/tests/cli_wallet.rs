@@ -802,3 +802,80 @@ fn a_withdrawn_offer_moves_nothing() {
     let b = wallet(&p.sock_b, &p.card_b, &["balance"]);
     assert!(b.contains(&format!("2  {cb_dom}  ticket")), "{b}");
 }
+
+/// `tenet verify` on Alice's host and `tenet wallet present` on Bob's:
+/// Bob's card shows it holds at least 2 tickets for the verifier's
+/// challenge, nothing moves; the same challenge answered again is refused
+/// as a replay, and the verifier's next challenge is verified.
+#[test]
+fn a_card_presents_to_a_remote_verifier_and_a_replay_is_refused() {
+    let p = pair();
+    let cb_dom = p.cb_dom;
+    wallet(&p.sock_b, &p.card_b, &["mint", "3:ticket"]);
+    let ca = p._dir.path().join("ca").join("ca.pem");
+    // Killed on drop, should an assertion fail first.
+    let mut verifier = Kill(
+        Command::new(TENET)
+            .args(["--socket", p.sock_a.to_str().unwrap(), "verify", "--ca"])
+            .arg(&ca)
+            .args(["--amount", &format!("2:{cb_dom}:ticket"), "-c", "2"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(verifier.0.stdout.take().unwrap()).lines();
+    let mut next = || lines.next().unwrap().unwrap();
+    let first = next();
+    let f: Vec<&str> = first.split_whitespace().collect();
+    let (id, challenge) = (f[1].to_owned(), f[3].to_owned());
+    let present = |c: &str| {
+        wallet(
+            &p.sock_b,
+            &p.card_b,
+            &[
+                "present",
+                "--to",
+                &id,
+                "--challenge",
+                c,
+                "--amount",
+                &format!("2:{cb_dom}:ticket"),
+            ],
+        )
+    };
+    present(&challenge);
+    let got = next();
+    assert!(got.starts_with(&format!("verified: {}", p.card_b)), "{got}");
+    assert!(got.contains("holds at least 2"), "{got}");
+    let second = next();
+    let challenge2 = second.split_whitespace().nth(3).unwrap().to_owned();
+    assert_ne!(challenge, challenge2);
+    // The answered challenge again: a replay.
+    present(&challenge);
+    let got = next();
+    assert!(
+        got.contains("refused from") && got.contains("replayed"),
+        "{got}"
+    );
+    present(&challenge2);
+    assert!(next().starts_with("verified:"));
+    assert!(verifier.0.wait().unwrap().success());
+    // Bob still holds his 3 tickets; a card holding less refuses to sign.
+    let b = wallet(&p.sock_b, &p.card_b, &["balance"]);
+    assert!(b.contains(&format!("3  {cb_dom}  ticket")), "{b}");
+    let out = Command::new(TENET)
+        .args(["--socket", p.sock_b.to_str().unwrap(), "wallet", "--card"])
+        .args([&p.card_b, "--pin", "1234", "present", "--to", &id])
+        .args([
+            "--challenge",
+            &challenge2,
+            "--amount",
+            &format!("4:{cb_dom}:ticket"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("holds 3"), "{err}");
+}

@@ -56,6 +56,61 @@ pub enum WalletError {
     Output(#[from] std::io::Error),
 }
 
+/// A verifier of presentations on `cap` (an app; it needs no card):
+/// issues a challenge, prints it on `out` with its own id for the holder
+/// (`tenet wallet present --to ID --challenge HEX`), and checks each
+/// presentation that arrives against the CA `ca` (DER) and `wanted`,
+/// reporting it; a new challenge follows each verified one, until `count`
+/// are verified. A replayed statement, one for another verifier or
+/// another challenge, or one showing less is reported as refused.
+pub async fn verify_presentations(
+    cap: &mut Capability,
+    ca: &[u8],
+    wanted: &Amount,
+    count: Option<u32>,
+    out: &mut impl std::io::Write,
+) -> Result<(), WalletError> {
+    use tenet_voucher::present::{Challenges, PRESENTATION, Presentation, ca_check};
+    let me = cap.id();
+    let mut challenges = Challenges::default();
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let mut n = 0;
+    while count.is_none_or(|c| n < c) {
+        let c = challenges.fresh();
+        writeln!(out, "verifier {me} challenge {} wants {wanted}", hex(&c))?;
+        out.flush()?;
+        loop {
+            let m = cap.receive().await?;
+            if m.mtype() != PRESENTATION {
+                continue;
+            }
+            let checked = Presentation::decode(&m.param)
+                .map_err(|e| e.to_string())
+                .and_then(|p| {
+                    challenges
+                        .verify(ca_check(ca), me, m.src(), &p, wanted)
+                        .map(|()| p)
+                        .map_err(|e| e.to_string())
+                });
+            match checked {
+                Ok(p) => {
+                    let at = tenet_proto::time::Utc(p.time);
+                    writeln!(
+                        out,
+                        "verified: {} holds at least {} at {at}",
+                        p.holder, p.amount
+                    )?;
+                    n += 1;
+                    break;
+                }
+                Err(e) => writeln!(out, "refused from {}: {e}", m.src())?,
+            }
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+
 /// Registers `w` as its card's acceptor, then reports each offer that
 /// reaches it on `out` (the initiator, what it gives and wants, when it
 /// expires, and its hex for `tenet wallet accept`), up to `count` offers.
@@ -311,6 +366,26 @@ impl Wallet {
     /// Has the card make the offer `s` (its expiry included).
     pub async fn start(&mut self, s: StartExchange) -> Result<(), WalletError> {
         self.order(msg::START_EXCHANGE, s.to_bytes())
+            .await
+            .map(|_| ())
+    }
+
+    /// Has the card show `verifier` that it holds at least `amount`,
+    /// answering the verifier's `challenge`: the card signs the statement
+    /// and sends it to the verifier; nothing moves. Refused if the card
+    /// holds less.
+    pub async fn present(
+        &mut self,
+        verifier: EntityId,
+        challenge: tenet_voucher::present::Challenge,
+        amount: Amount,
+    ) -> Result<(), WalletError> {
+        let o = tenet_voucher::present::PresentOrder {
+            verifier,
+            challenge,
+            amount,
+        };
+        self.order(tenet_voucher::present::PRESENT, o.to_bytes())
             .await
             .map(|_| ())
     }

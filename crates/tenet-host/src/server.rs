@@ -434,6 +434,22 @@ impl HostHandle {
             .map_or(0, |r| lock(&r.peers).len())
     }
 
+    /// Says where the daemon serves (`tenet host ID listening on SOCKET`,
+    /// on stderr), waits for SIGINT or SIGTERM, then shuts down cleanly
+    /// ([`HostHandle::shutdown`]): a daemon's life after [`start`].
+    pub async fn serve_until_signal(self) -> std::io::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let (id, socket) = (self.host_id(), self.socket_path().display());
+        eprintln!("tenet host {id} listening on {socket}");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        self.shutdown().await;
+        Ok(())
+    }
+
     /// Stops accepting, closes every connection and removes the socket.
     pub async fn shutdown(self) {
         // Links first: each sends a close frame and TLS close_notify, so

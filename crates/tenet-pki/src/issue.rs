@@ -353,6 +353,75 @@ pub fn issue_entity_with(
     Ok((c.der().to_vec(), ca_der.to_vec()))
 }
 
+/// The validity of the certificate in the PEM file `path`.
+pub fn file_validity(path: &Path) -> Result<Validity, CertError> {
+    let der = CertificateDer::from_pem_file(path)
+        .map_err(|e| CertError::Pem(format!("{}: {e}", path.display())))?;
+    validity(&der)
+}
+
+/// `tenet host certs`: makes a development CA in `dir` (once) and a host
+/// certificate for `name` serving `domains` (renewed for the same key if
+/// it exists); returns what to tell the user, the config lines included.
+pub fn host_certs_report(
+    dir: &Path,
+    name: &str,
+    domains: &[Domain],
+    lifetime: Lifetime,
+) -> Result<String, CertError> {
+    let mut out = String::new();
+    if ensure_ca(dir, "tenet development CA")? {
+        out += &format!("made CA {}\n", dir.join("ca.pem").display());
+    }
+    let renews = host_renews(dir, name);
+    let f = issue_host_with(dir, name, domains, lifetime)?;
+    let (cert, key) = (f.cert.display(), f.key.display());
+    out += &match renews {
+        true => format!("renewed {cert} (same key {key})\n"),
+        false => format!("made {cert} and {key}\n"),
+    };
+    let list: Vec<String> = domains.iter().map(ToString::to_string).collect();
+    out += &format!(
+        "{}\nrole: host (TLS links); may serve only {}\nconfig: [remote] ca = {:?}, cert = {:?}, key = {:?}",
+        file_validity(&f.cert)?,
+        list.join(", "),
+        f.ca,
+        f.cert,
+        f.key
+    );
+    Ok(out)
+}
+
+/// `tenet ca entity`: a key and certificate for entity `id` (renewed for
+/// the same key if they exist); returns what to tell the user.
+pub fn entity_report(
+    dir: &Path,
+    name: &str,
+    id: EntityId,
+    lifetime: Lifetime,
+) -> Result<String, CertError> {
+    let renews = entity_renews(dir, name);
+    let f = issue_entity_key_with(dir, name, id, lifetime)?;
+    let made = if renews { "renewed (same key)" } else { "made" };
+    Ok(format!(
+        "{made} {} and {} for {id}\n{}\nrole: entity (signatures only; refused for TLS links)",
+        f.cert.display(),
+        f.key.display(),
+        file_validity(&f.cert)?
+    ))
+}
+
+/// `tenet ca init`: a CA in `dir` unless one is there; returns what to
+/// tell the user.
+pub fn ca_init_report(dir: &Path, name: &str, lifetime: Lifetime) -> Result<String, CertError> {
+    let ca = dir.join("ca.pem");
+    let made = match ensure_ca_with(dir, name, lifetime)? {
+        true => format!("made CA {}", ca.display()),
+        false => format!("CA {} exists; kept", ca.display()),
+    };
+    Ok(format!("{made}\n{}", file_validity(&ca)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,6 +55,8 @@ const REGISTRY: &[(Mtype, &str)] = &[
     (Mtype(0x0210), "set-acceptor"),
     (Mtype(0x0211), "acceptor-set"),
     (Mtype(0x0212), "withdraw"),
+    (Mtype(0x0213), "present"),
+    (Mtype(0x0214), "presentation"),
 ];
 
 impl Mtype {

@@ -26,6 +26,7 @@ use tenet_voucher::card::{
 use tenet_voucher::certs::TtpSwap;
 use tenet_voucher::crypto::{Crypto, VerifyError};
 use tenet_voucher::msg;
+use tenet_voucher::present::PRESENT;
 
 pub use tenet_pki::{verify_known, verify_with_ca};
 
@@ -180,10 +181,15 @@ pub fn describe_ttp(data: Option<&[u8]>) -> String {
     }
 }
 
+/// The voucher applet's stored data on a card, if it has any.
+pub fn applet_data(card: &tenet_card::state::CardState) -> Option<&[u8]> {
+    card.applets.get(&APPLET_ID).map(Vec::as_slice)
+}
+
 /// The applet's id (keys its persistent data).
 pub const APPLET_ID: u16 = 0x0200;
 
-const HANDLED: [Mtype; 13] = [
+const HANDLED: [Mtype; 14] = [
     msg::START_EXCHANGE,
     msg::ACCEPT,
     msg::AGREEMENT,
@@ -197,9 +203,10 @@ const HANDLED: [Mtype; 13] = [
     SET_ACCEPTOR,
     msg::OFFER,
     WITHDRAW,
+    PRESENT,
 ];
 
-const PRIVILEGED: [Mtype; 8] = [
+const PRIVILEGED: [Mtype; 9] = [
     msg::START_EXCHANGE,
     msg::ACCEPT,
     msg::RECOVER,
@@ -208,6 +215,7 @@ const PRIVILEGED: [Mtype; 8] = [
     EXCHANGES_REQUEST,
     SET_ACCEPTOR,
     WITHDRAW,
+    PRESENT,
 ];
 
 impl VoucherApplet {
@@ -301,7 +309,7 @@ impl Applet for VoucherApplet {
                 self.ttp_checked = Some((ttp, pinned.map(<[u8]>::to_vec)));
             }
         }
-        if [msg::START_EXCHANGE, msg::ACCEPT].contains(&m.mtype()) {
+        if [msg::START_EXCHANGE, msg::ACCEPT, PRESENT].contains(&m.mtype()) {
             let own = cx.certificate.unwrap_or_default();
             validity(own)
                 .and_then(|v| check_validity(v, cx.time, "of this card"))

@@ -19,6 +19,7 @@ use crate::msg::{
     self, Admission, Agreement, Commitment, Confirmation, ExchangeId, Kind, Offer, RecoveryRequest,
     StartExchange,
 };
+use crate::present::{PRESENT, PRESENTATION, PresentOrder, Presentation};
 
 pub use crate::mtype::{
     ACCEPTOR_SET, BALANCE_REQUEST, BALANCES, EXCHANGES, EXCHANGES_REQUEST, MINT, PROGRESS,
@@ -416,6 +417,7 @@ impl VoucherCard {
             }
             msg::COMMITMENT => self.commitment(cx, src, Commitment::decode(param).map_err(bad)?),
             msg::RECOVER => self.recover(cx, ExchangeId::decode(param).map_err(bad)?),
+            PRESENT => self.present(cx, PresentOrder::decode(param).map_err(bad)?),
             WITHDRAW => {
                 let to = match param {
                     [] => None,
@@ -570,6 +572,33 @@ impl VoucherCard {
         };
         self.offers.insert(n1, offer);
         Ok(vec![out])
+    }
+
+    /// Signs, for the verifier, that this card holds at least the ordered
+    /// amount now ([`crate::present`]); nothing moves or is stored.
+    fn present(&mut self, cx: &mut Ctx<'_>, o: PresentOrder) -> Result<Vec<Out>, Refusal> {
+        let held = self.balances.of(&o.amount.class);
+        if held < o.amount.quantity {
+            return refuse(format!(
+                "holds {held} of {}, cannot show {}",
+                o.amount.class, o.amount.quantity
+            ));
+        }
+        let mut p = Presentation {
+            holder: cx.me,
+            verifier: o.verifier,
+            challenge: o.challenge,
+            amount: o.amount,
+            time: cx.now,
+            signature: Vec::new(),
+            certificate: cx.crypto.certificate(),
+        };
+        p.signature = cx.crypto.sign(&p.signed_bytes());
+        Ok(vec![Out {
+            dst: o.verifier,
+            mtype: PRESENTATION,
+            param: p.to_bytes(),
+        }])
     }
 
     /// Step 4 of the responder: delete `v2`, record the exchange, send `m2`.

@@ -35,4 +35,5 @@ pub mod model;
 pub mod msg;
 pub mod mtype;
 pub mod policy;
+pub mod present;
 pub mod ttp;

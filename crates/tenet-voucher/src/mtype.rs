@@ -47,6 +47,13 @@ pub const ACCEPTOR_SET: Mtype = Mtype(0x0211);
 /// headroom it reserved is released. Refused if none matches.
 pub const WITHDRAW: Mtype = Mtype(0x0212);
 
+/// Present (privileged): the holder's wallet orders its card to show a
+/// verifier that it holds an amount (`crate::present::PresentOrder`).
+pub const PRESENT: Mtype = Mtype(0x0213);
+/// The card's signed statement to the verifier
+/// (`crate::present::Presentation`).
+pub const PRESENTATION: Mtype = Mtype(0x0214);
+
 /// Ask the card for its exchanges (privileged).
 pub const EXCHANGES_REQUEST: Mtype = Mtype(0x020e);
 /// The card's exchanges: a sequence of `ExchangeSummary`s (`crate::card::ExchangeSummary`).
@@ -72,6 +79,8 @@ pub const ALL: &[(Mtype, &str)] = &[
     (SET_ACCEPTOR, "set-acceptor"),
     (ACCEPTOR_SET, "acceptor-set"),
     (WITHDRAW, "withdraw"),
+    (PRESENT, "present"),
+    (PRESENTATION, "presentation"),
 ];
 
 #[cfg(test)]

@@ -1109,3 +1109,70 @@ fn an_agreed_offer_cannot_be_withdrawn() {
     w.run();
     assert_eq!(w.holdings(), SWAPPED);
 }
+
+/// Presenting (RFC 4154's present): B's card signs that it holds at least
+/// a ticket for the verifier's challenge; the verifier accepts it once.
+/// A replay, a statement for another verifier or challenge, one showing
+/// less than asked, a forged sender or an altered statement is refused;
+/// a card that holds less refuses to sign; nothing moves.
+#[test]
+fn a_card_presents_what_it_holds_and_a_replay_is_refused() {
+    use tenet_voucher::crypto::Crypto;
+    use tenet_voucher::present::{
+        Challenges, PRESENT, PRESENTATION, PresentError, PresentOrder, Presentation,
+    };
+    let mut w = World::new();
+    let verifier = wallet(T);
+    let mut challenges = Challenges::default();
+    let c = [5u8; 16];
+    challenges.issue(c);
+    let order = |amount, challenge| PresentOrder {
+        verifier,
+        challenge,
+        amount,
+    };
+    w.input(B, wallet(B), PRESENT, order(ticket(2), c).to_bytes());
+    let sent = w.net.pop_front().expect("the statement");
+    assert_eq!((sent.dst, sent.mtype), (verifier, PRESENTATION));
+    let p = Presentation::decode(&sent.param).unwrap();
+    assert_eq!(
+        (p.holder, p.time, &p.amount),
+        (card_id(B), w.now, &ticket(2))
+    );
+    let ct = TestCrypto::new(card_id(T), 9);
+    let check = |s, c: &[u8], m: &[u8], g: &[u8]| ct.verify(s, c, m, g);
+    // Asking for more than it shows, or from another sender: refused,
+    // and the challenge stays open.
+    assert!(matches!(
+        challenges.verify(check, verifier, card_id(B), &p, &ticket(3)),
+        Err(PresentError::NotEnough { .. })
+    ));
+    assert!(matches!(
+        challenges.verify(check, verifier, card_id(A), &p, &ticket(1)),
+        Err(PresentError::NotFromHolder { .. })
+    ));
+    assert!(matches!(
+        challenges.verify(check, wallet(A), card_id(B), &p, &ticket(1)),
+        Err(PresentError::OtherVerifier(_))
+    ));
+    let mut altered = p.clone();
+    altered.amount = ticket(3);
+    assert!(matches!(
+        challenges.verify(check, verifier, card_id(B), &altered, &ticket(3)),
+        Err(PresentError::Signature(_))
+    ));
+    // Verified once; the same statement again is a replay.
+    assert_eq!(
+        challenges.verify(check, verifier, card_id(B), &p, &ticket(1)),
+        Ok(())
+    );
+    assert_eq!(
+        challenges.verify(check, verifier, card_id(B), &p, &ticket(1)),
+        Err(PresentError::UnknownChallenge)
+    );
+    // A card holding less refuses to sign.
+    w.input(B, wallet(B), PRESENT, order(ticket(4), [6; 16]).to_bytes());
+    assert!(w.net.is_empty());
+    assert!(w.refusals[0].contains("holds 3"), "{:?}", w.refusals);
+    assert_eq!(w.holdings(), BEFORE);
+}

@@ -122,6 +122,46 @@ fn voucher_start_exchange() {
 }
 
 #[test]
+fn voucher_present_orders() {
+    let seeds = (entity(), any::<[u8; 16]>(), amount(1))
+        .prop_map(
+            |(verifier, challenge, amount)| tenet_voucher::present::PresentOrder {
+                verifier,
+                challenge,
+                amount,
+            },
+        )
+        .boxed();
+    fuzz_codec("PresentOrder", WITH_AMOUNTS, seeds);
+}
+
+#[test]
+fn voucher_presentations() {
+    let seeds = (
+        (entity(), entity(), any::<[u8; 16]>()),
+        amount(1),
+        any::<u64>(),
+        bytes(80),
+        bytes(400),
+    )
+        .prop_map(
+            |((holder, verifier, challenge), amount, time, signature, certificate)| {
+                tenet_voucher::present::Presentation {
+                    holder,
+                    verifier,
+                    challenge,
+                    amount,
+                    time,
+                    signature,
+                    certificate,
+                }
+            },
+        )
+        .boxed();
+    fuzz_codec("Presentation", WITH_AMOUNTS, seeds);
+}
+
+#[test]
 fn voucher_offers() {
     fuzz_codec("Offer", WITH_AMOUNTS, offer());
 }
