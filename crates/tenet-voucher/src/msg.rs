@@ -130,7 +130,7 @@ fn id_at(f: &Fields<'_>, t: Tag, what: &'static str) -> Result<EntityId, DecodeE
     Ok(EntityId::from_array(f.require_array(t, what)?))
 }
 
-fn amount_at(f: &Fields<'_>, t: Tag, what: &'static str) -> Result<Amount, DecodeError> {
+pub(crate) fn amount_at(f: &Fields<'_>, t: Tag, what: &'static str) -> Result<Amount, DecodeError> {
     let a = Amount::decode(f.require(t, what)?)?;
     if a.quantity == 0 {
         return Err(DecodeError::Invalid {

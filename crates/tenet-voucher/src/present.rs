@@ -20,6 +20,7 @@ use tenet_proto::tlv::{self, Fields, Tag};
 
 use crate::crypto::VerifyError;
 use crate::model::Amount;
+use crate::msg::amount_at;
 pub use crate::mtype::{PRESENT, PRESENTATION};
 
 const T_HOLDER: Tag = Tag(0x80);
@@ -58,20 +59,9 @@ impl Codec for PresentOrder {
         Ok(Self {
             verifier: EntityId::from_array(f.require_array(T_VERIFIER, "verifier")?),
             challenge: f.require_array(T_CHALLENGE, "challenge")?,
-            amount: amount(&f)?,
+            amount: amount_at(&f, T_AMOUNT, "amount")?,
         })
     }
-}
-
-fn amount(f: &Fields<'_>) -> Result<Amount, DecodeError> {
-    let a = Amount::decode(f.require(T_AMOUNT, "amount")?)?;
-    if a.quantity == 0 {
-        return Err(DecodeError::Invalid {
-            what: "amount",
-            detail: "quantity 0".into(),
-        });
-    }
-    Ok(a)
 }
 
 /// The card's signed statement ([`PRESENTATION`]): `holder` holds at
@@ -137,7 +127,7 @@ impl Codec for Presentation {
             holder: EntityId::from_array(f.require_array(T_HOLDER, "holder")?),
             verifier: EntityId::from_array(f.require_array(T_VERIFIER, "verifier")?),
             challenge: f.require_array(T_CHALLENGE, "challenge")?,
-            amount: amount(&f)?,
+            amount: amount_at(&f, T_AMOUNT, "amount")?,
             time: u64::from_be_bytes(f.require_array(T_TIME, "time")?),
             signature: f.require(T_SIG, "signature")?.to_vec(),
             certificate: f.require(T_CERT, "certificate")?.to_vec(),
