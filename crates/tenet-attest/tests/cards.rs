@@ -110,7 +110,16 @@ fn card(b: u8, issuer: &Path, trusted: &Path) -> Card<MemStore> {
     let select = Command::new(0, tenet::INS_SELECT, 4, 0).with_data(tenet::AID.to_vec());
     assert!(apdu(&mut c, select).sw.is_success());
     let id = c.id();
-    let time = Message::new(id, id, Mtype::SET_TIME, SetTime { now: now() }.to_bytes());
+    let time = Message::new(
+        id,
+        id,
+        Mtype::SET_TIME,
+        SetTime {
+            now: now(),
+            elapsed: None,
+        }
+        .to_bytes(),
+    );
     assert!(deliver(&mut c, &time).is_empty(), "the card takes the time");
     let verify = Message::new(
         app(b),

@@ -448,18 +448,18 @@ impl<S: Storage> Card<S> {
     }
 
     /// Takes the host's time `now` (seconds since the Unix epoch), as the
-    /// `set-time` service does: refused if far below the clock's bound,
-    /// which it may move forward ([`crate::clock`]). Returns the card's
-    /// time.
-    pub fn set_time(&mut self, now: u64) -> Result<CardTime, SetTimeError> {
+    /// `set-time` service does, with `elapsed` the real time since the
+    /// previous one: refused if far below the clock's bound, which it may
+    /// move forward ([`crate::clock`]). Returns the card's time.
+    pub fn set_time(&mut self, now: u64, elapsed: Option<u64>) -> Result<CardTime, SetTimeError> {
         let bound = self.state.clock_bound;
-        let raised = self.clock.check(now, bound)?;
+        let raised = self.clock.check(now, elapsed, bound)?;
         if let Some(b) = raised {
             let mut s = self.state.clone();
             s.clock_bound = b;
             self.commit(s)?;
         }
-        self.clock.accept(now, raised.is_some());
+        self.clock.accept(now, elapsed, raised.is_some());
         Ok(self.time())
     }
 
@@ -911,7 +911,7 @@ impl<S: Storage> Card<S> {
                 return Ok(());
             }
         };
-        match self.set_time(t.now) {
+        match self.set_time(t.now, t.elapsed) {
             Ok(time) => {
                 debug!(%time, "host time taken");
                 for i in 0..self.applets.len() {

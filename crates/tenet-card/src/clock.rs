@@ -20,13 +20,16 @@
 //!   therefore not make an expired certificate look valid again;
 //! - otherwise the card's time becomes `max(bound, host time)`;
 //! - the bound moves forward by at most [`STEP`] (a day) at a time, only
-//!   when the host time is at least a day past it, and at most once per
-//!   [`RAISE_EVERY`] host times accepted since power-up or the last raise,
-//!   counting only host times at least [`COUNT_GAP`] (an hour) after the
-//!   last one counted: a day of host time, however often the host ticks.
-//!   That is at most one store write a day for a host whose clock is right, and a wrong host time in the
-//!   future moves the bound one day per day of uptime at most, and not at
-//!   all across restarts (a daemon in a restart loop with its clock in the
+//!   when the host time is at least a day past it, and only after a day of
+//!   real time since power-up or the last raise ([`RAISE_AFTER`]). Each
+//!   host time credits the smaller of how far the host's clock moved since
+//!   the one before and how much time passed meanwhile by the proxy's
+//!   monotonic clock (`set-time`'s `elapsed`, which a wrong or racing wall
+//!   clock does not move); a set-time without `elapsed` credits nothing.
+//!   That is at most one store write a day for a host whose clock is
+//!   right; a host clock in the future, or one that keeps jumping ahead,
+//!   moves the bound one day per day of uptime at most, and not at all
+//!   across restarts (a daemon in a restart loop with its clock in the
 //!   future cannot push the bound ahead): when the host's clock is
 //!   corrected, its times are accepted again, at once. Nothing a host says
 //!   can move the bound backwards.
@@ -47,12 +50,9 @@ pub use tenet_proto::time::{CardTime, DAY, MAX_TIME, Utc};
 pub const TOLERANCE: u64 = DAY;
 /// The most the bound moves forward at once.
 pub const STEP: u64 = DAY;
-/// Host times counted between two raises of the bound.
-pub const RAISE_EVERY: u32 = 24;
-/// How far after the last counted host time the next one must be to count
-/// towards [`RAISE_EVERY`]: the bound moves after a day of host time, not
-/// after 24 ticks, whatever the proxy's tick period.
-pub const COUNT_GAP: u64 = 3600;
+/// Real time credited (see the module's doc) between two raises of the
+/// bound.
+pub const RAISE_AFTER: u64 = DAY;
 
 /// Why the card refused a host time; it kept the time it had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -75,17 +75,15 @@ pub enum ClockRefusal {
 }
 
 /// The volatile part of the clock (card RAM): the host time last accepted
-/// since power-up, and the host times counted since the bound last moved
-/// (how many, and the last one).
+/// since power-up, and the real time credited since power-up or the bound
+/// last moved.
 ///
-/// At power-up (`Default`) it has no host time and counts no host times:
-/// a day of host times passes before the bound moves, so restarts never
-/// move it.
+/// At power-up (`Default`) it has no host time and no credit: a day of
+/// real time passes before the bound moves, so restarts never move it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Clock {
     host: Option<u64>,
-    since_raise: u32,
-    counted: Option<u64>,
+    credit: u64,
 }
 
 impl Clock {
@@ -107,7 +105,12 @@ impl Clock {
     /// the new bound to persist, if it moves, or why `given` is refused
     /// (then nothing changed). Call [`Clock::accept`] once the new bound
     /// is stored.
-    pub(crate) fn check(&self, given: u64, bound: u64) -> Result<Option<u64>, ClockRefusal> {
+    pub(crate) fn check(
+        &self,
+        given: u64,
+        elapsed: Option<u64>,
+        bound: u64,
+    ) -> Result<Option<u64>, ClockRefusal> {
         if given > MAX_TIME {
             return Err(ClockRefusal::TooLate(given));
         }
@@ -115,30 +118,29 @@ impl Clock {
             return Err(ClockRefusal::BeforeBound { given, bound });
         }
         let raise = given >= bound.saturating_add(DAY)
-            && self.counts(given)
-            && self.since_raise.saturating_add(1) >= RAISE_EVERY;
+            && self.credit.saturating_add(self.credits(given, elapsed)) >= RAISE_AFTER;
         Ok(raise.then(|| given.min(bound + STEP)))
     }
 
     /// Records the accepted host time `given`; `raised` says whether the
     /// bound moved.
-    pub(crate) fn accept(&mut self, given: u64, raised: bool) {
+    pub(crate) fn accept(&mut self, given: u64, elapsed: Option<u64>, raised: bool) {
+        self.credit = if raised {
+            0
+        } else {
+            self.credit.saturating_add(self.credits(given, elapsed))
+        };
         self.host = Some(given);
-        if raised {
-            self.since_raise = 0;
-            self.counted = Some(given);
-        } else if self.counts(given) {
-            self.since_raise = self.since_raise.saturating_add(1);
-            self.counted = Some(given);
-        }
     }
 
-    /// Whether the host time `given` counts towards [`RAISE_EVERY`]: the
-    /// first since power-up, then one at least [`COUNT_GAP`] after the
-    /// last counted.
-    fn counts(&self, given: u64) -> bool {
-        self.counted
-            .is_none_or(|c| given >= c.saturating_add(COUNT_GAP))
+    /// The real time host time `given` credits: the smaller of how far the
+    /// host's clock moved since the last accepted time and `elapsed`, the
+    /// real time the sender measured; nothing without either.
+    fn credits(&self, given: u64, elapsed: Option<u64>) -> u64 {
+        match (self.host, elapsed) {
+            (Some(last), Some(e)) => given.saturating_sub(last).min(e),
+            _ => 0,
+        }
     }
 }
 
@@ -164,11 +166,11 @@ mod tests {
     #[test]
     fn the_card_uses_the_later_of_bound_and_host_time() {
         let mut c = Clock::default();
-        assert_eq!(c.check(T - 3600, T), Ok(None), "within the tolerance");
-        c.accept(T - 3600, false);
+        assert_eq!(c.check(T - 3600, None, T), Ok(None), "within the tolerance");
+        c.accept(T - 3600, None, false);
         assert_eq!(c.time(T).now, T);
-        assert_eq!(c.check(T + 3600, T), Ok(None), "less than a day past");
-        c.accept(T + 3600, false);
+        assert_eq!(c.check(T + 3600, None, T), Ok(None), "less than a day past");
+        c.accept(T + 3600, None, false);
         assert_eq!(c.time(T), CardTime::real(T + 3600));
     }
 
@@ -176,88 +178,86 @@ mod tests {
     fn a_host_time_far_below_the_bound_is_refused() {
         let c = Clock::default();
         assert_eq!(
-            c.check(0, T),
+            c.check(0, None, T),
             Err(ClockRefusal::BeforeBound { given: 0, bound: T })
         );
         assert_eq!(
-            c.check(T - DAY - 1, T).map(|_| ()).unwrap_err().to_string(),
+            c.check(T - DAY - 1, None, T)
+                .map(|_| ())
+                .unwrap_err()
+                .to_string(),
             "host time 2026-11-25T23:59:59Z is more than a day before the card's clock bound 2026-11-27T00:00:00Z; the card keeps its time"
         );
-        assert_eq!(c.check(T - DAY, T), Ok(None));
+        assert_eq!(c.check(T - DAY, None, T), Ok(None));
         assert_eq!(
-            c.check(MAX_TIME + 1, T),
+            c.check(MAX_TIME + 1, None, T),
             Err(ClockRefusal::TooLate(MAX_TIME + 1))
         );
     }
 
+    /// Host times `from`, `from + step`, ... every `elapsed` seconds of
+    /// real time, `n` of them, against `bound`; returns the bound after.
+    fn ticks(c: &mut Clock, mut bound: u64, from: u64, step: u64, elapsed: u64, n: u64) -> u64 {
+        for i in 0..n {
+            let t = from + i * step;
+            let raised = c.check(t, Some(elapsed), bound).unwrap();
+            c.accept(t, Some(elapsed), raised.is_some());
+            bound = raised.unwrap_or(bound);
+        }
+        bound
+    }
+
     #[test]
-    fn the_bound_moves_a_day_at_most_and_once_per_day_of_ticks() {
-        let mut c = Clock::default();
+    fn the_bound_moves_a_day_at_most_and_once_per_day_of_real_time() {
         let far = T + 100 * 365 * DAY;
-        // After power-up, 23 hourly host times do not move the bound, the
-        // 24th moves it by a day.
-        let mut t = far;
-        for _ in 0..RAISE_EVERY - 1 {
-            assert_eq!(c.check(t, T), Ok(None));
-            c.accept(t, false);
-            t += COUNT_GAP;
-        }
-        assert_eq!(c.check(t, T), Ok(Some(T + DAY)));
-        c.accept(t, true);
-        let bound = T + DAY;
-        // The next 23 do not move it, the 24th does.
-        for _ in 0..RAISE_EVERY - 1 {
-            t += COUNT_GAP;
-            assert_eq!(c.check(t, bound), Ok(None));
-            c.accept(t, false);
-        }
-        t += COUNT_GAP;
-        assert_eq!(c.check(t, bound), Ok(Some(bound + DAY)));
-        // A restart loop with the clock in the future never moves it.
+        // A host clock a century ahead, ticking every 10 s: a day of
+        // ticks moves the bound one day, two days two.
+        let mut c = Clock::default();
+        assert_eq!(ticks(&mut c, T, far, 10, 10, DAY / 10), T);
+        assert_eq!(ticks(&mut c, T, far + DAY, 10, 10, 1), T + DAY);
+        let mut c = Clock::default();
+        assert_eq!(ticks(&mut c, T, far, 10, 10, 2 * DAY / 10 + 1), T + 2 * DAY);
+        // Hourly ticks: the same, a day per day.
+        let mut c = Clock::default();
+        assert_eq!(ticks(&mut c, T, far, 3600, 3600, 25), T + DAY);
+        // A restart loop with the clock in the future never moves it: the
+        // first time after power-up credits nothing.
         for _ in 0..1000 {
-            assert_eq!(Clock::default().check(far, T), Ok(None));
+            let mut c = Clock::default();
+            assert_eq!(ticks(&mut c, T, far, 10, 10, 1), T);
         }
         // A time less than a day past the bound does not move it.
         let mut c = Clock::default();
-        for i in 0..u64::from(RAISE_EVERY) - 1 {
-            c.accept(
-                T + DAY + 5 - (RAISE_EVERY as u64 - 1 - i) * COUNT_GAP,
-                false,
-            );
-        }
-        assert_eq!(c.check(T + DAY - 1, T), Ok(None));
-        assert_eq!(c.check(T + DAY + 5, T), Ok(Some(T + DAY)));
+        assert_eq!(ticks(&mut c, T, T + DAY - 10 * 8641, 10, 10, 8641), T);
     }
 
-    /// The proxy ticks every few seconds: ticks closer than an hour of host
-    /// time count once, so a host whose clock is in the future still moves
-    /// the bound a day per day of host time, not a day per 24 ticks.
+    /// A host clock that jumps ahead an hour at every 10 s tick (a spoofed
+    /// time source, a racing virtual machine) credits only the 10 s that
+    /// really passed: the bound still moves a day per day of real time,
+    /// not a day per 24 ticks. Ticks at one host time credit nothing, and
+    /// a set-time without `elapsed` (an older proxy) credits nothing.
     #[test]
-    fn frequent_ticks_do_not_move_the_bound_faster() {
-        let mut c = Clock::default();
+    fn a_racing_host_clock_does_not_move_the_bound_faster() {
         let far = T + 100 * 365 * DAY;
-        // A day of host time less a tick, one tick every 10 s.
-        for i in 0..(DAY - COUNT_GAP) / 10 {
-            let t = far + i * 10;
-            assert_eq!(c.check(t, T), Ok(None), "tick {i}");
-            c.accept(t, false);
-        }
-        // Ten thousand ticks at one host time: none moves it.
         let mut c = Clock::default();
-        for _ in 0..10_000 {
-            assert_eq!(c.check(far, T), Ok(None));
-            c.accept(far, false);
-        }
-        // A day of host time in 10 s ticks moves it once.
+        assert_eq!(
+            ticks(&mut c, T, far, 3600, 10, 720),
+            T,
+            "2 h of racing ticks"
+        );
         let mut c = Clock::default();
-        let raises = (0..DAY / 10 + 1)
-            .filter(|i| {
-                let t = far + i * 10;
-                let r = c.check(t, T).unwrap().is_some();
-                c.accept(t, r);
-                r
-            })
-            .count();
-        assert_eq!(raises, 1);
+        assert_eq!(ticks(&mut c, T, far, 3600, 10, DAY / 10 + 1), T + DAY);
+        let mut c = Clock::default();
+        assert_eq!(
+            ticks(&mut c, T, far, 0, 10, 20_000),
+            T,
+            "no host time passed"
+        );
+        let mut c = Clock::default();
+        for i in 0..100 {
+            let t = far + i * DAY;
+            assert_eq!(c.check(t, None, T), Ok(None));
+            c.accept(t, None, false);
+        }
     }
 }

@@ -713,7 +713,17 @@ fn applet_time<S: Storage>(c: &mut Card<S>) -> (u64, bool) {
 /// The smartcard proxy's `set-time`, as the card's own id: the card's
 /// answers (none unless refused).
 fn set_time<S: Storage>(c: &mut Card<S>, now: u64) -> Vec<Message> {
-    let m = Message::new(CARD, CARD, Mtype::SET_TIME, SetTime { now }.to_bytes());
+    set_time_after(c, now, None)
+}
+
+/// [`set_time`] `elapsed` seconds of real time after the previous one.
+fn set_time_after<S: Storage>(c: &mut Card<S>, now: u64, elapsed: Option<u64>) -> Vec<Message> {
+    let m = Message::new(
+        CARD,
+        CARD,
+        Mtype::SET_TIME,
+        SetTime { now, elapsed }.to_bytes(),
+    );
     let (sw, out) = deliver(c, m);
     assert!(sw.is_success(), "{sw}");
     out
@@ -821,18 +831,27 @@ fn a_wrong_host_time_far_in_the_future_moves_the_bound_a_day_at_most() {
     assert_eq!(c.state().clock_bound, bound, "not at power-up");
     // Ticks at one host time, however many, do not move it.
     for _ in 0..100 {
-        set_time(&mut c, year_3000);
+        set_time_after(&mut c, year_3000, Some(3600));
     }
     assert_eq!(c.state().clock_bound, bound, "no host time passed");
-    // Once per day of host time: the 24th hourly tick since power-up moves
-    // it a day, whatever ticks come between.
-    for h in 1..=23 {
-        set_time(&mut c, year_3000 + h * 3600 - 10);
-        set_time(&mut c, year_3000 + h * 3600);
+    // A host clock racing ahead an hour per 10 s of real time: 2 h of it
+    // credits 2 h, and the bound stays.
+    for i in 1..=720 {
+        set_time_after(&mut c, year_3000 + i * 3600, Some(10));
+    }
+    assert_eq!(
+        c.state().clock_bound,
+        bound,
+        "racing ticks credit real time only"
+    );
+    // Hourly ticks: a day of them (with the 2 h before) moves it a day.
+    let from = year_3000 + 720 * 3600;
+    for h in 1..=22 {
+        set_time_after(&mut c, from + h * 3600, Some(3600));
     }
     assert_eq!(c.state().clock_bound, bound + 86_400, "one day, no more");
-    for h in 24..24 + 23 {
-        set_time(&mut c, year_3000 + h * 3600);
+    for h in 23..23 + 23 {
+        set_time_after(&mut c, from + h * 3600, Some(3600));
     }
     assert_eq!(c.state().clock_bound, bound + 86_400);
     // The host's clock is corrected: its time is taken again at once.
@@ -856,7 +875,11 @@ fn set_time_is_taken_only_from_the_cards_own_id() {
         app(1),
         CARD,
         Mtype::SET_TIME,
-        SetTime { now: bound + 3600 }.to_bytes(),
+        SetTime {
+            now: bound + 3600,
+            elapsed: None,
+        }
+        .to_bytes(),
     );
     let text = refusal_text(&one(&mut c, app_time));
     assert!(text.contains("only from the card's host"), "{text}");
@@ -865,7 +888,11 @@ fn set_time_is_taken_only_from_the_cards_own_id() {
         remote,
         CARD,
         Mtype::SET_TIME,
-        SetTime { now: bound + 3600 }.to_bytes(),
+        SetTime {
+            now: bound + 3600,
+            elapsed: None,
+        }
+        .to_bytes(),
     );
     assert_eq!(one(&mut c, remote_time).mtype(), Mtype::REFUSED);
     assert_eq!(applet_time(&mut c), (bound, false));

@@ -375,13 +375,16 @@ impl CardSession {
         if self.time_told.is_some_and(|t| t.elapsed() < period) {
             return Ok(Vec::new());
         }
+        // The real time since the last one, by the monotonic clock: what
+        // the card credits towards moving its clock's bound.
+        let elapsed = self.time_told.map(|t| t.elapsed().as_secs());
         self.time_told = Some(Instant::now());
         let now = tenet_proto::time::unix_now();
         self.deliver(&Message::new(
             card,
             card,
             Mtype::SET_TIME,
-            SetTime { now }.to_bytes(),
+            SetTime { now, elapsed }.to_bytes(),
         ))
     }
 

@@ -245,18 +245,30 @@ impl Codec for CardInfo {
 pub struct SetTime {
     /// Seconds since 1970-01-01T00:00:00Z.
     pub now: u64,
+    /// Seconds that passed since the previous set-time to this card, by the
+    /// sender's monotonic clock (which a wrong wall clock does not move);
+    /// absent for the first after the card was selected.
+    pub elapsed: Option<u64>,
 }
 
 impl Codec for SetTime {
     fn encode(&self, out: &mut Vec<u8>) {
         tlv::write(out, T0, &self.now.to_be_bytes());
+        if let Some(e) = self.elapsed {
+            tlv::write(out, T1, &e.to_be_bytes());
+        }
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let f = Fields::parse(r.rest())?;
-        f.only(&[T0], "set-time")?;
+        f.only(&[T0, T1], "set-time")?;
         Ok(Self {
             now: u64::from_be_bytes(f.require_array(T0, "time")?),
+            elapsed: f
+                .get(T1)
+                .map(|_| f.require_array(T1, "elapsed"))
+                .transpose()?
+                .map(u64::from_be_bytes),
         })
     }
 }
@@ -296,7 +308,10 @@ mod tests {
             certificate: None,
         };
         assert_eq!(CardInfo::decode(&i.to_bytes()), Ok(i));
-        let t = SetTime { now: 1_795_737_600 };
+        let t = SetTime {
+            now: 1_795_737_600,
+            elapsed: Some(10),
+        };
         assert_eq!(SetTime::decode(&t.to_bytes()), Ok(t));
         assert!(SetTime::decode(&[0x80, 4, 0, 0, 0, 1]).is_err(), "8 bytes");
     }

@@ -309,7 +309,11 @@ impl Sim {
             id,
             id,
             Mtype::SET_TIME,
-            SetTime { now: wall }.to_bytes(),
+            SetTime {
+                now: wall,
+                elapsed: None,
+            }
+            .to_bytes(),
         ))?;
         host.card = Some(SimCard { session, ep, id });
         Ok((ix, id))

@@ -198,7 +198,12 @@ impl World {
         let id = c.id();
         deliver_to(
             c,
-            &Message::new(id, id, Mtype::SET_TIME, SetTime { now }.to_bytes()),
+            &Message::new(
+                id,
+                id,
+                Mtype::SET_TIME,
+                SetTime { now, elapsed: None }.to_bytes(),
+            ),
         )
     }
 
