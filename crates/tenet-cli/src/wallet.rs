@@ -68,9 +68,9 @@ pub enum WalletCmd {
         /// What it wants: QTY:ISSUERHEX:PROMISE.
         #[arg(long)]
         want: String,
-        /// Seconds of the card's time the offer stays open (the other card refuses it after).
+        /// Seconds of the card's time the offer stays open, 30 to 2592000 (the other card refuses it after).
         #[arg(long, value_name = "SECS", default_value_t = DEFAULT_OFFER_SECS,
-              value_parser = clap::value_parser!(u32).range(1..=2_592_000))]
+              value_parser = clap::value_parser!(u32).range(30..=2_592_000))]
         expires_in: u32,
     },
     /// Withdraw this card's open offers, before an agreement reaches them.
@@ -88,7 +88,7 @@ pub enum WalletCmd {
     /// Show a verifier that the card holds an amount, moving nothing.
     ///
     /// The card signs "holds at least QTY at this time" for the verifier's
-    /// challenge (printed by `tenet verify presentation`); refused if it holds less.
+    /// challenge (printed by `tenet verify`); refused if it holds less.
     ///
     /// Example: tenet wallet present --card b2b2b2b2b2b2b2b2b2b2b2b2:0 --pin-file pin.txt --to 0a0b0c0d0e0f101112131415:9 --challenge 00112233445566778899aabbccddeeff --amount 1:b2b2b2b2b2b2b2b2b2b2b2b2:ticket
     Present {

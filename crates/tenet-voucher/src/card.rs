@@ -377,8 +377,12 @@ impl VoucherCard {
         let mut outs = Vec::new();
         for id in pending {
             let e = self.exchanges.get_mut(&id).expect("pending");
+            // A timer set while the host's clock was ahead waits no longer
+            // than one set now would.
+            let latest = now.saturating_add(backoff(after, e.asks));
             match e.due {
                 None => e.due = Some(now.saturating_add(after)),
+                Some(due) if due > latest => e.due = Some(latest),
                 Some(due) if now >= due => {
                     // Pending, so recover cannot refuse.
                     if let Ok(o) = self.recover(cx, id) {

@@ -1176,3 +1176,39 @@ fn a_card_presents_what_it_holds_and_a_replay_is_refused() {
     assert!(w.refusals[0].contains("holds 3"), "{:?}", w.refusals);
     assert_eq!(w.holdings(), BEFORE);
 }
+
+/// A timer set while the host's clock was a year ahead does not wait for
+/// that year once the clock is corrected: it is brought back to what a
+/// timer set now would wait.
+#[test]
+fn a_timer_set_on_a_clock_that_was_ahead_is_brought_back() {
+    let mut w = with_lost(msg::CONFIRMATION);
+    w.a.recover_after = 30;
+    let real = 1_000_000;
+    let ahead = real + 365 * 86_400;
+    w.tick(ahead);
+    w.tick(real);
+    w.tick(real + 29);
+    assert!(w.ttp.decided.is_empty());
+    w.tick(real + 30);
+    assert_eq!(w.ttp.decided.len(), 1, "A asked 30 s after the correction");
+}
+
+/// A card's state stored before cards recovered by themselves has no
+/// recovery timeout and no timers: it still loads, with the default
+/// timeout, and its pending exchanges are timed from the next tick.
+#[test]
+fn a_state_stored_before_recovery_timers_loads_with_the_default() {
+    use tenet_voucher::card::DEFAULT_RECOVER_AFTER;
+    let w = with_lost(msg::CONFIRMATION);
+    let mut bytes = w.a.to_bytes();
+    // The timeout is the last field: tag 88, length 4, 4 bytes.
+    let n = bytes.len();
+    assert_eq!(&bytes[n - 6..n - 4], &[0x88, 4]);
+    bytes.truncate(n - 6);
+    let old = VoucherCard::decode(&bytes).unwrap();
+    assert_eq!(old.recover_after, DEFAULT_RECOVER_AFTER);
+    assert_eq!(old.pending().count(), 1);
+    assert!(old.pending().all(|(_, e)| e.due.is_none() && e.asks == 0));
+    assert_eq!(old.balances, w.a.balances);
+}
