@@ -119,7 +119,7 @@ pub(crate) fn start_exchange(a: EntityId, b: EntityId, b_wallet: EntityId) -> St
         responder: b,
         peer_wallet: b_wallet,
         give: coffee(a.domain(), 1),
-        want: ticket(b.domain(), 1),
+        want: Some(ticket(b.domain(), 1)),
         // As `Wallet::offer`: the same bytes on the wire.
         expires_in: Some(tenet_voucher::msg::DEFAULT_OFFER_SECS),
     }
@@ -567,7 +567,9 @@ impl Baseline {
                 baseline_verify(&mut b_link, PIN)?;
                 baseline_apdu(&mut b_link, iso::INS_MINT, &ticket(db, n).to_bytes())?;
                 let mut peer = baseline_accept(&listener)?;
-                let done = baseline_respond(&mut b_link, &mut peer, |o| o.want.quantity <= 1)?;
+                let done = baseline_respond(&mut b_link, &mut peer, |o| {
+                    o.want.as_ref().is_some_and(|w| w.quantity <= 1)
+                })?;
                 Ok((done, b_link.card))
             })?;
         let mut link = CountedLink::new(a);
@@ -750,7 +752,10 @@ impl Ours {
         let (a0, b0) = (link_totals(self.ha()), link_totals(self.hb()));
         let t = Instant::now();
         ours_initiate(&mut self.app_a, self.card_a, &self.start).await?;
-        ours_respond(&mut self.app_b, self.card_b, |o| o.want.quantity <= 1).await?;
+        ours_respond(&mut self.app_b, self.card_b, |o| {
+            o.want.as_ref().is_some_and(|w| w.quantity <= 1)
+        })
+        .await?;
         loop {
             let i = tokio::time::timeout(WAIT, self.done.next())
                 .await

@@ -116,7 +116,7 @@ impl Requesters {
                     initiator,
                     responder: self.responder_id,
                     give: amount(initiator.domain(), "coffee"),
-                    want: amount(self.responder_id.domain(), "ticket"),
+                    want: Some(amount(self.responder_id.domain(), "ticket")),
                     n1,
                     expires: None,
                 };

@@ -180,7 +180,7 @@ fn random<const N: usize>() -> Result<[u8; N]> {
     Ok(b)
 }
 
-fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 

@@ -442,19 +442,16 @@ enum Cmd {
 /// Whether `cmd` prints and ends, as opposed to serving (a daemon, the
 /// vpcd connector, the demo's and benchmarks' daemons).
 fn prints_and_ends(cmd: &Cmd) -> bool {
-    match cmd {
-        Cmd::Ping { .. }
-        | Cmd::Verify { .. }
-        | Cmd::Tap { .. }
-        | Cmd::Status { .. }
-        | Cmd::Wallet { .. }
-        | Cmd::Ca { .. }
-        | Cmd::Man { .. }
-        | Cmd::Completions { .. } => true,
-        Cmd::Host { action, .. } => action.is_some(),
-        Cmd::Card { cmd } => !matches!(cmd, card::CardCmd::Serve { .. }),
-        _ => false,
-    }
+    !matches!(
+        cmd,
+        Cmd::Host { action: None, .. }
+            | Cmd::Ttp { .. }
+            | Cmd::Demo { .. }
+            | Cmd::Bench { .. }
+            | Cmd::Card {
+                cmd: card::CardCmd::Serve { .. }
+            }
+    )
 }
 
 /// What the log shows on stderr: `-v` info, `-vv` debug, `-vvv` trace;

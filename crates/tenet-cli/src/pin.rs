@@ -7,10 +7,9 @@
 //! off. Without any of these and without a terminal, a clear error. The
 //! PUK and a new PIN (`tenet card pin`) come the same ways.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use clap::Args;
 
 /// How a command gets a PIN.
@@ -35,16 +34,7 @@ impl PinArgs {
     }
 }
 
-/// A secret given as a file or as a value (flag or environment), the file
-/// first when both are: it is the channel that does not show in the
-/// process list; `None` if neither.
-pub fn given(value: Option<&str>, file: Option<&Path>) -> Result<Option<String>> {
-    match (file, value) {
-        (Some(f), _) => read_pin_file(f).map(Some),
-        (None, Some(v)) => Ok(Some(v.to_owned())),
-        (None, None) => Ok(None),
-    }
-}
+pub use tenet_client::secret::given;
 
 /// A secret (`PIN`, `PUK`, ...) asked on the terminal with the prompt
 /// `what`, echo off; without a terminal, an error naming the other ways
@@ -53,32 +43,4 @@ pub fn prompt(secret: &str, what: &str, instead: &str) -> Result<String> {
     rpassword::prompt_password(format!("{what}: ")).map_err(|e| {
         anyhow::anyhow!("no {secret} given and no terminal to ask on ({e}): use {instead}")
     })
-}
-
-/// The first line of `path`, which only its owner may read (checked on the
-/// file as opened, so it cannot be swapped in between).
-pub fn read_pin_file(path: &Path) -> Result<String> {
-    use std::io::Read;
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("PIN file {}", path.display()))?;
-    let meta = file
-        .metadata()
-        .with_context(|| format!("PIN file {}", path.display()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        bail!(
-            "PIN file {} is readable or writable by others (mode {mode:04o}); \
-             fix it with `chmod 600 {}`",
-            path.display(),
-            path.display()
-        );
-    }
-    let mut text = String::new();
-    file.read_to_string(&mut text)
-        .with_context(|| format!("PIN file {}", path.display()))?;
-    let pin = text.lines().next().unwrap_or("").to_owned();
-    if pin.is_empty() {
-        bail!("PIN file {} is empty", path.display());
-    }
-    Ok(pin)
 }

@@ -85,6 +85,22 @@ pub enum WalletCmd {
         #[arg(long)]
         to: Option<EntityId>,
     },
+    /// Give vouchers to another card: the exchange with nothing wanted back.
+    ///
+    /// The payee's wallet accepts it (tenet wallet offers --accept-transfers); it ends delivered or refunded, recovered like an exchange.
+    ///
+    /// Example: tenet wallet transfer --card 0a0b0c0d0e0f101112131415:0 --pin-file pin.txt --to b2b2b2b2b2b2b2b2b2b2b2b2:0 --wallet b2b2b2b2b2b2b2b2b2b2b2b2:7 --amount 1:0a0b0c0d0e0f101112131415:coffee
+    Transfer {
+        /// The payee's card, DOMAIN:0.
+        #[arg(long)]
+        to: EntityId,
+        /// The payee's wallet app (the id `tenet wallet offers` prints).
+        #[arg(long)]
+        wallet: EntityId,
+        /// What this card gives: QTY:ISSUERHEX:PROMISE.
+        #[arg(long)]
+        amount: String,
+    },
     /// Show a verifier that the card holds an amount, moving nothing.
     ///
     /// The card signs "holds at least QTY at this time" for the verifier's
@@ -118,6 +134,9 @@ pub enum WalletCmd {
         /// (a merchant's standing policy).
         #[arg(long, value_name = "POLICY")]
         accept_if: Option<String>,
+        /// Accept the gifts (transfers) that arrive; neither --accept nor a policy takes them.
+        #[arg(long)]
+        accept_transfers: bool,
         /// Stop after this many offers.
         #[arg(short = 'c', long)]
         count: Option<u32>,
@@ -194,9 +213,7 @@ pub enum WalletCmd {
     },
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+use crate::card::hex;
 
 fn unhex(s: &str) -> Result<Vec<u8>> {
     if !s.len().is_multiple_of(2) || !s.is_ascii() {
@@ -253,7 +270,7 @@ pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode
             want,
             expires_in,
         } => {
-            let (give, want) = (amount(&give, None)?, amount(&want, None)?);
+            let (give, want) = (amount(&give, None)?, Some(amount(&want, None)?));
             let s = StartExchange {
                 responder: to,
                 peer_wallet: wallet,
@@ -264,6 +281,16 @@ pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode
             w.start(s).await?;
             println!(
                 "offer sent to {wallet} for card {to}, open {expires_in} s; follow it with `tenet wallet exchanges`"
+            );
+        }
+        WalletCmd::Transfer {
+            to,
+            wallet,
+            amount: a,
+        } => {
+            w.transfer(to, wallet, amount(&a, None)?).await?;
+            println!(
+                "gift of {a} sent to {wallet} for card {to}; follow it with `tenet wallet exchanges`"
             );
         }
         WalletCmd::Present {
@@ -286,6 +313,7 @@ pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode
         WalletCmd::Offers {
             accept,
             accept_if,
+            accept_transfers: gifts,
             count,
         } => {
             let policy = accept_if
@@ -293,14 +321,18 @@ pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode
                 .map(str::parse::<tenet_voucher::policy::Policy>)
                 .transpose()?;
             let mut out = std::io::stdout();
-            tenet_client::wallet::take_offers(&mut w, policy.as_ref(), accept, count, &mut out)
-                .await?;
+            let p = policy.as_ref();
+            tenet_client::wallet::take_offers(&mut w, p, accept, gifts, count, &mut out).await?;
         }
         WalletCmd::Accept { offer } => {
             let bytes = unhex(&offer)?;
             let o = tenet_voucher::msg::Offer::decode(&bytes).context("not an offer")?;
             w.accept_offer(&o).await?;
-            println!("accepted {} for {}", o.want, o.give);
+            let want = o
+                .want
+                .as_ref()
+                .map_or("nothing".into(), ToString::to_string);
+            println!("accepted {} for {want}", o.give);
         }
         WalletCmd::Reject { offer } => {
             let o = tenet_voucher::msg::Offer::decode(&unhex(&offer)?).context("not an offer")?;

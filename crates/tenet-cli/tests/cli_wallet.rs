@@ -879,3 +879,76 @@ fn a_card_presents_to_a_remote_verifier_and_a_replay_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("holds 3"), "{err}");
 }
+
+/// `tenet wallet transfer`: a gift of two coffees from Alice to Bob. A
+/// wallet that accepts exchange offers (`--accept`) does not take a gift;
+/// one run with `--accept-transfers` does, and the coffees move one way.
+#[test]
+fn a_gift_from_the_command_line_moves_vouchers_one_way() {
+    let p = pair();
+    let ca_dom = p.ca_dom;
+    wallet(&p.sock_a, &p.card_a, &["mint", "5:coffee"]);
+    let give = |b_wallet: &str| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let out = Command::new(TENET)
+                .args(["--socket", p.sock_a.to_str().unwrap(), "wallet", "--card"])
+                .args([&p.card_a, "--pin", "1234", "transfer", "--to", &p.card_b])
+                .args([
+                    "--wallet",
+                    b_wallet,
+                    "--amount",
+                    &format!("2:{ca_dom}:coffee"),
+                ])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let (mut offers, lines, b_wallet) = bob_takes_offers(&p, &["--accept", "-c", "1"]);
+    give(&b_wallet);
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(offers.wait().unwrap().success());
+    assert!(
+        rest[0].starts_with("gift from") && rest[0].contains("coffee"),
+        "{rest:?}"
+    );
+    assert_eq!(rest.len(), 2, "seen, not accepted: {rest:?}");
+    let (mut offers, lines, b_wallet) = bob_takes_offers(&p, &["--accept-transfers", "-c", "1"]);
+    give(&b_wallet);
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(offers.wait().unwrap().success());
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some("  accepted (gift)"),
+        "{rest:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let b = wallet(&p.sock_b, &p.card_b, &["balance"]);
+        let a = wallet(&p.sock_a, &p.card_a, &["balance"]);
+        if b.contains(&format!("2  {ca_dom}  coffee"))
+            && a.contains(&format!("3  {ca_dom}  coffee"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gift did not arrive: {a} / {b}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ex = wallet(&p.sock_b, &p.card_b, &["exchanges"]);
+    assert!(
+        ex.contains("Responder  Committed  gives nothing, gets 2"),
+        "{ex}"
+    );
+}

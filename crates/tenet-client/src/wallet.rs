@@ -114,13 +114,15 @@ pub async fn verify_presentations(
 /// Registers `w` as its card's acceptor, then reports each offer that
 /// reaches it on `out` (the initiator, what it gives and wants, when it
 /// expires, and its hex for `tenet wallet accept`), up to `count` offers.
-/// Offers within `policy` are accepted, or all with `accept`; a card that
-/// refuses one (a replay, an expired offer, too little held) deleted
-/// nothing, and the refusal is reported.
+/// Offers within `policy` are accepted, or all with `accept`; gifts
+/// (transfers: nothing wanted back) only with `gifts`, never by a policy
+/// or `accept`. A card that refuses one (a replay, an expired offer, too
+/// little held) deleted nothing, and the refusal is reported.
 pub async fn take_offers(
     w: &mut Wallet,
     policy: Option<&tenet_voucher::policy::Policy>,
     accept: bool,
+    gifts: bool,
     count: Option<u32>,
     out: &mut impl std::io::Write,
 ) -> Result<(), WalletError> {
@@ -141,12 +143,19 @@ pub async fn take_offers(
             format!(", expires {}", tenet_proto::time::Utc(e))
         });
         let hex: String = o.param.iter().map(|b| format!("{b:02x}")).collect();
-        let (from, give, want) = (o.offer.initiator, &o.offer.give, &o.offer.want);
-        writeln!(
-            out,
-            "offer from {from}: {give} for {want}{expires}\n  {hex}"
-        )?;
+        let (from, give) = (o.offer.initiator, &o.offer.give);
+        match &o.offer.want {
+            Some(want) => writeln!(
+                out,
+                "offer from {from}: {give} for {want}{expires}\n  {hex}"
+            )?,
+            None => writeln!(out, "gift from {from}: {give}{expires}\n  {hex}")?,
+        }
         let how = match policy {
+            _ if o.offer.is_gift() => match gifts {
+                true => "accepted (gift)",
+                false => continue,
+            },
             Some(p) if !p.allows(&o.offer) => {
                 writeln!(out, "  declined: outside the policy")?;
                 continue;
@@ -357,10 +366,31 @@ impl Wallet {
             responder,
             peer_wallet,
             give,
-            want,
+            want: Some(want),
             expires_in: Some(msg::DEFAULT_OFFER_SECS),
         };
         self.start(s).await
+    }
+
+    /// Has the card give `amount` to card `payee`, whose wallet app is
+    /// `payee_wallet`, as a gift: the exchange with nothing wanted back,
+    /// fair and recovered the same way (the payer's vouchers end either
+    /// delivered or refunded, never both, never neither). The payee's
+    /// wallet must accept it.
+    pub async fn transfer(
+        &mut self,
+        payee: EntityId,
+        payee_wallet: EntityId,
+        amount: Amount,
+    ) -> Result<(), WalletError> {
+        self.start(StartExchange {
+            responder: payee,
+            peer_wallet: payee_wallet,
+            give: amount,
+            want: None,
+            expires_in: Some(msg::DEFAULT_OFFER_SECS),
+        })
+        .await
     }
 
     /// Has the card make the offer `s` (its expiry included).

@@ -695,7 +695,7 @@ impl Wallet {
             responder,
             peer_wallet,
             give,
-            want,
+            want: Some(want),
             expires_in: Some(msg::DEFAULT_OFFER_SECS),
         };
         self.order(sim, msg::START_EXCHANGE, s.to_bytes())

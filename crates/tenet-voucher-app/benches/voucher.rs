@@ -32,7 +32,7 @@ fn decode(c: &mut Criterion) {
         initiator: A.owner(),
         responder: B.owner(),
         give: amount(A, "coffee", 5),
-        want: amount(B, "ticket", 1),
+        want: Some(amount(B, "ticket", 1)),
         n1: [7; 16],
         expires: Some(1_800_000_000),
     }

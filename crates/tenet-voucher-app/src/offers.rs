@@ -134,7 +134,7 @@ mod tests {
             initiator: id(1, 0),
             responder: id(2, 0),
             give: amount(1, "coffee", give),
-            want: amount(2, "ticket", 1),
+            want: Some(amount(2, "ticket", 1)),
             n1: [9; 16],
             expires: None,
         };

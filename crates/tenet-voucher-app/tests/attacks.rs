@@ -480,7 +480,7 @@ async fn privileged_orders_from_an_unauthenticated_app_are_refused_and_change_no
         initiator: other,
         responder: k.owner(),
         give: amount(dom(0xbb), "ticket", 1),
-        want: amount(k, "coffee", 5),
+        want: Some(amount(k, "coffee", 5)),
         n1: [1; 16],
         expires: None,
     };
@@ -488,7 +488,7 @@ async fn privileged_orders_from_an_unauthenticated_app_are_refused_and_change_no
         responder: other,
         peer_wallet: mallory.id(),
         give: amount(k, "coffee", 5),
-        want: amount(dom(0xbb), "ticket", 1),
+        want: Some(amount(dom(0xbb), "ticket", 1)),
         expires_in: None,
     };
     let orders = [
@@ -763,7 +763,7 @@ async fn a_remote_peer_gains_no_privilege_on_a_local_card() {
         initiator: dr.owner(),
         responder: k.owner(),
         give: amount(dr, "ticket", 1),
-        want: amount(k, "coffee", 5),
+        want: Some(amount(k, "coffee", 5)),
         n1: [1; 16],
         expires: None,
     };
@@ -771,7 +771,7 @@ async fn a_remote_peer_gains_no_privilege_on_a_local_card() {
         responder: dr.owner(),
         peer_wallet: r,
         give: amount(k, "coffee", 5),
-        want: amount(dr, "ticket", 1),
+        want: Some(amount(dr, "ticket", 1)),
         expires_in: None,
     };
     let mut messages = vec![
@@ -1076,7 +1076,7 @@ async fn a_flood_of_recovery_requests_finds_the_ttps_queue_bounded() {
                 initiator: dr.owner(),
                 responder: dr.owner(),
                 give: amount(dr, "ticket", 1),
-                want: amount(dr, "coffee", 1),
+                want: Some(amount(dr, "coffee", 1)),
                 n1,
                 expires: None,
             };

@@ -257,7 +257,7 @@ impl World {
             responder: dom(B).owner(),
             peer_wallet: wallet(B),
             give: coffee(2),
-            want: ticket(1),
+            want: Some(ticket(1)),
             expires_in: None,
         };
         self.send(Message::new(
@@ -537,7 +537,7 @@ fn queries_answer_from_the_state_and_store_nothing() {
         initiator: dom(B).owner(),
         responder: dom(A).owner(),
         give: ticket(1),
-        want: coffee(1),
+        want: Some(coffee(1)),
         n1: [5; 16],
         expires: None,
     };
@@ -668,7 +668,7 @@ fn a_card_whose_own_certificate_expired_starts_no_exchange() {
             responder: dom(B).owner(),
             peer_wallet: wallet(B),
             give: coffee(2),
-            want: ticket(1),
+            want: Some(ticket(1)),
             expires_in: None,
         }
         .to_bytes(),
@@ -718,7 +718,7 @@ fn a_renewed_certificate_for_the_same_key_lets_the_card_exchange_again() {
             responder: dom(B).owner(),
             peer_wallet: wallet(B),
             give: coffee(2),
-            want: ticket(1),
+            want: Some(ticket(1)),
             expires_in: None,
         }
         .to_bytes(),
@@ -765,7 +765,7 @@ fn the_ttp_finishes_an_exchange_whose_party_certificate_expired_since() {
         initiator: dom(A).owner(),
         responder: b_id,
         give: coffee(1),
-        want: ticket(1),
+        want: Some(ticket(1)),
         n1: [1; 16],
         expires: None,
     };
@@ -834,7 +834,7 @@ fn an_offer_expires_on_the_cards_clocks() {
         responder: dom(B).owner(),
         peer_wallet: wallet(B),
         give: coffee(2),
-        want: ticket(1),
+        want: Some(ticket(1)),
         expires_in: Some(30),
     };
     w.send(Message::new(

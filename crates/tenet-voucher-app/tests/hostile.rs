@@ -189,7 +189,7 @@ impl Fixture {
             responder: peer,
             peer_wallet: EntityId::new(peer.domain(), Port::new(5)),
             give: coffee(domain, 10),
-            want: ticket(peer.domain(), 1),
+            want: Some(ticket(peer.domain(), 1)),
             expires_in: None,
         };
         let start = Message::new(wallet, id, msg::START_EXCHANGE, start.to_bytes());
@@ -210,7 +210,7 @@ impl Fixture {
             initiator: peer,
             responder: id,
             give: ticket(peer.domain(), 1),
-            want: coffee(domain, 2),
+            want: Some(coffee(domain, 2)),
             n1: [0x24; 16],
             expires: None,
         };
@@ -276,7 +276,7 @@ impl Fixture {
                     responder: peer,
                     peer_wallet: peer,
                     give: coffee(domain, 1),
-                    want: ticket(peer.domain(), 3),
+                    want: Some(ticket(peer.domain(), 3)),
                     expires_in: None,
                 }
                 .to_bytes(),

@@ -110,7 +110,7 @@ fn offer(initiator: EntityId, responder: EntityId, n1: u8) -> Offer {
         initiator,
         responder,
         give: amount(initiator.domain(), "coffee"),
-        want: amount(responder.domain(), "ticket"),
+        want: Some(amount(responder.domain(), "ticket")),
         n1: [n1; 16],
         expires: None,
     }

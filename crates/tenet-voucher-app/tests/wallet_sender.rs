@@ -98,7 +98,7 @@ async fn a_rogue_app_cannot_answer_for_the_wallets_card() {
         initiator: dom(0xbb).owner(),
         responder: k.owner(),
         give: amount(dom(0xbb), "ticket", 1),
-        want: amount(k, "coffee", 2),
+        want: Some(amount(k, "coffee", 2)),
         n1: [1; 16],
         expires: None,
     };

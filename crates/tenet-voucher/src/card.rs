@@ -43,9 +43,16 @@ impl std::fmt::Display for ExchangeSummary {
     /// `ID  ROLE  PHASE  gives X, gets Y` (`tenet wallet exchanges`), with the
     /// whole id in hex.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let nothing = || "nothing".to_owned();
+        let want = self
+            .offer
+            .want
+            .as_ref()
+            .map_or_else(nothing, ToString::to_string);
+        let give = self.offer.give.to_string();
         let (gives, gets) = match self.role {
-            Role::Initiator => (&self.offer.give, &self.offer.want),
-            Role::Responder => (&self.offer.want, &self.offer.give),
+            Role::Initiator => (give, want),
+            Role::Responder => (want, give),
         };
         for b in self.id.0 {
             write!(f, "{b:02x}")?;
@@ -209,19 +216,19 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// What this card gave.
-    pub fn gives(&self) -> &Amount {
+    /// What this card gave (nothing: the payee of a gift).
+    pub fn gives(&self) -> Option<&Amount> {
         match self.role {
-            Role::Initiator => &self.offer.give,
-            Role::Responder => &self.offer.want,
+            Role::Initiator => Some(&self.offer.give),
+            Role::Responder => self.offer.want.as_ref(),
         }
     }
 
-    /// What this card gets.
-    pub fn gets(&self) -> &Amount {
+    /// What this card gets (nothing: the payer of a gift).
+    pub fn gets(&self) -> Option<&Amount> {
         match self.role {
-            Role::Initiator => &self.offer.want,
-            Role::Responder => &self.offer.give,
+            Role::Initiator => self.offer.want.as_ref(),
+            Role::Responder => Some(&self.offer.give),
         }
     }
 
@@ -331,8 +338,8 @@ impl VoucherCard {
     /// [`crate::model::MAX_QUANTITY`] for every class, so that every
     /// outcome the TTP may decide can be applied.
     pub fn committed(&self, class: &VoucherClass) -> u64 {
-        let of = |a: &Amount| if a.class == *class { a.quantity } else { 0 };
-        let offers = self.offers.values().map(|o| of(&o.want));
+        let of = |a: Option<&Amount>| a.filter(|a| a.class == *class).map_or(0, |a| a.quantity);
+        let offers = self.offers.values().map(|o| of(o.want.as_ref()));
         let pending = self
             .pending()
             .map(|(_, e)| of(e.gets()).saturating_add(of(e.gives())));
@@ -558,7 +565,9 @@ impl VoucherCard {
         }
         // The exchange may bring `want` (committed or resolved); `give`,
         // deleted at the agreement, may come back (aborted) to where it is.
-        self.reserve(&s.want, "offer refused")?;
+        if let Some(want) = &s.want {
+            self.reserve(want, "offer refused")?;
+        }
         let mut n1 = [0u8; 16];
         cx.crypto.random(&mut n1);
         let offer = Offer {
@@ -625,13 +634,14 @@ impl VoucherCard {
         // deleting anything, an exchange whose outcome could not be applied.
         // `v2`'s refund only restores what is held now.
         self.reserve(&offer.give, "offer refused")?;
+        // A gift's payee deletes nothing.
         let mut balances = self.balances.clone();
-        balances
-            .debit(&offer.want)
-            .map_err(|e| Refusal(e.to_string()))?;
+        if let Some(want) = &offer.want {
+            balances.debit(want).map_err(|e| Refusal(e.to_string()))?;
+        }
         let mut n2 = [0u8; 16];
         cx.crypto.random(&mut n2);
-        let id = ExchangeId::of_n2(&n2);
+        let id = ExchangeId::for_offer(&offer, &n2);
         let agreement = Agreement {
             offer_digest: digest,
             id,
@@ -794,8 +804,15 @@ impl VoucherCard {
         src: EntityId,
         m: Commitment,
     ) -> Result<Vec<Out>, Refusal> {
-        let id = ExchangeId::of_n2(&m.n2);
-        let Some(e) = self.exchanges.get(&id) else {
+        // An exchange's id or a gift's, whichever this card has.
+        let id = [ExchangeId::of_n2(&m.n2), ExchangeId::of_gift_n2(&m.n2)]
+            .into_iter()
+            .find(|id| {
+                self.exchanges
+                    .get(id)
+                    .is_some_and(|e| ExchangeId::for_offer(&e.offer, &m.n2) == *id)
+            });
+        let Some((id, e)) = id.and_then(|id| self.exchanges.get(&id).map(|e| (id, e))) else {
             return refuse("no exchange for this commitment");
         };
         if e.role != Role::Initiator || src != e.offer.responder {
@@ -807,9 +824,11 @@ impl VoucherCard {
         // m4 proves the responder committed; it can then never have aborted,
         // so it also settles an exchange being resolved.
         let mut balances = self.balances.clone();
-        balances
-            .credit(&e.offer.want)
-            .map_err(|err| Refusal(err.to_string()))?;
+        if let Some(want) = &e.offer.want {
+            balances
+                .credit(want)
+                .map_err(|err| Refusal(err.to_string()))?;
+        }
         self.balances = balances;
         let e = self.exchanges.get_mut(&id).expect("present");
         e.phase = Phase::Committed;
@@ -883,22 +902,15 @@ impl VoucherCard {
         if e.phase.is_final() {
             return Ok(Vec::new()); // a repeated admission
         }
-        let (role, gives, gets) = (e.role, e.gives().clone(), e.gets().clone());
+        let (role, gives, gets) = (e.role, e.gives().cloned(), e.gets().cloned());
         let mut balances = self.balances.clone();
-        let phase = match a.kind {
-            Kind::Resolve => {
-                balances
-                    .credit(&gets)
-                    .map_err(|err| Refusal(err.to_string()))?;
-                Phase::Resolved
-            }
-            Kind::Abort => {
-                balances
-                    .credit(&gives)
-                    .map_err(|err| Refusal(err.to_string()))?;
-                Phase::Aborted
-            }
+        let (phase, credit) = match a.kind {
+            Kind::Resolve => (Phase::Resolved, gets),
+            Kind::Abort => (Phase::Aborted, gives),
         };
+        if let Some(c) = &credit {
+            balances.credit(c).map_err(|err| Refusal(err.to_string()))?;
+        }
         let _ = role;
         self.balances = balances;
         self.exchanges.get_mut(&a.id).expect("present").phase = phase;

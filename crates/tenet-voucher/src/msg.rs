@@ -43,6 +43,22 @@ impl ExchangeId {
     pub fn of_n2(n2: &[u8; 16]) -> Self {
         Self(h(&[b"tenet-n2", n2]))
     }
+
+    /// A gift's id: `n2` hashed under its own label, so that no gift and
+    /// no exchange ever share an id.
+    pub fn of_gift_n2(n2: &[u8; 16]) -> Self {
+        Self(h(&[b"tenet-gift-n2", n2]))
+    }
+
+    /// The id of `offer`'s run with `n2`: [`ExchangeId::of_gift_n2`] for a
+    /// gift, else [`ExchangeId::of_n2`].
+    pub fn for_offer(offer: &Offer, n2: &[u8; 16]) -> Self {
+        if offer.is_gift() {
+            Self::of_gift_n2(n2)
+        } else {
+            Self::of_n2(n2)
+        }
+    }
 }
 
 impl fmt::Display for ExchangeId {
@@ -130,6 +146,13 @@ fn id_at(f: &Fields<'_>, t: Tag, what: &'static str) -> Result<EntityId, DecodeE
     Ok(EntityId::from_array(f.require_array(t, what)?))
 }
 
+/// The optional `want` of an offer (absent: a gift).
+fn want_at(f: &Fields<'_>) -> Result<Option<Amount>, DecodeError> {
+    f.get(T_WANT)
+        .map(|_| amount_at(f, T_WANT, "want"))
+        .transpose()
+}
+
 pub(crate) fn amount_at(f: &Fields<'_>, t: Tag, what: &'static str) -> Result<Amount, DecodeError> {
     let a = Amount::decode(f.require(t, what)?)?;
     if a.quantity == 0 {
@@ -152,8 +175,8 @@ pub struct StartExchange {
     pub peer_wallet: EntityId,
     /// `v1`.
     pub give: Amount,
-    /// `v2`.
-    pub want: Amount,
+    /// `v2`; `None` for a gift (a transfer: nothing comes back).
+    pub want: Option<Amount>,
     /// Seconds of the card's time the offer stays open; `None`: until it
     /// is withdrawn.
     pub expires_in: Option<u32>,
@@ -164,7 +187,9 @@ impl Codec for StartExchange {
         tlv::write(out, T_A, &self.responder.to_array());
         tlv::write(out, T_B, &self.peer_wallet.to_array());
         tlv::write_codec(out, T_GIVE, &self.give);
-        tlv::write_codec(out, T_WANT, &self.want);
+        if let Some(w) = &self.want {
+            tlv::write_codec(out, T_WANT, w);
+        }
         if let Some(s) = self.expires_in {
             tlv::write(out, T_EXPIRES, &s.to_be_bytes());
         }
@@ -177,7 +202,7 @@ impl Codec for StartExchange {
             responder: id_at(&f, T_A, "responder")?,
             peer_wallet: id_at(&f, T_B, "peer wallet")?,
             give: amount_at(&f, T_GIVE, "give")?,
-            want: amount_at(&f, T_WANT, "want")?,
+            want: want_at(&f)?,
             expires_in: f
                 .get(T_EXPIRES)
                 .map(|_| f.require_array(T_EXPIRES, "expires in"))
@@ -201,8 +226,9 @@ pub struct Offer {
     pub responder: EntityId,
     /// `v1`, from the initiator.
     pub give: Amount,
-    /// `v2`, from the responder.
-    pub want: Amount,
+    /// `v2`, from the responder; `None` for a gift (a transfer: the
+    /// responder gives nothing back).
+    pub want: Option<Amount>,
     /// `n1`.
     pub n1: [u8; 16],
     /// When the offer expires, in the initiator card's time (seconds
@@ -212,6 +238,11 @@ pub struct Offer {
 }
 
 impl Offer {
+    /// Whether this is a gift: nothing is wanted back.
+    pub fn is_gift(&self) -> bool {
+        self.want.is_none()
+    }
+
     /// Whether the offer has expired at `now`.
     pub fn expired(&self, now: u64) -> bool {
         self.expires.is_some_and(|e| now >= e)
@@ -230,7 +261,9 @@ impl Codec for Offer {
         tlv::write(out, T_A, &self.initiator.to_array());
         tlv::write(out, T_B, &self.responder.to_array());
         tlv::write_codec(out, T_GIVE, &self.give);
-        tlv::write_codec(out, T_WANT, &self.want);
+        if let Some(w) = &self.want {
+            tlv::write_codec(out, T_WANT, w);
+        }
         tlv::write(out, T_C, &self.n1);
         if let Some(e) = self.expires {
             tlv::write(out, T_EXPIRES, &e.to_be_bytes());
@@ -244,7 +277,7 @@ impl Codec for Offer {
             initiator: id_at(&f, T_A, "initiator")?,
             responder: id_at(&f, T_B, "responder")?,
             give: amount_at(&f, T_GIVE, "give")?,
-            want: amount_at(&f, T_WANT, "want")?,
+            want: want_at(&f)?,
             n1: f.require_array(T_C, "n1")?,
             expires: f
                 .get(T_EXPIRES)

@@ -34,12 +34,17 @@ pub struct Policy {
 
 impl Policy {
     /// True if `offer` is inside the policy. The offer's `give` is what
-    /// this card gets; its `want` is what this card gives.
+    /// this card gets; its `want` is what this card gives. A gift is
+    /// never inside an exchange policy: unsolicited transfers are taken
+    /// only on their own say-so (`tenet wallet offers --accept-transfers`).
     pub fn allows(&self, offer: &Offer) -> bool {
+        let Some(want) = &offer.want else {
+            return false;
+        };
         offer.give.class == self.give.class
             && offer.give.quantity >= self.give.quantity
-            && offer.want.class == self.want.class
-            && offer.want.quantity <= self.want.quantity
+            && want.class == self.want.class
+            && want.quantity <= self.want.quantity
     }
 }
 
@@ -101,10 +106,10 @@ mod tests {
                 quantity: give,
                 ..p.give
             },
-            want: Amount {
+            want: Some(Amount {
                 quantity: want,
                 ..p.want
-            },
+            }),
             n1: [7; 16],
             expires: None,
         }

@@ -239,6 +239,11 @@ pub fn handle_request_keyed(
         certificate: certificate.clone(),
     };
     let key = match key {
+        // Gifts keep their decisions in their own key space: no request
+        // about an exchange can read or fix a gift's, nor the reverse.
+        DecisionKey::ExchangeHash if req.offer.is_gift() => {
+            ExchangeId(crate::model::h(&[b"tenet-gift-key", &id.0]))
+        }
         DecisionKey::ExchangeHash => id,
         DecisionKey::OfferNonce => ExchangeId(crate::model::h(&[b"tenet-n1", &req.offer.n1])),
     };
@@ -459,7 +464,7 @@ mod tests {
             initiator: a,
             responder: b,
             give: amount(A, "coffee"),
-            want: amount(B, "ticket"),
+            want: Some(amount(B, "ticket")),
             n1: [1; 16],
             expires: None,
         };

@@ -160,7 +160,7 @@ impl World {
             responder: card_id(B),
             peer_wallet: wallet(B),
             give: coffee(2),
-            want: ticket(1),
+            want: Some(ticket(1)),
             expires_in: Some(300),
         };
         self.input(A, wallet(A), msg::START_EXCHANGE, s.to_bytes());
@@ -423,7 +423,7 @@ fn option_2a_offer_to_the_card_reaches_the_registered_acceptor() {
         responder: card_id(B),
         peer_wallet: card_id(B),
         give: coffee(2),
-        want: ticket(1),
+        want: Some(ticket(1)),
         expires_in: None,
     };
     w.input(A, wallet(A), msg::START_EXCHANGE, s.to_bytes());
@@ -840,7 +840,7 @@ fn a_forged_offer_of_an_absurd_quantity_is_refused() {
         initiator: card_id(A),
         responder: card_id(B),
         give: coffee(u64::MAX),
-        want: ticket(1),
+        want: Some(ticket(1)),
         n1: [9; 16],
         expires: None,
     };
@@ -1211,4 +1211,94 @@ fn a_state_stored_before_recovery_timers_loads_with_the_default() {
     assert_eq!(old.pending().count(), 1);
     assert!(old.pending().all(|(_, e)| e.due.is_none() && e.asks == 0));
     assert_eq!(old.balances, w.a.balances);
+}
+
+/// Wallet A gives B two coffees: the exchange with nothing wanted back.
+fn start_gift(w: &mut World) {
+    let s = StartExchange {
+        responder: card_id(B),
+        peer_wallet: wallet(B),
+        give: coffee(2),
+        want: None,
+        expires_in: Some(300),
+    };
+    w.input(A, wallet(A), msg::START_EXCHANGE, s.to_bytes());
+}
+
+/// A gift (transfer): B accepts deleting nothing, A deletes its coffees
+/// at the agreement, B stores them at the confirmation. Nothing comes
+/// back, and the gift's id is derived apart from any exchange's.
+#[test]
+fn a_gift_moves_the_vouchers_one_way() {
+    let mut w = World::new();
+    start_gift(&mut w);
+    let offer = offers_to_b(&mut w).remove(0);
+    assert!(msg::Offer::decode(&offer).unwrap().is_gift());
+    w.input(B, wallet(B), msg::ACCEPT, offer);
+    w.run();
+    assert_eq!(w.holdings(), [3, 0, 2, 3]);
+    assert!(w.refusals.is_empty(), "{:?}", w.refusals);
+    let (id, e) = w.b.exchanges.iter().next().unwrap();
+    assert!(e.offer.is_gift() && e.phase == Phase::Committed);
+    let n2 = e.n2.unwrap();
+    assert_eq!(*id, ExchangeId::of_gift_n2(&n2));
+    assert_ne!(*id, ExchangeId::of_n2(&n2));
+    assert!(w.ttp.decided.is_empty());
+}
+
+/// A gift whose confirmation is lost ends delivered (the payer resolves
+/// first) or refunded (the payee aborts first), never both and never
+/// neither; the TTP keeps its decision under a key of the gifts' own
+/// space, not under the id an exchange would use.
+#[test]
+fn a_broken_gift_ends_delivered_or_refunded() {
+    for payer_first in [true, false] {
+        let mut w = World::new();
+        start_gift(&mut w);
+        w.accept_offers();
+        let mut lost = false;
+        while let Some(m) = w.net.pop_front() {
+            if !lost && m.mtype == msg::CONFIRMATION {
+                lost = true;
+                continue;
+            }
+            w.deliver(m);
+        }
+        assert_eq!(w.holdings(), [3, 0, 0, 3], "the coffees are in flight");
+        let first = if payer_first { A } else { B };
+        let card = if payer_first { &w.a } else { &w.b };
+        let id = *card.pending().next().unwrap().0;
+        w.input(first, wallet(first), msg::RECOVER, id.to_bytes());
+        w.run();
+        w.recover_all();
+        let expected = if payer_first {
+            [3, 0, 2, 3]
+        } else {
+            [5, 0, 0, 3]
+        };
+        assert_eq!(w.holdings(), expected, "payer first: {payer_first}");
+        assert!(w.a.pending().next().is_none() && w.b.pending().next().is_none());
+        assert_eq!(w.ttp.decided.len(), 1);
+        assert!(!w.ttp.decided.contains_key(&id), "the gifts' own key space");
+    }
+}
+
+/// An exchange policy never takes a gift: unsolicited transfers need
+/// their own consent.
+#[test]
+fn an_exchange_policy_never_takes_a_gift() {
+    let p: tenet_voucher::policy::Policy = format!(
+        "GIVE>=1:{}:coffee,WANT<=5:{}:ticket",
+        coffee(1).class.issuer,
+        ticket(1).class.issuer
+    )
+    .parse()
+    .unwrap();
+    let mut w = World::new();
+    start_gift(&mut w);
+    let gift = msg::Offer::decode(&offers_to_b(&mut w).remove(0)).unwrap();
+    assert!(!p.allows(&gift));
+    w.start();
+    let offer = msg::Offer::decode(&offers_to_b(&mut w).remove(0)).unwrap();
+    assert!(p.allows(&offer));
 }

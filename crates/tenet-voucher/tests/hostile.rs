@@ -105,7 +105,7 @@ fn voucher_start_exchange() {
         entity(),
         entity(),
         amount(1),
-        amount(1),
+        proptest::option::of(amount(1)),
         proptest::option::of(any::<u32>()),
     )
         .prop_map(
@@ -477,7 +477,7 @@ fn worst_case_shapes_stay_within_the_bounds() {
                     initiator: EntityId::from_array([1; 16]),
                     responder: EntityId::from_array([2; 16]),
                     give: tiny(i),
-                    want: tiny(i + 1),
+                    want: Some(tiny(i + 1)),
                     n1: [0; 16],
                     expires: None,
                 },
@@ -510,7 +510,7 @@ fn worst_case_shapes_stay_within_the_bounds() {
             initiator: EntityId::from_array([1; 16]),
             responder: EntityId::from_array([2; 16]),
             give: tiny(i),
-            want: tiny(i),
+            want: Some(tiny(i)),
             n1,
             expires: None,
         };

@@ -117,6 +117,9 @@ struct Cfg {
     /// The cap models: `S_B` at the cap ([`initial_card`]), and either
     /// a `P_B` that mints or a malicious `P_A` ([`Cap`]).
     cap: Cap,
+    /// `P_A` orders a gift (a transfer: the exchange with nothing wanted
+    /// back) instead of an exchange.
+    gift: bool,
 }
 
 /// The cap models, each small enough to explore in seconds.
@@ -309,7 +312,7 @@ impl Actor for Node {
                             responder: entity(S_B),
                             peer_wallet: entity(P_B),
                             give: coffee(*q),
-                            want: ticket(1),
+                            want: (!self.cfg.gift).then(|| ticket(1)),
                             expires_in: None,
                         };
                         orders += 1;
@@ -704,6 +707,16 @@ fn model(cfg: Cfg) -> M {
                 m.cfg.cap == Cap::Off || card(s, S_B).balances.of(&coffee(0).class) == MAX_QUANTITY
             },
         )
+        .property(
+            Expectation::Sometimes,
+            "a gift delivered: S_B got the coffee and kept its tickets (gift model)",
+            |m, s| {
+                let b = card(s, S_B);
+                !m.cfg.gift
+                    || (b.balances.of(&coffee(0).class) == 1
+                        && b.balances.of(&ticket(0).class) == 2)
+            },
+        )
         .property(Expectation::Sometimes, "aborted", |_, s| {
             [S_A, S_B].iter().any(|&c| {
                 card(s, c)
@@ -824,6 +837,7 @@ fn keyed_on_h_n2_the_exchange_is_safe_with_duplication_and_crashes() {
         key: DecisionKey::ExchangeHash,
         forgetful: false,
         cap: Cap::Off,
+        gift: false,
     });
     assert_eq!(n, 5382);
 }
@@ -835,6 +849,7 @@ fn keyed_on_h_n2_the_exchange_is_safe_with_loss_and_crashes() {
         key: DecisionKey::ExchangeHash,
         forgetful: false,
         cap: Cap::Off,
+        gift: false,
     });
     assert_eq!(n, 37680);
 }
@@ -849,6 +864,7 @@ fn keyed_on_h_n2_even_forgetful_cards_stay_safe() {
         key: DecisionKey::ExchangeHash,
         forgetful: true,
         cap: Cap::Off,
+        gift: false,
     });
     assert_eq!(n, 286050);
 }
@@ -861,6 +877,7 @@ fn keyed_on_n1_the_model_checker_finds_the_appendix_attack() {
         key: DecisionKey::OfferNonce,
         forgetful: true,
         cap: Cap::Off,
+        gift: false,
     })
     .checker()
     .threads(2)
@@ -898,6 +915,7 @@ fn at_the_cap_a_mint_cannot_take_the_room_of_a_pending_refund() {
         key: DecisionKey::ExchangeHash,
         forgetful: false,
         cap: Cap::MintRace,
+        gift: false,
     });
     assert_eq!(n, 13974);
 }
@@ -912,6 +930,35 @@ fn at_the_cap_an_initiator_cannot_overreach_the_responder() {
         key: DecisionKey::ExchangeHash,
         forgetful: false,
         cap: Cap::Overreach,
+        gift: false,
     });
     assert_eq!(n, 100854);
+}
+
+/// Gifts (transfers, the exchange with nothing wanted back) with loss,
+/// duplication, reordering and crashes: the coffee is conserved, the TTP
+/// decides once, and every finished gift ended delivered on both cards or
+/// refunded on both, never both and never neither.
+#[test]
+fn gifts_are_safe_with_duplication_and_crashes() {
+    let n = check(Cfg {
+        net: Net::Duplicating,
+        key: DecisionKey::ExchangeHash,
+        forgetful: false,
+        cap: Cap::Off,
+        gift: true,
+    });
+    assert_eq!(n, 5382);
+}
+
+#[test]
+fn gifts_are_safe_with_loss_and_crashes() {
+    let n = check(Cfg {
+        net: Net::Lossy,
+        key: DecisionKey::ExchangeHash,
+        forgetful: false,
+        cap: Cap::Off,
+        gift: true,
+    });
+    assert_eq!(n, 37680);
 }

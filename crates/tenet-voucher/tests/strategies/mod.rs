@@ -55,7 +55,7 @@ pub fn offer() -> BoxedStrategy<Offer> {
         entity(),
         entity(),
         amount(1),
-        amount(1),
+        proptest::option::of(amount(1)),
         any::<[u8; 16]>(),
         proptest::option::of(any::<u64>()),
     )
