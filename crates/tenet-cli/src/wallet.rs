@@ -332,7 +332,7 @@ pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode
                 .want
                 .as_ref()
                 .map_or("nothing".into(), ToString::to_string);
-            println!("accepted {} for {want}", o.give);
+            println!("accepted: this card gets {} and gives {want}", o.give);
         }
         WalletCmd::Reject { offer } => {
             let o = tenet_voucher::msg::Offer::decode(&unhex(&offer)?).context("not an offer")?;

@@ -921,7 +921,11 @@ fn a_gift_from_the_command_line_moves_vouchers_one_way() {
         rest[0].starts_with("gift from") && rest[0].contains("coffee"),
         "{rest:?}"
     );
-    assert_eq!(rest.len(), 2, "seen, not accepted: {rest:?}");
+    assert_eq!(rest.len(), 3, "seen, not accepted: {rest:?}");
+    assert_eq!(
+        rest[2],
+        "  not taken: a gift (--accept-transfers takes gifts)"
+    );
     let (mut offers, lines, b_wallet) = bob_takes_offers(&p, &["--accept-transfers", "-c", "1"]);
     give(&b_wallet);
     let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();

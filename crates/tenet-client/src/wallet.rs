@@ -154,7 +154,10 @@ pub async fn take_offers(
         let how = match policy {
             _ if o.offer.is_gift() => match gifts {
                 true => "accepted (gift)",
-                false => continue,
+                false => {
+                    writeln!(out, "  not taken: a gift (--accept-transfers takes gifts)")?;
+                    continue;
+                }
             },
             Some(p) if !p.allows(&o.offer) => {
                 writeln!(out, "  declined: outside the policy")?;

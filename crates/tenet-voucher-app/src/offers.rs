@@ -238,4 +238,40 @@ mod tests {
             Verdict::Drop(_)
         ));
     }
+
+    /// A gift (nothing wanted back) addressed to the card is never inside
+    /// a merchant's policy: dropped, however much it gives; without a
+    /// policy it goes to the acceptor like any offer.
+    #[test]
+    fn a_policy_drops_gifts_to_the_card() {
+        let gift = |give| {
+            let o = Offer {
+                initiator: id(1, 0),
+                responder: id(2, 0),
+                give: amount(1, "coffee", give),
+                want: None,
+                n1: [8; 16],
+                expires: None,
+            };
+            Message::new(id(1, 0), id(2, 0), OFFER, o.to_bytes())
+        };
+        let policy: Policy = format!(
+            "GIVE>=2:{}:coffee,WANT<=1:{}:ticket",
+            Domain::new([1; 12]),
+            Domain::new([2; 12])
+        )
+        .parse()
+        .unwrap();
+        let mut g = OfferGuard::new(Some(policy));
+        assert!(
+            matches!(inspect(&mut g, Ingress::Remote, &gift(5)), Verdict::Drop(r) if r.contains("outside the policy"))
+        );
+        let mut g = OfferGuard::new(None);
+        let (i, m) = acceptor_set(Ingress::Card, id(2, 0), id(2, 7));
+        inspect(&mut g, i, &m);
+        assert!(matches!(
+            inspect(&mut g, Ingress::Remote, &gift(5)),
+            Verdict::Redirect { to, .. } if to == id(2, 7)
+        ));
+    }
 }

@@ -879,18 +879,21 @@ fn an_offer_expires_on_the_cards_clocks() {
 }
 
 /// Through the real applet: a lost confirmation leaves both cards
-/// pending, and nobody orders recovery; the clock's ticks do it. The
-/// first tick starts each card's timer (60 s, the default at
-/// personalization), and the tick after it makes each card ask the TTP.
+/// pending, and nobody orders recovery; the clock's ticks do it. Each
+/// card's timer (60 s, the default at personalization) starts when its
+/// side becomes pending, and the first tick after it makes the card ask
+/// the TTP.
 #[test]
 fn a_lost_confirmation_is_recovered_by_the_cards_ticks() {
     let mut w = World::new();
-    w.start_and_accept();
-    w.lose_confirmation();
     let t0 = now();
     for card in [A, B] {
-        assert!(w.tell_time(card, t0).is_empty(), "the timer only starts");
-        assert!(w.tell_time(card, t0 + 59).is_empty());
+        assert!(w.tell_time(card, t0).is_empty());
+    }
+    w.start_and_accept();
+    w.lose_confirmation();
+    for card in [A, B] {
+        assert!(w.tell_time(card, t0 + 59).is_empty(), "not yet");
     }
     assert!(w.decisions.decided.is_empty());
     // B's timeout passes first: it aborts; A's own request then gets the

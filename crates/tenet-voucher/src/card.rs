@@ -208,8 +208,8 @@ pub struct Exchange {
     /// Where it stands.
     pub phase: Phase,
     /// The card time at which this card asks the TTP by itself, if the
-    /// exchange is still pending then ([`VoucherCard::tick`]); set by the
-    /// first tick that finds it pending.
+    /// exchange is still pending then ([`VoucherCard::tick`]); set when it
+    /// becomes pending (by the first tick, for a record stored without).
     pub due: Option<u64>,
     /// How often this card asked the TTP by itself (the backoff).
     pub asks: u8,
@@ -368,8 +368,9 @@ impl VoucherCard {
     /// exchange pending for [`VoucherCard::recover_after`] seconds is
     /// recovered as if a wallet had ordered it (resolve as initiator, abort
     /// as responder), and asked again with [`backoff`] until the TTP's
-    /// admission finishes it. A pending exchange is timed from the first
-    /// tick that sees it. Returns the requests (and progress reports) to
+    /// admission finishes it. A pending exchange is timed from when it
+    /// became pending (a record stored without a timer: from the first
+    /// tick that sees it). Returns the requests (and progress reports) to
     /// send; the caller stores the state with them.
     ///
     /// Offers that expired by `now` are forgotten first: nothing was
@@ -403,6 +404,13 @@ impl VoucherCard {
             }
         }
         outs
+    }
+
+    /// When a run that becomes pending at `now` is first asked about: set
+    /// with the record itself, so that a tick never has to grow the state
+    /// (a full store would otherwise stop every tick's requests).
+    fn first_due(&self, now: u64) -> Option<u64> {
+        (self.recover_after > 0).then(|| now.saturating_add(self.recover_after.into()))
     }
 
     /// Handles one eTP message addressed to the card (privilege was checked
@@ -658,6 +666,7 @@ impl VoucherCard {
         while self.accepted.len() > ACCEPTED_MEMORY {
             self.accepted.pop_front();
         }
+        let due = self.first_due(cx.now);
         self.exchanges.insert(
             id,
             Exchange {
@@ -666,7 +675,7 @@ impl VoucherCard {
                 agreement,
                 n2: Some(n2),
                 phase: Phase::AwaitingConfirmation,
-                due: None,
+                due,
                 asks: 0,
             },
         );
@@ -731,6 +740,7 @@ impl VoucherCard {
         let id = a.id;
         self.balances = balances;
         self.offers.remove(&n1);
+        let due = self.first_due(cx.now);
         self.exchanges.insert(
             id,
             Exchange {
@@ -739,7 +749,7 @@ impl VoucherCard {
                 agreement: a,
                 n2: None,
                 phase: Phase::AwaitingCommitment,
-                due: None,
+                due,
                 asks: 0,
             },
         );

@@ -239,11 +239,8 @@ pub fn handle_request_keyed(
         certificate: certificate.clone(),
     };
     let key = match key {
-        // Gifts keep their decisions in their own key space: no request
-        // about an exchange can read or fix a gift's, nor the reverse.
-        DecisionKey::ExchangeHash if req.offer.is_gift() => {
-            ExchangeId(crate::model::h(&[b"tenet-gift-key", &id.0]))
-        }
+        // A gift's id is n2 hashed under its own label, so gifts keep
+        // their decisions in a key space of their own already.
         DecisionKey::ExchangeHash => id,
         DecisionKey::OfferNonce => ExchangeId(crate::model::h(&[b"tenet-n1", &req.offer.n1])),
     };

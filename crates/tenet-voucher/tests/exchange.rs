@@ -1248,8 +1248,8 @@ fn a_gift_moves_the_vouchers_one_way() {
 
 /// A gift whose confirmation is lost ends delivered (the payer resolves
 /// first) or refunded (the payee aborts first), never both and never
-/// neither; the TTP keeps its decision under a key of the gifts' own
-/// space, not under the id an exchange would use.
+/// neither; the TTP keeps its decision under the gift's id, n2 hashed
+/// under the gifts' own label, never an id an exchange could have.
 #[test]
 fn a_broken_gift_ends_delivered_or_refunded() {
     for payer_first in [true, false] {
@@ -1279,7 +1279,9 @@ fn a_broken_gift_ends_delivered_or_refunded() {
         assert_eq!(w.holdings(), expected, "payer first: {payer_first}");
         assert!(w.a.pending().next().is_none() && w.b.pending().next().is_none());
         assert_eq!(w.ttp.decided.len(), 1);
-        assert!(!w.ttp.decided.contains_key(&id), "the gifts' own key space");
+        let n2 = w.b.exchanges[&id].n2.unwrap();
+        assert!(w.ttp.decided.contains_key(&ExchangeId::of_gift_n2(&n2)));
+        assert_ne!(id, ExchangeId::of_n2(&n2), "the gifts' own key space");
     }
 }
 
