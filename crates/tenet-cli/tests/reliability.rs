@@ -3,8 +3,8 @@
 //! as `tenet` processes. For each step of the exchange the harness stops the
 //! run there, kills one process (SIGKILL) and restarts it, or cuts the TLS
 //! links (a loopback TCP relay on every link) or restarts nats-server.
-//! After the fault nobody orders recovery: the cards (recovery timeout 1 s,
-//! `tenet card new --recover-after 1`, their hosts ticking their clocks
+//! After the fault nobody orders recovery: the cards (recovery timeout 3 s,
+//! `tenet card new --recover-after 3`, their hosts ticking their clocks
 //! every second, `[card] clock_secs = 1`) ask the TTP by themselves. Every
 //! scenario must end final, fair and with vouchers conserved within
 //! `RECOVERY_LIMIT`; the harness prints a table of the runs
@@ -51,9 +51,12 @@ const WANT: i64 = 1;
 const RECOVER_AFTER: &str = "0.3";
 /// How long a link cut or a NATS outage lasts.
 const OUTAGE: Duration = Duration::from_millis(1000);
-/// A scenario not final by then did not recover (the cards ask after 1 s
-/// pending, then after 2, 4 and 8 more if unanswered).
-const RECOVERY_LIMIT: Duration = Duration::from_secs(20);
+/// The cards' recovery timeout: long enough for the harness to see a run
+/// stopped at its step before a card recovers it by itself.
+const RECOVER_TIMEOUT: &str = "3";
+/// A scenario not final by then did not recover (the cards ask after 3 s
+/// pending, then after 6 and 12 more if unanswered).
+const RECOVERY_LIMIT: Duration = Duration::from_secs(30);
 const WAIT: Duration = Duration::from_secs(15);
 /// How long the cards must stay unchanged, links up, to count as final.
 const SETTLE: Duration = Duration::from_millis(300);
@@ -592,7 +595,7 @@ impl World {
                 "--ttp-cert",
                 ca.join("ttp-entity.pem").to_str().unwrap(),
                 "--recover-after",
-                "1",
+                RECOVER_TIMEOUT,
             ]);
         }
         for (name, doms) in [
