@@ -403,12 +403,21 @@ fn bob_takes_offers(
 }
 
 fn offer_until_sent(p: &Pair, b_wallet: &str, give: &str, want: &str) {
+    let args = [
+        "offer", "--to", &p.card_b, "--wallet", b_wallet, "--give", give, "--want", want,
+    ];
+    alice_until_sent(p, &args);
+}
+
+/// Alice's `tenet wallet ARGS`, again until it succeeds (Bob's wallet may
+/// not be registered yet), for at most 15 s.
+fn alice_until_sent(p: &Pair, args: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let out = Command::new(TENET)
             .args(["--socket", p.sock_a.to_str().unwrap(), "wallet", "--card"])
-            .args([&p.card_a, "--pin", "1234", "offer", "--to", &p.card_b])
-            .args(["--wallet", b_wallet, "--give", give, "--want", want])
+            .args([&p.card_a, "--pin", "1234"])
+            .args(args)
             .output()
             .unwrap();
         if out.status.success() {
@@ -888,30 +897,12 @@ fn a_gift_from_the_command_line_moves_vouchers_one_way() {
     let p = pair();
     let ca_dom = p.ca_dom;
     wallet(&p.sock_a, &p.card_a, &["mint", "5:coffee"]);
+    let amount = format!("2:{ca_dom}:coffee");
     let give = |b_wallet: &str| {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let out = Command::new(TENET)
-                .args(["--socket", p.sock_a.to_str().unwrap(), "wallet", "--card"])
-                .args([&p.card_a, "--pin", "1234", "transfer", "--to", &p.card_b])
-                .args([
-                    "--wallet",
-                    b_wallet,
-                    "--amount",
-                    &format!("2:{ca_dom}:coffee"),
-                ])
-                .output()
-                .unwrap();
-            if out.status.success() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let args = [
+            "transfer", "--to", &p.card_b, "--wallet", b_wallet, "--amount", &amount,
+        ];
+        alice_until_sent(&p, &args);
     };
     let (mut offers, lines, b_wallet) = bob_takes_offers(&p, &["--accept", "-c", "1"]);
     give(&b_wallet);
