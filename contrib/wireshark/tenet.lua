@@ -50,6 +50,11 @@ local mtype_names = {
     [0x0212] = "withdraw",
     [0x0213] = "present",
     [0x0214] = "presentation",
+    [0x0215] = "delegate",
+    [0x0216] = "delegation",
+    [0x0217] = "install-delegation",
+    [0x0218] = "log-request",
+    [0x0219] = "log",
 }
 
 local f = tenet.fields

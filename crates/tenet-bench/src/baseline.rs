@@ -116,6 +116,7 @@ pub(crate) fn ticket(issuer: Domain, quantity: u64) -> Amount {
 /// One coffee for one ticket, offered by card `a` to card `b`.
 pub(crate) fn start_exchange(a: EntityId, b: EntityId, b_wallet: EntityId) -> StartExchange {
     StartExchange {
+        redeem: false,
         responder: b,
         peer_wallet: b_wallet,
         give: coffee(a.domain(), 1),

@@ -113,6 +113,7 @@ impl Requesters {
                     quantity: 1,
                 };
                 let offer = Offer {
+                    redeem: None,
                     initiator,
                     responder: self.responder_id,
                     give: amount(initiator.domain(), "coffee"),
@@ -122,6 +123,7 @@ impl Requesters {
                 };
                 let id = ExchangeId::of_n2(&n1);
                 let agreement = Agreement {
+                    delegation: None,
                     offer_digest: offer.digest(),
                     id,
                     signature: self

@@ -272,6 +272,7 @@ pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode
         } => {
             let (give, want) = (amount(&give, None)?, Some(amount(&want, None)?));
             let s = StartExchange {
+                redeem: false,
                 responder: to,
                 peer_wallet: wallet,
                 give,

@@ -366,6 +366,7 @@ impl Wallet {
         want: Amount,
     ) -> Result<(), WalletError> {
         let s = StartExchange {
+            redeem: false,
             responder,
             peer_wallet,
             give,
@@ -387,6 +388,7 @@ impl Wallet {
         amount: Amount,
     ) -> Result<(), WalletError> {
         self.start(StartExchange {
+            redeem: false,
             responder: payee,
             peer_wallet: payee_wallet,
             give: amount,

@@ -57,6 +57,11 @@ const REGISTRY: &[(Mtype, &str)] = &[
     (Mtype(0x0212), "withdraw"),
     (Mtype(0x0213), "present"),
     (Mtype(0x0214), "presentation"),
+    (Mtype(0x0215), "delegate"),
+    (Mtype(0x0216), "delegation"),
+    (Mtype(0x0217), "install-delegation"),
+    (Mtype(0x0218), "log-request"),
+    (Mtype(0x0219), "log"),
 ];
 
 impl Mtype {

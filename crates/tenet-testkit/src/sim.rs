@@ -692,6 +692,7 @@ impl Wallet {
         want: Amount,
     ) -> Result<(), WalletError> {
         let s = StartExchange {
+            redeem: false,
             responder,
             peer_wallet,
             give,

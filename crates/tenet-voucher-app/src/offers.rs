@@ -131,6 +131,7 @@ mod tests {
     /// ticket.
     fn offer(give: u64) -> Message {
         let o = Offer {
+            redeem: None,
             initiator: id(1, 0),
             responder: id(2, 0),
             give: amount(1, "coffee", give),
@@ -246,6 +247,7 @@ mod tests {
     fn a_policy_drops_gifts_to_the_card() {
         let gift = |give| {
             let o = Offer {
+                redeem: None,
                 initiator: id(1, 0),
                 responder: id(2, 0),
                 give: amount(1, "coffee", give),

@@ -477,6 +477,7 @@ async fn privileged_orders_from_an_unauthenticated_app_are_refused_and_change_no
     let mut mallory = app(&h).await;
     let other = dom(0xbb).owner();
     let offer = Offer {
+        redeem: None,
         initiator: other,
         responder: k.owner(),
         give: amount(dom(0xbb), "ticket", 1),
@@ -485,6 +486,7 @@ async fn privileged_orders_from_an_unauthenticated_app_are_refused_and_change_no
         expires: None,
     };
     let start = msg::StartExchange {
+        redeem: false,
         responder: other,
         peer_wallet: mallory.id(),
         give: amount(k, "coffee", 5),
@@ -760,6 +762,7 @@ async fn a_remote_peer_gains_no_privilege_on_a_local_card() {
     let r = EntityId::new(dr, Port::new(1));
     let to_card = |src, mtype, param| Message::new(src, k.owner(), mtype, param);
     let offer = Offer {
+        redeem: None,
         initiator: dr.owner(),
         responder: k.owner(),
         give: amount(dr, "ticket", 1),
@@ -768,6 +771,7 @@ async fn a_remote_peer_gains_no_privilege_on_a_local_card() {
         expires: None,
     };
     let start = msg::StartExchange {
+        redeem: false,
         responder: dr.owner(),
         peer_wallet: r,
         give: amount(k, "coffee", 5),
@@ -1073,6 +1077,7 @@ async fn a_flood_of_recovery_requests_finds_the_ttps_queue_bounded() {
             let mut n1 = [0; 16];
             n1[..4].copy_from_slice(&i.to_be_bytes());
             let offer = Offer {
+                redeem: None,
                 initiator: dr.owner(),
                 responder: dr.owner(),
                 give: amount(dr, "ticket", 1),
@@ -1083,6 +1088,7 @@ async fn a_flood_of_recovery_requests_finds_the_ttps_queue_bounded() {
             let req = RecoveryRequest {
                 kind: Kind::Resolve,
                 agreement: Agreement {
+                    delegation: None,
                     offer_digest: offer.digest(),
                     id: ExchangeId(offer.digest()),
                     signature: vec![0x30, 0x44, 2, 0x20, 1],

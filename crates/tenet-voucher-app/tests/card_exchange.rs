@@ -254,6 +254,7 @@ impl World {
     /// offer that reached P_B (the latest one).
     fn order_offer(&mut self) -> Message {
         let s = StartExchange {
+            redeem: false,
             responder: dom(B).owner(),
             peer_wallet: wallet(B),
             give: coffee(2),
@@ -412,6 +413,7 @@ fn a_forged_agreement_is_refused() {
     let offer = msg::Offer::decode(&w.order_offer().param).unwrap();
     // An agreement for the open offer, signed by nobody's real key.
     let fake = msg::Agreement {
+        delegation: None,
         offer_digest: offer.digest(),
         id: msg::ExchangeId([9; 32]),
         signature: vec![0x30, 0x06, 2, 1, 1, 2, 1, 1],
@@ -444,6 +446,7 @@ fn an_agreement_certified_by_another_ca_is_refused() {
     let id = msg::ExchangeId([3; 32]);
     let digest = offer.digest();
     let agreement = msg::Agreement {
+        delegation: None,
         offer_digest: digest,
         id,
         signature: fake.sign(&msg::Agreement::signed_bytes(&digest, &id)),
@@ -491,6 +494,7 @@ fn a_remembered_certificate_does_not_vouch_for_a_forged_signature() {
     // signature is still refused.
     let offer = msg::Offer::decode(&w.order_offer().param).unwrap();
     let fake = msg::Agreement {
+        delegation: None,
         offer_digest: offer.digest(),
         id: msg::ExchangeId([9; 32]),
         signature: vec![0x30, 0x06, 2, 1, 1, 2, 1, 1],
@@ -534,6 +538,7 @@ fn queries_answer_from_the_state_and_store_nothing() {
     // An offer addressed to the card with no acceptor registered: refused,
     // and nothing stored either.
     let to_a = msg::Offer {
+        redeem: None,
         initiator: dom(B).owner(),
         responder: dom(A).owner(),
         give: ticket(1),
@@ -665,6 +670,7 @@ fn a_card_whose_own_certificate_expired_starts_no_exchange() {
         dom(A).owner(),
         msg::START_EXCHANGE,
         StartExchange {
+            redeem: false,
             responder: dom(B).owner(),
             peer_wallet: wallet(B),
             give: coffee(2),
@@ -715,6 +721,7 @@ fn a_renewed_certificate_for_the_same_key_lets_the_card_exchange_again() {
         dom(A).owner(),
         msg::START_EXCHANGE,
         StartExchange {
+            redeem: false,
             responder: dom(B).owner(),
             peer_wallet: wallet(B),
             give: coffee(2),
@@ -762,6 +769,7 @@ fn the_ttp_finishes_an_exchange_whose_party_certificate_expired_since() {
     let mut ttp = keys("ttp", ttp_id, life(-(DAY as i64), DAY as i64));
     let b_id = dom(B).owner();
     let offer = Offer {
+        redeem: None,
         initiator: dom(A).owner(),
         responder: b_id,
         give: coffee(1),
@@ -773,6 +781,7 @@ fn the_ttp_finishes_an_exchange_whose_party_certificate_expired_since() {
         let id = ExchangeId::of_n2(&[2; 16]);
         let digest = offer.digest();
         let agreement = Agreement {
+            delegation: None,
             offer_digest: digest,
             id,
             signature: b.sign(&Agreement::signed_bytes(&digest, &id)),
@@ -831,6 +840,7 @@ fn an_offer_expires_on_the_cards_clocks() {
     assert!(w.tell_time(A, t0).is_empty());
     assert!(w.tell_time(B, t0).is_empty());
     let s = StartExchange {
+        redeem: false,
         responder: dom(B).owner(),
         peer_wallet: wallet(B),
         give: coffee(2),

@@ -186,6 +186,7 @@ impl Fixture {
         let mint = Message::new(wallet, id, vcard::MINT, coffee(domain, 1000).to_bytes());
         assert!(deliver(&mut card, &mint).is_empty(), "mint answered");
         let start = StartExchange {
+            redeem: false,
             responder: peer,
             peer_wallet: EntityId::new(peer.domain(), Port::new(5)),
             give: coffee(domain, 10),
@@ -201,12 +202,14 @@ impl Fixture {
         let n2 = [0x42; 16];
         let xid = ExchangeId::of_n2(&n2);
         let agreement = Agreement {
+            delegation: None,
             offer_digest: open_offer.digest(),
             id: xid,
             signature: peer_crypto.sign(&Agreement::signed_bytes(&open_offer.digest(), &xid)),
             certificate: peer_crypto.certificate(),
         };
         let incoming = Offer {
+            redeem: None,
             initiator: peer,
             responder: id,
             give: ticket(peer.domain(), 1),
@@ -273,6 +276,7 @@ impl Fixture {
                 wallet,
                 msg::START_EXCHANGE,
                 StartExchange {
+                    redeem: false,
                     responder: peer,
                     peer_wallet: peer,
                     give: coffee(domain, 1),

@@ -83,6 +83,7 @@ fn request(
 ) -> Vec<u8> {
     let id = ExchangeId::of_n2(&[n2; 16]);
     let agreement = Agreement {
+        delegation: None,
         offer_digest: offer.digest(),
         id,
         signature: r.sign(&Agreement::signed_bytes(&offer.digest(), &id)),
@@ -107,6 +108,7 @@ fn offer(initiator: EntityId, responder: EntityId, n1: u8) -> Offer {
         quantity: 1,
     };
     Offer {
+        redeem: None,
         initiator,
         responder,
         give: amount(initiator.domain(), "coffee"),

@@ -20,10 +20,14 @@ use crate::msg::{
     StartExchange,
 };
 use crate::present::{PRESENT, PRESENTATION, PresentOrder, Presentation};
+use crate::redeem::{
+    DELEGATE, DELEGATION, DelegateOrder, Delegation, INSTALL_DELEGATION, MAX_DELEGATIONS, Proof,
+    Receipt,
+};
 
 pub use crate::mtype::{
-    ACCEPTOR_SET, BALANCE_REQUEST, BALANCES, EXCHANGES, EXCHANGES_REQUEST, MINT, PROGRESS,
-    SET_ACCEPTOR, WITHDRAW,
+    ACCEPTOR_SET, BALANCE_REQUEST, BALANCES, EXCHANGES, EXCHANGES_REQUEST, LOG, LOG_REQUEST, MINT,
+    PROGRESS, SET_ACCEPTOR, WITHDRAW,
 };
 
 /// One exchange as a wallet sees it.
@@ -213,6 +217,11 @@ pub struct Exchange {
     pub due: Option<u64>,
     /// How often this card asked the TTP by itself (the backoff).
     pub asks: u8,
+    /// The TTP's resolve admission, kept by the holder's card of a
+    /// redemption the TTP resolved: the proof in its receipt.
+    pub admission: Option<Admission>,
+    /// Its place in the card's log, given when it finished.
+    pub seq: Option<u64>,
 }
 
 impl Exchange {
@@ -224,12 +233,32 @@ impl Exchange {
         }
     }
 
-    /// What this card gets (nothing: the payer of a gift).
+    /// What this card gets (nothing: the payer of a gift, and either side
+    /// of a redemption, whose vouchers are destroyed).
     pub fn gets(&self) -> Option<&Amount> {
         match self.role {
             Role::Initiator => self.offer.want.as_ref(),
+            Role::Responder if self.offer.is_redemption() => None,
             Role::Responder => Some(&self.offer.give),
         }
+    }
+
+    /// The receipt of a redemption this card made as holder, once the run
+    /// completed (committed, or resolved by the TTP).
+    pub fn receipt(&self) -> Option<Receipt> {
+        if self.role != Role::Initiator || !self.offer.is_redemption() {
+            return None;
+        }
+        let proof = match (self.phase, self.n2, &self.admission) {
+            (Phase::Committed, Some(n2), _) => Proof::Commitment(n2),
+            (Phase::Resolved, _, Some(a)) => Proof::Admission(a.clone()),
+            _ => return None,
+        };
+        Some(Receipt {
+            offer: self.offer.clone(),
+            agreement: self.agreement.clone(),
+            proof,
+        })
     }
 
     /// The other card.
@@ -321,6 +350,10 @@ pub struct VoucherCard {
     /// asks the TTP by itself (resolve as initiator, abort as responder),
     /// chosen at personalization; 0: only when a wallet orders it.
     pub recover_after: u32,
+    /// Delegations this card holds as redeemer, by class.
+    pub delegations: BTreeMap<VoucherClass, Delegation>,
+    /// The sequence number the next finished run gets in the log.
+    pub next_seq: u64,
 }
 
 impl VoucherCard {
@@ -437,6 +470,8 @@ impl VoucherCard {
             msg::COMMITMENT => self.commitment(cx, src, Commitment::decode(param).map_err(bad)?),
             msg::RECOVER => self.recover(cx, ExchangeId::decode(param).map_err(bad)?),
             PRESENT => self.present(cx, PresentOrder::decode(param).map_err(bad)?),
+            DELEGATE => Self::delegate(cx, src, DelegateOrder::decode(param).map_err(bad)?),
+            INSTALL_DELEGATION => self.install(cx, Delegation::decode(param).map_err(bad)?),
             WITHDRAW => {
                 let to = match param {
                     [] => None,
@@ -527,8 +562,100 @@ impl VoucherCard {
                 mtype: BALANCES,
                 param: encode_balances(&self.balances),
             }]),
+            LOG_REQUEST => {
+                let since = match LogRequest::decode(param) {
+                    Ok(r) => r.since,
+                    Err(e) => return Some(Err(bad(e))),
+                };
+                Ok(vec![Out {
+                    dst: src,
+                    mtype: LOG,
+                    param: self.log(since).to_bytes(),
+                }])
+            }
             _ => return None,
         })
+    }
+
+    /// The finished runs this card still holds with a sequence number of
+    /// `since` or more, oldest first.
+    pub fn log(&self, since: u64) -> Log {
+        let mut entries: Vec<LogEntry> = self
+            .exchanges
+            .iter()
+            .filter_map(|(id, e)| {
+                let seq = e.seq.filter(|s| *s >= since)?;
+                Some(LogEntry {
+                    seq,
+                    summary: ExchangeSummary {
+                        id: *id,
+                        role: e.role,
+                        phase: e.phase,
+                        offer: e.offer.clone(),
+                    },
+                    receipt: e.receipt(),
+                })
+            })
+            .collect();
+        entries.sort_by_key(|e| e.seq);
+        let first = self
+            .exchanges
+            .values()
+            .filter_map(|e| e.seq)
+            .min()
+            .unwrap_or(self.next_seq);
+        Log {
+            first,
+            next: self.next_seq,
+            entries,
+        }
+    }
+
+    /// Signs, as the issuer's card, a delegation for the ordering wallet.
+    fn delegate(cx: &mut Ctx<'_>, src: EntityId, o: DelegateOrder) -> Result<Vec<Out>, Refusal> {
+        if o.class.issuer != cx.me.domain() {
+            return refuse(format!(
+                "this card delegates only its own domain's classes ({}), not {}",
+                cx.me.domain(),
+                o.class
+            ));
+        }
+        if o.redeemer == cx.me || !o.redeemer.is_owner() {
+            return refuse("the redeemer must be another card");
+        }
+        if o.until <= cx.now {
+            return refuse("the delegation would end before it starts");
+        }
+        let mut d = Delegation {
+            issuer: cx.me,
+            redeemer: o.redeemer,
+            class: o.class,
+            until: o.until,
+            signature: Vec::new(),
+            certificate: cx.crypto.certificate(),
+        };
+        d.signature = cx.crypto.sign(&d.signed_bytes());
+        Ok(vec![Out {
+            dst: src,
+            mtype: DELEGATION,
+            param: d.to_bytes(),
+        }])
+    }
+
+    /// Installs a delegation naming this card, checked as a holder's card
+    /// checks it; it replaces one for the same class. Expired ones go first.
+    fn install(&mut self, cx: &mut Ctx<'_>, d: Delegation) -> Result<Vec<Out>, Refusal> {
+        let check = |s: EntityId, c: &[u8], m: &[u8], g: &[u8]| cx.crypto.verify(s, c, m, g);
+        d.check(&check, cx.me, &d.class, Some(cx.now))
+            .map_err(|e| Refusal(format!("delegation refused: {e}")))?;
+        self.delegations.retain(|_, x| x.until > cx.now);
+        if !self.delegations.contains_key(&d.class) && self.delegations.len() >= MAX_DELEGATIONS {
+            return refuse(format!(
+                "this card holds {MAX_DELEGATIONS} delegations already"
+            ));
+        }
+        self.delegations.insert(d.class.clone(), d);
+        Ok(Vec::new())
     }
 
     fn progress(cx: &Ctx<'_>, id: &ExchangeId, phase: Phase) -> Vec<Out> {
@@ -564,6 +691,9 @@ impl VoucherCard {
         if s.responder == cx.me {
             return refuse("an exchange needs another card");
         }
+        if s.redeem && s.want.is_some() {
+            return refuse("a redemption wants nothing back");
+        }
         let held = self.balances.of(&s.give.class);
         if held < s.give.quantity {
             return refuse(format!(
@@ -585,6 +715,7 @@ impl VoucherCard {
             want: s.want,
             n1,
             expires: s.expires_in.map(|t| cx.now.saturating_add(t.into())),
+            redeem: s.redeem.then_some(cx.ttp),
         };
         let out = Out {
             dst: s.peer_wallet,
@@ -637,11 +768,36 @@ impl VoucherCard {
         if self.accepted.contains(&digest) {
             return refuse("this offer was already accepted (replay)");
         }
+        // A redemption: this card must be the issuer's or hold its
+        // delegation, and use the TTP the holder's card names.
+        let delegation = match offer.redeem {
+            None => None,
+            Some(t) if t != cx.ttp => {
+                return refuse(format!(
+                    "the redemption names TTP {t}; this card uses {}",
+                    cx.ttp
+                ));
+            }
+            Some(_) if offer.give.class.issuer == cx.me.domain() => None,
+            Some(_) => match self.delegations.get(&offer.give.class) {
+                Some(d) if cx.now < d.until => Some(d.clone()),
+                Some(_) => return refuse("this card's delegation for the class expired"),
+                None => {
+                    return refuse(format!(
+                        "this card redeems only its own class or a delegated one, not {}",
+                        offer.give.class
+                    ));
+                }
+            },
+        };
         // From here `v2` is deleted and either `v1` (committed or resolved)
         // or `v2` back (aborted) will be credited: refuse now, before
         // deleting anything, an exchange whose outcome could not be applied.
-        // `v2`'s refund only restores what is held now.
-        self.reserve(&offer.give, "offer refused")?;
+        // `v2`'s refund only restores what is held now. A redemption
+        // credits nothing here.
+        if !offer.is_redemption() {
+            self.reserve(&offer.give, "offer refused")?;
+        }
         // A gift's payee deletes nothing.
         let mut balances = self.balances.clone();
         if let Some(want) = &offer.want {
@@ -655,6 +811,7 @@ impl VoucherCard {
             id,
             signature: cx.crypto.sign(&Agreement::signed_bytes(&digest, &id)),
             certificate: cx.crypto.certificate(),
+            delegation,
         };
         let out = Out {
             dst: offer.initiator,
@@ -677,6 +834,8 @@ impl VoucherCard {
                 phase: Phase::AwaitingConfirmation,
                 due,
                 asks: 0,
+                admission: None,
+                seq: None,
             },
         );
         self.trim();
@@ -720,6 +879,12 @@ impl VoucherCard {
                 &a.signature,
             )
             .map_err(|e| Refusal(format!("agreement: {e}")))?;
+        // A redemption gives only to the issuer's card or its delegate.
+        if offer.is_redemption() {
+            let check = |s: EntityId, c: &[u8], m: &[u8], g: &[u8]| cx.crypto.verify(s, c, m, g);
+            crate::redeem::entitled(&check, &offer, a.delegation.as_ref(), Some(cx.now))
+                .map_err(|e| Refusal(format!("redemption refused: {e}")))?;
+        }
         if self.exchanges.contains_key(&a.id) {
             return refuse("exchange id already in use");
         }
@@ -751,6 +916,8 @@ impl VoucherCard {
                 phase: Phase::AwaitingCommitment,
                 due,
                 asks: 0,
+                admission: None,
+                seq: None,
             },
         );
         self.trim();
@@ -795,10 +962,11 @@ impl VoucherCard {
             // Once abort was asked for, only the TTP decides.
             other => return refuse(format!("exchange is {other:?}; the TTP decides")),
         }
+        // A redemption's vouchers are destroyed: nothing is credited.
         let mut balances = self.balances.clone();
-        balances
-            .credit(&e.offer.give)
-            .map_err(|err| Refusal(err.to_string()))?;
+        if let Some(g) = e.gets() {
+            balances.credit(g).map_err(|err| Refusal(err.to_string()))?;
+        }
         self.balances = balances;
         self.exchanges.get_mut(&c.id).expect("present").phase = Phase::Committed;
         self.trim();
@@ -814,14 +982,19 @@ impl VoucherCard {
         src: EntityId,
         m: Commitment,
     ) -> Result<Vec<Out>, Refusal> {
-        // An exchange's id or a gift's, whichever this card has.
-        let id = [ExchangeId::of_n2(&m.n2), ExchangeId::of_gift_n2(&m.n2)]
-            .into_iter()
-            .find(|id| {
-                self.exchanges
-                    .get(id)
-                    .is_some_and(|e| ExchangeId::for_offer(&e.offer, &m.n2) == *id)
-            });
+        // An exchange's id, a gift's or a redemption's, whichever this card
+        // has.
+        let id = [
+            ExchangeId::of_n2(&m.n2),
+            ExchangeId::of_gift_n2(&m.n2),
+            ExchangeId::of_redeem_n2(&m.n2),
+        ]
+        .into_iter()
+        .find(|id| {
+            self.exchanges
+                .get(id)
+                .is_some_and(|e| ExchangeId::for_offer(&e.offer, &m.n2) == *id)
+        });
         let Some((id, e)) = id.and_then(|id| self.exchanges.get(&id).map(|e| (id, e))) else {
             return refuse("no exchange for this commitment");
         };
@@ -921,9 +1094,14 @@ impl VoucherCard {
         if let Some(c) = &credit {
             balances.credit(c).map_err(|err| Refusal(err.to_string()))?;
         }
-        let _ = role;
         self.balances = balances;
-        self.exchanges.get_mut(&a.id).expect("present").phase = phase;
+        let e = self.exchanges.get_mut(&a.id).expect("present");
+        e.phase = phase;
+        // The holder of a resolved redemption keeps the admission: its
+        // receipt's proof.
+        if role == Role::Initiator && phase == Phase::Resolved && e.offer.is_redemption() {
+            e.admission = Some(a.clone());
+        }
         self.trim();
         Ok(Self::progress(cx, &a.id, phase))
     }
@@ -934,12 +1112,21 @@ impl VoucherCard {
         let Self {
             exchanges,
             finished,
+            next_seq,
             ..
         } = self;
         for (id, e) in exchanges.iter_mut() {
             if e.phase.is_final() {
-                e.agreement.signature.clear();
-                e.agreement.certificate.clear();
+                // A receipt needs its agreement whole.
+                if e.receipt().is_none() {
+                    e.agreement.signature.clear();
+                    e.agreement.certificate.clear();
+                    e.agreement.delegation = None;
+                }
+                if e.seq.is_none() {
+                    e.seq = Some(*next_seq);
+                    *next_seq += 1;
+                }
                 e.due = None;
                 e.asks = 0;
                 if !finished.contains(id) {
@@ -956,6 +1143,88 @@ impl VoucherCard {
     }
 }
 
+/// The wallet's question to its card's log ([`LOG_REQUEST`]): the finished
+/// runs numbered `since` or later.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct LogRequest {
+    /// The first sequence number wanted.
+    pub since: u64,
+}
+
+impl Codec for LogRequest {
+    fn encode(&self, out: &mut Vec<u8>) {
+        tlv::write(out, Tag(0x80), &self.since.to_be_bytes());
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let f = Fields::parse(r.rest())?;
+        f.only(&[Tag(0x80)], "log request")?;
+        Ok(Self {
+            since: u64::from_be_bytes(f.require_array(Tag(0x80), "since")?),
+        })
+    }
+}
+
+/// One finished run in the card's log.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct LogEntry {
+    /// Its sequence number: runs are numbered as they finish.
+    pub seq: u64,
+    /// The run.
+    pub summary: ExchangeSummary,
+    /// Its receipt, for a redemption this card made as holder.
+    pub receipt: Option<Receipt>,
+}
+
+/// The card's answer to [`LOG_REQUEST`] ([`LOG`]).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Log {
+    /// The oldest sequence number the card still holds (`next` if none):
+    /// runs numbered from the request's `since` up to this one are lost
+    /// to the asker (the card's log wrapped).
+    pub first: u64,
+    /// The number the next finished run gets.
+    pub next: u64,
+    /// The runs asked for, oldest first.
+    pub entries: Vec<LogEntry>,
+}
+
+impl Codec for Log {
+    fn encode(&self, out: &mut Vec<u8>) {
+        tlv::write(out, Tag(0x80), &self.first.to_be_bytes());
+        tlv::write(out, Tag(0x81), &self.next.to_be_bytes());
+        tlv::write_with(out, Tag(0xa2), |out| {
+            list(out, self.entries.iter(), |out, e| {
+                tlv::write(out, Tag(0x80), &e.seq.to_be_bytes());
+                tlv::write_codec(out, Tag(0xa1), &e.summary);
+                if let Some(r) = &e.receipt {
+                    tlv::write_codec(out, Tag(0xa2), r);
+                }
+            })
+        });
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let f = Fields::parse(r.rest())?;
+        f.only(&[Tag(0x80), Tag(0x81), Tag(0xa2)], "log")?;
+        let mut entries = Vec::new();
+        for item in tlv::parse_all(f.require(Tag(0xa2), "log entries")?)? {
+            let g = Fields::parse(item.value)?;
+            g.only(&[Tag(0x80), Tag(0xa1), Tag(0xa2)], "log entry")?;
+            entries.push(LogEntry {
+                seq: u64::from_be_bytes(g.require_array(Tag(0x80), "sequence number")?),
+                summary: ExchangeSummary::decode(g.require(Tag(0xa1), "run")?)?,
+                receipt: g.get(Tag(0xa2)).map(Receipt::decode).transpose()?,
+            });
+        }
+        Ok(Self {
+            first: u64::from_be_bytes(f.require_array(Tag(0x80), "first")?),
+            next: u64::from_be_bytes(f.require_array(Tag(0x81), "next")?),
+            entries,
+        })
+    }
+}
+
 const T_BAL: Tag = Tag(0xa0);
 const T_OFFERS: Tag = Tag(0xa1);
 const T_EX: Tag = Tag(0xa2);
@@ -965,6 +1234,8 @@ const T_ACCEPTOR: Tag = Tag(0x85);
 const T_TTP_CERT: Tag = Tag(0x86);
 const T_FINISHED: Tag = Tag(0x87);
 const T_RECOVER_AFTER: Tag = Tag(0x88);
+const T_DELEGATIONS: Tag = Tag(0xa9);
+const T_NEXT_SEQ: Tag = Tag(0x8a);
 
 /// Appends each item as a constructed SEQUENCE that `write` fills in place.
 fn list<T>(out: &mut Vec<u8>, items: impl Iterator<Item = T>, write: impl Fn(&mut Vec<u8>, T)) {
@@ -1010,6 +1281,12 @@ impl Codec for VoucherCard {
                     v.push(e.asks);
                     tlv::write(b, Tag(0x84), &v);
                 }
+                if let Some(seq) = e.seq {
+                    tlv::write(b, Tag(0x85), &seq.to_be_bytes());
+                }
+                if let Some(a) = &e.admission {
+                    tlv::write_codec(b, Tag(0xa6), a);
+                }
             })
         });
         tlv::write_with(out, T_SEEN, |out| {
@@ -1034,6 +1311,14 @@ impl Codec for VoucherCard {
             });
         }
         tlv::write(out, T_RECOVER_AFTER, &self.recover_after.to_be_bytes());
+        if !self.delegations.is_empty() {
+            tlv::write_with(out, T_DELEGATIONS, |out| {
+                list(out, self.delegations.values(), |out, d| d.encode(out))
+            });
+        }
+        if self.next_seq > 0 {
+            tlv::write(out, T_NEXT_SEQ, &self.next_seq.to_be_bytes());
+        }
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -1049,6 +1334,8 @@ impl Codec for VoucherCard {
                 T_TTP_CERT,
                 T_FINISHED,
                 T_RECOVER_AFTER,
+                T_DELEGATIONS,
+                T_NEXT_SEQ,
             ],
             "voucher state",
         )?;
@@ -1072,8 +1359,17 @@ impl Codec for VoucherCard {
                 .map(|_| f.require_array(T_RECOVER_AFTER, "recovery timeout"))
                 .transpose()?
                 .map_or(DEFAULT_RECOVER_AFTER, u32::from_be_bytes),
+            next_seq: f
+                .get(T_NEXT_SEQ)
+                .map(|_| f.require_array(T_NEXT_SEQ, "next sequence number"))
+                .transpose()?
+                .map_or(0, u64::from_be_bytes),
             ..VoucherCard::default()
         };
+        for item in tlv::parse_all(f.get(T_DELEGATIONS).unwrap_or_default())? {
+            let d = Delegation::decode(item.value)?;
+            s.delegations.insert(d.class.clone(), d);
+        }
         for item in tlv::parse_all(f.require(T_BAL, "balances")?)? {
             s.balances
                 .credit(&Amount::decode(item.value)?)
@@ -1104,6 +1400,12 @@ impl Codec for VoucherCard {
                     .get(Tag(0x83))
                     .map(|_| g.require_array(Tag(0x83), "n2"))
                     .transpose()?,
+                seq: g
+                    .get(Tag(0x85))
+                    .map(|_| g.require_array(Tag(0x85), "sequence number"))
+                    .transpose()?
+                    .map(u64::from_be_bytes),
+                admission: g.get(Tag(0xa6)).map(Admission::decode).transpose()?,
                 agreement,
             };
             if e.role == Role::Responder && e.n2.is_none() {

@@ -14,6 +14,8 @@
 //! - [`crypto`]: the [`Crypto`](crypto::Crypto) interface (sign, verify
 //!   with certificate, randomness) and a deterministic test stand-in.
 //! - [`card`]: what a card does with each message ([`card::VoucherCard`]).
+//! - [`present`]: showing a holding without giving it.
+//! - [`redeem`]: redeeming at the issuer for a receipt, and delegations.
 //! - [`ttp`]: the TTP's once-per-exchange decision.
 //!
 //! Exchanges are identified by `h(n2)`, never `n1` (appendix).
@@ -36,4 +38,5 @@ pub mod msg;
 pub mod mtype;
 pub mod policy;
 pub mod present;
+pub mod redeem;
 pub mod ttp;

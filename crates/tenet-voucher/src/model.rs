@@ -58,6 +58,19 @@ fn class_fields(f: &Fields<'_>) -> Result<VoucherClass, DecodeError> {
     })
 }
 
+impl Codec for VoucherClass {
+    fn encode(&self, out: &mut Vec<u8>) {
+        tlv::write(out, T_ISSUER, self.issuer.bytes());
+        tlv::write(out, T_PROMISE, self.promise.as_bytes());
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let f = Fields::parse(r.rest())?;
+        f.only(&[T_ISSUER, T_PROMISE], "voucher class")?;
+        class_fields(&f)
+    }
+}
+
 /// A quantity of one class.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct Amount {

@@ -25,6 +25,7 @@ use tenet_proto::tlv::{self, Fields, Tag};
 use tenet_proto::{EntityId, Mtype};
 
 use crate::model::{Amount, h};
+use crate::redeem::Delegation;
 
 pub use crate::mtype::{
     ACCEPT, ADMISSION, AGREEMENT, COMMITMENT, CONFIRMATION, OFFER, RECOVER, RECOVERY_REQUEST,
@@ -50,10 +51,18 @@ impl ExchangeId {
         Self(h(&[b"tenet-gift-n2", n2]))
     }
 
-    /// The id of `offer`'s run with `n2`: [`ExchangeId::of_gift_n2`] for a
-    /// gift, else [`ExchangeId::of_n2`].
+    /// A redemption's id: `n2` hashed under the redemptions' own label.
+    pub fn of_redeem_n2(n2: &[u8; 16]) -> Self {
+        Self(h(&[b"tenet-redeem-n2", n2]))
+    }
+
+    /// The id of `offer`'s run with `n2`: [`ExchangeId::of_redeem_n2`] for
+    /// a redemption, [`ExchangeId::of_gift_n2`] for a gift, else
+    /// [`ExchangeId::of_n2`].
     pub fn for_offer(offer: &Offer, n2: &[u8; 16]) -> Self {
-        if offer.is_gift() {
+        if offer.redeem.is_some() {
+            Self::of_redeem_n2(n2)
+        } else if offer.is_gift() {
             Self::of_gift_n2(n2)
         } else {
             Self::of_n2(n2)
@@ -141,6 +150,8 @@ const T_WANT: Tag = Tag(0xa1);
 const T_OFFER: Tag = Tag(0xa2);
 const T_AGREEMENT: Tag = Tag(0xa3);
 const T_EXPIRES: Tag = Tag(0x84);
+const T_REDEEM: Tag = Tag(0x85);
+const T_DELEGATION: Tag = Tag(0xa4);
 
 fn id_at(f: &Fields<'_>, t: Tag, what: &'static str) -> Result<EntityId, DecodeError> {
     Ok(EntityId::from_array(f.require_array(t, what)?))
@@ -180,6 +191,9 @@ pub struct StartExchange {
     /// Seconds of the card's time the offer stays open; `None`: until it
     /// is withdrawn.
     pub expires_in: Option<u32>,
+    /// A redemption at `responder` (the issuer's card or its delegate): the
+    /// vouchers are destroyed for a receipt; `want` must be `None`.
+    pub redeem: bool,
 }
 
 impl Codec for StartExchange {
@@ -193,12 +207,29 @@ impl Codec for StartExchange {
         if let Some(s) = self.expires_in {
             tlv::write(out, T_EXPIRES, &s.to_be_bytes());
         }
+        if self.redeem {
+            tlv::write(out, T_REDEEM, &[]);
+        }
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let f = Fields::parse(r.rest())?;
-        f.only(&[T_A, T_B, T_GIVE, T_WANT, T_EXPIRES], "start-exchange")?;
+        f.only(
+            &[T_A, T_B, T_GIVE, T_WANT, T_EXPIRES, T_REDEEM],
+            "start-exchange",
+        )?;
+        let redeem = match f.get(T_REDEEM) {
+            None => false,
+            Some([]) => true,
+            Some(_) => {
+                return Err(DecodeError::Invalid {
+                    what: "redeem flag",
+                    detail: "must be empty".into(),
+                });
+            }
+        };
         Ok(Self {
+            redeem,
             responder: id_at(&f, T_A, "responder")?,
             peer_wallet: id_at(&f, T_B, "peer wallet")?,
             give: amount_at(&f, T_GIVE, "give")?,
@@ -235,12 +266,22 @@ pub struct Offer {
     /// since the Unix epoch); `None`: never. Part of the signed digest:
     /// neither card accepts it later by its own clock.
     pub expires: Option<u64>,
+    /// A redemption ([`crate::redeem`]): the TTP both cards use, named in
+    /// the signed digest so that a receipt names the TTP whose resolve
+    /// proves it; `want` is then `None`.
+    pub redeem: Option<EntityId>,
 }
 
 impl Offer {
-    /// Whether this is a gift: nothing is wanted back.
+    /// Whether this is a gift: nothing is wanted back, nothing destroyed.
     pub fn is_gift(&self) -> bool {
-        self.want.is_none()
+        self.want.is_none() && self.redeem.is_none()
+    }
+
+    /// Whether this is a redemption: the vouchers are destroyed for a
+    /// receipt.
+    pub fn is_redemption(&self) -> bool {
+        self.redeem.is_some()
     }
 
     /// Whether the offer has expired at `now`.
@@ -268,12 +309,29 @@ impl Codec for Offer {
         if let Some(e) = self.expires {
             tlv::write(out, T_EXPIRES, &e.to_be_bytes());
         }
+        if let Some(t) = &self.redeem {
+            tlv::write(out, T_REDEEM, &t.to_array());
+        }
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let f = Fields::parse(r.rest())?;
-        f.only(&[T_A, T_B, T_GIVE, T_WANT, T_C, T_EXPIRES], "offer")?;
+        f.only(
+            &[T_A, T_B, T_GIVE, T_WANT, T_C, T_EXPIRES, T_REDEEM],
+            "offer",
+        )?;
+        let redeem = f
+            .get(T_REDEEM)
+            .map(|_| id_at(&f, T_REDEEM, "redemption's TTP"))
+            .transpose()?;
+        if redeem.is_some() && f.get(T_WANT).is_some() {
+            return Err(DecodeError::Invalid {
+                what: "offer",
+                detail: "a redemption wants nothing back".into(),
+            });
+        }
         Ok(Self {
+            redeem,
             initiator: id_at(&f, T_A, "initiator")?,
             responder: id_at(&f, T_B, "responder")?,
             give: amount_at(&f, T_GIVE, "give")?,
@@ -299,6 +357,9 @@ pub struct Agreement {
     pub signature: Vec<u8>,
     /// `S_B`'s certificate.
     pub certificate: Vec<u8>,
+    /// For a redemption at a card other than the issuer's: the issuer
+    /// card's delegation to `S_B`.
+    pub delegation: Option<Delegation>,
 }
 
 impl Agreement {
@@ -314,12 +375,16 @@ impl Codec for Agreement {
         tlv::write(out, T_B, &self.id.0);
         tlv::write(out, T_C, &self.signature);
         tlv::write(out, T_D, &self.certificate);
+        if let Some(d) = &self.delegation {
+            tlv::write_codec(out, T_DELEGATION, d);
+        }
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let f = Fields::parse(r.rest())?;
-        f.only(&[T_A, T_B, T_C, T_D], "agreement")?;
+        f.only(&[T_A, T_B, T_C, T_D, T_DELEGATION], "agreement")?;
         Ok(Self {
+            delegation: f.get(T_DELEGATION).map(Delegation::decode).transpose()?,
             offer_digest: f.require_array(T_A, "offer digest")?,
             id: ExchangeId(f.require_array(T_B, "exchange id")?),
             signature: f.require(T_C, "signature")?.to_vec(),

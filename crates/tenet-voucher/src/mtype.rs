@@ -54,6 +54,20 @@ pub const PRESENT: Mtype = Mtype(0x0213);
 /// (`crate::present::Presentation`).
 pub const PRESENTATION: Mtype = Mtype(0x0214);
 
+/// Delegate (privileged): the issuer's wallet orders its card to let a
+/// redeemer card redeem a class (`crate::redeem::DelegateOrder`).
+pub const DELEGATE: Mtype = Mtype(0x0215);
+/// The issuer card's signed delegation, to its wallet
+/// (`crate::redeem::Delegation`).
+pub const DELEGATION: Mtype = Mtype(0x0216);
+/// Install a delegation on the redeemer's card (privileged).
+pub const INSTALL_DELEGATION: Mtype = Mtype(0x0217);
+/// Ask the card for its log of finished runs after a sequence number
+/// (privileged; `crate::card::LogRequest`).
+pub const LOG_REQUEST: Mtype = Mtype(0x0218);
+/// The card's log (`crate::card::Log`).
+pub const LOG: Mtype = Mtype(0x0219);
+
 /// Ask the card for its exchanges (privileged).
 pub const EXCHANGES_REQUEST: Mtype = Mtype(0x020e);
 /// The card's exchanges: a sequence of `ExchangeSummary`s (`crate::card::ExchangeSummary`).
@@ -81,6 +95,11 @@ pub const ALL: &[(Mtype, &str)] = &[
     (WITHDRAW, "withdraw"),
     (PRESENT, "present"),
     (PRESENTATION, "presentation"),
+    (DELEGATE, "delegate"),
+    (DELEGATION, "delegation"),
+    (INSTALL_DELEGATION, "install-delegation"),
+    (LOG_REQUEST, "log-request"),
+    (LOG, "log"),
 ];
 
 #[cfg(test)]

@@ -458,6 +458,7 @@ mod tests {
             quantity: 1,
         };
         let offer = Offer {
+            redeem: None,
             initiator: a,
             responder: b,
             give: amount(A, "coffee"),
@@ -468,6 +469,7 @@ mod tests {
         let id = ExchangeId::of_n2(&[2; 16]);
         let mut cb = TestCrypto::new(b, 2);
         let agreement = Agreement {
+            delegation: None,
             offer_digest: offer.digest(),
             id,
             signature: cb.sign(&Agreement::signed_bytes(&offer.digest(), &id)),

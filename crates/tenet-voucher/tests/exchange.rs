@@ -157,6 +157,7 @@ impl World {
     /// Wallet A starts; wallet B accepts every offer it gets.
     fn start(&mut self) {
         let s = StartExchange {
+            redeem: false,
             responder: card_id(B),
             peer_wallet: wallet(B),
             give: coffee(2),
@@ -420,6 +421,7 @@ fn option_2a_offer_to_the_card_reaches_the_registered_acceptor() {
     let mut w = World::new();
     // No acceptor yet: an offer to the card is refused.
     let s = StartExchange {
+        redeem: false,
         responder: card_id(B),
         peer_wallet: card_id(B),
         give: coffee(2),
@@ -837,6 +839,7 @@ fn an_offer_that_would_cross_the_cap_is_refused_before_anything_is_deleted() {
 fn a_forged_offer_of_an_absurd_quantity_is_refused() {
     let mut w = World::new();
     let offer = msg::Offer {
+        redeem: None,
         initiator: card_id(A),
         responder: card_id(B),
         give: coffee(u64::MAX),
@@ -1216,6 +1219,7 @@ fn a_state_stored_before_recovery_timers_loads_with_the_default() {
 /// Wallet A gives B two coffees: the exchange with nothing wanted back.
 fn start_gift(w: &mut World) {
     let s = StartExchange {
+        redeem: false,
         responder: card_id(B),
         peer_wallet: wallet(B),
         give: coffee(2),
@@ -1303,4 +1307,263 @@ fn an_exchange_policy_never_takes_a_gift() {
     w.start();
     let offer = msg::Offer::decode(&offers_to_b(&mut w).remove(0)).unwrap();
     assert!(p.allows(&offer));
+}
+
+/// Wallet A orders its card to redeem `what` at card B.
+fn start_redeem(w: &mut World, what: Amount) {
+    let s = StartExchange {
+        redeem: true,
+        responder: card_id(B),
+        peer_wallet: wallet(B),
+        give: what,
+        want: None,
+        expires_in: Some(300),
+    };
+    w.input(A, wallet(A), msg::START_EXCHANGE, s.to_bytes());
+}
+
+/// Checks receipts with the test stand-in for the CA.
+fn check_receipt(w: &World, r: &tenet_voucher::redeem::Receipt) -> Result<(), RedeemError> {
+    let ct = w.ct.clone();
+    r.verify(&move |s, c, m, g| ct.verify(s, c, m, g))
+}
+
+use tenet_voucher::crypto::Crypto as _;
+use tenet_voucher::redeem::{Proof, RedeemError};
+
+/// The holder's receipts, from its card's log.
+fn receipts(w: &World) -> Vec<tenet_voucher::redeem::Receipt> {
+    w.a.log(0)
+        .entries
+        .into_iter()
+        .filter_map(|e| e.receipt)
+        .collect()
+}
+
+/// A redemption at the issuer's card: the holder's tickets are destroyed
+/// (the issuer's card credits nothing), and the holder gets a receipt that
+/// verifies; its id is n2 hashed under the redemptions' own label.
+#[test]
+fn a_redemption_destroys_the_vouchers_for_a_receipt() {
+    let mut w = World::new();
+    w.a.balances.credit(&ticket(2)).unwrap();
+    start_redeem(&mut w, ticket(1));
+    let offer = offers_to_b(&mut w).remove(0);
+    let o = msg::Offer::decode(&offer).unwrap();
+    assert!(o.is_redemption() && !o.is_gift());
+    assert_eq!(o.redeem, Some(card_id(T)), "the offer names the TTP");
+    w.input(B, wallet(B), msg::ACCEPT, offer);
+    w.run();
+    assert!(w.refusals.is_empty(), "{:?}", w.refusals);
+    assert_eq!(w.holdings(), [5, 1, 0, 3], "one ticket destroyed");
+    let r = receipts(&w);
+    assert_eq!(r.len(), 1);
+    check_receipt(&w, &r[0]).unwrap();
+    let Proof::Commitment(n2) = r[0].proof else {
+        panic!("completed by m4")
+    };
+    assert_eq!(r[0].id(), ExchangeId::of_redeem_n2(&n2));
+    assert_ne!(r[0].id(), ExchangeId::of_gift_n2(&n2));
+    assert_ne!(r[0].id(), ExchangeId::of_n2(&n2));
+    // The redeemer's log has the run and no receipt.
+    let b = w.b.log(0);
+    assert_eq!(b.entries.len(), 1);
+    assert!(b.entries[0].receipt.is_none());
+    // Changed in any part, the receipt is refused.
+    let mut more = r[0].clone();
+    more.offer.give.quantity = 2;
+    assert_eq!(check_receipt(&w, &more), Err(RedeemError::WrongOffer));
+    let mut other_n2 = r[0].clone();
+    other_n2.proof = Proof::Commitment([0; 16]);
+    assert_eq!(
+        check_receipt(&w, &other_n2),
+        Err(RedeemError::WrongCommitment)
+    );
+    let mut as_gift = r[0].clone();
+    as_gift.offer.redeem = None;
+    assert_eq!(
+        check_receipt(&w, &as_gift),
+        Err(RedeemError::NotARedemption)
+    );
+    // Encoded and decoded, it is the same receipt.
+    let bytes = r[0].to_bytes();
+    assert_eq!(
+        tenet_voucher::redeem::Receipt::decode(&bytes).unwrap(),
+        r[0]
+    );
+}
+
+/// A redemption broken after the agreement: resolved (the holder asks
+/// first), the tickets are gone and the receipt's proof is the TTP's
+/// resolve; aborted (the redeemer asks first), the holder has its tickets
+/// back and no receipt. Never both, never neither.
+#[test]
+fn a_broken_redemption_ends_with_a_receipt_or_the_vouchers_back() {
+    for holder_first in [true, false] {
+        let mut w = World::new();
+        w.a.balances.credit(&ticket(2)).unwrap();
+        start_redeem(&mut w, ticket(2));
+        w.accept_offers();
+        let mut lost = false;
+        while let Some(m) = w.net.pop_front() {
+            if !lost && m.mtype == msg::CONFIRMATION {
+                lost = true;
+                continue;
+            }
+            w.deliver(m);
+        }
+        assert_eq!(w.holdings(), [5, 0, 0, 3], "the tickets are in flight");
+        let first = if holder_first { A } else { B };
+        let card = if holder_first { &w.a } else { &w.b };
+        let id = *card.pending().next().unwrap().0;
+        w.input(first, wallet(first), msg::RECOVER, id.to_bytes());
+        w.run();
+        w.recover_all();
+        assert!(w.a.pending().next().is_none() && w.b.pending().next().is_none());
+        let r = receipts(&w);
+        if holder_first {
+            assert_eq!(w.holdings(), [5, 0, 0, 3], "destroyed, not credited");
+            assert_eq!(r.len(), 1);
+            assert!(matches!(r[0].proof, Proof::Admission(_)));
+            check_receipt(&w, &r[0]).unwrap();
+            // An abort admission is no proof.
+            let mut aborted = r[0].clone();
+            if let Proof::Admission(a) = &mut aborted.proof {
+                a.kind = msg::Kind::Abort;
+            }
+            assert_eq!(
+                check_receipt(&w, &aborted),
+                Err(RedeemError::WrongAdmission)
+            );
+        } else {
+            assert_eq!(w.holdings(), [5, 2, 0, 3], "the tickets came back");
+            assert!(r.is_empty(), "no receipt for vouchers kept");
+        }
+        assert_eq!(w.ttp.decided.len(), 1);
+        let n2 = w.b.exchanges[&id].n2.unwrap();
+        assert!(w.ttp.decided.contains_key(&ExchangeId::of_redeem_n2(&n2)));
+    }
+}
+
+/// Only the issuer's card, or a card it delegated, redeems a class: B is
+/// not the coffee's issuer and refuses; with A's delegation installed it
+/// redeems, and the holder's card checks the delegation it sends.
+#[test]
+fn a_redemption_needs_the_issuer_or_its_delegation() {
+    use tenet_voucher::redeem::{DELEGATE, DELEGATION, DelegateOrder, INSTALL_DELEGATION};
+    let mut w = World::new();
+    w.a.balances.credit(&ticket(1)).unwrap();
+    w.input(B, wallet(B), MINT, ticket(0).to_bytes());
+    w.refusals.clear();
+    // B takes coffee (issuer A) for redemption: refused, nothing moves.
+    start_redeem(&mut w, coffee(2));
+    let offer = offers_to_b(&mut w).remove(0);
+    w.input(B, wallet(B), msg::ACCEPT, offer.clone());
+    assert!(
+        w.refusals.iter().any(|r| r.contains("redeems only")),
+        "{:?}",
+        w.refusals
+    );
+    assert_eq!(w.holdings(), [5, 1, 0, 3]);
+    // A forged agreement from B without a delegation: A's card refuses.
+    let o = msg::Offer::decode(&offer).unwrap();
+    let id = ExchangeId::of_redeem_n2(&[3; 16]);
+    let forged = msg::Agreement {
+        offer_digest: o.digest(),
+        id,
+        signature: w
+            .cb
+            .clone()
+            .sign(&msg::Agreement::signed_bytes(&o.digest(), &id)),
+        certificate: w.cb.certificate(),
+        delegation: None,
+    };
+    w.refusals.clear();
+    w.input(A, card_id(B), msg::AGREEMENT, forged.to_bytes());
+    assert!(
+        w.refusals.iter().any(|r| r.contains("shows no delegation")),
+        "{:?}",
+        w.refusals
+    );
+    assert_eq!(w.holdings(), [5, 1, 0, 3]);
+    // A's card (the coffee's issuer) delegates to B; B installs it.
+    let order = DelegateOrder {
+        redeemer: card_id(B),
+        class: coffee(0).class,
+        until: w.now + 3600,
+    };
+    w.input(A, wallet(A), DELEGATE, order.to_bytes());
+    let d = w.to_wallets.pop().unwrap();
+    assert_eq!(d.mtype, DELEGATION);
+    // A delegation for a class of another issuer is refused.
+    let mut alien = order.clone();
+    alien.class = ticket(0).class;
+    w.input(A, wallet(A), DELEGATE, alien.to_bytes());
+    assert!(w.refusals.last().unwrap().contains("own domain"));
+    // Installed on another card than the one it names: refused.
+    w.refusals.clear();
+    w.input(A, wallet(A), INSTALL_DELEGATION, d.param.clone());
+    assert!(!w.refusals.is_empty(), "A is not the redeemer");
+    w.refusals.clear();
+    w.input(B, wallet(B), INSTALL_DELEGATION, d.param);
+    assert!(w.refusals.is_empty(), "{:?}", w.refusals);
+    w.input(B, wallet(B), msg::ACCEPT, offer);
+    w.run();
+    assert!(w.refusals.is_empty(), "{:?}", w.refusals);
+    assert_eq!(w.holdings(), [3, 1, 0, 3], "two coffees destroyed");
+    let r = receipts(&w);
+    assert_eq!(r.len(), 1);
+    assert!(r[0].agreement.delegation.is_some());
+    check_receipt(&w, &r[0]).unwrap();
+    let mut stripped = r[0].clone();
+    stripped.agreement.delegation = None;
+    assert!(matches!(
+        check_receipt(&w, &stripped),
+        Err(RedeemError::NotEntitled { .. })
+    ));
+    // Past its end, B's card no longer redeems the class.
+    w.now += 3600;
+    start_redeem(&mut w, coffee(1));
+    let offer = offers_to_b(&mut w).remove(0);
+    w.input(B, wallet(B), msg::ACCEPT, offer);
+    assert!(w.refusals.last().unwrap().contains("expired"));
+}
+
+/// The card numbers its finished runs; a wallet asks for those after the
+/// last it saw, and learns from `first` when the card forgot some before
+/// it asked.
+#[test]
+fn the_cards_log_numbers_finished_runs_and_shows_when_it_wrapped() {
+    let mut w = World::new();
+    w.a.balances.credit(&coffee(100)).unwrap();
+    for _ in 0..3 {
+        start_gift(&mut w);
+        w.accept_offers();
+        w.run();
+    }
+    let log = w.a.log(0);
+    assert_eq!((log.first, log.next), (0, 3));
+    let seqs: Vec<u64> = log.entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [0, 1, 2]);
+    assert_eq!(w.a.log(2).entries.len(), 1);
+    assert!(w.a.log(3).entries.is_empty());
+    // Sixteen more runs: the card still holds run 3 on.
+    let more = |w: &mut World, n| {
+        for _ in 0..n {
+            start_gift(w);
+            w.accept_offers();
+            w.run();
+        }
+    };
+    more(&mut w, tenet_voucher::card::HISTORY);
+    assert_eq!(w.a.log(3).first, 3, "nothing missed yet");
+    more(&mut w, 1);
+    let log = w.a.log(3);
+    assert_eq!(log.next, 4 + tenet_voucher::card::HISTORY as u64);
+    assert_eq!(log.first, 4, "the card forgot run 3 before the wallet saw it");
+    let bytes = log.to_bytes();
+    assert_eq!(tenet_voucher::card::Log::decode(&bytes).unwrap(), log);
+    // The numbering survives the card's store.
+    let again = VoucherCard::decode(&w.a.to_bytes()).unwrap();
+    assert_eq!(again.log(0), w.a.log(0));
 }

@@ -110,6 +110,7 @@ fn voucher_start_exchange() {
     )
         .prop_map(
             |(responder, peer_wallet, give, want, expires_in)| StartExchange {
+                redeem: false,
                 responder,
                 peer_wallet,
                 give,
@@ -474,6 +475,7 @@ fn worst_case_shapes_stay_within_the_bounds() {
                 role: Role::Initiator,
                 phase: Phase::Committed,
                 offer: Offer {
+                    redeem: None,
                     initiator: EntityId::from_array([1; 16]),
                     responder: EntityId::from_array([2; 16]),
                     give: tiny(i),
@@ -507,6 +509,7 @@ fn worst_case_shapes_stay_within_the_bounds() {
         let mut n1 = [0u8; 16];
         n1[..4].copy_from_slice(&i.to_be_bytes());
         let o = Offer {
+            redeem: None,
             initiator: EntityId::from_array([1; 16]),
             responder: EntityId::from_array([2; 16]),
             give: tiny(i),

@@ -309,6 +309,7 @@ impl Actor for Node {
                     };
                     for q in gives {
                         let s = StartExchange {
+                            redeem: false,
                             responder: entity(S_B),
                             peer_wallet: entity(P_B),
                             give: coffee(*q),

@@ -60,6 +60,7 @@ pub fn offer() -> BoxedStrategy<Offer> {
         proptest::option::of(any::<u64>()),
     )
         .prop_map(|(initiator, responder, give, want, n1, expires)| Offer {
+            redeem: None,
             initiator,
             responder,
             give,
@@ -77,6 +78,7 @@ pub fn exchange_id() -> BoxedStrategy<ExchangeId> {
 pub fn agreement() -> BoxedStrategy<Agreement> {
     (any::<[u8; 32]>(), exchange_id(), bytes(80), bytes(400))
         .prop_map(|(offer_digest, id, signature, certificate)| Agreement {
+            delegation: None,
             offer_digest,
             id,
             signature,
@@ -116,6 +118,8 @@ pub fn voucher_card() -> BoxedStrategy<VoucherCard> {
         proptest::option::of((any::<u64>(), any::<u8>())),
     )
         .prop_map(|(role, phase, offer, agreement, n2, timer)| Exchange {
+            admission: None,
+            seq: None,
             role,
             phase,
             offer,
