@@ -27,6 +27,11 @@ use crate::msg::{Admission, Agreement, ExchangeId, Kind, Offer};
 
 pub use crate::mtype::{DELEGATE, DELEGATION, INSTALL_DELEGATION};
 
+/// A check of a signer's certificate (from the CA, naming the signer) and
+/// of its signature over a message: `check(signer, certificate, message,
+/// signature)`.
+pub type Check<'a> = dyn Fn(EntityId, &[u8], &[u8], &[u8]) -> Result<(), VerifyError> + 'a;
+
 /// Most delegations a redeemer card holds (one per class).
 pub const MAX_DELEGATIONS: usize = 16;
 
@@ -111,7 +116,7 @@ impl Delegation {
     /// signer); with `now`, also that it has not expired.
     pub fn check(
         &self,
-        check: &dyn Fn(EntityId, &[u8], &[u8], &[u8]) -> Result<(), VerifyError>,
+        check: &Check<'_>,
         redeemer: EntityId,
         class: &VoucherClass,
         now: Option<u64>,
@@ -244,10 +249,7 @@ impl Receipt {
     /// the CA, naming it); the redeemer is the issuer's card or shows the
     /// issuer card's delegation for the class; and the run completed: `n2`
     /// hashes to the id, or the TTP the offer names signed its resolve.
-    pub fn verify(
-        &self,
-        check: &dyn Fn(EntityId, &[u8], &[u8], &[u8]) -> Result<(), VerifyError>,
-    ) -> Result<(), RedeemError> {
+    pub fn verify(&self, check: &Check<'_>) -> Result<(), RedeemError> {
         let (offer, a) = (&self.offer, &self.agreement);
         let Some(ttp) = offer.redeem.filter(|_| offer.want.is_none()) else {
             return Err(RedeemError::NotARedemption);
@@ -282,7 +284,7 @@ impl Receipt {
 /// it is the card of the class's issuer domain, or `delegation` (checked at
 /// `now` if given) lets it.
 pub fn entitled(
-    check: &dyn Fn(EntityId, &[u8], &[u8], &[u8]) -> Result<(), VerifyError>,
+    check: &Check<'_>,
     offer: &Offer,
     delegation: Option<&Delegation>,
     now: Option<u64>,

@@ -1560,7 +1560,10 @@ fn the_cards_log_numbers_finished_runs_and_shows_when_it_wrapped() {
     more(&mut w, 1);
     let log = w.a.log(3);
     assert_eq!(log.next, 4 + tenet_voucher::card::HISTORY as u64);
-    assert_eq!(log.first, 4, "the card forgot run 3 before the wallet saw it");
+    assert_eq!(
+        log.first, 4,
+        "the card forgot run 3 before the wallet saw it"
+    );
     let bytes = log.to_bytes();
     assert_eq!(tenet_voucher::card::Log::decode(&bytes).unwrap(), log);
     // The numbering survives the card's store.

@@ -25,8 +25,8 @@ use stateright::actor::{
 use stateright::{Checker, Expectation, Model};
 use tenet_proto::tlv::{Fields, Tag};
 use tenet_proto::{Codec, Domain, EntityId, Mtype, Port};
-use tenet_voucher::card::{Ctx, MINT, PROGRESS, Phase, VoucherCard};
-use tenet_voucher::crypto::TestCrypto;
+use tenet_voucher::card::{Ctx, MINT, PROGRESS, Phase, Role, VoucherCard};
+use tenet_voucher::crypto::{Crypto as _, TestCrypto};
 use tenet_voucher::model::{Amount, MAX_QUANTITY, VoucherClass};
 use tenet_voucher::msg::{self, Admission, ExchangeId, RecoveryRequest, StartExchange};
 use tenet_voucher::ttp::{DecisionKey, DecisionStore, StoreError, handle_request_keyed};
@@ -83,9 +83,11 @@ fn ticket(q: u64) -> Amount {
 /// holds one coffee less than the cap, so that the exchange brings it
 /// exactly to the cap, and the cap of tickets, so that a refund of its
 /// ticket needs the room the exchange took from it.
-fn initial_card(ix: usize, cap: Cap) -> VoucherCard {
+fn initial_card(ix: usize, cfg: &Cfg) -> VoucherCard {
     let mut c = VoucherCard::default();
-    let held = match (ix, cap) {
+    let held = match (ix, cfg.cap) {
+        // The redemption model: S_A also holds the ticket it redeems.
+        (S_A, _) if cfg.redeem => vec![coffee(1), ticket(1)],
         (S_A, Cap::Overreach) => vec![coffee(3)],
         (S_A, _) => vec![coffee(1)],
         (_, Cap::Off) => vec![ticket(2)],
@@ -120,6 +122,8 @@ struct Cfg {
     /// `P_A` orders a gift (a transfer: the exchange with nothing wanted
     /// back) instead of an exchange.
     gift: bool,
+    /// `P_A` orders a redemption of a ticket at its issuer `S_B` instead.
+    redeem: bool,
 }
 
 /// The cap models, each small enough to explore in seconds.
@@ -289,7 +293,7 @@ impl Actor for Node {
         }
         let s = match self.ix {
             S_A | S_B => State::Card {
-                persisted: initial_card(self.ix, self.cfg.cap).to_bytes(),
+                persisted: initial_card(self.ix, &self.cfg).to_bytes(),
                 orders: 0,
                 steps: 0,
                 minted: 0,
@@ -308,12 +312,13 @@ impl Actor for Node {
                         _ => &[1],
                     };
                     for q in gives {
+                        let (redeem, gift) = (self.cfg.redeem, self.cfg.gift);
                         let s = StartExchange {
-                            redeem: false,
+                            redeem,
                             responder: entity(S_B),
                             peer_wallet: entity(P_B),
-                            give: coffee(*q),
-                            want: (!self.cfg.gift).then(|| ticket(1)),
+                            give: if redeem { ticket(1) } else { coffee(*q) },
+                            want: (!gift && !redeem).then(|| ticket(1)),
                             expires_in: None,
                         };
                         orders += 1;
@@ -548,10 +553,7 @@ fn swapped(p: Phase) -> bool {
 /// What both cards must hold in all, (coffee, ticket): what they started
 /// with and what they minted since.
 fn expected_totals(model: &M, s: &Sys) -> (u64, u64) {
-    let start = [
-        initial_card(S_A, model.cfg.cap),
-        initial_card(S_B, model.cfg.cap),
-    ];
+    let start = [initial_card(S_A, &model.cfg), initial_card(S_B, &model.cfg)];
     let minted_tickets = match s.actor_states[S_B].as_ref() {
         State::Card { minted, .. } => *minted,
         _ => 0,
@@ -629,6 +631,25 @@ fn settle(model: &M, s: &Sys, first: usize) -> Result<[VoucherCard; 2], String> 
     Ok(cards)
 }
 
+/// The receipts `card` holds as a redemption's holder, each checked.
+fn receipts(card: &VoucherCard) -> u64 {
+    let t = TestCrypto::new(entity(T), 0);
+    let check = |s, c: &[u8], m: &[u8], g: &[u8]| t.verify(s, c, m, g);
+    card.exchanges
+        .values()
+        .filter_map(|e| e.receipt())
+        .filter(|r| r.verify(&check).is_ok())
+        .count() as u64
+}
+
+/// The redemptions `card` completed as redeemer (their vouchers destroyed).
+fn redeemed(card: &VoucherCard) -> u64 {
+    card.exchanges
+        .values()
+        .filter(|e| e.offer.is_redemption() && e.role == Role::Responder && swapped(e.phase))
+        .count() as u64
+}
+
 /// Conservation: whatever the state, if every message in flight is lost
 /// now and both sides recover (in either order), each voucher is held by
 /// exactly one card and the outcome is fair.
@@ -637,7 +658,10 @@ fn conserved(model: &M, s: &Sys) -> bool {
         .into_iter()
         .all(|first| match settle(model, s, first) {
             Ok(cards) => {
-                totals(&cards) == expected_totals(model, s)
+                let (c, t) = expected_totals(model, s);
+                let receipts = receipts(&cards[0]);
+                totals(&cards) == (c, t - receipts)
+                    && receipts == redeemed(&cards[1])
                     && fair(&cards)
                     && cards.iter().all(|c| c.pending().next().is_none())
             }
@@ -717,6 +741,11 @@ fn model(cfg: Cfg) -> M {
                     || (b.balances.of(&coffee(0).class) == 1
                         && b.balances.of(&ticket(0).class) == 2)
             },
+        )
+        .property(
+            Expectation::Sometimes,
+            "a redemption completed: S_A holds a receipt (redemption model)",
+            |m, s| !m.cfg.redeem || receipts(&card(s, S_A)) == 1,
         )
         .property(Expectation::Sometimes, "aborted", |_, s| {
             [S_A, S_B].iter().any(|&c| {
@@ -839,6 +868,7 @@ fn keyed_on_h_n2_the_exchange_is_safe_with_duplication_and_crashes() {
         forgetful: false,
         cap: Cap::Off,
         gift: false,
+        redeem: false,
     });
     assert_eq!(n, 5382);
 }
@@ -851,6 +881,7 @@ fn keyed_on_h_n2_the_exchange_is_safe_with_loss_and_crashes() {
         forgetful: false,
         cap: Cap::Off,
         gift: false,
+        redeem: false,
     });
     assert_eq!(n, 37680);
 }
@@ -866,6 +897,7 @@ fn keyed_on_h_n2_even_forgetful_cards_stay_safe() {
         forgetful: true,
         cap: Cap::Off,
         gift: false,
+        redeem: false,
     });
     assert_eq!(n, 286050);
 }
@@ -879,6 +911,7 @@ fn keyed_on_n1_the_model_checker_finds_the_appendix_attack() {
         forgetful: true,
         cap: Cap::Off,
         gift: false,
+        redeem: false,
     })
     .checker()
     .threads(2)
@@ -917,6 +950,7 @@ fn at_the_cap_a_mint_cannot_take_the_room_of_a_pending_refund() {
         forgetful: false,
         cap: Cap::MintRace,
         gift: false,
+        redeem: false,
     });
     assert_eq!(n, 13974);
 }
@@ -932,6 +966,7 @@ fn at_the_cap_an_initiator_cannot_overreach_the_responder() {
         forgetful: false,
         cap: Cap::Overreach,
         gift: false,
+        redeem: false,
     });
     assert_eq!(n, 100854);
 }
@@ -948,6 +983,7 @@ fn gifts_are_safe_with_duplication_and_crashes() {
         forgetful: false,
         cap: Cap::Off,
         gift: true,
+        redeem: false,
     });
     assert_eq!(n, 5382);
 }
@@ -960,6 +996,40 @@ fn gifts_are_safe_with_loss_and_crashes() {
         forgetful: false,
         cap: Cap::Off,
         gift: true,
+        redeem: false,
     });
     assert_eq!(n, 37680);
+}
+
+/// Redemptions (a ticket redeemed at its issuer's card, destroyed for a
+/// receipt) with loss, duplication, reordering and crashes: after any
+/// state settles, the holder has lost exactly the tickets it holds
+/// checked receipts for, the issuer destroyed exactly those, and the TTP
+/// decided once.
+#[test]
+fn redemptions_are_safe_with_duplication_and_crashes() {
+    const REDEEM_STATES: usize = 5382;
+    let n = check(Cfg {
+        net: Net::Duplicating,
+        key: DecisionKey::ExchangeHash,
+        forgetful: false,
+        cap: Cap::Off,
+        gift: false,
+        redeem: true,
+    });
+    assert_eq!(n, REDEEM_STATES);
+}
+
+#[test]
+fn redemptions_are_safe_with_loss_and_crashes() {
+    const REDEEM_STATES: usize = 37680;
+    let n = check(Cfg {
+        net: Net::Lossy,
+        key: DecisionKey::ExchangeHash,
+        forgetful: false,
+        cap: Cap::Off,
+        gift: false,
+        redeem: true,
+    });
+    assert_eq!(n, REDEEM_STATES);
 }
