@@ -512,6 +512,10 @@ fn summary(c: &tenet_host::Config) -> Vec<String> {
             "guard.offers.policy = {}",
             or_unset(c.guard.offers.policy.as_ref())
         ),
+        format!(
+            "guard.offers.redeem = {}",
+            or_unset(c.guard.offers.redeem.as_ref())
+        ),
         format!("card.virtual = {}", path(&c.card.virtual_store)),
         format!("card.reader = {}", or_unset(c.card.reader.as_ref())),
         format!("card.short_apdus = {}", or_unset(c.card.short_apdus)),
@@ -654,6 +658,7 @@ guard.rules.rate_limit_without_rate: [[guard.rules]]\naction = "rate-limit"
 guard.rules.rate_limit_zero_rate: [[guard.rules]]\naction = "rate-limit"\nrate = 0.0
 guard.offers.unknown_key: [guard.offers]\npolicies = ""
 guard.offers.bad_policy: [guard.offers]\npolicy = "GIVE>=2:coffee"
+guard.offers.bad_redeem: [guard.offers]\nredeem = "GIVE>=2:cacacacacacacacacacacaca:coffee"
 # [card]
 card.unknown_key: [card]\nvirtaul = "a.card"
 card.virtual_and_reader: [card]\nvirtual = "a"\nreader = "b"
@@ -846,6 +851,7 @@ burst = 20
 
 [guard.offers]
 policy = "GIVE>=2:cacacacacacacacacacacaca:coffee,WANT<=1:cbcbcbcbcbcbcbcbcbcbcbcb:ticket"
+redeem = "REDEEM<=2:cacacacacacacacacacacaca:coffee"
 
 [card]
 virtual = "/var/lib/tenet/card.store"

@@ -413,6 +413,9 @@ pub struct OffersSection {
     /// `GIVE>=N:ISSUERHEX:PROMISE,WANT<=M:ISSUERHEX:PROMISE`: offers to the
     /// card outside it are dropped before card or app sees them.
     pub policy: Option<String>,
+    /// `REDEEM<=N:ISSUERHEX:PROMISE`: redemptions at the card outside it
+    /// are dropped (with `policy` set and this unset, all are).
+    pub redeem: Option<String>,
 }
 
 impl Config {

@@ -20,13 +20,14 @@ use tenet_proto::{EntityId, Message, Mtype};
 use tenet_pki::cache::CheckedCertificates;
 use tenet_pki::{check_validity, validity, verify_at};
 use tenet_voucher::card::{
-    BALANCE_REQUEST, Ctx, DEFAULT_RECOVER_AFTER, EXCHANGES_REQUEST, MINT, Out, SET_ACCEPTOR,
-    VoucherCard, WITHDRAW,
+    BALANCE_REQUEST, Ctx, DEFAULT_RECOVER_AFTER, EXCHANGES_REQUEST, LOG_REQUEST, MINT, Out,
+    SET_ACCEPTOR, VoucherCard, WITHDRAW,
 };
 use tenet_voucher::certs::TtpSwap;
 use tenet_voucher::crypto::{Crypto, VerifyError};
 use tenet_voucher::msg;
 use tenet_voucher::present::PRESENT;
+use tenet_voucher::redeem::{DELEGATE, INSTALL_DELEGATION};
 
 pub use tenet_pki::{verify_known, verify_with_ca};
 
@@ -204,9 +205,12 @@ const HANDLED: [Mtype; 14] = [
     msg::OFFER,
     WITHDRAW,
     PRESENT,
+    DELEGATE,
+    INSTALL_DELEGATION,
+    LOG_REQUEST,
 ];
 
-const PRIVILEGED: [Mtype; 9] = [
+const PRIVILEGED: [Mtype; 12] = [
     msg::START_EXCHANGE,
     msg::ACCEPT,
     msg::RECOVER,
@@ -216,6 +220,9 @@ const PRIVILEGED: [Mtype; 9] = [
     SET_ACCEPTOR,
     WITHDRAW,
     PRESENT,
+    DELEGATE,
+    INSTALL_DELEGATION,
+    LOG_REQUEST,
 ];
 
 impl VoucherApplet {
@@ -309,7 +316,7 @@ impl Applet for VoucherApplet {
                 self.ttp_checked = Some((ttp, pinned.map(<[u8]>::to_vec)));
             }
         }
-        if [msg::START_EXCHANGE, msg::ACCEPT, PRESENT].contains(&m.mtype()) {
+        if [msg::START_EXCHANGE, msg::ACCEPT, PRESENT, DELEGATE].contains(&m.mtype()) {
             let own = cx.certificate.unwrap_or_default();
             validity(own)
                 .and_then(|v| check_validity(v, cx.time, "of this card"))

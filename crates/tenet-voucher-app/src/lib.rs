@@ -25,7 +25,7 @@ use tenet_host::plugin::{HostBuilder, ServiceError};
 use tenet_host::{HostError, HostHandle};
 use tenet_proto::EntityId;
 use tenet_voucher::certs::TtpSwap;
-use tenet_voucher::policy::{Policy, PolicyError};
+use tenet_voucher::policy::{Policy, PolicyError, RedeemPolicy};
 
 /// `[guard.offers] policy`, parsed.
 pub fn offer_policy(config: &Config) -> Result<Option<Policy>, ConfigError> {
@@ -43,10 +43,23 @@ pub fn offer_policy(config: &Config) -> Result<Option<Policy>, ConfigError> {
         .transpose()
 }
 
+/// `[guard.offers] redeem`, parsed.
+pub fn redeem_policy(config: &Config) -> Result<Option<RedeemPolicy>, ConfigError> {
+    let text = config.guard.offers.redeem.as_deref();
+    text.map(|p| {
+        p.parse().map_err(|e: PolicyError| ConfigError::Value {
+            key: "guard.offers.redeem",
+            detail: e.to_string(),
+        })
+    })
+    .transpose()
+}
+
 /// Checks the values of the voucher application's keys (`[guard.offers]`,
 /// `[ttp]`) that the host's own check leaves alone.
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
     offer_policy(config)?;
+    redeem_policy(config)?;
     if config.ttp.as_ref().is_some_and(|t| t.postgres.is_some()) && !cfg!(feature = "postgres") {
         return Err(ConfigError::Value {
             key: "ttp.postgres",
@@ -90,7 +103,9 @@ pub fn plug<'a>(
             }
             Ok(Box::new(applet::VoucherApplet::new(card_ttp)))
         }))
-        .card_guard(Box::new(offers::OfferGuard::new(offer_policy(config)?)));
+        .card_guard(Box::new(
+            offers::OfferGuard::new(offer_policy(config)?).redeeming(redeem_policy(config)?),
+        ));
     if let Some(service) = ttp {
         host = host.service(Box::new(service));
     }

@@ -21,12 +21,13 @@ use tenet_dispatch::{Guard, GuardContext, Ingress, Verdict};
 use tenet_proto::{Codec, Domain, EntityId, Header, Message};
 use tenet_voucher::card::ACCEPTOR_SET;
 use tenet_voucher::msg::{OFFER, Offer};
-use tenet_voucher::policy::Policy;
+use tenet_voucher::policy::{Policy, RedeemPolicy};
 
 /// Holds offers addressed to local cards for their acceptor apps.
 #[derive(Debug, Default)]
 pub struct OfferGuard {
     policy: Option<Policy>,
+    redeem: Option<RedeemPolicy>,
     acceptors: HashMap<Domain, EntityId>,
 }
 
@@ -36,7 +37,28 @@ impl OfferGuard {
     pub fn new(policy: Option<Policy>) -> Self {
         Self {
             policy,
+            redeem: None,
             acceptors: HashMap::new(),
+        }
+    }
+
+    /// The guard with a standing redemption policy: redemptions at a local
+    /// card outside it are dropped. Without one, redemptions pass unless an
+    /// exchange policy is set (which no redemption is inside).
+    pub fn redeeming(mut self, redeem: Option<RedeemPolicy>) -> Self {
+        self.redeem = redeem;
+        self
+    }
+
+    /// Whether `offer` is inside the standing policies.
+    fn inside(&self, offer: &Offer) -> Result<(), String> {
+        match (&self.redeem, &self.policy) {
+            (Some(r), _) if offer.is_redemption() && !r.allows(offer) => {
+                Err(format!("the redemption policy {r}"))
+            }
+            (Some(_), _) if offer.is_redemption() => Ok(()),
+            (_, Some(p)) if !p.allows(offer) => Err(format!("the policy {p}")),
+            _ => Ok(()),
         }
     }
 
@@ -87,8 +109,8 @@ impl Guard for OfferGuard {
                 h.dst
             ));
         }
-        if let Some(p) = self.policy.as_ref().filter(|p| !p.allows(&offer)) {
-            return Verdict::Drop(format!("offer from {} is outside the policy {p}", h.src));
+        if let Err(p) = self.inside(&offer) {
+            return Verdict::Drop(format!("offer from {} is outside {p}", h.src));
         }
         match self.acceptors.get(&h.dst.domain()) {
             Some(&to) => Verdict::Redirect {
@@ -275,5 +297,59 @@ mod tests {
             inspect(&mut g, Ingress::Remote, &gift(5)),
             Verdict::Redirect { to, .. } if to == id(2, 7)
         ));
+    }
+
+    /// A merchant's redemption policy: redemptions at the card inside it
+    /// go to the acceptor, others are dropped; an exchange policy alone
+    /// drops every redemption.
+    #[test]
+    fn a_redemption_policy_bounds_what_the_card_redeems() {
+        let redemption = |q| {
+            let o = Offer {
+                initiator: id(1, 0),
+                responder: id(2, 0),
+                give: amount(2, "ticket", q),
+                want: None,
+                n1: [6; 16],
+                expires: None,
+                redeem: Some(id(7, 0)),
+            };
+            Message::new(id(1, 0), id(2, 0), OFFER, o.to_bytes())
+        };
+        let r: RedeemPolicy = format!("REDEEM<=2:{}:ticket", Domain::new([2; 12]))
+            .parse()
+            .unwrap();
+        assert_eq!(r.to_string().parse::<RedeemPolicy>().unwrap(), r);
+        let mut g = OfferGuard::new(None).redeeming(Some(r));
+        let (i, m) = acceptor_set(Ingress::Card, id(2, 0), id(2, 7));
+        inspect(&mut g, i, &m);
+        assert!(matches!(
+            inspect(&mut g, Ingress::Remote, &redemption(2)),
+            Verdict::Redirect { to, .. } if to == id(2, 7)
+        ));
+        assert!(
+            matches!(inspect(&mut g, Ingress::Remote, &redemption(3)), Verdict::Drop(r) if r.contains("redemption policy"))
+        );
+        // An exchange offer is not the redemption policy's to judge.
+        assert!(matches!(
+            inspect(&mut g, Ingress::Remote, &offer(1)),
+            Verdict::Redirect { .. }
+        ));
+        let policy: Policy = format!(
+            "GIVE>=2:{}:coffee,WANT<=1:{}:ticket",
+            Domain::new([1; 12]),
+            Domain::new([2; 12])
+        )
+        .parse()
+        .unwrap();
+        let mut g = OfferGuard::new(Some(policy));
+        assert!(matches!(
+            inspect(&mut g, Ingress::Remote, &redemption(1)),
+            Verdict::Drop(_)
+        ));
+        for bad in ["", "REDEEM>=1:cacacacacacacacacacacaca:c", "REDEEM<=1:zz:c"] {
+            let e = bad.parse::<RedeemPolicy>().unwrap_err().to_string();
+            assert!(e.contains("REDEEM<="), "{bad:?}: {e}");
+        }
     }
 }

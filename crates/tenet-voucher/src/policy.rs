@@ -48,6 +48,53 @@ impl Policy {
     }
 }
 
+/// A merchant's standing redemption policy: redeem at the card any
+/// redemption of at most `most` of its class. Text form
+/// `REDEEM<=N:ISSUERHEX:PROMISE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedeemPolicy {
+    /// The most one redemption may destroy, of this class.
+    pub most: Amount,
+}
+
+impl RedeemPolicy {
+    /// True if `offer` is a redemption of at most `most` of its class.
+    pub fn allows(&self, offer: &Offer) -> bool {
+        offer.is_redemption()
+            && offer.give.class == self.most.class
+            && offer.give.quantity <= self.most.quantity
+    }
+}
+
+impl FromStr for RedeemPolicy {
+    type Err = PolicyError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let err = |reason: String| PolicyError {
+            text: text.to_owned(),
+            reason: format!("{reason} (a redemption policy is REDEEM<=N:ISSUERHEX:PROMISE)"),
+        };
+        let most = text
+            .trim()
+            .strip_prefix("REDEEM<=")
+            .ok_or_else(|| err("it must start with REDEEM<=".into()))?;
+        Ok(Self {
+            most: most.parse::<Amount>().map_err(|e| err(e.reason))?,
+        })
+    }
+}
+
+impl fmt::Display for RedeemPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.most.class;
+        write!(
+            f,
+            "REDEEM<={}:{}:{}",
+            self.most.quantity, c.issuer, c.promise
+        )
+    }
+}
+
 impl FromStr for Policy {
     type Err = PolicyError;
 
