@@ -190,7 +190,7 @@ pub fn applet_data(card: &tenet_card::state::CardState) -> Option<&[u8]> {
 /// The applet's id (keys its persistent data).
 pub const APPLET_ID: u16 = 0x0200;
 
-const HANDLED: [Mtype; 14] = [
+const HANDLED: [Mtype; 17] = [
     msg::START_EXCHANGE,
     msg::ACCEPT,
     msg::AGREEMENT,
