@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use tenet_card::{Card, CardLimits, FileStore, Personalization, SystemEntropy};
+use tenet_card::{Card, CardLimits, FileStore, SystemEntropy};
 use tenet_proto::Domain;
 
 /// Card subcommands.
@@ -180,14 +180,7 @@ fn random<const N: usize>() -> Result<[u8; N]> {
     Ok(b)
 }
 
-pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// `valid .. to ..` of a certificate (DER), in UTC.
-fn valid(der: &[u8]) -> String {
-    tenet_pki::validity(der).map_or_else(|e| format!("unreadable: {e}"), |v| v.to_string())
-}
+pub(crate) use tenet_voucher_app::admin::{hex, valid};
 
 /// The DER of the PEM certificate `path`.
 pub(crate) fn pem(path: &Path) -> Result<Vec<u8>> {
@@ -210,34 +203,8 @@ pub(crate) fn check_ttp(
         .with_context(|| format!("card {} (--ttp {ttp})", store.display()))
 }
 
-/// Stores `cert` and `ca` (DER) on `card` once checked: the CA is the one
-/// the card trusts, if any (`ca_path` names it), and the certificate, from
-/// it, names the card and certifies its key. Prints old and new.
-fn install(
-    card: &mut Card<FileStore>,
-    cert: Vec<u8>,
-    ca: Vec<u8>,
-    ca_path: &Path,
-) -> Result<ExitCode> {
-    let (id, trusted) = (card.id(), &card.state().ca_certificate);
-    if trusted.as_ref().is_some_and(|c| *c != ca) {
-        bail!(
-            "card {id} trusts another CA than {}; use the CA that personalized it",
-            ca_path.display()
-        );
-    }
-    let new = tenet_pki::check_issued(&cert, &ca, id, &card.state().public_key)?;
-    let before = card.state().certificate.as_deref().map(valid);
-    card.install_certificates(cert, ca)?;
-    card.raise_clock_bound(tenet_proto::time::unix_now())?;
-    println!(
-        "card {id}\npublic key {} (unchanged)",
-        hex(&card.state().public_key)
-    );
-    if let Some(b) = before {
-        println!("old certificate {b}");
-    }
-    println!("new certificate {new}");
+fn install(card: &mut Card<FileStore>, cert: Vec<u8>, ca: Vec<u8>, at: &Path) -> Result<ExitCode> {
+    println!("{}", tenet_voucher_app::admin::install(card, cert, ca, at)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -289,45 +256,15 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
                     .iter()
                     .collect(),
             };
-            let s = FileStore::create(&store, capacity)?;
-            let p = Personalization {
+            let n = tenet_voucher_app::admin::NewCard {
                 domain,
-                pin: pin.into_bytes(),
-                puk: puk.clone().into_bytes(),
+                pin,
+                puk: puk.clone(),
+                capacity,
+                ca: ca.map(|c| (c, days)),
+                ttp: ttp.map(|t| (t, ttp_cert.clone(), recover_after)),
             };
-            let made = Card::personalize(s, &p, CardLimits::default(), Box::new(SystemEntropy))
-                .map_err(anyhow::Error::from)
-                .and_then(|mut card| {
-                    if let Some(dir) = &ca {
-                        let public_key = card.state().public_key.clone();
-                        let (cert, ca_der) = tenet_pki::issue_entity_with(
-                            dir,
-                            card.id(),
-                            &public_key,
-                            tenet_pki::Lifetime::days(days),
-                        )
-                        .with_context(|| format!("CA in {}", dir.display()))?;
-                        card.install_certificates(cert, ca_der)?;
-                    }
-                    if let Some(t) = ttp {
-                        card.provision(
-                            tenet_voucher_app::applet::APPLET_ID,
-                            tenet_voucher_app::applet::initial_data_with(
-                                t,
-                                ttp_cert.clone(),
-                                recover_after,
-                            ),
-                        )?;
-                    }
-                    Ok(card)
-                });
-            let card = match made {
-                Ok(c) => c,
-                Err(e) => {
-                    let _ = std::fs::remove_file(&store);
-                    return Err(e);
-                }
-            };
+            let card = tenet_voucher_app::admin::personalize(&store, n)?;
             println!("card {}", card.id());
             println!("public key {}", hex(&card.state().public_key));
             if let Some(c) = &card.state().certificate {
@@ -376,20 +313,7 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
         ),
         CardCmd::Info { store, cert_out } => {
             let card = open(&store, CardLimits::default())?;
-            println!("card {}", card.id());
-            println!("public key {}", hex(&card.state().public_key));
-            println!("PIN tries left {}", card.state().pin_tries);
-            println!("next port {}", card.state().next_port);
-            match &card.state().certificate {
-                Some(c) => println!("certificate {} bytes (X.509 DER), {}", c.len(), valid(c)),
-                None => println!("certificate none (personalize with --ca)"),
-            }
-            let data = tenet_voucher_app::applet::applet_data(card.state());
-            println!("{}", tenet_voucher_app::applet::describe_ttp(data));
-            println!(
-                "clock bound {}",
-                tenet_card::clock::Utc(card.state().clock_bound)
-            );
+            println!("{}", tenet_voucher_app::admin::describe(&card));
             if let Some(out) = cert_out {
                 let c = card
                     .state()

@@ -71,6 +71,18 @@ pub struct SocketArg {
     socket: Option<PathBuf>,
 }
 
+/// `tenet verify ...`: what else it verifies.
+#[derive(Subcommand)]
+enum VerifyCmd {
+    /// Verify a redemption receipt offline: the redeemer card's signature from the CA, its right to redeem the class, and the proof that the redemption completed.
+    ///
+    /// Example: tenet verify receipt --ca ca/ca.pem receipts/0123.receipt
+    Receipt {
+        /// The receipt file.
+        file: PathBuf,
+    },
+}
+
 #[derive(Subcommand)]
 enum CaCmd {
     /// Make a CA (ca.pem, ca.key) in DIR unless one is there.
@@ -301,13 +313,17 @@ enum Cmd {
     /// --amount, and refuses a replay; a new challenge follows each verified one.
     ///
     /// Example: tenet verify --ca ca/ca.pem --amount 1:b2b2b2b2b2b2b2b2b2b2b2b2:ticket -c 1
+    #[command(subcommand_negates_reqs = true)]
     Verify {
+        /// Verify a receipt file offline instead (tenet wallet receipts --out).
+        #[command(subcommand)]
+        what: Option<VerifyCmd>,
         /// The CA certificate (PEM) the cards' certificates must chain to.
-        #[arg(long, value_name = "FILE")]
-        ca: PathBuf,
+        #[arg(long, value_name = "FILE", global = true)]
+        ca: Option<PathBuf>,
         /// At least this much: QTY:ISSUERHEX:PROMISE.
-        #[arg(long)]
-        amount: tenet_voucher::model::Amount,
+        #[arg(long, required = true)]
+        amount: Option<tenet_voucher::model::Amount>,
         /// Stop after this many verified presentations.
         #[arg(short = 'c', long)]
         count: Option<u32>,
@@ -598,11 +614,29 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Verify {
+            what: Some(VerifyCmd::Receipt { file }),
+            ca,
+            ..
+        } => {
+            let ca = card::pem(&ca.context("--ca CA.pem is needed")?)?;
+            let r = tenet_client::journal::read_receipt(&file)?;
+            let check = tenet_voucher::redeem::receipt_check(&ca);
+            r.verify(&check)
+                .with_context(|| format!("receipt {} refused", file.display()))?;
+            println!("valid: {r}, holder {}", r.offer.initiator);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Verify {
             ca,
             amount,
             count,
             socket: after,
+            ..
         } => {
+            let (ca, amount) = (
+                ca.context("--ca CA.pem is needed")?,
+                amount.context("--amount")?,
+            );
             let (ca, mut out) = (card::pem(&ca)?, std::io::stdout());
             let mut cap = tenet_client::Capability::acquire(&socket(after.socket)).await?;
             tenet_client::wallet::verify_presentations(&mut cap, &ca, &amount, count, &mut out)
@@ -614,12 +648,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             socket: after,
         } => {
             let status = tenet_client::host_status(socket(after.socket)).await?;
-            if json {
-                let j = tenet_client::status::json(&status);
-                println!("{}", serde_json::to_string_pretty(&j)?);
-            } else {
-                print!("{}", tenet_client::status::text(&status));
-            }
+            print!("{}", tenet_client::status::render(&status, json));
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo {

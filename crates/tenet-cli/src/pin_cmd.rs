@@ -21,9 +21,6 @@ use tenet_proto::card::{PinOutcome, PinStatus, check_pin};
 
 use crate::pin::{PinArgs, given, prompt};
 
-/// What the user is told when the PIN is blocked.
-pub const BLOCKED: &str = "PIN blocked: unblock it with the PUK: tenet card pin unblock";
-
 /// The card, for the commands that go through the daemon.
 #[derive(Args)]
 pub struct CardArg {
@@ -165,22 +162,8 @@ pub enum PinCmd {
     },
 }
 
-/// What a PIN status says, as an error when it is not `want`.
 fn expect(card: EntityId, st: PinStatus, want: PinOutcome) -> Result<()> {
-    let tries = |n: u8| match n {
-        1 => "1 try left".to_owned(),
-        n => format!("{n} tries left"),
-    };
-    match st.outcome {
-        o if o == want => Ok(()),
-        PinOutcome::Wrong => bail!("wrong PIN: {}", tries(st.tries_left)),
-        PinOutcome::Blocked => bail!("{BLOCKED}"),
-        PinOutcome::WrongPuk => bail!("wrong PUK: the PIN is unchanged"),
-        PinOutcome::NotAllowed => bail!(
-            "card {card} lets only apps of its own domain use its PIN: is this the socket of the daemon that holds it?"
-        ),
-        o => bail!("unexpected answer from card {card}: {o:?}"),
-    }
+    Ok(tenet_client::card_pin::expect(card, st, want)?)
 }
 
 /// Connects to the daemon and verifies the PIN.

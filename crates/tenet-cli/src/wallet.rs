@@ -7,14 +7,14 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use tenet_client::Capability;
 use tenet_client::wallet::Wallet;
-use tenet_proto::{Codec, Domain, EntityId};
+use tenet_proto::{Codec, EntityId};
 use tenet_voucher::card::Role;
 use tenet_voucher::model::Amount;
-use tenet_voucher::msg::{DEFAULT_OFFER_SECS, ExchangeId, StartExchange};
+use tenet_voucher::msg::{DEFAULT_OFFER_SECS, StartExchange};
 
 /// Who the wallet is.
 #[derive(Args)]
@@ -25,6 +25,9 @@ pub struct Login {
     /// The card's PIN.
     #[command(flatten)]
     pin: crate::pin::PinArgs,
+    /// The wallet's state folder, for the card's journal (default: $XDG_STATE_HOME/tenet or ~/.local/state/tenet).
+    #[arg(long, env = "TENET_WALLET_STATE", global = true, value_name = "DIR")]
+    state: Option<std::path::PathBuf>,
 }
 
 /// Wallet commands.
@@ -101,6 +104,64 @@ pub enum WalletCmd {
         #[arg(long)]
         amount: String,
     },
+    /// Redeem vouchers at their issuer's card (or a card it delegated) for a signed receipt.
+    ///
+    /// The vouchers are destroyed, never credited; the receipt (tenet wallet receipts) verifies offline with the CA (tenet verify receipt). Fair: the vouchers are gone only with the receipt.
+    ///
+    /// Example: tenet wallet redeem --card b2b2b2b2b2b2b2b2b2b2b2b2:0 --pin-file pin.txt --at 0a0b0c0d0e0f101112131415:0 --amount 1:0a0b0c0d0e0f101112131415:coffee
+    Redeem {
+        /// The redeemer's card, DOMAIN:0.
+        #[arg(long)]
+        at: EntityId,
+        /// The redeemer's wallet app (default: the card itself, which takes redemptions by policy).
+        #[arg(long)]
+        wallet: Option<EntityId>,
+        /// What to redeem: QTY:ISSUERHEX:PROMISE.
+        #[arg(long)]
+        amount: String,
+    },
+    /// List the receipts of this card's redemptions, from the journal.
+    ///
+    /// Example: tenet wallet receipts --card b2b2b2b2b2b2b2b2b2b2b2b2:0 --pin-file pin.txt --out receipts
+    Receipts {
+        /// Also write each as DIR/ID.receipt, for tenet verify receipt.
+        #[arg(long, value_name = "DIR")]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Let another card redeem this card's class (the issuer's card signs a delegation).
+    ///
+    /// Example: tenet wallet delegate --card 0a0b0c0d0e0f101112131415:0 --pin-file pin.txt --to c3c3c3c3c3c3c3c3c3c3c3c3:0 --class 0a0b0c0d0e0f101112131415:coffee --days 30 --out till.delegation
+    Delegate {
+        /// The redeemer's card, DOMAIN:0.
+        #[arg(long)]
+        to: EntityId,
+        /// The class: ISSUERHEX:PROMISE (this card's own domain).
+        #[arg(long)]
+        class: String,
+        /// Days it lasts, 1 to 3650.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+        /// Where to write it, for tenet wallet install-delegation.
+        #[arg(long, value_name = "FILE")]
+        out: std::path::PathBuf,
+    },
+    /// Install on the redeemer's card a delegation from tenet wallet delegate.
+    ///
+    /// Example: tenet wallet install-delegation --card c3c3c3c3c3c3c3c3c3c3c3c3:0 --pin-file pin.txt till.delegation
+    InstallDelegation {
+        /// The delegation file.
+        file: std::path::PathBuf,
+    },
+    /// Print the card's journal: every finished run and what this wallet did.
+    ///
+    /// Pulled from the card's log by sequence number; a gap says the card forgot runs before a wallet read them.
+    ///
+    /// Example: tenet wallet history --card b2b2b2b2b2b2b2b2b2b2b2b2:0 --pin-file pin.txt --json
+    History {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a verifier that the card holds an amount, moving nothing.
     ///
     /// The card signs "holds at least QTY at this time" for the verifier's
@@ -137,6 +198,9 @@ pub enum WalletCmd {
         /// Accept the gifts (transfers) that arrive; neither --accept nor a policy takes them.
         #[arg(long)]
         accept_transfers: bool,
+        /// Redeem the redemptions that destroy at most N of a class: `REDEEM<=N:ISSUERHEX:PROMISE`.
+        #[arg(long, value_name = "POLICY")]
+        redeem_if: Option<tenet_voucher::policy::RedeemPolicy>,
         /// Stop after this many offers.
         #[arg(short = 'c', long)]
         count: Option<u32>,
@@ -214,43 +278,10 @@ pub enum WalletCmd {
 }
 
 use crate::card::hex;
-
-fn unhex(s: &str) -> Result<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || !s.is_ascii() {
-        bail!("not hex: {s:?}");
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).with_context(|| format!("not hex: {s:?}")))
-        .collect()
-}
-
-fn amount(s: &str, own: Option<Domain>) -> Result<Amount> {
-    let a: Amount = match (s.split_once(':'), own) {
-        // QTY:PROMISE, when minting: the card's own class.
-        (Some((q, p)), Some(d)) if !p.contains(':') => format!("{q}:{d}:{p}").parse()?,
-        _ => s.parse()?,
-    };
-    if a.quantity == 0 {
-        bail!("quantity must be at least 1");
-    }
-    Ok(a)
-}
+use tenet_client::wallet::{parse_amount as amount, parse_id, unhex};
 
 fn show(b: &[Amount]) {
-    if b.is_empty() {
-        println!("(no vouchers)");
-    }
-    for a in b {
-        println!("{:>8}  {}  {}", a.quantity, a.class.issuer, a.class.promise);
-    }
-}
-
-fn exchange_id(s: &str) -> Result<ExchangeId> {
-    let b = unhex(s)?;
-    Ok(ExchangeId(b.try_into().map_err(|_| {
-        anyhow::anyhow!("an exchange id is 32 bytes (64 hex digits)")
-    })?))
+    print!("{}", tenet_client::wallet::balances_text(b));
 }
 
 pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode> {
@@ -260,9 +291,18 @@ pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode
     let pin = login.pin.resolve(&format!("PIN of card {card}"))?;
     let cap = Capability::acquire(socket).await?;
     let mut w = Wallet::open(cap, card, pin.as_bytes()).await?;
+    let (journal, missed) =
+        tenet_client::journal::open_synced(login.state.as_deref(), &mut w).await?;
+    if missed > 0 {
+        eprintln!("note: the card forgot {missed} finished runs before a wallet read them");
+    }
+    let note = |kind: &str, text: &str| journal.note(kind, text);
     match cmd {
         WalletCmd::Balance => show(&w.balances().await?),
-        WalletCmd::Mint { amount: a } => show(&w.mint(amount(&a, Some(card.domain()))?).await?),
+        WalletCmd::Mint { amount: a } => {
+            show(&w.mint(amount(&a, Some(card.domain()))?).await?);
+            note("mint", &format!("minted {a}"))?;
+        }
         WalletCmd::Offer {
             to,
             wallet,
@@ -271,6 +311,7 @@ pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode
             expires_in,
         } => {
             let (give, want) = (amount(&give, None)?, Some(amount(&want, None)?));
+            let s_text = format!("{give} for {}", want.as_ref().expect("wanted"));
             let s = StartExchange {
                 redeem: false,
                 responder: to,
@@ -280,6 +321,7 @@ pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode
                 expires_in: Some(expires_in),
             };
             w.start(s).await?;
+            note("offer", &format!("offered {} to {to}", s_text))?;
             println!(
                 "offer sent to {wallet} for card {to}, open {expires_in} s; follow it with `tenet wallet exchanges`"
             );
@@ -290,8 +332,59 @@ pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode
             amount: a,
         } => {
             w.transfer(to, wallet, amount(&a, None)?).await?;
+            note("transfer", &format!("gave {a} to {to}"))?;
             println!(
                 "gift of {a} sent to {wallet} for card {to}; follow it with `tenet wallet exchanges`"
+            );
+        }
+        WalletCmd::Redeem {
+            at,
+            wallet,
+            amount: a,
+        } => {
+            w.redeem(at, wallet.unwrap_or(at), amount(&a, None)?)
+                .await?;
+            note("redeem", &format!("asked {at} to redeem {a}"))?;
+            println!("redemption of {a} sent to {at}; the receipt follows (tenet wallet receipts)");
+        }
+        WalletCmd::Receipts { out } => {
+            let mut o = std::io::stdout();
+            tenet_client::journal::print_receipts(&journal, out.as_deref(), &mut o)?;
+        }
+        WalletCmd::Delegate {
+            to,
+            class,
+            days,
+            out,
+        } => {
+            let class = amount(&format!("1:{class}"), None)?.class;
+            let until = tenet_proto::time::unix_now() + u64::from(days) * 86_400;
+            let d = w.delegate(to, class, until).await?;
+            std::fs::write(&out, d.to_bytes())
+                .with_context(|| format!("writing {}", out.display()))?;
+            note(
+                "delegate",
+                &format!("let {to} redeem {} until {until}", d.class),
+            )?;
+            println!("delegation for {to} written to {}", out.display());
+        }
+        WalletCmd::InstallDelegation { file } => {
+            let d = tenet_client::journal::read_delegation(&file)?;
+            w.install_delegation(&d).await?;
+            note(
+                "install-delegation",
+                &format!("may redeem {} until {}", d.class, d.until),
+            )?;
+            println!(
+                "this card now redeems {} (until {})",
+                d.class,
+                tenet_proto::time::Utc(d.until)
+            );
+        }
+        WalletCmd::History { json } => {
+            print!(
+                "{}",
+                tenet_client::journal::history(&journal.entries()?, json)
             );
         }
         WalletCmd::Present {
@@ -302,10 +395,12 @@ pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode
             let c = unhex(&challenge)?.try_into();
             let c = c.map_err(|_| anyhow::anyhow!("a challenge is 16 bytes (32 hex digits)"))?;
             w.present(to, c, amount(&a, None)?).await?;
+            note("present", &format!("showed at least {a} to {to}"))?;
             println!("presented at least {a} to {to}");
         }
         WalletCmd::Withdraw { to } => {
             w.withdraw(to).await?;
+            note("withdraw", "withdrew open offers")?;
             println!(
                 "withdrew the open offers{}",
                 to.map_or(String::new(), |t| format!(" to {t}"))
@@ -315,6 +410,7 @@ pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode
             accept,
             accept_if,
             accept_transfers: gifts,
+            redeem_if,
             count,
         } => {
             let policy = accept_if
@@ -323,7 +419,8 @@ pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode
                 .transpose()?;
             let mut out = std::io::stdout();
             let p = policy.as_ref();
-            tenet_client::wallet::take_offers(&mut w, p, accept, gifts, count, &mut out).await?;
+            let r = redeem_if.as_ref();
+            tenet_client::wallet::take_offers(&mut w, p, accept, gifts, r, count, &mut out).await?;
         }
         WalletCmd::Accept { offer } => {
             let bytes = unhex(&offer)?;
@@ -336,21 +433,15 @@ pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode
             println!("accepted: this card gets {} and gives {want}", o.give);
         }
         WalletCmd::Reject { offer } => {
-            let o = tenet_voucher::msg::Offer::decode(&unhex(&offer)?).context("not an offer")?;
-            println!(
-                "declined the offer from {}: nothing was sent, nothing changed",
-                o.initiator
-            );
+            let from =
+                tenet_voucher::msg::Offer::decode(&unhex(&offer)?).context("not an offer")?;
+            let from = from.initiator;
+            println!("declined the offer from {from}: nothing was sent, nothing changed");
         }
-        WalletCmd::Exchanges => {
-            let ex = w.exchanges().await?;
-            if ex.is_empty() {
-                println!("(no exchanges)");
-            }
-            for e in ex {
-                println!("{e}");
-            }
-        }
+        WalletCmd::Exchanges => print!(
+            "{}",
+            tenet_client::wallet::exchanges_text(&w.exchanges().await?)
+        ),
         WalletCmd::Recover { after } => {
             let after = Duration::try_from_secs_f64(after)
                 .context("--after must be a non-negative number of seconds")?;
@@ -373,21 +464,7 @@ pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode
 }
 
 async fn recover(w: &mut Wallet, id: &str, role: Role, what: &str) -> Result<()> {
-    let id = exchange_id(id)?;
-    let e = w
-        .exchanges()
-        .await?
-        .into_iter()
-        .find(|e| e.id == id)
-        .context("the card has no exchange with this id")?;
-    if e.role != role {
-        bail!(
-            "this card is the {:?} of the exchange; it may not {what} it",
-            e.role
-        );
-    }
-    w.recover(id).await?;
-    let phase = w.wait_final(id, Duration::from_secs(30)).await?;
+    let phase = w.recover_as(parse_id(id)?, role, what).await?;
     println!("{what}: the exchange is now {phase:?}");
     show(&w.balances().await?);
     Ok(())

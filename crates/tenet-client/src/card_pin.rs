@@ -17,7 +17,7 @@
 
 use std::time::Duration;
 
-use tenet_proto::card::{ChangePin, PinStatus, UnblockPin, VerifyPin};
+use tenet_proto::card::{ChangePin, PinOutcome, PinStatus, UnblockPin, VerifyPin};
 use tenet_proto::notice::{Refused, Undeliverable};
 use tenet_proto::{Codec, EntityId, Mtype};
 use tracing::debug;
@@ -46,6 +46,40 @@ pub enum PinError {
     /// The card's answer was malformed.
     #[error("malformed pin-status from the card: {0}")]
     Malformed(String),
+}
+
+/// A PIN status that is not the outcome asked for, in words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PinOutcomeError {
+    /// A wrong PIN.
+    #[error("wrong PIN: {} left", if *.0 == 1 { "1 try".to_owned() } else { format!("{} tries", .0) })]
+    Wrong(u8),
+    /// The PIN is blocked.
+    #[error("PIN blocked: unblock it with the PUK: tenet card pin unblock")]
+    Blocked,
+    /// A wrong PUK.
+    #[error("wrong PUK: the PIN is unchanged")]
+    WrongPuk,
+    /// The app is not of the card's domain.
+    #[error(
+        "card {0} lets only apps of its own domain use its PIN: is this the socket of the daemon that holds it?"
+    )]
+    NotAllowed(EntityId),
+    /// Anything else.
+    #[error("unexpected answer from card {0}: {1:?}")]
+    Unexpected(EntityId, PinOutcome),
+}
+
+/// `Ok` if `st` is the outcome `want`, else what it says instead.
+pub fn expect(card: EntityId, st: PinStatus, want: PinOutcome) -> Result<(), PinOutcomeError> {
+    match st.outcome {
+        o if o == want => Ok(()),
+        PinOutcome::Wrong => Err(PinOutcomeError::Wrong(st.tries_left)),
+        PinOutcome::Blocked => Err(PinOutcomeError::Blocked),
+        PinOutcome::WrongPuk => Err(PinOutcomeError::WrongPuk),
+        PinOutcome::NotAllowed => Err(PinOutcomeError::NotAllowed(card)),
+        o => Err(PinOutcomeError::Unexpected(card, o)),
+    }
 }
 
 /// An app's PIN services on one card.

@@ -55,6 +55,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 pub mod card_pin;
+pub mod journal;
 pub mod secret;
 pub mod status;
 pub mod tools;

@@ -97,6 +97,16 @@ pub fn json(status: &Status) -> Json {
     json!({ "figures": figures, "omitted": status.omitted })
 }
 
+/// The status as `tenet status` prints it: [`text`], or with `json`
+/// [`json`] pretty-printed.
+pub fn render(s: &Status, json: bool) -> String {
+    if json {
+        serde_json::to_string_pretty(&self::json(s)).unwrap_or_default() + "\n"
+    } else {
+        text(s)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

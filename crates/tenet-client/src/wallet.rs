@@ -19,11 +19,12 @@ use tenet_proto::card::{PinOutcome, PinStatus, VerifyPin};
 use tenet_proto::notice::{Refused, Undeliverable};
 use tenet_proto::{Codec, EntityId, Message, Mtype};
 use tenet_voucher::card::{
-    BALANCE_REQUEST, BALANCES, EXCHANGES, EXCHANGES_REQUEST, ExchangeSummary, MINT, Phase,
-    decode_balances, decode_exchanges,
+    BALANCE_REQUEST, BALANCES, EXCHANGES, EXCHANGES_REQUEST, ExchangeSummary, LOG, LOG_REQUEST,
+    Log, LogRequest, MINT, Phase, decode_balances, decode_exchanges,
 };
 use tenet_voucher::model::Amount;
 use tenet_voucher::msg::{self, ExchangeId, Offer, StartExchange};
+use tenet_voucher::redeem::{DELEGATE, DELEGATION, DelegateOrder, Delegation, INSTALL_DELEGATION};
 use tracing::warn;
 
 use crate::{Capability, ClientError};
@@ -51,6 +52,12 @@ pub enum WalletError {
     /// The card's answer was malformed.
     #[error("malformed answer from the card: {0}")]
     Malformed(String),
+    /// Text given for an input is not what it must be.
+    #[error("{0}")]
+    Input(String),
+    /// The card has no run with this id, or another role in it.
+    #[error("{0}")]
+    NotYours(String),
     /// Writing what the wallet reports failed (its reader went away).
     #[error("writing the output: {0}")]
     Output(#[from] std::io::Error),
@@ -116,13 +123,14 @@ pub async fn verify_presentations(
 /// expires, and its hex for `tenet wallet accept`), up to `count` offers.
 /// Offers within `policy` are accepted, or all with `accept`; gifts
 /// (transfers: nothing wanted back) only with `gifts`, never by a policy
-/// or `accept`. A card that refuses one (a replay, an expired offer, too
+/// or `accept`; redemptions only within `redeem`. A card that refuses one (a replay, an expired offer, too
 /// little held) deleted nothing, and the refusal is reported.
 pub async fn take_offers(
     w: &mut Wallet,
     policy: Option<&tenet_voucher::policy::Policy>,
     accept: bool,
     gifts: bool,
+    redeem: Option<&tenet_voucher::policy::RedeemPolicy>,
     count: Option<u32>,
     out: &mut impl std::io::Write,
 ) -> Result<(), WalletError> {
@@ -149,9 +157,24 @@ pub async fn take_offers(
                 out,
                 "offer from {from}: {give} for {want}{expires}\n  {hex}"
             )?,
+            None if o.offer.is_redemption() => writeln!(
+                out,
+                "redemption by {from}: {give} to destroy for a receipt{expires}\n  {hex}"
+            )?,
             None => writeln!(out, "gift from {from}: {give}{expires}\n  {hex}")?,
         }
         let how = match policy {
+            _ if o.offer.is_redemption() => match redeem {
+                Some(r) if r.allows(&o.offer) => "accepted (redemption)",
+                Some(_) => {
+                    writeln!(out, "  declined: outside the redemption policy")?;
+                    continue;
+                }
+                None => {
+                    writeln!(out, "  not taken: a redemption (--redeem-if takes them)")?;
+                    continue;
+                }
+            },
             _ if o.offer.is_gift() => match gifts {
                 true => "accepted (gift)",
                 false => {
@@ -177,6 +200,62 @@ pub async fn take_offers(
         out.flush()?;
     }
     Ok(())
+}
+
+/// The bytes of hex text `s`.
+pub fn unhex(s: &str) -> Result<Vec<u8>, WalletError> {
+    let bad = || WalletError::Input(format!("not hex: {s:?}"));
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
+        return Err(bad());
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| bad()))
+        .collect()
+}
+
+/// An amount from its text `QTY:ISSUERHEX:PROMISE`, or `QTY:PROMISE` of
+/// the class of `own` (an issuer's card minting), at least 1.
+pub fn parse_amount(s: &str, own: Option<tenet_proto::Domain>) -> Result<Amount, WalletError> {
+    let a: Result<Amount, _> = match (s.split_once(':'), own) {
+        (Some((q, p)), Some(d)) if !p.contains(':') => format!("{q}:{d}:{p}").parse(),
+        _ => s.parse(),
+    };
+    let a = a.map_err(|e| WalletError::Input(e.to_string()))?;
+    if a.quantity == 0 {
+        return Err(WalletError::Input("quantity must be at least 1".into()));
+    }
+    Ok(a)
+}
+
+/// A run's id from its 64 hex digits.
+pub fn parse_id(s: &str) -> Result<ExchangeId, WalletError> {
+    let b = unhex(s)?.try_into();
+    let b = b.map_err(|_| WalletError::Input("an exchange id is 32 bytes (64 hex digits)".into()));
+    Ok(ExchangeId(b?))
+}
+
+/// Balances as `tenet wallet balance` prints them, one line per class.
+pub fn balances_text(b: &[Amount]) -> String {
+    if b.is_empty() {
+        return "(no vouchers)\n".into();
+    }
+    b.iter()
+        .map(|a| {
+            format!(
+                "{:>8}  {}  {}\n",
+                a.quantity, a.class.issuer, a.class.promise
+            )
+        })
+        .collect()
+}
+
+/// Exchanges as `tenet wallet exchanges` prints them, one line each.
+pub fn exchanges_text(ex: &[ExchangeSummary]) -> String {
+    if ex.is_empty() {
+        return "(no exchanges)\n".into();
+    }
+    ex.iter().map(|e| format!("{e}\n")).collect()
 }
 
 /// An offer that reached this wallet (option 2b: the offering card sends
@@ -398,6 +477,63 @@ impl Wallet {
         .await
     }
 
+    /// Has the card redeem `amount` at card `redeemer` (the class's issuer
+    /// card, or one it delegated), whose wallet app is `redeemer_wallet`
+    /// (or the card itself, for a merchant that redeems by policy): the
+    /// vouchers are destroyed, and this card keeps the receipt
+    /// ([`Wallet::log`], [`crate::journal`]). Fair as the exchange: the
+    /// vouchers are gone only with the receipt, and come back otherwise.
+    pub async fn redeem(
+        &mut self,
+        redeemer: EntityId,
+        redeemer_wallet: EntityId,
+        amount: Amount,
+    ) -> Result<(), WalletError> {
+        self.start(StartExchange {
+            redeem: true,
+            responder: redeemer,
+            peer_wallet: redeemer_wallet,
+            give: amount,
+            want: None,
+            expires_in: Some(msg::DEFAULT_OFFER_SECS),
+        })
+        .await
+    }
+
+    /// Has the card (the issuer of `class`) sign a delegation letting card
+    /// `redeemer` redeem `class` until the card time `until`.
+    pub async fn delegate(
+        &mut self,
+        redeemer: EntityId,
+        class: tenet_voucher::model::VoucherClass,
+        until: u64,
+    ) -> Result<Delegation, WalletError> {
+        let o = DelegateOrder {
+            redeemer,
+            class,
+            until,
+        };
+        self.cap.send(self.card, DELEGATE, o.to_bytes()).await?;
+        let m = self.answer(DELEGATION, &[DELEGATE]).await?;
+        Delegation::decode(&m.param).map_err(|e| WalletError::Malformed(e.to_string()))
+    }
+
+    /// Installs a delegation naming this card, which then redeems its
+    /// class; the card checks it first.
+    pub async fn install_delegation(&mut self, d: &Delegation) -> Result<(), WalletError> {
+        self.order(INSTALL_DELEGATION, d.to_bytes())
+            .await
+            .map(|_| ())
+    }
+
+    /// The card's log of finished runs numbered `since` or later.
+    pub async fn log(&mut self, since: u64) -> Result<Log, WalletError> {
+        let r = LogRequest { since };
+        self.cap.send(self.card, LOG_REQUEST, r.to_bytes()).await?;
+        let m = self.answer(LOG, &[LOG_REQUEST]).await?;
+        Log::decode(&m.param).map_err(|e| WalletError::Malformed(e.to_string()))
+    }
+
     /// Has the card make the offer `s` (its expiry included).
     pub async fn start(&mut self, s: StartExchange) -> Result<(), WalletError> {
         self.order(msg::START_EXCHANGE, s.to_bytes())
@@ -500,6 +636,28 @@ impl Wallet {
     /// offer, abort if it accepted it.
     pub async fn recover(&mut self, id: ExchangeId) -> Result<(), WalletError> {
         self.order(msg::RECOVER, id.to_bytes()).await.map(|_| ())
+    }
+
+    /// Asks the TTP to finish exchange `id` if this card is its `role`
+    /// (`what` names the step: resolve or abort), and waits up to 30 s
+    /// for it to be final; returns its phase.
+    pub async fn recover_as(
+        &mut self,
+        id: ExchangeId,
+        role: tenet_voucher::card::Role,
+        what: &str,
+    ) -> Result<Phase, WalletError> {
+        let e = self.exchanges().await?.into_iter().find(|e| e.id == id);
+        let e =
+            e.ok_or_else(|| WalletError::NotYours("the card has no exchange with this id".into()))?;
+        if e.role != role {
+            return Err(WalletError::NotYours(format!(
+                "this card is the {:?} of the exchange; it may not {what} it",
+                e.role
+            )));
+        }
+        self.recover(id).await?;
+        self.wait_final(id, Duration::from_secs(30)).await
     }
 
     /// Recovers every exchange that has stayed pending for `after` (measured

@@ -1,0 +1,442 @@
+//! The wallet's journal: every operation of its card, beyond the card's
+//! memory, in SQLite in the wallet's state folder.
+//!
+//! The card keeps only its last finished runs (exchanges, gifts,
+//! redemptions), numbered as they finish, and with recovery done by the
+//! cards they finish while no wallet runs. Whenever a wallet connects it
+//! pulls the runs numbered after the last one its journal holds
+//! ([`Journal::sync`]); when the card forgot some before the wallet could
+//! read them, the journal records the gap and says so. What only the
+//! wallet sees (mints, offers made, presentations, withdrawals,
+//! delegations) it records itself ([`Journal::note`]).
+//!
+//! One file per card (`journal-<card domain>.sqlite`), created owner-only
+//! in a folder created owner-only.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tenet_proto::{Codec, EntityId};
+use tenet_voucher::card::{Log, LogEntry, Role};
+use tenet_voucher::redeem::{Delegation, Receipt};
+
+use crate::wallet::{Wallet, WalletError};
+
+/// Why the journal failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The state folder or the file could not be made or opened.
+    #[error("journal {path}: {source}")]
+    Open {
+        /// The file or folder.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// SQLite refused.
+    #[error("journal {path}: {source}")]
+    Sql {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: rusqlite::Error,
+    },
+    /// Talking to the card failed.
+    #[error(transparent)]
+    Wallet(#[from] WalletError),
+    /// No state folder given and none found (no HOME).
+    #[error("no state folder for the journal: give --state DIR or TENET_WALLET_STATE")]
+    NoStateDir,
+    /// A file read or written failed.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file is not what it should be.
+    #[error("{path}: {detail}")]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// Opens the journal of `w`'s card in `dir` (or [`default_dir`]) and pulls
+/// what it lacks from the card; returns it with how many runs the card
+/// forgot before a wallet read them.
+pub async fn open_synced(
+    dir: Option<&Path>,
+    w: &mut Wallet,
+) -> Result<(Journal, u64), JournalError> {
+    let dir = dir
+        .map(Path::to_owned)
+        .or_else(default_dir)
+        .ok_or(JournalError::NoStateDir)?;
+    let mut j = Journal::open(&dir, w.card())?;
+    let s = j.sync(w).await?;
+    Ok((j, s.missed))
+}
+
+/// Files a wallet reads are small; more is refused unread.
+const MAX_FILE: u64 = 64 * 1024;
+
+/// Reads a small file (at most 64 KiB).
+pub fn read_small(path: &Path) -> Result<Vec<u8>, JournalError> {
+    use std::io::Read;
+    let err = |source| JournalError::File {
+        path: path.to_owned(),
+        source,
+    };
+    let mut b = Vec::new();
+    std::fs::File::open(path)
+        .map_err(err)?
+        .take(MAX_FILE + 1)
+        .read_to_end(&mut b)
+        .map_err(err)?;
+    if b.len() as u64 > MAX_FILE {
+        return Err(JournalError::Malformed {
+            path: path.to_owned(),
+            detail: format!("larger than {MAX_FILE} bytes"),
+        });
+    }
+    Ok(b)
+}
+
+/// Reads a delegation file (`tenet wallet delegate --out`).
+pub fn read_delegation(path: &Path) -> Result<Delegation, JournalError> {
+    Delegation::decode(&read_small(path)?).map_err(|e| JournalError::Malformed {
+        path: path.to_owned(),
+        detail: format!("not a delegation: {e}"),
+    })
+}
+
+/// Reads a receipt file (`tenet wallet receipts --out`).
+pub fn read_receipt(path: &Path) -> Result<Receipt, JournalError> {
+    Receipt::decode(&read_small(path)?).map_err(|e| JournalError::Malformed {
+        path: path.to_owned(),
+        detail: format!("not a receipt: {e}"),
+    })
+}
+
+/// Prints the journal's receipts on `out`, one line each, and writes each
+/// as `DIR/ID.receipt` with `dir`.
+pub fn print_receipts(
+    j: &Journal,
+    dir: Option<&Path>,
+    out: &mut impl std::io::Write,
+) -> Result<(), JournalError> {
+    let receipts = j.receipts()?;
+    let io = |source| JournalError::File {
+        path: PathBuf::from("stdout"),
+        source,
+    };
+    if receipts.is_empty() {
+        writeln!(out, "(no receipts)").map_err(io)?;
+    }
+    for r in receipts {
+        writeln!(out, "{r}").map_err(io)?;
+        if let Some(d) = dir {
+            let hex: String = r.id().0.iter().map(|b| format!("{b:02x}")).collect();
+            let path = d.join(format!("{hex}.receipt"));
+            std::fs::create_dir_all(d)
+                .and_then(|()| std::fs::write(&path, r.to_bytes()))
+                .map_err(|source| JournalError::File {
+                    path: path.clone(),
+                    source,
+                })?;
+            writeln!(out, "  written to {}", path.display()).map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
+/// The journal's entries as text (one line each) or JSON (an array).
+pub fn history(entries: &[Entry], json: bool) -> String {
+    if json {
+        let all: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "n": e.n,
+                    "at": e.at,
+                    "seq": e.seq,
+                    "kind": e.kind,
+                    "id": e.id,
+                    "text": e.text,
+                    "receipt": e.receipt.is_some(),
+                })
+            })
+            .collect();
+        return serde_json::to_string_pretty(&all).unwrap_or_default() + "\n";
+    }
+    if entries.is_empty() {
+        return "(nothing yet)\n".into();
+    }
+    entries
+        .iter()
+        .map(|e| {
+            let seq = e.seq.map_or_else(|| "-".into(), |s| s.to_string());
+            let at = tenet_proto::time::Utc(e.at);
+            format!(
+                "{:>5}  {at}  card #{seq:<5} {:<18} {}\n",
+                e.n, e.kind, e.text
+            )
+        })
+        .collect()
+}
+
+/// One line of the journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Its place in the journal.
+    pub n: i64,
+    /// When the journal wrote it (seconds since the Unix epoch).
+    pub at: u64,
+    /// The card's sequence number, for a run read from its log.
+    pub seq: Option<u64>,
+    /// `exchange`, `gift`, `redemption`, `gap`, or what the wallet noted
+    /// (`mint`, `offer`, `present`, ...).
+    pub kind: String,
+    /// The run's id (hex), if any.
+    pub id: Option<String>,
+    /// In words.
+    pub text: String,
+    /// The receipt, for a redemption this card made as holder.
+    pub receipt: Option<Vec<u8>>,
+}
+
+/// What one [`Journal::sync`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Synced {
+    /// Runs newly recorded.
+    pub added: u64,
+    /// Runs the card forgot before the journal read them.
+    pub missed: u64,
+}
+
+/// A card's journal.
+pub struct Journal {
+    db: Connection,
+    path: PathBuf,
+}
+
+/// The default state folder: `$TENET_WALLET_STATE`, else
+/// `$XDG_STATE_HOME/tenet`, else `~/.local/state/tenet`.
+pub fn default_dir() -> Option<PathBuf> {
+    let env = |k| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    env("TENET_WALLET_STATE")
+        .or_else(|| env("XDG_STATE_HOME").map(|d| d.join("tenet")))
+        .or_else(|| env("HOME").map(|h| h.join(".local/state/tenet")))
+}
+
+impl Journal {
+    /// Opens (or creates) the journal of `card` in `dir`.
+    pub fn open(dir: &Path, card: EntityId) -> Result<Self, JournalError> {
+        let open_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| JournalError::Open { path, source }
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(open_err(dir))?;
+        let path = dir.join(format!("journal-{}.sqlite", card.domain()));
+        // Created owner-only before SQLite opens it.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(open_err(&path))?;
+        let sql = |source| JournalError::Sql {
+            path: path.clone(),
+            source,
+        };
+        let db = Connection::open(&path).map_err(sql)?;
+        db.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql)?;
+        db.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE IF NOT EXISTS journal (
+                n INTEGER PRIMARY KEY AUTOINCREMENT,
+                at INTEGER NOT NULL,
+                seq INTEGER UNIQUE,
+                kind TEXT NOT NULL,
+                id TEXT,
+                text TEXT NOT NULL,
+                receipt BLOB
+             );
+             CREATE TABLE IF NOT EXISTS cursor (one INTEGER PRIMARY KEY CHECK (one = 1), next INTEGER NOT NULL);",
+        )
+        .map_err(sql)?;
+        Ok(Self { db, path })
+    }
+
+    fn sql(&self) -> impl Fn(rusqlite::Error) -> JournalError + '_ {
+        |source| JournalError::Sql {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// The card sequence number the journal asks from next.
+    pub fn next(&self) -> Result<u64, JournalError> {
+        let n: Option<i64> = self
+            .db
+            .query_row("SELECT next FROM cursor WHERE one = 1", [], |r| r.get(0))
+            .optional()
+            .map_err(self.sql())?;
+        Ok(n.map_or(0, |n| n as u64))
+    }
+
+    /// Records what the wallet did itself.
+    pub fn note(&self, kind: &str, text: &str) -> Result<(), JournalError> {
+        self.db
+            .execute(
+                "INSERT INTO journal (at, kind, text) VALUES (?1, ?2, ?3)",
+                params![tenet_proto::time::unix_now() as i64, kind, text],
+            )
+            .map_err(self.sql())?;
+        Ok(())
+    }
+
+    /// Records the card's `log`, asked from `since`: its runs, and the gap
+    /// if the card forgot some first. One transaction: a crash records all
+    /// or nothing, and the next sync asks again.
+    pub fn record(&mut self, since: u64, log: &Log) -> Result<Synced, JournalError> {
+        let path = self.path.clone();
+        let sql = move |source| JournalError::Sql {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.db.transaction().map_err(&sql)?;
+        let now = tenet_proto::time::unix_now() as i64;
+        let mut synced = Synced::default();
+        if log.first > since {
+            synced.missed = log.first - since;
+            let text = format!(
+                "the card forgot runs {since} to {} before this journal read them",
+                log.first - 1
+            );
+            tx.execute(
+                "INSERT INTO journal (at, kind, text) VALUES (?1, 'gap', ?2)",
+                params![now, text],
+            )
+            .map_err(&sql)?;
+        }
+        for e in log.entries.iter().filter(|e| e.seq >= since) {
+            let (kind, text) = describe(e);
+            let id: String = e.summary.id.0.iter().map(|b| format!("{b:02x}")).collect();
+            let receipt = e.receipt.as_ref().map(Codec::to_bytes);
+            let added = tx
+                .execute(
+                    "INSERT OR IGNORE INTO journal (at, seq, kind, id, text, receipt)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![now, e.seq as i64, kind, id, text, receipt],
+                )
+                .map_err(&sql)?;
+            synced.added += added as u64;
+        }
+        let next = log.next.max(since);
+        tx.execute(
+            "INSERT INTO cursor (one, next) VALUES (1, ?1)
+             ON CONFLICT (one) DO UPDATE SET next = excluded.next",
+            params![next as i64],
+        )
+        .map_err(&sql)?;
+        tx.commit().map_err(&sql)?;
+        Ok(synced)
+    }
+
+    /// Pulls from `w`'s card every finished run the journal lacks.
+    pub async fn sync(&mut self, w: &mut Wallet) -> Result<Synced, JournalError> {
+        let since = self.next()?;
+        let log = w.log(since).await?;
+        self.record(since, &log)
+    }
+
+    /// Every entry, oldest first.
+    pub fn entries(&self) -> Result<Vec<Entry>, JournalError> {
+        let mut q = self
+            .db
+            .prepare("SELECT n, at, seq, kind, id, text, receipt FROM journal ORDER BY n")
+            .map_err(self.sql())?;
+        let rows = q
+            .query_map([], |r| {
+                Ok(Entry {
+                    n: r.get(0)?,
+                    at: r.get::<_, i64>(1)? as u64,
+                    seq: r.get::<_, Option<i64>>(2)?.map(|s| s as u64),
+                    kind: r.get(3)?,
+                    id: r.get(4)?,
+                    text: r.get(5)?,
+                    receipt: r.get(6)?,
+                })
+            })
+            .map_err(self.sql())?;
+        rows.collect::<Result<_, _>>().map_err(self.sql())
+    }
+
+    /// The receipts of this card's redemptions, oldest first.
+    pub fn receipts(&self) -> Result<Vec<Receipt>, JournalError> {
+        Ok(self
+            .entries()?
+            .into_iter()
+            .filter_map(|e| e.receipt.and_then(|r| Receipt::decode(&r).ok()))
+            .collect())
+    }
+}
+
+/// A run's kind and its line in words.
+fn describe(e: &LogEntry) -> (&'static str, String) {
+    let s = &e.summary;
+    let o = &s.offer;
+    let kind = if o.is_redemption() {
+        "redemption"
+    } else if o.is_gift() {
+        "gift"
+    } else {
+        "exchange"
+    };
+    let phase = s.phase;
+    let text = match (kind, s.role) {
+        ("redemption", Role::Initiator) => format!(
+            "{phase:?}: redeemed {} at {}{}",
+            o.give,
+            o.responder,
+            if e.receipt.is_some() {
+                ", receipt kept"
+            } else {
+                ""
+            }
+        ),
+        ("redemption", Role::Responder) => {
+            format!("{phase:?}: took {} from {} to destroy", o.give, o.initiator)
+        }
+        ("gift", Role::Initiator) => format!("{phase:?}: gave {} to {}", o.give, o.responder),
+        ("gift", Role::Responder) => format!("{phase:?}: got {} from {}", o.give, o.initiator),
+        _ => {
+            let want = o
+                .want
+                .as_ref()
+                .map_or_else(String::new, ToString::to_string);
+            let (gave, got, peer) = match s.role {
+                Role::Initiator => (o.give.to_string(), want, o.responder),
+                Role::Responder => (want, o.give.to_string(), o.initiator),
+            };
+            format!("{phase:?}: gave {gave}, got {got}, with {peer}")
+        }
+    };
+    (kind, text)
+}
+
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};

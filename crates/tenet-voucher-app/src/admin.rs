@@ -1,0 +1,164 @@
+//! Making and inspecting voucher cards (`tenet card new | info |
+//! recertify | install-cert`): personalization with the CA's certificate
+//! and the voucher applet's TTP, and the certificate checks before a card
+//! stores one.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use tenet_card::{Card, CardError, CardLimits, FileStore, Personalization, SystemEntropy};
+use tenet_proto::{Domain, EntityId};
+
+use crate::applet;
+
+/// Why a card could not be made or given a certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The card refused.
+    #[error(transparent)]
+    Card(#[from] CardError),
+    /// The card's store could not be made.
+    #[error(transparent)]
+    Store(#[from] tenet_card::StoreError),
+    /// The CA could not issue the card's certificate.
+    #[error("CA in {dir}: {source}")]
+    Issue {
+        /// The CA's folder.
+        dir: PathBuf,
+        /// Why.
+        source: tenet_pki::CertError,
+    },
+    /// The certificate offered is not for this card.
+    #[error(transparent)]
+    NotIssued(#[from] tenet_pki::RequestError),
+    /// The certificate comes from another CA than the card trusts.
+    #[error("card {card} trusts another CA than {ca}; use the CA that personalized it")]
+    OtherCa {
+        /// The card.
+        card: EntityId,
+        /// The CA file offered.
+        ca: PathBuf,
+    },
+}
+
+/// What a new card gets.
+pub struct NewCard {
+    /// Its domain.
+    pub domain: Domain,
+    /// Its PIN and PUK.
+    pub pin: String,
+    /// Its PUK.
+    pub puk: String,
+    /// Bytes of store.
+    pub capacity: usize,
+    /// The CA folder that certifies it, for how many days.
+    pub ca: Option<(PathBuf, u32)>,
+    /// The TTP, its pinned certificate (DER), and the recovery timeout.
+    pub ttp: Option<(EntityId, Option<Vec<u8>>, u32)>,
+}
+
+/// Makes the card `store` (never overwritten; removed again if a step
+/// fails) and returns it.
+pub fn personalize(store: &Path, n: NewCard) -> Result<Card<FileStore>, AdminError> {
+    let s = FileStore::create(store, n.capacity)?;
+    let p = Personalization {
+        domain: n.domain,
+        pin: n.pin.into_bytes(),
+        puk: n.puk.into_bytes(),
+    };
+    let made = Card::personalize(s, &p, CardLimits::default(), Box::new(SystemEntropy))
+        .map_err(AdminError::from)
+        .and_then(|mut card| {
+            if let Some((dir, days)) = &n.ca {
+                let public_key = card.state().public_key.clone();
+                let life = tenet_pki::Lifetime::days(*days);
+                let (cert, ca_der) =
+                    tenet_pki::issue_entity_with(dir, card.id(), &public_key, life).map_err(
+                        |source| AdminError::Issue {
+                            dir: dir.clone(),
+                            source,
+                        },
+                    )?;
+                card.install_certificates(cert, ca_der)?;
+            }
+            if let Some((t, cert, after)) = n.ttp {
+                let data = applet::initial_data_with(t, cert, after);
+                card.provision(applet::APPLET_ID, data)?;
+            }
+            Ok(card)
+        });
+    if made.is_err() {
+        let _ = std::fs::remove_file(store);
+    }
+    made
+}
+
+/// Stores `cert` and `ca` (DER) on `card` once checked: the CA is the one
+/// the card trusts, if any (`ca_path` names it), and the certificate, from
+/// it, names the card and certifies its key. Returns old and new in words.
+pub fn install(
+    card: &mut Card<FileStore>,
+    cert: Vec<u8>,
+    ca: Vec<u8>,
+    ca_path: &Path,
+) -> Result<String, AdminError> {
+    let (id, trusted) = (card.id(), &card.state().ca_certificate);
+    if trusted.as_ref().is_some_and(|c| *c != ca) {
+        return Err(AdminError::OtherCa {
+            card: id,
+            ca: ca_path.to_owned(),
+        });
+    }
+    let new = tenet_pki::check_issued(&cert, &ca, id, &card.state().public_key)?;
+    let before = card.state().certificate.as_deref().map(valid);
+    card.install_certificates(cert, ca)?;
+    card.raise_clock_bound(tenet_proto::time::unix_now())?;
+    let mut out = format!(
+        "card {id}\npublic key {} (unchanged)\n",
+        hex(&card.state().public_key)
+    );
+    if let Some(b) = before {
+        let _ = writeln!(out, "old certificate {b}");
+    }
+    let _ = write!(out, "new certificate {new}");
+    Ok(out)
+}
+
+/// What `tenet card info` prints.
+pub fn describe(card: &Card<FileStore>) -> String {
+    let st = card.state();
+    let mut out = format!(
+        "card {}\npublic key {}\nPIN tries left {}\nnext port {}\n",
+        card.id(),
+        hex(&st.public_key),
+        st.pin_tries,
+        st.next_port
+    );
+    let _ = match &st.certificate {
+        Some(c) => writeln!(
+            out,
+            "certificate {} bytes (X.509 DER), {}",
+            c.len(),
+            valid(c)
+        ),
+        None => writeln!(out, "certificate none (personalize with --ca)"),
+    };
+    let data = applet::applet_data(st);
+    let _ = writeln!(out, "{}", applet::describe_ttp(data));
+    let _ = write!(
+        out,
+        "clock bound {}",
+        tenet_card::clock::Utc(st.clock_bound)
+    );
+    out
+}
+
+/// Lower-case hex.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// `valid .. to ..` of a certificate (DER), in UTC.
+pub fn valid(der: &[u8]) -> String {
+    tenet_pki::validity(der).map_or_else(|e| format!("unreadable: {e}"), |v| v.to_string())
+}
