@@ -947,3 +947,134 @@ fn a_gift_from_the_command_line_moves_vouchers_one_way() {
         "{ex}"
     );
 }
+
+/// `tenet wallet redeem`: Bob redeems Alice's coffee at Alice's card (the
+/// issuer's), which takes redemptions by its wallet's standing policy
+/// (`--redeem-if`): one above the policy is declined, one inside it
+/// destroys the coffee. Bob's receipt verifies offline with the CA and is
+/// refused once altered; both journals list the runs.
+#[test]
+fn a_coffee_redeemed_at_its_issuer_leaves_a_receipt_that_verifies_offline() {
+    let p = pair();
+    let ca_dom = p.ca_dom;
+    let dir = p._dir.path();
+    let state = dir.join("bob-state");
+    let state = state.to_str().unwrap();
+    wallet(&p.sock_a, &p.card_a, &["mint", "5:coffee"]);
+    let amount = format!("2:{ca_dom}:coffee");
+    let (mut offers, rest, b_wallet) = bob_takes_offers(&p, &["--accept-transfers", "-c", "1"]);
+    let args = [
+        "transfer", "--to", &p.card_b, "--wallet", &b_wallet, "--amount", &amount,
+    ];
+    alice_until_sent(&p, &args);
+    let rest: Vec<String> = rest.map(|l| l.unwrap()).collect();
+    assert!(offers.wait().unwrap().success(), "{rest:?}");
+    // Alice's wallet redeems at most one coffee at a time.
+    let policy = format!("REDEEM<=1:{ca_dom}:coffee");
+    let mut alice = Kill(
+        Command::new(TENET)
+            .args(["--socket", p.sock_a.to_str().unwrap(), "wallet", "--card"])
+            .args([&p.card_a, "--pin", "1234", "offers", "--redeem-if", &policy])
+            .args(["-c", "2"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(alice.0.stdout.take().unwrap()).lines();
+    lines.next().unwrap().unwrap();
+    let bob = |args: &[&str]| {
+        let mut all = vec!["--state", state];
+        all.extend_from_slice(args);
+        wallet(&p.sock_b, &p.card_b, &all)
+    };
+    // Bob's card must have the coffee before it offers it: wait for the gift.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !bob(&["balance"]).contains(&format!("2  {ca_dom}  coffee")) {
+        assert!(Instant::now() < deadline, "the gift did not arrive");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for q in [2, 1] {
+        let what = format!("{q}:{ca_dom}:coffee");
+        bob(&["redeem", "--at", &p.card_a, "--amount", &what]);
+    }
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(alice.0.wait().unwrap().success());
+    assert!(rest[0].starts_with("redemption by"), "{rest:?}");
+    assert_eq!(
+        rest[2], "  declined: outside the redemption policy",
+        "{rest:?}"
+    );
+    assert_eq!(rest[5], "  accepted (redemption)", "{rest:?}");
+    // One coffee destroyed: Bob holds one, Alice's card credited nothing.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let receipts = dir.join("receipts");
+    let listed = loop {
+        let r = bob(&["receipts", "--out", receipts.to_str().unwrap()]);
+        if r.contains("redeemed 1 x") {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no receipt: {r}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(listed.contains(&format!("at {}", p.card_a)), "{listed}");
+    assert!(bob(&["balance"]).contains(&format!("1  {ca_dom}  coffee")));
+    let a = wallet(&p.sock_a, &p.card_a, &["balance"]);
+    assert!(a.contains(&format!("3  {ca_dom}  coffee")), "{a}");
+    let file = std::fs::read_dir(&receipts)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let ca = dir.join("ca").join("ca.pem");
+    let ok = run(&[
+        "verify",
+        "receipt",
+        "--ca",
+        ca.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]);
+    assert!(ok.starts_with("valid:") && ok.contains(&p.card_b), "{ok}");
+    // Altered by one byte (the quantity, last in the amount), refused.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes
+        .windows(9)
+        .position(|w| w == [0x82, 8, 0, 0, 0, 0, 0, 0, 0])
+        .unwrap();
+    bytes[at + 9] = 7;
+    let forged = dir.join("forged.receipt");
+    std::fs::write(&forged, &bytes).unwrap();
+    let out = Command::new(TENET)
+        .args([
+            "verify",
+            "receipt",
+            "--ca",
+            ca.to_str().unwrap(),
+            forged.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused"), "{err}");
+    // Bob's journal: the gift and the redemption, with its receipt.
+    let h = bob(&["history", "--json"]);
+    let h: serde_json::Value = serde_json::from_str(&h).unwrap();
+    let kinds: Vec<&str> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"gift") && kinds.contains(&"redemption"),
+        "{kinds:?}"
+    );
+    assert!(
+        h.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "redemption" && e["receipt"] == true)
+    );
+}

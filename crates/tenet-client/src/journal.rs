@@ -269,13 +269,19 @@ impl Journal {
              CREATE TABLE IF NOT EXISTS journal (
                 n INTEGER PRIMARY KEY AUTOINCREMENT,
                 at INTEGER NOT NULL,
-                seq INTEGER UNIQUE,
+                epoch INTEGER NOT NULL DEFAULT 0,
+                seq INTEGER,
                 kind TEXT NOT NULL,
                 id TEXT,
                 text TEXT NOT NULL,
-                receipt BLOB
+                receipt BLOB,
+                UNIQUE (epoch, seq)
              );
-             CREATE TABLE IF NOT EXISTS cursor (one INTEGER PRIMARY KEY CHECK (one = 1), next INTEGER NOT NULL);",
+             CREATE TABLE IF NOT EXISTS cursor (
+                one INTEGER PRIMARY KEY CHECK (one = 1),
+                next INTEGER NOT NULL,
+                epoch INTEGER NOT NULL DEFAULT 0
+             );",
         )
         .map_err(sql)?;
         Ok(Self { db, path })
@@ -288,14 +294,18 @@ impl Journal {
         }
     }
 
-    /// The card sequence number the journal asks from next.
-    pub fn next(&self) -> Result<u64, JournalError> {
-        let n: Option<i64> = self
+    /// The card sequence number the journal asks from next, and the
+    /// number of the card it follows (one more for each card of the same
+    /// domain personalized again).
+    pub fn next(&self) -> Result<(u64, i64), JournalError> {
+        let n: Option<(i64, i64)> = self
             .db
-            .query_row("SELECT next FROM cursor WHERE one = 1", [], |r| r.get(0))
+            .query_row("SELECT next, epoch FROM cursor WHERE one = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()
             .map_err(self.sql())?;
-        Ok(n.map_or(0, |n| n as u64))
+        Ok(n.map_or((0, 0), |(n, e)| (n as u64, e)))
     }
 
     /// Records what the wallet did itself.
@@ -312,7 +322,7 @@ impl Journal {
     /// Records the card's `log`, asked from `since`: its runs, and the gap
     /// if the card forgot some first. One transaction: a crash records all
     /// or nothing, and the next sync asks again.
-    pub fn record(&mut self, since: u64, log: &Log) -> Result<Synced, JournalError> {
+    pub fn record(&mut self, epoch: i64, since: u64, log: &Log) -> Result<Synced, JournalError> {
         let path = self.path.clone();
         let sql = move |source| JournalError::Sql {
             path: path.clone(),
@@ -339,18 +349,18 @@ impl Journal {
             let receipt = e.receipt.as_ref().map(Codec::to_bytes);
             let added = tx
                 .execute(
-                    "INSERT OR IGNORE INTO journal (at, seq, kind, id, text, receipt)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![now, e.seq as i64, kind, id, text, receipt],
+                    "INSERT OR IGNORE INTO journal (at, epoch, seq, kind, id, text, receipt)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![now, epoch, e.seq as i64, kind, id, text, receipt],
                 )
                 .map_err(&sql)?;
             synced.added += added as u64;
         }
         let next = log.next.max(since);
         tx.execute(
-            "INSERT INTO cursor (one, next) VALUES (1, ?1)
-             ON CONFLICT (one) DO UPDATE SET next = excluded.next",
-            params![next as i64],
+            "INSERT INTO cursor (one, next, epoch) VALUES (1, ?1, ?2)
+             ON CONFLICT (one) DO UPDATE SET next = excluded.next, epoch = excluded.epoch",
+            params![next as i64, epoch],
         )
         .map_err(&sql)?;
         tx.commit().map_err(&sql)?;
@@ -358,10 +368,26 @@ impl Journal {
     }
 
     /// Pulls from `w`'s card every finished run the journal lacks.
+    ///
+    /// A card whose log numbers fewer runs than the journal read is not
+    /// the card the journal followed (one personalized again with the same
+    /// domain): the journal says so and reads the new card's log from its
+    /// start.
     pub async fn sync(&mut self, w: &mut Wallet) -> Result<Synced, JournalError> {
-        let since = self.next()?;
-        let log = w.log(since).await?;
-        self.record(since, &log)
+        let (mut since, mut epoch) = self.next()?;
+        let mut log = w.log(since).await?;
+        if log.next < since {
+            self.note(
+                "restart",
+                &format!(
+                    "the card numbers {} runs, this journal read {since}: another card of this domain; reading it from its start",
+                    log.next
+                ),
+            )?;
+            (since, epoch) = (0, epoch + 1);
+            log = w.log(0).await?;
+        }
+        self.record(epoch, since, &log)
     }
 
     /// Every entry, oldest first.

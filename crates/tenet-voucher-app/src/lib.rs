@@ -26,7 +26,7 @@ use tenet_host::plugin::{HostBuilder, ServiceError};
 use tenet_host::{HostError, HostHandle};
 use tenet_proto::EntityId;
 use tenet_voucher::certs::TtpSwap;
-use tenet_voucher::policy::{Policy, PolicyError, RedeemPolicy};
+use tenet_voucher::policy::{Policy, PolicyError, RedeemPolicy, RedeemPolicyError};
 
 /// `[guard.offers] policy`, parsed.
 pub fn offer_policy(config: &Config) -> Result<Option<Policy>, ConfigError> {
@@ -48,10 +48,11 @@ pub fn offer_policy(config: &Config) -> Result<Option<Policy>, ConfigError> {
 pub fn redeem_policy(config: &Config) -> Result<Option<RedeemPolicy>, ConfigError> {
     let text = config.guard.offers.redeem.as_deref();
     text.map(|p| {
-        p.parse().map_err(|e: PolicyError| ConfigError::Value {
-            key: "guard.offers.redeem",
-            detail: e.to_string(),
-        })
+        p.parse()
+            .map_err(|e: RedeemPolicyError| ConfigError::Value {
+                key: "guard.offers.redeem",
+                detail: e.to_string(),
+            })
     })
     .transpose()
 }

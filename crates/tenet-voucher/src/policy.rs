@@ -66,13 +66,23 @@ impl RedeemPolicy {
     }
 }
 
+/// Why a redemption policy text was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad redemption policy {text:?}: {reason} (expected REDEEM<=N:ISSUERHEX:PROMISE)")]
+pub struct RedeemPolicyError {
+    /// The text given.
+    pub text: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
 impl FromStr for RedeemPolicy {
-    type Err = PolicyError;
+    type Err = RedeemPolicyError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let err = |reason: String| PolicyError {
+        let err = |reason: String| RedeemPolicyError {
             text: text.to_owned(),
-            reason: format!("{reason} (a redemption policy is REDEEM<=N:ISSUERHEX:PROMISE)"),
+            reason,
         };
         let most = text
             .trim()
