@@ -74,7 +74,9 @@ pub struct SocketArg {
 /// `tenet verify ...`: what else it verifies.
 #[derive(Subcommand)]
 enum VerifyCmd {
-    /// Verify a redemption receipt offline: the redeemer card's signature from the CA, its right to redeem the class, and the proof that the redemption completed.
+    /// Verify a redemption receipt offline.
+    ///
+    /// The redeemer card's signature from the CA, its right to redeem the class, and the proof that the redemption completed.
     ///
     /// Example: tenet verify receipt --ca ca/ca.pem receipts/0123.receipt
     Receipt {

@@ -120,7 +120,9 @@ pub enum WalletCmd {
         #[arg(long)]
         amount: String,
     },
-    /// List the receipts of this card's redemptions, from the journal.
+    /// List the receipts of this card's redemptions.
+    ///
+    /// From the journal, which pulls them from the card's log.
     ///
     /// Example: tenet wallet receipts --card b2b2b2b2b2b2b2b2b2b2b2b2:0 --pin-file pin.txt --out receipts
     Receipts {
@@ -128,7 +130,9 @@ pub enum WalletCmd {
         #[arg(long, value_name = "DIR")]
         out: Option<std::path::PathBuf>,
     },
-    /// Let another card redeem this card's class (the issuer's card signs a delegation).
+    /// Let another card redeem this card's class.
+    ///
+    /// The issuer's card signs a delegation naming the redeemer's card, the class and its end; the redeemer's wallet installs it.
     ///
     /// Example: tenet wallet delegate --card 0a0b0c0d0e0f101112131415:0 --pin-file pin.txt --to c3c3c3c3c3c3c3c3c3c3c3c3:0 --class 0a0b0c0d0e0f101112131415:coffee --days 30 --out till.delegation
     Delegate {
@@ -146,6 +150,8 @@ pub enum WalletCmd {
         out: std::path::PathBuf,
     },
     /// Install on the redeemer's card a delegation from tenet wallet delegate.
+    ///
+    /// The card checks that it names this card and comes from the class's issuer card, unexpired.
     ///
     /// Example: tenet wallet install-delegation --card c3c3c3c3c3c3c3c3c3c3c3c3:0 --pin-file pin.txt till.delegation
     InstallDelegation {
@@ -358,28 +364,10 @@ pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode
             out,
         } => {
             let class = amount(&format!("1:{class}"), None)?.class;
-            let until = tenet_proto::time::unix_now() + u64::from(days) * 86_400;
-            let d = w.delegate(to, class, until).await?;
-            std::fs::write(&out, d.to_bytes())
-                .with_context(|| format!("writing {}", out.display()))?;
-            note(
-                "delegate",
-                &format!("let {to} redeem {} until {until}", d.class),
-            )?;
-            println!("delegation for {to} written to {}", out.display());
+            println!("{}", journal.delegate(&mut w, to, class, days, &out).await?);
         }
         WalletCmd::InstallDelegation { file } => {
-            let d = tenet_client::journal::read_delegation(&file)?;
-            w.install_delegation(&d).await?;
-            note(
-                "install-delegation",
-                &format!("may redeem {} until {}", d.class, d.until),
-            )?;
-            println!(
-                "this card now redeems {} (until {})",
-                d.class,
-                tenet_proto::time::Utc(d.until)
-            );
+            println!("{}", journal.install_delegation(&mut w, &file).await?);
         }
         WalletCmd::History { json } => {
             print!(

@@ -65,6 +65,46 @@ pub enum JournalError {
     },
 }
 
+impl Journal {
+    /// Has `w`'s card (the issuer of `class`) delegate its redemption to
+    /// card `to` for `days`, writes the delegation to `out` and notes it;
+    /// returns what it did in words.
+    pub async fn delegate(
+        &self,
+        w: &mut Wallet,
+        to: EntityId,
+        class: tenet_voucher::model::VoucherClass,
+        days: u32,
+        out: &Path,
+    ) -> Result<String, JournalError> {
+        let until = tenet_proto::time::unix_now() + u64::from(days) * 86_400;
+        let d = w.delegate(to, class, until).await?;
+        std::fs::write(out, d.to_bytes()).map_err(|source| JournalError::File {
+            path: out.to_owned(),
+            source,
+        })?;
+        self.note(
+            "delegate",
+            &format!("let {to} redeem {} until {until}", d.class),
+        )?;
+        Ok(format!("delegation for {to} written to {}", out.display()))
+    }
+
+    /// Installs the delegation in `file` on `w`'s card and notes it.
+    pub async fn install_delegation(
+        &self,
+        w: &mut Wallet,
+        file: &Path,
+    ) -> Result<String, JournalError> {
+        let d = read_delegation(file)?;
+        w.install_delegation(&d).await?;
+        let until = tenet_proto::time::Utc(d.until);
+        let text = format!("this card now redeems {} (until {until})", d.class);
+        self.note("install-delegation", &text)?;
+        Ok(text)
+    }
+}
+
 /// Opens the journal of `w`'s card in `dir` (or [`default_dir`]) and pulls
 /// what it lacks from the card; returns it with how many runs the card
 /// forgot before a wallet read them.
@@ -77,8 +117,16 @@ pub async fn open_synced(
         .or_else(default_dir)
         .ok_or(JournalError::NoStateDir)?;
     let mut j = Journal::open(&dir, w.card())?;
-    let s = j.sync(w).await?;
-    Ok((j, s.missed))
+    match j.sync(w).await {
+        Ok(s) => Ok((j, s.missed)),
+        // A card of an earlier release keeps no log: the journal holds
+        // what this wallet does.
+        Err(JournalError::Wallet(WalletError::Refused { text, .. })) => {
+            tracing::warn!(%text, "the card keeps no log; the journal has only this wallet's own steps");
+            Ok((j, 0))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Files a wallet reads are small; more is refused unread.
@@ -466,3 +514,91 @@ fn describe(e: &LogEntry) -> (&'static str, String) {
 }
 
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tenet_proto::Domain;
+    use tenet_voucher::card::{ExchangeSummary, Phase};
+    use tenet_voucher::model::{Amount, VoucherClass};
+    use tenet_voucher::msg::{ExchangeId, Offer};
+
+    fn entry(seq: u64) -> LogEntry {
+        let card = |b| Domain::new([b; 12]).owner();
+        LogEntry {
+            seq,
+            summary: ExchangeSummary {
+                id: ExchangeId([seq as u8; 32]),
+                role: Role::Initiator,
+                phase: Phase::Committed,
+                offer: Offer {
+                    initiator: card(1),
+                    responder: card(2),
+                    give: Amount {
+                        class: VoucherClass {
+                            issuer: Domain::new([1; 12]),
+                            promise: "coffee".into(),
+                        },
+                        quantity: 2,
+                    },
+                    want: None,
+                    n1: [seq as u8; 16],
+                    expires: None,
+                    redeem: None,
+                },
+            },
+            receipt: None,
+        }
+    }
+
+    fn log(first: u64, next: u64) -> Log {
+        Log {
+            first,
+            next,
+            entries: (first..next).map(entry).collect(),
+        }
+    }
+
+    /// Each run is recorded once however often it is read; runs the card
+    /// forgot before the journal read them are recorded as a gap; the
+    /// journal survives reopening.
+    #[test]
+    fn runs_are_recorded_once_and_a_gap_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let card = Domain::new([1; 12]).owner();
+        let mut j = Journal::open(dir.path(), card).unwrap();
+        assert_eq!(j.next().unwrap(), (0, 0));
+        let s = j.record(0, 0, &log(0, 3)).unwrap();
+        assert_eq!(
+            s,
+            Synced {
+                added: 3,
+                missed: 0
+            }
+        );
+        assert_eq!(j.record(0, 0, &log(0, 3)).unwrap().added, 0, "read twice");
+        assert_eq!(j.next().unwrap(), (3, 0));
+        // The card finished runs 3 to 24 and forgot 3 to 8 meanwhile.
+        let s = j.record(0, 3, &log(9, 25)).unwrap();
+        assert_eq!(
+            s,
+            Synced {
+                added: 16,
+                missed: 6
+            }
+        );
+        let e = Journal::open(dir.path(), card).unwrap().entries().unwrap();
+        assert_eq!(e.len(), 3 + 1 + 16);
+        assert_eq!(e[3].kind, "gap");
+        assert!(e[3].text.contains("runs 3 to 8"), "{}", e[3].text);
+        assert!(e.iter().all(|x| x.kind == "gap" || x.kind == "gift"));
+        // A card personalized again numbers from 0: a new epoch keeps both.
+        j.record(1, 0, &log(0, 2)).unwrap();
+        assert_eq!(j.entries().unwrap().len(), 22);
+        assert_eq!(j.next().unwrap(), (2, 1));
+        let text = history(&j.entries().unwrap(), false);
+        assert!(text.contains("gave 2 x"), "{text}");
+        let json: serde_json::Value = serde_json::from_str(&history(&[], true)).unwrap();
+        assert_eq!(json, serde_json::json!([]));
+    }
+}
