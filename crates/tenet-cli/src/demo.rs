@@ -37,8 +37,18 @@ impl From<Step> for Cut {
 
 /// Runs the demo and prints it; fails if the exchange was unfair or lost
 /// a voucher.
-pub async fn run(interrupt: Option<Step>, json: bool) -> Result<ExitCode> {
+pub async fn run(interrupt: Option<Step>, json: bool, story: bool) -> Result<ExitCode> {
     let dir = tempfile::tempdir()?;
+    if story {
+        let s = tenet_testkit::story::run(dir.path()).await?;
+        let out = if json {
+            serde_json::to_string(&s)? + "\n"
+        } else {
+            s.text()
+        };
+        print!("{out}");
+        return Ok(ExitCode::from(u8::from(!s.conserved())));
+    }
     let ran = tenet_testkit::exchange::run(dir.path(), interrupt.map(Cut::from)).await?;
     let out = if json {
         format!("{}\n", ran.json()?)

@@ -355,16 +355,21 @@ enum Cmd {
     /// accepts, and the cards run the exchange across the hosts. It prints the
     /// message flow (step, source, destination, mtype, bytes, time), the
     /// balances before and after and the outcome; with --interrupt-after it
-    /// loses a message and shows the recovery through the TTP.
+    /// loses a message and shows the recovery through the TTP. --story tells the
+    /// vouchers' whole life across four hosts: mint, exchange, a gift to Carol,
+    /// a coffee redeemed at its issuer for a receipt, a ticket shown at a gate.
     ///
     /// Example: tenet demo --interrupt-after agreement
     Demo {
         /// Lose the message after this step and show the recovery.
-        #[arg(long, value_enum, value_name = "STEP")]
+        #[arg(long, value_enum, value_name = "STEP", conflicts_with = "story")]
         interrupt_after: Option<demo::Step>,
         /// Print the run as JSON.
         #[arg(long)]
         json: bool,
+        /// The second act: mint, exchange, gift, redeem, present.
+        #[arg(long)]
+        story: bool,
     },
     /// Run a host daemon whose own entity is the trusted third party.
     ///
@@ -656,7 +661,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Demo {
             interrupt_after,
             json,
-        } => demo::run(interrupt_after, json).await,
+            story,
+        } => demo::run(interrupt_after, json, story).await,
         Cmd::Wallet {
             login,
             socket: after,

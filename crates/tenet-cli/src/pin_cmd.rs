@@ -13,7 +13,6 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use tenet_card::{CardLimits, FileStore, StoreError, SystemEntropy, Unblock};
 use tenet_client::Capability;
 use tenet_client::card_pin::CardPin;
 use tenet_proto::EntityId;
@@ -224,34 +223,11 @@ pub async fn run(socket: &Path, cmd: PinCmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `unblock --store`: the card's own unblock on its store file, which
-/// must not be held by a daemon.
+/// `unblock --store`: the card's own unblock on its store file.
 fn unblock_offline(store: &Path, puk: &str, new_pin: &str) -> Result<()> {
-    let s = match FileStore::open(store) {
-        Ok(s) => s,
-        Err(StoreError::InUse(_)) => bail!(
-            "card store {} is held by a running daemon (or another process): stop it, \
-             or unblock through it with `tenet card pin unblock --card DOMAIN:0`",
-            store.display()
-        ),
-        Err(e) => return Err(e.into()),
-    };
-    let mut card = tenet_card::Card::open(s, CardLimits::default(), Box::new(SystemEntropy))
-        .with_context(|| format!("opening card {}", store.display()))?;
-    let id = card.id();
-    match card.unblock_pin(puk.as_bytes(), new_pin.as_bytes())? {
-        Unblock::Unblocked => {
-            println!(
-                "PIN of card {id} unblocked and set ({} tries)",
-                card.state().pin_tries
-            );
-            Ok(())
-        }
-        Unblock::WrongPuk { puk_tries_left } => bail!(
-            "wrong PUK: the PIN is unchanged; {puk_tries_left} PUK tries left before the card must be re-personalized"
-        ),
-        Unblock::PukBlocked => {
-            bail!("the PUK of card {id} is blocked; the card must be re-personalized")
-        }
-    }
+    println!(
+        "{}",
+        tenet_voucher_app::admin::unblock_offline(store, puk, new_pin)?
+    );
+    Ok(())
 }

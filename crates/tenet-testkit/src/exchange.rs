@@ -182,7 +182,7 @@ async fn trade(hosts: &Running, cut: Option<Cut>, t_run: Instant) -> Result<Exch
 }
 
 /// The vouchers Alice's card issues.
-fn coffee() -> VoucherClass {
+pub(crate) fn coffee() -> VoucherClass {
     VoucherClass {
         issuer: ALICE_CARD,
         promise: "coffee at Alice's".into(),
@@ -190,7 +190,7 @@ fn coffee() -> VoucherClass {
 }
 
 /// The vouchers Bob's card issues.
-fn ticket() -> VoucherClass {
+pub(crate) fn ticket() -> VoucherClass {
     VoucherClass {
         issuer: BOB_CARD,
         promise: "cinema ticket from Bob".into(),
@@ -495,7 +495,7 @@ impl ExchangeRun {
 }
 
 /// Vouchers as `alice holds ...` names them.
-fn show(b: &[Amount]) -> String {
+pub(crate) fn show(b: &[Amount]) -> String {
     if b.is_empty() {
         return "nothing".into();
     }

@@ -38,6 +38,7 @@ pub mod exchange;
 mod nats;
 mod pki;
 pub mod sim;
+pub mod story;
 mod topology;
 
 pub use nats::{NatsCluster, NatsServer, NatsUser};

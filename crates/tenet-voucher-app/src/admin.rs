@@ -31,6 +31,19 @@ pub enum AdminError {
     /// The certificate offered is not for this card.
     #[error(transparent)]
     NotIssued(#[from] tenet_pki::RequestError),
+    /// The card's store is held by a daemon or another process.
+    #[error(
+        "card store {0} is held by a running daemon (or another process): stop it, or unblock through it with `tenet card pin unblock --card DOMAIN:0`"
+    )]
+    InUse(PathBuf),
+    /// A wrong PUK.
+    #[error(
+        "wrong PUK: the PIN is unchanged; {0} PUK tries left before the card must be re-personalized"
+    )]
+    WrongPuk(u8),
+    /// The PUK is blocked.
+    #[error("the PUK of card {0} is blocked; the card must be re-personalized")]
+    PukBlocked(EntityId),
     /// The certificate comes from another CA than the card trusts.
     #[error("card {card} trusts another CA than {ca}; use the CA that personalized it")]
     OtherCa {
@@ -151,6 +164,28 @@ pub fn describe(card: &Card<FileStore>) -> String {
         tenet_card::clock::Utc(st.clock_bound)
     );
     out
+}
+
+/// Unblocks the PIN of the card in `store` (not held by a daemon) with
+/// `puk`, setting `new_pin`; returns what happened in words.
+pub fn unblock_offline(store: &Path, puk: &str, new_pin: &str) -> Result<String, AdminError> {
+    let s = match FileStore::open(store) {
+        Ok(s) => s,
+        Err(tenet_card::StoreError::InUse(_)) => return Err(AdminError::InUse(store.to_owned())),
+        Err(e) => return Err(e.into()),
+    };
+    let mut card = Card::open(s, CardLimits::default(), Box::new(SystemEntropy))?;
+    let id = card.id();
+    match card.unblock_pin(puk.as_bytes(), new_pin.as_bytes())? {
+        tenet_card::Unblock::Unblocked => Ok(format!(
+            "PIN of card {id} unblocked and set ({} tries)",
+            card.state().pin_tries
+        )),
+        tenet_card::Unblock::WrongPuk { puk_tries_left } => {
+            Err(AdminError::WrongPuk(puk_tries_left))
+        }
+        tenet_card::Unblock::PukBlocked => Err(AdminError::PukBlocked(id)),
+    }
 }
 
 /// Lower-case hex.
