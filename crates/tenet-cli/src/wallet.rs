@@ -297,10 +297,10 @@ pub async fn run(socket: &Path, login: Login, cmd: WalletCmd) -> Result<ExitCode
     let pin = login.pin.resolve(&format!("PIN of card {card}"))?;
     let cap = Capability::acquire(socket).await?;
     let mut w = Wallet::open(cap, card, pin.as_bytes()).await?;
-    let (journal, missed) =
+    let (journal, said) =
         tenet_client::journal::open_synced(login.state.as_deref(), &mut w).await?;
-    if missed > 0 {
-        eprintln!("note: the card forgot {missed} finished runs before a wallet read them");
+    if let Some(n) = said {
+        eprintln!("note: {n}");
     }
     let note = |kind: &str, text: &str| journal.note(kind, text);
     match cmd {

@@ -527,6 +527,8 @@ struct Snapshot {
     balances: BTreeMap<(char, String), i64>,
     /// side -> exchange id -> phase
     phases: BTreeMap<char, BTreeMap<String, String>>,
+    /// A's receipts (redemptions only).
+    receipts: i64,
 }
 
 struct Row {
@@ -553,9 +555,20 @@ struct World {
     host_b: Proc,
     ttp: Proc,
     card: Option<Proc>,
-    /// A gives B the coffee (a transfer: nothing wanted back) instead of
-    /// exchanging it for a ticket.
-    gift: bool,
+    /// What A starts: an exchange, a gift or a redemption.
+    run: Run,
+}
+
+/// What A's wallet starts in each scenario.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Run {
+    /// 2 coffee for 1 ticket.
+    Exchange,
+    /// 2 coffee given to B (a transfer: nothing wanted back).
+    Gift,
+    /// 2 coffee redeemed at B's card, which A's card (the coffee's issuer)
+    /// delegated: destroyed, for a receipt on A.
+    Redeem,
 }
 
 impl World {
@@ -648,7 +661,7 @@ impl World {
         #[cfg(not(feature = "pcsc"))]
         let card = None;
         let mut w = Self {
-            gift: false,
+            run: Run::Exchange,
             dir,
             transport: Transport::Tls,
             rules: None,
@@ -920,7 +933,8 @@ impl World {
             .args(["wallet", "--card", &format!("{card}:0"), "--pin", PIN])
             .args(args)
             .stdin(Stdio::null())
-            .env("TENET_LOG", "warn");
+            .env("TENET_LOG", "warn")
+            .env("TENET_WALLET_STATE", self.path("wallets"));
         c
     }
 
@@ -979,7 +993,24 @@ impl World {
             }
             s.phases.insert(c, self.exchanges(side));
         }
+        if self.run == Run::Redeem {
+            let r = self.wallet_retry(Side::A, &["receipts"]);
+            s.receipts = r.lines().filter(|l| l.contains("  redeemed ")).count() as i64;
+        }
         s
+    }
+
+    /// Has A's card (the coffee's issuer) delegate coffee redemption to
+    /// B's card, and B's card install it.
+    fn delegate_to_b(&self) {
+        let f = self.path("coffee.delegation");
+        let (to, class) = (format!("{CB_DOM}:0"), format!("{CA_DOM}:coffee"));
+        let out = f.to_str().unwrap();
+        self.wallet_retry(
+            Side::A,
+            &["delegate", "--to", &to, "--class", &class, "--out", out],
+        );
+        self.wallet_retry(Side::B, &["install-delegation", out]);
     }
 
     /// The phases of exchanges that `before` did not have.
@@ -1040,11 +1071,14 @@ impl World {
             format!("{GIVE}:{CA_DOM}:coffee"),
             format!("{WANT}:{CB_DOM}:ticket"),
         );
-        let args: &[&str] = match self.gift {
-            true => &[
+        let args: &[&str] = match self.run {
+            Run::Gift => &[
                 "transfer", "--to", &to, "--wallet", &b_wallet, "--amount", &give,
             ],
-            false => &[
+            Run::Redeem => &[
+                "redeem", "--at", &to, "--wallet", &b_wallet, "--amount", &give,
+            ],
+            Run::Exchange => &[
                 "offer", "--to", &to, "--wallet", &b_wallet, "--give", &give, "--want", &want,
             ],
         };
@@ -1313,11 +1347,14 @@ impl World {
                 .copied()
                 .unwrap_or(0)
         };
-        let conserved = [&coffee, &ticket]
-            .iter()
-            .all(|c| q(before, 'A', c) + q(before, 'B', c) == q(after, 'A', c) + q(after, 'B', c))
-            && q(after, 'A', &coffee) + q(after, 'B', &coffee) == COFFEE_MINTED
-            && q(after, 'A', &ticket) + q(after, 'B', &ticket) == TICKETS_MINTED;
+        // Each receipt on A stands for GIVE coffee destroyed at B, and no
+        // coffee is destroyed without one.
+        let destroyed = |s: &Snapshot| GIVE * s.receipts;
+        let held = |s: &Snapshot, c: &str| q(s, 'A', c) + q(s, 'B', c);
+        let conserved = held(after, &coffee) + destroyed(after) == COFFEE_MINTED
+            && held(before, &coffee) + destroyed(before) == COFFEE_MINTED
+            && held(before, &ticket) == held(after, &ticket)
+            && held(after, &ticket) == TICKETS_MINTED;
         let delta = |side: char, class: &str| q(after, side, class) - q(before, side, class);
         let deltas = [
             delta('A', &coffee),
@@ -1331,11 +1368,13 @@ impl World {
                 before.balances, after.balances
             );
         }
-        let swapped_balances = match self.gift {
-            true => deltas == [-GIVE, 0, GIVE, 0],
-            false => deltas == [-GIVE, WANT, GIVE, -WANT],
+        let new_receipts = after.receipts - before.receipts;
+        let swapped_balances = match self.run {
+            Run::Gift => deltas == [-GIVE, 0, GIVE, 0],
+            Run::Redeem => deltas == [-GIVE, 0, 0, 0] && new_receipts == 1,
+            Run::Exchange => deltas == [-GIVE, WANT, GIVE, -WANT],
         };
-        let untouched_balances = deltas == [0, 0, 0, 0];
+        let untouched_balances = deltas == [0, 0, 0, 0] && new_receipts == 0;
         let (a, b) = (
             Self::new_phases(before, after, 'A'),
             Self::new_phases(before, after, 'B'),
@@ -1528,7 +1567,7 @@ fn every_crash_and_partition_of_a_gift_ends_delivered_or_refunded() {
     reader::require_pcscd();
     let t0 = Instant::now();
     let mut w = World::new();
-    w.gift = true;
+    w.run = Run::Gift;
     let mut faults = vec![
         Fault::KillHostA,
         Fault::KillHostB,
@@ -1548,6 +1587,49 @@ fn every_crash_and_partition_of_a_gift_ends_delivered_or_refunded() {
     let out = table(&rows);
     println!(
         "{out}\n{} gift scenarios in {:.0} s",
+        rows.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    let bad: Vec<&Row> = rows
+        .iter()
+        .filter(|r| !(r.fair && r.conserved && r.recovery.is_some()))
+        .collect();
+    assert!(bad.is_empty(), "{out}");
+}
+
+/// Redemptions under the gifts' faults: A redeems 2 coffee at B's card,
+/// which A's card (the coffee's issuer) delegated; nobody orders
+/// recovery. Each ends with the coffee destroyed and exactly one new
+/// receipt on A, or with nothing moved and no receipt; in every state the
+/// coffee held plus 2 per receipt is what was minted.
+#[test]
+fn every_crash_and_partition_of_a_redemption_ends_with_a_receipt_or_nothing() {
+    let _run = exclusive();
+    #[cfg(feature = "pcsc")]
+    reader::require_pcscd();
+    let t0 = Instant::now();
+    let mut w = World::new();
+    w.run = Run::Redeem;
+    w.delegate_to_b();
+    let mut faults = vec![
+        Fault::KillHostA,
+        Fault::KillHostB,
+        Fault::KillTtp,
+        Fault::KillCard,
+        Fault::CutTls,
+    ];
+    if w.card.is_none() {
+        faults.retain(|f| *f != Fault::KillCard);
+    }
+    let mut rows = Vec::new();
+    for step in Step::ALL {
+        for &fault in &faults {
+            rows.push(w.scenario(Transport::Tls, step, fault));
+        }
+    }
+    let out = table(&rows);
+    println!(
+        "{out}\n{} redemption scenarios in {:.0} s",
         rows.len(),
         t0.elapsed().as_secs_f64()
     );

@@ -106,27 +106,31 @@ impl Journal {
 }
 
 /// Opens the journal of `w`'s card in `dir` (or [`default_dir`]) and pulls
-/// what it lacks from the card; returns it with how many runs the card
-/// forgot before a wallet read them.
+/// what it lacks from the card; returns it with a note for the user, if
+/// any: the runs the card forgot before a wallet read them, or why the
+/// card's log could not be read (the command goes on: the next one reads
+/// it again).
 pub async fn open_synced(
     dir: Option<&Path>,
     w: &mut Wallet,
-) -> Result<(Journal, u64), JournalError> {
+) -> Result<(Journal, Option<String>), JournalError> {
     let dir = dir
         .map(Path::to_owned)
         .or_else(default_dir)
         .ok_or(JournalError::NoStateDir)?;
     let mut j = Journal::open(&dir, w.card())?;
-    match j.sync(w).await {
-        Ok(s) => Ok((j, s.missed)),
-        // A card of an earlier release keeps no log: the journal holds
-        // what this wallet does.
-        Err(JournalError::Wallet(WalletError::Refused { text, .. })) => {
-            tracing::warn!(%text, "the card keeps no log; the journal has only this wallet's own steps");
-            Ok((j, 0))
-        }
-        Err(e) => Err(e),
-    }
+    let note = match j.sync(w).await {
+        Ok(s) if s.missed > 0 => Some(format!(
+            "the card forgot {} finished runs before a wallet read them",
+            s.missed
+        )),
+        Ok(_) => None,
+        Err(e @ JournalError::Wallet(_)) => Some(format!(
+            "the journal could not read the card's log ({e}); the next command tries again"
+        )),
+        Err(e) => return Err(e),
+    };
+    Ok((j, note))
 }
 
 /// Files a wallet reads are small; more is refused unread.
@@ -435,7 +439,21 @@ impl Journal {
             (since, epoch) = (0, epoch + 1);
             log = w.log(0).await?;
         }
-        self.record(epoch, since, &log)
+        // The card answers a page at a time: ask again from the next run.
+        let mut total = Synced::default();
+        loop {
+            let s = self.record(epoch, since, &log)?;
+            total.added += s.added;
+            total.missed += s.missed;
+            let Some(last) = log.entries.last().map(|e| e.seq) else {
+                return Ok(total);
+            };
+            if last + 1 >= log.next {
+                return Ok(total);
+            }
+            since = last + 1;
+            log = w.log(since).await?;
+        }
     }
 
     /// Every entry, oldest first.

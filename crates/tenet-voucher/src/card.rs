@@ -307,6 +307,19 @@ pub const HISTORY: usize = 16;
 /// h(n2), which only its own recovery touches (see docs/model.md).
 pub const ACCEPTED_MEMORY: usize = 32;
 
+/// Most runs accepted as responder that may be pending at once (gifts and
+/// redemptions cost their sender nothing on this card).
+pub const MAX_PENDING_ACCEPTED: usize = 16;
+
+/// Most receipts no wallet has read, counting the redemptions under way
+/// that may end with one: a card keeps each until a wallet's journal holds
+/// it, and starts no redemption beyond this.
+pub const MAX_UNREAD_RECEIPTS: usize = 16;
+
+/// Most bytes of runs one log answer carries (at least one run): a wallet
+/// asks again from the next number.
+pub const LOG_PAGE_BYTES: usize = 4096;
+
 /// The recovery timeout of a card whose state names none (personalized
 /// before cards recovered by themselves): a minute.
 pub const DEFAULT_RECOVER_AFTER: u32 = 60;
@@ -354,9 +367,24 @@ pub struct VoucherCard {
     pub delegations: BTreeMap<VoucherClass, Delegation>,
     /// The sequence number the next finished run gets in the log.
     pub next_seq: u64,
+    /// Every finished run numbered below this is in a wallet's journal
+    /// (the wallet asked for the log from here): its receipt may go.
+    pub acked: u64,
 }
 
 impl VoucherCard {
+    /// Receipts no wallet has read, with the redemptions this card started
+    /// that are not final yet (open offers included).
+    pub fn unread_receipts(&self) -> usize {
+        let kept = self.exchanges.values().filter(|e| {
+            e.role == Role::Initiator
+                && e.offer.is_redemption()
+                && (!e.phase.is_final()
+                    || (e.receipt().is_some() && e.seq.is_none_or(|s| s >= self.acked)))
+        });
+        kept.count() + self.offers.values().filter(|o| o.is_redemption()).count()
+    }
+
     /// Exchanges not yet final: what recovery must finish after a restart.
     pub fn pending(&self) -> impl Iterator<Item = (&ExchangeId, &Exchange)> {
         self.exchanges.iter().filter(|(_, e)| !e.phase.is_final())
@@ -471,6 +499,20 @@ impl VoucherCard {
             msg::RECOVER => self.recover(cx, ExchangeId::decode(param).map_err(bad)?),
             PRESENT => self.present(cx, PresentOrder::decode(param).map_err(bad)?),
             DELEGATE => Self::delegate(cx, src, DelegateOrder::decode(param).map_err(bad)?),
+            LOG_REQUEST => {
+                let since = LogRequest::decode(param).map_err(bad)?.since;
+                // Asking from `since` says the wallet's journal holds every
+                // run before it; a number beyond this card's is another
+                // card's journal and acknowledges nothing.
+                if since <= self.next_seq {
+                    self.acked = self.acked.max(since);
+                }
+                Ok(vec![Out {
+                    dst: src,
+                    mtype: LOG,
+                    param: self.log(since).to_bytes(),
+                }])
+            }
             INSTALL_DELEGATION => self.install(cx, Delegation::decode(param).map_err(bad)?),
             WITHDRAW => {
                 let to = match param {
@@ -562,23 +604,14 @@ impl VoucherCard {
                 mtype: BALANCES,
                 param: encode_balances(&self.balances),
             }]),
-            LOG_REQUEST => {
-                let since = match LogRequest::decode(param) {
-                    Ok(r) => r.since,
-                    Err(e) => return Some(Err(bad(e))),
-                };
-                Ok(vec![Out {
-                    dst: src,
-                    mtype: LOG,
-                    param: self.log(since).to_bytes(),
-                }])
-            }
+
             _ => return None,
         })
     }
 
     /// The finished runs this card still holds with a sequence number of
-    /// `since` or more, oldest first.
+    /// `since` or more, oldest first, at most [`LOG_PAGE_BYTES`] of them
+    /// (at least one).
     pub fn log(&self, since: u64) -> Log {
         let mut entries: Vec<LogEntry> = self
             .exchanges
@@ -598,6 +631,17 @@ impl VoucherCard {
             })
             .collect();
         entries.sort_by_key(|e| e.seq);
+        let mut bytes = 0;
+        let page = entries
+            .iter()
+            .take_while(|e| {
+                bytes += e.summary.to_bytes().len()
+                    + e.receipt.as_ref().map_or(0, |r| r.to_bytes().len());
+                bytes <= LOG_PAGE_BYTES
+            })
+            .count()
+            .max(1);
+        entries.truncate(page);
         let first = self
             .exchanges
             .values()
@@ -694,6 +738,11 @@ impl VoucherCard {
         if s.redeem && s.want.is_some() {
             return refuse("a redemption wants nothing back");
         }
+        if s.redeem && self.unread_receipts() >= MAX_UNREAD_RECEIPTS {
+            return refuse(format!(
+                "{MAX_UNREAD_RECEIPTS} receipts or redemptions under way await a wallet: run any `tenet wallet` command to read them first"
+            ));
+        }
         let held = self.balances.of(&s.give.class);
         if held < s.give.quantity {
             return refuse(format!(
@@ -767,6 +816,14 @@ impl VoucherCard {
         let digest = offer.digest();
         if self.accepted.contains(&digest) {
             return refuse("this offer was already accepted (replay)");
+        }
+        // Each accepted run is a record until it ends; a stranger's gifts
+        // or redemptions must not fill the store.
+        let accepted = self.pending().filter(|(_, e)| e.role == Role::Responder);
+        if accepted.count() >= MAX_PENDING_ACCEPTED {
+            return refuse(format!(
+                "{MAX_PENDING_ACCEPTED} runs this card accepted are still pending; it takes no more until they end"
+            ));
         }
         // A redemption: this card must be the issuer's or hold its
         // delegation, and use the TTP the holder's card names.
@@ -879,6 +936,13 @@ impl VoucherCard {
                 &a.signature,
             )
             .map_err(|e| Refusal(format!("agreement: {e}")))?;
+        // A delegation rides only with a redemption at a delegate: it is
+        // not under the agreement's signature, so nowhere else may a relay
+        // add one (and grow this card's records with it).
+        let delegated = offer.is_redemption() && offer.responder != offer.give.class.issuer.owner();
+        if a.delegation.is_some() && !delegated {
+            return refuse("a delegation comes only with a redemption at a delegated card");
+        }
         // A redemption gives only to the issuer's card or its delegate.
         if offer.is_redemption() {
             let check = |s: EntityId, c: &[u8], m: &[u8], g: &[u8]| cx.crypto.verify(s, c, m, g);
@@ -1113,6 +1177,7 @@ impl VoucherCard {
             exchanges,
             finished,
             next_seq,
+            acked,
             ..
         } = self;
         for (id, e) in exchanges.iter_mut() {
@@ -1135,10 +1200,29 @@ impl VoucherCard {
             }
         }
         finished.retain(|id| exchanges.contains_key(id));
+        // Beyond HISTORY the oldest go, but not a receipt no wallet has
+        // read (at most MAX_UNREAD_RECEIPTS: no redemption starts beyond).
+        let unread: Vec<ExchangeId> = finished
+            .iter()
+            .filter(|id| {
+                let e = &exchanges[*id];
+                e.receipt().is_some() && e.seq.is_none_or(|s| s >= *acked)
+            })
+            .copied()
+            .collect();
+        let mut keep = VecDeque::new();
         while finished.len() > HISTORY {
-            if let Some(id) = finished.pop_front() {
+            let Some(id) = finished.pop_front() else {
+                break;
+            };
+            if unread.contains(&id) {
+                keep.push_back(id);
+            } else {
                 exchanges.remove(&id);
             }
+        }
+        while let Some(id) = keep.pop_back() {
+            finished.push_front(id);
         }
     }
 }
@@ -1236,6 +1320,7 @@ const T_FINISHED: Tag = Tag(0x87);
 const T_RECOVER_AFTER: Tag = Tag(0x88);
 const T_DELEGATIONS: Tag = Tag(0xa9);
 const T_NEXT_SEQ: Tag = Tag(0x8a);
+const T_ACKED: Tag = Tag(0x8b);
 
 /// Appends each item as a constructed SEQUENCE that `write` fills in place.
 fn list<T>(out: &mut Vec<u8>, items: impl Iterator<Item = T>, write: impl Fn(&mut Vec<u8>, T)) {
@@ -1319,6 +1404,9 @@ impl Codec for VoucherCard {
         if self.next_seq > 0 {
             tlv::write(out, T_NEXT_SEQ, &self.next_seq.to_be_bytes());
         }
+        if self.acked > 0 {
+            tlv::write(out, T_ACKED, &self.acked.to_be_bytes());
+        }
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -1336,6 +1424,7 @@ impl Codec for VoucherCard {
                 T_RECOVER_AFTER,
                 T_DELEGATIONS,
                 T_NEXT_SEQ,
+                T_ACKED,
             ],
             "voucher state",
         )?;
@@ -1362,6 +1451,11 @@ impl Codec for VoucherCard {
             next_seq: f
                 .get(T_NEXT_SEQ)
                 .map(|_| f.require_array(T_NEXT_SEQ, "next sequence number"))
+                .transpose()?
+                .map_or(0, u64::from_be_bytes),
+            acked: f
+                .get(T_ACKED)
+                .map(|_| f.require_array(T_ACKED, "acknowledged sequence number"))
                 .transpose()?
                 .map_or(0, u64::from_be_bytes),
             ..VoucherCard::default()

@@ -156,6 +156,19 @@ impl Codec for Delegation {
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let f = Fields::parse(r.rest())?;
         f.only(&[T_A, T_B, T_CLASS, T_C, T_D, T_E], "delegation")?;
+        for (t, what, max) in [
+            (T_D, "delegation signature", crate::ttp::MAX_SIGNATURE_LEN),
+            (
+                T_E,
+                "delegation certificate",
+                crate::ttp::MAX_CERTIFICATE_LEN,
+            ),
+        ] {
+            let len = f.get(t).map_or(0, <[u8]>::len);
+            if len > max {
+                return Err(DecodeError::TooLarge { what, len, max });
+            }
+        }
         Ok(Self {
             issuer: id_at(&f, T_A, "issuer")?,
             redeemer: id_at(&f, T_B, "redeemer")?,

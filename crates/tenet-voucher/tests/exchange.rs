@@ -1333,11 +1333,7 @@ use tenet_voucher::redeem::{Proof, RedeemError};
 
 /// The holder's receipts, from its card's log.
 fn receipts(w: &World) -> Vec<tenet_voucher::redeem::Receipt> {
-    w.a.log(0)
-        .entries
-        .into_iter()
-        .filter_map(|e| e.receipt)
-        .collect()
+    w.a.exchanges.values().filter_map(|e| e.receipt()).collect()
 }
 
 /// A redemption at the issuer's card: the holder's tickets are destroyed
@@ -1569,4 +1565,166 @@ fn the_cards_log_numbers_finished_runs_and_shows_when_it_wrapped() {
     // The numbering survives the card's store.
     let again = VoucherCard::decode(&w.a.to_bytes()).unwrap();
     assert_eq!(again.log(0), w.a.log(0));
+}
+
+/// A relay that adds a delegation to an agreement that needs none (an
+/// exchange, or a redemption at the issuer's card itself) is refused: the
+/// delegation is not under the agreement's signature, and would only grow
+/// the holder's records.
+#[test]
+fn an_agreement_with_a_needless_delegation_is_refused() {
+    for redeem in [false, true] {
+        let mut w = World::new();
+        w.a.balances.credit(&ticket(2)).unwrap();
+        if redeem {
+            start_redeem(&mut w, ticket(1));
+        } else {
+            w.start();
+        }
+        w.accept_offers();
+        let m2 = w.net.pop_front().unwrap();
+        assert_eq!(m2.mtype, msg::AGREEMENT);
+        let mut a = msg::Agreement::decode(&m2.param).unwrap();
+        a.delegation = Some(tenet_voucher::redeem::Delegation {
+            issuer: card_id(B),
+            redeemer: card_id(B),
+            class: ticket(0).class,
+            until: u64::MAX,
+            signature: vec![1; 64],
+            certificate: vec![2; 300],
+        });
+        let before = w.a.clone();
+        w.input(A, m2.src, msg::AGREEMENT, a.to_bytes());
+        assert!(
+            w.refusals
+                .last()
+                .is_some_and(|r| r.contains("delegation comes only")),
+            "{:?}",
+            w.refusals
+        );
+        assert_eq!(w.a, before, "nothing changed");
+    }
+    // A padded delegation does not even decode.
+    let d = tenet_voucher::redeem::Delegation {
+        issuer: card_id(A),
+        redeemer: card_id(B),
+        class: coffee(0).class,
+        until: 1,
+        signature: vec![1; 64],
+        certificate: vec![2; 5000],
+    };
+    assert!(tenet_voucher::redeem::Delegation::decode(&d.to_bytes()).is_err());
+}
+
+/// A stranger's gifts cannot fill the payee's store: beyond 16 accepted
+/// runs still pending, the card takes no more until they end.
+#[test]
+fn a_card_takes_at_most_sixteen_pending_runs_it_accepted() {
+    use tenet_voucher::card::MAX_PENDING_ACCEPTED;
+    let mut w = World::new();
+    w.a.balances.credit(&coffee(100)).unwrap();
+    for _ in 0..=MAX_PENDING_ACCEPTED {
+        start_gift(&mut w);
+        w.accept_offers();
+        // The agreements are lost: every gift stays pending on B.
+        w.net.clear();
+    }
+    let pending = w.b.pending().count();
+    assert_eq!(pending, MAX_PENDING_ACCEPTED);
+    assert!(
+        w.refusals
+            .last()
+            .is_some_and(|r| r.contains("takes no more")),
+        "{:?}",
+        w.refusals
+    );
+}
+
+/// A receipt stays on the holder's card until a wallet's journal has
+/// read it, however many runs finish meanwhile; and the card starts no
+/// redemption beyond 16 receipts no wallet has read. The log answers a
+/// page at a time.
+#[test]
+fn a_receipt_stays_until_a_wallet_has_read_it() {
+    use tenet_voucher::card::{LOG_REQUEST, LogRequest, MAX_UNREAD_RECEIPTS};
+    let mut w = World::new();
+    w.a.balances.credit(&ticket(100)).unwrap();
+    w.a.balances.credit(&coffee(100)).unwrap();
+    start_redeem(&mut w, ticket(1));
+    w.accept_offers();
+    w.run();
+    assert_eq!(receipts(&w).len(), 1);
+    // Twenty gifts later, the receipt is still there.
+    for _ in 0..20 {
+        start_gift(&mut w);
+        w.accept_offers();
+        w.run();
+    }
+    assert_eq!(receipts(&w).len(), 1, "kept until read");
+    // A wallet reads the log from 0, then asks from beyond: read.
+    w.input(
+        A,
+        wallet(A),
+        LOG_REQUEST,
+        LogRequest { since: 0 }.to_bytes(),
+    );
+    let page = w.to_wallets.pop().unwrap();
+    assert_eq!(page.mtype, tenet_voucher::card::LOG);
+    let next = w.a.next_seq;
+    w.input(
+        A,
+        wallet(A),
+        LOG_REQUEST,
+        LogRequest { since: next }.to_bytes(),
+    );
+    start_gift(&mut w);
+    w.accept_offers();
+    w.run();
+    assert!(receipts(&w).is_empty(), "read, so it may go");
+    // Unread receipts: at most 16, then no more redemptions start.
+    for _ in 0..MAX_UNREAD_RECEIPTS {
+        start_redeem(&mut w, ticket(1));
+        w.accept_offers();
+        w.run();
+    }
+    assert_eq!(receipts(&w).len(), MAX_UNREAD_RECEIPTS);
+    // The log answers in pages of at most LOG_PAGE_BYTES; asking from the
+    // next number after each page reads every run.
+    let (mut since, mut read) = (0, 0);
+    loop {
+        let log = w.a.log(since);
+        let bytes: usize = log
+            .entries
+            .iter()
+            .map(|e| {
+                e.summary.to_bytes().len() + e.receipt.as_ref().map_or(0, |r| r.to_bytes().len())
+            })
+            .sum();
+        assert!(bytes <= tenet_voucher::card::LOG_PAGE_BYTES, "{bytes}");
+        assert!(log.entries.len() < w.a.exchanges.len(), "a page, not all");
+        read += log.entries.len();
+        match log.entries.last() {
+            Some(e) if e.seq + 1 < log.next => since = e.seq + 1,
+            _ => break,
+        }
+    }
+    assert_eq!(read, w.a.exchanges.len(), "every run read, page by page");
+    w.refusals.clear();
+    start_redeem(&mut w, ticket(1));
+    assert!(
+        w.refusals
+            .last()
+            .is_some_and(|r| r.contains("await a wallet")),
+        "{:?}",
+        w.refusals
+    );
+    // A journal of another card (a number beyond this card's) acknowledges
+    // nothing.
+    w.input(
+        A,
+        wallet(A),
+        LOG_REQUEST,
+        LogRequest { since: u64::MAX }.to_bytes(),
+    );
+    assert_eq!(w.a.acked, next);
 }
