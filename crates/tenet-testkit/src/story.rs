@@ -31,7 +31,9 @@ use tenet_voucher::present::{Challenges, PRESENTATION, Presentation, ca_check};
 use tenet_voucher::redeem::receipt_check;
 
 use crate::exchange::{ALICE, ALICE_CARD, BOB, BOB_CARD, Flow, TTP, coffee, show, ticket};
-use crate::{Ca, CardSpec, Error, HostSpec, PIN, Running, Topology, WAIT};
+use crate::{Ca, CardSpec, Error, HostSpec, NatsCluster, NatsUser, PIN, Running, Topology, WAIT};
+use tenet_host::Config;
+use tenet_host::config::NatsSection;
 
 /// Carol's host.
 pub const CAROL: Domain = Domain::new([0xc0; 12]);
@@ -120,36 +122,88 @@ struct People {
     carol: Wallet,
 }
 
-/// Runs the story on hosts in `dir` (which must outlive the call).
+/// How the story's hosts are linked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Links {
+    /// TLS: Bob dials Alice, Carol dials Alice and Bob, all dial the TTP.
+    Tls,
+    /// A nats-server (started in the story's folder) that every host
+    /// uses as its user, with the per-host subject permissions.
+    Nats,
+}
+
+/// Runs the story on hosts linked over TLS in `dir` (which must outlive
+/// the call).
 pub async fn run(dir: &Path) -> Result<Story, Error> {
+    run_over(dir, Links::Tls).await
+}
+
+/// Runs the story on hosts in `dir` linked by `links`.
+pub async fn run_over(dir: &Path, links: Links) -> Result<Story, Error> {
     let ca = Ca::create(dir.join("ca"), "demo CA")?;
     let ttp = ca.ttp("ttp", TTP.owner())?;
     let ca_der = ca_der(ca.dir())?;
-    let hosts = Topology::new(dir, ca)
-        .host(HostSpec::new("ttp", TTP).ttp(&ttp, dir.join("ttp.sqlite")))
-        .host(
-            HostSpec::new("alice", ALICE)
-                .card(CardSpec::new(ALICE_CARD).ttp(&ttp))
-                .peer("ttp"),
-        )
-        .host(
-            HostSpec::new("bob", BOB)
-                .card(CardSpec::new(BOB_CARD).ttp(&ttp))
-                .peer("alice")
-                .peer("ttp"),
-        )
-        .host(
-            HostSpec::new("carol", CAROL)
-                .card(CardSpec::new(CAROL_CARD).ttp(&ttp))
-                .peer("alice")
-                .peer("bob")
-                .peer("ttp"),
-        )
-        .start()
-        .await?;
+    let people = [
+        ("alice", ALICE, ALICE_CARD),
+        ("bob", BOB, BOB_CARD),
+        ("carol", CAROL, CAROL_CARD),
+    ];
+    let nats = match links {
+        Links::Tls => None,
+        Links::Nats => {
+            let mut users: Vec<NatsUser> = people
+                .iter()
+                .map(|(n, d, c)| NatsUser::host(n, &[*d, *c]))
+                .collect();
+            users.push(NatsUser::host("ttp", &[TTP]));
+            Some(NatsCluster::start(dir, 1, &users).await?)
+        }
+    };
+    let link = |h: HostSpec, name: &str, dial: &[&str]| match &nats {
+        None => dial.iter().fold(h, |h, p| h.peer(p)),
+        Some(c) => h.config(over_nats(c.urls(), name)),
+    };
+    let mut t = Topology::new(dir, ca).host(link(
+        HostSpec::new("ttp", TTP).ttp(&ttp, dir.join("ttp.sqlite")),
+        "ttp",
+        &[],
+    ));
+    let dials: [&[&str]; 3] = [&["ttp"], &["alice", "ttp"], &["alice", "bob", "ttp"]];
+    for ((name, d, c), dial) in people.into_iter().zip(dials) {
+        let h = HostSpec::new(name, d).card(CardSpec::new(c).ttp(&ttp));
+        t = t.host(link(h, name, dial));
+    }
+    let hosts = t.start().await?;
+    if nats.is_some() {
+        // Topology::start waits for TLS links; these are NATS subjects.
+        for (name, _, c) in people {
+            let others: Vec<EntityId> = people
+                .iter()
+                .filter(|(_, _, o)| *o != c)
+                .map(|(_, _, o)| o.owner())
+                .chain([TTP.owner()])
+                .collect();
+            crate::wait_links(hosts.host(name), &others).await?;
+        }
+    }
     let told = tell(&hosts, &ca_der).await;
     hosts.shutdown().await;
     told
+}
+
+/// `[remote.nats]` for `user` of the server at `url`, with no TLS
+/// listener: the host is linked through NATS only.
+fn over_nats(url: String, user: &str) -> impl FnOnce(&mut Config) + Send + 'static {
+    let section = NatsSection {
+        url,
+        user: Some(user.to_owned()),
+        password: Some(format!("{user}-secret")),
+        ..Default::default()
+    };
+    move |c| {
+        c.remote.listen = None;
+        c.remote.nats = Some(section);
+    }
 }
 
 /// The CA's certificate (DER) from its PEM file.

@@ -9,7 +9,21 @@ use tenet_testkit::story;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_story_mints_trades_gives_redeems_and_presents() {
     let dir = tempfile::tempdir().unwrap();
-    let s = story::run(dir.path()).await.unwrap();
+    check(story::run(dir.path()).await.unwrap());
+}
+
+/// The same story with every host linked through a nats-server only
+/// (scripts/test.sh installs it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_story_runs_over_nats_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = story::run_over(dir.path(), story::Links::Nats)
+        .await
+        .expect("the story over NATS (scripts/test.sh installs nats-server)");
+    check(s);
+}
+
+fn check(s: story::Story) {
     let names: Vec<&str> = s.acts.iter().map(|a| a.name).collect();
     assert_eq!(names, ["mint", "exchange", "gift", "redeem", "present"]);
     for a in &s.acts[1..4] {
