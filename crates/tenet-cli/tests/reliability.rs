@@ -1850,4 +1850,8 @@ fn a_mix_of_operations_under_random_kills_loses_nothing() {
     assert_eq!(held + GIVE * last.receipts, COFFEE_MINTED, "{report}");
     assert_eq!(tickets, TICKETS_MINTED, "{report}");
     assert!(started.len() >= 3, "the mix ran too little: {report}");
+    assert!(
+        pa.values().any(|p| swapped(p)),
+        "no run went through: {report}"
+    );
 }
