@@ -383,19 +383,35 @@ impl Journal {
         let tx = self.db.transaction().map_err(&sql)?;
         let now = tenet_proto::time::unix_now() as i64;
         let mut synced = Synced::default();
-        if log.first > since {
-            synced.missed = log.first - since;
-            let text = format!(
-                "the card forgot runs {since} to {} before this journal read them",
-                log.first - 1
-            );
+        let mut entries: Vec<&LogEntry> = log.entries.iter().filter(|e| e.seq >= since).collect();
+        entries.sort_by_key(|e| e.seq);
+        // The runs this page covers: up to its last run if more pages
+        // follow, else up to the card's next number. A number in that
+        // range the card does not hold was forgotten before this journal
+        // read it (the card keeps unread receipts longer than other runs,
+        // so its holes need not be at the start).
+        let end = match entries.last() {
+            Some(e) if e.seq.saturating_add(1) < log.next => e.seq.saturating_add(1),
+            _ => log.next.max(since),
+        };
+        let mut expected = since;
+        let mut gaps = Vec::new();
+        for seq in entries.iter().map(|e| e.seq).chain([end]) {
+            if seq > expected {
+                gaps.push((expected, seq - 1));
+            }
+            expected = expected.max(seq.saturating_add(1));
+        }
+        for (from, to) in gaps {
+            synced.missed += to - from + 1;
+            let text = format!("the card forgot runs {from} to {to} before this journal read them");
             tx.execute(
                 "INSERT INTO journal (at, kind, text) VALUES (?1, 'gap', ?2)",
                 params![now, text],
             )
             .map_err(&sql)?;
         }
-        for e in log.entries.iter().filter(|e| e.seq >= since) {
+        for e in entries {
             let (kind, text) = describe(e);
             let id: String = e.summary.id.0.iter().map(|b| format!("{b:02x}")).collect();
             let receipt = e.receipt.as_ref().map(Codec::to_bytes);
@@ -408,7 +424,9 @@ impl Journal {
                 .map_err(&sql)?;
             synced.added += added as u64;
         }
-        let next = log.next.max(since);
+        // Committed with the runs: a sync cut off between pages asks again
+        // from here, not from the card's next number.
+        let next = end;
         tx.execute(
             "INSERT INTO cursor (one, next, epoch) VALUES (1, ?1, ?2)
              ON CONFLICT (one) DO UPDATE SET next = excluded.next, epoch = excluded.epoch",
@@ -439,19 +457,23 @@ impl Journal {
             (since, epoch) = (0, epoch + 1);
             log = w.log(0).await?;
         }
-        // The card answers a page at a time: ask again from the next run.
+        // The card answers a page at a time: ask again from where the
+        // journal now stands, until it has the card's next number. Once
+        // done, one more request tells the card the journal holds every
+        // run it read (so the card may let their receipts go).
         let mut total = Synced::default();
         loop {
             let s = self.record(epoch, since, &log)?;
             total.added += s.added;
             total.missed += s.missed;
-            let Some(last) = log.entries.last().map(|e| e.seq) else {
-                return Ok(total);
-            };
-            if last + 1 >= log.next {
+            let (now, _) = self.next()?;
+            if now <= since || now >= log.next {
+                if total.added > 0 {
+                    w.log(now).await?;
+                }
                 return Ok(total);
             }
-            since = last + 1;
+            since = now;
             log = w.log(since).await?;
         }
     }
@@ -618,5 +640,47 @@ mod tests {
         assert!(text.contains("gave 2 x"), "{text}");
         let json: serde_json::Value = serde_json::from_str(&history(&[], true)).unwrap();
         assert_eq!(json, serde_json::json!([]));
+    }
+
+    /// A page that is not the last moves the cursor only past its own
+    /// runs (a sync cut off there asks again from them, not from the
+    /// card's next number), and a hole among the runs the card holds (it
+    /// keeps unread receipts longer than other runs) is recorded as a gap.
+    #[test]
+    fn pages_move_the_cursor_by_their_own_runs_and_holes_are_gaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path(), Domain::new([1; 12]).owner()).unwrap();
+        let page = |seqs: &[u64], next| Log {
+            first: seqs[0],
+            next,
+            entries: seqs.iter().map(|s| entry(*s)).collect(),
+        };
+        let s = j.record(0, 0, &page(&[0, 1, 5], 10)).unwrap();
+        assert_eq!(
+            s,
+            Synced {
+                added: 3,
+                missed: 3
+            }
+        );
+        assert_eq!(j.next().unwrap(), (6, 0), "past this page only");
+        let s = j.record(0, 6, &page(&[6, 7, 8, 9], 10)).unwrap();
+        assert_eq!(
+            s,
+            Synced {
+                added: 4,
+                missed: 0
+            }
+        );
+        assert_eq!(j.next().unwrap(), (10, 0));
+        let gaps: Vec<String> = j
+            .entries()
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == "gap")
+            .map(|e| e.text)
+            .collect();
+        assert_eq!(gaps.len(), 1);
+        assert!(gaps[0].contains("runs 2 to 4"), "{gaps:?}");
     }
 }

@@ -311,6 +311,10 @@ pub const ACCEPTED_MEMORY: usize = 32;
 /// redemptions cost their sender nothing on this card).
 pub const MAX_PENDING_ACCEPTED: usize = 16;
 
+/// Most of those from one initiating card: a peer that never confirms
+/// cannot take every place.
+pub const MAX_PENDING_PER_PEER: usize = 4;
+
 /// Most receipts no wallet has read, counting the redemptions under way
 /// that may end with one: a card keeps each until a wallet's journal holds
 /// it, and starts no redemption beyond this.
@@ -819,10 +823,24 @@ impl VoucherCard {
         }
         // Each accepted run is a record until it ends; a stranger's gifts
         // or redemptions must not fill the store.
-        let accepted = self.pending().filter(|(_, e)| e.role == Role::Responder);
-        if accepted.count() >= MAX_PENDING_ACCEPTED {
+        let accepted: Vec<&Exchange> = self
+            .pending()
+            .filter(|(_, e)| e.role == Role::Responder)
+            .map(|(_, e)| e)
+            .collect();
+        if accepted.len() >= MAX_PENDING_ACCEPTED {
             return refuse(format!(
                 "{MAX_PENDING_ACCEPTED} runs this card accepted are still pending; it takes no more until they end"
+            ));
+        }
+        // One peer that never confirms holds at most a few of them.
+        let from_peer = accepted
+            .iter()
+            .filter(|e| e.offer.initiator == offer.initiator);
+        if from_peer.count() >= MAX_PENDING_PER_PEER {
+            return refuse(format!(
+                "{MAX_PENDING_PER_PEER} runs from {} are still pending; this card takes no more from it until they end",
+                offer.initiator
             ));
         }
         // A redemption: this card must be the issuer's or hold its

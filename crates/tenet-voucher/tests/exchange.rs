@@ -1616,25 +1616,49 @@ fn an_agreement_with_a_needless_delegation_is_refused() {
     assert!(tenet_voucher::redeem::Delegation::decode(&d.to_bytes()).is_err());
 }
 
-/// A stranger's gifts cannot fill the payee's store: beyond 16 accepted
-/// runs still pending, the card takes no more until they end.
+/// Strangers' gifts cannot fill the payee's store: beyond 16 accepted
+/// runs still pending the card takes no more until they end, and beyond 4
+/// from one initiating card none more from it.
 #[test]
-fn a_card_takes_at_most_sixteen_pending_runs_it_accepted() {
-    use tenet_voucher::card::MAX_PENDING_ACCEPTED;
+fn a_card_bounds_the_pending_runs_it_accepted_in_all_and_per_peer() {
+    use tenet_voucher::card::{MAX_PENDING_ACCEPTED, MAX_PENDING_PER_PEER};
+    let gift_from = |who: u8, n: u8| msg::Offer {
+        initiator: card_id(who),
+        responder: card_id(B),
+        give: coffee(1),
+        want: None,
+        n1: [n; 16],
+        expires: None,
+        redeem: None,
+    };
+    // One peer: four pending, the fifth refused.
     let mut w = World::new();
-    w.a.balances.credit(&coffee(100)).unwrap();
-    for _ in 0..=MAX_PENDING_ACCEPTED {
-        start_gift(&mut w);
-        w.accept_offers();
-        // The agreements are lost: every gift stays pending on B.
-        w.net.clear();
+    for n in 0..=MAX_PENDING_PER_PEER as u8 {
+        w.input(B, wallet(B), msg::ACCEPT, gift_from(0x10, n).to_bytes());
     }
-    let pending = w.b.pending().count();
-    assert_eq!(pending, MAX_PENDING_ACCEPTED);
+    assert_eq!(w.b.pending().count(), MAX_PENDING_PER_PEER);
     assert!(
         w.refusals
             .last()
-            .is_some_and(|r| r.contains("takes no more")),
+            .is_some_and(|r| r.contains("takes no more from it")),
+        "{:?}",
+        w.refusals
+    );
+    // Many peers: sixteen pending, the seventeenth refused.
+    let mut w = World::new();
+    for who in 0..=MAX_PENDING_ACCEPTED as u8 {
+        w.input(
+            B,
+            wallet(B),
+            msg::ACCEPT,
+            gift_from(0x20 + who, 0).to_bytes(),
+        );
+    }
+    assert_eq!(w.b.pending().count(), MAX_PENDING_ACCEPTED);
+    assert!(
+        w.refusals
+            .last()
+            .is_some_and(|r| r.contains("it takes no more until")),
         "{:?}",
         w.refusals
     );

@@ -761,6 +761,16 @@ fn model(cfg: Cfg) -> M {
             "a redemption completed: S_A holds a receipt (redemption model)",
             |m, s| !m.cfg.redeem || receipts(&card(s, S_A)) == 1,
         )
+        .property(
+            Expectation::Sometimes,
+            "both runs swapped on both cards (mixed models)",
+            |m, s| {
+                let done = |c: &VoucherCard| {
+                    c.exchanges.values().filter(|e| swapped(e.phase)).count() == 2
+                };
+                !m.cfg.mixed || (done(&card(s, S_A)) && done(&card(s, S_B)))
+            },
+        )
         .property(Expectation::Sometimes, "aborted", |_, s| {
             [S_A, S_B].iter().any(|&c| {
                 card(s, c)
