@@ -70,6 +70,14 @@ fn dispatch_throughput(n: u64) -> f64 {
 }
 
 async fn raw_echo(n: u32, warmup: u32, body: usize) -> Result<Vec<Duration>> {
+    raw_echo_via(n, warmup, body, false).await
+}
+
+/// The raw echo, through a relay with `relayed`: the client's Unix socket
+/// to a relay process, the relay's own Unix socket to the echo server and
+/// back, as many socket crossings as an app-to-app echo through the
+/// daemon (four). The relay forwards bytes as they come.
+async fn raw_echo_via(n: u32, warmup: u32, body: usize, relayed: bool) -> Result<Vec<Duration>> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("raw.sock");
     let listener = tokio::net::UnixListener::bind(&path)?;
@@ -77,7 +85,23 @@ async fn raw_echo(n: u32, warmup: u32, body: usize) -> Result<Vec<Duration>> {
         let (s, _) = listener.accept().await?;
         echo_frames(s).await
     });
-    let mut c = tokio::net::UnixStream::connect(&path).await?;
+    let mut connect_to = path.clone();
+    let relay = if relayed {
+        let relay_path = dir.path().join("relay.sock");
+        let relay_listener = tokio::net::UnixListener::bind(&relay_path)?;
+        let target = path.clone();
+        connect_to = relay_path;
+        Some(tokio::spawn(async move {
+            let (mut a, _) = relay_listener.accept().await?;
+            let mut b = tokio::net::UnixStream::connect(&target).await?;
+            tokio::io::copy_bidirectional(&mut a, &mut b)
+                .await
+                .map(|_| ())
+        }))
+    } else {
+        None
+    };
+    let mut c = tokio::net::UnixStream::connect(&connect_to).await?;
     let mut frame = Vec::new();
     write_frame(&mut frame, &vec![7u8; body]);
     let mut rbuf = vec![0u8; frame.len()];
@@ -91,8 +115,25 @@ async fn raw_echo(n: u32, warmup: u32, body: usize) -> Result<Vec<Duration>> {
         }
     }
     drop(c);
+    if let Some(r) = relay {
+        r.await??;
+    }
     server.await??;
     Ok(out)
+}
+
+/// The median of per-round ratios `a[r] / b[r]` of p50s, with their
+/// range: (median, min, max).
+fn round_ratios(a: &[Vec<Duration>], b: &[Vec<Duration>]) -> (f64, f64, f64) {
+    let mut r: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| {
+            summarize(x.clone()).p50.as_secs_f64() / summarize(y.clone()).p50.as_secs_f64()
+        })
+        .collect();
+    r.sort_by(f64::total_cmp);
+    (r[r.len() / 2], r[0], r[r.len() - 1])
 }
 
 async fn daemon_echo(
@@ -153,27 +194,49 @@ pub(crate) async fn run(messages: u64, echoes: u32) -> Result<Section> {
     // Interleave rounds so both contenders see the same machine state.
     let rounds = 5u32;
     let per = (echoes / rounds).max(1);
-    let (mut raw, mut app, mut hosted) = (Vec::new(), Vec::new(), Vec::new());
+    let mut per_round: [Vec<Vec<Duration>>; 4] = Default::default();
     for _ in 0..rounds {
-        raw.extend(raw_echo(per, warmup / rounds, body).await?);
-        app.extend(daemon_echo(&socket, true, per, warmup / rounds).await?);
-        hosted.extend(daemon_echo(&socket, false, per, warmup / rounds).await?);
+        let w = warmup / rounds;
+        per_round[0].push(raw_echo(per, w, body).await?);
+        per_round[1].push(raw_echo_via(per, w, body, true).await?);
+        per_round[2].push(daemon_echo(&socket, true, per, w).await?);
+        per_round[3].push(daemon_echo(&socket, false, per, w).await?);
         pb.inc(1);
     }
     pb.finish_and_clear();
     host.shutdown().await;
-    let (raw, app, hosted) = (summarize(raw), summarize(app), summarize(hosted));
+    let all = |i: usize| summarize(per_round[i].concat());
+    let (raw, relay, app, hosted) = (all(0), all(1), all(2), all(3));
     let rows = [
-        ("raw Unix-socket echo (baseline)", &raw),
+        ("raw Unix-socket echo (baseline, 2 socket crossings)", &raw),
+        (
+            "raw Unix relay echo (same 4 crossings as app to app)",
+            &relay,
+        ),
         ("app -> daemon -> host entity -> app", &hosted),
         ("app -> daemon -> app -> daemon -> app", &app),
     ];
     let (table, json_rows) = rtt_table(&rows);
     let app_ratio = app.p50.as_secs_f64() / raw.p50.as_secs_f64();
+    // Same hops, per round: the median of the rounds with their range.
+    let hosted_x = round_ratios(&per_round[3], &per_round[0]);
+    let app_relay_x = round_ratios(&per_round[2], &per_round[1]);
+    let met = |x: f64| if x <= 1.3 { "met" } else { "NOT met" };
     let markdown = format!(
         "Dispatch table on one thread: **{dispatch:.0} messages/s** (store + take, {messages} messages; aim 1,000,000: {dispatch_aim}).\n\n\
          Echo round trips, {echoes} per contender, interleaved in {rounds} rounds:\n\n{table}\n\
-         App-to-app echo through the daemon is {app_x} the raw Unix-socket echo (aim: within 2x: {app_aim}).\n",
+         App-to-app echo through the daemon is {app_x} the raw Unix-socket echo (aim: within 2x: {app_aim}).\n\n\
+         Same hops, median of the {rounds} rounds' p50 ratios (range):\n\
+         - app to host entity and back: **{:.2}x** the raw Unix echo ({:.2}-{:.2}; aim 1.3x: {});\n\
+         - app to app: **{:.2}x** the raw Unix relay echo ({:.2}-{:.2}; aim 1.3x: {}).\n",
+        hosted_x.0,
+        hosted_x.1,
+        hosted_x.2,
+        met(hosted_x.0),
+        app_relay_x.0,
+        app_relay_x.1,
+        app_relay_x.2,
+        met(app_relay_x.0),
         app_x = ratio(app.p50.as_secs_f64(), raw.p50.as_secs_f64()),
         dispatch_aim = if dispatch >= 1e6 { "met" } else { "NOT met" },
         app_aim = if app_ratio <= 2.0 { "met" } else { "NOT met" },
@@ -187,6 +250,8 @@ pub(crate) async fn run(messages: u64, echoes: u32) -> Result<Section> {
             "dispatch_messages_per_s": dispatch,
             "round_trips": json_rows,
             "app_to_app_p50_ratio": app_ratio,
+            "hosted_vs_raw_echo": {"median": hosted_x.0, "min": hosted_x.1, "max": hosted_x.2},
+            "app_to_app_vs_raw_relay": {"median": app_relay_x.0, "min": app_relay_x.1, "max": app_relay_x.2},
         }),
         plots: vec![Plot {
             file: "core-echo".into(),

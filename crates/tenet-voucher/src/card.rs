@@ -307,8 +307,8 @@ pub const HISTORY: usize = 16;
 /// h(n2), which only its own recovery touches (see docs/model.md).
 pub const ACCEPTED_MEMORY: usize = 32;
 
-/// Most runs accepted as responder that may be pending at once (gifts and
-/// redemptions cost their sender nothing on this card).
+/// Most gifts and redemptions accepted as responder that may be pending at
+/// once (they debit nothing on this card, and cost their sender nothing).
 pub const MAX_PENDING_ACCEPTED: usize = 16;
 
 /// Most of those from one initiating card: a peer that never confirms
@@ -822,13 +822,15 @@ impl VoucherCard {
             return refuse("this offer was already accepted (replay)");
         }
         // Each accepted run is a record until it ends; a stranger's gifts
-        // or redemptions must not fill the store.
+        // or redemptions, which debit nothing here, must not fill the
+        // store. (An exchange's record is paid with this card's own
+        // vouchers, and its user's decision.)
         let accepted: Vec<&Exchange> = self
             .pending()
-            .filter(|(_, e)| e.role == Role::Responder)
+            .filter(|(_, e)| e.role == Role::Responder && e.offer.want.is_none())
             .map(|(_, e)| e)
             .collect();
-        if accepted.len() >= MAX_PENDING_ACCEPTED {
+        if offer.want.is_none() && accepted.len() >= MAX_PENDING_ACCEPTED {
             return refuse(format!(
                 "{MAX_PENDING_ACCEPTED} runs this card accepted are still pending; it takes no more until they end"
             ));
@@ -837,7 +839,7 @@ impl VoucherCard {
         let from_peer = accepted
             .iter()
             .filter(|e| e.offer.initiator == offer.initiator);
-        if from_peer.count() >= MAX_PENDING_PER_PEER {
+        if offer.want.is_none() && from_peer.count() >= MAX_PENDING_PER_PEER {
             return refuse(format!(
                 "{MAX_PENDING_PER_PEER} runs from {} are still pending; this card takes no more from it until they end",
                 offer.initiator

@@ -1617,8 +1617,9 @@ fn an_agreement_with_a_needless_delegation_is_refused() {
 }
 
 /// Strangers' gifts cannot fill the payee's store: beyond 16 accepted
-/// runs still pending the card takes no more until they end, and beyond 4
-/// from one initiating card none more from it.
+/// gifts and redemptions still pending the card takes no more until they
+/// end, and beyond 4 from one initiating card none more from it; an
+/// exchange, which the payee pays with its own vouchers, is not counted.
 #[test]
 fn a_card_bounds_the_pending_runs_it_accepted_in_all_and_per_peer() {
     use tenet_voucher::card::{MAX_PENDING_ACCEPTED, MAX_PENDING_PER_PEER};
@@ -1644,6 +1645,15 @@ fn a_card_bounds_the_pending_runs_it_accepted_in_all_and_per_peer() {
         "{:?}",
         w.refusals
     );
+    // An exchange, paid with B's own ticket, is not counted.
+    let exchange = msg::Offer {
+        want: Some(ticket(1)),
+        ..gift_from(0x10, 99)
+    };
+    w.refusals.clear();
+    w.input(B, wallet(B), msg::ACCEPT, exchange.to_bytes());
+    assert!(w.refusals.is_empty(), "{:?}", w.refusals);
+    assert_eq!(w.b.pending().count(), MAX_PENDING_PER_PEER + 1);
     // Many peers: sixteen pending, the seventeenth refused.
     let mut w = World::new();
     for who in 0..=MAX_PENDING_ACCEPTED as u8 {
