@@ -124,7 +124,7 @@ async fn raw_echo_via(n: u32, warmup: u32, body: usize, relayed: bool) -> Result
 
 /// The median of per-round ratios `a[r] / b[r]` of p50s, with their
 /// range: (median, min, max).
-fn round_ratios(a: &[Vec<Duration>], b: &[Vec<Duration>]) -> (f64, f64, f64) {
+pub(crate) fn round_ratios(a: &[Vec<Duration>], b: &[Vec<Duration>]) -> (f64, f64, f64) {
     let mut r: Vec<f64> = a
         .iter()
         .zip(b)

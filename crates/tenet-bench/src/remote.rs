@@ -42,6 +42,84 @@ async fn raw_tcp_echo(n: u32, body: usize) -> Result<Vec<Duration>> {
     Ok(out)
 }
 
+/// Frames written over a Unix socket to a relay and read back, `n` times:
+/// the client side of the same-hop baselines.
+async fn unix_client(path: &Path, n: u32, body: usize) -> Result<Vec<Duration>> {
+    let mut c = tokio::net::UnixStream::connect(path).await?;
+    let mut frame = Vec::new();
+    write_frame(&mut frame, &bytes_of(body));
+    let mut rbuf = vec![0u8; frame.len()];
+    let mut out = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let t = Instant::now();
+        c.write_all(&frame).await?;
+        c.read_exact(&mut rbuf).await?;
+        out.push(t.elapsed());
+    }
+    Ok(out)
+}
+
+/// The TLS path's hops without TLS or a daemon: the client's Unix socket
+/// to a relay, the relay's TCP connection (nodelay) to an echo server, and
+/// back (as an app's echo to a peer host's entity crosses its Unix socket
+/// and the TCP link both ways). The relay forwards bytes as they come.
+async fn unix_tcp_echo(n: u32, body: usize) -> Result<Vec<Duration>> {
+    let dir = tempfile::tempdir()?;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    let server = tokio::spawn(async move {
+        let (s, _) = l.accept().await?;
+        s.set_nodelay(true)?;
+        echo_frames(s).await
+    });
+    let path = dir.path().join("relay.sock");
+    let ul = tokio::net::UnixListener::bind(&path)?;
+    let relay = tokio::spawn(async move {
+        let (mut a, _) = ul.accept().await?;
+        let mut b = tokio::net::TcpStream::connect(addr).await?;
+        b.set_nodelay(true)?;
+        tokio::io::copy_bidirectional(&mut a, &mut b)
+            .await
+            .map(|_| ())
+    });
+    let out = unix_client(&path, n, body).await?;
+    relay.await??;
+    server.await??;
+    Ok(out)
+}
+
+/// The NATS path's hops without a daemon: the client's Unix socket to a
+/// relay that sends each frame as a plain NATS request (to a responder
+/// that answers with the payload) and writes the reply back.
+async fn unix_nats_echo(client: &async_nats::Client, n: u32, body: usize) -> Result<Vec<Duration>> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("relay.sock");
+    let ul = tokio::net::UnixListener::bind(&path)?;
+    let nc = client.clone();
+    let relay = tokio::spawn(async move {
+        let (mut a, _) = ul.accept().await?;
+        let mut buf = Vec::with_capacity(4096);
+        loop {
+            if a.read_buf(&mut buf).await? == 0 {
+                return anyhow::Ok(());
+            }
+            let mut start = 0;
+            while let Ok(Some((used, b))) = tenet_proto::frame::split_frame(&buf[start..], 1 << 16)
+            {
+                let reply = nc.request("bench.echo", b.to_vec().into()).await?;
+                let mut out = Vec::new();
+                write_frame(&mut out, &reply.payload);
+                a.write_all(&out).await?;
+                start += used;
+            }
+            buf.drain(..start);
+        }
+    });
+    let out = unix_client(&path, n, body).await?;
+    relay.await??;
+    Ok(out)
+}
+
 async fn daemon_echo(
     app: &mut Capability,
     dst: tenet_proto::EntityId,
@@ -145,40 +223,73 @@ pub async fn run(echoes: u32) -> Result<Section> {
     }
 
     let per = (echoes / 5).max(1);
-    let (mut raw, mut tls, mut nreq, mut ndae) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Per round: raw TCP, Unix-TCP relay, TLS path, NATS request,
+    // Unix-NATS relay, NATS path.
+    let mut r: [Vec<Vec<Duration>>; 6] = Default::default();
     raw_tcp_echo(200, body).await?;
     daemon_echo(&mut tls_app, db.owner(), 200).await?;
     let bar = progress(5, "remote");
     for _ in 0..5 {
-        raw.extend(raw_tcp_echo(per, body).await?);
-        tls.extend(daemon_echo(&mut tls_app, db.owner(), per).await?);
+        r[0].push(raw_tcp_echo(per, body).await?);
+        r[1].push(unix_tcp_echo(per, body).await?);
+        r[2].push(daemon_echo(&mut tls_app, db.owner(), per).await?);
         if let Some((_, _, app, dst, client, _)) = nats_parts.as_mut() {
-            nreq.extend(nats_request(client, per, body).await?);
-            ndae.extend(daemon_echo(app, *dst, per).await?);
+            r[3].push(nats_request(client, per, body).await?);
+            r[4].push(unix_nats_echo(client, per, body).await?);
+            r[5].push(daemon_echo(app, *dst, per).await?);
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let (raw, tls) = (summarize(raw), summarize(tls));
-    let (nreq, ndae) = (
-        (!nreq.is_empty()).then(|| summarize(nreq)),
-        (!ndae.is_empty()).then(|| summarize(ndae)),
+    let all = |i: usize| (!r[i].is_empty()).then(|| summarize(r[i].concat()));
+    let (raw, relay, tls) = (
+        all(0).expect("measured"),
+        all(1).expect("measured"),
+        all(2).expect("measured"),
     );
+    let (nreq, nrelay, ndae) = (all(3), all(4), all(5));
     let mut rows = vec![
         ("raw TCP loopback echo, nodelay (baseline)", &raw),
+        (
+            "raw relay: Unix -> TCP echo -> Unix (the TLS path's hops)",
+            &relay,
+        ),
         ("app -> daemon =TLS=> daemon -> host entity, back", &tls),
     ];
-    if let (Some(r), Some(d)) = (&nreq, &ndae) {
-        rows.push(("plain NATS request/reply through nats-server", r));
+    if let (Some(q), Some(l), Some(d)) = (&nreq, &nrelay, &ndae) {
+        rows.push(("plain NATS request/reply through nats-server", q));
+        rows.push((
+            "raw relay: Unix -> NATS request/reply -> Unix (the NATS path's hops)",
+            l,
+        ));
         rows.push(("app -> daemon =NATS=> daemon -> host entity, back", d));
     }
     let (table, json_rows) = rtt_table(&rows);
     let tls_ratio = tls.p50.as_secs_f64() / raw.p50.as_secs_f64();
-    let markdown = format!(
+    let tls_hops = crate::core::round_ratios(&r[2], &r[1]);
+    let nats_hops = (!r[5].is_empty()).then(|| crate::core::round_ratios(&r[5], &r[4]));
+    let met = |x: f64| if x <= 1.3 { "met" } else { "NOT met" };
+    let mut markdown = format!(
         "{notes}Remote echo round trips, {echoes} per contender, interleaved in 5 rounds:\n\n{table}\n\
-         The TLS path is {tls_ratio:.2}x the raw TCP echo (aim: within 2x: {}).\n",
-        if tls_ratio <= 2.0 { "met" } else { "NOT met" }
+         The TLS path is {tls_ratio:.2}x the raw TCP echo (aim: within 2x: {}).\n\n\
+         Same hops, median of the 5 rounds' p50 ratios (range):\n\
+         - the TLS path: **{:.2}x** the Unix-TCP relay ({:.2}-{:.2}; aim 1.3x: {});\n",
+        if tls_ratio <= 2.0 { "met" } else { "NOT met" },
+        tls_hops.0,
+        tls_hops.1,
+        tls_hops.2,
+        met(tls_hops.0),
     );
+    if let Some(x) = nats_hops {
+        markdown.push_str(&format!(
+            "- the NATS path: **{:.2}x** the Unix-NATS relay ({:.2}-{:.2}; aim 1.3x: {}).\n",
+            x.0,
+            x.1,
+            x.2,
+            met(x.0)
+        ));
+    }
+    let range = |x: (f64, f64, f64)| serde_json::json!({"median": x.0, "min": x.1, "max": x.2});
     let plot = Plot {
         file: "remote-echo".into(),
         title: "Remote echo round trip, p50".into(),
@@ -202,7 +313,12 @@ pub async fn run(echoes: u32) -> Result<Section> {
         title: "Remote: echo between hosts over TLS and NATS".into(),
         command: format!("tenet bench remote --echoes {echoes}"),
         markdown,
-        json: serde_json::json!({ "round_trips": json_rows, "tls_p50_ratio": tls_ratio }),
+        json: serde_json::json!({
+            "round_trips": json_rows,
+            "tls_p50_ratio": tls_ratio,
+            "tls_vs_same_hops": range(tls_hops),
+            "nats_vs_same_hops": nats_hops.map(range),
+        }),
         plots: vec![plot],
     })
 }
