@@ -167,9 +167,68 @@ fn voucher_offers() {
     fuzz_codec("Offer", WITH_AMOUNTS, offer());
 }
 
+/// An agreement: its list, a delegation's, the delegation's class.
+const AGREEMENT: Bound = tlv_list(3, 3);
+
 #[test]
 fn voucher_agreements() {
-    fuzz_codec("Agreement", FLAT_PARAMS, agreement());
+    fuzz_codec("Agreement", AGREEMENT, agreement());
+}
+
+#[test]
+fn voucher_delegations() {
+    fuzz_codec("Delegation", WITH_AMOUNTS, delegation());
+}
+
+#[test]
+fn voucher_delegate_orders() {
+    let seeds = (entity(), class(), any::<u64>())
+        .prop_map(
+            |(redeemer, class, until)| tenet_voucher::redeem::DelegateOrder {
+                redeemer,
+                class,
+                until,
+            },
+        )
+        .boxed();
+    fuzz_codec("DelegateOrder", WITH_AMOUNTS, seeds);
+}
+
+#[test]
+fn voucher_log_requests() {
+    let seeds = any::<u64>()
+        .prop_map(|since| tenet_voucher::card::LogRequest { since })
+        .boxed();
+    fuzz_codec("LogRequest", FLAT_PARAMS, seeds);
+}
+
+/// A receipt: its list, the offer's and its amount's, the agreement's,
+/// its delegation's and class's, the admission's (four levels deep).
+const RECEIPT: Bound = tlv_list(4, 7);
+
+#[test]
+fn voucher_receipts() {
+    use tenet_voucher::redeem::{Proof, Receipt};
+    let admission = (kind(), exchange_id(), bytes(80), bytes(300)).prop_map(
+        |(kind, id, signature, certificate)| Admission {
+            kind,
+            id,
+            signature,
+            certificate,
+        },
+    );
+    let proof = prop_oneof![
+        any::<[u8; 16]>().prop_map(Proof::Commitment),
+        admission.prop_map(Proof::Admission),
+    ];
+    let seeds = (offer(), agreement(), proof)
+        .prop_map(|(offer, agreement, proof)| Receipt {
+            offer,
+            agreement,
+            proof,
+        })
+        .boxed();
+    fuzz_codec("Receipt", RECEIPT, seeds);
 }
 
 #[test]

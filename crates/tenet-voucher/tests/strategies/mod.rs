@@ -58,16 +58,20 @@ pub fn offer() -> BoxedStrategy<Offer> {
         proptest::option::of(amount(1)),
         any::<[u8; 16]>(),
         proptest::option::of(any::<u64>()),
+        proptest::option::of(entity()),
     )
-        .prop_map(|(initiator, responder, give, want, n1, expires)| Offer {
-            redeem: None,
-            initiator,
-            responder,
-            give,
-            want,
-            n1,
-            expires,
-        })
+        .prop_map(
+            |(initiator, responder, give, want, n1, expires, ttp)| Offer {
+                // A redemption wants nothing back.
+                redeem: ttp.filter(|_| want.is_none()),
+                initiator,
+                responder,
+                give,
+                want,
+                n1,
+                expires,
+            },
+        )
         .boxed()
 }
 
@@ -75,15 +79,45 @@ pub fn exchange_id() -> BoxedStrategy<ExchangeId> {
     any::<[u8; 32]>().prop_map(ExchangeId).boxed()
 }
 
+pub fn delegation() -> BoxedStrategy<tenet_voucher::redeem::Delegation> {
+    (
+        (entity(), entity(), class()),
+        any::<u64>(),
+        bytes(72),
+        bytes(400),
+    )
+        .prop_map(
+            |((issuer, redeemer, class), until, signature, certificate)| {
+                tenet_voucher::redeem::Delegation {
+                    issuer,
+                    redeemer,
+                    class,
+                    until,
+                    signature,
+                    certificate,
+                }
+            },
+        )
+        .boxed()
+}
+
 pub fn agreement() -> BoxedStrategy<Agreement> {
-    (any::<[u8; 32]>(), exchange_id(), bytes(80), bytes(400))
-        .prop_map(|(offer_digest, id, signature, certificate)| Agreement {
-            delegation: None,
-            offer_digest,
-            id,
-            signature,
-            certificate,
-        })
+    (
+        any::<[u8; 32]>(),
+        exchange_id(),
+        bytes(80),
+        bytes(400),
+        proptest::option::of(delegation()),
+    )
+        .prop_map(
+            |(offer_digest, id, signature, certificate, delegation)| Agreement {
+                delegation,
+                offer_digest,
+                id,
+                signature,
+                certificate,
+            },
+        )
         .boxed()
 }
 
