@@ -27,16 +27,7 @@ async fn raw_tcp_echo(n: u32, body: usize) -> Result<Vec<Duration>> {
     });
     let mut c = tokio::net::TcpStream::connect(addr).await?;
     c.set_nodelay(true)?;
-    let mut frame = Vec::new();
-    write_frame(&mut frame, &vec![7u8; body]);
-    let mut rbuf = vec![0u8; frame.len()];
-    let mut out = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        let t = Instant::now();
-        c.write_all(&frame).await?;
-        c.read_exact(&mut rbuf).await?;
-        out.push(t.elapsed());
-    }
+    let out = round_trips(&mut c, n, body).await?;
     drop(c);
     server.await??;
     Ok(out)
@@ -46,6 +37,15 @@ async fn raw_tcp_echo(n: u32, body: usize) -> Result<Vec<Duration>> {
 /// the client side of the same-hop baselines.
 async fn unix_client(path: &Path, n: u32, body: usize) -> Result<Vec<Duration>> {
     let mut c = tokio::net::UnixStream::connect(path).await?;
+    round_trips(&mut c, n, body).await
+}
+
+/// `n` frames of `body` bytes written on `c` and read back, each timed.
+async fn round_trips<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    c: &mut S,
+    n: u32,
+    body: usize,
+) -> Result<Vec<Duration>> {
     let mut frame = Vec::new();
     write_frame(&mut frame, &bytes_of(body));
     let mut rbuf = vec![0u8; frame.len()];

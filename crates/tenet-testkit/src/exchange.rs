@@ -168,7 +168,10 @@ async fn trade(hosts: &Running, cut: Option<Cut>, t_run: Instant) -> Result<Exch
     ]
     .into_iter()
     .collect();
-    let flow = collect_flow(&mut taps, t0_wall, &names).await;
+    let flow = collect_flow(&mut taps, t0_wall, &names, &|m| {
+        (0x0201..=0x0209).contains(&m)
+    })
+    .await;
     Ok(ExchangeRun {
         cut,
         flow,
@@ -329,13 +332,14 @@ async fn all_final(w: &mut Wallet) -> Result<bool, Error> {
     Ok(!ex.is_empty() && ex.iter().all(|e| e.phase.is_final()))
 }
 
-/// The exchange's messages (recovery included, mtypes 0x0201-0x0209)
-/// the taps saw on any host, once each, in time order, with their time
-/// since `t0`.
-async fn collect_flow(
+/// The messages of the mtypes `wanted` takes (for the exchange, recovery
+/// included: 0x0201-0x0209) the taps saw on any host since the last call,
+/// once each, in time order, with their time since `t0`.
+pub(crate) async fn collect_flow(
     taps: &mut [Capability],
     t0: SystemTime,
     names: &HashMap<EntityId, &str>,
+    wanted: &dyn Fn(u16) -> bool,
 ) -> Vec<Flow> {
     let mut seen = BTreeSet::new();
     let mut flow: Vec<(SystemTime, Message)> = Vec::new();
@@ -344,9 +348,7 @@ async fn collect_flow(
             tokio::time::timeout(Duration::from_millis(100), t.next()).await
         {
             let m = message.mtype().0;
-            if (0x0201..=0x0209).contains(&m)
-                && seen.insert((message.src(), message.dst(), m, message.param.clone()))
-            {
+            if wanted(m) && seen.insert((message.src(), message.dst(), m, message.param.clone())) {
                 flow.push((at, message));
             }
         }

@@ -17,15 +17,15 @@
 //! Each act prints the messages the taps saw and the holdings after it;
 //! the story fails if a voucher was created or lost on the way.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
+use tenet_client::Capability;
 use tenet_client::wallet::Wallet;
-use tenet_client::{Capability, Incoming};
-use tenet_proto::{Codec, Domain, EntityId, Filter, Message};
+use tenet_proto::{Codec, Domain, EntityId, Filter};
 use tenet_voucher::model::{Amount, VoucherClass};
 use tenet_voucher::present::{Challenges, PRESENTATION, Presentation, ca_check};
 use tenet_voucher::redeem::receipt_check;
@@ -388,7 +388,13 @@ async fn act(
     names: &HashMap<EntityId, &str>,
     p: &mut People,
 ) -> Result<Act, Error> {
-    let flow = flow(taps, t0, names).await;
+    // The protocol's messages: not the wallet's orders and queries.
+    let order = [
+        0x0201, 0x0203, 0x0209, 0x020a, 0x020b, 0x020c, 0x020d, 0x020e, 0x020f, 0x0213, 0x0218,
+        0x0219,
+    ];
+    let wanted = |m: u16| (0x0201..=0x0219).contains(&m) && !order.contains(&m);
+    let flow = crate::exchange::collect_flow(taps, t0, names, &wanted).await;
     let after = [
         show(&p.alice.balances().await?),
         show(&p.bob.balances().await?),
@@ -400,46 +406,4 @@ async fn act(
         flow,
         after,
     })
-}
-
-/// The voucher messages the taps saw since the last call, once each, in
-/// time order.
-async fn flow(
-    taps: &mut [Capability],
-    t0: SystemTime,
-    names: &HashMap<EntityId, &str>,
-) -> Vec<Flow> {
-    let mut seen = BTreeSet::new();
-    let mut flow: Vec<(SystemTime, Message)> = Vec::new();
-    for t in taps {
-        while let Ok(Ok(Incoming::Tapped { at, message, .. })) =
-            tokio::time::timeout(Duration::from_millis(100), t.next()).await
-        {
-            let m = message.mtype().0;
-            // Wallet orders and queries are not the protocol's flow.
-            let order = [
-                0x0201, 0x0203, 0x0209, 0x020a, 0x020b, 0x020c, 0x020d, 0x020e, 0x020f, 0x0213,
-                0x0218, 0x0219,
-            ];
-            if (0x0201..=0x0219).contains(&m)
-                && !order.contains(&m)
-                && seen.insert((message.src(), message.dst(), m, message.param.clone()))
-            {
-                flow.push((at, message));
-            }
-        }
-    }
-    flow.sort_by_key(|(at, _)| *at);
-    let name = |id: EntityId| names.get(&id).map_or(id.to_string(), |n| (*n).to_owned());
-    flow.iter()
-        .enumerate()
-        .map(|(i, (at, m))| Flow {
-            step: i + 1,
-            src: name(m.src()),
-            dst: name(m.dst()),
-            mtype: m.mtype().to_string(),
-            bytes: m.encoded_len(),
-            ms: at.duration_since(t0).map_or(0.0, |d| d.as_secs_f64() * 1e3),
-        })
-        .collect()
 }
