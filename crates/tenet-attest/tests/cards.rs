@@ -81,10 +81,10 @@ fn deliver(c: &mut Card<MemStore>, m: &Message) -> Vec<Message> {
 }
 
 /// The CA certificate in `dir`, DER.
+/// The anchor (`tenet_pki::cv`) of the CA in `dir`: what a card trusts.
 fn ca_der(dir: &Path) -> Vec<u8> {
-    CertificateDer::from_pem_file(dir.join("ca.pem"))
-        .unwrap()
-        .to_vec()
+    let der = CertificateDer::from_pem_file(dir.join("ca.pem")).unwrap();
+    tenet_pki::cv::Anchor::from_x509(&der).unwrap().to_bytes()
 }
 
 /// A card of domain `b` with the attestation applet, whose certificate
@@ -104,7 +104,7 @@ fn card(b: u8, issuer: &Path, trusted: &Path) -> Card<MemStore> {
     )
     .unwrap();
     let key = c.state().public_key.clone();
-    let (cert, _) = tenet_pki::issue_entity(issuer, c.id(), &key).unwrap();
+    let cert = tenet_pki::issue_entity(issuer, c.id(), &key).unwrap().cv;
     c.install_certificates(cert, ca_der(trusted)).unwrap();
     c.install(Box::new(AttestApplet::new()));
     let select = Command::new(0, tenet::INS_SELECT, 4, 0).with_data(tenet::AID.to_vec());

@@ -123,10 +123,11 @@ fn make_card(pki: &Pki, name: &str, card: Domain, setup: Setup<'_>) -> (PathBuf,
     )
     .unwrap();
     let key = c.state().public_key.clone();
-    let (cert, _) = tenet_pki::issue_entity(setup.issuer, c.id(), &key).unwrap();
-    let ca = CertificateDer::from_pem_file(pki.ca.join("ca.pem"))
+    let cert = tenet_pki::issue_entity(setup.issuer, c.id(), &key)
         .unwrap()
-        .to_vec();
+        .cv;
+    let ca = CertificateDer::from_pem_file(pki.ca.join("ca.pem")).unwrap();
+    let ca = tenet_pki::cv::Anchor::from_x509(&ca).unwrap().to_bytes();
     c.install_certificates(cert.clone(), ca).unwrap();
     if setup.vouchers {
         c.provision(

@@ -70,9 +70,10 @@ pub struct AppletCx<'a> {
     /// The card's time ([`crate::clock`]): the host's, never below the
     /// card's persisted bound.
     pub time: crate::clock::CardTime,
-    /// The card's certificate (DER), once issued.
+    /// The card's CV certificate (`tenet_pki::cv`), once issued.
     pub certificate: Option<&'a [u8]>,
-    /// The CA certificate the card trusts (DER), once installed.
+    /// The CA anchor the card trusts (`tenet_pki::cv::Anchor`), once
+    /// installed.
     pub ca_certificate: Option<&'a [u8]>,
     pub(crate) out: &'a mut Vec<Message>,
     pub(crate) signer: &'a dyn Fn(&[u8]) -> Vec<u8>,

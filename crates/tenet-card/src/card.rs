@@ -15,7 +15,9 @@ use std::collections::{BTreeSet, VecDeque};
 
 use ring::digest;
 use ring::rand::SystemRandom;
-use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+use ring::signature::{
+    ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair,
+};
 use tenet_proto::apdu::{CLA_CHAINING, Command, Response, StatusWord, tenet};
 use tenet_proto::card::{
     CardInfo, ChangePin, PinOutcome, PinStatus, SetTime, UnblockPin, VerifyPin, check_pin,
@@ -261,8 +263,9 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The card's key, signing as the card link wants: raw r || s (64 bytes).
 fn load_key(pkcs8: &[u8], rng: &SystemRandom) -> Result<EcdsaKeyPair, CardError> {
-    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8, rng)
+    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, rng)
         .map_err(|e| CardError::Key(e.to_string()))
 }
 
@@ -346,8 +349,9 @@ impl<S: Storage> Card<S> {
         }
     }
 
-    /// Stores the card's certificate and the CA certificate it trusts
-    /// (personalization, after the CA signed the card's public key).
+    /// Stores the card's CV certificate and the CA anchor it trusts
+    /// (`tenet_pki::cv`; personalization, after the CA signed the card's
+    /// public key).
     pub fn install_certificates(
         &mut self,
         certificate: Vec<u8>,
@@ -365,10 +369,17 @@ impl<S: Storage> Card<S> {
     /// from the CA (`tenet card csr`), with the store file at hand. No APDU
     /// reaches it.
     pub fn sign_certificate_request(&self, info: &[u8]) -> Vec<u8> {
-        self.key
-            .sign(&self.rng, info)
-            .map(|s| s.as_ref().to_vec())
-            .unwrap_or_default()
+        // A certificate request's signature is ASN.1 DER, unlike the card
+        // link's.
+        EcdsaKeyPair::from_pkcs8(
+            &ECDSA_P256_SHA256_ASN1_SIGNING,
+            &self.state.key_pkcs8,
+            &self.rng,
+        )
+        .ok()
+        .and_then(|k| k.sign(&self.rng, info).ok())
+        .map(|s| s.as_ref().to_vec())
+        .unwrap_or_default()
     }
 
     /// Writes an applet's initial persistent data (personalization).

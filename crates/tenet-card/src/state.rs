@@ -175,9 +175,10 @@ pub struct CardState {
     pub puk_tries: u8,
     /// The next port ASSIGN PORT hands out.
     pub next_port: u32,
-    /// The card's certificate, once issued.
+    /// The card's CV certificate, once issued.
     pub certificate: Option<Vec<u8>>,
-    /// The CA certificate the card trusts, once installed.
+    /// The CA anchor the card trusts (its key and reference), once
+    /// installed.
     pub ca_certificate: Option<Vec<u8>>,
     /// The lower bound of the card's clock, seconds since the Unix epoch
     /// ([`crate::clock`]); 0 on a card personalized before cards had one.

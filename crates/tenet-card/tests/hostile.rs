@@ -140,7 +140,10 @@ fn fixture() -> &'static Fixture {
         )
         .unwrap();
         let public_key = card.state().public_key.clone();
-        let (cert, ca_cert) = issue_entity(&ca, card.id(), &public_key).unwrap();
+        let (cert, ca_cert) = issue_entity(&ca, card.id(), &public_key)
+            .unwrap()
+            .card_forms()
+            .unwrap();
         let mut record = Vec::new();
         tlv::write(
             &mut record,

@@ -123,12 +123,13 @@ pub enum CardCmd {
     /// trusts, read from the store file without the PIN; --cert-out writes
     /// the certificate.
     ///
-    /// Example: tenet card info --store alice.card --cert-out alice.der
+    /// Example: tenet card info --store alice.card --cert-out alice.cvc
     Info {
         /// The card's store file.
         #[arg(long, value_name = "FILE")]
         store: PathBuf,
-        /// Also write the card's X.509 certificate (DER) to this file.
+        /// Also write the card's CV certificate (the form it sends) to this
+        /// file.
         #[arg(long, value_name = "FILE")]
         cert_out: Option<PathBuf>,
     },
@@ -180,7 +181,7 @@ fn random<const N: usize>() -> Result<[u8; N]> {
     Ok(b)
 }
 
-pub(crate) use tenet_voucher_app::admin::{hex, valid};
+pub(crate) use tenet_voucher_app::admin::{hex, read_certificate_file, valid};
 
 /// The DER of the PEM certificate `path`.
 pub(crate) fn pem(path: &Path) -> Result<Vec<u8>> {
@@ -189,6 +190,17 @@ pub(crate) fn pem(path: &Path) -> Result<Vec<u8>> {
     Ok(der
         .with_context(|| format!("certificate {}", path.display()))?
         .to_vec())
+}
+
+/// The anchor (`tenet_pki::cv`) of the CA certificate `path`: what
+/// verifiers of cards' signatures trust.
+pub(crate) fn anchor(path: &Path) -> Result<Vec<u8>> {
+    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let a = tenet_pki::cv::Anchor::from_pem(&text);
+    Ok(
+        a.with_context(|| format!("CA certificate {}", path.display()))?
+            .to_bytes(),
+    )
 }
 
 /// Checks that `ttp`, named to serve the card in `store`, is the TTP the
@@ -203,8 +215,12 @@ pub(crate) fn check_ttp(
         .with_context(|| format!("card {} (--ttp {ttp})", store.display()))
 }
 
-fn install(card: &mut Card<FileStore>, cert: Vec<u8>, ca: Vec<u8>, at: &Path) -> Result<ExitCode> {
-    println!("{}", tenet_voucher_app::admin::install(card, cert, ca, at)?);
+fn install(
+    card: &mut Card<FileStore>,
+    certs: &tenet_pki::CardCertificates,
+    at: &Path,
+) -> Result<ExitCode> {
+    println!("{}", tenet_voucher_app::admin::install(card, certs, at)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -223,7 +239,10 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
             ttp_cert,
             recover_after,
         } => {
-            let ttp_cert = ttp_cert.as_deref().map(pem).transpose()?;
+            let ttp_cert = ttp_cert
+                .as_deref()
+                .map(|p| read_certificate_file(p).map(|(_, cv)| cv))
+                .transpose()?;
             if let (Some(t), Some(c)) = (ttp, &ttp_cert)
                 && !tenet_pki::names(c, t)
             {
@@ -284,10 +303,9 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
             let mut card = open(&store, CardLimits::default())?;
             let ca_pem = ca.join("ca.pem");
             let (id, lifetime) = (card.id(), tenet_pki::Lifetime::days(days));
-            let (cert, ca_der) =
-                tenet_pki::issue_entity_with(&ca, id, &card.state().public_key, lifetime)
-                    .with_context(|| format!("CA in {}", ca.display()))?;
-            install(&mut card, cert, ca_der, &ca_pem)
+            let certs = tenet_pki::issue_entity_with(&ca, id, &card.state().public_key, lifetime)
+                .with_context(|| format!("CA in {}", ca.display()))?;
+            install(&mut card, &certs, &ca_pem)
         }
         CardCmd::Csr { store, out } => {
             let card = open(&store, CardLimits::default())?;
@@ -305,12 +323,12 @@ pub fn run(cmd: CardCmd) -> Result<ExitCode> {
             store,
             cert,
             ca_cert,
-        } => install(
-            &mut open(&store, CardLimits::default())?,
-            pem(&cert)?,
-            pem(&ca_cert)?,
-            &ca_cert,
-        ),
+        } => {
+            let (x509, cv) = read_certificate_file(&cert)?;
+            let ca = pem(&ca_cert)?;
+            let certs = tenet_pki::CardCertificates { x509, cv, ca };
+            install(&mut open(&store, CardLimits::default())?, &certs, &ca_cert)
+        }
         CardCmd::Info { store, cert_out } => {
             let card = open(&store, CardLimits::default())?;
             println!("{}", tenet_voucher_app::admin::describe(&card));

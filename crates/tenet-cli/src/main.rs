@@ -625,7 +625,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             ca,
             ..
         } => {
-            let ca = card::pem(&ca.context("--ca CA.pem is needed")?)?;
+            let ca = card::anchor(&ca.context("--ca CA.pem is needed")?)?;
             let r = tenet_client::journal::read_receipt(&file)?;
             let check = tenet_voucher::redeem::receipt_check(&ca);
             r.verify(&check)
@@ -644,7 +644,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 ca.context("--ca CA.pem is needed")?,
                 amount.context("--amount")?,
             );
-            let (ca, mut out) = (card::pem(&ca)?, std::io::stdout());
+            let (ca, mut out) = (card::anchor(&ca)?, std::io::stdout());
             let mut cap = tenet_client::Capability::acquire(&socket(after.socket)).await?;
             tenet_client::wallet::verify_presentations(&mut cap, &ca, &amount, count, &mut out)
                 .await?;

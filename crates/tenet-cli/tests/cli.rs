@@ -280,7 +280,7 @@ fn a_card_personalized_with_a_ca_holds_its_certificate() {
         "--ca",
         ca.to_str().unwrap(),
     ]);
-    let der = dir.path().join("card.der");
+    let der = dir.path().join("card.cvc");
     let info = run(&[
         "card",
         "info",
@@ -289,9 +289,11 @@ fn a_card_personalized_with_a_ca_holds_its_certificate() {
         "--cert-out",
         der.to_str().unwrap(),
     ]);
-    assert!(info.contains("(X.509 DER)"), "{info}");
+    assert!(info.contains("(CV): holder"), "{info}");
     let bytes = std::fs::read(&der).unwrap();
-    assert_eq!(bytes[0], 0x30, "a DER SEQUENCE");
+    let cv = tenet_pki::cv::CvCertificate::decode(&bytes).unwrap();
+    assert_eq!(cv.role, tenet_pki::cv::CvRole::Card);
+    assert!(info.contains(&cv.holder.to_string()), "{info}");
     // A CA directory that does not exist: refused, and no store left behind.
     let other = dir.path().join("other.store");
     let out = Command::new(TENET)

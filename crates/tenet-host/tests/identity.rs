@@ -289,7 +289,9 @@ async fn card_or_entity_certificate_is_refused_as_a_tls_certificate() {
 
     let ttp = issue_entity_key(&ca, "ttp", t.owner()).unwrap();
     let card_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let (card_cert, _) = issue_entity(&ca, k.owner(), card_key.public_key_raw()).unwrap();
+    let card_cert = issue_entity(&ca, k.owner(), card_key.public_key_raw())
+        .unwrap()
+        .x509;
     let card_pkcs8 = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(card_key.serialize_der()));
     let cases = [
         (

@@ -135,12 +135,14 @@ mod tests {
                 .unwrap()
                 .to_vec()
         };
-        let ca = der(&dir.path().join("ca.pem"));
+        let ca = crate::cv::Anchor::from_x509(&der(&dir.path().join("ca.pem")))
+            .unwrap()
+            .to_bytes();
         let certs = (0..n)
             .map(|i| {
                 let id = EntityId::new(Domain::new([i as u8; 12]), Port::new(0));
                 let f = crate::issue::issue_entity_key(dir.path(), &format!("e{i}"), id).unwrap();
-                der(&f.cert)
+                crate::cv::from_pem(&std::fs::read(&f.cert).unwrap()).unwrap()
             })
             .collect();
         (ca, certs)

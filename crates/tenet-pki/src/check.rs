@@ -1,6 +1,6 @@
-//! The certificate checks cards and the TTP make, in one place: chain,
-//! validity at the card's time, the signer's name, the key of a pinned
-//! certificate. (The checks of the TLS links between hosts, on the host
+//! The certificate checks cards and the TTP make, in one place, on CV
+//! certificates ([`crate::cv`]): the CA's signature, validity at the
+//! card's time, the signer's name, the key of a pinned certificate. (The checks of the TLS links between hosts, on the host
 //! role, are in [`crate::roles`].)
 //!
 //! Validity follows the card's clock (`tenet_card::clock`): a
@@ -10,9 +10,11 @@
 //! time that has certainly passed, so "not valid yet" would be a guess.
 //! The TTP checks against its own system clock ([`CardTime::real`]).
 
-use pki_types::{CertificateDer, ServerName, UnixTime};
+use pki_types::UnixTime;
 use tenet_proto::EntityId;
 use tenet_proto::time::{CardTime, Utc};
+
+use crate::cv::{Anchor, CvCertificate};
 
 /// Why a signature or certificate did not verify.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,8 +47,8 @@ impl std::fmt::Display for Validity {
     }
 }
 
-/// Reads the validity period of `cert` (DER).
-pub fn validity(cert: &[u8]) -> Result<Validity, VerifyError> {
+/// Reads the validity period of the X.509 certificate `cert` (DER).
+pub fn x509_validity(cert: &[u8]) -> Result<Validity, VerifyError> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert)
         .map_err(|e| VerifyError(format!("certificate: {e}")))?;
     let v = parsed.validity();
@@ -87,17 +89,36 @@ pub fn check_validity(v: Validity, time: CardTime, whose: &str) -> Result<(), Ve
     Ok(())
 }
 
-/// Checks `cert` against `ca` at the real time `now`, that it names
-/// `signer`, and `sig` over `msg`.
+/// The anchor and certificate of a check, decoded.
+fn decode(anchor: &[u8], cert: &[u8]) -> Result<(Anchor, CvCertificate), VerifyError> {
+    let anchor = Anchor::decode(anchor).map_err(|e| VerifyError(format!("CA anchor: {e}")))?;
+    Ok((anchor, decode_cert(cert)?))
+}
+
+fn decode_cert(cert: &[u8]) -> Result<CvCertificate, VerifyError> {
+    CvCertificate::decode(cert).map_err(|e| VerifyError(format!("CV certificate: {e}")))
+}
+
+/// Checks the CV certificate `cert` against the CA `anchor` ([`Anchor`]
+/// bytes) at the real time `now`, that it names `signer`, and `sig` (r ||
+/// s) over `msg`: the TTP and hosts checking cards' signatures.
 pub fn verify_with_ca(
-    ca: &[u8],
+    anchor: &[u8],
     now: UnixTime,
     signer: EntityId,
     cert: &[u8],
     msg: &[u8],
     sig: &[u8],
 ) -> Result<(), VerifyError> {
-    verify_at(ca, CardTime::real(now.as_secs()), signer, cert, msg, sig).map(|_| ())
+    verify_at(
+        anchor,
+        CardTime::real(now.as_secs()),
+        signer,
+        cert,
+        msg,
+        sig,
+    )
+    .map(|_| ())
 }
 
 /// [`verify_with_ca`], but a certificate that has expired by `now` is
@@ -105,102 +126,80 @@ pub fn verify_with_ca(
 /// (`tenet_voucher::crypto::Crypto::verify_for_recovery`). One not valid yet is
 /// still refused.
 pub fn verify_ignoring_expiry(
-    ca: &[u8],
+    anchor: &[u8],
     now: UnixTime,
     signer: EntityId,
     cert: &[u8],
     msg: &[u8],
     sig: &[u8],
 ) -> Result<(), VerifyError> {
-    let at = now.as_secs().min(validity(cert)?.not_after);
-    verify_at(ca, CardTime::real(at), signer, cert, msg, sig).map(|_| ())
+    let at = now.as_secs().min(decode_cert(cert)?.validity.not_after);
+    verify_at(anchor, CardTime::real(at), signer, cert, msg, sig).map(|_| ())
 }
 
-/// Checks `cert` against `ca` at the card's `time` ([`check_validity`]),
-/// that it names `signer`, and `sig` over `msg`. Returns the certificate's
-/// validity (a card remembers it with the certificate).
+/// Checks the CV certificate `cert` against the CA `anchor` at the card's
+/// `time` ([`check_validity`]), that it names `signer`, and `sig` (r || s)
+/// over `msg`. Returns the certificate's validity (a card remembers it
+/// with the certificate).
 pub fn verify_at(
-    ca: &[u8],
+    anchor: &[u8],
     time: CardTime,
     signer: EntityId,
     cert: &[u8],
     msg: &[u8],
     sig: &[u8],
 ) -> Result<Validity, VerifyError> {
-    let e = |what: &str, err: webpki::Error| VerifyError(format!("{what}: {err}"));
-    let v = validity(cert)?;
-    check_validity(v, time, &format!("for {signer}"))?;
-    let ca = CertificateDer::from(ca);
-    let anchor = webpki::anchor_from_trusted_cert(&ca).map_err(|err| e("CA certificate", err))?;
-    let cert = CertificateDer::from(cert);
-    let ee = webpki::EndEntityCert::try_from(&cert).map_err(|err| e("certificate", err))?;
-    // The validity is checked above, by the card's rules; webpki checks the
-    // chain at a time within it.
-    let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(time.now.max(v.not_before)));
-    ee.verify_for_usage(
-        &[webpki::ring::ECDSA_P256_SHA256],
-        &[anchor],
-        &[],
-        at,
-        webpki::KeyUsage::required_if_present(CLIENT_AUTH),
-        None,
-        None,
-    )
-    .map_err(|err| e("certificate chain", err))?;
-    verify_signed_by(&ee, signer, msg, sig)?;
-    Ok(v)
+    let (anchor, c) = decode(anchor, cert)?;
+    c.check_time(time)?;
+    c.check_signature(&anchor)?;
+    c.check_signed(signer, msg, sig)?;
+    Ok(c.validity)
 }
 
-/// Checks that `cert`, already checked against the CA (and its validity
-/// by the caller), names `signer`, and `sig` over `msg`.
+/// Checks that the CV certificate `cert`, already checked against the CA
+/// (and its validity by the caller), names `signer`, and `sig` over `msg`.
 pub fn verify_known(
     signer: EntityId,
     cert: &[u8],
     msg: &[u8],
     sig: &[u8],
 ) -> Result<(), VerifyError> {
-    let cert = CertificateDer::from(cert);
-    let ee = webpki::EndEntityCert::try_from(&cert)
-        .map_err(|err| VerifyError(format!("certificate: {err}")))?;
-    verify_signed_by(&ee, signer, msg, sig)
+    decode_cert(cert)?.check_signed(signer, msg, sig)
 }
 
-fn verify_signed_by(
-    ee: &webpki::EndEntityCert<'_>,
-    signer: EntityId,
-    msg: &[u8],
-    sig: &[u8],
-) -> Result<(), VerifyError> {
-    let e = |what: &str, err: webpki::Error| VerifyError(format!("{what}: {err}"));
-    let name = ServerName::try_from(signer.certificate_name())
-        .map_err(|_| VerifyError("bad name".into()))?;
-    ee.verify_is_valid_for_subject_name(&name)
-        .map_err(|err| e(&format!("certificate for {signer}"), err))?;
-    ee.verify_signature(webpki::ring::ECDSA_P256_SHA256, msg, sig)
-        .map_err(|err| e("signature", err))
+/// The validity of the CV certificate `cert`.
+pub fn validity(cert: &[u8]) -> Result<Validity, VerifyError> {
+    Ok(decode_cert(cert)?.validity)
 }
 
-/// Whether `cert` (DER) names the entity `id` (`DOMAIN-PORT.id.tenet`).
+/// Whether the CV certificate `cert` names the entity `id`.
 pub fn names(cert: &[u8], id: EntityId) -> bool {
-    let cert = CertificateDer::from(cert);
-    let Ok(ee) = webpki::EndEntityCert::try_from(&cert) else {
-        return false;
-    };
-    ServerName::try_from(id.certificate_name())
-        .is_ok_and(|name| ee.verify_is_valid_for_subject_name(&name).is_ok())
+    CvCertificate::decode(cert).is_ok_and(|c| c.holder == id)
 }
 
-/// Whether `presented` is the `pinned` certificate or a certificate for the
-/// same key (a renewal: `tenet ca entity` renews in place, keeping the
-/// key). The caller has checked `presented` against the CA.
-pub fn same_key(pinned: &[u8], presented: &[u8]) -> bool {
-    if pinned == presented {
-        return true;
-    }
+/// Whether two X.509 certificates (DER) certify the same key: a host's
+/// certificate renewed for its key (`tenet host certs`, `tenet ca sign`).
+pub fn x509_same_key(a: &[u8], b: &[u8]) -> bool {
     let key = |der| {
         x509_parser::parse_x509_certificate(der)
             .ok()
             .map(|(_, c)| c.public_key().raw.to_vec())
     };
-    matches!((key(pinned), key(presented)), (Some(a), Some(b)) if a == b)
+    matches!((key(a), key(b)), (Some(a), Some(b)) if a == b)
+}
+
+/// Whether the CV certificate `presented` is `pinned` or one for the same
+/// key (a renewal: `tenet ca entity` renews in place, keeping the key).
+/// The caller has checked `presented` against the CA.
+pub fn same_key(pinned: &[u8], presented: &[u8]) -> bool {
+    if pinned == presented {
+        return true;
+    }
+    match (
+        CvCertificate::decode(pinned),
+        CvCertificate::decode(presented),
+    ) {
+        (Ok(a), Ok(b)) => a.public_key == b.public_key,
+        _ => false,
+    }
 }

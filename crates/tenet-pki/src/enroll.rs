@@ -36,9 +36,12 @@ use x509_parser::oid_registry::{
 };
 use x509_parser::prelude::FromDer;
 
+use crate::cv::{Anchor, CvCertificate, CvRole};
+use crate::issue::Leaf;
 use crate::issue::{CARD_DAYS, ENTITY_DAYS, HOST_DAYS, Lifetime, P256_SPKI_PREFIX};
 use crate::roles::{HOST_NAME, domain_name};
 use crate::{CertError, Validity};
+use pki_types::ServerName;
 
 /// The largest request file the CA reads (a request naming a few domains
 /// is under 1 kB).
@@ -598,8 +601,11 @@ pub struct Signed {
     pub name: Option<String>,
     /// The certificate, DER.
     pub der: Vec<u8>,
-    /// The certificate, PEM.
+    /// The certificate file: the X.509 certificate, PEM, then (an entity
+    /// or card) its CV certificate ([`crate::cv`]).
     pub pem: String,
+    /// The CV certificate (an entity or card).
+    pub cv: Option<Vec<u8>>,
     /// The CA's certificate, DER.
     pub ca_der: Vec<u8>,
     /// Its validity.
@@ -642,9 +648,10 @@ pub fn sign_request(
         asked: request.asked.clone(),
         hint,
     };
-    let (host, cn) = match (role, &request.asked) {
+    let point = crate::issue::point_of(&request.public_key)?;
+    let leaf = match (role, &request.asked) {
         (Role::Host, _) if id.is_some() => return Err(RequestError::IdForHost),
-        (Role::Host, Asked::Domains(_)) => (true, request.name.as_deref().unwrap_or("host")),
+        (Role::Host, Asked::Domains(_)) => Leaf::Host(request.name.as_deref().unwrap_or("host")),
         (Role::Host, Asked::Entity(_)) => {
             return Err(wrong(" (sign it with --role entity or card)"));
         }
@@ -662,32 +669,39 @@ pub fn sign_request(
             if role == Role::Card && !approved.is_owner() {
                 return Err(RequestError::NotCard(approved));
             }
-            (false, "")
+            let cv_role = match role {
+                Role::Card => CvRole::Card,
+                _ => CvRole::Entity,
+            };
+            Leaf::Entity(approved, cv_role, &point)
         }
     };
+    let host = matches!(leaf, Leaf::Host(_));
     let spki = crate::issue::p256_spki(&request.public_key)?;
-    let (cert, ca_pem) =
-        crate::issue::sign_leaf(ca_dir, names_of(&request.asked), cn, host, &spki, lifetime)?;
+    let signed = crate::issue::sign_leaf(ca_dir, names_of(&request.asked), leaf, &spki, lifetime)?;
     use pki_types::pem::PemObject;
-    let ca_der = pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes())
+    let ca_der = pki_types::CertificateDer::from_pem_slice(signed.ca_pem.as_bytes())
         .map_err(|e| CertError::Pem(e.to_string()))?;
-    let der = cert.der().to_vec();
+    let der = signed.cert.der().to_vec();
     Ok(Signed {
         role,
         asked: request.asked.clone(),
         name: request.name.clone().filter(|_| host),
         validity: crate::issue::validity(&der)?,
-        pem: cert.pem(),
+        pem: signed.pem(),
         der,
+        cv: signed.cv,
         ca_der: ca_der.to_vec(),
     })
 }
 
 /// Checks, before a card installs them, that `cert` (DER) chains to `ca`
 /// (DER) and is valid now, names `id` and certifies `public_key`
-/// (uncompressed SEC1 P-256, the card's); returns its validity.
+/// (uncompressed SEC1 P-256, the card's), and that `cv`, its CV form, says
+/// the same and was signed by the same CA; returns its validity.
 pub fn check_issued(
     cert: &[u8],
+    cv: &[u8],
     ca: &[u8],
     id: EntityId,
     public_key: &[u8],
@@ -697,13 +711,14 @@ pub fn check_issued(
     if parsed.public_key().subject_public_key.data.as_ref() != public_key {
         return Err(not("it certifies another key".into()));
     }
-    if !crate::names(cert, id) {
-        return Err(not(format!("it does not name {id}")));
-    }
-    let ca = pki_types::CertificateDer::from(ca);
-    let anchor = webpki::anchor_from_trusted_cert(&ca).map_err(|e| not(format!("CA: {e}")))?;
+    let names = ServerName::try_from(id.certificate_name()).map_err(|_| not("bad name".into()))?;
+    let ca_cert = pki_types::CertificateDer::from(ca);
+    let anchor = webpki::anchor_from_trusted_cert(&ca_cert).map_err(|e| not(format!("CA: {e}")))?;
     let der = pki_types::CertificateDer::from(cert);
     let ee = webpki::EndEntityCert::try_from(&der).map_err(|e| not(e.to_string()))?;
+    if ee.verify_is_valid_for_subject_name(&names).is_err() {
+        return Err(not(format!("it does not name {id}")));
+    }
     ee.verify_for_usage(
         &[webpki::ring::ECDSA_P256_SHA256],
         &[anchor],
@@ -714,7 +729,16 @@ pub fn check_issued(
         None,
     )
     .map_err(|e| not(format!("against the CA: {e}")))?;
-    Ok(crate::issue::validity(cert)?)
+    let validity = crate::issue::validity(cert)?;
+    let c = CvCertificate::decode(cv).map_err(|e| not(format!("CV certificate: {e}")))?;
+    c.check_signature(&Anchor::from_x509(ca).map_err(|e| not(e.0))?)
+        .map_err(|e| not(e.0))?;
+    if c.public_key.as_slice() != public_key || c.holder != id || c.validity != validity {
+        return Err(not(
+            "its CV certificate certifies another key, holder or dates".into(),
+        ));
+    }
+    Ok(validity)
 }
 
 #[cfg(test)]
@@ -811,7 +835,11 @@ mod tests {
         )
         .unwrap();
         assert_ne!(one.der, two.der);
-        assert!(crate::same_key(&one.der, &two.der), "same public key");
+        let key_of = |der: &[u8]| {
+            let (_, c) = x509_parser::parse_x509_certificate(der).unwrap();
+            c.public_key().raw.to_vec()
+        };
+        assert_eq!(key_of(&one.der), key_of(&two.der), "same public key");
     }
 
     #[test]
@@ -836,7 +864,8 @@ mod tests {
             Err(RequestError::IdMismatch { .. })
         ));
         let signed = sign(Role::Entity, Some(id)).unwrap();
-        assert!(crate::names(&signed.der, id));
+        let cv = signed.cv.as_deref().unwrap();
+        assert!(crate::names(cv, id));
         let cert = CertificateDer::from(signed.der);
         assert!(matches!(
             check_host_role(&cert),
@@ -870,17 +899,24 @@ mod tests {
         assert_eq!(req.public_key(), k.public_key().as_ref());
         let signed =
             sign_request(ca.path(), &req, Role::Card, Some(id), Lifetime::days(1095)).unwrap();
-        assert!(crate::names(&signed.der, id));
+        let cv = signed.cv.as_deref().unwrap();
+        assert!(crate::names(cv, id));
         assert_eq!(crate::tls_key_purposes(&signed.der).unwrap(), None);
-        check_issued(&signed.der, &signed.ca_der, id, k.public_key().as_ref()).unwrap();
+        check_issued(&signed.der, cv, &signed.ca_der, id, k.public_key().as_ref()).unwrap();
         let other = Domain::new([0xcb; 12]).owner();
         for (cert_id, key) in [(other, k.public_key().as_ref()), (id, &[4u8; 65][..])] {
-            let e = check_issued(&signed.der, &signed.ca_der, cert_id, key).unwrap_err();
+            let e = check_issued(&signed.der, cv, &signed.ca_der, cert_id, key).unwrap_err();
             assert!(matches!(e, RequestError::NotIssued(_)), "{e}");
         }
         let (other_ca, _) = setup();
         let other_ca = pki_types::CertificateDer::from_pem_file(other_ca.path().join("ca.pem"));
-        let e = check_issued(&signed.der, &other_ca.unwrap(), id, k.public_key().as_ref());
+        let e = check_issued(
+            &signed.der,
+            cv,
+            &other_ca.unwrap(),
+            id,
+            k.public_key().as_ref(),
+        );
         assert!(matches!(e, Err(RequestError::NotIssued(_))), "{e:?}");
         let port = EntityId::new(Domain::new([0xca; 12]), "5".parse().unwrap());
         assert!(matches!(

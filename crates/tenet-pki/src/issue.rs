@@ -16,6 +16,7 @@ use rcgen::{
 };
 use tenet_proto::{Domain, EntityId};
 
+use crate::cv::{Anchor, CvRole, Point};
 use crate::roles::{HOST_NAME, domain_name};
 use crate::{CertError, Validity};
 
@@ -150,21 +151,49 @@ fn unix(t: SystemTime) -> u64 {
 
 /// The validity of the certificate `der` (seconds since the Unix epoch).
 pub fn validity(der: &[u8]) -> Result<Validity, CertError> {
-    crate::check::validity(der).map_err(|e| CertError::Malformed(e.0))
+    crate::check::x509_validity(der).map_err(|e| CertError::Malformed(e.0))
 }
 
 /// Signs a leaf certificate for `subject_key` with the CA in `dir`, valid
 /// for `lifetime` but not beyond the CA's own end.
+/// What a leaf certificate is for.
+pub(crate) enum Leaf<'a> {
+    /// A host's TLS certificate, with its common name.
+    Host(&'a str),
+    /// An entity's signing certificate: it has a CV form too
+    /// ([`crate::cv`]), for the key `point`.
+    Entity(EntityId, CvRole, &'a Point),
+}
+
+/// A signed leaf: the X.509 certificate, the CA certificate (PEM) and, for
+/// an entity, its CV certificate.
+pub(crate) struct SignedLeaf {
+    pub(crate) cert: Certificate,
+    pub(crate) ca_pem: String,
+    pub(crate) cv: Option<Vec<u8>>,
+}
+
+impl SignedLeaf {
+    /// The certificate file: the X.509 certificate, then the CV one.
+    pub(crate) fn pem(&self) -> String {
+        let mut pem = self.cert.pem();
+        if let Some(cv) = &self.cv {
+            pem += &crate::cv::to_pem(cv);
+        }
+        pem
+    }
+}
+
 pub(crate) fn sign_leaf(
     dir: &Path,
     sans: Vec<String>,
-    common_name: &str,
-    host: bool,
+    leaf: Leaf<'_>,
     subject_key: &impl PublicKeyData,
     lifetime: Lifetime,
-) -> Result<(Certificate, String), CertError> {
+) -> Result<SignedLeaf, CertError> {
     let ca_pem = read(&dir.join("ca.pem"))?;
     let ca_key = KeyPair::from_pem(&read(&dir.join("ca.key"))?)?;
+    let ca_pkcs8 = ca_key.serialize_der();
     let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes())
         .map_err(|e| CertError::Pem(e.to_string()))?;
     let ca_end = validity(&ca_der)?.not_after;
@@ -182,7 +211,7 @@ pub(crate) fn sign_leaf(
     let mut p = CertificateParams::new(sans)?;
     lifetime.apply(&mut p);
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    if host {
+    if let Leaf::Host(common_name) = leaf {
         p.distinguished_name.push(DnType::CommonName, common_name);
         p.is_ca = IsCa::ExplicitNoCa;
         p.extended_key_usages = vec![
@@ -212,7 +241,22 @@ pub(crate) fn sign_leaf(
         p.signed_by(subject_key, &issuer)
     }))
     .map_err(|_| CertError::Gen(rcgen::Error::CouldNotParseCertificate))??;
-    Ok((signed, ca_pem))
+    // The CV form: the same key, holder and dates, signed by the same CA.
+    let cv = match leaf {
+        Leaf::Host(_) => None,
+        Leaf::Entity(id, role, point) => {
+            let v = validity(signed.der())?;
+            Some(
+                crate::cv::issue::sign(&ca_pkcs8, point, id, role, v)
+                    .map_err(|e| CertError::Malformed(e.0))?,
+            )
+        }
+    };
+    Ok(SignedLeaf {
+        cert: signed,
+        ca_pem,
+        cv,
+    })
 }
 
 /// The files of `dir/STEM.pem` and `.key`.
@@ -235,8 +279,7 @@ fn issue_for_key(
     dir: &Path,
     stem: &str,
     sans: Vec<String>,
-    cn: &str,
-    host: bool,
+    entity: Option<EntityId>,
     lifetime: Lifetime,
 ) -> Result<HostFiles, CertError> {
     let files = files(dir, stem);
@@ -245,12 +288,23 @@ fn issue_for_key(
     } else {
         (KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?, true)
     };
-    let (c, _) = sign_leaf(dir, sans, cn, host, &k, lifetime)?;
+    let point = point_of(k.public_key_raw())?;
+    let leaf = match entity {
+        None => Leaf::Host(stem),
+        Some(id) => Leaf::Entity(id, CvRole::Entity, &point),
+    };
+    let signed = sign_leaf(dir, sans, leaf, &k, lifetime)?;
     if new {
         write(&files.key, &k.serialize_pem(), 0o600)?;
     }
-    write(&files.cert, &c.pem(), 0o644)?;
+    write(&files.cert, &signed.pem(), 0o644)?;
     Ok(files)
+}
+
+/// `raw` as an uncompressed P-256 point.
+pub(crate) fn point_of(raw: &[u8]) -> Result<Point, CertError> {
+    raw.try_into()
+        .map_err(|_| CertError::Malformed("not an uncompressed P-256 public key".into()))
 }
 
 /// Issues `dir/NAME.pem` and `dir/NAME.key` for a host serving `domains`,
@@ -269,7 +323,7 @@ pub fn issue_host_with(
 ) -> Result<HostFiles, CertError> {
     let mut sans = vec![HOST_NAME.to_owned()];
     sans.extend(domains.iter().map(|d| domain_name(*d)));
-    issue_for_key(dir, name, sans, name, true, lifetime)
+    issue_for_key(dir, name, sans, None, lifetime)
 }
 
 /// Whether [`issue_host`] for `name` renews (the key exists).
@@ -296,8 +350,7 @@ pub fn issue_entity_key_with(
         dir,
         &format!("{name}-entity"),
         vec![id.certificate_name()],
-        &id.to_string(),
-        false,
+        Some(id),
         lifetime,
     )
 }
@@ -319,15 +372,36 @@ pub(crate) fn p256_spki(point: &[u8]) -> Result<rcgen::SubjectPublicKeyInfo, Cer
     Ok(rcgen::SubjectPublicKeyInfo::from_der(&spki_der)?)
 }
 
-/// Issues, with the CA in `dir`, a certificate for entity `id` whose key is
+/// A card's certificates, as the CA issued them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardCertificates {
+    /// The X.509 certificate (DER), for hosts and `openssl`.
+    pub x509: Vec<u8>,
+    /// The CV certificate ([`crate::cv`]): what the card sends and others
+    /// check.
+    pub cv: Vec<u8>,
+    /// The CA certificate (DER).
+    pub ca: Vec<u8>,
+}
+
+impl CardCertificates {
+    /// What the card stores: its CV certificate and the CA's anchor
+    /// ([`crate::cv::Anchor`]).
+    pub fn card_forms(&self) -> Result<(Vec<u8>, Vec<u8>), CertError> {
+        let anchor = Anchor::from_x509(&self.ca).map_err(|e| CertError::Malformed(e.0))?;
+        Ok((self.cv.clone(), anchor.to_bytes()))
+    }
+}
+
+/// Issues, with the CA in `dir`, a certificate for card `id` whose key is
 /// `public_key` (uncompressed SEC1 P-256, as a card reports it), valid
-/// [`CARD_DAYS`]: the card keeps its private key; only the public key
-/// leaves it. Returns the certificate and the CA certificate, both DER.
+/// [`CARD_DAYS`], in both forms: the card keeps its private key; only the
+/// public key leaves it.
 pub fn issue_entity(
     dir: &Path,
     id: EntityId,
     public_key: &[u8],
-) -> Result<(Vec<u8>, Vec<u8>), CertError> {
+) -> Result<CardCertificates, CertError> {
     issue_entity_with(dir, id, public_key, Lifetime::days(CARD_DAYS))
 }
 
@@ -338,19 +412,23 @@ pub fn issue_entity_with(
     id: EntityId,
     public_key: &[u8],
     lifetime: Lifetime,
-) -> Result<(Vec<u8>, Vec<u8>), CertError> {
+) -> Result<CardCertificates, CertError> {
     let spki = p256_spki(public_key)?;
-    let (c, ca_pem) = sign_leaf(
+    let point = point_of(public_key)?;
+    let signed = sign_leaf(
         dir,
         vec![id.certificate_name()],
-        &id.to_string(),
-        false,
+        Leaf::Entity(id, CvRole::Card, &point),
         &spki,
         lifetime,
     )?;
-    let ca_der = pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes())
+    let ca_der = pki_types::CertificateDer::from_pem_slice(signed.ca_pem.as_bytes())
         .map_err(|e| CertError::Pem(e.to_string()))?;
-    Ok((c.der().to_vec(), ca_der.to_vec()))
+    Ok(CardCertificates {
+        x509: signed.cert.der().to_vec(),
+        cv: signed.cv.unwrap_or_default(),
+        ca: ca_der.to_vec(),
+    })
 }
 
 /// The validity of the certificate in the PEM file `path`.
@@ -478,7 +556,9 @@ mod tests {
         let ttp = CertificateDer::from_pem_file(&ttp.cert).unwrap();
         let k = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let card = Domain::new([0xca; 12]).owner();
-        let (card, _) = issue_entity(dir.path(), card, k.public_key_raw()).unwrap();
+        let card = issue_entity(dir.path(), card, k.public_key_raw())
+            .unwrap()
+            .x509;
         for cert in [ttp, CertificateDer::from(card)] {
             assert!(
                 matches!(check_host_role(&cert), Err(CertError::NotHost { .. })),
@@ -556,7 +636,9 @@ mod tests {
             365
         );
         let k = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let (card, _) = issue_entity(dir.path(), d.owner(), k.public_key_raw()).unwrap();
+        let card = issue_entity(dir.path(), d.owner(), k.public_key_raw())
+            .unwrap()
+            .x509;
         assert_eq!(days_from_now(validity(&card).unwrap().not_after), 1095);
 
         // Renewal in place: a new certificate, a later end, the same key.
@@ -573,7 +655,19 @@ mod tests {
         let ttp2 =
             issue_entity_key_with(dir.path(), "ttp", d.owner(), Lifetime::days(800)).unwrap();
         assert_eq!(std::fs::read(&ttp2.key).unwrap(), ttp_key, "same key");
-        assert!(crate::same_key(&der(&ttp.cert), &der(&ttp2.cert)));
+        let cv = |p: &Path| crate::cv::from_pem(&std::fs::read(p).unwrap()).unwrap();
+        assert!(crate::same_key(&cv(&ttp.cert), &cv(&ttp2.cert)));
+        // Both forms of the entity's certificate: the same key, holder and
+        // dates.
+        let c = crate::cv::CvCertificate::decode(&cv(&ttp2.cert)).unwrap();
+        assert_eq!(c.validity, validity(&der(&ttp2.cert)).unwrap());
+        assert_eq!((c.holder, c.role), (d.owner(), crate::cv::CvRole::Entity));
+        let x509 = der(&ttp2.cert);
+        let (_, parsed) = x509_parser::parse_x509_certificate(&x509).unwrap();
+        assert_eq!(
+            parsed.public_key().subject_public_key.data.as_ref(),
+            c.public_key.as_slice()
+        );
     }
 
     #[test]
@@ -590,7 +684,9 @@ mod tests {
         ensure_ca_with(dir.path(), "short CA", Lifetime::days(10)).unwrap();
         let k = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let id = Domain::new([0xca; 12]).owner();
-        let (card, _) = issue_entity(dir.path(), id, k.public_key_raw()).unwrap();
+        let card = issue_entity(dir.path(), id, k.public_key_raw())
+            .unwrap()
+            .x509;
         assert_eq!(days_from_now(validity(&card).unwrap().not_after), 10);
         assert!(matches!(
             issue_entity_with(

@@ -42,6 +42,7 @@
 
 pub mod cache;
 pub mod check;
+pub mod cv;
 #[cfg(feature = "issue")]
 pub mod enroll;
 #[cfg(feature = "issue")]
@@ -51,7 +52,7 @@ pub mod roles;
 pub use cache::CheckedCertificates;
 pub use check::{
     Validity, VerifyError, check_validity, names, same_key, tls_key_purposes, validity, verify_at,
-    verify_ignoring_expiry, verify_known, verify_with_ca,
+    verify_ignoring_expiry, verify_known, verify_with_ca, x509_same_key, x509_validity,
 };
 #[cfg(feature = "issue")]
 pub use enroll::{

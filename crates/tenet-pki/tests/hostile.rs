@@ -24,16 +24,20 @@ use pki_types::pem::PemObject;
 use pki_types::{CertificateDer, PrivatePkcs8KeyDer, UnixTime};
 use proptest::prelude::*;
 use ring::rand::SystemRandom;
-use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+use ring::signature::{
+    ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair,
+};
 use tenet_hostile::{
     Bound, DER_TOKENS, PEM_TOKENS, Probe, cases, check, check_with, hostile, shape,
 };
+use tenet_pki::cv::{Anchor, CvCertificate};
 use tenet_pki::{ensure_ca, issue_entity, issue_entity_key, verify_with_ca};
 use tenet_proto::{Domain, EntityId};
 
 tenet_hostile::install_counting_allocator!();
 
-/// A CA; the TTP's entity key and certificate, and bytes it signed; and a
+/// A CA (its anchor, the form cards trust); the TTP's entity key and CV
+/// certificate, and bytes it signed; and a
 /// card's id and public key (a P-256 key made here, as uncompressed SEC1,
 /// the form a card reports).
 struct Fixture {
@@ -66,17 +70,14 @@ impl Fixture {
         let files = issue_entity_key(&ca, "ttp", ttp).unwrap();
         let ttp_key = PrivatePkcs8KeyDer::from_pem_slice(&read(&files.key)).unwrap();
         let ttp_key = EcdsaKeyPair::from_pkcs8(
-            &ECDSA_P256_SHA256_ASN1_SIGNING,
+            &ECDSA_P256_SHA256_FIXED_SIGNING,
             ttp_key.secret_pkcs8_der(),
             &rng,
         )
         .unwrap();
-        let ttp_cert_der = CertificateDer::from_pem_slice(&read(&files.cert))
-            .unwrap()
-            .to_vec();
-        let ca_der = CertificateDer::from_pem_slice(&read(&files.ca))
-            .unwrap()
-            .to_vec();
+        let ttp_cert_der = tenet_pki::cv::from_pem(&read(&files.cert)).unwrap();
+        let ca_der = CertificateDer::from_pem_slice(&read(&files.ca)).unwrap();
+        let ca_der = Anchor::from_x509(&ca_der).unwrap().to_bytes();
         let signed = b"hostile input: bytes the TTP signed".to_vec();
         let signature = ttp_key.sign(&rng, &signed).unwrap().as_ref().to_vec();
 
@@ -109,11 +110,33 @@ enum Part {
     Signature,
 }
 
-/// Parsing two certificates and checking one signature: webpki borrows the
-/// DER it parses; what it allocates is the error text, which may list the
-/// names a certificate presents (each at most its length in the input,
-/// formatted), and fixed-size path-building state.
+/// Decoding an anchor and a CV certificate (lists of at most a few data
+/// objects, the body copied, input over 256 bytes refused unread) and
+/// checking two signatures: what it allocates is those lists and the error
+/// text.
 const CHAIN: Bound = Bound::new(16, 16 * 1024);
+
+/// Hostile CV certificates into their decoder: no panic, allocation within
+/// the bound, and whatever decodes is the one encoding of what it says
+/// (encoding it again gives the input), so a card's cache of checked
+/// certificates, keyed by the bytes, cannot be fooled by a re-encoding.
+#[test]
+fn cv_certificates_decode_only_their_one_encoding() {
+    let fx = fixture();
+    let probe = Probe::new("CvCertificate::decode", CHAIN);
+    check(
+        hostile(Just(fx.ttp_cert_der.clone()).boxed(), DER_TOKENS),
+        |input| {
+            let out = probe.run(input.bytes.len(), || CvCertificate::decode(&input.bytes))?;
+            match out {
+                Ok(c) => prop_assert_eq!(c.to_bytes(), input.bytes),
+                Err(e) => prop_assert!(!input.pristine, "the untouched certificate: {e}"),
+            }
+            Ok(())
+        },
+    );
+    probe.finish(cases());
+}
 
 /// Hostile CA certificates, certificates, messages and signatures into the
 /// chain verification the voucher applet and the TTP use. No panic,
@@ -266,13 +289,14 @@ fn worst_case_shapes_stay_within_the_bounds() {
     let cert = CertificateDer::from_pem_slice(&std::fs::read(&files.cert).unwrap())
         .unwrap()
         .to_vec();
-    let ca_der = CertificateDer::from_pem_slice(&std::fs::read(&files.ca).unwrap())
-        .unwrap()
-        .to_vec();
+    let ca_der = fx.ca_der.clone();
     let now = UnixTime::now();
-    shape("verify_with_ca, 1500 names presented", CHAIN, &cert, |c| {
-        verify_with_ca(&ca_der, now, fx.ttp, c, b"m", b"s")
-    });
+    shape(
+        "verify_with_ca, an X.509 certificate of 1500 names presented",
+        CHAIN,
+        &cert,
+        |c| verify_with_ca(&ca_der, now, fx.ttp, c, b"m", b"s"),
+    );
 }
 
 // ---------------------------------------------------------------------------

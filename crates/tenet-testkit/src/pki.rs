@@ -23,7 +23,7 @@ pub struct TtpIdentity {
     pub id: EntityId,
     /// Its key and certificate files, and the CA's certificate.
     pub files: HostFiles,
-    /// Its certificate (DER), which cards pin.
+    /// Its CV certificate, which cards pin.
     pub cert: Vec<u8>,
 }
 
@@ -43,14 +43,15 @@ impl Ca {
     /// Issues the TTP's entity key and certificate for `id`, as files
     /// `NAME-entity.pem` and `.key`.
     pub fn ttp(&self, name: &str, id: EntityId) -> Result<TtpIdentity, Error> {
-        use pki_types::pem::PemObject;
         let files = tenet_pki::issue_entity_key(&self.dir, name, id)?;
-        let cert = pki_types::CertificateDer::from_pem_file(&files.cert)
-            .map_err(|source| Error::Pem {
+        let text = std::fs::read(&files.cert).map_err(|source| {
+            Error::Cert(tenet_pki::CertError::Io {
                 path: files.cert.clone(),
                 source,
-            })?
-            .to_vec();
+            })
+        })?;
+        let cert = tenet_pki::cv::from_pem(&text)
+            .map_err(|e| Error::Cert(tenet_pki::CertError::Malformed(e.0)))?;
         Ok(TtpIdentity { id, files, cert })
     }
 
@@ -74,7 +75,8 @@ impl Ca {
         let mut card =
             Card::personalize(store, &p, CardLimits::default(), Box::new(SystemEntropy))?;
         let public_key = card.state().public_key.clone();
-        let (cert, ca_der) = tenet_pki::issue_entity(&self.dir, card.id(), &public_key)?;
+        let (cert, ca_der) =
+            tenet_pki::issue_entity(&self.dir, card.id(), &public_key)?.card_forms()?;
         card.install_certificates(cert, ca_der)?;
         if let Some(t) = ttp {
             card.provision(

@@ -282,7 +282,7 @@ impl Sim {
             Box::new(SeededEntropy::new(seed)),
         )?;
         let key = card.state().public_key.clone();
-        let (cert, ca_der) = tenet_pki::issue_entity(&self.ca, card.id(), &key)?;
+        let (cert, ca_der) = tenet_pki::issue_entity(&self.ca, card.id(), &key)?.card_forms()?;
         card.install_certificates(cert, ca_der)?;
         card.provision(APPLET_ID, initial_data(ttp, self.ttp_cert.clone()))?;
         card.install(Box::new(VoucherApplet::new(Some(ttp))));
@@ -553,11 +553,9 @@ impl Sim {
 }
 
 /// The first certificate of a PEM file, DER.
+/// The CV certificate in an entity's certificate file.
 fn pem_der(pem: &[u8]) -> Result<Vec<u8>, SimError> {
-    use pki_types::pem::PemObject;
-    pki_types::CertificateDer::from_pem_slice(pem)
-        .map(|c| c.to_vec())
-        .map_err(|_| SimError::Setup("the TTP certificate is not PEM"))
+    tenet_pki::cv::from_pem(pem).map_err(|_| SimError::Setup("the TTP certificate has no CV form"))
 }
 
 /// A wallet app in the simulation: what `tenet_client::wallet::Wallet`

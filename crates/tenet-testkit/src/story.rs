@@ -207,11 +207,15 @@ fn over_nats(url: String, user: &str) -> impl FnOnce(&mut Config) + Send + 'stat
 }
 
 /// The CA's certificate (DER) from its PEM file.
+/// The anchor (`tenet_pki::cv`) of the CA in `dir`: what verifiers of
+/// cards' signatures trust.
 fn ca_der(dir: &Path) -> Result<Vec<u8>, Error> {
     use pki_types::pem::PemObject;
     let path = dir.join("ca.pem");
     match pki_types::CertificateDer::from_pem_file(&path) {
-        Ok(c) => Ok(c.to_vec()),
+        Ok(c) => tenet_pki::cv::Anchor::from_x509(&c)
+            .map(|a| a.to_bytes())
+            .map_err(|e| Error::Cert(tenet_pki::CertError::Malformed(e.0))),
         Err(source) => Err(Error::Pem { path, source }),
     }
 }

@@ -84,8 +84,9 @@ fn card(dir: &std::path::Path, wallet: EntityId) -> Card<MemStore> {
         Box::new(SeededEntropy::new(1)),
     )
     .expect("personalized");
-    let (cert, ca_der) =
-        tenet_pki::issue_entity(&ca, c.id(), &c.state().public_key).expect("a certificate");
+    let (cert, ca_der) = tenet_pki::issue_entity(&ca, c.id(), &c.state().public_key)
+        .and_then(|c| c.card_forms())
+        .expect("a certificate");
     c.install_certificates(cert, ca_der).expect("installed");
     c.provision(
         APPLET_ID,

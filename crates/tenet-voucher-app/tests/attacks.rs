@@ -121,7 +121,10 @@ fn make_card(dir: &Path, d: Domain, ca: Option<&Path>) -> PathBuf {
     )
     .unwrap();
     if let Some(ca) = ca {
-        let (cert, ca_der) = issue_entity(ca, c.id(), &c.state().public_key.clone()).unwrap();
+        let (cert, ca_der) = issue_entity(ca, c.id(), &c.state().public_key.clone())
+            .unwrap()
+            .card_forms()
+            .unwrap();
         c.install_certificates(cert, ca_der).unwrap();
         // Personalized for the TTP 0x77…:0, which `voucher_host` names.
         c.provision(APPLET_ID, initial_data(dom(0x77).owner(), None))
@@ -1576,9 +1579,7 @@ async fn a_host_config_that_swaps_the_cards_ttp_fails_to_start() {
     ensure_ca(&ca, "test CA").unwrap();
     let path = make_card(dir.path(), dom(0xcb), Some(&ca));
     let rogue_cert = issue_entity_key(&ca, "rogue", rogue).unwrap();
-    let rogue_cert = CertificateDer::from_pem_file(&rogue_cert.cert)
-        .unwrap()
-        .to_vec();
+    let rogue_cert = tenet_pki::cv::from_pem(&std::fs::read(&rogue_cert.cert).unwrap()).unwrap();
     {
         let mut c = Card::open(
             FileStore::open(&path).unwrap(),

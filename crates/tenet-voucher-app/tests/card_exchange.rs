@@ -131,6 +131,8 @@ impl World {
                 None => tenet_pki::issue_entity(&ca, c.id(), &key),
                 Some(l) => tenet_pki::issue_entity_with(&ca, c.id(), &key, l),
             }
+            .unwrap()
+            .card_forms()
             .unwrap();
             c.install_certificates(cert, ca_der).unwrap();
             c.provision(
@@ -735,7 +737,10 @@ fn a_renewed_certificate_for_the_same_key_lets_the_card_exchange_again() {
 
     let key = w.a.state().public_key.clone();
     let old = w.a.state().certificate.clone().unwrap();
-    let (cert, ca) = tenet_pki::issue_entity(&w.ca, w.a.id(), &key).unwrap();
+    let (cert, ca) = tenet_pki::issue_entity(&w.ca, w.a.id(), &key)
+        .unwrap()
+        .card_forms()
+        .unwrap();
     w.a.install_certificates(cert.clone(), ca).unwrap();
     assert_eq!(w.a.state().public_key, key, "the same key");
     let v = |c: &[u8]| tenet_pki::validity(c).unwrap().not_after;

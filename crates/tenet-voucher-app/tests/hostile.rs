@@ -160,7 +160,10 @@ impl Fixture {
         .unwrap();
         let id = card.id();
         let card_public_key = card.state().public_key.clone();
-        let (cert, ca_cert) = issue_entity(&ca, id, &card_public_key).unwrap();
+        let (cert, ca_cert) = issue_entity(&ca, id, &card_public_key)
+            .unwrap()
+            .card_forms()
+            .unwrap();
         card.install_certificates(cert, ca_cert).unwrap();
         card.provision(APPLET_ID, initial_data(ttp, Some(ttp_cert_der.clone())))
             .unwrap();

@@ -63,7 +63,10 @@ fn card(dir: &Path, ca: &Path, d: Domain) -> std::path::PathBuf {
         Box::new(SystemEntropy),
     )
     .unwrap();
-    let (cert, ca_der) = issue_entity(ca, c.id(), &c.state().public_key.clone()).unwrap();
+    let (cert, ca_der) = issue_entity(ca, c.id(), &c.state().public_key.clone())
+        .unwrap()
+        .card_forms()
+        .unwrap();
     c.install_certificates(cert, ca_der).unwrap();
     // Personalized for the TTP 0x77…:0, which the hosts' `[card] ttp` names.
     c.provision(APPLET_ID, initial_data(dom(0x77).owner(), None))

@@ -56,7 +56,10 @@ fn make_card(dir: &Path, ca: &Path, d: Domain) -> PathBuf {
         Box::new(SystemEntropy),
     )
     .unwrap();
-    let (cert, ca_der) = issue_entity(ca, c.id(), &c.state().public_key.clone()).unwrap();
+    let (cert, ca_der) = issue_entity(ca, c.id(), &c.state().public_key.clone())
+        .unwrap()
+        .card_forms()
+        .unwrap();
     c.install_certificates(cert, ca_der).unwrap();
     // Personalized for the TTP 0x77…:0, which the host's `[card] ttp` names.
     c.provision(APPLET_ID, initial_data(dom(0x77).owner(), None))

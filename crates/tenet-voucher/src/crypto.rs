@@ -109,8 +109,9 @@ impl Crypto for TestCrypto {
     }
 }
 
-/// A party whose private key is in software (the TTP): ECDSA P-256 with its
-/// certificate, checking others against the CA.
+/// A party whose private key is in software (the TTP): ECDSA P-256 (raw
+/// r || s signatures) with its CV certificate, checking others' CV
+/// certificates against the CA's anchor (`tenet_pki::cv`).
 pub struct KeyCrypto {
     key: ring::signature::EcdsaKeyPair,
     rng: ring::rand::SystemRandom,
@@ -119,11 +120,11 @@ pub struct KeyCrypto {
 }
 
 impl KeyCrypto {
-    /// From a PKCS#8 private key and DER certificates.
+    /// From a PKCS#8 private key, its CV certificate and the CA's anchor.
     pub fn new(pkcs8: &[u8], certificate: Vec<u8>, ca: Vec<u8>) -> Result<Self, VerifyError> {
         let rng = ring::rand::SystemRandom::new();
         let key = ring::signature::EcdsaKeyPair::from_pkcs8(
-            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
             pkcs8,
             &rng,
         )
@@ -136,16 +137,17 @@ impl KeyCrypto {
         })
     }
 
-    /// From PEM text: key (PKCS#8), certificate, CA certificate.
+    /// From PEM text: key (PKCS#8), the entity's certificate file (its CV
+    /// certificate is used), CA certificate (its anchor is used).
     pub fn from_pem(key: &[u8], cert: &[u8], ca: &[u8]) -> Result<Self, VerifyError> {
         use pki_types::pem::PemObject;
         let k = pki_types::PrivatePkcs8KeyDer::from_pem_slice(key)
             .map_err(|e| VerifyError(format!("key: {e}")))?;
-        let c = pki_types::CertificateDer::from_pem_slice(cert)
-            .map_err(|e| VerifyError(format!("certificate: {e}")))?;
+        let c = tenet_pki::cv::from_pem(cert)?;
         let a = pki_types::CertificateDer::from_pem_slice(ca)
             .map_err(|e| VerifyError(format!("CA certificate: {e}")))?;
-        Self::new(k.secret_pkcs8_der(), c.to_vec(), a.to_vec())
+        let anchor = tenet_pki::cv::Anchor::from_x509(&a)?;
+        Self::new(k.secret_pkcs8_der(), c, anchor.to_bytes())
     }
 }
 

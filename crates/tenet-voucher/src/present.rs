@@ -235,7 +235,8 @@ impl Challenges {
     }
 }
 
-/// The check of a card's certificate (from the CA `ca`, DER, valid now,
+/// The check of a card's CV certificate (from the CA of the anchor `ca`,
+/// [`tenet_pki::cv::Anchor`] bytes, valid now,
 /// naming the signer) and of its signature, for [`Challenges::verify`].
 pub fn ca_check(
     ca: &[u8],

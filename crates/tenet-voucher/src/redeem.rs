@@ -364,7 +364,8 @@ impl fmt::Display for Receipt {
     }
 }
 
-/// The check of a certificate from the CA `ca` (DER) naming the signer,
+/// The check of a CV certificate from the CA of the anchor `ca`
+/// ([`tenet_pki::cv::Anchor`] bytes) naming the signer,
 /// and of its signature, for [`Receipt::verify`]. A receipt records the
 /// past: certificates that expired since are taken (their chain, name and
 /// signature are checked).
