@@ -666,10 +666,11 @@ pub(crate) struct ApduSize {
     pub(crate) response: usize,
 }
 
-/// The bytes of the DELIVER APDU the daemon's card session sends for `m`.
+/// The bytes of the DELIVER APDU the daemon's card session sends for `m`
+/// (the compact form: the virtual card has applet version 2).
 pub(crate) fn deliver_len(m: &Message) -> usize {
     Command::new(tenet::CLA, tenet::INS_DELIVER, 0, 0)
-        .with_data(m.to_bytes())
+        .with_data(tenet_proto::apdu::compact::to_card(m))
         .with_le(65_536)
         .to_bytes()
         .len()
@@ -735,7 +736,17 @@ impl Ours {
         let echo = Message::new(app_a.id(), card_a, Mtype::ECHO_REQUEST, vec![0; 8]);
         let start = start_exchange(card_a, card_b, app_b.id());
         Ok(Self {
-            echo: (deliver_len(&echo) as u64, echo.encoded_len() as u64 + 2),
+            echo: (
+                deliver_len(&echo) as u64,
+                tenet_proto::apdu::compact::from_card(&Message::new(
+                    card_a,
+                    echo.src(),
+                    Mtype::ECHO_REPLY,
+                    vec![0; 8],
+                ))
+                .len() as u64
+                    + 2,
+            ),
             hosts,
             app_a,
             app_b,
@@ -819,10 +830,9 @@ impl Ours {
             let m = find(*input, true).with_context(|| format!("{name} not seen"))?;
             let response = match answer {
                 Some(a) => {
-                    find(*a, false)
-                        .with_context(|| format!("the answer to {name} not seen"))?
-                        .encoded_len()
-                        + 2
+                    let a = find(*a, false)
+                        .with_context(|| format!("the answer to {name} not seen"))?;
+                    tenet_proto::apdu::compact::from_card(a).len() + 2
                 }
                 None => 2,
             };

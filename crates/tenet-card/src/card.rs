@@ -18,7 +18,7 @@ use ring::rand::SystemRandom;
 use ring::signature::{
     ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair,
 };
-use tenet_proto::apdu::{CLA_CHAINING, Command, Response, StatusWord, tenet};
+use tenet_proto::apdu::{CLA_CHAINING, Command, Response, StatusWord, compact, tenet};
 use tenet_proto::card::{
     CardInfo, ChangePin, PinOutcome, PinStatus, SetTime, UnblockPin, VerifyPin, check_pin,
 };
@@ -140,6 +140,15 @@ struct PendingResponse {
     from_outbox: bool,
 }
 
+/// The form of messages on the card link: whole eTP messages (applet
+/// version 1, [`tenet::AID`]) or the compact form (version 2,
+/// [`tenet::AID_COMPACT`], `tenet_proto::apdu::compact`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    Full,
+    Compact,
+}
+
 struct Chain {
     ins: u8,
     data: Vec<u8>,
@@ -154,7 +163,9 @@ pub struct Card<S: Storage> {
     limits: CardLimits,
     entropy: Box<dyn Entropy>,
     applets: Vec<Box<dyn Applet>>,
-    selected: bool,
+    /// The form messages take on the link, by the AID selected; `None`
+    /// before a SELECT.
+    selected: Option<Form>,
     authenticated: BTreeSet<EntityId>,
     outbox: VecDeque<Message>,
     chain: Option<Chain>,
@@ -338,7 +349,7 @@ impl<S: Storage> Card<S> {
             limits,
             entropy,
             applets: Vec::new(),
-            selected: false,
+            selected: None,
             authenticated: BTreeSet::new(),
             outbox: VecDeque::new(),
             chain: None,
@@ -490,7 +501,7 @@ impl<S: Storage> Card<S> {
     /// set, unsent messages, chains, the host's time); the store is kept.
     pub fn power_off(&mut self) {
         self.clock = Clock::default();
-        self.selected = false;
+        self.selected = None;
         self.authenticated.clear();
         self.outbox.clear();
         self.chain = None;
@@ -598,7 +609,7 @@ impl<S: Storage> Card<S> {
                 _ => status(StatusWord::INS_NOT_SUPPORTED),
             };
         }
-        if !self.selected {
+        if self.selected.is_none() {
             return status(StatusWord::CONDITIONS_NOT_SATISFIED);
         }
         let ins = cmd.ins;
@@ -628,9 +639,17 @@ impl<S: Storage> Card<S> {
     fn abandon_pending(&mut self) {
         if let Some(p) = self.pending.take()
             && p.from_outbox
-            && let Ok(m) = Message::decode(&p.bytes)
+            && let Ok(m) = self.decode_own(&p.bytes)
         {
             self.outbox.push_front(m);
+        }
+    }
+
+    /// A message this card sent, as the selected form wrote it.
+    fn decode_own(&self, bytes: &[u8]) -> Result<Message, DecodeError> {
+        match self.selected {
+            Some(Form::Compact) => compact::decode_from_card(self.id(), bytes),
+            _ => Message::decode(bytes),
         }
     }
 
@@ -653,12 +672,15 @@ impl<S: Storage> Card<S> {
         if next {
             return status(StatusWord::NOT_FOUND);
         }
-        if cmd.data != tenet::AID {
-            self.selected = false;
-            return status(StatusWord::NOT_FOUND);
-        }
-        self.selected = true;
-        status(StatusWord::OK)
+        self.selected = match cmd.data[..] {
+            ref aid if aid == tenet::AID => Some(Form::Full),
+            ref aid if aid == tenet::AID_COMPACT => Some(Form::Compact),
+            _ => None,
+        };
+        status(match self.selected {
+            Some(_) => StatusWord::OK,
+            None => StatusWord::NOT_FOUND,
+        })
     }
 
     fn get_response(&mut self, cmd: &Command) -> Vec<u8> {
@@ -747,13 +769,21 @@ impl<S: Storage> Card<S> {
         if data.len() > self.limits.max_message {
             return Response::status(StatusWord::NOT_ENOUGH_MEMORY).to_bytes();
         }
-        let m = match Message::decode(data) {
+        let m = match self.selected {
+            Some(Form::Compact) => compact::decode_to_card(self.id(), data),
+            _ => Message::decode(data),
+        };
+        let m = match m {
             Ok(m) => m,
             Err(e) => {
                 debug!(error = %e, "DELIVER of a malformed eTP message");
                 return Response::status(StatusWord::INCORRECT_DATA).to_bytes();
             }
         };
+        // The limit is on the whole message, whichever form carried it.
+        if m.encoded_len() > self.limits.max_message {
+            return Response::status(StatusWord::NOT_ENOUGH_MEMORY).to_bytes();
+        }
         if m.dst() != self.id() {
             return Response::status(StatusWord::DATA_NOT_FOUND).to_bytes();
         }
@@ -773,7 +803,11 @@ impl<S: Storage> Card<S> {
             None => Response::status(StatusWord::OK).to_bytes(),
             Some(m) => {
                 let sw = StatusWord::messages_waiting(self.outbox.len());
-                self.respond_chunked(le, m.to_bytes(), sw, true, None)
+                let bytes = match self.selected {
+                    Some(Form::Compact) => compact::from_card(&m),
+                    _ => m.to_bytes(),
+                };
+                self.respond_chunked(le, bytes, sw, true, None)
             }
         }
     }

@@ -1043,3 +1043,56 @@ fn one_or_none<S: Storage>(c: &mut Card<S>, m: Message) {
     assert!(sw.is_success(), "{sw}");
     assert!(out.is_empty(), "{out:?}");
 }
+
+/// Applet version 2 (the compact form, `tenet_proto::apdu::compact`):
+/// the card's own id is implied both ways. A compact message the card
+/// cannot read changes nothing; a SELECT of version 1 brings whole
+/// messages back, and a message waiting through a GET RESPONSE sequence
+/// keeps its form.
+#[test]
+fn the_compact_form_by_applet_version() {
+    use tenet_proto::apdu::compact;
+    let mut c = card();
+    let id = c.id();
+    let r = apdu(
+        &mut c,
+        Command::new(0, tenet::INS_SELECT, 4, 0).with_data(tenet::AID_COMPACT.to_vec()),
+    );
+    assert_eq!(r.sw, StatusWord::OK);
+    let peer = Domain::new([0xee; 12]).owner();
+    let echo = Message::new(peer, id, Mtype::ECHO_REQUEST, vec![5; 3]);
+    let data = compact::to_card(&echo);
+    assert_eq!(data.len(), 15 + 3, "form, mtype, the peer's domain, param");
+    let cmd = |data: Vec<u8>| {
+        Command::new(tenet::CLA, tenet::INS_DELIVER, 0, 0)
+            .with_data(data)
+            .with_le(65_536)
+    };
+    let r = apdu(&mut c, cmd(data.clone()));
+    assert_eq!(r.sw, StatusWord::OK);
+    let reply = Message::new(id, peer, Mtype::ECHO_REPLY, vec![5; 3]);
+    assert_eq!(r.data, compact::from_card(&reply));
+    // Unknown form bits, a truncated header: refused, nothing changed.
+    let before = (c.state().clone(), c.waiting());
+    for bad in [vec![0x04, 0, 1], vec![0x00, 0, 1, 0xee]] {
+        assert_eq!(apdu(&mut c, cmd(bad)).sw, StatusWord::INCORRECT_DATA);
+    }
+    assert_eq!((c.state().clone(), c.waiting()), before);
+    // A long answer in pieces, then version 1 selected in between: the
+    // message goes back to the queue and comes whole.
+    let long = Message::new(peer, id, Mtype::ECHO_REQUEST, vec![6; 600]);
+    let r = apdu(
+        &mut c,
+        Command::new(tenet::CLA, tenet::INS_DELIVER, 0, 0)
+            .with_data(compact::to_card(&long))
+            .with_le(256),
+    );
+    assert_eq!(r.sw.sw1(), 0x61, "{}", r.sw);
+    select(&mut c);
+    let (_, out) = deliver(
+        &mut c,
+        Message::new(app(1), id, Mtype::ECHO_REQUEST, vec![]),
+    );
+    assert_eq!(out[0].param, vec![6; 600], "{out:?}");
+    assert_eq!(out[0].dst(), peer);
+}

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tenet_card::{Card, FileStore};
-use tenet_proto::apdu::{Command, Response, SHORT_LC_MAX, StatusWord, tenet};
+use tenet_proto::apdu::{Command, Response, SHORT_LC_MAX, StatusWord, compact, tenet};
 use tenet_proto::card::{CardInfo, SetTime};
 use tenet_proto::{Codec, Domain, EntityId, Message, Mtype, Port};
 
@@ -131,6 +131,10 @@ pub enum SessionError {
     /// The card's answer is malformed.
     #[error("malformed answer from the card: {0}")]
     Malformed(String),
+    /// A message for another entity than the card was handed to its
+    /// session.
+    #[error("message for {0} handed to the card's session")]
+    NotForCard(EntityId),
     /// After a reconnection, another card than the one first selected.
     #[error("another card is in the reader: {0}")]
     OtherCard(#[from] OtherCard),
@@ -204,6 +208,9 @@ pub struct CardSession {
     /// When the card was last given the time; `None` since the last
     /// SELECT (a reset or power-up makes the card forget it).
     time_told: Option<Instant>,
+    /// The card's id when the card took the compact form (applet version
+    /// 2, `tenet_proto::apdu::compact`); `None` for whole messages.
+    compact: Option<EntityId>,
 }
 
 impl CardSession {
@@ -217,6 +224,7 @@ impl CardSession {
             stats: Default::default(),
             first: None,
             time_told: None,
+            compact: None,
         }
     }
 
@@ -310,11 +318,20 @@ impl CardSession {
     /// Selects the TENeT applet and reads the card's info. The first card
     /// selected is the session's card; later, another one is refused with
     /// [`SessionError::OtherCard`] (and nothing more is sent to it).
+    ///
+    /// It selects the applet's version 2 (the compact form on the link)
+    /// and, on a card without it (`6A 82`), version 1 (whole messages).
     pub fn select(&mut self) -> Result<CardInfo, SessionError> {
         self.time_told = None;
-        let r = self.exchange(
-            Command::new(0x00, tenet::INS_SELECT, 0x04, 0x00).with_data(tenet::AID.to_vec()),
-        )?;
+        self.compact = None;
+        let select = |aid: [u8; 7]| {
+            Command::new(0x00, tenet::INS_SELECT, 0x04, 0x00).with_data(aid.to_vec())
+        };
+        let mut r = self.exchange(select(tenet::AID_COMPACT))?;
+        let compact = r.sw == StatusWord::OK;
+        if r.sw == StatusWord::NOT_FOUND {
+            r = self.exchange(select(tenet::AID))?;
+        }
         if r.sw != StatusWord::OK {
             return Err(SessionError::Status(r.sw));
         }
@@ -333,7 +350,13 @@ impl CardSession {
             }
             None => self.first = Some(info.clone()),
         }
+        self.compact = compact.then(|| info.domain.owner());
         Ok(info)
+    }
+
+    /// Whether the card took the compact form at the last SELECT.
+    pub fn compact(&self) -> bool {
+        self.compact.is_some()
     }
 
     /// Asks the card for a new port.
@@ -354,9 +377,15 @@ impl CardSession {
     /// one per POLL while the status word says more wait.
     pub fn deliver(&mut self, m: &Message) -> Result<Vec<Message>, SessionError> {
         let le = self.le();
+        let data = match self.compact {
+            // The compact form implies the card as the destination.
+            Some(card) if m.dst() != card => return Err(SessionError::NotForCard(m.dst())),
+            Some(_) => compact::to_card(m),
+            None => m.to_bytes(),
+        };
         let r = self.exchange(
             Command::new(tenet::CLA, tenet::INS_DELIVER, 0, 0)
-                .with_data(m.to_bytes())
+                .with_data(data)
                 .with_le(le),
         )?;
         self.collect(r)
@@ -409,9 +438,11 @@ impl CardSession {
                 return Err(SessionError::Status(r.sw));
             };
             if !r.data.is_empty() {
-                out.push(
-                    Message::decode(&r.data).map_err(|e| SessionError::Malformed(e.to_string()))?,
-                );
+                let m = match self.compact {
+                    Some(card) => compact::decode_from_card(card, &r.data),
+                    None => Message::decode(&r.data),
+                };
+                out.push(m.map_err(|e| SessionError::Malformed(e.to_string()))?);
             }
             if waiting == 0 {
                 return Ok(out);
@@ -692,8 +723,80 @@ mod tests {
             .unwrap();
         assert_eq!(out[0].param, vec![9; 1000]);
         let apdus = s.stats().snapshot().0 - before;
-        // 1034 bytes: 5 chained commands; 1034-byte answer: 4 GET RESPONSEs after the first 256.
-        assert_eq!(apdus, 5 + 4, "{apdus}");
+        // 1007 bytes in the compact form (7 bytes of header from the card's
+        // own domain): 4 chained commands; the 1007-byte answer: 3 GET
+        // RESPONSEs after the first 256.
+        assert_eq!(apdus, 4 + 3, "{apdus}");
+    }
+
+    /// A card of applet version 1 only: it does not know the compact
+    /// form's AID.
+    struct VersionOne(Card<MemStore>);
+
+    impl CardLink for VersionOne {
+        fn transmit(&mut self, c: &[u8]) -> Result<Vec<u8>, LinkError> {
+            let v2 = Command::new(0x00, tenet::INS_SELECT, 0x04, 0x00)
+                .with_data(tenet::AID_COMPACT.to_vec())
+                .to_bytes();
+            if c == v2 {
+                return Ok(Response::status(StatusWord::NOT_FOUND).to_bytes());
+            }
+            Ok(self.0.process_apdu(c))
+        }
+        fn reconnect(&mut self) -> Result<(), LinkError> {
+            self.0.reset();
+            Ok(())
+        }
+        fn extended(&self) -> bool {
+            true
+        }
+        fn describe(&self) -> String {
+            "version 1".into()
+        }
+    }
+
+    /// The compact form leaves out the card's own id, and the other id's
+    /// domain and port where they are the card's and 0; a card without
+    /// it gets whole messages, with the same answers.
+    #[test]
+    fn the_compact_form_drops_what_the_link_knows_and_version_1_cards_get_whole_messages() {
+        let mut sessions = [
+            session(true),
+            CardSession::new(Box::new(VersionOne(card(1, 3))), false),
+        ];
+        let mut sent = Vec::new();
+        for s in &mut sessions {
+            let info = s.select().unwrap();
+            let card = info.domain.owner();
+            let (app, peer) = (
+                EntityId::new(info.domain, Port::new(1)),
+                Domain::new([0xee; 12]).owner(),
+            );
+            let before = s.stats().snapshot();
+            for from in [app, peer] {
+                let out = s
+                    .deliver(&Message::new(from, card, Mtype::ECHO_REQUEST, vec![7; 10]))
+                    .unwrap();
+                assert_eq!(
+                    out,
+                    vec![Message::new(card, from, Mtype::ECHO_REPLY, vec![7; 10])]
+                );
+            }
+            let after = s.stats().snapshot();
+            sent.push((s.compact(), after.1 - before.1, after.2 - before.2));
+            if s.compact() {
+                let e = s
+                    .deliver(&Message::new(app, peer, Mtype::ECHO_REQUEST, vec![]))
+                    .unwrap_err();
+                assert!(matches!(e, SessionError::NotForCard(d) if d == peer), "{e}");
+            }
+        }
+        // Headers: from the wallet 7 bytes, from another card 15 (full: 34
+        // each), each way.
+        let saved = (34 - 7) + (34 - 15);
+        assert!(sent[0].0 && !sent[1].0, "{sent:?}");
+        assert_eq!(sent[1].1 - sent[0].1, saved, "{sent:?}");
+        assert_eq!(sent[1].2 - sent[0].2, saved, "{sent:?}");
     }
 
     /// A card that never stops answering `61xx` (even with no data) is a

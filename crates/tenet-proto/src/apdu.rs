@@ -374,8 +374,13 @@ impl Response {
 /// The TENeT card mapping: AID, instructions and their meaning.
 pub mod tenet {
     /// The TENeT applet's AID: `F0 54 45 4E 45 54 01` (proprietary RID
-    /// `F0`, then "TENET", version 1).
+    /// `F0`, then "TENET", version 1): DELIVER and POLL carry whole eTP
+    /// messages.
     pub const AID: [u8; 7] = [0xf0, 0x54, 0x45, 0x4e, 0x45, 0x54, 0x01];
+    /// The same applet's version 2, `F0 54 45 4E 45 54 02`: DELIVER and
+    /// POLL carry messages in the compact form ([`super::compact`]). A
+    /// host selects it first and falls back to [`AID`] on `6A 82`.
+    pub const AID_COMPACT: [u8; 7] = [0xf0, 0x54, 0x45, 0x4e, 0x45, 0x54, 0x02];
     /// Class of the TENeT proprietary commands.
     pub const CLA: u8 = 0x80;
     /// ISO SELECT (CLA 00, P1 04 = by DF name / AID, P2 00).
@@ -394,6 +399,105 @@ pub mod tenet {
     /// GET INFO: no data; the response is the card's info TLV (domain,
     /// public key, privileged mtypes, limits).
     pub const INS_GET_INFO: u8 = 0x22;
+}
+
+/// The compact card-link form of an eTP message (applet version 2,
+/// [`tenet::AID_COMPACT`]).
+///
+/// On the card link the card's own id is implied: it is the `dst` of every
+/// message the host delivers and the `src` of every message the card sends.
+/// The compact form drops it and writes the other id in as few bytes as
+/// the card's id allows:
+///
+/// ```text
+/// form (1)   bit 0 (01): the other id's domain is the card's (omitted)
+///            bit 1 (02): the other id's port is 0 (omitted)
+///            other bits 0
+/// mtype (2)
+/// domain (12)  unless bit 0
+/// port (4)     unless bit 1
+/// param
+/// ```
+///
+/// The other id is the `src` of a DELIVER's message and the `dst` of a
+/// response's. A message from the card's own wallet (`DOMAIN:1`) takes 7
+/// bytes of header, one from or to another card 15, where the full form
+/// takes 34.
+pub mod compact {
+    use crate::codec::{DecodeError, Reader};
+    use crate::id::{DOMAIN_LEN, Domain, EntityId, Port};
+    use crate::message::{HEADER_LEN, MAX_MESSAGE_LEN, Message};
+    use crate::mtype::Mtype;
+
+    const SAME_DOMAIN: u8 = 0x01;
+    const PORT_ZERO: u8 = 0x02;
+
+    fn encode(card: EntityId, other: EntityId, mtype: Mtype, param: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(19 + param.len());
+        let same = other.domain() == card.domain();
+        let zero = other.port() == Port::new(0);
+        out.push((u8::from(same) * SAME_DOMAIN) | (u8::from(zero) * PORT_ZERO));
+        out.extend_from_slice(&mtype.0.to_be_bytes());
+        if !same {
+            out.extend_from_slice(other.domain().bytes());
+        }
+        if !zero {
+            out.extend_from_slice(&other.port().get().to_be_bytes());
+        }
+        out.extend_from_slice(param);
+        out
+    }
+
+    fn decode(card: EntityId, bytes: &[u8]) -> Result<(EntityId, Mtype, Vec<u8>), DecodeError> {
+        let mut r = Reader::new(bytes);
+        let form = r.u8("compact form byte")?;
+        if form & !(SAME_DOMAIN | PORT_ZERO) != 0 {
+            return Err(DecodeError::Invalid {
+                what: "compact form byte",
+                detail: format!("{form:#04x} sets bits other than 01 and 02"),
+            });
+        }
+        let mtype = Mtype(r.u16("mtype")?);
+        let domain = match form & SAME_DOMAIN {
+            0 => Domain::new(r.array::<DOMAIN_LEN>("domain")?),
+            _ => card.domain(),
+        };
+        let port = match form & PORT_ZERO {
+            0 => Port::new(r.u32("port")?),
+            _ => Port::new(0),
+        };
+        let param = r.rest();
+        if HEADER_LEN + param.len() > MAX_MESSAGE_LEN {
+            return Err(DecodeError::TooLarge {
+                what: "eTP message",
+                len: HEADER_LEN + param.len(),
+                max: MAX_MESSAGE_LEN,
+            });
+        }
+        Ok((EntityId::new(domain, port), mtype, param.to_vec()))
+    }
+
+    /// `m`, delivered to its `dst` (the card), in compact form.
+    pub fn to_card(m: &Message) -> Vec<u8> {
+        encode(m.dst(), m.src(), m.mtype(), &m.param)
+    }
+
+    /// A compact message delivered to `card`.
+    pub fn decode_to_card(card: EntityId, bytes: &[u8]) -> Result<Message, DecodeError> {
+        let (src, mtype, param) = decode(card, bytes)?;
+        Ok(Message::new(src, card, mtype, param))
+    }
+
+    /// `m`, sent by its `src` (the card), in compact form.
+    pub fn from_card(m: &Message) -> Vec<u8> {
+        encode(m.src(), m.dst(), m.mtype(), &m.param)
+    }
+
+    /// A compact message sent by `card`.
+    pub fn decode_from_card(card: EntityId, bytes: &[u8]) -> Result<Message, DecodeError> {
+        let (dst, mtype, param) = decode(card, bytes)?;
+        Ok(Message::new(card, dst, mtype, param))
+    }
 }
 
 #[cfg(test)]
