@@ -165,9 +165,16 @@ fn verify_peer(
 ) -> Result<(), AttestError> {
     cx.count_verify(cert.len());
     cx.count_verify(signed.len());
-    verify_at(ca, cx.time, peer, cert, signed, sig)
-        .map(|_| ())
-        .map_err(|source| AttestError::Peer { peer, source })
+    verify_at(
+        ca,
+        cx.time,
+        tenet_pki::Signer::card(peer),
+        cert,
+        signed,
+        sig,
+    )
+    .map(|_| ())
+    .map_err(|source| AttestError::Peer { peer, source })
 }
 
 fn hash(cx: &AppletCx<'_>, t: &Transcript<'_>) -> [u8; 32] {

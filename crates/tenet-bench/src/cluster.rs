@@ -75,7 +75,7 @@ struct Requesters {
 impl Requesters {
     fn new(ca: &Path) -> Result<Self> {
         let key = |name: &str, id: EntityId| -> Result<KeyCrypto> {
-            let f = tenet_pki::issue_entity_key(ca, name, id)?;
+            let f = tenet_pki::issue_card_key(ca, name, id)?;
             let read = |p: &Path| std::fs::read(p).with_context(|| p.display().to_string());
             Ok(KeyCrypto::from_pem(
                 &read(&f.key)?,

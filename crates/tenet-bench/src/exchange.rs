@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail, ensure};
 use tenet_client::Capability;
 use tenet_client::wallet::Wallet;
 use tenet_host::HostHandle;
+use tenet_pki::Signer;
 use tenet_proto::{Domain, EntityId};
 use tenet_voucher::crypto::Crypto;
 use tenet_voucher::model::{Amount, VoucherClass};
@@ -229,7 +230,7 @@ struct Floor {
 fn crypto_floor(ca: &Path, rounds: u32) -> Result<Floor> {
     let (ia, ib) = (domain(0xfa, 0).owner(), domain(0xfb, 0).owner());
     let key = |name: &str, id: EntityId| -> Result<tenet_voucher::crypto::KeyCrypto> {
-        let f = tenet_pki::issue_entity_key(ca, name, id)?;
+        let f = tenet_pki::issue_card_key(ca, name, id)?;
         Ok(tenet_voucher::crypto::KeyCrypto::from_pem(
             &std::fs::read(&f.key)?,
             &std::fs::read(&f.cert)?,
@@ -249,9 +250,9 @@ fn crypto_floor(ca: &Path, rounds: u32) -> Result<Floor> {
         first.push(t0.elapsed());
         let t0 = Instant::now();
         let s2 = b.sign(&m2);
-        verify_known(ib, &cb_cert, &m2, &s2)?;
+        verify_known(Signer::card(ib), &cb_cert, &m2, &s2)?;
         let s3 = a.sign(&m3);
-        verify_known(ia, &ca_cert, &m3, &s3)?;
+        verify_known(Signer::card(ia), &ca_cert, &m3, &s3)?;
         repeat.push(t0.elapsed());
     }
     Ok(Floor {

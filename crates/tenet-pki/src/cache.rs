@@ -213,9 +213,11 @@ mod tests {
     fn a_remembered_certificate_must_still_name_the_signer() {
         let (_, c) = certs(2);
         let signer = EntityId::new(Domain::new([1; 12]), Port::new(0));
-        let err = crate::check::verify_known(signer, &c[0], b"m", b"sig").unwrap_err();
+        let err = crate::check::verify_known(crate::Signer::entity(signer), &c[0], b"m", b"sig")
+            .unwrap_err();
         assert!(err.0.contains("certificate for"), "{err}");
-        let err = crate::check::verify_known(signer, &c[1], b"m", b"sig").unwrap_err();
+        let err = crate::check::verify_known(crate::Signer::entity(signer), &c[1], b"m", b"sig")
+            .unwrap_err();
         assert!(err.0.contains("signature"), "{err}");
     }
 }

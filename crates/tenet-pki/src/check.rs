@@ -14,7 +14,44 @@ use pki_types::UnixTime;
 use tenet_proto::EntityId;
 use tenet_proto::time::{CardTime, Utc};
 
-use crate::cv::{Anchor, CvCertificate};
+use crate::cv::{Anchor, CvCertificate, CvRole};
+
+/// Who must have signed: an entity in a role. A card's signature (an
+/// agreement, a confirmation, a delegation, a presentation, a recovery
+/// request) needs a card's certificate; the TTP's admissions need a
+/// software entity's. The TTP's entity id may have the shape of a card's
+/// (`DOMAIN:0`), so the name alone does not tell them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signer {
+    /// The entity the certificate must name.
+    pub id: EntityId,
+    /// What it must be.
+    pub role: CvRole,
+}
+
+impl Signer {
+    /// The card `id`.
+    pub fn card(id: EntityId) -> Self {
+        Self {
+            id,
+            role: CvRole::Card,
+        }
+    }
+
+    /// The software entity `id` (the TTP's).
+    pub fn entity(id: EntityId) -> Self {
+        Self {
+            id,
+            role: CvRole::Entity,
+        }
+    }
+}
+
+impl std::fmt::Display for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.id, self.role)
+    }
+}
 
 /// Why a signature or certificate did not verify.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -100,12 +137,12 @@ fn decode_cert(cert: &[u8]) -> Result<CvCertificate, VerifyError> {
 }
 
 /// Checks the CV certificate `cert` against the CA `anchor` ([`Anchor`]
-/// bytes) at the real time `now`, that it names `signer`, and `sig` (r ||
-/// s) over `msg`: the TTP and hosts checking cards' signatures.
+/// bytes) at the real time `now`, that it names `signer` in its role, and
+/// `sig` (r || s) over `msg`: the TTP and hosts checking cards' signatures.
 pub fn verify_with_ca(
     anchor: &[u8],
     now: UnixTime,
-    signer: EntityId,
+    signer: Signer,
     cert: &[u8],
     msg: &[u8],
     sig: &[u8],
@@ -128,7 +165,7 @@ pub fn verify_with_ca(
 pub fn verify_ignoring_expiry(
     anchor: &[u8],
     now: UnixTime,
-    signer: EntityId,
+    signer: Signer,
     cert: &[u8],
     msg: &[u8],
     sig: &[u8],
@@ -138,13 +175,14 @@ pub fn verify_ignoring_expiry(
 }
 
 /// Checks the CV certificate `cert` against the CA `anchor` at the card's
-/// `time` ([`check_validity`]), that it names `signer`, and `sig` (r || s)
+/// `time` ([`check_validity`]), that it names `signer` in its role, and
+/// `sig` (r || s)
 /// over `msg`. Returns the certificate's validity (a card remembers it
 /// with the certificate).
 pub fn verify_at(
     anchor: &[u8],
     time: CardTime,
-    signer: EntityId,
+    signer: Signer,
     cert: &[u8],
     msg: &[u8],
     sig: &[u8],
@@ -159,7 +197,7 @@ pub fn verify_at(
 /// Checks that the CV certificate `cert`, already checked against the CA
 /// (and its validity by the caller), names `signer`, and `sig` over `msg`.
 pub fn verify_known(
-    signer: EntityId,
+    signer: Signer,
     cert: &[u8],
     msg: &[u8],
     sig: &[u8],

@@ -35,9 +35,13 @@
 //! ```
 //!
 //! Both decoders take only this one encoding (each length in its shortest
-//! form, no other data object, nothing after), so a certificate has one
-//! byte string and a card's cache of checked certificates ([`crate::cache`])
-//! cannot be fooled by a re-encoding. A host derives the anchor from the
+//! form, no other data object, nothing after). The CA's signature is ECDSA,
+//! which anyone can rewrite into a second valid one (s into n - s), so a
+//! certificate may have two byte strings; a card's cache of checked
+//! certificates ([`crate::cache`]) keys each by its bytes and checks each
+//! fully before remembering it. The role is checked with the holder: a
+//! card's signature needs a card's certificate, the TTP's an entity's
+//! ([`crate::Signer`]). A host derives the anchor from the
 //! CA's X.509 certificate ([`Anchor::from_x509`]); an entity's PEM file
 //! holds its X.509 certificate, then its CV certificate as a
 //! [`PEM_LABEL`] block ([`from_pem`]).
@@ -48,13 +52,15 @@ use tenet_proto::codec::DecodeError;
 use tenet_proto::time::CardTime;
 use tenet_proto::tlv::{self, Tag, Tlv};
 
-use crate::check::{Validity, VerifyError, check_validity};
+use crate::check::{Signer, Validity, VerifyError, check_validity};
 
 /// The PEM label of a CV certificate in an entity's certificate file.
 pub const PEM_LABEL: &str = "CV CERTIFICATE";
-/// The longest CV certificate (or anchor) a decoder reads: the largest
-/// valid one is 216 bytes.
+/// The longest CV certificate a decoder reads: the largest valid one is
+/// 206 bytes (both dates 8 bytes long).
 pub const MAX_BYTES: usize = 256;
+/// The length of an anchor's encoding.
+pub const ANCHOR_BYTES: usize = 80;
 /// The profile identifier this version writes and reads.
 pub const PROFILE: u8 = 0;
 
@@ -84,6 +90,14 @@ pub enum CvRole {
 }
 
 impl CvRole {
+    /// "a card", "a software entity".
+    pub fn described(self) -> &'static str {
+        match self {
+            CvRole::Card => "a card",
+            CvRole::Entity => "a software entity",
+        }
+    }
+
     fn byte(self) -> u8 {
         match self {
             CvRole::Card => 1,
@@ -171,6 +185,9 @@ impl Anchor {
 
     /// Decodes an anchor; the reference must be its key's.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() != ANCHOR_BYTES {
+            return Err(invalid("CV anchor", "not 80 bytes"));
+        }
         let items = strict(bytes, 2, "CV anchor")?;
         let reference = KeyRef(array(expect(&items[0], T_CAR, "CA reference")?)?);
         let public_key = read_key(&items[1])?;
@@ -317,23 +334,26 @@ impl CvCertificate {
             })
     }
 
-    /// Checks that it names `signer` and that `sig` (r || s) over `msg`
-    /// verifies with its key.
-    pub fn check_signed(
-        &self,
-        signer: EntityId,
-        msg: &[u8],
-        sig: &[u8],
-    ) -> Result<(), VerifyError> {
-        if self.holder != signer {
+    /// Checks that it names `signer` in its role and that `sig` (r || s)
+    /// over `msg` verifies with its key.
+    pub fn check_signed(&self, signer: Signer, msg: &[u8], sig: &[u8]) -> Result<(), VerifyError> {
+        if self.holder != signer.id {
             return Err(VerifyError(format!(
-                "the certificate for {} is not for {signer}",
-                self.holder
+                "the certificate for {} is not for {}",
+                self.holder, signer.id
+            )));
+        }
+        if self.role != signer.role {
+            return Err(VerifyError(format!(
+                "the certificate for {} certifies {}; this signature must be {}'s",
+                self.holder,
+                self.role.described(),
+                signer.role.described()
             )));
         }
         UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &self.public_key)
             .verify(msg, sig)
-            .map_err(|_| VerifyError(format!("signature by {signer} does not verify")))
+            .map_err(|_| VerifyError(format!("signature by {} does not verify", signer.id)))
     }
 
     /// Checks its validity at `time` ([`check_validity`]).
@@ -559,10 +579,22 @@ mod tests {
         assert!(err.0.contains("does not verify"), "{err}");
         let rng = ring::rand::SystemRandom::new();
         let sig = holder.sign(&rng, b"m").unwrap();
-        c.check_signed(id, b"m", sig.as_ref()).unwrap();
-        assert!(c.check_signed(id, b"n", sig.as_ref()).is_err());
+        c.check_signed(Signer::card(id), b"m", sig.as_ref())
+            .unwrap();
+        assert!(
+            c.check_signed(Signer::card(id), b"n", sig.as_ref())
+                .is_err()
+        );
         let other_id: EntityId = "0a0b0c0d0e0f101112131415:1".parse().unwrap();
-        assert!(c.check_signed(other_id, b"m", sig.as_ref()).is_err());
+        assert!(
+            c.check_signed(Signer::card(other_id), b"m", sig.as_ref())
+                .is_err()
+        );
+        // A card's certificate does not sign for the TTP's entity.
+        let e = c
+            .check_signed(Signer::entity(id), b"m", sig.as_ref())
+            .unwrap_err();
+        assert!(e.0.contains("certifies a card"), "{e}");
     }
 
     #[test]

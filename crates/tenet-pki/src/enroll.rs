@@ -733,6 +733,12 @@ pub fn check_issued(
     let c = CvCertificate::decode(cv).map_err(|e| not(format!("CV certificate: {e}")))?;
     c.check_signature(&Anchor::from_x509(ca).map_err(|e| not(e.0))?)
         .map_err(|e| not(e.0))?;
+    if c.role != CvRole::Card {
+        return Err(not(format!(
+            "it certifies {}, not a card",
+            c.role.described()
+        )));
+    }
     if c.public_key.as_slice() != public_key || c.holder != id || c.validity != validity {
         return Err(not(
             "its CV certificate certifies another key, holder or dates".into(),

@@ -279,7 +279,7 @@ fn issue_for_key(
     dir: &Path,
     stem: &str,
     sans: Vec<String>,
-    entity: Option<EntityId>,
+    entity: Option<(EntityId, CvRole)>,
     lifetime: Lifetime,
 ) -> Result<HostFiles, CertError> {
     let files = files(dir, stem);
@@ -291,7 +291,7 @@ fn issue_for_key(
     let point = point_of(k.public_key_raw())?;
     let leaf = match entity {
         None => Leaf::Host(stem),
-        Some(id) => Leaf::Entity(id, CvRole::Entity, &point),
+        Some((id, role)) => Leaf::Entity(id, role, &point),
     };
     let signed = sign_leaf(dir, sans, leaf, &k, lifetime)?;
     if new {
@@ -350,9 +350,33 @@ pub fn issue_entity_key_with(
         dir,
         &format!("{name}-entity"),
         vec![id.certificate_name()],
-        Some(id),
+        Some((id, CvRole::Entity)),
         lifetime,
     )
+}
+
+/// A card whose key is in a file, `dir/NAME-card.pem` and `.key`, with a
+/// card's certificate for `id` (renewed in place if they exist): for
+/// simulations, tests and benchmarks that play a card in software. A real
+/// card makes its key inside and never lets it out ([`issue_entity`]).
+pub fn issue_card_key_with(
+    dir: &Path,
+    name: &str,
+    id: EntityId,
+    lifetime: Lifetime,
+) -> Result<HostFiles, CertError> {
+    issue_for_key(
+        dir,
+        &format!("{name}-card"),
+        vec![id.certificate_name()],
+        Some((id, CvRole::Card)),
+        lifetime,
+    )
+}
+
+/// [`issue_card_key_with`] for [`CARD_DAYS`].
+pub fn issue_card_key(dir: &Path, name: &str, id: EntityId) -> Result<HostFiles, CertError> {
+    issue_card_key_with(dir, name, id, Lifetime::days(CARD_DAYS))
 }
 
 /// Whether [`issue_entity_key`] for `name` renews (the key exists).

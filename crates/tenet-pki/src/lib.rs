@@ -51,8 +51,8 @@ pub mod roles;
 
 pub use cache::CheckedCertificates;
 pub use check::{
-    Validity, VerifyError, check_validity, names, same_key, tls_key_purposes, validity, verify_at,
-    verify_ignoring_expiry, verify_known, verify_with_ca, x509_same_key, x509_validity,
+    Signer, Validity, VerifyError, check_validity, names, same_key, tls_key_purposes, validity,
+    verify_at, verify_ignoring_expiry, verify_known, verify_with_ca, x509_same_key, x509_validity,
 };
 #[cfg(feature = "issue")]
 pub use enroll::{

@@ -31,7 +31,7 @@ use tenet_hostile::{
     Bound, DER_TOKENS, PEM_TOKENS, Probe, cases, check, check_with, hostile, shape,
 };
 use tenet_pki::cv::{Anchor, CvCertificate};
-use tenet_pki::{ensure_ca, issue_entity, issue_entity_key, verify_with_ca};
+use tenet_pki::{Signer, ensure_ca, issue_entity, issue_entity_key, verify_with_ca};
 use tenet_proto::{Domain, EntityId};
 
 tenet_hostile::install_counting_allocator!();
@@ -174,7 +174,9 @@ fn certificate_chain_verification() {
             Part::Signature => std::mem::replace(&mut sig, &input.bytes),
         };
         let n = ca.len() + cert.len() + message.len() + sig.len();
-        let out = probe.run(n, || verify_with_ca(ca, now, fx.ttp, cert, message, sig))?;
+        let out = probe.run(n, || {
+            verify_with_ca(ca, now, Signer::entity(fx.ttp), cert, message, sig)
+        })?;
         let changed = input.bytes != original;
         if !changed {
             prop_assert!(out.is_ok(), "the untouched inputs do not verify: {out:?}");
@@ -295,7 +297,7 @@ fn worst_case_shapes_stay_within_the_bounds() {
         "verify_with_ca, an X.509 certificate of 1500 names presented",
         CHAIN,
         &cert,
-        |c| verify_with_ca(&ca_der, now, fx.ttp, c, b"m", b"s"),
+        |c| verify_with_ca(&ca_der, now, Signer::entity(fx.ttp), c, b"m", b"s"),
     );
 }
 

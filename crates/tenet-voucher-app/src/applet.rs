@@ -18,7 +18,7 @@ use tenet_proto::codec::Codec;
 use tenet_proto::{EntityId, Message, Mtype};
 
 use tenet_pki::cache::CheckedCertificates;
-use tenet_pki::{check_validity, validity, verify_at};
+use tenet_pki::{Signer, check_validity, validity, verify_at};
 use tenet_voucher::card::{
     BALANCE_REQUEST, Ctx, DEFAULT_RECOVER_AFTER, EXCHANGES_REQUEST, LOG_REQUEST, MINT, Out,
     SET_ACCEPTOR, VoucherCard, WITHDRAW,
@@ -34,6 +34,48 @@ pub use tenet_pki::{verify_known, verify_with_ca};
 struct CardCrypto<'c, 'a> {
     cx: &'c mut AppletCx<'a>,
     checked: RefCell<&'c mut CheckedCertificates>,
+}
+
+impl CardCrypto<'_, '_> {
+    /// Checks `cert` (from the card's CA, at the card's time, naming
+    /// `signer` in its role) and `sig` over `msg`, once against the CA per
+    /// certificate while the card remembers it.
+    fn verify_as(
+        &self,
+        signer: Signer,
+        cert: &[u8],
+        msg: &[u8],
+        sig: &[u8],
+    ) -> Result<(), VerifyError> {
+        let ca = self
+            .cx
+            .ca_certificate
+            .ok_or_else(|| VerifyError("no CA certificate installed on this card".into()))?;
+        // The card's clock: its host's time, never below its bound.
+        let time = self.cx.time;
+        let mut checked = self.checked.borrow_mut();
+        if checked.is_disabled() {
+            // Two verifications for a timing model: the CA's signature over
+            // the certificate (its length bounds the signed part), then
+            // `sig`.
+            self.cx.count_verify(cert.len());
+            self.cx.count_verify(msg.len());
+            return verify_at(ca, time, signer, cert, msg, sig).map(|_| ());
+        }
+        self.cx
+            .count_hash_blocks(CheckedCertificates::hash_blocks(ca, cert));
+        let key = CheckedCertificates::key(ca, cert);
+        if let Some(v) = checked.lookup(&key) {
+            check_validity(v, time, &format!("for {}", signer.id))?;
+            self.cx.count_verify(msg.len());
+            return verify_known(signer, cert, msg, sig);
+        }
+        self.cx.count_verify(cert.len());
+        self.cx.count_verify(msg.len());
+        let v = verify_at(ca, time, signer, cert, msg, sig)?;
+        checked.insert(key, v);
+        Ok(())
+    }
 }
 
 impl Crypto for CardCrypto<'_, '_> {
@@ -52,34 +94,17 @@ impl Crypto for CardCrypto<'_, '_> {
         msg: &[u8],
         sig: &[u8],
     ) -> Result<(), VerifyError> {
-        let ca = self
-            .cx
-            .ca_certificate
-            .ok_or_else(|| VerifyError("no CA certificate installed on this card".into()))?;
-        // The card's clock: its host's time, never below its bound.
-        let time = self.cx.time;
-        let mut checked = self.checked.borrow_mut();
-        if checked.is_disabled() {
-            // Two verifications for a timing model: the CA's signature over
-            // the certificate (its DER length bounds the signed part), then
-            // `sig`.
-            self.cx.count_verify(cert.len());
-            self.cx.count_verify(msg.len());
-            return verify_at(ca, time, signer, cert, msg, sig).map(|_| ());
-        }
-        self.cx
-            .count_hash_blocks(CheckedCertificates::hash_blocks(ca, cert));
-        let key = CheckedCertificates::key(ca, cert);
-        if let Some(v) = checked.lookup(&key) {
-            check_validity(v, time, &format!("for {signer}"))?;
-            self.cx.count_verify(msg.len());
-            return verify_known(signer, cert, msg, sig);
-        }
-        self.cx.count_verify(cert.len());
-        self.cx.count_verify(msg.len());
-        let v = verify_at(ca, time, signer, cert, msg, sig)?;
-        checked.insert(key, v);
-        Ok(())
+        self.verify_as(Signer::card(signer), cert, msg, sig)
+    }
+
+    fn verify_ttp(
+        &self,
+        signer: EntityId,
+        cert: &[u8],
+        msg: &[u8],
+        sig: &[u8],
+    ) -> Result<(), VerifyError> {
+        self.verify_as(Signer::entity(signer), cert, msg, sig)
     }
 
     fn random(&mut self, out: &mut [u8]) {

@@ -460,6 +460,33 @@ fn an_agreement_certified_by_another_ca_is_refused() {
     assert_eq!(w.balances(), [5, 0, 0, 3], "v1 not deleted");
 }
 
+/// The TTP's entity id may have a card's shape (`DOMAIN:0`), and its key
+/// sits on a host's disk: an entity certificate from the card's own CA,
+/// naming B's card id, must not sign for B's card.
+#[test]
+fn an_agreement_signed_under_an_entity_certificate_is_refused() {
+    let mut w = World::new();
+    let offer = msg::Offer::decode(&w.order_offer().param).unwrap();
+    let files = tenet_pki::issue_entity_key(&w.ca, "entity-b", dom(B).owner()).unwrap();
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+    let mut entity =
+        KeyCrypto::from_pem(&read(&files.key), &read(&files.cert), &read(&files.ca)).unwrap();
+    use tenet_voucher::crypto::Crypto;
+    let id = msg::ExchangeId([4; 32]);
+    let digest = offer.digest();
+    let agreement = msg::Agreement {
+        delegation: None,
+        offer_digest: digest,
+        id,
+        signature: entity.sign(&msg::Agreement::signed_bytes(&digest, &id)),
+        certificate: entity.certificate(),
+    };
+    let out = w.agreement_to_a(&agreement);
+    let text = Refused::decode(&out[0].param).unwrap().text;
+    assert!(text.contains("certifies a software entity"), "{text}");
+    assert_eq!(w.balances(), [5, 0, 0, 3], "v1 not deleted");
+}
+
 fn verifies(c: &Card<MemStore>) -> u64 {
     c.meter().expect("metered").ops().verifies
 }
@@ -767,7 +794,11 @@ fn the_ttp_finishes_an_exchange_whose_party_certificate_expired_since() {
     tenet_pki::ensure_ca(&ca, "test CA").unwrap();
     let read = |p: &std::path::Path| std::fs::read(p).unwrap();
     let keys = |name: &str, id: EntityId, lifetime| {
-        let f = tenet_pki::issue_entity_key_with(&ca, name, id, lifetime).unwrap();
+        let f = match name {
+            "ttp" => tenet_pki::issue_entity_key_with(&ca, name, id, lifetime),
+            _ => tenet_pki::issue_card_key_with(&ca, name, id, lifetime),
+        };
+        let f = f.unwrap();
         KeyCrypto::from_pem(&read(&f.key), &read(&f.cert), &read(&f.ca)).unwrap()
     };
     let ttp_id = dom(0x77).owner();
@@ -823,7 +854,7 @@ fn the_ttp_finishes_an_exchange_whose_party_certificate_expired_since() {
         "the renewed certificate"
     );
     assert_eq!(again.certificate, ttp2.certificate());
-    ttp2.verify(
+    ttp2.verify_ttp(
         ttp_id,
         &again.certificate,
         &again.kind.admission_bytes(&again.id),

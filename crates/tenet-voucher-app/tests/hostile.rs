@@ -142,7 +142,7 @@ impl Fixture {
         let ttp_cert_der = ttp_crypto.certificate();
 
         let peer = Domain::new([0x99; 12]).owner();
-        let files = issue_entity_key(&ca, "peer", peer).unwrap();
+        let files = tenet_pki::issue_card_key(&ca, "peer", peer).unwrap();
         let mut peer_crypto =
             KeyCrypto::from_pem(&read(&files.key), &read(&files.cert), &ca_pem).unwrap();
 

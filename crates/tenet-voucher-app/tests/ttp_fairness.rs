@@ -64,9 +64,9 @@ fn host(dir: &Path, ca: &Path, name: &str, d: Domain, peers: &[SocketAddr]) -> C
     c
 }
 
-/// Keys and a certificate from the CA in `ca` for the entity `id`.
+/// Keys and a card's certificate from the CA in `ca` for the card `id`.
 fn keys(ca: &Path, name: &str, id: EntityId) -> KeyCrypto {
-    let f = issue_entity_key(ca, name, id).unwrap();
+    let f = tenet_pki::issue_card_key(ca, name, id).unwrap();
     let read = |p: &Path| std::fs::read(p).unwrap();
     KeyCrypto::from_pem(&read(&f.key), &read(&f.cert), &read(&f.ca)).unwrap()
 }

@@ -13,7 +13,7 @@ use tenet_proto::codec::{Codec, DecodeError, Reader};
 use tenet_proto::tlv::{self, Fields, Tag};
 use tenet_proto::{EntityId, Mtype};
 
-use crate::crypto::Crypto;
+use crate::crypto::{Crypto, check_by_role};
 use crate::model::{Amount, Balances, VoucherClass, fits_cap};
 use crate::msg::{
     self, Admission, Agreement, Commitment, Confirmation, ExchangeId, Kind, Offer, RecoveryRequest,
@@ -24,6 +24,7 @@ use crate::redeem::{
     DELEGATE, DELEGATION, DelegateOrder, Delegation, INSTALL_DELEGATION, MAX_DELEGATIONS, Proof,
     Receipt,
 };
+use tenet_pki::Signer;
 
 pub use crate::mtype::{
     ACCEPTOR_SET, BALANCE_REQUEST, BALANCES, EXCHANGES, EXCHANGES_REQUEST, LOG, LOG_REQUEST, MINT,
@@ -693,7 +694,8 @@ impl VoucherCard {
     /// Installs a delegation naming this card, checked as a holder's card
     /// checks it; it replaces one for the same class. Expired ones go first.
     fn install(&mut self, cx: &mut Ctx<'_>, d: Delegation) -> Result<Vec<Out>, Refusal> {
-        let check = |s: EntityId, c: &[u8], m: &[u8], g: &[u8]| cx.crypto.verify(s, c, m, g);
+        let check =
+            |s: Signer, c: &[u8], m: &[u8], g: &[u8]| check_by_role(&*cx.crypto, s, c, m, g);
         d.check(&check, cx.me, &d.class, Some(cx.now))
             .map_err(|e| Refusal(format!("delegation refused: {e}")))?;
         self.delegations.retain(|_, x| x.until > cx.now);
@@ -965,7 +967,8 @@ impl VoucherCard {
         }
         // A redemption gives only to the issuer's card or its delegate.
         if offer.is_redemption() {
-            let check = |s: EntityId, c: &[u8], m: &[u8], g: &[u8]| cx.crypto.verify(s, c, m, g);
+            let check =
+                |s: Signer, c: &[u8], m: &[u8], g: &[u8]| check_by_role(&*cx.crypto, s, c, m, g);
             crate::redeem::entitled(&check, &offer, a.delegation.as_ref(), Some(cx.now))
                 .map_err(|e| Refusal(format!("redemption refused: {e}")))?;
         }
@@ -1147,7 +1150,7 @@ impl VoucherCard {
             return refuse("admissions come only from the TTP");
         }
         cx.crypto
-            .verify(
+            .verify_ttp(
                 cx.ttp,
                 &a.certificate,
                 &a.kind.admission_bytes(&a.id),

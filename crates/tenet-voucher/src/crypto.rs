@@ -4,6 +4,7 @@
 
 use tenet_proto::EntityId;
 
+use tenet_pki::Signer;
 pub use tenet_pki::VerifyError;
 
 /// A party's keys and the trust anchor it checks others against.
@@ -12,8 +13,9 @@ pub trait Crypto {
     fn sign(&mut self, msg: &[u8]) -> Vec<u8>;
     /// This party's certificate.
     fn certificate(&self) -> Vec<u8>;
-    /// Checks that `cert` was issued by the trusted CA for `signer`, and
-    /// that `sig` over `msg` verifies with its key.
+    /// Checks that `cert` was issued by the trusted CA for the card
+    /// `signer` (a card's certificate), and that `sig` over `msg` verifies
+    /// with its key.
     fn verify(
         &self,
         signer: EntityId,
@@ -21,7 +23,20 @@ pub trait Crypto {
         msg: &[u8],
         sig: &[u8],
     ) -> Result<(), VerifyError>;
-    /// [`Crypto::verify`] for the TTP deciding a recovery: a certificate
+    /// [`Crypto::verify`] for the TTP's signature: `cert` must be a
+    /// software entity's certificate (the TTP's id may have the shape of a
+    /// card's).
+    fn verify_ttp(
+        &self,
+        signer: EntityId,
+        cert: &[u8],
+        msg: &[u8],
+        sig: &[u8],
+    ) -> Result<(), VerifyError> {
+        self.verify(signer, cert, msg, sig)
+    }
+    /// [`Crypto::verify`] (a card's signature) for the TTP deciding a
+    /// recovery: a certificate
     /// that has expired since is still taken (its chain, its name and the
     /// signature are checked). The exchange was agreed when the cards
     /// checked each other's certificates; the TTP must be able to finish
@@ -39,6 +54,21 @@ pub trait Crypto {
     }
     /// Fills `out` with random bytes.
     fn random(&mut self, out: &mut [u8]);
+}
+
+/// [`Crypto::verify`] or [`Crypto::verify_ttp`], by the signer's role: a
+/// check for [`crate::redeem::Check`].
+pub fn check_by_role(
+    crypto: &dyn Crypto,
+    signer: Signer,
+    cert: &[u8],
+    msg: &[u8],
+    sig: &[u8],
+) -> Result<(), VerifyError> {
+    match signer.role {
+        tenet_pki::cv::CvRole::Card => crypto.verify(signer.id, cert, msg, sig),
+        tenet_pki::cv::CvRole::Entity => crypto.verify_ttp(signer.id, cert, msg, sig),
+    }
 }
 
 /// A deterministic stand-in for tests and the model checker: a
@@ -170,6 +200,18 @@ impl Crypto for KeyCrypto {
         msg: &[u8],
         sig: &[u8],
     ) -> Result<(), VerifyError> {
+        let signer = Signer::card(signer);
+        tenet_pki::verify_with_ca(&self.ca, pki_types::UnixTime::now(), signer, cert, msg, sig)
+    }
+
+    fn verify_ttp(
+        &self,
+        signer: EntityId,
+        cert: &[u8],
+        msg: &[u8],
+        sig: &[u8],
+    ) -> Result<(), VerifyError> {
+        let signer = Signer::entity(signer);
         tenet_pki::verify_with_ca(&self.ca, pki_types::UnixTime::now(), signer, cert, msg, sig)
     }
 
@@ -183,7 +225,7 @@ impl Crypto for KeyCrypto {
         tenet_pki::verify_ignoring_expiry(
             &self.ca,
             pki_types::UnixTime::now(),
-            signer,
+            Signer::card(signer),
             cert,
             msg,
             sig,

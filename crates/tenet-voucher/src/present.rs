@@ -242,6 +242,7 @@ pub fn ca_check(
     ca: &[u8],
 ) -> impl Fn(EntityId, &[u8], &[u8], &[u8]) -> Result<(), VerifyError> + '_ {
     move |signer, cert, msg, sig| {
+        let signer = tenet_pki::Signer::card(signer);
         tenet_pki::verify_with_ca(ca, pki_types::UnixTime::now(), signer, cert, msg, sig)
     }
 }

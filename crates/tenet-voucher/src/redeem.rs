@@ -24,13 +24,14 @@ use tenet_proto::tlv::{self, Fields, Tag};
 use crate::crypto::VerifyError;
 use crate::model::VoucherClass;
 use crate::msg::{Admission, Agreement, ExchangeId, Kind, Offer};
+use tenet_pki::Signer;
 
 pub use crate::mtype::{DELEGATE, DELEGATION, INSTALL_DELEGATION};
 
-/// A check of a signer's certificate (from the CA, naming the signer) and
-/// of its signature over a message: `check(signer, certificate, message,
-/// signature)`.
-pub type Check<'a> = dyn Fn(EntityId, &[u8], &[u8], &[u8]) -> Result<(), VerifyError> + 'a;
+/// A check of a signer's certificate (from the CA, naming the signer in
+/// its role) and of its signature over a message: `check(signer,
+/// certificate, message, signature)`.
+pub type Check<'a> = dyn Fn(Signer, &[u8], &[u8], &[u8]) -> Result<(), VerifyError> + 'a;
 
 /// Most delegations a redeemer card holds (one per class).
 pub const MAX_DELEGATIONS: usize = 16;
@@ -134,7 +135,7 @@ impl Delegation {
             });
         }
         check(
-            self.issuer,
+            Signer::card(self.issuer),
             &self.certificate,
             &self.signed_bytes(),
             &self.signature,
@@ -271,7 +272,7 @@ impl Receipt {
             return Err(RedeemError::WrongOffer);
         }
         check(
-            offer.responder,
+            Signer::card(offer.responder),
             &a.certificate,
             &Agreement::signed_bytes(&a.offer_digest, &a.id),
             &a.signature,
@@ -282,7 +283,7 @@ impl Receipt {
             Proof::Commitment(n2) if ExchangeId::of_redeem_n2(n2) == a.id => Ok(()),
             Proof::Commitment(_) => Err(RedeemError::WrongCommitment),
             Proof::Admission(adm) if adm.kind == Kind::Resolve && adm.id == a.id => check(
-                ttp,
+                Signer::entity(ttp),
                 &adm.certificate,
                 &adm.kind.admission_bytes(&adm.id),
                 &adm.signature,
@@ -371,7 +372,7 @@ impl fmt::Display for Receipt {
 /// signature are checked).
 pub fn receipt_check(
     ca: &[u8],
-) -> impl Fn(EntityId, &[u8], &[u8], &[u8]) -> Result<(), VerifyError> + '_ {
+) -> impl Fn(Signer, &[u8], &[u8], &[u8]) -> Result<(), VerifyError> + '_ {
     move |signer, cert, msg, sig| {
         tenet_pki::verify_ignoring_expiry(ca, pki_types::UnixTime::now(), signer, cert, msg, sig)
     }

@@ -1325,7 +1325,7 @@ fn start_redeem(w: &mut World, what: Amount) {
 /// Checks receipts with the test stand-in for the CA.
 fn check_receipt(w: &World, r: &tenet_voucher::redeem::Receipt) -> Result<(), RedeemError> {
     let ct = w.ct.clone();
-    r.verify(&move |s, c, m, g| ct.verify(s, c, m, g))
+    r.verify(&move |s: tenet_pki::Signer, c, m, g| ct.verify(s.id, c, m, g))
 }
 
 use tenet_voucher::crypto::Crypto as _;

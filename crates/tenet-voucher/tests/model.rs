@@ -648,7 +648,7 @@ fn settle(model: &M, s: &Sys, first: usize) -> Result<[VoucherCard; 2], String> 
 /// The receipts `card` holds as a redemption's holder, each checked.
 fn receipts(card: &VoucherCard) -> u64 {
     let t = TestCrypto::new(entity(T), 0);
-    let check = |s, c: &[u8], m: &[u8], g: &[u8]| t.verify(s, c, m, g);
+    let check = |s: tenet_pki::Signer, c: &[u8], m: &[u8], g: &[u8]| t.verify(s.id, c, m, g);
     card.exchanges
         .values()
         .filter_map(|e| e.receipt())
