@@ -113,6 +113,7 @@ impl Requesters {
                     quantity: 1,
                 };
                 let offer = Offer {
+                    knows: None,
                     redeem: None,
                     initiator,
                     responder: self.responder_id,
@@ -123,6 +124,7 @@ impl Requesters {
                 };
                 let id = ExchangeId::of_n2(&n1);
                 let agreement = Agreement {
+                    knows: None,
                     delegation: None,
                     offer_digest: offer.digest(),
                     id,

@@ -572,6 +572,7 @@ mod tests {
                 role: Role::Initiator,
                 phase: Phase::Committed,
                 offer: Offer {
+                    knows: None,
                     initiator: card(1),
                     responder: card(2),
                     give: Amount {

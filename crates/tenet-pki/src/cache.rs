@@ -18,6 +18,8 @@
 
 use std::collections::VecDeque;
 
+use tenet_proto::EntityId;
+
 use crate::check::Validity;
 
 /// A certificate and the CA it was checked against: SHA-256 over the CA
@@ -31,6 +33,23 @@ struct Entry {
     key: Key,
     /// Its validity period.
     validity: Validity,
+    /// Whom it names (checked), and its bytes: a peer that knows the card
+    /// holds them may leave its certificate out of its next message.
+    holder: EntityId,
+    cert: Vec<u8>,
+}
+
+/// A short reference to a certificate: the first 8 bytes of SHA-256 over
+/// it. A card names the peer certificate it holds by its reference; the
+/// peer may then leave it out.
+pub type CertRef = [u8; 8];
+
+/// The reference of `cert` ([`CertRef`]).
+pub fn cert_ref(cert: &[u8]) -> CertRef {
+    let d = ring::digest::digest(&ring::digest::SHA256, cert);
+    let mut r = [0u8; 8];
+    r.copy_from_slice(&d.as_ref()[..8]);
+    r
 }
 
 /// Certificates checked against a CA, most recently used first.
@@ -99,16 +118,38 @@ impl CheckedCertificates {
     /// Remembers the certificate of `key`, of validity `validity`: the
     /// caller has just checked it against the CA. The least recently used
     /// goes if the list is full.
-    pub fn insert(&mut self, key: Key, validity: Validity) {
+    pub fn insert(&mut self, key: Key, validity: Validity, holder: EntityId, cert: &[u8]) {
         if self.is_disabled() {
             return;
         }
-        let e = Entry { key, validity };
+        let e = Entry {
+            key,
+            validity,
+            holder,
+            cert: cert.to_vec(),
+        };
         self.entries.retain(|x| x.key != e.key);
         if self.entries.len() == self.capacity {
             self.entries.pop_back();
         }
         self.entries.push_front(e);
+    }
+
+    /// The reference of the most recently used certificate naming
+    /// `holder`, if one is remembered.
+    pub fn reference_for(&self, holder: EntityId) -> Option<CertRef> {
+        self.entries
+            .iter()
+            .find(|e| e.holder == holder)
+            .map(|e| cert_ref(&e.cert))
+    }
+
+    /// The remembered certificate naming `holder` whose reference is `r`.
+    pub fn certificate(&self, holder: EntityId, r: &CertRef) -> Option<&[u8]> {
+        self.entries
+            .iter()
+            .find(|e| e.holder == holder && cert_ref(&e.cert) == *r)
+            .map(|e| &e.cert[..])
     }
 
     /// SHA-256 blocks of one [`CheckedCertificates::key`] (for a card's
@@ -162,8 +203,16 @@ mod tests {
         let key = CheckedCertificates::key(&ca, &c[0]);
         assert_eq!(k.lookup(&key), None);
         let v = validity(&c[0]).unwrap();
-        k.insert(key, v);
+        let holder = EntityId::new(Domain::new([0; 12]), Port::new(0));
+        k.insert(key, v, holder, &c[0]);
         assert_eq!(k.lookup(&key), Some(v));
+        // It is found by its holder and reference, and not by another's.
+        let r = cert_ref(&c[0]);
+        assert_eq!(k.reference_for(holder), Some(r));
+        assert_eq!(k.certificate(holder, &r), Some(&c[0][..]));
+        let other = EntityId::new(Domain::new([1; 12]), Port::new(0));
+        assert_eq!(k.certificate(other, &r), None);
+        assert_eq!(k.certificate(holder, &[0; 8]), None);
         // An entity certificate lives a year from a day before its issue.
         let t = now();
         assert!(
@@ -192,20 +241,21 @@ mod tests {
         let (ca, c) = certs(3);
         let key = |i: usize| CheckedCertificates::key(&ca, &c[i]);
         let v = |i: usize| validity(&c[i]).unwrap();
+        let holder = |i: u8| EntityId::new(Domain::new([i; 12]), Port::new(0));
         let mut k = CheckedCertificates::new(2);
-        k.insert(key(0), v(0));
-        k.insert(key(1), v(1));
+        k.insert(key(0), v(0), holder(0), &c[0]);
+        k.insert(key(1), v(1), holder(1), &c[1]);
         assert!(k.lookup(&key(0)).is_some(), "0 is now the most recent");
-        k.insert(key(2), v(2));
+        k.insert(key(2), v(2), holder(2), &c[2]);
         assert_eq!(k.len(), 2);
         assert!(k.lookup(&key(0)).is_some());
         assert!(k.lookup(&key(1)).is_none(), "1 was the least recent");
         assert!(k.lookup(&key(2)).is_some());
-        k.insert(key(2), v(2));
+        k.insert(key(2), v(2), holder(2), &c[2]);
         assert_eq!(k.len(), 2, "no duplicates");
 
         let mut none = CheckedCertificates::new(0);
-        none.insert(key(0), v(0));
+        none.insert(key(0), v(0), holder(0), &c[0]);
         assert!(none.is_empty() && none.lookup(&key(0)).is_none());
     }
 

@@ -60,6 +60,7 @@ pub struct VerifyError(pub String);
 
 /// The DER value of the id-kp-clientAuth OID; a certificate with an EKU
 /// extension must allow it (card certificates have none).
+#[cfg(feature = "issue")]
 pub(crate) const CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
 
 /// A certificate's validity period, in seconds since the Unix epoch,

@@ -29,6 +29,7 @@ fn amount(issuer: Domain, promise: &str, quantity: u64) -> Amount {
 
 fn decode(c: &mut Criterion) {
     let offer = Offer {
+        knows: None,
         redeem: None,
         initiator: A.owner(),
         responder: B.owner(),
@@ -40,6 +41,7 @@ fn decode(c: &mut Criterion) {
     .to_bytes();
     // A P-256 signature and a certificate of typical sizes.
     let agreement = Agreement {
+        knows: None,
         delegation: None,
         offer_digest: [1; 32],
         id: ExchangeId([2; 32]),

@@ -17,7 +17,7 @@ use tenet_card::{Applet, AppletCx, Refusal};
 use tenet_proto::codec::Codec;
 use tenet_proto::{EntityId, Message, Mtype};
 
-use tenet_pki::cache::CheckedCertificates;
+use tenet_pki::cache::{CertRef, CheckedCertificates, cert_ref};
 use tenet_pki::{Signer, check_validity, validity, verify_at};
 use tenet_voucher::card::{
     BALANCE_REQUEST, Ctx, DEFAULT_RECOVER_AFTER, EXCHANGES_REQUEST, LOG_REQUEST, MINT, Out,
@@ -73,7 +73,7 @@ impl CardCrypto<'_, '_> {
         self.cx.count_verify(cert.len());
         self.cx.count_verify(msg.len());
         let v = verify_at(ca, time, signer, cert, msg, sig)?;
-        checked.insert(key, v);
+        checked.insert(key, v, signer.id, cert);
         Ok(())
     }
 }
@@ -109,6 +109,24 @@ impl Crypto for CardCrypto<'_, '_> {
 
     fn random(&mut self, out: &mut [u8]) {
         self.cx.entropy.fill(out);
+    }
+
+    fn certificate_ref(&self) -> CertRef {
+        let own = self.cx.certificate.unwrap_or_default();
+        self.cx
+            .count_hash_blocks((own.len() + 9).div_ceil(64) as u64);
+        cert_ref(own)
+    }
+
+    fn known_reference(&self, peer: EntityId) -> Option<CertRef> {
+        self.checked.borrow().reference_for(peer)
+    }
+
+    fn known_certificate(&self, peer: EntityId, r: &CertRef) -> Option<Vec<u8>> {
+        self.checked
+            .borrow()
+            .certificate(peer, r)
+            .map(<[u8]>::to_vec)
     }
 }
 

@@ -153,6 +153,7 @@ mod tests {
     /// ticket.
     fn offer(give: u64) -> Message {
         let o = Offer {
+            knows: None,
             redeem: None,
             initiator: id(1, 0),
             responder: id(2, 0),
@@ -269,6 +270,7 @@ mod tests {
     fn a_policy_drops_gifts_to_the_card() {
         let gift = |give| {
             let o = Offer {
+                knows: None,
                 redeem: None,
                 initiator: id(1, 0),
                 responder: id(2, 0),
@@ -306,6 +308,7 @@ mod tests {
     fn a_redemption_policy_bounds_what_the_card_redeems() {
         let redemption = |q| {
             let o = Offer {
+                knows: None,
                 initiator: id(1, 0),
                 responder: id(2, 0),
                 give: amount(2, "ticket", q),

@@ -480,6 +480,7 @@ async fn privileged_orders_from_an_unauthenticated_app_are_refused_and_change_no
     let mut mallory = app(&h).await;
     let other = dom(0xbb).owner();
     let offer = Offer {
+        knows: None,
         redeem: None,
         initiator: other,
         responder: k.owner(),
@@ -765,6 +766,7 @@ async fn a_remote_peer_gains_no_privilege_on_a_local_card() {
     let r = EntityId::new(dr, Port::new(1));
     let to_card = |src, mtype, param| Message::new(src, k.owner(), mtype, param);
     let offer = Offer {
+        knows: None,
         redeem: None,
         initiator: dr.owner(),
         responder: k.owner(),
@@ -1080,6 +1082,7 @@ async fn a_flood_of_recovery_requests_finds_the_ttps_queue_bounded() {
             let mut n1 = [0; 16];
             n1[..4].copy_from_slice(&i.to_be_bytes());
             let offer = Offer {
+                knows: None,
                 redeem: None,
                 initiator: dr.owner(),
                 responder: dr.owner(),
@@ -1091,6 +1094,7 @@ async fn a_flood_of_recovery_requests_finds_the_ttps_queue_bounded() {
             let req = RecoveryRequest {
                 kind: Kind::Resolve,
                 agreement: Agreement {
+                    knows: None,
                     delegation: None,
                     offer_digest: offer.digest(),
                     id: ExchangeId(offer.digest()),

@@ -415,6 +415,7 @@ fn a_forged_agreement_is_refused() {
     let offer = msg::Offer::decode(&w.order_offer().param).unwrap();
     // An agreement for the open offer, signed by nobody's real key.
     let fake = msg::Agreement {
+        knows: None,
         delegation: None,
         offer_digest: offer.digest(),
         id: msg::ExchangeId([9; 32]),
@@ -448,6 +449,7 @@ fn an_agreement_certified_by_another_ca_is_refused() {
     let id = msg::ExchangeId([3; 32]);
     let digest = offer.digest();
     let agreement = msg::Agreement {
+        knows: None,
         delegation: None,
         offer_digest: digest,
         id,
@@ -475,6 +477,7 @@ fn an_agreement_signed_under_an_entity_certificate_is_refused() {
     let id = msg::ExchangeId([4; 32]);
     let digest = offer.digest();
     let agreement = msg::Agreement {
+        knows: None,
         delegation: None,
         offer_digest: digest,
         id,
@@ -513,6 +516,78 @@ fn a_second_exchange_checks_the_peers_certificate_against_the_ca_no_more() {
     );
 }
 
+/// Runs the network; returns the agreements and confirmations that
+/// crossed it, and at each confirmation (the initiator has stored the
+/// exchange) the certificate in the initiator's record of it.
+fn run_watching(w: &mut World) -> (Vec<msg::Agreement>, Vec<msg::Confirmation>, Vec<Vec<u8>>) {
+    let (mut agreements, mut confirmations, mut recorded) = (Vec::new(), Vec::new(), Vec::new());
+    while let Some(m) = w.net.pop_front() {
+        if m.mtype() == msg::AGREEMENT {
+            agreements.push(msg::Agreement::decode(&m.param).unwrap());
+        }
+        if m.mtype() == msg::CONFIRMATION {
+            let c = msg::Confirmation::decode(&m.param).unwrap();
+            let st = tenet_voucher::card::VoucherCard::decode(
+                &w.a.state().applets[&tenet_voucher_app::applet::APPLET_ID],
+            )
+            .unwrap();
+            recorded.push(st.exchanges[&c.id].agreement.certificate.clone());
+            confirmations.push(c);
+        }
+        w.step(m);
+    }
+    (agreements, confirmations, recorded)
+}
+
+/// Cards that have met leave their certificates out of m2 and m3 (each
+/// named the other's as one it holds), and the initiator's record still
+/// keeps the responder's certificate whole, for recovery.
+#[test]
+fn cards_that_have_met_leave_their_certificates_out_of_m2_and_m3() {
+    let mut w = World::new();
+    let b_cert = w.b.state().certificate.clone().unwrap();
+    w.start_and_accept();
+    let (a1, c1, r1) = run_watching(&mut w);
+    assert_eq!(w.balances(), [3, 1, 2, 2]);
+    assert_eq!(a1[0].certificate, b_cert, "first contact: m2 carries it");
+    assert!(
+        !c1[0].certificate.is_empty(),
+        "first contact: m3 carries it"
+    );
+    assert_eq!(r1, std::slice::from_ref(&b_cert));
+    w.start_and_accept();
+    let (a2, c2, r2) = run_watching(&mut w);
+    assert_eq!(w.balances(), [1, 2, 4, 1], "the second exchange completed");
+    assert!(a2[0].certificate.is_empty(), "m2 left B's certificate out");
+    assert!(c2[0].certificate.is_empty(), "m3 left A's certificate out");
+    assert_eq!(r2, [b_cert], "A's record keeps B's certificate whole");
+}
+
+/// An agreement that leaves the certificate out although the offer named
+/// none the initiator holds (a relay's forgery, or a card that forgot) is
+/// refused before anything is deleted.
+#[test]
+fn an_agreement_leaving_out_a_certificate_the_card_does_not_hold_is_refused() {
+    let mut w = World::new();
+    let offer = msg::Offer::decode(&w.order_offer().param).unwrap();
+    assert_eq!(
+        offer.knows, None,
+        "first contact: A holds no certificate of B"
+    );
+    let agreement = msg::Agreement {
+        knows: None,
+        delegation: None,
+        offer_digest: offer.digest(),
+        id: msg::ExchangeId([5; 32]),
+        signature: vec![0; 64],
+        certificate: Vec::new(),
+    };
+    let out = w.agreement_to_a(&agreement);
+    let text = Refused::decode(&out[0].param).unwrap().text;
+    assert!(text.contains("left out"), "{text}");
+    assert_eq!(w.balances(), [5, 0, 0, 3], "v1 not deleted");
+}
+
 #[test]
 fn a_remembered_certificate_does_not_vouch_for_a_forged_signature() {
     let mut w = World::new();
@@ -523,6 +598,7 @@ fn a_remembered_certificate_does_not_vouch_for_a_forged_signature() {
     // signature is still refused.
     let offer = msg::Offer::decode(&w.order_offer().param).unwrap();
     let fake = msg::Agreement {
+        knows: None,
         delegation: None,
         offer_digest: offer.digest(),
         id: msg::ExchangeId([9; 32]),
@@ -567,6 +643,7 @@ fn queries_answer_from_the_state_and_store_nothing() {
     // An offer addressed to the card with no acceptor registered: refused,
     // and nothing stored either.
     let to_a = msg::Offer {
+        knows: None,
         redeem: None,
         initiator: dom(B).owner(),
         responder: dom(A).owner(),
@@ -805,6 +882,7 @@ fn the_ttp_finishes_an_exchange_whose_party_certificate_expired_since() {
     let mut ttp = keys("ttp", ttp_id, life(-(DAY as i64), DAY as i64));
     let b_id = dom(B).owner();
     let offer = Offer {
+        knows: None,
         redeem: None,
         initiator: dom(A).owner(),
         responder: b_id,
@@ -817,6 +895,7 @@ fn the_ttp_finishes_an_exchange_whose_party_certificate_expired_since() {
         let id = ExchangeId::of_n2(&[2; 16]);
         let digest = offer.digest();
         let agreement = Agreement {
+            knows: None,
             delegation: None,
             offer_digest: digest,
             id,

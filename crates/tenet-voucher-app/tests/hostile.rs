@@ -205,6 +205,7 @@ impl Fixture {
         let n2 = [0x42; 16];
         let xid = ExchangeId::of_n2(&n2);
         let agreement = Agreement {
+            knows: None,
             delegation: None,
             offer_digest: open_offer.digest(),
             id: xid,
@@ -212,6 +213,7 @@ impl Fixture {
             certificate: peer_crypto.certificate(),
         };
         let incoming = Offer {
+            knows: None,
             redeem: None,
             initiator: peer,
             responder: id,

@@ -83,6 +83,7 @@ fn request(
 ) -> Vec<u8> {
     let id = ExchangeId::of_n2(&[n2; 16]);
     let agreement = Agreement {
+        knows: None,
         delegation: None,
         offer_digest: offer.digest(),
         id,
@@ -108,6 +109,7 @@ fn offer(initiator: EntityId, responder: EntityId, n1: u8) -> Offer {
         quantity: 1,
     };
     Offer {
+        knows: None,
         redeem: None,
         initiator,
         responder,

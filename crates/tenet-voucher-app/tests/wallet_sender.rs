@@ -98,6 +98,7 @@ async fn a_rogue_app_cannot_answer_for_the_wallets_card() {
     // An offer from a card that never answers: accepting it deletes `v2`
     // (2 coffee), and the exchange waits for a confirmation.
     let offer = Offer {
+        knows: None,
         redeem: None,
         initiator: dom(0xbb).owner(),
         responder: k.owner(),

@@ -137,6 +137,25 @@ pub fn decode_balances(param: &[u8]) -> Result<Vec<Amount>, DecodeError> {
 #[error("{0}")]
 pub struct Refusal(pub String);
 
+/// The certificate of `peer` that this card named as held (`knows`) and
+/// `what` therefore left out: refused if it named none or no longer holds
+/// it (a power cycle empties the card's memory; the exchange then ends
+/// through the TTP).
+fn known(
+    cx: &Ctx<'_>,
+    peer: EntityId,
+    knows: Option<[u8; 8]>,
+    what: &str,
+) -> Result<Vec<u8>, Refusal> {
+    knows
+        .and_then(|r| cx.crypto.known_certificate(peer, &r))
+        .ok_or_else(|| {
+            Refusal(format!(
+                "{what}: the certificate was left out, and this card does not hold it"
+            ))
+        })
+}
+
 fn refuse<T>(s: impl Into<String>) -> Result<T, Refusal> {
     Err(Refusal(s.into()))
 }
@@ -764,6 +783,9 @@ impl VoucherCard {
         let mut n1 = [0u8; 16];
         cx.crypto.random(&mut n1);
         let offer = Offer {
+            // The responder's certificate, if this card checked it before:
+            // the responder may then leave it out of m2.
+            knows: cx.crypto.known_reference(s.responder),
             initiator: cx.me,
             responder: s.responder,
             give: s.give,
@@ -886,16 +908,26 @@ impl VoucherCard {
         cx.crypto.random(&mut n2);
         let id = ExchangeId::for_offer(&offer, &n2);
         let agreement = Agreement {
+            knows: cx.crypto.known_reference(offer.initiator),
             offer_digest: digest,
             id,
             signature: cx.crypto.sign(&Agreement::signed_bytes(&digest, &id)),
             certificate: cx.crypto.certificate(),
             delegation,
         };
+        // The record keeps the certificate (recovery sends it to the TTP);
+        // m2 leaves it out when the initiator said it holds it.
+        let sent = match offer.knows == Some(cx.crypto.certificate_ref()) {
+            true => Agreement {
+                certificate: Vec::new(),
+                ..agreement.clone()
+            },
+            false => agreement.clone(),
+        };
         let out = Out {
             dst: offer.initiator,
             mtype: msg::AGREEMENT,
-            param: agreement.to_bytes(),
+            param: sent.to_bytes(),
         };
         self.balances = balances;
         self.accepted.push_back(digest);
@@ -928,7 +960,7 @@ impl VoucherCard {
         &mut self,
         cx: &mut Ctx<'_>,
         src: EntityId,
-        a: Agreement,
+        mut a: Agreement,
     ) -> Result<Vec<Out>, Refusal> {
         let Some((n1, offer)) = self
             .offers
@@ -949,6 +981,11 @@ impl VoucherCard {
                 "agreement from {src}, offer was to {}",
                 offer.responder
             ));
+        }
+        // Left out: the one this card said it holds, checked before; the
+        // record keeps it whole for recovery.
+        if a.certificate.is_empty() {
+            a.certificate = known(cx, offer.responder, offer.knows, "agreement")?;
         }
         cx.crypto
             .verify(
@@ -982,7 +1019,11 @@ impl VoucherCard {
         let conf = Confirmation {
             id: a.id,
             signature: cx.crypto.sign(&Confirmation::signed_bytes(&a.id)),
-            certificate: cx.crypto.certificate(),
+            // Left out when the responder said it holds it.
+            certificate: match a.knows == Some(cx.crypto.certificate_ref()) {
+                true => Vec::new(),
+                false => cx.crypto.certificate(),
+            },
         };
         let out = Out {
             dst: offer.responder,
@@ -1026,10 +1067,14 @@ impl VoucherCard {
         if e.role != Role::Responder || src != e.offer.initiator {
             return refuse("confirmation from the wrong party");
         }
+        let certificate = match c.certificate.is_empty() {
+            true => known(cx, e.offer.initiator, e.agreement.knows, "confirmation")?,
+            false => c.certificate,
+        };
         cx.crypto
             .verify(
                 e.offer.initiator,
-                &c.certificate,
+                &certificate,
                 &Confirmation::signed_bytes(&c.id),
                 &c.signature,
             )

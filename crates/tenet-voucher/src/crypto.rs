@@ -6,6 +6,7 @@ use tenet_proto::EntityId;
 
 use tenet_pki::Signer;
 pub use tenet_pki::VerifyError;
+use tenet_pki::cache::{CertRef, cert_ref};
 
 /// A party's keys and the trust anchor it checks others against.
 pub trait Crypto {
@@ -54,6 +55,22 @@ pub trait Crypto {
     }
     /// Fills `out` with random bytes.
     fn random(&mut self, out: &mut [u8]);
+    /// The reference of this party's certificate
+    /// (`tenet_pki::cache::cert_ref`).
+    fn certificate_ref(&self) -> CertRef {
+        cert_ref(&self.certificate())
+    }
+    /// The reference of a certificate naming `peer` that this party
+    /// checked before and still holds, if any: it names it in its next
+    /// message, and `peer` may leave its certificate out of its answer.
+    fn known_reference(&self, _peer: EntityId) -> Option<CertRef> {
+        None
+    }
+    /// The certificate naming `peer` of reference `r` this party checked
+    /// before and still holds.
+    fn known_certificate(&self, _peer: EntityId, _r: &CertRef) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// [`Crypto::verify`] or [`Crypto::verify_ttp`], by the signer's role: a

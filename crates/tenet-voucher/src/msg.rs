@@ -152,6 +152,7 @@ const T_AGREEMENT: Tag = Tag(0xa3);
 const T_EXPIRES: Tag = Tag(0x84);
 const T_REDEEM: Tag = Tag(0x85);
 const T_DELEGATION: Tag = Tag(0xa4);
+const T_KNOWS: Tag = Tag(0x86);
 
 fn id_at(f: &Fields<'_>, t: Tag, what: &'static str) -> Result<EntityId, DecodeError> {
     Ok(EntityId::from_array(f.require_array(t, what)?))
@@ -270,6 +271,10 @@ pub struct Offer {
     /// the signed digest so that a receipt names the TTP whose resolve
     /// proves it; `want` is then `None`.
     pub redeem: Option<EntityId>,
+    /// The reference (`tenet_pki::cache::cert_ref`) of the responder's
+    /// certificate the initiator's card holds, checked before: the
+    /// responder may then leave its certificate out of `m2`.
+    pub knows: Option<[u8; 8]>,
 }
 
 impl Offer {
@@ -312,12 +317,15 @@ impl Codec for Offer {
         if let Some(t) = &self.redeem {
             tlv::write(out, T_REDEEM, &t.to_array());
         }
+        if let Some(k) = &self.knows {
+            tlv::write(out, T_KNOWS, k);
+        }
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let f = Fields::parse(r.rest())?;
         f.only(
-            &[T_A, T_B, T_GIVE, T_WANT, T_C, T_EXPIRES, T_REDEEM],
+            &[T_A, T_B, T_GIVE, T_WANT, T_C, T_EXPIRES, T_REDEEM, T_KNOWS],
             "offer",
         )?;
         let redeem = f
@@ -332,6 +340,10 @@ impl Codec for Offer {
         }
         Ok(Self {
             redeem,
+            knows: f
+                .get(T_KNOWS)
+                .map(|_| f.require_array(T_KNOWS, "known certificate"))
+                .transpose()?,
             initiator: id_at(&f, T_A, "initiator")?,
             responder: id_at(&f, T_B, "responder")?,
             give: amount_at(&f, T_GIVE, "give")?,
@@ -355,11 +367,17 @@ pub struct Agreement {
     pub id: ExchangeId,
     /// `S_B`'s signature.
     pub signature: Vec<u8>,
-    /// `S_B`'s certificate.
+    /// `S_B`'s certificate; empty on the link when the offer named it as
+    /// one `S_A` holds (`Offer::knows`).
     pub certificate: Vec<u8>,
     /// For a redemption at a card other than the issuer's: the issuer
     /// card's delegation to `S_B`.
     pub delegation: Option<Delegation>,
+    /// The reference of `S_A`'s certificate `S_B` holds, checked before:
+    /// `S_A` may then leave its certificate out of `m3`. Not signed: a
+    /// hint, which at worst makes a certificate missing (the exchange then
+    /// ends through the TTP).
+    pub knows: Option<[u8; 8]>,
 }
 
 impl Agreement {
@@ -378,12 +396,19 @@ impl Codec for Agreement {
         if let Some(d) = &self.delegation {
             tlv::write_codec(out, T_DELEGATION, d);
         }
+        if let Some(k) = &self.knows {
+            tlv::write(out, T_KNOWS, k);
+        }
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let f = Fields::parse(r.rest())?;
-        f.only(&[T_A, T_B, T_C, T_D, T_DELEGATION], "agreement")?;
+        f.only(&[T_A, T_B, T_C, T_D, T_DELEGATION, T_KNOWS], "agreement")?;
         Ok(Self {
+            knows: f
+                .get(T_KNOWS)
+                .map(|_| f.require_array(T_KNOWS, "known certificate"))
+                .transpose()?,
             delegation: f.get(T_DELEGATION).map(Delegation::decode).transpose()?,
             offer_digest: f.require_array(T_A, "offer digest")?,
             id: ExchangeId(f.require_array(T_B, "exchange id")?),
@@ -400,7 +425,8 @@ pub struct Confirmation {
     pub id: ExchangeId,
     /// `S_A`'s signature.
     pub signature: Vec<u8>,
-    /// `S_A`'s certificate.
+    /// `S_A`'s certificate; empty when the agreement named it as one `S_B`
+    /// holds (`Agreement::knows`).
     pub certificate: Vec<u8>,
 }
 

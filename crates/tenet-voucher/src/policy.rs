@@ -157,6 +157,7 @@ mod tests {
                 .parse()
                 .unwrap();
         Offer {
+            knows: None,
             redeem: None,
             initiator: EntityId::new(Domain::new([1; 12]), Port::new(0)),
             responder: EntityId::new(Domain::new([2; 12]), Port::new(0)),

@@ -458,6 +458,7 @@ mod tests {
             quantity: 1,
         };
         let offer = Offer {
+            knows: None,
             redeem: None,
             initiator: a,
             responder: b,
@@ -469,6 +470,7 @@ mod tests {
         let id = ExchangeId::of_n2(&[2; 16]);
         let mut cb = TestCrypto::new(b, 2);
         let agreement = Agreement {
+            knows: None,
             delegation: None,
             offer_digest: offer.digest(),
             id,

@@ -839,6 +839,7 @@ fn an_offer_that_would_cross_the_cap_is_refused_before_anything_is_deleted() {
 fn a_forged_offer_of_an_absurd_quantity_is_refused() {
     let mut w = World::new();
     let offer = msg::Offer {
+        knows: None,
         redeem: None,
         initiator: card_id(A),
         responder: card_id(B),
@@ -1465,6 +1466,7 @@ fn a_redemption_needs_the_issuer_or_its_delegation() {
     let o = msg::Offer::decode(&offer).unwrap();
     let id = ExchangeId::of_redeem_n2(&[3; 16]);
     let forged = msg::Agreement {
+        knows: None,
         offer_digest: o.digest(),
         id,
         signature: w
@@ -1624,6 +1626,7 @@ fn an_agreement_with_a_needless_delegation_is_refused() {
 fn a_card_bounds_the_pending_runs_it_accepted_in_all_and_per_peer() {
     use tenet_voucher::card::{MAX_PENDING_ACCEPTED, MAX_PENDING_PER_PEER};
     let gift_from = |who: u8, n: u8| msg::Offer {
+        knows: None,
         initiator: card_id(who),
         responder: card_id(B),
         give: coffee(1),

@@ -534,6 +534,7 @@ fn worst_case_shapes_stay_within_the_bounds() {
                 role: Role::Initiator,
                 phase: Phase::Committed,
                 offer: Offer {
+                    knows: None,
                     redeem: None,
                     initiator: EntityId::from_array([1; 16]),
                     responder: EntityId::from_array([2; 16]),
@@ -568,6 +569,7 @@ fn worst_case_shapes_stay_within_the_bounds() {
         let mut n1 = [0u8; 16];
         n1[..4].copy_from_slice(&i.to_be_bytes());
         let o = Offer {
+            knows: None,
             redeem: None,
             initiator: EntityId::from_array([1; 16]),
             responder: EntityId::from_array([2; 16]),

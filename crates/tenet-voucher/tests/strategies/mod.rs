@@ -59,9 +59,11 @@ pub fn offer() -> BoxedStrategy<Offer> {
         any::<[u8; 16]>(),
         proptest::option::of(any::<u64>()),
         proptest::option::of(entity()),
+        proptest::option::of(any::<[u8; 8]>()),
     )
         .prop_map(
-            |(initiator, responder, give, want, n1, expires, ttp)| Offer {
+            |(initiator, responder, give, want, n1, expires, ttp, knows)| Offer {
+                knows,
                 // A redemption wants nothing back.
                 redeem: ttp.filter(|_| want.is_none()),
                 initiator,
@@ -108,9 +110,11 @@ pub fn agreement() -> BoxedStrategy<Agreement> {
         bytes(80),
         bytes(400),
         proptest::option::of(delegation()),
+        proptest::option::of(any::<[u8; 8]>()),
     )
         .prop_map(
-            |(offer_digest, id, signature, certificate, delegation)| Agreement {
+            |(offer_digest, id, signature, certificate, delegation, knows)| Agreement {
+                knows,
                 delegation,
                 offer_digest,
                 id,
