@@ -91,6 +91,16 @@ const SLOT_META: usize = 48;
 /// Default storage budget of a virtual card.
 pub const DEFAULT_CAPACITY: usize = 32 * 1024;
 
+/// Commits of every [`FileStore`] in this process, each one `fdatasync`:
+/// what a benchmark divides by its exchanges to count the fsyncs on an
+/// exchange's path.
+static FILE_COMMITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many [`FileStore`] commits (each one `fdatasync`) this process made.
+pub fn file_commits() -> u64 {
+    FILE_COMMITS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The two-slot file store.
 #[derive(Debug)]
 pub struct FileStore {
@@ -280,6 +290,7 @@ impl Storage for FileStore {
             .write_all_at(&buf, self.slot_offset(slot))
             .map_err(io)?;
         self.file.sync_data().map_err(io)?;
+        FILE_COMMITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.seq = seq;
         self.current = Some(slot);
         Ok(())
