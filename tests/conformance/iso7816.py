@@ -90,6 +90,15 @@ class Card:
     def reply(self, param):
         return self.card_id() + self.app() + [0x00, 0x02] + list(param)
 
+    # The compact form (applet version 2, docs/apdu.md): form byte, mtype,
+    # then the other id's parts the card's id does not imply. An app of
+    # the card's own domain: form 01 (same domain), then its port.
+    def compact_echo(self, param, port=7):
+        return [0x01, 0x00, 0x01] + list(port.to_bytes(4, "big")) + list(param)
+
+    def compact_reply(self, param, port=7):
+        return [0x01, 0x00, 0x02] + list(port.to_bytes(4, "big")) + list(param)
+
 
 def short(cla, ins, p1, p2, data=None, le=None):
     a = [cla, ins, p1, p2]
@@ -168,7 +177,7 @@ def run(reader_name, domain):
     expect(card, "GET RESPONSE with nothing pending", short(0x00, 0xC0, 0, 0, le=256), 0x6985)
 
     # --- SELECT variants ---------------------------------------------------
-    expect(card, "SELECT of another AID", short(0x00, 0xA4, 0x04, 0x00, AID[:-1] + [0x02]), 0x6A82)
+    expect(card, "SELECT of another AID", short(0x00, 0xA4, 0x04, 0x00, AID[:-1] + [0x03]), 0x6A82)
     expect(card, "SELECT of a partial AID (first 6 bytes)", short(0x00, 0xA4, 0x04, 0x00, AID[:-1]), 0x6A82)
     expect(card, "SELECT of a longer AID", short(0x00, 0xA4, 0x04, 0x00, AID + [0x00]), 0x6A82)
     expect(card, "SELECT by P2 next occurrence (02), none selected", short(0x00, 0xA4, 0x04, 0x02, AID), 0x6A82)
@@ -187,9 +196,21 @@ def run(reader_name, domain):
     expect(card, "SELECT by P2 next occurrence (0E)", short(0x00, 0xA4, 0x04, 0x0E, AID), 0x6A82)
     info, sw = card.send(short(0x80, 0x22, 0, 0, le=256))
     check("selection kept after next occurrence (GET INFO)", sw == 0x9000 and len(info) > 14, "SW %04X" % sw)
-    expect(card, "SELECT of another AID deselects", short(0x00, 0xA4, 0x04, 0x00, AID[:-1] + [0x02]), 0x6A82)
+    expect(card, "SELECT of another AID deselects", short(0x00, 0xA4, 0x04, 0x00, AID[:-1] + [0x03]), 0x6A82)
     expect(card, "... then the applet is not selected", short(0x80, 0x12, 0, 0, le=256), 0x6985)
     expect(card, "SELECT again", SELECT, 0x9000)
+
+    # --- applet version 2: the compact form ---------------------------------
+    expect(card, "SELECT of version 2 (F0 54 45 4E 45 54 02)",
+           short(0x00, 0xA4, 0x04, 0x00, AID[:-1] + [0x02]), 0x9000)
+    expect(card, "version 2: DELIVER a compact echo, the compact reply in the response",
+           short(0x80, 0x10, 0, 0, card.compact_echo(b"hi"), 256), 0x9000,
+           data=card.compact_reply(b"hi"))
+    expect(card, "version 2: a form byte with unknown bits", short(0x80, 0x10, 0, 0, [0x04, 0x00, 0x01], 256), 0x6A80)
+    expect(card, "version 2: a header cut short", short(0x80, 0x10, 0, 0, [0x00, 0x00, 0x01, 0x0A], 256), 0x6A80)
+    expect(card, "SELECT of version 1 again", SELECT, 0x9000)
+    expect(card, "version 1: whole messages again",
+           short(0x80, 0x10, 0, 0, card.echo(b"hi"), 256), 0x9000, data=card.reply(b"hi"))
 
     # --- ISO cases, short and extended ------------------------------------
     check("GET INFO answers the card info TLV (80 0C domain)",

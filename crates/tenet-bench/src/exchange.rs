@@ -435,7 +435,7 @@ fn section(
     let mut md = format!(
         "One exchange, two hosts over TLS, in-process virtual cards; {exchanges} exchanges one after the other:\n\n\
          | | p50 us | p99 us | p50 / crypto floor |\n|---|---:|---:|---:|\n\
-         | cryptographic floor, first contact: 2 ECDSA P-256 signatures, 2 verifications, each certificate checked against the CA (ring, webpki) | {:.0} | | |\n\
+         | cryptographic floor, first contact: 2 ECDSA P-256 signatures, 2 verifications, each certificate checked against the CA (ring) | {:.0} | | |\n\
          | cryptographic floor, repeat: 2 signatures, 2 verifications, certificates checked before (the cards remember them) | {:.0} | | 1.00x |\n",
         us(floor.first),
         us(floor.repeat)
