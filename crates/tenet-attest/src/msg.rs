@@ -64,8 +64,8 @@ pub type Nonce = [u8; NONCE_LEN];
 /// Bytes in a nonce.
 pub const NONCE_LEN: usize = 32;
 
-/// The largest certificate a card takes in a hello or a reply (DER). The
-/// certificates `tenet card new` makes are about 340 bytes; the bound
+/// The largest certificate a card takes in a hello or a reply. The CV
+/// certificates `tenet card new` makes are 197 bytes; the bound
 /// keeps what a responder stores for a session it answered small, whatever
 /// a stranger sends it.
 pub const MAX_CERTIFICATE: usize = 1024;
@@ -160,7 +160,7 @@ impl Codec for Start {
     }
 }
 
-/// attest-hello: the initiator's nonce `n_a` and certificate (DER).
+/// attest-hello: the initiator's nonce `n_a` and CV certificate.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Hello {
     /// `n_a`.
@@ -195,7 +195,7 @@ pub struct Reply {
     pub n_b: Nonce,
     /// The responder's certificate.
     pub certificate: Vec<u8>,
-    /// ECDSA P-256 (ASN.1 DER) over [`responder_signs`].
+    /// ECDSA P-256 (raw r || s) over [`responder_signs`].
     pub signature: Vec<u8>,
 }
 
@@ -227,7 +227,7 @@ pub struct Finish {
     pub n_a: Nonce,
     /// `n_b`.
     pub n_b: Nonce,
-    /// ECDSA P-256 (ASN.1 DER) over [`initiator_signs`].
+    /// ECDSA P-256 (raw r || s) over [`initiator_signs`].
     pub signature: Vec<u8>,
 }
 
@@ -306,7 +306,7 @@ pub enum Outcome {
     Attested {
         /// `h(T)`, as both cards recorded it.
         transcript: [u8; 32],
-        /// SHA-256 of the peer's certificate (DER).
+        /// SHA-256 of the peer's CV certificate.
         certificate: [u8; 32],
     },
     /// This card refused the peer (its certificate or signature); nothing
@@ -392,7 +392,7 @@ impl Codec for AttestResult {
 pub struct Record {
     /// The peer's id.
     pub peer: EntityId,
-    /// SHA-256 of the peer's certificate (DER).
+    /// SHA-256 of the peer's CV certificate.
     pub certificate: [u8; 32],
     /// `h(T)` of the session; both cards record the same.
     pub transcript: [u8; 32],
@@ -459,9 +459,9 @@ pub struct Transcript<'a> {
     pub n_a: &'a Nonce,
     /// `n_b`.
     pub n_b: &'a Nonce,
-    /// The initiator's certificate (DER).
+    /// The initiator's CV certificate.
     pub initiator_certificate: &'a [u8],
-    /// The responder's certificate (DER).
+    /// The responder's CV certificate.
     pub responder_certificate: &'a [u8],
 }
 

@@ -71,7 +71,7 @@ pub struct Answered {
     pub n_a: Nonce,
     /// This card's nonce.
     pub n_b: Nonce,
-    /// The initiator's certificate (DER), checked when its signature comes.
+    /// The initiator's CV certificate, checked when its signature comes.
     pub certificate: Vec<u8>,
     /// `h(T)`.
     pub transcript: [u8; 32],
@@ -383,7 +383,7 @@ mod tests {
     fn a_full_state_fits_the_documented_bounds() {
         let most = full(crate::msg::MAX_CERTIFICATE);
         assert!(most <= 7 * 1024, "{most} bytes");
-        let usual = full(340);
+        let usual = full(197);
         assert!(usual < 5 * 1024, "{usual} bytes");
     }
 

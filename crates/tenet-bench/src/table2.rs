@@ -405,6 +405,17 @@ pub(crate) fn run_blocking(n: u32) -> Result<Section> {
         .certificate
         .as_ref()
         .map_or(0, Vec::len);
+    // Cards that have met sent m2 (the accept's answer) and m3 (the
+    // agreement's answer) without their certificates: each shorter by a
+    // certificate, less the 10 bytes of the reference m2 carries.
+    for step in [1, 2] {
+        let shorter = ro[step].response - rm[step].response;
+        ensure!(
+            shorter >= (cert - 10) as f64,
+            "cards that have met: {} answered only {shorter:.0} bytes shorter",
+            STEPS[step].1
+        );
+    }
     Ok(section(&model, n, [&ro, &rw, &rm, &rb], cert))
 }
 

@@ -66,7 +66,8 @@ pub enum WalletError {
 /// A verifier of presentations on `cap` (an app; it needs no card):
 /// issues a challenge, prints it on `out` with its own id for the holder
 /// (`tenet wallet present --to ID --challenge HEX`), and checks each
-/// presentation that arrives against the CA `ca` (DER) and `wanted`,
+/// presentation that arrives against the CA's anchor `ca`
+/// (`tenet_pki::cv::Anchor` bytes) and `wanted`,
 /// reporting it; a new challenge follows each verified one, until `count`
 /// are verified. A replayed statement, one for another verifier or
 /// another challenge, or one showing less is reported as refused.

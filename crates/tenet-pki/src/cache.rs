@@ -5,16 +5,17 @@
 //! signature over it) on top of the verification of the signature the peer
 //! made with it. Between the same cards the certificate does not change, so
 //! a card remembers the last [`CheckedCertificates::CAPACITY`] certificates
-//! it accepted, keyed by the SHA-256 of the CA certificate and the whole
+//! it accepted, keyed by the SHA-256 of the CA anchor and the whole
 //! certificate. A remembered certificate is still checked for its validity
 //! period at the card's current time ([`crate::check::check_validity`]) and
-//! for the signer's name, and the peer's signature is always verified; only
-//! the CA's signature, which depends on nothing but those bytes, is not
-//! verified again.
+//! for the signer's name and role, and the peer's signature is always
+//! verified; only the CA's signature, which depends on nothing but those
+//! bytes, is not verified again. It keeps the certificate's bytes too:
+//! a peer that knows the card holds them may leave its certificate out.
 //!
-//! The verification against the CA (webpki) checks nothing else that could
-//! change with time: no revocation lists are used. A card powered up again
-//! (the daemon restarted) starts with an empty list.
+//! The verification against the CA checks nothing else that could change
+//! with time: no revocation lists are used. A card powered up again (the
+//! daemon restarted) starts with an empty list.
 
 use std::collections::VecDeque;
 
@@ -23,7 +24,7 @@ use tenet_proto::EntityId;
 use crate::check::Validity;
 
 /// A certificate and the CA it was checked against: SHA-256 over the CA
-/// certificate's length, the CA certificate and the certificate.
+/// anchor's length, the anchor and the certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Key([u8; 32]);
 
@@ -37,6 +38,8 @@ struct Entry {
     /// holds them may leave its certificate out of its next message.
     holder: EntityId,
     cert: Vec<u8>,
+    /// [`cert_ref`] of `cert`, made once when it is remembered.
+    reference: CertRef,
 }
 
 /// A short reference to a certificate: the first 8 bytes of SHA-256 over
@@ -46,10 +49,7 @@ pub type CertRef = [u8; 8];
 
 /// The reference of `cert` ([`CertRef`]).
 pub fn cert_ref(cert: &[u8]) -> CertRef {
-    let d = ring::digest::digest(&ring::digest::SHA256, cert);
-    let mut r = [0u8; 8];
-    r.copy_from_slice(&d.as_ref()[..8]);
-    r
+    crate::cv::reference(cert)
 }
 
 /// Certificates checked against a CA, most recently used first.
@@ -115,8 +115,10 @@ impl CheckedCertificates {
         Some(v)
     }
 
-    /// Remembers the certificate of `key`, of validity `validity`: the
-    /// caller has just checked it against the CA. The least recently used
+    /// Remembers the certificate `cert` of `key`, naming `holder`, of
+    /// validity `validity`: the caller has just checked it against the CA.
+    /// It makes the certificate's reference ([`cert_ref`]: SHA-256 blocks,
+    /// [`CheckedCertificates::reference_blocks`]). The least recently used
     /// goes if the list is full.
     pub fn insert(&mut self, key: Key, validity: Validity, holder: EntityId, cert: &[u8]) {
         if self.is_disabled() {
@@ -127,6 +129,7 @@ impl CheckedCertificates {
             validity,
             holder,
             cert: cert.to_vec(),
+            reference: cert_ref(cert),
         };
         self.entries.retain(|x| x.key != e.key);
         if self.entries.len() == self.capacity {
@@ -141,15 +144,21 @@ impl CheckedCertificates {
         self.entries
             .iter()
             .find(|e| e.holder == holder)
-            .map(|e| cert_ref(&e.cert))
+            .map(|e| e.reference)
     }
 
     /// The remembered certificate naming `holder` whose reference is `r`.
     pub fn certificate(&self, holder: EntityId, r: &CertRef) -> Option<&[u8]> {
         self.entries
             .iter()
-            .find(|e| e.holder == holder && cert_ref(&e.cert) == *r)
+            .find(|e| e.holder == holder && e.reference == *r)
             .map(|e| &e.cert[..])
+    }
+
+    /// SHA-256 blocks of the reference of `cert` (for a card's timing
+    /// model).
+    pub fn reference_blocks(cert: &[u8]) -> u64 {
+        (cert.len() + 9).div_ceil(64) as u64
     }
 
     /// SHA-256 blocks of one [`CheckedCertificates::key`] (for a card's

@@ -122,11 +122,18 @@ pub struct KeyRef(pub [u8; 8]);
 impl KeyRef {
     /// The reference of the key `point`.
     pub fn of(point: &Point) -> Self {
-        let d = ring::digest::digest(&ring::digest::SHA256, point);
-        let mut r = [0u8; 8];
-        r.copy_from_slice(&d.as_ref()[..8]);
-        Self(r)
+        Self(reference(point))
     }
+}
+
+/// The first 8 bytes of SHA-256 over `bytes`: how a CA key
+/// ([`KeyRef`]) and a certificate (`crate::cache::cert_ref`) are named in
+/// few bytes.
+pub fn reference(bytes: &[u8]) -> [u8; 8] {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut r = [0u8; 8];
+    r.copy_from_slice(&d.as_ref()[..8]);
+    r
 }
 
 impl std::fmt::Display for KeyRef {

@@ -409,8 +409,8 @@ fn etp_headers_and_entity_ids() {
 const COMPACT: Bound = Bound::new(1, ERROR_TEXT);
 
 /// Messages in the compact card-link form (applet version 2), both ways:
-/// no panic, one copy of the param at most, the untouched ones decode to
-/// the message they came from, and whatever decodes encodes to a form that
+/// no panic, one copy of the param at most, the untouched ones decode,
+/// and whatever decodes encodes to a form that
 /// decodes to the same message (the form byte may say "the card's domain"
 /// where the input spelled it out).
 #[test]

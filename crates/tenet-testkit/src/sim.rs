@@ -552,7 +552,6 @@ impl Sim {
     }
 }
 
-/// The first certificate of a PEM file, DER.
 /// The CV certificate in an entity's certificate file.
 fn pem_der(pem: &[u8]) -> Result<Vec<u8>, SimError> {
     tenet_pki::cv::from_pem(pem).map_err(|_| SimError::Setup("the TTP certificate has no CV form"))

@@ -206,7 +206,6 @@ fn over_nats(url: String, user: &str) -> impl FnOnce(&mut Config) + Send + 'stat
     }
 }
 
-/// The CA's certificate (DER) from its PEM file.
 /// The anchor (`tenet_pki::cv`) of the CA in `dir`: what verifiers of
 /// cards' signatures trust.
 fn ca_der(dir: &Path) -> Result<Vec<u8>, Error> {

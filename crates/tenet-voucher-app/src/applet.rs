@@ -1,13 +1,13 @@
 //! The voucher applet: [`VoucherCard`] on a TENeT card, with the card's
-//! ECDSA P-256 key and X.509 certificates.
+//! ECDSA P-256 key and card-verifiable certificates (`tenet_pki::cv`).
 //!
 //! The applet keeps its whole state in the card's persistent store; the
 //! runtime commits it with the outgoing messages in one atomic update.
-//! Signatures are the card's (made inside the card); certificates are
-//! checked against the CA certificate installed at personalization (once
-//! per certificate while the card remembers it, [`crate::checked`]), at the
-//! card's time ([`tenet_card::clock`], [`crate::certs`]), and must name the
-//! expected signer as `DOMAIN-PORT.id.tenet`. A card whose own certificate
+//! Signatures are the card's (made inside the card, raw r || s);
+//! certificates are checked against the CA anchor installed at
+//! personalization (once per certificate while the card remembers it,
+//! `tenet_pki::cache`), at the card's time ([`tenet_card::clock`]), and
+//! must name the expected signer in its role (`tenet_pki::Signer`). A card whose own certificate
 //! has expired refuses to start or accept an exchange (its peer would
 //! refuse its signatures): `tenet card recertify` renews it.
 
@@ -73,6 +73,8 @@ impl CardCrypto<'_, '_> {
         self.cx.count_verify(cert.len());
         self.cx.count_verify(msg.len());
         let v = verify_at(ca, time, signer, cert, msg, sig)?;
+        self.cx
+            .count_hash_blocks(CheckedCertificates::reference_blocks(cert));
         checked.insert(key, v, signer.id, cert);
         Ok(())
     }
@@ -114,7 +116,7 @@ impl Crypto for CardCrypto<'_, '_> {
     fn certificate_ref(&self) -> CertRef {
         let own = self.cx.certificate.unwrap_or_default();
         self.cx
-            .count_hash_blocks((own.len() + 9).div_ceil(64) as u64);
+            .count_hash_blocks(CheckedCertificates::reference_blocks(own));
         cert_ref(own)
     }
 
@@ -180,7 +182,7 @@ impl VoucherApplet {
 }
 
 /// The applet's initial persistent data naming the TTP and, if given,
-/// pinning its certificate (DER), written at personalization
+/// pinning its CV certificate, written at personalization
 /// (`Card::provision`).
 pub fn initial_data(ttp: EntityId, ttp_certificate: Option<Vec<u8>>) -> Vec<u8> {
     initial_data_with(ttp, ttp_certificate, DEFAULT_RECOVER_AFTER)

@@ -516,27 +516,44 @@ fn a_second_exchange_checks_the_peers_certificate_against_the_ca_no_more() {
     );
 }
 
-/// Runs the network; returns the agreements and confirmations that
-/// crossed it, and at each confirmation (the initiator has stored the
-/// exchange) the certificate in the initiator's record of it.
-fn run_watching(w: &mut World) -> (Vec<msg::Agreement>, Vec<msg::Confirmation>, Vec<Vec<u8>>) {
-    let (mut agreements, mut confirmations, mut recorded) = (Vec::new(), Vec::new(), Vec::new());
+/// What crossed the network in [`run_watching`].
+#[derive(Default)]
+struct Watched {
+    agreements: Vec<msg::Agreement>,
+    confirmations: Vec<msg::Confirmation>,
+    /// At each confirmation on the wire (both cards have stored the
+    /// exchange, neither has finished it), the agreement's certificate in
+    /// A's record and in B's.
+    recorded: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Runs the network, watching the agreements and confirmations.
+fn run_watching(w: &mut World) -> Watched {
+    let record = |c: &Card<MemStore>, id: &msg::ExchangeId| {
+        tenet_voucher::card::VoucherCard::decode(
+            &c.state().applets[&tenet_voucher_app::applet::APPLET_ID],
+        )
+        .unwrap()
+        .exchanges[id]
+            .agreement
+            .certificate
+            .clone()
+    };
+    let mut seen = Watched::default();
     while let Some(m) = w.net.pop_front() {
         if m.mtype() == msg::AGREEMENT {
-            agreements.push(msg::Agreement::decode(&m.param).unwrap());
+            seen.agreements
+                .push(msg::Agreement::decode(&m.param).unwrap());
         }
         if m.mtype() == msg::CONFIRMATION {
             let c = msg::Confirmation::decode(&m.param).unwrap();
-            let st = tenet_voucher::card::VoucherCard::decode(
-                &w.a.state().applets[&tenet_voucher_app::applet::APPLET_ID],
-            )
-            .unwrap();
-            recorded.push(st.exchanges[&c.id].agreement.certificate.clone());
-            confirmations.push(c);
+            seen.recorded
+                .push((record(&w.a, &c.id), record(&w.b, &c.id)));
+            seen.confirmations.push(c);
         }
         w.step(m);
     }
-    (agreements, confirmations, recorded)
+    seen
 }
 
 /// Cards that have met leave their certificates out of m2 and m3 (each
@@ -545,22 +562,52 @@ fn run_watching(w: &mut World) -> (Vec<msg::Agreement>, Vec<msg::Confirmation>, 
 #[test]
 fn cards_that_have_met_leave_their_certificates_out_of_m2_and_m3() {
     let mut w = World::new();
+    let a_cert = w.a.state().certificate.clone().unwrap();
     let b_cert = w.b.state().certificate.clone().unwrap();
     w.start_and_accept();
-    let (a1, c1, r1) = run_watching(&mut w);
+    let first = run_watching(&mut w);
     assert_eq!(w.balances(), [3, 1, 2, 2]);
-    assert_eq!(a1[0].certificate, b_cert, "first contact: m2 carries it");
-    assert!(
-        !c1[0].certificate.is_empty(),
+    assert_eq!(
+        first.agreements[0].certificate, b_cert,
+        "first contact: m2 carries it"
+    );
+    assert_eq!(
+        first.confirmations[0].certificate, a_cert,
         "first contact: m3 carries it"
     );
-    assert_eq!(r1, std::slice::from_ref(&b_cert));
     w.start_and_accept();
-    let (a2, c2, r2) = run_watching(&mut w);
+    let second = run_watching(&mut w);
     assert_eq!(w.balances(), [1, 2, 4, 1], "the second exchange completed");
-    assert!(a2[0].certificate.is_empty(), "m2 left B's certificate out");
-    assert!(c2[0].certificate.is_empty(), "m3 left A's certificate out");
-    assert_eq!(r2, [b_cert], "A's record keeps B's certificate whole");
+    assert!(
+        second.agreements[0].certificate.is_empty(),
+        "m2 left B's certificate out"
+    );
+    assert!(
+        second.confirmations[0].certificate.is_empty(),
+        "m3 left A's certificate out"
+    );
+    assert_eq!(
+        second.recorded,
+        [(b_cert.clone(), b_cert)],
+        "both records keep B's certificate whole"
+    );
+    // The m3 without a certificate again, after B committed: m4 again.
+    let again = deliver_to(
+        &mut w.b,
+        &Message::new(
+            dom(A).owner(),
+            dom(B).owner(),
+            msg::CONFIRMATION,
+            second.confirmations[0].to_bytes(),
+        ),
+    );
+    assert_eq!(
+        again
+            .iter()
+            .map(|m| (m.dst(), m.mtype()))
+            .collect::<Vec<_>>(),
+        [(dom(A).owner(), msg::COMMITMENT)]
+    );
 }
 
 /// An agreement that leaves the certificate out although the offer named

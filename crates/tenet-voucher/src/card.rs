@@ -137,6 +137,16 @@ pub fn decode_balances(param: &[u8]) -> Result<Vec<Amount>, DecodeError> {
 #[error("{0}")]
 pub struct Refusal(pub String);
 
+/// This card's certificate for a message to a peer that `named` the one
+/// it holds: nothing if that is this card's certificate, else the
+/// certificate.
+fn own_certificate(cx: &Ctx<'_>, named: Option<[u8; 8]>) -> Vec<u8> {
+    match named == Some(cx.crypto.certificate_ref()) {
+        true => Vec::new(),
+        false => cx.crypto.certificate(),
+    }
+}
+
 /// The certificate of `peer` that this card named as held (`knows`) and
 /// `what` therefore left out: refused if it named none or no longer holds
 /// it (a power cycle empties the card's memory; the exchange then ends
@@ -374,7 +384,7 @@ pub struct VoucherCard {
     pub accepted: VecDeque<[u8; 32]>,
     /// The TTP this card trusts, installed at personalization.
     pub ttp: Option<EntityId>,
-    /// The TTP's certificate (DER), pinned at personalization: admissions
+    /// The TTP's CV certificate, pinned at personalization: admissions
     /// must carry this certificate or one from the CA for the same key (a
     /// renewal).
     pub ttp_certificate: Option<Vec<u8>>,
@@ -917,12 +927,9 @@ impl VoucherCard {
         };
         // The record keeps the certificate (recovery sends it to the TTP);
         // m2 leaves it out when the initiator said it holds it.
-        let sent = match offer.knows == Some(cx.crypto.certificate_ref()) {
-            true => Agreement {
-                certificate: Vec::new(),
-                ..agreement.clone()
-            },
-            false => agreement.clone(),
+        let sent = Agreement {
+            certificate: own_certificate(cx, offer.knows),
+            ..agreement.clone()
         };
         let out = Out {
             dst: offer.initiator,
@@ -1019,11 +1026,7 @@ impl VoucherCard {
         let conf = Confirmation {
             id: a.id,
             signature: cx.crypto.sign(&Confirmation::signed_bytes(&a.id)),
-            // Left out when the responder said it holds it.
-            certificate: match a.knows == Some(cx.crypto.certificate_ref()) {
-                true => Vec::new(),
-                false => cx.crypto.certificate(),
-            },
+            certificate: own_certificate(cx, a.knows),
         };
         let out = Out {
             dst: offer.responder,
@@ -1066,6 +1069,16 @@ impl VoucherCard {
         };
         if e.role != Role::Responder || src != e.offer.initiator {
             return refuse("confirmation from the wrong party");
+        }
+        // A repeated m3 after committing gets m4 again, though a card
+        // that restarted since no longer holds the certificate it left
+        // out: n2 went out with the first m4.
+        if let (true, Phase::Committed, Some(n2)) = (c.certificate.is_empty(), e.phase, e.n2) {
+            return Ok(vec![Out {
+                dst: e.offer.initiator,
+                mtype: msg::COMMITMENT,
+                param: Commitment { n2 }.to_bytes(),
+            }]);
         }
         let certificate = match c.certificate.is_empty() {
             true => known(cx, e.offer.initiator, e.agreement.knows, "confirmation")?,

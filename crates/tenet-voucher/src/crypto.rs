@@ -1,5 +1,5 @@
 //! What the protocol needs from cryptography, injected so the same state
-//! machines run on a card (ECDSA P-256 with its X.509 certificate), in the
+//! machines run on a card (ECDSA P-256 with its CV certificate), in the
 //! TTP, and in deterministic tests and the model checker.
 
 use tenet_proto::EntityId;

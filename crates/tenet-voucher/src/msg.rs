@@ -340,10 +340,7 @@ impl Codec for Offer {
         }
         Ok(Self {
             redeem,
-            knows: f
-                .get(T_KNOWS)
-                .map(|_| f.require_array(T_KNOWS, "known certificate"))
-                .transpose()?,
+            knows: knows_at(&f)?,
             initiator: id_at(&f, T_A, "initiator")?,
             responder: id_at(&f, T_B, "responder")?,
             give: amount_at(&f, T_GIVE, "give")?,
@@ -356,6 +353,13 @@ impl Codec for Offer {
                 .map(u64::from_be_bytes),
         })
     }
+}
+
+/// The optional reference of a certificate the sender holds (`T_KNOWS`).
+fn knows_at(f: &Fields<'_>) -> Result<Option<[u8; 8]>, DecodeError> {
+    f.get(T_KNOWS)
+        .map(|_| f.require_array(T_KNOWS, "known certificate"))
+        .transpose()
 }
 
 /// The agreement `m2 = {(h(v1 v2 n1) | h(n2))_PkB, Cert_B}`.
@@ -405,10 +409,7 @@ impl Codec for Agreement {
         let f = Fields::parse(r.rest())?;
         f.only(&[T_A, T_B, T_C, T_D, T_DELEGATION, T_KNOWS], "agreement")?;
         Ok(Self {
-            knows: f
-                .get(T_KNOWS)
-                .map(|_| f.require_array(T_KNOWS, "known certificate"))
-                .transpose()?,
+            knows: knows_at(&f)?,
             delegation: f.get(T_DELEGATION).map(Delegation::decode).transpose()?,
             offer_digest: f.require_array(T_A, "offer digest")?,
             id: ExchangeId(f.require_array(T_B, "exchange id")?),
