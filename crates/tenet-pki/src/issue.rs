@@ -346,11 +346,23 @@ pub fn issue_entity_key_with(
     id: EntityId,
     lifetime: Lifetime,
 ) -> Result<HostFiles, CertError> {
+    issue_signing_key(dir, &format!("{name}-entity"), id, CvRole::Entity, lifetime)
+}
+
+/// A signing key and certificate for `id` in `role`, `dir/STEM.pem` and
+/// `.key` (renewed in place if they exist).
+fn issue_signing_key(
+    dir: &Path,
+    stem: &str,
+    id: EntityId,
+    role: CvRole,
+    lifetime: Lifetime,
+) -> Result<HostFiles, CertError> {
     issue_for_key(
         dir,
-        &format!("{name}-entity"),
+        stem,
         vec![id.certificate_name()],
-        Some((id, CvRole::Entity)),
+        Some((id, role)),
         lifetime,
     )
 }
@@ -365,13 +377,7 @@ pub fn issue_card_key_with(
     id: EntityId,
     lifetime: Lifetime,
 ) -> Result<HostFiles, CertError> {
-    issue_for_key(
-        dir,
-        &format!("{name}-card"),
-        vec![id.certificate_name()],
-        Some((id, CvRole::Card)),
-        lifetime,
-    )
+    issue_signing_key(dir, &format!("{name}-card"), id, CvRole::Card, lifetime)
 }
 
 /// [`issue_card_key_with`] for [`CARD_DAYS`].

@@ -433,6 +433,28 @@ fn a_forged_agreement_is_refused() {
     assert_eq!(w.balances(), [5, 0, 0, 3], "v1 not deleted");
 }
 
+/// An agreement to `offer` for exchange `id`, signed with the key in
+/// `files` and carrying its certificate.
+fn agreement_signed_with(
+    files: &tenet_pki::HostFiles,
+    offer: &msg::Offer,
+    id: msg::ExchangeId,
+) -> msg::Agreement {
+    use tenet_voucher::crypto::Crypto;
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+    let mut key =
+        KeyCrypto::from_pem(&read(&files.key), &read(&files.cert), &read(&files.ca)).unwrap();
+    let digest = offer.digest();
+    msg::Agreement {
+        knows: None,
+        delegation: None,
+        offer_digest: digest,
+        id,
+        signature: key.sign(&msg::Agreement::signed_bytes(&digest, &id)),
+        certificate: key.certificate(),
+    }
+}
+
 #[test]
 fn an_agreement_certified_by_another_ca_is_refused() {
     let mut w = World::new();
@@ -441,21 +463,8 @@ fn an_agreement_certified_by_another_ca_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let rogue_ca = dir.path().join("rogue");
     tenet_pki::ensure_ca(&rogue_ca, "rogue CA").unwrap();
-    let files = tenet_pki::issue_entity_key(&rogue_ca, "fake-b", dom(B).owner()).unwrap();
-    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
-    let mut fake =
-        KeyCrypto::from_pem(&read(&files.key), &read(&files.cert), &read(&files.ca)).unwrap();
-    use tenet_voucher::crypto::Crypto;
-    let id = msg::ExchangeId([3; 32]);
-    let digest = offer.digest();
-    let agreement = msg::Agreement {
-        knows: None,
-        delegation: None,
-        offer_digest: digest,
-        id,
-        signature: fake.sign(&msg::Agreement::signed_bytes(&digest, &id)),
-        certificate: fake.certificate(),
-    };
+    let files = tenet_pki::issue_card_key(&rogue_ca, "fake-b", dom(B).owner()).unwrap();
+    let agreement = agreement_signed_with(&files, &offer, msg::ExchangeId([3; 32]));
     let out = w.agreement_to_a(&agreement);
     let text = Refused::decode(&out[0].param).unwrap().text;
     assert!(text.contains("certificate chain"), "{text}");
@@ -470,20 +479,7 @@ fn an_agreement_signed_under_an_entity_certificate_is_refused() {
     let mut w = World::new();
     let offer = msg::Offer::decode(&w.order_offer().param).unwrap();
     let files = tenet_pki::issue_entity_key(&w.ca, "entity-b", dom(B).owner()).unwrap();
-    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
-    let mut entity =
-        KeyCrypto::from_pem(&read(&files.key), &read(&files.cert), &read(&files.ca)).unwrap();
-    use tenet_voucher::crypto::Crypto;
-    let id = msg::ExchangeId([4; 32]);
-    let digest = offer.digest();
-    let agreement = msg::Agreement {
-        knows: None,
-        delegation: None,
-        offer_digest: digest,
-        id,
-        signature: entity.sign(&msg::Agreement::signed_bytes(&digest, &id)),
-        certificate: entity.certificate(),
-    };
+    let agreement = agreement_signed_with(&files, &offer, msg::ExchangeId([4; 32]));
     let out = w.agreement_to_a(&agreement);
     let text = Refused::decode(&out[0].param).unwrap().text;
     assert!(text.contains("certifies a software entity"), "{text}");

@@ -141,7 +141,7 @@ pub struct Refusal(pub String);
 /// it holds: nothing if that is this card's certificate, else the
 /// certificate.
 fn own_certificate(cx: &Ctx<'_>, named: Option<[u8; 8]>) -> Vec<u8> {
-    match named == Some(cx.crypto.certificate_ref()) {
+    match named.is_some_and(|r| r == cx.crypto.certificate_ref()) {
         true => Vec::new(),
         false => cx.crypto.certificate(),
     }
