@@ -11,7 +11,8 @@
 //!   admission.
 //! - Exchanges per second: pairs of hosts, a card each, on the same
 //!   nats-server, each pair trading one exchange after the other
-//!   ([`crate::exchange`]'s trade); all pairs at once.
+//!   ([`crate::exchange`]'s `Trader`); all pairs at once, timed from when
+//!   every wallet is open and its vouchers minted.
 //!
 //! Each round measures every replica count and every pair count, one after
 //! the other; the figures are ratios to the first count of the same round,
@@ -33,7 +34,7 @@ use tenet_voucher::crypto::{Crypto, KeyCrypto};
 use tenet_voucher::model::{Amount, VoucherClass};
 use tenet_voucher::msg::{self, Agreement, ExchangeId, Kind, Offer, RecoveryRequest};
 
-use crate::exchange::{Pair, Setup, domain, trade};
+use crate::exchange::{Pair, Setup, Trader, domain};
 use crate::report::{Plot, Section, progress};
 
 /// Requests in flight from the load client at once.
@@ -256,11 +257,20 @@ async fn drive(url: &str, ttp: EntityId, requests: Vec<Message>) -> Result<f64> 
 /// One exchange run: the first `n` pairs trading `exchanges` each at once;
 /// exchanges per second in all.
 async fn exchanges(pairs: &[Pair], n: usize, exchanges: u32) -> Result<f64> {
+    // Wallets opened and vouchers minted first: only the exchanges are timed.
+    let ready = pairs[..n].iter().map(|p| Trader::ready(p, exchanges));
+    let mut traders = futures_util::future::join_all(ready)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
     let t0 = Instant::now();
-    let runs = futures_util::future::join_all(pairs[..n].iter().map(|p| trade(p, exchanges))).await;
+    let runs = futures_util::future::join_all(traders.iter_mut().map(Trader::run)).await;
     let elapsed = t0.elapsed();
     for r in runs {
         r?;
+    }
+    for t in traders {
+        t.check().await?;
     }
     Ok((n as u64 * u64::from(exchanges)) as f64 / elapsed.as_secs_f64())
 }
