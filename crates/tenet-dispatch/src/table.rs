@@ -1038,6 +1038,14 @@ impl DispatchTable {
         })
     }
 
+    /// The encoded length of the message [`take`](Self::take) would give
+    /// `ep` next, if any waits.
+    pub fn next_len(&self, ep: EndpointId) -> Option<usize> {
+        let e = self.endpoints.get(&ep)?;
+        let lane = e.lanes.get(e.ready.front()?)?;
+        lane.queue.front().map(|q| q.message.encoded_len())
+    }
+
     /// Messages waiting for `ep`.
     pub fn pending(&self, ep: EndpointId) -> usize {
         self.endpoints.get(&ep).map_or(0, |e| e.held.messages)

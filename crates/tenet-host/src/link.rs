@@ -62,6 +62,11 @@ pub trait CardLink: Send {
     fn extended(&self) -> bool;
     /// For logs: what the link is.
     fn describe(&self) -> String;
+    /// Whether a command may wait on something outside the daemon (a
+    /// reader, pcscd): such a link is driven by the proxy thread alone.
+    fn waits(&self) -> bool {
+        true
+    }
 }
 
 /// The virtual card inside the daemon.
@@ -92,6 +97,10 @@ impl CardLink for InProcessLink {
 
     fn describe(&self) -> String {
         "in-process virtual card".into()
+    }
+
+    fn waits(&self) -> bool {
+        false
     }
 }
 
@@ -233,6 +242,12 @@ impl CardSession {
         self.stats.clone()
     }
 
+    /// Whether the card runs in the daemon: its commands wait on nothing
+    /// outside it (its store's writes aside).
+    pub fn in_process(&self) -> bool {
+        !self.link.waits()
+    }
+
     /// What the link is.
     pub fn describe(&self) -> String {
         format!(
@@ -309,6 +324,13 @@ impl CardSession {
         }
         r.data = data;
         Ok(r)
+    }
+
+    /// The longest message one DELIVER command carries without chaining
+    /// (the compact form's header is shorter, so this errs on the safe
+    /// side).
+    pub fn one_command(&self) -> usize {
+        if self.short { 255 } else { 65_535 }
     }
 
     fn le(&self) -> usize {

@@ -8,6 +8,15 @@
 //! answers (ingress path `card`). It also assigns ports for apps acquiring
 //! ids (ASSIGN PORT).
 //!
+//! The in-process virtual card waits on nothing outside the daemon, so the
+//! task that stores a message for it delivers that message itself, if the
+//! card is free and the message fits one command (`drive`): no hand-off to
+//! the thread and back, whose two wake-ups per message were most of a
+//! local exchange's time. The card's applets and its store's writes (an
+//! fsync on disk) then run on that task; one task at a time drives the
+//! card, the others leave their messages to the thread. A card in a reader
+//! is driven by the thread alone.
+//!
 //! The card is the daemon's alone: a PC/SC reader is held exclusively on
 //! every connection (`PcscLink`), so no other local PC/SC client can select
 //! the card, deliver to it under a guessed authenticated `src`, assign
@@ -37,6 +46,7 @@
 //! executed by the card) is sent again, only to the same card.
 
 use std::sync::Arc;
+use std::sync::TryLockError;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
@@ -46,7 +56,7 @@ use tenet_proto::{Codec, EntityId, Message, Mtype, Port};
 use tracing::{debug, info, warn};
 
 use crate::link::{CardSession, LinkError, SessionError};
-use crate::server::{Shared, lock};
+use crate::server::{CardAttach, Shared, lock};
 
 /// Requests to the proxy thread.
 pub(crate) enum ProxyCmd {
@@ -77,25 +87,27 @@ const RETRY: Duration = Duration::from_millis(500);
 /// acquiring an id waits behind at most this many, however long the card's
 /// queue stays full (a flood keeps it so).
 const BATCH: usize = 8;
-pub(crate) fn run(
-    shared: Arc<Shared>,
-    session: CardSession,
-    rx: Receiver<ProxyCmd>,
-    ep: EndpointId,
-    card: EntityId,
-    clock: Duration,
-) {
-    let mut link = Attached {
-        session,
-        card,
-        clock,
-        failed: None,
-        more: false,
+
+/// The proxy thread: gives the card its time, delivers what waits for it
+/// when woken, reconnects a missing card, assigns ports. Ends on
+/// [`ProxyCmd::Stop`] or when the host drops its sender.
+pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<ProxyCmd>) {
+    let Some(card) = shared.card.as_ref() else {
+        return;
     };
-    // The card's time first, before anything is delivered to it.
-    let mut connected = tell_time(&shared, &mut link);
+    // The card's time first, before anything is delivered to it: until
+    // then `connected` is false, so no task delivers inline.
+    if let Some(link) = lock(&card.session).as_mut() {
+        link.connected = tell_time(&shared, link);
+    }
     loop {
-        let cmd = if connected && link.more {
+        let Some((connected, more, due)) = lock(&card.session)
+            .as_ref()
+            .map(|l| (l.connected, l.more, l.session.time_due_in(l.clock)))
+        else {
+            return;
+        };
+        let cmd = if connected && more {
             // Messages still wait: look at the requests, then go on.
             rx.try_recv().map_err(|e| match e {
                 TryRecvError::Empty => RecvTimeoutError::Timeout,
@@ -103,7 +115,7 @@ pub(crate) fn run(
             })
         } else if connected {
             // Wakes for the next tick of the card's clock (drain tells it).
-            rx.recv_timeout(link.session.time_due_in(link.clock))
+            rx.recv_timeout(due)
         } else {
             rx.recv_timeout(RETRY)
         };
@@ -112,17 +124,21 @@ pub(crate) fn run(
             Err(RecvTimeoutError::Timeout) => ProxyCmd::Wake,
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        if !connected {
-            connected = link.reconnect();
+        let mut guard = lock(&card.session);
+        let Some(link) = guard.as_mut() else {
+            return;
+        };
+        if !link.connected {
+            link.connected = link.reconnect();
         }
         match cmd {
             ProxyCmd::Stop => return,
             ProxyCmd::AssignPort(reply) => {
-                let r = if connected {
+                let r = if link.connected {
                     match link.session.assign_port() {
                         Ok(p) => Ok(p),
                         Err(SessionError::Link(e)) => {
-                            connected = link.handle_link_error(&e);
+                            link.connected = link.handle_link_error(&e);
                             Err(NoPort::Unavailable(e))
                         }
                         Err(e) => Err(NoPort::Refused(e)),
@@ -134,14 +150,55 @@ pub(crate) fn run(
             }
             ProxyCmd::Wake => {}
         }
-        if connected {
-            connected = drain(&shared, &mut link, ep);
+        if link.connected {
+            link.connected = drain(&shared, link, card.ep, Drain::Thread);
         }
     }
 }
 
+/// Delivers what waits for the card on the calling task, when the card's
+/// link waits on nothing outside the daemon (the in-process virtual card:
+/// its applets and its store's writes run here) and no one else drives the
+/// card now. Saves the hand-off to the proxy thread and back, two thread
+/// wake-ups per message. Returns whether all was done: `false` leaves the
+/// rest to the proxy thread, which the caller wakes (the card is busy,
+/// missing, on a reader, or more than [`BATCH`] messages wait).
+pub(crate) fn drive(shared: &Shared, card: &CardAttach) -> bool {
+    if !card.inline {
+        return false;
+    }
+    let mut guard = match card.session.try_lock() {
+        Ok(g) => g,
+        Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        // Whoever holds it takes the table's messages after it released
+        // none it has not seen, or is the proxy thread, which the caller
+        // wakes again.
+        Err(TryLockError::WouldBlock) => return false,
+    };
+    let Some(link) = guard.as_mut() else {
+        // The host stopped.
+        return true;
+    };
+    if !link.connected {
+        return false;
+    }
+    link.connected = drain(shared, link, card.ep, Drain::Inline);
+    link.connected && !link.more
+}
+
+/// Who delivers, and so how much.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    /// The proxy thread: up to [`BATCH`] messages.
+    Thread,
+    /// A task that stored a message for the card: one message, and only if
+    /// it fits one command (over short APDUs a large message takes hundreds
+    /// of chained commands: that is the thread's work, not a worker's).
+    Inline,
+}
+
 /// The session with the card, and why the last reconnection failed.
-struct Attached {
+pub(crate) struct Attached {
     session: CardSession,
     card: EntityId,
     /// How often the card is given the time (`[card] clock_secs`).
@@ -151,9 +208,24 @@ struct Attached {
     failed: Option<SessionError>,
     /// The last drain stopped after a batch with messages still waiting.
     more: bool,
+    /// The card is selected and has been told the time: messages may be
+    /// delivered.
+    connected: bool,
 }
 
 impl Attached {
+    /// A session not yet told the time: the proxy thread tells it first.
+    pub(crate) fn new(session: CardSession, card: EntityId, clock: Duration) -> Self {
+        Self {
+            session,
+            card,
+            clock,
+            failed: None,
+            more: false,
+            connected: false,
+        }
+    }
+
     /// Reconnects (the card is reset) and checks it is the daemon's card.
     /// Returns whether the card is usable.
     fn reconnect(&mut self) -> bool {
@@ -193,17 +265,33 @@ impl Attached {
     }
 }
 
-/// Delivers what waits for the card, up to [`BATCH`] messages (then
-/// `link.more` is set). Returns whether the card is still connected.
-fn drain(shared: &Shared, link: &mut Attached, ep: EndpointId) -> bool {
+/// Delivers what waits for the card, as much as `who` delivers (then
+/// `link.more` is set if messages still wait). Returns whether the card is
+/// still connected.
+fn drain(shared: &Shared, link: &mut Attached, ep: EndpointId, who: Drain) -> bool {
     let card = link.card;
     link.more = false;
-    for _ in 0..BATCH {
+    let (batch, most_len) = match who {
+        Drain::Thread => (BATCH, usize::MAX),
+        Drain::Inline => (1, link.session.one_command()),
+    };
+    for _ in 0..batch {
         // After a reconnection or reset, and every hour: the time first.
         if !tell_time(shared, link) {
             return false;
         }
-        let Some(d) = lock(&shared.table).take(ep) else {
+        let d = {
+            let mut core = lock(&shared.table);
+            match core.table().next_len(ep) {
+                None => return true,
+                Some(len) if len > most_len => {
+                    link.more = true;
+                    return true;
+                }
+                Some(_) => core.take(ep),
+            }
+        };
+        let Some(d) = d else {
             return true;
         };
         let m = d.message;
@@ -241,7 +329,7 @@ fn drain(shared: &Shared, link: &mut Attached, ep: EndpointId) -> bool {
             }
         }
     }
-    link.more = true;
+    link.more = lock(&shared.table).table().next_len(ep).is_some();
     true
 }
 

@@ -273,11 +273,17 @@ pub(crate) struct Shared {
 
 /// The host's card, as the daemon sees it.
 pub(crate) struct CardAttach {
-    ep: EndpointId,
+    pub(crate) ep: EndpointId,
     id: EntityId,
     tx: std::sync::mpsc::Sender<ProxyCmd>,
     pub(crate) stats: Arc<LinkStats>,
     link: String,
+    /// The session with the card: the proxy thread's, and also, for a card
+    /// whose link waits on nothing outside the daemon (`inline`), that of
+    /// any task that stores a message for the card (`proxy::drive`).
+    /// `None` once the host stopped, so the card's store is closed.
+    pub(crate) session: Mutex<Option<crate::proxy::Attached>>,
+    pub(crate) inline: bool,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -488,6 +494,7 @@ impl HostHandle {
             if let Some(t) = thread {
                 let _ = tokio::task::spawn_blocking(move || t.join()).await;
             }
+            lock(&card.session).take();
         }
         let _ = std::fs::remove_file(&self.socket);
         info!(socket = %self.socket.display(), "host stopped");
@@ -586,17 +593,21 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
         })
     });
     let (proxy_tx, proxy_rx) = std::sync::mpsc::channel();
-    let attach = card
-        .as_ref()
-        .zip(card_ep)
-        .map(|((session, info), ep)| CardAttach {
-            ep,
-            id: info.domain.owner(),
-            tx: proxy_tx,
-            stats: session.stats(),
-            link: session.describe(),
-            thread: Mutex::new(None),
-        });
+    let card_info = card.as_ref().map(|(_, info)| info.clone());
+    let attach = card.zip(card_ep).map(|((session, info), ep)| CardAttach {
+        ep,
+        id: info.domain.owner(),
+        tx: proxy_tx,
+        stats: session.stats(),
+        link: session.describe(),
+        inline: session.in_process(),
+        session: Mutex::new(Some(crate::proxy::Attached::new(
+            session,
+            info.domain.owner(),
+            settings.card_clock,
+        ))),
+        thread: Mutex::new(None),
+    });
     let shared = Arc::new(Shared {
         table: Mutex::new(core),
         conns: Mutex::new(HashMap::new()),
@@ -627,12 +638,12 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
             .spawn(move || svc.run(rx, host))
             .map_err(|error| HostError::Ttp(ServiceError::Thread { name, error }))?;
     }
-    if let (Some((session, info)), Some(a)) = (card, &shared.card) {
+    if let (Some(info), Some(a)) = (card_info, &shared.card) {
         info!(card = %info.domain.owner(), link = %a.link, privileged = ?info.privileged, "card attached");
-        let (sh, ep, id, clock) = (shared.clone(), a.ep, a.id, settings.card_clock);
+        let sh = shared.clone();
         let t = std::thread::Builder::new()
             .name("tenet-card-proxy".into())
-            .spawn(move || crate::proxy::run(sh, session, proxy_rx, ep, id, clock))
+            .spawn(move || crate::proxy::run(sh, proxy_rx))
             .map_err(|e| HostError::Card(CardAttachError::Thread(e)))?;
         *lock(&a.thread) = Some(t);
     }
@@ -849,7 +860,9 @@ fn wake_reader(shared: &Shared, ep: EndpointId, kind: EndpointKind) {
             }
         }
         EndpointKind::Card => {
-            if let Some(c) = shared.card.as_ref().filter(|c| c.ep == ep) {
+            if let Some(c) = shared.card.as_ref().filter(|c| c.ep == ep)
+                && !crate::proxy::drive(shared, c)
+            {
                 let _ = c.tx.send(ProxyCmd::Wake);
             }
         }
