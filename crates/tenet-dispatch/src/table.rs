@@ -1038,12 +1038,12 @@ impl DispatchTable {
         })
     }
 
-    /// The encoded length of the message [`take`](Self::take) would give
-    /// `ep` next, if any waits.
-    pub fn next_len(&self, ep: EndpointId) -> Option<usize> {
+    /// The message [`take`](Self::take) would give `ep` next, if any
+    /// waits.
+    pub fn peek(&self, ep: EndpointId) -> Option<&Message> {
         let e = self.endpoints.get(&ep)?;
         let lane = e.lanes.get(e.ready.front()?)?;
-        lane.queue.front().map(|q| q.message.encoded_len())
+        lane.queue.front().map(|q| &q.message)
     }
 
     /// Messages waiting for `ep`.

@@ -10,7 +10,8 @@
 //!
 //! The in-process virtual card waits on nothing outside the daemon, so the
 //! task that stores a message for it delivers that message itself, if the
-//! card is free and the message fits one command (`drive`): no hand-off to
+//! card is free, the message fits one command and it is not a PIN check
+//! (`drive`): no hand-off to
 //! the thread and back, whose two wake-ups per message were most of a
 //! local exchange's time. The card's applets and its store's writes (an
 //! fsync on disk) then run on that task; one task at a time drives the
@@ -186,14 +187,26 @@ pub(crate) fn drive(shared: &Shared, card: &CardAttach) -> bool {
     link.connected && !link.more
 }
 
+/// Whether a task may deliver `m` itself (`drive`): not if it needs
+/// chained commands (`one_command` is the most one command carries), nor
+/// if it asks for the card's PIN or PUK to be checked or changed: those run
+/// Argon2 on purpose slowly, tens of milliseconds no worker should wait.
+fn inline_fits(m: &Message, one_command: usize) -> bool {
+    m.encoded_len() <= one_command
+        && !matches!(
+            m.mtype(),
+            Mtype::VERIFY_PIN | Mtype::UNBLOCK_PIN | Mtype::CHANGE_PIN
+        )
+}
+
 /// Who delivers, and so how much.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Drain {
     /// The proxy thread: up to [`BATCH`] messages.
     Thread,
     /// A task that stored a message for the card: one message, and only if
-    /// it fits one command (over short APDUs a large message takes hundreds
-    /// of chained commands: that is the thread's work, not a worker's).
+    /// [`inline_fits`] (over short APDUs a large message takes hundreds of
+    /// chained commands: that is the thread's work, not a worker's).
     Inline,
 }
 
@@ -271,9 +284,9 @@ impl Attached {
 fn drain(shared: &Shared, link: &mut Attached, ep: EndpointId, who: Drain) -> bool {
     let card = link.card;
     link.more = false;
-    let (batch, most_len) = match who {
-        Drain::Thread => (BATCH, usize::MAX),
-        Drain::Inline => (1, link.session.one_command()),
+    let batch = match who {
+        Drain::Thread => BATCH,
+        Drain::Inline => 1,
     };
     for _ in 0..batch {
         // After a reconnection or reset, and every hour: the time first.
@@ -282,9 +295,9 @@ fn drain(shared: &Shared, link: &mut Attached, ep: EndpointId, who: Drain) -> bo
         }
         let d = {
             let mut core = lock(&shared.table);
-            match core.table().next_len(ep) {
+            match core.table().peek(ep) {
                 None => return true,
-                Some(len) if len > most_len => {
+                Some(m) if who == Drain::Inline && !inline_fits(m, link.session.one_command()) => {
                     link.more = true;
                     return true;
                 }
@@ -329,7 +342,7 @@ fn drain(shared: &Shared, link: &mut Attached, ep: EndpointId, who: Drain) -> bo
             }
         }
     }
-    link.more = lock(&shared.table).table().next_len(ep).is_some();
+    link.more = lock(&shared.table).table().peek(ep).is_some();
     true
 }
 
