@@ -268,3 +268,68 @@ async fn the_proxy_gives_the_card_the_hosts_time_at_attach() {
     .unwrap();
     assert_eq!(c.state().clock_bound, ahead, "a refused time moves nothing");
 }
+
+/// Tasks that store messages for the in-process card deliver them
+/// themselves when the card is free and leave them to the proxy thread
+/// when it is not: with many apps sending at once, on several workers, and
+/// PIN checks (always the thread's) among them, every message is answered
+/// once and each app's answers come in its order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_sending_to_the_card_at_once_each_get_every_answer_in_order() {
+    const APPS: usize = 8;
+    const EACH: u32 = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let card = make_card(dir.path());
+    let h = host(dir.path(), &card).await;
+    let mut apps = Vec::new();
+    for a in 0..APPS {
+        let mut c = Capability::acquire(h.socket_path()).await.unwrap();
+        apps.push(tokio::spawn(async move {
+            for k in 0..EACH {
+                if a == 0 && k % 20 == 0 {
+                    c.send(
+                        DOMAIN.owner(),
+                        Mtype::VERIFY_PIN,
+                        VerifyPin {
+                            pin: b"2468".to_vec(),
+                        }
+                        .to_bytes(),
+                    )
+                    .await
+                    .unwrap();
+                }
+                c.send(
+                    DOMAIN.owner(),
+                    Mtype::ECHO_REQUEST,
+                    k.to_be_bytes().to_vec(),
+                )
+                .await
+                .unwrap();
+            }
+            let mut next = 0u32;
+            while next < EACH {
+                let m = recv(&mut c).await;
+                assert_eq!(m.src(), DOMAIN.owner());
+                if m.mtype() == Mtype::PIN_STATUS {
+                    assert_eq!(
+                        PinStatus::decode(&m.param).unwrap().outcome,
+                        PinOutcome::Verified
+                    );
+                    continue;
+                }
+                assert_eq!(m.mtype(), Mtype::ECHO_REPLY);
+                assert_eq!(m.param, next.to_be_bytes(), "app {a}: answers in order");
+                next += 1;
+            }
+        }));
+    }
+    for a in apps {
+        a.await.unwrap();
+    }
+    let (apdus, _, _) = h.card_link_stats().unwrap();
+    assert!(
+        apdus >= (APPS as u64) * u64::from(EACH),
+        "every message went to the card once ({apdus} APDUs)"
+    );
+    h.shutdown().await;
+}
