@@ -1429,16 +1429,23 @@ fn digests<'a>(
 }
 
 impl Codec for VoucherCard {
+    /// The fields a protocol step changes come first, each exchange's own
+    /// before its offer and agreement, and lists grow at their end: a
+    /// card that updates its record in place reprograms fewer EEPROM pages
+    /// per step (`tenet_card::timing::pages_changed`). Decoding takes the
+    /// fields in any order, so records written in the older order read
+    /// the same.
     fn encode(&self, out: &mut Vec<u8>) {
+        if self.next_seq > 0 {
+            tlv::write(out, T_NEXT_SEQ, &self.next_seq.to_be_bytes());
+        }
+        if self.acked > 0 {
+            tlv::write(out, T_ACKED, &self.acked.to_be_bytes());
+        }
         tlv::write_with(out, T_BAL, |out| write_balances(out, &self.balances));
-        tlv::write_with(out, T_OFFERS, |out| {
-            list(out, self.offers.values(), |out, o| o.encode(out))
-        });
         tlv::write_with(out, T_EX, |out| {
             list(out, self.exchanges.values(), |b, e| {
                 tlv::write(b, Tag(0x80), &[e.role as u8, e.phase.code()]);
-                tlv::write_codec(b, Tag(0xa1), &e.offer);
-                tlv::write_codec(b, Tag(0xa2), &e.agreement);
                 if let Some(n2) = &e.n2 {
                     tlv::write(b, Tag(0x83), n2);
                 }
@@ -1450,16 +1457,28 @@ impl Codec for VoucherCard {
                 if let Some(seq) = e.seq {
                     tlv::write(b, Tag(0x85), &seq.to_be_bytes());
                 }
+                tlv::write_codec(b, Tag(0xa1), &e.offer);
+                tlv::write_codec(b, Tag(0xa2), &e.agreement);
                 if let Some(a) = &e.admission {
                     tlv::write_codec(b, Tag(0xa6), a);
                 }
             })
+        });
+        tlv::write_with(out, T_OFFERS, |out| {
+            list(out, self.offers.values(), |out, o| o.encode(out))
         });
         tlv::write_with(out, T_SEEN, |out| {
             for a in &self.accepted {
                 out.extend_from_slice(a);
             }
         });
+        if !self.finished.is_empty() {
+            tlv::write_with(out, T_FINISHED, |out| {
+                for id in &self.finished {
+                    out.extend_from_slice(&id.0);
+                }
+            });
+        }
         if let Some(t) = &self.ttp {
             tlv::write(out, T_TTP, &t.to_array());
         }
@@ -1469,24 +1488,11 @@ impl Codec for VoucherCard {
         if let Some(c) = &self.ttp_certificate {
             tlv::write(out, T_TTP_CERT, c);
         }
-        if !self.finished.is_empty() {
-            tlv::write_with(out, T_FINISHED, |out| {
-                for id in &self.finished {
-                    out.extend_from_slice(&id.0);
-                }
-            });
-        }
         tlv::write(out, T_RECOVER_AFTER, &self.recover_after.to_be_bytes());
         if !self.delegations.is_empty() {
             tlv::write_with(out, T_DELEGATIONS, |out| {
                 list(out, self.delegations.values(), |out, d| d.encode(out))
             });
-        }
-        if self.next_seq > 0 {
-            tlv::write(out, T_NEXT_SEQ, &self.next_seq.to_be_bytes());
-        }
-        if self.acked > 0 {
-            tlv::write(out, T_ACKED, &self.acked.to_be_bytes());
         }
     }
 
