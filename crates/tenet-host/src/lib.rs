@@ -11,7 +11,8 @@
 //! - [`config`]: the TOML configuration.
 //! - [`state`]: the persistent software domain and port counter.
 //! - [`link`]: card links (in-process, PC/SC) and the APDU session.
-//! - `proxy`: the smartcard proxy thread between table and card.
+//! - `proxy`: the smartcard proxy between table and card: its thread, and
+//!   the tasks that deliver to the in-process card themselves.
 //! - [`server`]: the socket server; [`start`] runs a daemon.
 //!
 //! - [`remote`]: the remote proxy: links to other hosts over TLS, routing

@@ -115,6 +115,9 @@ pub struct LinkStats {
     pub bytes_in: AtomicU64,
     /// Nanoseconds spent waiting for the card's responses.
     pub busy_ns: AtomicU64,
+    /// Messages delivered by the task that stored them rather than by the
+    /// proxy thread (the in-process card only).
+    pub inline: AtomicU64,
 }
 
 impl LinkStats {
@@ -240,6 +243,11 @@ impl CardSession {
     /// The counters (shared; they keep counting).
     pub fn stats(&self) -> std::sync::Arc<LinkStats> {
         self.stats.clone()
+    }
+
+    /// Counts a message delivered by the task that stored it.
+    pub(crate) fn count_inline(&self) {
+        self.stats.inline.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether the card runs in the daemon: its commands wait on nothing

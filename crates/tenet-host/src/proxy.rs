@@ -1,22 +1,23 @@
 //! The smartcard proxy (paper 4.3.4): moves messages between the dispatch
 //! table and the host's card.
 //!
-//! It owns the card link on a thread of its own (PC/SC calls block). The
-//! card's id `DOMAIN:0` is bound to the proxy's endpoint; when messages for
-//! it are stored, the daemon wakes the proxy, which takes them one at a
+//! It drives the card link from a thread of its own (PC/SC calls block).
+//! The card's id `DOMAIN:0` is bound to the proxy's endpoint; when messages
+//! for it are stored, the daemon wakes the proxy, which takes them one at a
 //! time, delivers each with one DELIVER APDU, and stores what the card
 //! answers (ingress path `card`). It also assigns ports for apps acquiring
-//! ids (ASSIGN PORT).
+//! ids (ASSIGN PORT) and gives the card its time.
 //!
 //! The in-process virtual card waits on nothing outside the daemon, so the
-//! task that stores a message for it delivers that message itself, if the
-//! card is free, the message fits one command and it is not a PIN check
-//! (`drive`): no hand-off to
-//! the thread and back, whose two wake-ups per message were most of a
-//! local exchange's time. The card's applets and its store's writes (an
-//! fsync on disk) then run on that task; one task at a time drives the
-//! card, the others leave their messages to the thread. A card in a reader
-//! is driven by the thread alone.
+//! task that stores a message for it delivers that message itself (`drive`)
+//! when the card's queue held nothing else, the card is free and has been
+//! quick (its deliveries took under 500 us on average: not a store on a
+//! slow disk), its time is not due, and the message fits one command and
+//! is not a PIN or PUK check: no hand-off to the thread and back, whose two
+//! wake-ups per message were most of a local exchange's time. The card's
+//! applets and its store's writes then run on that task; one task at a
+//! time drives the card, the others leave their messages to the thread. A
+//! card in a reader is driven by the thread alone.
 //!
 //! The card is the daemon's alone: a PC/SC reader is held exclusively on
 //! every connection (`PcscLink`), so no other local PC/SC client can select
@@ -54,7 +55,7 @@ use std::time::{Duration, Instant};
 use tenet_dispatch::{EndpointId, Ingress};
 use tenet_proto::notice::{Refused, UndeliverableReason};
 use tenet_proto::{Codec, EntityId, Message, Mtype, Port};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::link::{CardSession, LinkError, SessionError};
 use crate::server::{CardAttach, Shared, lock};
@@ -88,6 +89,12 @@ const RETRY: Duration = Duration::from_millis(500);
 /// acquiring an id waits behind at most this many, however long the card's
 /// queue stays full (a flood keeps it so).
 const BATCH: usize = 8;
+/// The most a delivery to the in-process card may take, on average, for
+/// tasks to deliver to it themselves (`drive`): above it (a store on a
+/// slow disk, whose fsync takes milliseconds) the thread delivers, so that
+/// no tokio worker waits that long. Tokio asks for well under a
+/// millisecond between awaits.
+const INLINE_MOST: Duration = Duration::from_micros(500);
 
 /// The proxy thread: gives the card its time, delivers what waits for it
 /// when woken, reconnects a missing card, assigns ports. Ends on
@@ -157,13 +164,15 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<ProxyCmd>) {
     }
 }
 
-/// Delivers what waits for the card on the calling task, when the card's
-/// link waits on nothing outside the daemon (the in-process virtual card:
-/// its applets and its store's writes run here) and no one else drives the
-/// card now. Saves the hand-off to the proxy thread and back, two thread
-/// wake-ups per message. Returns whether all was done: `false` leaves the
-/// rest to the proxy thread, which the caller wakes (the card is busy,
-/// missing, on a reader, or more than [`BATCH`] messages wait).
+/// Delivers the message waiting for the card on the calling task, when
+/// the card's link waits on nothing outside the daemon (the in-process
+/// virtual card: its applets and its store's writes run here), no one else
+/// drives the card now, and the card's deliveries have been quick
+/// ([`INLINE_MOST`]). Saves the hand-off to the proxy thread and back, two
+/// thread wake-ups per message. Returns whether all was done: `false`
+/// leaves the rest to the proxy thread, which the caller must wake (the
+/// card is busy, missing, slow, on a reader, its time is due, or another
+/// message waits, or this one is not for [`inline_fits`]).
 pub(crate) fn drive(shared: &Shared, card: &CardAttach) -> bool {
     if !card.inline {
         return false;
@@ -171,20 +180,34 @@ pub(crate) fn drive(shared: &Shared, card: &CardAttach) -> bool {
     let mut guard = match card.session.try_lock() {
         Ok(g) => g,
         Err(TryLockError::Poisoned(p)) => p.into_inner(),
-        // Whoever holds it takes the table's messages after it released
-        // none it has not seen, or is the proxy thread, which the caller
-        // wakes again.
+        // Someone else drives the card: the caller wakes the thread, which
+        // delivers what this caller stored once the session is free.
         Err(TryLockError::WouldBlock) => return false,
     };
     let Some(link) = guard.as_mut() else {
         // The host stopped.
         return true;
     };
-    if !link.connected {
+    if !link.connected || link.slow >= INLINE_MOST {
         return false;
     }
-    link.connected = drain(shared, link, card.ep, Drain::Inline);
-    link.connected && !link.more
+    let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drain(shared, link, card.ep, Drain::Inline)
+    }));
+    match done {
+        Ok(connected) => {
+            link.connected = connected;
+            connected && !link.more
+        }
+        Err(_) => {
+            // A bug in the card or an applet: the task that stored the
+            // message goes on; the thread resets the card and selects it
+            // again, as after a reset it did not ask for.
+            error!(card = %link.card, "the card panicked while a task delivered a message; it is reset");
+            link.connected = false;
+            false
+        }
+    }
 }
 
 /// Whether a task may deliver `m` itself (`drive`): not if it needs
@@ -219,11 +242,15 @@ pub(crate) struct Attached {
     /// Why the last reconnection failed, so that a refusal is logged once
     /// until it changes (the proxy retries every 500 ms).
     failed: Option<SessionError>,
-    /// The last drain stopped after a batch with messages still waiting.
+    /// The last drain stopped with messages still waiting (a full batch,
+    /// or a message a task left to the thread).
     more: bool,
-    /// The card is selected and has been told the time: messages may be
-    /// delivered.
+    /// The card is selected (and `drain` tells it the time before any
+    /// message): messages may be delivered.
     connected: bool,
+    /// The time a delivery to the card took, averaged over the last few
+    /// (`drive` leaves a slow card to the thread).
+    slow: Duration,
 }
 
 impl Attached {
@@ -236,6 +263,7 @@ impl Attached {
             failed: None,
             more: false,
             connected: false,
+            slow: Duration::ZERO,
         }
     }
 
@@ -289,7 +317,14 @@ fn drain(shared: &Shared, link: &mut Attached, ep: EndpointId, who: Drain) -> bo
         Drain::Inline => 1,
     };
     for _ in 0..batch {
-        // After a reconnection or reset, and every hour: the time first.
+        if who == Drain::Inline && link.session.time_due_in(link.clock).is_zero() {
+            // The card's tick runs its applets' own work (recovery
+            // requests, signed and stored): the thread's, not a worker's.
+            link.more = true;
+            return true;
+        }
+        // After a reconnection or reset, and every `clock_secs`: the time
+        // first.
         if !tell_time(shared, link) {
             return false;
         }
@@ -308,7 +343,16 @@ fn drain(shared: &Shared, link: &mut Attached, ep: EndpointId, who: Drain) -> bo
             return true;
         };
         let m = d.message;
+        let t = Instant::now();
         let mut result = link.session.deliver(&m);
+        if inline_fits(&m, link.session.one_command()) {
+            // An average over about the last eight deliveries a task could
+            // have made.
+            link.slow = (link.slow * 7 + t.elapsed()) / 8;
+        }
+        if who == Drain::Inline {
+            link.session.count_inline();
+        }
         if let Err(SessionError::Link(LinkError::Reset)) = result {
             // The command was not executed; the card was reset by someone
             // else. Select again (the same card only) and send it once more.
@@ -324,6 +368,8 @@ fn drain(shared: &Shared, link: &mut Attached, ep: EndpointId, who: Drain) -> bo
             Ok(out) => store_from_card(shared, card, out),
             Err(SessionError::Link(e)) => {
                 undeliverable(shared, &m);
+                // Messages behind this one wait: whoever drives next looks.
+                link.more = true;
                 return link.handle_link_error(&e);
             }
             Err(e) => {

@@ -292,7 +292,10 @@ impl Shared {
     /// readers, hands requests to services, logs) with the core unlocked:
     /// the one way host code changes the table. Never called with the core
     /// locked; a lock `f` takes or is given (a peer's) ends with it, before
-    /// the effects run.
+    /// the effects run. It may be called with the card's session held (the
+    /// proxy stores what the card answered), so the session is never taken
+    /// while the core, a connection's `out` or a peer is locked: the
+    /// effects only `try_lock` it (`proxy::drive`).
     pub(crate) fn with_core<R>(&self, f: impl FnOnce(&mut HostCore) -> R) -> R {
         let (r, effects) = {
             let mut core = lock(&self.table);
@@ -371,6 +374,15 @@ impl HostHandle {
     /// `(apdus, bytes_out, bytes_in)` on the card link so far.
     pub fn card_link_stats(&self) -> Option<(u64, u64, u64)> {
         self.shared.card.as_ref().map(|c| c.stats.snapshot())
+    }
+
+    /// Messages for the card delivered by the task that stored them rather
+    /// than by the proxy thread, so far (the in-process card only).
+    pub fn card_link_inline(&self) -> Option<u64> {
+        self.shared
+            .card
+            .as_ref()
+            .map(|c| c.stats.inline.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Time spent waiting for the card's responses on the card link so far.
@@ -488,16 +500,22 @@ impl HostHandle {
         for svc in &self.shared.services {
             lock(&svc.tx).take();
         }
-        if let Some(card) = &self.shared.card {
-            let _ = card.tx.send(ProxyCmd::Stop);
-            let thread = lock(&card.thread).take();
-            if let Some(t) = thread {
-                let _ = tokio::task::spawn_blocking(move || t.join()).await;
-            }
-            lock(&card.session).take();
-        }
+        stop_card(&self.shared).await;
         let _ = std::fs::remove_file(&self.socket);
         info!(socket = %self.socket.display(), "host stopped");
+    }
+}
+
+/// Ends the proxy thread and closes the card's store (its session is
+/// dropped, so no task drives the card after).
+async fn stop_card(shared: &Shared) {
+    if let Some(card) = &shared.card {
+        let _ = card.tx.send(ProxyCmd::Stop);
+        let thread = lock(&card.thread).take();
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        lock(&card.session).take();
     }
 }
 
@@ -703,6 +721,7 @@ pub(crate) async fn start_with(plugins: HostBuilder<'_>) -> Result<HostHandle, H
             for t in &tasks {
                 t.abort();
             }
+            stop_card(&shared).await;
             let _ = std::fs::remove_file(&socket);
             return Err(e);
         }

@@ -272,21 +272,34 @@ async fn the_proxy_gives_the_card_the_hosts_time_at_attach() {
 /// Tasks that store messages for the in-process card deliver them
 /// themselves when the card is free and leave them to the proxy thread
 /// when it is not: with many apps sending at once, on several workers, and
-/// PIN checks (always the thread's) among them, every message is answered
-/// once and each app's answers come in its order.
+/// PIN checks (always the thread's) among them, every message reaches the
+/// card once, each is answered once, each app's answers come in its order,
+/// and both ways of delivering were taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apps_sending_to_the_card_at_once_each_get_every_answer_in_order() {
     const APPS: usize = 8;
     const EACH: u32 = 60;
+    const PINS: u32 = 3;
     let dir = tempfile::tempdir().unwrap();
     let card = make_card(dir.path());
-    let h = host(dir.path(), &card).await;
+    let mut cfg = Config::default();
+    cfg.host.socket = Some(dir.path().join("host.sock"));
+    cfg.host.state_dir = Some(dir.path().join("state"));
+    cfg.card.virtual_store = Some(card);
+    // No set-time during the test: every APDU below is one message.
+    cfg.card.clock_secs = Some(3600);
+    let h = tenet_host::start(&cfg).await.unwrap();
+    let mut caps = Vec::new();
+    for _ in 0..APPS {
+        caps.push(Capability::acquire(h.socket_path()).await.unwrap());
+    }
+    let (apdus0, _, _) = h.card_link_stats().unwrap();
+    let inline0 = h.card_link_inline().unwrap();
     let mut apps = Vec::new();
-    for a in 0..APPS {
-        let mut c = Capability::acquire(h.socket_path()).await.unwrap();
+    for (a, mut c) in caps.into_iter().enumerate() {
         apps.push(tokio::spawn(async move {
             for k in 0..EACH {
-                if a == 0 && k % 20 == 0 {
+                if a == 0 && k % (EACH / PINS) == 0 {
                     c.send(
                         DOMAIN.owner(),
                         Mtype::VERIFY_PIN,
@@ -306,8 +319,8 @@ async fn apps_sending_to_the_card_at_once_each_get_every_answer_in_order() {
                 .await
                 .unwrap();
             }
-            let mut next = 0u32;
-            while next < EACH {
+            let (mut next, mut pins) = (0u32, 0u32);
+            while next < EACH || (a == 0 && pins < PINS) {
                 let m = recv(&mut c).await;
                 assert_eq!(m.src(), DOMAIN.owner());
                 if m.mtype() == Mtype::PIN_STATUS {
@@ -315,21 +328,37 @@ async fn apps_sending_to_the_card_at_once_each_get_every_answer_in_order() {
                         PinStatus::decode(&m.param).unwrap().outcome,
                         PinOutcome::Verified
                     );
+                    pins += 1;
                     continue;
                 }
                 assert_eq!(m.mtype(), Mtype::ECHO_REPLY);
                 assert_eq!(m.param, next.to_be_bytes(), "app {a}: answers in order");
                 next += 1;
             }
+            // The card answers in order: an answer that came twice would
+            // come before the answer to this last request.
+            c.send(DOMAIN.owner(), Mtype::ECHO_REQUEST, b"last".to_vec())
+                .await
+                .unwrap();
+            let m = recv(&mut c).await;
+            assert_eq!((m.mtype(), &m.param[..]), (Mtype::ECHO_REPLY, &b"last"[..]));
+            assert_eq!(pins, if a == 0 { PINS } else { 0 });
         }));
     }
     for a in apps {
         a.await.unwrap();
     }
     let (apdus, _, _) = h.card_link_stats().unwrap();
+    let messages = APPS as u64 * u64::from(EACH + 1) + u64::from(PINS);
+    assert_eq!(
+        apdus - apdus0,
+        messages,
+        "every message went to the card once"
+    );
+    let inline = h.card_link_inline().unwrap() - inline0;
     assert!(
-        apdus >= (APPS as u64) * u64::from(EACH),
-        "every message went to the card once ({apdus} APDUs)"
+        inline > 0 && inline <= messages - u64::from(PINS),
+        "tasks delivered {inline} of {messages} messages themselves, never a PIN check"
     );
     h.shutdown().await;
 }
