@@ -386,8 +386,8 @@ pub async fn run(exchanges: u32, pairs: &[usize], stores: &[Stores]) -> Result<S
     let mut cards = Vec::new();
     let bar = progress(2 + (pairs.len() * stores.len()) as u64, "exchange");
     let mut floor = Floor::default();
-    // Store commits (each an fdatasync) per exchange, both cards, on disk.
-    let mut syncs = 0.0;
+    // Store commits and fdatasync calls per exchange, both cards, on disk.
+    let (mut commits_per, mut syncs) = (0.0, 0.0);
     for kind in [Stores::Disk, Stores::Tmpfs] {
         let dir = store_dir(kind)?;
         let setup = Setup::new(dir.path())?;
@@ -399,14 +399,23 @@ pub async fn run(exchanges: u32, pairs: &[usize], stores: &[Stores]) -> Result<S
                 p.hb().card_link_busy().unwrap_or_default(),
             )
         };
+        let mut trader = Trader::ready(&pair, exchanges).await?;
         let (a0, b0) = busy(&pair);
-        let commits = tenet_card::store::file_commits();
-        let t = trade(&pair, exchanges).await?;
-        let commits = tenet_card::store::file_commits() - commits;
+        let counts = || {
+            (
+                tenet_card::store::file_commits(),
+                tenet_card::store::file_syncs(),
+            )
+        };
+        let (c0, s0) = counts();
+        let t = trader.run().await?;
+        let (c1, s1) = counts();
         let (a1, b1) = busy(&pair);
+        trader.check().await?;
         cards.push((kind, (a1 - a0) / exchanges, (b1 - b0) / exchanges));
         if kind == Stores::Disk {
-            syncs = commits as f64 / f64::from(exchanges);
+            commits_per = (c1 - c0) as f64 / f64::from(exchanges);
+            syncs = (s1 - s0) as f64 / f64::from(exchanges);
         }
         if kind == Stores::Tmpfs {
             floor = tokio::task::spawn_blocking({
@@ -476,7 +485,7 @@ pub async fn run(exchanges: u32, pairs: &[usize], stores: &[Stores]) -> Result<S
         pairs,
         stores,
         &latency,
-        (&cards, syncs),
+        (&cards, commits_per, syncs),
         floor,
         &throughput,
     ))
@@ -487,7 +496,7 @@ fn section(
     pairs: &[usize],
     stores: &[Stores],
     latency: &[(Stores, Summary)],
-    (cards, syncs): (&[(Stores, Duration, Duration)], f64),
+    (cards, commits, syncs): (&[(Stores, Duration, Duration)], f64, f64),
     floor: Floor,
     throughput: &[Run],
 ) -> Section {
@@ -541,11 +550,16 @@ fn section(
     let disk_over_tmpfs = disk_p50 / tmpfs_p50.max(1e-9);
     let met = |ok: bool| if ok { "met" } else { "NOT met" };
     md.push_str(&format!(
-        "\nStore commits per exchange, both cards: {syncs:.2}, each one fdatasync on disk. \
+        "\nStore commits per exchange, both cards: {commits:.2}; fdatasync calls: {syncs:.2}. \
          The protocol's five steps (start, accept, m2, m3, m4) each commit once before the \
-         card answers, one after the other, so every one is on the exchange's path; each makes \
-         what the card sends next durable before it leaves (docs/model.md). The exchange p50 \
-         on tmpfs is **{over_floor:.2}x** the repeat crypto floor (aim 2.5x: {}); on disk \
+         card answers, one after the other. Three are synced before the card answers, as what \
+         it sends next binds it: the responder's accept (m2 gives its voucher away), the \
+         initiator's m2 (m3 does) and the responder's m3 (m4 does). The initiator's start and \
+         m4 are written unsynced: a power cut may lose them and the protocol recovers \
+         (`tenet_voucher::card::may_lose_step`, docs/model.md). The wallet's balance query \
+         after its order makes the start durable while m1 travels, off the exchange's path \
+         (answers that report state are synced first). The exchange p50 on tmpfs is \
+         **{over_floor:.2}x** the repeat crypto floor (aim 2.5x: {}); on disk \
          **{disk_over_tmpfs:.2}x** its p50 on tmpfs (aim 1.5x: {}).\n",
         met(over_floor <= 2.5),
         met(disk_over_tmpfs <= 1.5),
@@ -618,7 +632,8 @@ fn section(
     let json = serde_json::json!({
         "crypto_floor_first_contact_us": us(floor.first),
         "crypto_floor_us": us(floor.repeat),
-        "store_commits_per_exchange": syncs,
+        "store_commits_per_exchange": commits,
+        "store_syncs_per_exchange": syncs,
         "p50_tmpfs_over_floor": over_floor,
         "p50_disk_over_tmpfs": disk_over_tmpfs,
         "card_busy_per_exchange": cards.iter().map(|(s, a, b)| serde_json::json!({

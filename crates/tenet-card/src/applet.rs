@@ -78,9 +78,35 @@ pub struct AppletCx<'a> {
     pub(crate) out: &'a mut Vec<Message>,
     pub(crate) signer: &'a dyn Fn(&[u8]) -> Vec<u8>,
     pub(crate) meter: Option<&'a Meter>,
+    pub(crate) durability: Durability,
+}
+
+/// How a step's data reaches the card's store before the card answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Changed data is on the medium before the card answers (fsync);
+    /// unchanged data leaves the store as it is.
+    #[default]
+    Synced,
+    /// Changed data is written but not waited for: a power cut right after
+    /// may lose this step (never an earlier synced one, never half of it).
+    /// The card's next synced commit makes it durable too. Only for a step
+    /// whose loss the applet's protocol recovers from, whatever the card
+    /// sent.
+    Unsynced,
+    /// Everything committed so far, unsynced steps included, is on the
+    /// medium before the card answers: for an answer that reports state an
+    /// unsynced step made (a log an app records).
+    SyncFirst,
 }
 
 impl AppletCx<'_> {
+    /// How this step's data reaches the store ([`Durability`]; synced
+    /// unless the applet says otherwise).
+    pub fn set_durability(&mut self, d: Durability) {
+        self.durability = d;
+    }
+
     /// Emits a message from the card.
     pub fn send(&mut self, dst: EntityId, mtype: Mtype, param: Vec<u8>) {
         self.out.push(Message::new(self.card, dst, mtype, param));

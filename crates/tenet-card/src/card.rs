@@ -26,7 +26,7 @@ use tenet_proto::notice::Refused;
 use tenet_proto::{Codec, DecodeError, Domain, EntityId, MAX_MESSAGE_LEN, Message, Mtype, Port};
 use tracing::{debug, error};
 
-use crate::applet::{Applet, AppletCx, Entropy, Refusal};
+use crate::applet::{Applet, AppletCx, Durability, Entropy, Refusal};
 use crate::clock::{CardTime, Clock, ClockRefusal};
 use crate::state::{CardState, KdfParams, PIN_TRIES, PUK_TRIES, SECRET_HASH_LEN, SecretHash};
 use crate::store::{Storage, StoreError};
@@ -849,13 +849,21 @@ impl<S: Storage> Card<S> {
 
     /// Commits new data of one applet without copying the rest of the
     /// state: on a store error the state keeps the applet's old data.
-    fn commit_applet(&mut self, app_id: u16, data: Vec<u8>) -> Result<(), StoreError> {
+    fn commit_applet(
+        &mut self,
+        app_id: u16,
+        data: Vec<u8>,
+        durability: Durability,
+    ) -> Result<(), StoreError> {
         let old_record = self.meter.as_ref().map(|_| self.state.to_bytes());
         let old = self.state.applets.insert(app_id, data);
         let mut record = std::mem::take(&mut self.record);
         record.clear();
         self.state.encode(&mut record);
-        let committed = self.store.commit(&record);
+        let committed = match durability {
+            Durability::Unsynced => self.store.commit_unsynced(&record),
+            Durability::Synced | Durability::SyncFirst => self.store.commit(&record),
+        };
         if let (Ok(()), Some(m), Some(old_record)) = (&committed, &self.meter, old_record) {
             m.commit(&old_record, &record);
         }
@@ -1139,15 +1147,19 @@ impl<S: Storage> Card<S> {
             out: &mut out,
             signer: &signer,
             meter,
+            durability: Durability::Synced,
         };
         let result = f(self.applets[i].as_mut(), &mut cx);
+        let durability = cx.durability;
         if result.is_ok() {
             let changed = match self.state.applets.get(&app_id) {
                 Some(before) => *before != data,
                 None => !data.is_empty(),
             };
             if changed {
-                self.commit_applet(app_id, data)?;
+                self.commit_applet(app_id, data, durability)?;
+            } else if durability == Durability::SyncFirst {
+                self.store.sync()?;
             }
             for o in out {
                 if o.encoded_len() <= self.limits.max_message {

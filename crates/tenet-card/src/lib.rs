@@ -30,7 +30,7 @@ pub mod store;
 pub mod timing;
 pub mod vpcd;
 
-pub use applet::{Applet, AppletCx, Entropy, Refusal, SeededEntropy, SystemEntropy};
+pub use applet::{Applet, AppletCx, Durability, Entropy, Refusal, SeededEntropy, SystemEntropy};
 pub use card::{
     ATR, Card, CardError, CardLimits, HashError, Personalization, SetTimeError, Unblock,
 };

@@ -16,7 +16,14 @@
 //!
 //! On open, the valid slot (length within capacity, hash matching) with the
 //! highest sequence number is the current record. A torn write can only
-//! damage the slot being written, whose hash then fails. The file is locked
+//! damage the slot being written, whose hash then fails.
+//!
+//! A commit may also be unsynced ([`Storage::commit_unsynced`]): written
+//! but not waited for, so a power cut may lose it, never an earlier synced
+//! record. Every write, synced or not, goes into the slot that does not
+//! hold the last synced record, so that record stays whole whatever the
+//! power cut tears; the next synced commit (or [`Storage::sync`]) makes
+//! everything before it durable too. The file is locked
 //! (`flock`) for as long as the store is open, so two processes cannot run
 //! the same card.
 
@@ -78,8 +85,20 @@ pub enum StoreError {
 pub trait Storage: Send {
     /// The current record, if one was ever committed.
     fn load(&mut self) -> Result<Option<Vec<u8>>, StoreError>;
-    /// Replaces the record atomically.
+    /// Replaces the record atomically and durably: on the medium before
+    /// it returns.
     fn commit(&mut self, record: &[u8]) -> Result<(), StoreError>;
+    /// Replaces the record atomically, without waiting for the medium: a
+    /// power cut may lose it (and any unsynced commit before it), never an
+    /// earlier [`commit`](Self::commit). For a step whose loss the card's
+    /// protocol recovers from. By default, the same as `commit`.
+    fn commit_unsynced(&mut self, record: &[u8]) -> Result<(), StoreError> {
+        self.commit(record)
+    }
+    /// Makes the unsynced commits durable, if there are any.
+    fn sync(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// The largest record.
     fn capacity(&self) -> usize;
 }
@@ -91,14 +110,22 @@ const SLOT_META: usize = 48;
 /// Default storage budget of a virtual card.
 pub const DEFAULT_CAPACITY: usize = 32 * 1024;
 
-/// Commits of every [`FileStore`] in this process, each one `fdatasync`:
-/// what a benchmark divides by its exchanges to count the fsyncs on an
-/// exchange's path.
+/// Commits of every [`FileStore`] in this process, synced or not: what a
+/// benchmark divides by its exchanges.
 static FILE_COMMITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// The `fdatasync` calls of every [`FileStore`] in this process.
+static FILE_SYNCS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// How many [`FileStore`] commits (each one `fdatasync`) this process made.
+/// How many [`FileStore`] commits this process made, synced or not.
 pub fn file_commits() -> u64 {
     FILE_COMMITS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// How many times a [`FileStore`] of this process waited for the disk
+/// (`fdatasync`): a synced commit, or a [`Storage::sync`] with unsynced
+/// commits to make durable.
+pub fn file_syncs() -> u64 {
+    FILE_SYNCS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The two-slot file store.
@@ -109,6 +136,9 @@ pub struct FileStore {
     capacity: usize,
     seq: u64,
     current: Option<usize>,
+    /// The slot holding the last synced record: never written until
+    /// another slot holds a synced one.
+    durable: Option<usize>,
 }
 
 impl FileStore {
@@ -146,6 +176,7 @@ impl FileStore {
             capacity,
             seq: 0,
             current: None,
+            durable: None,
         })
     }
 
@@ -195,6 +226,7 @@ impl FileStore {
             capacity,
             seq: 0,
             current: None,
+            durable: None,
         };
         for slot in 0..2 {
             if let Some((seq, _)) = s.read_slot(slot)?
@@ -203,6 +235,12 @@ impl FileStore {
                 s.seq = seq;
                 s.current = Some(slot);
             }
+        }
+        // The current record may be an unsynced commit of a process that
+        // ended: made durable before the other slot is written again.
+        if s.current.is_some() {
+            s.file.sync_data().map_err(io)?;
+            s.durable = s.current;
         }
         Ok(s)
     }
@@ -265,13 +303,43 @@ impl Storage for FileStore {
     }
 
     fn commit(&mut self, record: &[u8]) -> Result<(), StoreError> {
+        self.write(record)?;
+        self.sync()
+    }
+
+    fn commit_unsynced(&mut self, record: &[u8]) -> Result<(), StoreError> {
+        self.write(record)
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        if self.current == self.durable {
+            return Ok(());
+        }
+        self.file.sync_data().map_err(|source| StoreError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        FILE_SYNCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.durable = self.current;
+        Ok(())
+    }
+
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+impl FileStore {
+    /// Writes `record` into the slot that does not hold the last synced
+    /// record, without waiting for the disk.
+    fn write(&mut self, record: &[u8]) -> Result<(), StoreError> {
         if record.len() > self.capacity {
             return Err(StoreError::Full {
                 len: record.len(),
                 capacity: self.capacity,
             });
         }
-        let slot = match self.current {
+        let slot = match self.durable {
             Some(s) => 1 - s,
             None => 0,
         };
@@ -286,18 +354,16 @@ impl Storage for FileStore {
             path: self.path.clone(),
             source,
         };
-        self.file
-            .write_all_at(&buf, self.slot_offset(slot))
-            .map_err(io)?;
-        self.file.sync_data().map_err(io)?;
+        if let Err(e) = self.file.write_all_at(&buf, self.slot_offset(slot)) {
+            // The slot may be torn: the last synced record is the one
+            // whole record on the disk.
+            self.current = self.durable;
+            return Err(io(e));
+        }
         FILE_COMMITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.seq = seq;
         self.current = Some(slot);
         Ok(())
-    }
-
-    fn capacity(&self) -> usize {
-        self.capacity
     }
 }
 
@@ -305,6 +371,8 @@ impl Storage for FileStore {
 #[derive(Debug, Default, Clone)]
 pub struct MemStore {
     record: Option<Vec<u8>>,
+    /// What a power cut leaves: the last synced record.
+    synced: Option<Vec<u8>>,
     capacity: usize,
     /// When set, the next commits fail with [`StoreError::Injected`].
     pub fail_commits: bool,
@@ -320,14 +388,14 @@ impl MemStore {
             ..Self::default()
         }
     }
-}
 
-impl Storage for MemStore {
-    fn load(&mut self) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.record.clone())
+    /// A power cut: unsynced commits are lost, the last synced record is
+    /// what the store holds.
+    pub fn power_cut(&mut self) {
+        self.record = self.synced.clone();
     }
 
-    fn commit(&mut self, record: &[u8]) -> Result<(), StoreError> {
+    fn write(&mut self, record: &[u8]) -> Result<(), StoreError> {
         if self.fail_commits {
             return Err(StoreError::Injected);
         }
@@ -339,6 +407,26 @@ impl Storage for MemStore {
         }
         self.record = Some(record.to_vec());
         self.commits += 1;
+        Ok(())
+    }
+}
+
+impl Storage for MemStore {
+    fn load(&mut self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.record.clone())
+    }
+
+    fn commit(&mut self, record: &[u8]) -> Result<(), StoreError> {
+        self.write(record)?;
+        self.sync()
+    }
+
+    fn commit_unsynced(&mut self, record: &[u8]) -> Result<(), StoreError> {
+        self.write(record)
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        self.synced.clone_from(&self.record);
         Ok(())
     }
 
@@ -385,6 +473,70 @@ mod tests {
             FileStore::open(&p).unwrap().load().unwrap().as_deref(),
             Some(&b"old"[..])
         );
+    }
+
+    #[test]
+    fn unsynced_commits_never_overwrite_the_last_synced_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("card");
+        let mut s = FileStore::create(&p, 64).unwrap();
+        s.commit(b"synced").unwrap();
+        let synced = s.current;
+        s.commit_unsynced(b"one").unwrap();
+        s.commit_unsynced(b"two").unwrap();
+        assert_ne!(s.current, synced, "unsynced commits go to the other slot");
+        assert_eq!(s.load().unwrap().as_deref(), Some(&b"two"[..]));
+        // A power cut tears the slot being written: the synced record is
+        // whole.
+        let off = s.slot_offset(s.current.unwrap()) + SLOT_META as u64;
+        s.file.write_all_at(b"XX", off).unwrap();
+        drop(s);
+        let mut s = FileStore::open(&p).unwrap();
+        assert_eq!(s.load().unwrap().as_deref(), Some(&b"synced"[..]));
+        // A synced commit after unsynced ones takes their slot and is the
+        // one the next unsynced commit keeps.
+        s.commit_unsynced(b"three").unwrap();
+        s.commit(b"four").unwrap();
+        let four = s.current;
+        s.commit_unsynced(b"five").unwrap();
+        assert_ne!(s.current, four);
+        let off = s.slot_offset(s.current.unwrap()) + SLOT_META as u64;
+        s.file.write_all_at(b"XX", off).unwrap();
+        drop(s);
+        assert_eq!(
+            FileStore::open(&p).unwrap().load().unwrap().as_deref(),
+            Some(&b"four"[..])
+        );
+    }
+
+    #[test]
+    fn an_unsynced_record_left_by_a_process_is_read_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("card");
+        let mut s = FileStore::create(&p, 64).unwrap();
+        s.commit(b"synced").unwrap();
+        s.commit_unsynced(b"last").unwrap();
+        drop(s);
+        // The process ended, the machine did not: the page cache holds it.
+        let mut s = FileStore::open(&p).unwrap();
+        assert_eq!(s.load().unwrap().as_deref(), Some(&b"last"[..]));
+        // Opening made it durable, so the next write takes the other slot.
+        let last = s.current;
+        s.commit_unsynced(b"next").unwrap();
+        assert_ne!(s.current, last);
+    }
+
+    #[test]
+    fn a_power_cut_loses_only_unsynced_commits_in_memory_too() {
+        let mut s = MemStore::new(64);
+        s.commit(b"synced").unwrap();
+        s.commit_unsynced(b"lost").unwrap();
+        s.power_cut();
+        assert_eq!(s.load().unwrap().as_deref(), Some(&b"synced"[..]));
+        s.commit_unsynced(b"kept").unwrap();
+        s.sync().unwrap();
+        s.power_cut();
+        assert_eq!(s.load().unwrap().as_deref(), Some(&b"kept"[..]));
     }
 
     #[test]

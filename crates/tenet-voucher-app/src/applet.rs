@@ -13,7 +13,7 @@
 
 use std::cell::RefCell;
 
-use tenet_card::{Applet, AppletCx, Refusal};
+use tenet_card::{Applet, AppletCx, Durability, Refusal};
 use tenet_proto::codec::Codec;
 use tenet_proto::{EntityId, Message, Mtype};
 
@@ -366,6 +366,11 @@ impl Applet for VoucherApplet {
             validity(own)
                 .and_then(|v| check_validity(v, cx.time, "of this card"))
                 .map_err(|e| Refusal(format!("{}; renew it: tenet card recertify", e.0)))?;
+        }
+        if tenet_voucher::card::may_lose_step(m.mtype()) {
+            cx.set_durability(Durability::Unsynced);
+        } else if tenet_voucher::card::reports_state(m.mtype()) {
+            cx.set_durability(Durability::SyncFirst);
         }
         // A query only reads the state: the stored data stays as it is and
         // is not encoded again.

@@ -1081,3 +1081,95 @@ fn a_lost_confirmation_is_recovered_by_the_cards_ticks() {
         "nothing pending any more"
     );
 }
+
+/// The voucher state a card's store keeps after a power cut: its last
+/// synced record.
+fn after_power_cut(c: &Card<MemStore>) -> tenet_voucher::card::VoucherCard {
+    let mut store = c.store().clone();
+    store.power_cut();
+    let record = tenet_card::Storage::load(&mut store).unwrap().unwrap();
+    let state = tenet_card::state::CardState::decode(&record).unwrap();
+    tenet_voucher::card::VoucherCard::decode(&state.applets[&tenet_voucher_app::applet::APPLET_ID])
+        .unwrap()
+}
+
+/// Only the initiator's start and commitment are written unsynced
+/// (`may_lose_step`): a power cut after the start loses the offer until an
+/// answer reporting state (the wallet's balance query) makes it durable.
+#[test]
+fn the_initiators_offer_is_unsynced_until_a_balance_query() {
+    let mut w = World::new();
+    w.order_offer();
+    let now = tenet_voucher::card::VoucherCard::decode(
+        &w.a.state().applets[&tenet_voucher_app::applet::APPLET_ID],
+    )
+    .unwrap();
+    assert_eq!(now.offers.len(), 1, "the card holds its offer");
+    assert!(
+        after_power_cut(&w.a).offers.is_empty(),
+        "a power cut loses the unsynced offer"
+    );
+    w.send(Message::new(
+        wallet(A),
+        dom(A).owner(),
+        tenet_voucher::card::BALANCE_REQUEST,
+        Vec::new(),
+    ));
+    w.run();
+    assert_eq!(
+        after_power_cut(&w.a).offers.len(),
+        1,
+        "the balance query made it durable"
+    );
+}
+
+/// A power cut right after `m4` reached the initiator undoes its commitment
+/// (unsynced) and nothing else: the responder's steps were synced, and the
+/// initiator's card, opened again from what its store kept, gets the
+/// ticket through the TTP. No voucher is lost or made twice.
+#[test]
+fn a_power_cut_after_m4_is_settled_by_the_ttp() {
+    let mut w = World::new();
+    w.start_and_accept();
+    w.run();
+    assert_eq!(w.balances(), [3, 1, 2, 2]);
+    let (a, b) = (after_power_cut(&w.a), after_power_cut(&w.b));
+    assert_eq!(b.pending().count(), 0, "the responder's m3 step was synced");
+    let (id, e) = a.pending().next().expect("the commitment was unsynced");
+    assert_eq!(e.phase, tenet_voucher::card::Phase::AwaitingCommitment);
+    let id = *id;
+    // The power cut: card A opens again from its store.
+    let mut store = w.a.store().clone();
+    store.power_cut();
+    let mut c = Card::open(
+        store,
+        CardLimits::default(),
+        Box::new(SeededEntropy::new(99)),
+    )
+    .unwrap();
+    c.install(Box::new(VoucherApplet::default()));
+    assert!(
+        apdu(
+            &mut c,
+            Command::new(0, tenet::INS_SELECT, 4, 0).with_data(tenet::AID.to_vec())
+        )
+        .sw
+        .is_success()
+    );
+    let pin = VerifyPin {
+        pin: b"1234".to_vec(),
+    };
+    let verify = Message::new(wallet(A), c.id(), Mtype::VERIFY_PIN, pin.to_bytes());
+    deliver_to(&mut c, &verify);
+    w.a = c;
+    assert_eq!(w.balances(), [3, 0, 2, 2], "A's ticket is pending again");
+    w.send(Message::new(
+        wallet(A),
+        dom(A).owner(),
+        msg::RECOVER,
+        id.to_bytes(),
+    ));
+    w.run();
+    assert_eq!(w.balances(), [3, 1, 2, 2], "resolved: both swapped");
+    assert_eq!(w.decisions.decided.len(), 1);
+}

@@ -227,6 +227,35 @@ impl Phase {
     }
 }
 
+/// Whether the step a card takes on `mtype` may be lost in a power cut
+/// after the card answered: its store then writes it without waiting for
+/// the medium (the card's next durable write makes it durable too). Two
+/// steps may, both the initiator's:
+/// - `start-exchange`: the offer (`m1`) goes out, nothing is deleted. Lost,
+///   the responder's agreement finds no offer and is refused; the
+///   responder ends its run through the TTP with an abort, and the
+///   initiator's `v1` never left.
+/// - `commitment` (`m4`): `v2` arrives. Lost, the exchange is back to
+///   waiting for `m4`, and the card asks the TTP by itself, which resolves
+///   it: the responder sent `m4` after committing, so it never asked for
+///   an abort.
+///
+/// Every other step must be durable before the card answers: what the card
+/// sends next binds it (`m2`, `m3`, `m4` give a voucher away; a recovery
+/// request and a refund follow the TTP's word). The model checker crashes
+/// cards with these two steps unsynced (`docs/model.md`).
+pub fn may_lose_step(mtype: Mtype) -> bool {
+    matches!(mtype, msg::START_EXCHANGE | msg::COMMITMENT)
+}
+
+/// Whether the answer to `mtype` reports state to the wallet (balances,
+/// exchanges, the log the wallet's journal records): everything the card
+/// committed, steps that [`may_lose_step`] included, is made durable
+/// before it answers, so that nothing an app recorded is undone.
+pub fn reports_state(mtype: Mtype) -> bool {
+    matches!(mtype, BALANCE_REQUEST | EXCHANGES_REQUEST | LOG_REQUEST)
+}
+
 /// One exchange past the offer.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Exchange {
