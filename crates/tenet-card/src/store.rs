@@ -76,6 +76,14 @@ pub enum StoreError {
         /// The capacity.
         capacity: usize,
     },
+    /// A write or a sync failed while the store held unsynced commits, or
+    /// a sync failed: what the disk holds is no longer known (a second
+    /// fsync may report success for pages the first one dropped), so the
+    /// store takes no more commits until it is opened again.
+    #[error(
+        "card store {0} stopped after a failed write or sync; restart the card to open it again"
+    )]
+    Stopped(PathBuf),
     /// A test store was told to fail.
     #[error("injected store failure")]
     Injected,
@@ -139,6 +147,9 @@ pub struct FileStore {
     /// The slot holding the last synced record: never written until
     /// another slot holds a synced one.
     durable: Option<usize>,
+    /// A write or sync failed with unsynced commits at stake
+    /// ([`StoreError::Stopped`]).
+    stopped: bool,
 }
 
 impl FileStore {
@@ -177,6 +188,7 @@ impl FileStore {
             seq: 0,
             current: None,
             durable: None,
+            stopped: false,
         })
     }
 
@@ -227,6 +239,7 @@ impl FileStore {
             seq: 0,
             current: None,
             durable: None,
+            stopped: false,
         };
         for slot in 0..2 {
             if let Some((seq, _)) = s.read_slot(slot)?
@@ -312,13 +325,21 @@ impl Storage for FileStore {
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
+        if self.stopped {
+            return Err(StoreError::Stopped(self.path.clone()));
+        }
         if self.current == self.durable {
             return Ok(());
         }
-        self.file.sync_data().map_err(|source| StoreError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        if let Err(source) = self.file.sync_data() {
+            // The kernel may have dropped the pages it could not write and
+            // report the next fsync clean: the slot cannot be trusted.
+            self.stopped = true;
+            return Err(StoreError::Io {
+                path: self.path.clone(),
+                source,
+            });
+        }
         FILE_SYNCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.durable = self.current;
         Ok(())
@@ -333,6 +354,9 @@ impl FileStore {
     /// Writes `record` into the slot that does not hold the last synced
     /// record, without waiting for the disk.
     fn write(&mut self, record: &[u8]) -> Result<(), StoreError> {
+        if self.stopped {
+            return Err(StoreError::Stopped(self.path.clone()));
+        }
         if record.len() > self.capacity {
             return Err(StoreError::Full {
                 len: record.len(),
@@ -356,7 +380,12 @@ impl FileStore {
         };
         if let Err(e) = self.file.write_all_at(&buf, self.slot_offset(slot)) {
             // The slot may be torn: the last synced record is the one
-            // whole record on the disk.
+            // whole record on the disk. If the torn slot held unsynced
+            // commits the card still counts on, the store stops: the card
+            // must not report them, nor build on them.
+            if self.current != self.durable {
+                self.stopped = true;
+            }
             self.current = self.durable;
             return Err(io(e));
         }
@@ -373,6 +402,8 @@ pub struct MemStore {
     record: Option<Vec<u8>>,
     /// What a power cut leaves: the last synced record.
     synced: Option<Vec<u8>>,
+    /// A failed commit lost unsynced ones ([`StoreError::Stopped`]).
+    stopped: bool,
     capacity: usize,
     /// When set, the next commits fail with [`StoreError::Injected`].
     pub fail_commits: bool,
@@ -396,7 +427,16 @@ impl MemStore {
     }
 
     fn write(&mut self, record: &[u8]) -> Result<(), StoreError> {
+        if self.stopped {
+            return Err(StoreError::Stopped(PathBuf::from("(memory)")));
+        }
         if self.fail_commits {
+            // As the file store: unsynced commits are gone with the torn
+            // slot, and the store stops.
+            if self.record != self.synced {
+                self.record.clone_from(&self.synced);
+                self.stopped = true;
+            }
             return Err(StoreError::Injected);
         }
         if record.len() > self.capacity {
@@ -426,6 +466,9 @@ impl Storage for MemStore {
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
+        if self.stopped {
+            return Err(StoreError::Stopped(PathBuf::from("(memory)")));
+        }
         self.synced.clone_from(&self.record);
         Ok(())
     }
@@ -537,6 +580,29 @@ mod tests {
         s.sync().unwrap();
         s.power_cut();
         assert_eq!(s.load().unwrap().as_deref(), Some(&b"kept"[..]));
+    }
+
+    #[test]
+    fn a_failed_commit_that_loses_unsynced_ones_stops_the_store() {
+        let mut s = MemStore::new(64);
+        s.commit(b"synced").unwrap();
+        // Without unsynced commits at stake a failure only fails.
+        s.fail_commits = true;
+        assert!(matches!(s.commit(b"x"), Err(StoreError::Injected)));
+        s.fail_commits = false;
+        s.commit_unsynced(b"unsynced").unwrap();
+        s.fail_commits = true;
+        assert!(matches!(s.commit(b"y"), Err(StoreError::Injected)));
+        s.fail_commits = false;
+        // The unsynced commit is gone: nothing may be reported or built on
+        // it until the store is opened again.
+        assert_eq!(s.load().unwrap().as_deref(), Some(&b"synced"[..]));
+        assert!(matches!(s.sync(), Err(StoreError::Stopped(_))));
+        assert!(matches!(s.commit(b"z"), Err(StoreError::Stopped(_))));
+        assert!(matches!(
+            s.commit_unsynced(b"z"),
+            Err(StoreError::Stopped(_))
+        ));
     }
 
     #[test]

@@ -398,7 +398,10 @@ impl Wallet {
     /// Returns once the card has handled every message that reached it
     /// before this call (an echo through the card, which the card link
     /// answers in order): after [`Self::next_progress`] showed the
-    /// commitment on its way to the card, the exchange is stored.
+    /// commitment on its way to the card, the exchange is stored (written,
+    /// not yet synced: a power cut may undo it, and the TTP settles it
+    /// again; [`Self::balances`] answers only from what is durable,
+    /// `tenet_voucher::card::may_lose_step`).
     pub async fn sync(&mut self) -> Result<(), WalletError> {
         self.cap.echo(self.card, b"", self.wait).await?;
         Ok(())

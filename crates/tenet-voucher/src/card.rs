@@ -236,9 +236,10 @@ impl Phase {
 ///   responder ends its run through the TTP with an abort, and the
 ///   initiator's `v1` never left.
 /// - `commitment` (`m4`): `v2` arrives. Lost, the exchange is back to
-///   waiting for `m4`, and the card asks the TTP by itself, which resolves
-///   it: the responder sent `m4` after committing, so it never asked for
-///   an abort.
+///   waiting for `m4` (or resolving, if it had asked the TTP), and the
+///   card asks the TTP by itself (after its recovery timeout; with none,
+///   its wallet does), which resolves it: the responder sent `m4` after
+///   committing, so it never asked for an abort.
 ///
 /// Every other step must be durable before the card answers: what the card
 /// sends next binds it (`m2`, `m3`, `m4` give a voucher away; a recovery
@@ -248,12 +249,16 @@ pub fn may_lose_step(mtype: Mtype) -> bool {
     matches!(mtype, msg::START_EXCHANGE | msg::COMMITMENT)
 }
 
-/// Whether the answer to `mtype` reports state to the wallet (balances,
-/// exchanges, the log the wallet's journal records): everything the card
-/// committed, steps that [`may_lose_step`] included, is made durable
-/// before it answers, so that nothing an app recorded is undone.
+/// Whether the answer to `mtype` reports state to someone (balances,
+/// exchanges, the log the wallet's journal records, a presentation a
+/// verifier keeps): everything the card committed, steps that
+/// [`may_lose_step`] included, is made durable before it answers, so that
+/// nothing reported is undone.
 pub fn reports_state(mtype: Mtype) -> bool {
-    matches!(mtype, BALANCE_REQUEST | EXCHANGES_REQUEST | LOG_REQUEST)
+    matches!(
+        mtype,
+        BALANCE_REQUEST | EXCHANGES_REQUEST | LOG_REQUEST | PRESENT
+    )
 }
 
 /// One exchange past the offer.
