@@ -122,6 +122,13 @@ async fn raw_echo_via(n: u32, warmup: u32, body: usize, relayed: bool) -> Result
     Ok(out)
 }
 
+/// Rounds of the echo benchmarks (`core`, `remote`), interleaved: round
+/// trips of tens of microseconds on two shared cores fall into two modes
+/// by where the scheduler puts each side's threads, for a whole round, so
+/// the median of many short rounds is steadier than that of a few long
+/// ones.
+pub(crate) const ROUNDS: u32 = 15;
+
 /// The median of per-round ratios `a[r] / b[r]` of p50s, with their
 /// range: (median, min, max).
 pub(crate) fn round_ratios(a: &[Vec<Duration>], b: &[Vec<Duration>]) -> (f64, f64, f64) {
@@ -192,7 +199,7 @@ pub(crate) async fn run(messages: u64, echoes: u32) -> Result<Section> {
     let body = tenet_proto::HEADER_LEN + 8;
 
     // Interleave rounds so both contenders see the same machine state.
-    let rounds = 5u32;
+    let rounds = ROUNDS;
     let per = (echoes / rounds).max(1);
     let mut per_round: [Vec<Vec<Duration>>; 4] = Default::default();
     for _ in 0..rounds {

@@ -222,14 +222,14 @@ pub async fn run(echoes: u32) -> Result<Section> {
         nats_parts = Some((hna, hnb, app, ndb.owner(), client, responder));
     }
 
-    let per = (echoes / 5).max(1);
+    let per = (echoes / crate::core::ROUNDS).max(1);
     // Per round: raw TCP, Unix-TCP relay, TLS path, NATS request,
     // Unix-NATS relay, NATS path.
     let mut r: [Vec<Vec<Duration>>; 6] = Default::default();
     raw_tcp_echo(200, body).await?;
     daemon_echo(&mut tls_app, db.owner(), 200).await?;
-    let bar = progress(5, "remote");
-    for _ in 0..5 {
+    let bar = progress(u64::from(crate::core::ROUNDS), "remote");
+    for _ in 0..crate::core::ROUNDS {
         r[0].push(raw_tcp_echo(per, body).await?);
         r[1].push(unix_tcp_echo(per, body).await?);
         r[2].push(daemon_echo(&mut tls_app, db.owner(), per).await?);
@@ -270,11 +270,13 @@ pub async fn run(echoes: u32) -> Result<Section> {
     let nats_hops = (!r[5].is_empty()).then(|| crate::core::round_ratios(&r[5], &r[4]));
     let met = |x: f64| if x <= 1.3 { "met" } else { "NOT met" };
     let mut markdown = format!(
-        "{notes}Remote echo round trips, {echoes} per contender, interleaved in 5 rounds:\n\n{table}\n\
+        "{notes}Remote echo round trips, {echoes} per contender, interleaved in {} rounds:\n\n{table}\n\
          The TLS path is {tls_ratio:.2}x the raw TCP echo (aim: within 2x: {}).\n\n\
-         Same hops, median of the 5 rounds' p50 ratios (range):\n\
+         Same hops, median of the {} rounds' p50 ratios (range):\n\
          - the TLS path: **{:.2}x** the Unix-TCP relay ({:.2}-{:.2}; aim 1.3x: {});\n",
+        crate::core::ROUNDS,
         if tls_ratio <= 2.0 { "met" } else { "NOT met" },
+        crate::core::ROUNDS,
         tls_hops.0,
         tls_hops.1,
         tls_hops.2,
