@@ -115,6 +115,11 @@ enum Net {
     Lossy,
 }
 
+/// A card lost its unsynced start to a crash ([`State::Card`]'s `lost`).
+const LOST_START: u8 = 1;
+/// A card lost its unsynced commitment to a crash.
+const LOST_COMMITMENT: u8 = 2;
+
 /// The model's parameters.
 #[derive(Clone, Copy, Debug)]
 struct Cfg {
@@ -201,9 +206,13 @@ enum State {
     Card {
         persisted: Vec<u8>,
         /// The applet state the store holds durably when `persisted` has
-        /// steps a power cut may lose (`may_lose_step`): what a crash
-        /// restarts from. `None`: `persisted` is durable.
-        durable: Option<Vec<u8>>,
+        /// steps a power cut may lose (`may_lose_step`), with those steps
+        /// ([`LOST_START`], [`LOST_COMMITMENT`]): what a crash restarts
+        /// from. `None`: `persisted` is durable.
+        durable: Option<(Vec<u8>, u8)>,
+        /// The unsynced steps this card lost to crashes so far: what shows
+        /// that the checker explored the states after such a loss.
+        lost: u8,
         orders: u32,
         steps: u64,
         minted: u64,
@@ -306,14 +315,20 @@ impl Node {
         if let State::Card {
             persisted,
             durable,
+            lost,
             orders,
             steps,
             minted,
         } = &next
         {
+            let (kept, unsynced) = match durable {
+                Some((bytes, steps)) => (bytes, *steps),
+                None => (persisted, 0),
+            };
             o.save(State::Card {
-                persisted: durable.as_ref().unwrap_or(persisted).clone(),
+                persisted: kept.clone(),
                 durable: None,
+                lost: lost | unsynced,
                 orders: *orders,
                 steps: *steps,
                 minted: *minted,
@@ -351,6 +366,7 @@ impl Actor for Node {
             S_A | S_B => State::Card {
                 persisted: initial_card(self.ix, &self.cfg).to_bytes(),
                 durable: None,
+                lost: 0,
                 orders: 0,
                 steps: 0,
                 minted: 0,
@@ -412,10 +428,12 @@ impl Actor for Node {
             State::Card {
                 persisted,
                 durable,
+                lost,
                 orders,
                 steps,
                 minted,
             } => {
+                let lost = *lost;
                 let mut orders = *orders;
                 if from == wallet_of(self.ix) {
                     // The app socket delivers each order once, in order.
@@ -440,7 +458,15 @@ impl Actor for Node {
                     // Without crashes what is durable makes no difference.
                     None
                 } else if changed && self.cfg.may_lose(m.mtype) {
-                    Some(durable.clone().unwrap_or_else(|| persisted.clone()))
+                    let step = match m.mtype {
+                        msg::START_EXCHANGE => LOST_START,
+                        msg::COMMITMENT => LOST_COMMITMENT,
+                        _ => 0,
+                    };
+                    Some(match durable {
+                        Some((bytes, steps)) => (bytes.clone(), steps | step),
+                        None => (persisted.clone(), step),
+                    })
                 } else if changed || reports_state(m.mtype) {
                     None
                 } else {
@@ -451,6 +477,7 @@ impl Actor for Node {
                     State::Card {
                         persisted: next,
                         durable,
+                        lost,
                         orders,
                         steps,
                         minted,
@@ -580,6 +607,7 @@ impl Actor for Node {
             (
                 State::Card {
                     persisted,
+                    lost,
                     orders,
                     steps,
                     minted,
@@ -594,6 +622,7 @@ impl Actor for Node {
                 let next = State::Card {
                     persisted: c.to_bytes(),
                     durable: None,
+                    lost: *lost,
                     orders: *orders,
                     steps: *steps,
                     minted: *minted,
@@ -611,6 +640,14 @@ type M = ActorModel<Node, Cfg>;
 fn card(s: &Sys, ix: usize) -> VoucherCard {
     match s.actor_states[ix].as_ref() {
         State::Card { persisted, .. } => VoucherCard::decode(persisted).unwrap(),
+        other => panic!("actor {ix} is not a card: {other:?}"),
+    }
+}
+
+/// The unsynced steps card `ix` lost to crashes.
+fn lost(s: &Sys, ix: usize) -> u8 {
+    match s.actor_states[ix].as_ref() {
+        State::Card { lost, .. } => *lost,
         other => panic!("actor {ix} is not a card: {other:?}"),
     }
 }
@@ -798,6 +835,16 @@ fn model(cfg: Cfg) -> M {
                                 .is_some_and(|f| f.phase == Phase::Committed)
                     })
             },
+        )
+        .property(
+            Expectation::Sometimes,
+            "S_A lost its unsynced start to a crash (models with crashes)",
+            |m, s| !m.cfg.crashes() || lost(s, S_A) & LOST_START != 0,
+        )
+        .property(
+            Expectation::Sometimes,
+            "S_A lost its unsynced commitment to a crash (models with crashes)",
+            |m, s| !m.cfg.crashes() || lost(s, S_A) & LOST_COMMITMENT != 0,
         )
         .property(Expectation::Sometimes, "resolved", |_, s| {
             [S_A, S_B].iter().any(|&c| {
