@@ -222,6 +222,12 @@ struct Out {
     pending: Vec<u8>,
     off: usize,
     closed: bool,
+    /// The connection's task is handling what it read: answers to it
+    /// (acknowledgements, and what the table holds for it) wait in
+    /// `pending` and go out in one write when it is done (`uncork`).
+    corked: bool,
+    /// While corked, messages for the connection were stored.
+    pump_due: bool,
 }
 
 impl Out {
@@ -902,16 +908,27 @@ fn wake_reader(shared: &Shared, ep: EndpointId, kind: EndpointKind) {
 /// Moves messages waiting for `conn` from the table into its socket until
 /// the table has none or the socket is full.
 fn pump(shared: &Shared, conn: &Conn) {
+    pump_after(shared, conn, Vec::new());
+}
+
+/// [`pump`], writing `first` (encoded frames) before the messages.
+fn pump_after(shared: &Shared, conn: &Conn, mut first: Vec<u8>) {
     let mut out = lock(&conn.out);
     if out.closed {
         return;
     }
+    if out.corked {
+        // The connection's task writes them when it is done.
+        out.pump_due = true;
+        return;
+    }
     if out.pending_len() > 0 {
+        out.pending.extend_from_slice(&first);
         conn.kick.notify_one();
         return;
     }
     loop {
-        let mut buf = Vec::new();
+        let mut buf = std::mem::take(&mut first);
         {
             let mut t = lock(&shared.table);
             while buf.len() < WRITE_BATCH {
@@ -972,6 +989,40 @@ fn write_now(conn: &Conn, out: &mut Out, buf: Vec<u8>) {
     }
 }
 
+/// Holds what is written to `conn` while its task handles what it read
+/// (`uncork` writes it): an acknowledgement and the answer to the message
+/// it acknowledges then go out in one write, and wake the app once.
+/// Nothing is held if the socket is already behind.
+fn cork(conn: &Conn) -> bool {
+    let mut out = lock(&conn.out);
+    if out.closed || out.pending_len() > 0 {
+        return false;
+    }
+    out.corked = true;
+    true
+}
+
+/// Writes what [`cork`] held, with the messages stored for `conn`
+/// meanwhile.
+fn uncork(shared: &Shared, conn: &Conn) {
+    let (held, pump_due) = {
+        let mut out = lock(&conn.out);
+        out.corked = false;
+        let held = out.pending[out.off..].to_vec();
+        out.pending = Vec::new();
+        out.off = 0;
+        (held, std::mem::take(&mut out.pump_due))
+    };
+    if pump_due {
+        pump_after(shared, conn, held);
+    } else if !held.is_empty() {
+        let mut out = lock(&conn.out);
+        if !out.closed {
+            write_now(conn, &mut out, held);
+        }
+    }
+}
+
 fn reply(conn: &Conn, frame: &DaemonFrame) {
     let mut buf = Vec::new();
     write_codec_frame(&mut buf, frame);
@@ -979,7 +1030,7 @@ fn reply(conn: &Conn, frame: &DaemonFrame) {
     if out.closed {
         return;
     }
-    if out.pending_len() > 0 {
+    if out.corked || out.pending_len() > 0 {
         out.pending.extend_from_slice(&buf);
     } else {
         write_now(conn, &mut out, buf);
@@ -1004,6 +1055,10 @@ async fn writer(shared: Arc<Shared>, conn: Arc<Conn>) {
                 let out = lock(&conn.out);
                 if out.closed {
                     return;
+                }
+                if out.corked {
+                    // The connection's task writes when it uncorks.
+                    break;
                 }
                 out.pending_len()
             };
@@ -1091,10 +1146,13 @@ async fn read_loop(shared: &Shared, conn: &Conn, session: &mut Session) -> &'sta
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return "read error",
         }
-        loop {
+        // Only an app holding an id is corked: its requests never wait
+        // (acquiring one waits for the card).
+        let corked = session.id.is_some() && cork(conn);
+        let ended = loop {
             match frames.next_frame() {
                 Ok(Some(body)) => handle(shared, conn, session, body).await,
-                Ok(None) => break,
+                Ok(None) => break None,
                 Err(e) => {
                     warn!(endpoint = conn.ep.0, id = ?session.id, error = %e, "closing app connection: bad framing");
                     error(
@@ -1102,9 +1160,15 @@ async fn read_loop(shared: &Shared, conn: &Conn, session: &mut Session) -> &'sta
                         ErrorCode::TOO_LARGE,
                         format!("{e}; closing the connection"),
                     );
-                    return "bad framing";
+                    break Some("bad framing");
                 }
             }
+        };
+        if corked {
+            uncork(shared, conn);
+        }
+        if let Some(reason) = ended {
+            return reason;
         }
     }
 }
