@@ -918,7 +918,9 @@ fn pump_after(shared: &Shared, conn: &Conn, mut first: Vec<u8>) {
         return;
     }
     if out.corked {
-        // The connection's task writes them when it is done.
+        // The connection's task writes them when it is done (only it
+        // passes `first`, after uncorking).
+        debug_assert!(first.is_empty());
         out.pump_due = true;
         return;
     }
@@ -1005,21 +1007,20 @@ fn cork(conn: &Conn) -> bool {
 /// Writes what [`cork`] held, with the messages stored for `conn`
 /// meanwhile.
 fn uncork(shared: &Shared, conn: &Conn) {
-    let (held, pump_due) = {
-        let mut out = lock(&conn.out);
-        out.corked = false;
-        let held = out.pending[out.off..].to_vec();
-        out.pending = Vec::new();
-        out.off = 0;
-        (held, std::mem::take(&mut out.pump_due))
-    };
-    if pump_due {
+    let mut out = lock(&conn.out);
+    out.corked = false;
+    // What the writer task did not already send of it.
+    let off = std::mem::take(&mut out.off);
+    let mut held = std::mem::take(&mut out.pending);
+    held.drain(..off);
+    if std::mem::take(&mut out.pump_due) {
+        drop(out);
+        // Appends after anything another task wrote since (it found the
+        // connection uncorked).
         pump_after(shared, conn, held);
-    } else if !held.is_empty() {
-        let mut out = lock(&conn.out);
-        if !out.closed {
-            write_now(conn, &mut out, held);
-        }
+    } else if !out.closed && !held.is_empty() {
+        // Under the same lock: nothing else can be pending.
+        write_now(conn, &mut out, held);
     }
 }
 
