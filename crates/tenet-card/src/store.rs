@@ -482,6 +482,13 @@ impl Storage for MemStore {
 mod tests {
     use super::*;
 
+    /// Damages the current slot's record as a write torn by a power cut
+    /// would.
+    fn tear(s: &FileStore) {
+        let off = s.slot_offset(s.current.unwrap()) + SLOT_META as u64;
+        s.file.write_all_at(b"XX", off).unwrap();
+    }
+
     #[test]
     fn records_survive_reopen_and_alternate_slots() {
         let dir = tempfile::tempdir().unwrap();
@@ -509,8 +516,7 @@ mod tests {
         s.commit(b"old").unwrap();
         s.commit(b"newer").unwrap();
         // Damage the slot holding "newer" as a torn write would.
-        let off = s.slot_offset(s.current.unwrap()) + SLOT_META as u64;
-        s.file.write_all_at(b"XX", off).unwrap();
+        tear(&s);
         drop(s);
         assert_eq!(
             FileStore::open(&p).unwrap().load().unwrap().as_deref(),
@@ -531,8 +537,7 @@ mod tests {
         assert_eq!(s.load().unwrap().as_deref(), Some(&b"two"[..]));
         // A power cut tears the slot being written: the synced record is
         // whole.
-        let off = s.slot_offset(s.current.unwrap()) + SLOT_META as u64;
-        s.file.write_all_at(b"XX", off).unwrap();
+        tear(&s);
         drop(s);
         let mut s = FileStore::open(&p).unwrap();
         assert_eq!(s.load().unwrap().as_deref(), Some(&b"synced"[..]));
@@ -543,8 +548,7 @@ mod tests {
         let four = s.current;
         s.commit_unsynced(b"five").unwrap();
         assert_ne!(s.current, four);
-        let off = s.slot_offset(s.current.unwrap()) + SLOT_META as u64;
-        s.file.write_all_at(b"XX", off).unwrap();
+        tear(&s);
         drop(s);
         assert_eq!(
             FileStore::open(&p).unwrap().load().unwrap().as_deref(),

@@ -35,12 +35,17 @@ fn make_card(dir: &Path) -> PathBuf {
     path
 }
 
-async fn host(dir: &Path, card: &Path) -> HostHandle {
+/// A host in `dir` with the virtual card stored at `card`.
+fn config(dir: &Path, card: &Path) -> Config {
     let mut cfg = Config::default();
     cfg.host.socket = Some(dir.join("host.sock"));
     cfg.host.state_dir = Some(dir.join("state"));
     cfg.card.virtual_store = Some(card.to_owned());
-    tenet_host::start(&cfg).await.unwrap()
+    cfg
+}
+
+async fn host(dir: &Path, card: &Path) -> HostHandle {
+    tenet_host::start(&config(dir, card)).await.unwrap()
 }
 
 async fn verify(c: &mut Capability, pin: &[u8]) -> PinStatus {
@@ -282,10 +287,7 @@ async fn apps_sending_to_the_card_at_once_each_get_every_answer_in_order() {
     const PINS: u32 = 3;
     let dir = tempfile::tempdir().unwrap();
     let card = make_card(dir.path());
-    let mut cfg = Config::default();
-    cfg.host.socket = Some(dir.path().join("host.sock"));
-    cfg.host.state_dir = Some(dir.path().join("state"));
-    cfg.card.virtual_store = Some(card);
+    let mut cfg = config(dir.path(), &card);
     // No set-time during the test: every APDU below is one message.
     cfg.card.clock_secs = Some(3600);
     let h = tenet_host::start(&cfg).await.unwrap();

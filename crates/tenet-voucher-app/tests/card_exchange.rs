@@ -90,6 +90,29 @@ fn deliver_to(c: &mut Card<MemStore>, m: &Message) -> Vec<Message> {
     }
 }
 
+/// Selects the applet, and the wallet app of card `b` verifies its PIN
+/// (per entity) before privileged orders.
+fn select_and_log_in(c: &mut Card<MemStore>, b: u8) {
+    assert!(
+        apdu(
+            c,
+            Command::new(0, tenet::INS_SELECT, 4, 0).with_data(tenet::AID.to_vec())
+        )
+        .sw
+        .is_success()
+    );
+    let v = Message::new(
+        wallet(b),
+        c.id(),
+        Mtype::VERIFY_PIN,
+        VerifyPin {
+            pin: b"1234".to_vec(),
+        }
+        .to_bytes(),
+    );
+    deliver_to(c, &v);
+}
+
 impl World {
     fn new() -> Self {
         Self::with_lifetimes(None, None)
@@ -141,25 +164,7 @@ impl World {
             )
             .unwrap();
             c.install(Box::new(VoucherApplet::default()));
-            assert!(
-                apdu(
-                    &mut c,
-                    Command::new(0, tenet::INS_SELECT, 4, 0).with_data(tenet::AID.to_vec())
-                )
-                .sw
-                .is_success()
-            );
-            // The wallet app authenticates (per entity) before privileged orders.
-            let v = Message::new(
-                wallet(b),
-                c.id(),
-                Mtype::VERIFY_PIN,
-                VerifyPin {
-                    pin: b"1234".to_vec(),
-                }
-                .to_bytes(),
-            );
-            deliver_to(&mut c, &v);
+            select_and_log_in(&mut c, b);
             c
         };
         let a = card(A, a_life);
@@ -1148,19 +1153,7 @@ fn a_power_cut_after_m4_is_settled_by_the_ttp() {
     )
     .unwrap();
     c.install(Box::new(VoucherApplet::default()));
-    assert!(
-        apdu(
-            &mut c,
-            Command::new(0, tenet::INS_SELECT, 4, 0).with_data(tenet::AID.to_vec())
-        )
-        .sw
-        .is_success()
-    );
-    let pin = VerifyPin {
-        pin: b"1234".to_vec(),
-    };
-    let verify = Message::new(wallet(A), c.id(), Mtype::VERIFY_PIN, pin.to_bytes());
-    deliver_to(&mut c, &verify);
+    select_and_log_in(&mut c, A);
     w.a = c;
     assert_eq!(w.balances(), [3, 0, 2, 2], "A's ticket is pending again");
     w.send(Message::new(
