@@ -404,6 +404,20 @@ pub fn backoff(after: u64, asks: u8) -> u64 {
         .min(after.max(MAX_BACKOFF))
 }
 
+/// Most certificates a card keeps in its record besides those its
+/// remembered exchanges name (the oldest unnamed goes first).
+pub const KEPT_CERTIFICATES: usize = 8;
+
+/// A certificate in a card's record ([`VoucherCard::certificates`]).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct KeptCertificate {
+    /// Its reference (`tenet_pki::cache::cert_ref`), by which an exchange's
+    /// record names it.
+    pub reference: [u8; 8],
+    /// The certificate.
+    pub certificate: Vec<u8>,
+}
+
 /// The voucher applet's persistent state.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct VoucherCard {
@@ -438,6 +452,12 @@ pub struct VoucherCard {
     /// Every finished run numbered below this is in a wallet's journal
     /// (the wallet asked for the log from here): its receipt may go.
     pub acked: u64,
+    /// The certificates that exchanges' agreements carry, oldest first:
+    /// the responders' (on the initiator's card) and this card's own (on
+    /// the responder's). An exchange's record names its certificate here
+    /// by reference, so that a card meeting a peer again writes no
+    /// certificate ([`KEPT_CERTIFICATES`]).
+    pub certificates: VecDeque<KeptCertificate>,
 }
 
 impl VoucherCard {
@@ -990,6 +1010,7 @@ impl VoucherCard {
                 seq: None,
             },
         );
+        self.keep_certificate(id);
         self.trim();
         let mut outs = vec![out];
         outs.extend(Self::progress(cx, &id, Phase::AwaitingConfirmation));
@@ -1085,6 +1106,7 @@ impl VoucherCard {
                 seq: None,
             },
         );
+        self.keep_certificate(id);
         self.trim();
         let mut outs = vec![out];
         outs.extend(Self::progress(cx, &id, Phase::AwaitingCommitment));
@@ -1285,6 +1307,42 @@ impl VoucherCard {
         Ok(Self::progress(cx, &a.id, phase))
     }
 
+    /// Keeps the certificate of exchange `id`'s agreement in
+    /// [`VoucherCard::certificates`], if not there yet, and forgets the
+    /// oldest that no exchange names beyond [`KEPT_CERTIFICATES`].
+    fn keep_certificate(&mut self, id: ExchangeId) {
+        let Some(certificate) = self.exchanges.get(&id).map(|e| &e.agreement.certificate) else {
+            return;
+        };
+        let kept = &mut self.certificates;
+        if certificate.is_empty() || kept.iter().any(|p| p.certificate == *certificate) {
+            return;
+        }
+        // Another certificate with the same reference (a collision of 64
+        // bits): this one stays whole in its exchange's record.
+        let reference = tenet_pki::cache::cert_ref(certificate);
+        if kept.iter().any(|p| p.reference == reference) {
+            return;
+        }
+        kept.push_back(KeptCertificate {
+            reference,
+            certificate: certificate.clone(),
+        });
+        let mut i = 0;
+        while kept.len() > KEPT_CERTIFICATES && i < kept.len() {
+            let named = self
+                .exchanges
+                .values()
+                .any(|e| e.agreement.certificate == kept[i].certificate);
+            match named {
+                true => i += 1,
+                false => {
+                    kept.remove(i);
+                }
+            }
+        }
+    }
+
     /// Compacts finished exchanges and forgets the oldest beyond
     /// [`HISTORY`]; pending ones are never touched.
     fn trim(&mut self) {
@@ -1427,7 +1485,11 @@ impl Codec for Log {
 const T_BAL: Tag = Tag(0xa0);
 const T_OFFERS: Tag = Tag(0xa1);
 const T_EX: Tag = Tag(0xa2);
+/// The accepted offers' digests, oldest first (records written before
+/// [`T_SEEN_NEWEST_FIRST`]).
 const T_SEEN: Tag = Tag(0x83);
+/// The accepted offers' digests, newest first.
+const T_SEEN_NEWEST_FIRST: Tag = Tag(0x8d);
 const T_TTP: Tag = Tag(0x84);
 const T_ACCEPTOR: Tag = Tag(0x85);
 const T_TTP_CERT: Tag = Tag(0x86);
@@ -1436,6 +1498,14 @@ const T_RECOVER_AFTER: Tag = Tag(0x88);
 const T_DELEGATIONS: Tag = Tag(0xa9);
 const T_NEXT_SEQ: Tag = Tag(0x8a);
 const T_ACKED: Tag = Tag(0x8b);
+/// The quantities held, 8 bytes each, in the order of [`T_CLASSES`].
+const T_QUANTITIES: Tag = Tag(0x8c);
+/// The classes held (without their quantities).
+const T_CLASSES: Tag = Tag(0xad);
+const T_CERTS: Tag = Tag(0xae);
+/// In an exchange's record: its responder's certificate is the one in
+/// [`T_CERTS`] with this reference.
+const T_EX_CERT_REF: Tag = Tag(0x87);
 
 /// Appends each item as a constructed SEQUENCE that `write` fills in place.
 fn list<T>(out: &mut Vec<u8>, items: impl Iterator<Item = T>, write: impl Fn(&mut Vec<u8>, T)) {
@@ -1450,7 +1520,7 @@ fn list<T>(out: &mut Vec<u8>, items: impl Iterator<Item = T>, write: impl Fn(&mu
 fn digests<'a>(
     bytes: &'a [u8],
     what: &'static str,
-) -> Result<impl Iterator<Item = [u8; 32]> + 'a, DecodeError> {
+) -> Result<impl DoubleEndedIterator<Item = [u8; 32]> + 'a, DecodeError> {
     if !bytes.len().is_multiple_of(32) {
         return Err(DecodeError::Invalid {
             what,
@@ -1462,13 +1532,54 @@ fn digests<'a>(
         .map(|c| c.try_into().expect("chunks of 32 bytes")))
 }
 
+impl VoucherCard {
+    /// The finished exchanges in the order their sequence numbers give,
+    /// which is the order they finished in: a record whose
+    /// [`VoucherCard::finished`] is this order does not write it.
+    fn finished_by_seq(exchanges: &BTreeMap<ExchangeId, Exchange>) -> VecDeque<ExchangeId> {
+        let mut done: Vec<(&ExchangeId, &Exchange)> = exchanges
+            .iter()
+            .filter(|(_, e)| e.phase.is_final())
+            .collect();
+        done.sort_by_key(|(_, e)| e.seq);
+        done.into_iter().map(|(id, _)| *id).collect()
+    }
+}
+
+impl VoucherCard {
+    /// The classes the record lists with their quantities: those held, and
+    /// those the remembered offers and exchanges move (held or not), so
+    /// that a class given away whole and received back does not change
+    /// the list.
+    fn classes_listed(&self) -> std::collections::BTreeSet<&VoucherClass> {
+        let mut classes: std::collections::BTreeSet<&VoucherClass> =
+            self.balances.iter().map(|(c, _)| c).collect();
+        for o in self
+            .offers
+            .values()
+            .chain(self.exchanges.values().map(|e| &e.offer))
+        {
+            classes.insert(&o.give.class);
+            classes.extend(o.want.as_ref().map(|w| &w.class));
+        }
+        classes
+    }
+}
+
 impl Codec for VoucherCard {
-    /// The fields a protocol step changes come first, each exchange's own
-    /// before its offer and agreement, and lists grow at their end: a
-    /// card that updates its record in place reprograms fewer EEPROM pages
-    /// per step (`tenet_card::timing::pages_changed`). Decoding takes the
-    /// fields in any order, so records written in the older order read
-    /// the same.
+    /// The record is laid out for a card that updates it in place
+    /// (`tenet_card::timing::pages_changed` counts the EEPROM pages a step
+    /// reprograms): what a step changes comes first and together (the
+    /// counters, then every quantity held side by side, then each
+    /// exchange's phase and numbers before its agreement and offer); the
+    /// exchanges go finished first, in the order they finished, so that a
+    /// run that finishes stays where it is and the oldest is forgotten
+    /// from the front; and nothing is written that the record holds or
+    /// derives elsewhere: an agreement's offer digest (`h(offer)`), a
+    /// responder's exchange id (from `n2`), the finished list (from the
+    /// sequence numbers), a certificate already in
+    /// [`VoucherCard::certificates`]. Decoding also reads records
+    /// written before this layout.
     fn encode(&self, out: &mut Vec<u8>) {
         if self.next_seq > 0 {
             tlv::write(out, T_NEXT_SEQ, &self.next_seq.to_be_bytes());
@@ -1476,9 +1587,27 @@ impl Codec for VoucherCard {
         if self.acked > 0 {
             tlv::write(out, T_ACKED, &self.acked.to_be_bytes());
         }
-        tlv::write_with(out, T_BAL, |out| write_balances(out, &self.balances));
+        let classes = self.classes_listed();
+        tlv::write_with(out, T_QUANTITIES, |out| {
+            for c in &classes {
+                out.extend_from_slice(&self.balances.of(c).to_be_bytes());
+            }
+        });
+        // Newest first: an accepted offer goes in at the front, next to
+        // the quantities, and the oldest leaves from the end, next to the
+        // new exchange.
+        tlv::write_with(out, T_SEEN_NEWEST_FIRST, |out| {
+            for a in self.accepted.iter().rev() {
+                out.extend_from_slice(a);
+            }
+        });
+        tlv::write_with(out, T_OFFERS, |out| {
+            list(out, self.offers.values(), |out, o| o.encode(out))
+        });
+        let mut order: Vec<&Exchange> = self.exchanges.values().collect();
+        order.sort_by_key(|e| (e.phase.is_final(), std::cmp::Reverse(e.seq)));
         tlv::write_with(out, T_EX, |out| {
-            list(out, self.exchanges.values(), |b, e| {
+            list(out, order.into_iter(), |b, e| {
                 tlv::write(b, Tag(0x80), &[e.role as u8, e.phase.code()]);
                 if let Some(n2) = &e.n2 {
                     tlv::write(b, Tag(0x83), n2);
@@ -1491,22 +1620,27 @@ impl Codec for VoucherCard {
                 if let Some(seq) = e.seq {
                     tlv::write(b, Tag(0x85), &seq.to_be_bytes());
                 }
+                let kept = match e.agreement.certificate.is_empty() {
+                    true => None,
+                    false => self
+                        .certificates
+                        .iter()
+                        .find(|p| p.certificate == e.agreement.certificate),
+                };
+                if let Some(p) = kept {
+                    tlv::write(b, T_EX_CERT_REF, &p.reference);
+                }
+                tlv::write_with(b, Tag(0xa2), |b| {
+                    e.agreement
+                        .encode_stored(b, e.role != Role::Responder, kept.is_none())
+                });
                 tlv::write_codec(b, Tag(0xa1), &e.offer);
-                tlv::write_codec(b, Tag(0xa2), &e.agreement);
                 if let Some(a) = &e.admission {
                     tlv::write_codec(b, Tag(0xa6), a);
                 }
             })
         });
-        tlv::write_with(out, T_OFFERS, |out| {
-            list(out, self.offers.values(), |out, o| o.encode(out))
-        });
-        tlv::write_with(out, T_SEEN, |out| {
-            for a in &self.accepted {
-                out.extend_from_slice(a);
-            }
-        });
-        if !self.finished.is_empty() {
+        if self.finished != Self::finished_by_seq(&self.exchanges) {
             tlv::write_with(out, T_FINISHED, |out| {
                 for id in &self.finished {
                     out.extend_from_slice(&id.0);
@@ -1528,6 +1662,16 @@ impl Codec for VoucherCard {
                 list(out, self.delegations.values(), |out, d| d.encode(out))
             });
         }
+        if !self.certificates.is_empty() {
+            tlv::write_with(out, T_CERTS, |out| {
+                for p in &self.certificates {
+                    tlv::write(out, Tag(0x80), &p.certificate);
+                }
+            });
+        }
+        tlv::write_with(out, T_CLASSES, |out| {
+            list(out, classes.iter(), |out, c| c.encode_fields(out))
+        });
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -1546,6 +1690,10 @@ impl Codec for VoucherCard {
                 T_DELEGATIONS,
                 T_NEXT_SEQ,
                 T_ACKED,
+                T_QUANTITIES,
+                T_CLASSES,
+                T_CERTS,
+                T_SEEN_NEWEST_FIRST,
             ],
             "voucher state",
         )?;
@@ -1585,13 +1733,47 @@ impl Codec for VoucherCard {
             let d = Delegation::decode(item.value)?;
             s.delegations.insert(d.class.clone(), d);
         }
-        for item in tlv::parse_all(f.require(T_BAL, "balances")?)? {
-            s.balances
-                .credit(&Amount::decode(item.value)?)
-                .map_err(|e| DecodeError::Invalid {
-                    what: "balances",
-                    detail: e.to_string(),
-                })?;
+        let held: Vec<Amount> = match f.get(T_QUANTITIES) {
+            // Written before the quantities stood apart: whole amounts.
+            None => tlv::parse_all(f.require(T_BAL, "balances")?)?
+                .iter()
+                .map(|i| Amount::decode(i.value))
+                .collect::<Result<_, _>>()?,
+            Some(q) => {
+                let classes = tlv::parse_all(f.require(T_CLASSES, "classes held")?)?;
+                if q.len() != 8 * classes.len() {
+                    return Err(DecodeError::Invalid {
+                        what: "balances",
+                        detail: format!(
+                            "{} bytes of quantities for {} classes",
+                            q.len(),
+                            classes.len()
+                        ),
+                    });
+                }
+                classes
+                    .iter()
+                    .zip(q.chunks_exact(8))
+                    .map(|(c, q)| {
+                        Ok(Amount {
+                            class: VoucherClass::decode_fields(c.value)?,
+                            quantity: u64::from_be_bytes(q.try_into().expect("8 bytes")),
+                        })
+                    })
+                    .collect::<Result<_, DecodeError>>()?
+            }
+        };
+        for a in &held {
+            s.balances.credit(a).map_err(|e| DecodeError::Invalid {
+                what: "balances",
+                detail: e.to_string(),
+            })?;
+        }
+        for item in tlv::parse_all(f.get(T_CERTS).unwrap_or_default())? {
+            s.certificates.push_back(KeptCertificate {
+                reference: tenet_pki::cache::cert_ref(item.value),
+                certificate: item.value.to_vec(),
+            });
         }
         for item in tlv::parse_all(f.require(T_OFFERS, "offers")?)? {
             let o = Offer::decode(item.value)?;
@@ -1600,7 +1782,38 @@ impl Codec for VoucherCard {
         for item in tlv::parse_all(f.require(T_EX, "exchanges")?)? {
             let g = Fields::parse(item.value)?;
             let [role, phase] = g.require_array::<2>(Tag(0x80), "role and phase")?;
-            let agreement = Agreement::decode(g.require(Tag(0xa2), "agreement")?)?;
+            let role = role_from(role)?;
+            let offer = Offer::decode(g.require(Tag(0xa1), "offer")?)?;
+            let n2: Option<[u8; 16]> = g
+                .get(Tag(0x83))
+                .map(|_| g.require_array(Tag(0x83), "n2"))
+                .transpose()?;
+            if role == Role::Responder && n2.is_none() {
+                return Err(DecodeError::Invalid {
+                    what: "exchange",
+                    detail: "a responder's exchange without n2".into(),
+                });
+            }
+            let certificate = match g.get(T_EX_CERT_REF) {
+                None => None,
+                Some(_) => {
+                    let r: [u8; 8] = g.require_array(T_EX_CERT_REF, "certificate reference")?;
+                    let kept = s.certificates.iter().find(|p| p.reference == r);
+                    Some(kept.map(|p| p.certificate.as_slice()).ok_or_else(|| {
+                        DecodeError::Invalid {
+                            what: "exchange",
+                            detail: "names a certificate the record does not hold".into(),
+                        }
+                    })?)
+                }
+            };
+            let agreement = Agreement::decode_stored(
+                g.require(Tag(0xa2), "agreement")?,
+                offer.digest(),
+                n2.filter(|_| role == Role::Responder)
+                    .map(|n2| ExchangeId::for_offer(&offer, &n2)),
+                certificate,
+            )?;
             let timer = g
                 .get(Tag(0x84))
                 .map(|_| g.require_array::<9>(Tag(0x84), "recovery timer"))
@@ -1608,13 +1821,10 @@ impl Codec for VoucherCard {
             let e = Exchange {
                 due: timer.map(|t| u64::from_be_bytes(t[..8].try_into().expect("8 bytes"))),
                 asks: timer.map_or(0, |t| t[8]),
-                role: role_from(role)?,
+                role,
                 phase: Phase::from_code(phase)?,
-                offer: Offer::decode(g.require(Tag(0xa1), "offer")?)?,
-                n2: g
-                    .get(Tag(0x83))
-                    .map(|_| g.require_array(Tag(0x83), "n2"))
-                    .transpose()?,
+                offer,
+                n2,
                 seq: g
                     .get(Tag(0x85))
                     .map(|_| g.require_array(Tag(0x85), "sequence number"))
@@ -1623,18 +1833,18 @@ impl Codec for VoucherCard {
                 admission: g.get(Tag(0xa6)).map(Admission::decode).transpose()?,
                 agreement,
             };
-            if e.role == Role::Responder && e.n2.is_none() {
-                return Err(DecodeError::Invalid {
-                    what: "exchange",
-                    detail: "a responder's exchange without n2".into(),
-                });
-            }
             s.exchanges.insert(e.agreement.id, e);
         }
-        s.accepted = digests(f.require(T_SEEN, "accepted offers")?, "accepted offers")?.collect();
-        s.finished = digests(f.get(T_FINISHED).unwrap_or_default(), "finished exchanges")?
-            .map(ExchangeId)
-            .collect();
+        s.accepted = match f.get(T_SEEN_NEWEST_FIRST) {
+            Some(d) => digests(d, "accepted offers")?.rev().collect(),
+            None => digests(f.require(T_SEEN, "accepted offers")?, "accepted offers")?.collect(),
+        };
+        s.finished = match f.get(T_FINISHED) {
+            Some(ids) => digests(ids, "finished exchanges")?
+                .map(ExchangeId)
+                .collect(),
+            None => Self::finished_by_seq(&s.exchanges),
+        };
         Ok(s)
     }
 }

@@ -132,10 +132,25 @@ impl fmt::Display for Amount {
     }
 }
 
+impl VoucherClass {
+    /// The class's fields, as an [`Amount`] writes them before its
+    /// quantity.
+    pub(crate) fn encode_fields(&self, out: &mut Vec<u8>) {
+        tlv::write(out, T_ISSUER, self.issuer.bytes());
+        tlv::write(out, T_PROMISE, self.promise.as_bytes());
+    }
+
+    /// Reads what [`VoucherClass::encode_fields`] wrote.
+    pub(crate) fn decode_fields(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let f = Fields::parse(bytes)?;
+        f.only(&[T_ISSUER, T_PROMISE], "voucher class")?;
+        class_fields(&f)
+    }
+}
+
 impl Codec for Amount {
     fn encode(&self, out: &mut Vec<u8>) {
-        tlv::write(out, T_ISSUER, self.class.issuer.bytes());
-        tlv::write(out, T_PROMISE, self.class.promise.as_bytes());
+        self.class.encode_fields(out);
         tlv::write(out, T_QTY, &self.quantity.to_be_bytes());
     }
 
@@ -214,11 +229,15 @@ impl Balances {
         self.0.iter().map(|(c, q)| (c, *q))
     }
 
-    /// Adds `a`, unless the class would then cross [`MAX_QUANTITY`].
+    /// Adds `a`, unless the class would then cross [`MAX_QUANTITY`]. A
+    /// class is held while its quantity is above zero (adding nothing to
+    /// a class not held leaves it not held).
     pub fn credit(&mut self, a: &Amount) -> Result<(), BalanceError> {
         let held = self.of(&a.class);
         let q = fits_cap(&a.class, held, a.quantity)?;
-        self.0.insert(a.class.clone(), q);
+        if q > 0 {
+            self.0.insert(a.class.clone(), q);
+        }
         Ok(())
     }
 

@@ -391,6 +391,69 @@ impl Agreement {
     }
 }
 
+impl Agreement {
+    /// The agreement as a card keeps it in its record: without what the
+    /// card knows otherwise, which [`Agreement::decode_stored`] puts back.
+    /// The offer's digest always goes (it is `h(offer)`, and the record
+    /// keeps the offer); the id goes unless `id`; the certificate goes
+    /// unless `certificate` (the record keeps it elsewhere). The signature
+    /// comes first, next to the fields a step changes.
+    pub(crate) fn encode_stored(&self, out: &mut Vec<u8>, id: bool, certificate: bool) {
+        tlv::write(out, T_C, &self.signature);
+        if id {
+            tlv::write(out, T_B, &self.id.0);
+        }
+        if certificate {
+            tlv::write(out, T_D, &self.certificate);
+        }
+        if let Some(d) = &self.delegation {
+            tlv::write_codec(out, T_DELEGATION, d);
+        }
+        if let Some(k) = &self.knows {
+            tlv::write(out, T_KNOWS, k);
+        }
+    }
+
+    /// Reads an agreement a card kept ([`Agreement::encode_stored`], or
+    /// whole as records written before kept it), with what the record
+    /// knows otherwise: the offer's digest, the id where the record can
+    /// derive it, and the certificate where the record keeps it elsewhere.
+    /// A field the bytes hold wins over the one given.
+    pub(crate) fn decode_stored(
+        bytes: &[u8],
+        offer_digest: [u8; 32],
+        id: Option<ExchangeId>,
+        certificate: Option<&[u8]>,
+    ) -> Result<Self, DecodeError> {
+        let f = Fields::parse(bytes)?;
+        f.only(
+            &[T_A, T_B, T_C, T_D, T_DELEGATION, T_KNOWS],
+            "stored agreement",
+        )?;
+        let id = match (f.get(T_B), id) {
+            (Some(_), _) => ExchangeId(f.require_array(T_B, "exchange id")?),
+            (None, Some(id)) => id,
+            (None, None) => f.require_array(T_B, "exchange id").map(ExchangeId)?,
+        };
+        let certificate = match (f.get(T_D), certificate) {
+            (Some(c), _) => c,
+            (None, Some(c)) => c,
+            (None, None) => f.require(T_D, "certificate")?,
+        };
+        Ok(Self {
+            knows: knows_at(&f)?,
+            delegation: f.get(T_DELEGATION).map(Delegation::decode).transpose()?,
+            offer_digest: match f.get(T_A) {
+                Some(_) => f.require_array(T_A, "offer digest")?,
+                None => offer_digest,
+            },
+            id,
+            signature: f.require(T_C, "signature")?.to_vec(),
+            certificate: certificate.to_vec(),
+        })
+    }
+}
+
 impl Codec for Agreement {
     fn encode(&self, out: &mut Vec<u8>) {
         tlv::write(out, T_A, &self.offer_digest);

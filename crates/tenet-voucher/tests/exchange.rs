@@ -777,16 +777,22 @@ fn stored_id_lists_of_a_wrong_length_are_refused_by_name() {
     use tenet_proto::tlv::{self, Tag};
     let state = |tag: u32, list: &[u8]| {
         let mut b = VoucherCard::default().to_bytes();
-        if tag == 0x83 {
-            // The accepted-offers list is always written: replace it.
-            let empty = [0x83, 0x00];
-            let at = b.windows(2).position(|w| w == empty).unwrap();
-            b.drain(at..at + 2);
+        // The accepted-offers list is always written (newest first, 8d):
+        // replace it.
+        let empty = [0x8d, 0x00];
+        let at = b.windows(2).position(|w| w == empty).unwrap();
+        b.drain(at..at + 2);
+        if tag != 0x83 && tag != 0x8d {
+            b.extend_from_slice(&empty);
         }
         tlv::write(&mut b, Tag(tag), list);
         b
     };
-    for (tag, what) in [(0x83, "accepted offers"), (0x87, "finished exchanges")] {
+    for (tag, what) in [
+        (0x83, "accepted offers"),
+        (0x8d, "accepted offers"),
+        (0x87, "finished exchanges"),
+    ] {
         assert!(VoucherCard::decode(&state(tag, &[7; 64])).is_ok(), "{what}");
         let e = VoucherCard::decode(&state(tag, &[7; 33]))
             .unwrap_err()
@@ -1205,11 +1211,17 @@ fn a_timer_set_on_a_clock_that_was_ahead_is_brought_back() {
 fn a_state_stored_before_recovery_timers_loads_with_the_default() {
     use tenet_voucher::card::DEFAULT_RECOVER_AFTER;
     let w = with_lost(msg::CONFIRMATION);
-    let mut bytes = w.a.to_bytes();
-    // The timeout is the last field: tag 88, length 4, 4 bytes.
-    let n = bytes.len();
-    assert_eq!(&bytes[n - 6..n - 4], &[0x88, 4]);
-    bytes.truncate(n - 6);
+    // The state without its timeout (tag 88).
+    let stored = w.a.to_bytes();
+    let fields = tenet_proto::tlv::parse_all(&stored).unwrap();
+    assert!(fields.iter().any(|f| f.tag == tenet_proto::tlv::Tag(0x88)));
+    let mut bytes = Vec::new();
+    for f in fields
+        .iter()
+        .filter(|f| f.tag != tenet_proto::tlv::Tag(0x88))
+    {
+        tenet_proto::tlv::write(&mut bytes, f.tag, f.value);
+    }
     let old = VoucherCard::decode(&bytes).unwrap();
     assert_eq!(old.recover_after, DEFAULT_RECOVER_AFTER);
     assert_eq!(old.pending().count(), 1);
@@ -1764,4 +1776,144 @@ fn a_receipt_stays_until_a_wallet_has_read_it() {
         LogRequest { since: u64::MAX }.to_bytes(),
     );
     assert_eq!(w.a.acked, next);
+}
+
+/// `card`'s record without its table of certificates (tag ae).
+fn without_certificate_table(card: &VoucherCard) -> Vec<u8> {
+    use tenet_proto::tlv::{Tag, parse_all, write};
+    let stored = card.to_bytes();
+    let mut out = Vec::new();
+    for f in parse_all(&stored).unwrap() {
+        if f.tag != Tag(0xae) {
+            write(&mut out, f.tag, f.value);
+        }
+    }
+    out
+}
+
+/// A card keeps the certificate its exchanges' agreements carry once, in
+/// its record's table: after the run that brought it ends (its record
+/// compacted), and while the next run with the same peer is pending, whose
+/// record names it there by reference. Both cards, reloaded from their
+/// records, still recover that run with it.
+#[test]
+fn a_card_keeps_a_peers_certificate_once_and_recovers_with_it_after_a_reload() {
+    let mut w = World::new();
+    w.input(A, wallet(A), MINT, coffee(5).to_bytes());
+    w.input(B, wallet(B), MINT, ticket(5).to_bytes());
+    w.start();
+    w.accept_offers();
+    w.run();
+    let cert_b = w.cb.certificate();
+    for card in [&w.a, &w.b] {
+        assert_eq!(card.pending().count(), 0);
+        let reloaded = VoucherCard::decode(&card.to_bytes()).unwrap();
+        let kept: Vec<&Vec<u8>> = reloaded
+            .certificates
+            .iter()
+            .map(|k| &k.certificate)
+            .collect();
+        assert_eq!(kept, [&cert_b], "kept after the run");
+    }
+    // The next run loses m3: both cards stay pending.
+    w.start();
+    w.accept_offers();
+    let mut dropped = false;
+    while let Some(m) = w.net.pop_front() {
+        if !dropped && m.mtype == msg::CONFIRMATION {
+            dropped = true;
+            continue;
+        }
+        w.deliver(m);
+    }
+    assert!(dropped);
+    for card in [&w.a, &w.b] {
+        let (_, e) = card.pending().next().expect("pending");
+        assert_eq!(e.agreement.certificate, cert_b);
+        assert_eq!(card.certificates.len(), 1);
+        // The pending run's record names the certificate: without the
+        // table, the record does not load.
+        let e = VoucherCard::decode(&without_certificate_table(card))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("names a certificate the record does not hold"),
+            "{e}"
+        );
+    }
+    w.a = VoucherCard::decode(&w.a.to_bytes()).unwrap();
+    w.b = VoucherCard::decode(&w.b.to_bytes()).unwrap();
+    for card in [&w.a, &w.b] {
+        let (_, e) = card.pending().next().expect("pending after the reload");
+        assert_eq!(e.agreement.certificate, cert_b);
+    }
+    w.recover_all();
+    assert!(w.a.pending().next().is_none() && w.b.pending().next().is_none());
+    assert_eq!(w.holdings(), [6, 2, 4, 6], "two runs swapped");
+    assert!(w.refusals.is_empty(), "{:?}", w.refusals);
+}
+
+/// Records written before the in-place layout (whole amounts, whole
+/// agreements, the accepted offers oldest first and the finished list
+/// written out; `tests/data`, from the code before it) still load, and are
+/// the same state once written again in the new layout.
+#[test]
+fn a_record_written_before_the_in_place_layout_loads_and_keeps_its_state() {
+    use tenet_proto::tlv::{Tag, parse_all};
+    let fixture = |name: &str| {
+        let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
+        let hex = std::fs::read_to_string(path).unwrap();
+        (0..hex.trim().len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect::<Vec<u8>>()
+    };
+    let tags = |b: &[u8]| {
+        parse_all(b)
+            .unwrap()
+            .iter()
+            .map(|f| f.tag)
+            .collect::<Vec<Tag>>()
+    };
+    for (name, holdings, offers, accepted) in [
+        ("record-before-in-place-layout-a.hex", [4, 2], 1, 0),
+        ("record-before-in-place-layout-b.hex", [4, 5], 0, 3),
+    ] {
+        let bytes = fixture(name);
+        let old_tags = tags(&bytes);
+        assert!(
+            old_tags.contains(&Tag(0xa0)) && old_tags.contains(&Tag(0x87)),
+            "{name}"
+        );
+        assert!(!old_tags.contains(&Tag(0x8c)), "{name}: the old layout");
+        let card = VoucherCard::decode(&bytes).unwrap();
+        let held = [
+            card.balances.of(&coffee(0).class),
+            card.balances.of(&ticket(0).class),
+        ];
+        assert_eq!(held, holdings, "{name}");
+        assert_eq!(card.offers.len(), offers, "{name}");
+        assert_eq!(card.accepted.len(), accepted, "{name}");
+        assert_eq!(card.exchanges.len(), 3, "{name}");
+        assert_eq!(card.pending().count(), 1, "{name}");
+        assert_eq!(card.finished.len(), 2, "{name}");
+        for (id, e) in &card.exchanges {
+            assert_eq!(e.agreement.id, *id);
+            assert_eq!(e.agreement.offer_digest, e.offer.digest());
+        }
+        let (_, pending) = card.pending().next().unwrap();
+        assert!(!pending.agreement.certificate.is_empty(), "{name}");
+        // Written again: the new layout, the same state.
+        let again = card.to_bytes();
+        let new_tags = tags(&again);
+        assert!(
+            new_tags.contains(&Tag(0x8c)) && !new_tags.contains(&Tag(0xa0)),
+            "{name}"
+        );
+        assert!(
+            !new_tags.contains(&Tag(0x87)),
+            "{name}: the finished list derived"
+        );
+        assert_eq!(VoucherCard::decode(&again).unwrap(), card, "{name}");
+    }
 }

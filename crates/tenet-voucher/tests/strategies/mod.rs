@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use tenet_hostile::bytes;
 use tenet_proto::{Codec, Domain, EntityId, Port};
-use tenet_voucher::card::{Exchange, Phase, Role, VoucherCard};
+use tenet_voucher::card::{Exchange, KeptCertificate, Phase, Role, VoucherCard};
 use tenet_voucher::model::{Amount, VoucherClass};
 use tenet_voucher::msg::{Agreement, ExchangeId, Kind, Offer};
 
@@ -155,21 +155,30 @@ pub fn voucher_card() -> BoxedStrategy<VoucherCard> {
         proptest::option::of(any::<[u8; 16]>()),
         proptest::option::of((any::<u64>(), any::<u8>())),
     )
-        .prop_map(|(role, phase, offer, agreement, n2, timer)| Exchange {
-            admission: None,
-            seq: None,
-            role,
-            phase,
-            offer,
-            agreement,
-            due: timer.map(|(due, _)| due),
-            asks: timer.map_or(0, |(_, asks)| asks),
+        .prop_map(|(role, phase, offer, mut agreement, n2, timer)| {
             // The decoder refuses a responder's exchange without n2.
-            n2: if role == Role::Responder {
-                Some(n2.unwrap_or([2; 16]))
-            } else {
-                n2
-            },
+            let n2 = match role {
+                Role::Responder => Some(n2.unwrap_or([2; 16])),
+                Role::Initiator => n2,
+            };
+            // What a card's record derives rather than writes, as every
+            // card step makes it: the agreement's offer digest, and a
+            // responder's exchange id.
+            agreement.offer_digest = offer.digest();
+            if let (Role::Responder, Some(n2)) = (role, &n2) {
+                agreement.id = ExchangeId::for_offer(&offer, n2);
+            }
+            Exchange {
+                admission: None,
+                seq: None,
+                role,
+                phase,
+                offer,
+                agreement,
+                due: timer.map(|(due, _)| due),
+                asks: timer.map_or(0, |(_, asks)| asks),
+                n2,
+            }
         });
     (
         proptest::collection::vec(amount(0), 0..4),
@@ -206,7 +215,19 @@ pub fn voucher_card() -> BoxedStrategy<VoucherCard> {
                 for o in offers {
                     v.offers.insert(o.n1, o);
                 }
-                for e in exchanges {
+                for (i, e) in exchanges.into_iter().enumerate() {
+                    // Some certificates kept in the record's table, the
+                    // exchange naming it by reference.
+                    let c = &e.agreement.certificate;
+                    if i % 2 == 0
+                        && !c.is_empty()
+                        && v.certificates.iter().all(|k| k.certificate != *c)
+                    {
+                        v.certificates.push_back(KeptCertificate {
+                            reference: tenet_pki::cache::cert_ref(c),
+                            certificate: c.clone(),
+                        });
+                    }
                     v.exchanges.insert(e.agreement.id, e);
                 }
                 v
