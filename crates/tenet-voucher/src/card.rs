@@ -404,18 +404,37 @@ pub fn backoff(after: u64, asks: u8) -> u64 {
         .min(after.max(MAX_BACKOFF))
 }
 
-/// Most certificates a card keeps in its record besides those its
-/// remembered exchanges name (the oldest unnamed goes first).
+/// Most certificates a card keeps in its record ([`VoucherCard::certificates`]),
+/// unless its remembered exchanges name more: those stay, and the oldest
+/// that none names goes first.
 pub const KEPT_CERTIFICATES: usize = 8;
 
-/// A certificate in a card's record ([`VoucherCard::certificates`]).
+/// A certificate in a card's record ([`VoucherCard::certificates`]), with
+/// the reference by which an exchange's record names it.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct KeptCertificate {
-    /// Its reference (`tenet_pki::cache::cert_ref`), by which an exchange's
-    /// record names it.
-    pub reference: [u8; 8],
+    reference: [u8; 8],
+    certificate: Vec<u8>,
+}
+
+impl KeptCertificate {
+    /// `certificate`, with its reference (`tenet_pki::cache::cert_ref`).
+    pub fn new(certificate: Vec<u8>) -> Self {
+        Self {
+            reference: tenet_pki::cache::cert_ref(&certificate),
+            certificate,
+        }
+    }
+
     /// The certificate.
-    pub certificate: Vec<u8>,
+    pub fn certificate(&self) -> &[u8] {
+        &self.certificate
+    }
+
+    /// Its reference.
+    pub fn reference(&self) -> [u8; 8] {
+        self.reference
+    }
 }
 
 /// The voucher applet's persistent state.
@@ -1320,14 +1339,11 @@ impl VoucherCard {
         }
         // Another certificate with the same reference (a collision of 64
         // bits): this one stays whole in its exchange's record.
-        let reference = tenet_pki::cache::cert_ref(certificate);
-        if kept.iter().any(|p| p.reference == reference) {
+        let new = KeptCertificate::new(certificate.clone());
+        if kept.iter().any(|p| p.reference == new.reference) {
             return;
         }
-        kept.push_back(KeptCertificate {
-            reference,
-            certificate: certificate.clone(),
-        });
+        kept.push_back(new);
         let mut i = 0;
         while kept.len() > KEPT_CERTIFICATES && i < kept.len() {
             let named = self
@@ -1498,9 +1514,11 @@ const T_RECOVER_AFTER: Tag = Tag(0x88);
 const T_DELEGATIONS: Tag = Tag(0xa9);
 const T_NEXT_SEQ: Tag = Tag(0x8a);
 const T_ACKED: Tag = Tag(0x8b);
-/// The quantities held, 8 bytes each, in the order of [`T_CLASSES`].
+/// The quantities, 8 bytes each, in the order of [`T_CLASSES`] (0 for a
+/// class not held).
 const T_QUANTITIES: Tag = Tag(0x8c);
-/// The classes held (without their quantities).
+/// The classes held and those the remembered offers and exchanges move
+/// (without their quantities: `VoucherCard::classes_listed`).
 const T_CLASSES: Tag = Tag(0xad);
 const T_CERTS: Tag = Tag(0xae);
 /// In an exchange's record: its responder's certificate is the one in
@@ -1570,11 +1588,12 @@ impl Codec for VoucherCard {
     /// The record is laid out for a card that updates it in place
     /// (`tenet_card::timing::pages_changed` counts the EEPROM pages a step
     /// reprograms): what a step changes comes first and together (the
-    /// counters, then every quantity held side by side, then each
-    /// exchange's phase and numbers before its agreement and offer); the
-    /// exchanges go finished first, in the order they finished, so that a
-    /// run that finishes stays where it is and the oldest is forgotten
-    /// from the front; and nothing is written that the record holds or
+    /// counters, every quantity side by side, the accepted offers newest
+    /// first, the open offers, then the pending exchanges, each with its
+    /// phase and numbers before its agreement and offer); the finished
+    /// exchanges follow newest first, so that a run that finishes stays
+    /// where it is and the oldest is forgotten from the end; and nothing
+    /// is written that the record holds or
     /// derives elsewhere: an agreement's offer digest (`h(offer)`), a
     /// responder's exchange id (from `n2`), the finished list (from the
     /// sequence numbers), a certificate already in
@@ -1733,6 +1752,17 @@ impl Codec for VoucherCard {
             let d = Delegation::decode(item.value)?;
             s.delegations.insert(d.class.clone(), d);
         }
+        for (old, new) in [(T_BAL, T_QUANTITIES), (T_SEEN, T_SEEN_NEWEST_FIRST)] {
+            if f.get(old).is_some() && f.get(new).is_some() {
+                return Err(DecodeError::Invalid {
+                    what: "voucher state",
+                    detail: format!(
+                        "tags {:#x} (the older layout) and {:#x} together",
+                        old.0, new.0
+                    ),
+                });
+            }
+        }
         let held: Vec<Amount> = match f.get(T_QUANTITIES) {
             // Written before the quantities stood apart: whole amounts.
             None => tlv::parse_all(f.require(T_BAL, "balances")?)?
@@ -1770,11 +1800,27 @@ impl Codec for VoucherCard {
             })?;
         }
         for item in tlv::parse_all(f.get(T_CERTS).unwrap_or_default())? {
-            s.certificates.push_back(KeptCertificate {
-                reference: tenet_pki::cache::cert_ref(item.value),
-                certificate: item.value.to_vec(),
-            });
+            // Each exchange that names one gets its own copy: no longer
+            // than a recovery request may carry.
+            if item.value.len() > crate::ttp::MAX_CERTIFICATE_LEN {
+                return Err(DecodeError::Invalid {
+                    what: "kept certificates",
+                    detail: format!(
+                        "a certificate of {} bytes (at most {})",
+                        item.value.len(),
+                        crate::ttp::MAX_CERTIFICATE_LEN
+                    ),
+                });
+            }
+            s.certificates
+                .push_back(KeptCertificate::new(item.value.to_vec()));
         }
+        let by_reference: BTreeMap<[u8; 8], &[u8]> = s
+            .certificates
+            .iter()
+            .rev()
+            .map(|k| (k.reference, k.certificate.as_slice()))
+            .collect();
         for item in tlv::parse_all(f.require(T_OFFERS, "offers")?)? {
             let o = Offer::decode(item.value)?;
             s.offers.insert(o.n1, o);
@@ -1798,13 +1844,15 @@ impl Codec for VoucherCard {
                 None => None,
                 Some(_) => {
                     let r: [u8; 8] = g.require_array(T_EX_CERT_REF, "certificate reference")?;
-                    let kept = s.certificates.iter().find(|p| p.reference == r);
-                    Some(kept.map(|p| p.certificate.as_slice()).ok_or_else(|| {
-                        DecodeError::Invalid {
-                            what: "exchange",
-                            detail: "names a certificate the record does not hold".into(),
-                        }
-                    })?)
+                    Some(
+                        by_reference
+                            .get(&r)
+                            .copied()
+                            .ok_or_else(|| DecodeError::Invalid {
+                                what: "exchange",
+                                detail: "names a certificate the record does not hold".into(),
+                            })?,
+                    )
                 }
             };
             let agreement = Agreement::decode_stored(

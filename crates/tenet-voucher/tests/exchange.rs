@@ -405,6 +405,11 @@ proptest! {
             for _ in 0..3 { crash.recover_all(); }
             let h = crash.holdings();
             prop_assert!(h == BEFORE || h == SWAPPED, "after losing the network: {:?}", h);
+            // Every state a card reaches reads back the same from its
+            // record (which leaves out what it derives).
+            for card in [&w.a, &w.b, &crash.a, &crash.b] {
+                prop_assert_eq!(&VoucherCard::decode(&card.to_bytes()).unwrap(), card);
+            }
         }
         // Finish: deliver what is left, then recover until nothing is pending.
         w.run();
@@ -1808,12 +1813,12 @@ fn a_card_keeps_a_peers_certificate_once_and_recovers_with_it_after_a_reload() {
     for card in [&w.a, &w.b] {
         assert_eq!(card.pending().count(), 0);
         let reloaded = VoucherCard::decode(&card.to_bytes()).unwrap();
-        let kept: Vec<&Vec<u8>> = reloaded
+        let kept: Vec<&[u8]> = reloaded
             .certificates
             .iter()
-            .map(|k| &k.certificate)
+            .map(|k| k.certificate())
             .collect();
-        assert_eq!(kept, [&cert_b], "kept after the run");
+        assert_eq!(kept, [cert_b.as_slice()], "kept after the run");
     }
     // The next run loses m3: both cards stay pending.
     w.start();
@@ -1915,5 +1920,34 @@ fn a_record_written_before_the_in_place_layout_loads_and_keeps_its_state() {
             "{name}: the finished list derived"
         );
         assert_eq!(VoucherCard::decode(&again).unwrap(), card, "{name}");
+    }
+}
+
+/// A record is refused, by name, with a kept certificate longer than a
+/// recovery request may carry (each exchange naming it gets a copy), or
+/// with a field in both the older layout and the newer.
+#[test]
+fn records_with_an_oversized_kept_certificate_or_mixed_layouts_are_refused() {
+    use tenet_proto::tlv::{Tag, write};
+    let base = VoucherCard::default().to_bytes();
+    let with = |tag: u8, value: &[u8]| {
+        let mut b = base.clone();
+        write(&mut b, Tag(u32::from(tag)), value);
+        b
+    };
+    let mut certs = Vec::new();
+    write(&mut certs, Tag(0x80), &[7; 2048]);
+    assert!(VoucherCard::decode(&with(0xae, &certs)).is_ok());
+    let mut certs = Vec::new();
+    write(&mut certs, Tag(0x80), &[7; 2049]);
+    let e = VoucherCard::decode(&with(0xae, &certs))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("kept certificates") && e.contains("2049"), "{e}");
+    for (old, value) in [(0xa0, &[][..]), (0x83, &[][..])] {
+        let e = VoucherCard::decode(&with(old, value))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("older layout"), "{e}");
     }
 }

@@ -221,12 +221,9 @@ pub fn voucher_card() -> BoxedStrategy<VoucherCard> {
                     let c = &e.agreement.certificate;
                     if i % 2 == 0
                         && !c.is_empty()
-                        && v.certificates.iter().all(|k| k.certificate != *c)
+                        && v.certificates.iter().all(|k| k.certificate() != c)
                     {
-                        v.certificates.push_back(KeptCertificate {
-                            reference: tenet_pki::cache::cert_ref(c),
-                            certificate: c.clone(),
-                        });
+                        v.certificates.push_back(KeptCertificate::new(c.clone()));
                     }
                     v.exchanges.insert(e.agreement.id, e);
                 }
