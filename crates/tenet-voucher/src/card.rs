@@ -1334,7 +1334,12 @@ impl VoucherCard {
             return;
         };
         let kept = &mut self.certificates;
-        if certificate.is_empty() || kept.iter().any(|p| p.certificate == *certificate) {
+        // One longer than a recovery request may carry stays whole in its
+        // exchange's record (a record is refused with such a one kept).
+        if certificate.is_empty()
+            || certificate.len() > crate::ttp::MAX_CERTIFICATE_LEN
+            || kept.iter().any(|p| p.certificate == *certificate)
+        {
             return;
         }
         // Another certificate with the same reference (a collision of 64
@@ -1595,10 +1600,10 @@ impl Codec for VoucherCard {
     /// where it is and the oldest is forgotten from the end; and nothing
     /// is written that the record holds or
     /// derives elsewhere: an agreement's offer digest (`h(offer)`), a
-    /// responder's exchange id (from `n2`), the finished list (from the
-    /// sequence numbers), a certificate already in
-    /// [`VoucherCard::certificates`]. Decoding also reads records
-    /// written before this layout.
+    /// responder's exchange id (from `n2`), the finished list while it is
+    /// the order the sequence numbers give (as `trim` keeps it), a
+    /// certificate already in [`VoucherCard::certificates`]. Decoding also
+    /// reads records written before this layout.
     fn encode(&self, out: &mut Vec<u8>) {
         if self.next_seq > 0 {
             tlv::write(out, T_NEXT_SEQ, &self.next_seq.to_be_bytes());
@@ -1794,6 +1799,12 @@ impl Codec for VoucherCard {
             }
         };
         for a in &held {
+            if s.balances.of(&a.class) > 0 {
+                return Err(DecodeError::Invalid {
+                    what: "balances",
+                    detail: format!("{} listed twice", a.class),
+                });
+            }
             s.balances.credit(a).map_err(|e| DecodeError::Invalid {
                 what: "balances",
                 detail: e.to_string(),
@@ -1815,18 +1826,37 @@ impl Codec for VoucherCard {
             s.certificates
                 .push_back(KeptCertificate::new(item.value.to_vec()));
         }
-        let by_reference: BTreeMap<[u8; 8], &[u8]> = s
-            .certificates
-            .iter()
-            .rev()
-            .map(|k| (k.reference, k.certificate.as_slice()))
-            .collect();
+        let mut by_reference: BTreeMap<[u8; 8], &[u8]> = BTreeMap::new();
+        for k in &s.certificates {
+            if by_reference
+                .insert(k.reference, k.certificate.as_slice())
+                .is_some()
+            {
+                return Err(DecodeError::Invalid {
+                    what: "kept certificates",
+                    detail: "two with one reference".into(),
+                });
+            }
+        }
         for item in tlv::parse_all(f.require(T_OFFERS, "offers")?)? {
             let o = Offer::decode(item.value)?;
             s.offers.insert(o.n1, o);
         }
         for item in tlv::parse_all(f.require(T_EX, "exchanges")?)? {
             let g = Fields::parse(item.value)?;
+            g.only(
+                &[
+                    Tag(0x80),
+                    Tag(0x83),
+                    Tag(0x84),
+                    Tag(0x85),
+                    T_EX_CERT_REF,
+                    Tag(0xa1),
+                    Tag(0xa2),
+                    Tag(0xa6),
+                ],
+                "exchange",
+            )?;
             let [role, phase] = g.require_array::<2>(Tag(0x80), "role and phase")?;
             let role = role_from(role)?;
             let offer = Offer::decode(g.require(Tag(0xa1), "offer")?)?;
@@ -1881,7 +1911,12 @@ impl Codec for VoucherCard {
                 admission: g.get(Tag(0xa6)).map(Admission::decode).transpose()?,
                 agreement,
             };
-            s.exchanges.insert(e.agreement.id, e);
+            if s.exchanges.insert(e.agreement.id, e).is_some() {
+                return Err(DecodeError::Invalid {
+                    what: "exchanges",
+                    detail: "two with one id".into(),
+                });
+            }
         }
         s.accepted = match f.get(T_SEEN_NEWEST_FIRST) {
             Some(d) => digests(d, "accepted offers")?.rev().collect(),

@@ -418,7 +418,8 @@ impl Agreement {
     /// whole as records written before kept it), with what the record
     /// knows otherwise: the offer's digest, the id where the record can
     /// derive it, and the certificate where the record keeps it elsewhere.
-    /// A field the bytes hold wins over the one given.
+    /// A digest or an id the bytes hold must be the derived one (a card
+    /// never stores another).
     pub(crate) fn decode_stored(
         bytes: &[u8],
         offer_digest: [u8; 32],
@@ -430,10 +431,20 @@ impl Agreement {
             &[T_A, T_B, T_C, T_D, T_DELEGATION, T_KNOWS],
             "stored agreement",
         )?;
-        let id = match (f.get(T_B), id) {
-            (Some(_), _) => ExchangeId(f.require_array(T_B, "exchange id")?),
-            (None, Some(id)) => id,
-            (None, None) => f.require_array(T_B, "exchange id").map(ExchangeId)?,
+        let stored = |derived: &[u8], t: Tag, what: &'static str| match f.get(t) {
+            Some(v) if v != derived => Err(DecodeError::Invalid {
+                what,
+                detail: "not the one derived from the offer".into(),
+            }),
+            _ => Ok(()),
+        };
+        stored(&offer_digest, T_A, "stored agreement's offer digest")?;
+        let id = match id {
+            Some(id) => {
+                stored(&id.0, T_B, "stored agreement's exchange id")?;
+                id
+            }
+            None => ExchangeId(f.require_array(T_B, "exchange id")?),
         };
         let certificate = match (f.get(T_D), certificate) {
             (Some(c), _) => c,
@@ -443,10 +454,7 @@ impl Agreement {
         Ok(Self {
             knows: knows_at(&f)?,
             delegation: f.get(T_DELEGATION).map(Delegation::decode).transpose()?,
-            offer_digest: match f.get(T_A) {
-                Some(_) => f.require_array(T_A, "offer digest")?,
-                None => offer_digest,
-            },
+            offer_digest,
             id,
             signature: f.require(T_C, "signature")?.to_vec(),
             certificate: certificate.to_vec(),

@@ -1902,6 +1902,22 @@ fn a_record_written_before_the_in_place_layout_loads_and_keeps_its_state() {
         assert_eq!(card.exchanges.len(), 3, "{name}");
         assert_eq!(card.pending().count(), 1, "{name}");
         assert_eq!(card.finished.len(), 2, "{name}");
+        // In the order the old record wrote them: accepted offers oldest
+        // first (83), finished runs in the order they finished (87).
+        let raw = parse_all(&bytes).unwrap();
+        let listed = |tag: u32| -> Vec<[u8; 32]> {
+            let v = raw.iter().find(|f| f.tag == Tag(tag)).unwrap().value;
+            v.chunks(32).map(|c| c.try_into().unwrap()).collect()
+        };
+        assert_eq!(Vec::from(card.accepted.clone()), listed(0x83), "{name}");
+        let finished: Vec<[u8; 32]> = card.finished.iter().map(|id| id.0).collect();
+        assert_eq!(finished, listed(0x87), "{name}");
+        let seqs: Vec<u64> = card
+            .finished
+            .iter()
+            .map(|id| card.exchanges[id].seq.unwrap())
+            .collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{name}: {seqs:?}");
         for (id, e) in &card.exchanges {
             assert_eq!(e.agreement.id, *id);
             assert_eq!(e.agreement.offer_digest, e.offer.digest());
@@ -1950,4 +1966,88 @@ fn records_with_an_oversized_kept_certificate_or_mixed_layouts_are_refused() {
             .to_string();
         assert!(e.contains("older layout"), "{e}");
     }
+}
+
+/// A record is refused, by name, where what it stores contradicts what it
+/// derives or lists one thing twice: an agreement's stored exchange id or
+/// offer digest that is not the one derived from the offer (a hostile
+/// record would otherwise be written back with other values, and an
+/// exchange could take another's place), two exchanges with one id, two
+/// kept certificates with one reference, a class listed twice.
+#[test]
+fn records_that_contradict_what_they_derive_or_repeat_an_entry_are_refused() {
+    use tenet_proto::tlv::{Tag, parse_all, write};
+    let refused = |bytes: &[u8], what: &str| {
+        let e = VoucherCard::decode(bytes).unwrap_err().to_string();
+        assert!(e.contains(what), "{what}: {e}");
+    };
+    // B's record with its pending run, a responder's: both fields derived.
+    let w = with_lost(msg::CONFIRMATION);
+    let (id, e) = w.b.pending().next().unwrap();
+    let n2 = e.n2.unwrap();
+    let record = w.b.to_bytes();
+    assert!(VoucherCard::decode(&record).is_ok());
+    // `record` with `extra` added to the pending run's stored agreement.
+    let with_stored = |extra: &[u8]| {
+        let mut out = Vec::new();
+        for f in parse_all(&record).unwrap() {
+            if f.tag != Tag(0xa2) {
+                write(&mut out, f.tag, f.value);
+                continue;
+            }
+            let mut items = Vec::new();
+            for item in parse_all(f.value).unwrap() {
+                let fields = parse_all(item.value).unwrap();
+                let pending = fields.iter().any(|g| g.tag == Tag(0x83) && g.value == n2);
+                let mut inner = Vec::new();
+                for g in fields {
+                    match pending && g.tag == Tag(0xa2) {
+                        true => write(&mut inner, g.tag, &[g.value, extra].concat()),
+                        false => write(&mut inner, g.tag, g.value),
+                    }
+                }
+                write(&mut items, item.tag, &inner);
+            }
+            write(&mut out, f.tag, &items);
+        }
+        out
+    };
+    for (tag, right, what) in [
+        (0x81, id.0, "stored agreement's exchange id"),
+        (0x80, e.offer.digest(), "stored agreement's offer digest"),
+    ] {
+        let mut field = Vec::new();
+        write(&mut field, Tag(tag), &right);
+        assert!(VoucherCard::decode(&with_stored(&field)).is_ok(), "{what}");
+        let mut wrong = right;
+        wrong[0] ^= 1;
+        let mut field = Vec::new();
+        write(&mut field, Tag(tag), &wrong);
+        refused(&with_stored(&field), what);
+    }
+    // Two exchanges with one id: the runs' entries twice.
+    let mut twice = Vec::new();
+    for f in parse_all(&record).unwrap() {
+        match f.tag == Tag(0xa2) {
+            true => write(&mut twice, f.tag, &[f.value, f.value].concat()),
+            false => write(&mut twice, f.tag, f.value),
+        }
+    }
+    refused(&twice, "two with one id");
+    // Two kept certificates with one reference.
+    let mut certs = Vec::new();
+    write(&mut certs, Tag(0x80), b"a certificate");
+    write(&mut certs, Tag(0x80), b"a certificate");
+    let mut b = VoucherCard::default().to_bytes();
+    write(&mut b, Tag(0xae), &certs);
+    refused(&b, "two with one reference");
+    // A class listed twice, with its two quantities.
+    let mut b = Vec::new();
+    for f in parse_all(&record).unwrap() {
+        match f.tag.0 {
+            0x8c | 0xad => write(&mut b, f.tag, &[f.value, f.value].concat()),
+            _ => write(&mut b, f.tag, f.value),
+        }
+    }
+    refused(&b, "listed twice");
 }
