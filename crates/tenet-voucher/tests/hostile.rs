@@ -29,7 +29,8 @@ use tenet_pki::{ensure_ca, issue_entity_key};
 use tenet_proto::tlv::{self, Tag};
 use tenet_proto::{Codec, Domain, EntityId, MAX_MESSAGE_LEN};
 use tenet_voucher::card::{
-    ExchangeSummary, Phase, Role, VoucherCard, decode_balances, decode_exchanges, encode_balances,
+    Exchange, ExchangeSummary, KeptCertificate, Phase, Role, VoucherCard, decode_balances,
+    decode_exchanges, encode_balances,
 };
 use tenet_voucher::crypto::KeyCrypto;
 use tenet_voucher::model::{Amount, Balances, VoucherClass};
@@ -585,6 +586,65 @@ fn worst_case_shapes_stay_within_the_bounds() {
         "VoucherCard, most entries",
         VOUCHER_STATE,
         &voucher,
+        VoucherCard::decode,
+    );
+
+    // The longest kept certificate, named by as many small exchanges as
+    // fit: each gets its own copy when read.
+    let cert = vec![7u8; tenet_voucher::ttp::MAX_CERTIFICATE_LEN];
+    let mut named = VoucherCard::default();
+    named
+        .certificates
+        .push_back(KeptCertificate::new(cert.clone()));
+    for i in 0u32.. {
+        let mut n2 = [0u8; 16];
+        n2[..4].copy_from_slice(&i.to_be_bytes());
+        let offer = Offer {
+            knows: None,
+            redeem: None,
+            initiator: EntityId::from_array([1; 16]),
+            responder: EntityId::from_array([2; 16]),
+            give: tiny(0),
+            want: None,
+            n1: [0; 16],
+            expires: None,
+        };
+        let id = ExchangeId::for_offer(&offer, &n2);
+        let agreement = tenet_voucher::msg::Agreement {
+            offer_digest: offer.digest(),
+            id,
+            signature: Vec::new(),
+            certificate: cert.clone(),
+            delegation: None,
+            knows: None,
+        };
+        let mut next = named.clone();
+        next.exchanges.insert(
+            id,
+            Exchange {
+                role: Role::Responder,
+                offer,
+                agreement,
+                n2: Some(n2),
+                phase: Phase::AwaitingConfirmation,
+                due: None,
+                asks: 0,
+                admission: None,
+                seq: None,
+            },
+        );
+        if next.to_bytes().len() > max {
+            break;
+        }
+        named = next;
+    }
+    let named_bytes = named.to_bytes();
+    assert!(named.exchanges.len() > 100, "{}", named.exchanges.len());
+    assert_eq!(VoucherCard::decode(&named_bytes).unwrap(), named);
+    shape(
+        "VoucherCard, one kept certificate named by every exchange",
+        VOUCHER_STATE,
+        &named_bytes,
         VoucherCard::decode,
     );
 
