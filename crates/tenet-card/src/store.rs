@@ -489,6 +489,11 @@ mod tests {
         s.file.write_all_at(b"XX", off).unwrap();
     }
 
+    /// The record the store at `p` holds, opened again.
+    fn reopened(p: &std::path::Path) -> Option<Vec<u8>> {
+        FileStore::open(p).unwrap().load().unwrap()
+    }
+
     #[test]
     fn records_survive_reopen_and_alternate_slots() {
         let dir = tempfile::tempdir().unwrap();
@@ -502,10 +507,7 @@ mod tests {
         assert_eq!(s.load().unwrap().as_deref(), Some(&b"two"[..]));
         s.commit(b"three").unwrap();
         drop(s);
-        assert_eq!(
-            FileStore::open(&p).unwrap().load().unwrap().as_deref(),
-            Some(&b"three"[..])
-        );
+        assert_eq!(reopened(&p).as_deref(), Some(&b"three"[..]));
     }
 
     #[test]
@@ -518,10 +520,7 @@ mod tests {
         // Damage the slot holding "newer" as a torn write would.
         tear(&s);
         drop(s);
-        assert_eq!(
-            FileStore::open(&p).unwrap().load().unwrap().as_deref(),
-            Some(&b"old"[..])
-        );
+        assert_eq!(reopened(&p).as_deref(), Some(&b"old"[..]));
     }
 
     #[test]
@@ -550,10 +549,7 @@ mod tests {
         assert_ne!(s.current, four);
         tear(&s);
         drop(s);
-        assert_eq!(
-            FileStore::open(&p).unwrap().load().unwrap().as_deref(),
-            Some(&b"four"[..])
-        );
+        assert_eq!(reopened(&p).as_deref(), Some(&b"four"[..]));
     }
 
     #[test]

@@ -320,14 +320,20 @@ impl World {
         }
     }
 
+    /// Wallet `who` orders its card to recover exchange `id`; the network
+    /// runs.
+    fn recover(&mut self, who: u8, id: msg::ExchangeId) {
+        self.send(Message::new(
+            wallet(who),
+            dom(who).owner(),
+            msg::RECOVER,
+            id.to_bytes(),
+        ));
+        self.run();
+    }
+
     fn balances(&self) -> [u64; 4] {
-        let st = |c: &Card<MemStore>| {
-            tenet_voucher::card::VoucherCard::decode(
-                &c.state().applets[&tenet_voucher_app::applet::APPLET_ID],
-            )
-            .unwrap()
-        };
-        let (a, b) = (st(&self.a), st(&self.b));
+        let (a, b) = (vouchers(&self.a), vouchers(&self.b));
         [
             a.balances.of(&coffee(0).class),
             a.balances.of(&ticket(0).class),
@@ -357,30 +363,12 @@ fn lost_confirmation_resolved_with_the_ttps_signed_admission() {
     let mut w = World::new();
     w.start_and_accept();
     w.lose_confirmation();
-    let st = tenet_voucher::card::VoucherCard::decode(
-        &w.a.state().applets[&tenet_voucher_app::applet::APPLET_ID],
-    )
-    .unwrap();
+    let st = vouchers(&w.a);
     let id = *st.pending().next().unwrap().0;
-    w.send(Message::new(
-        wallet(A),
-        dom(A).owner(),
-        msg::RECOVER,
-        id.to_bytes(),
-    ));
-    w.run();
-    let stb = tenet_voucher::card::VoucherCard::decode(
-        &w.b.state().applets[&tenet_voucher_app::applet::APPLET_ID],
-    )
-    .unwrap();
+    w.recover(A, id);
+    let stb = vouchers(&w.b);
     let idb = *stb.pending().next().unwrap().0;
-    w.send(Message::new(
-        wallet(B),
-        dom(B).owner(),
-        msg::RECOVER,
-        idb.to_bytes(),
-    ));
-    w.run();
+    w.recover(B, idb);
     assert_eq!(w.balances(), [3, 1, 2, 2], "resolved: both swapped");
     assert_eq!(w.decisions.decided.len(), 1);
 }
@@ -531,14 +519,7 @@ struct Watched {
 /// Runs the network, watching the agreements and confirmations.
 fn run_watching(w: &mut World) -> Watched {
     let record = |c: &Card<MemStore>, id: &msg::ExchangeId| {
-        tenet_voucher::card::VoucherCard::decode(
-            &c.state().applets[&tenet_voucher_app::applet::APPLET_ID],
-        )
-        .unwrap()
-        .exchanges[id]
-            .agreement
-            .certificate
-            .clone()
+        vouchers(c).exchanges[id].agreement.certificate.clone()
     };
     let mut seen = Watched::default();
     while let Some(m) = w.net.pop_front() {
@@ -1087,15 +1068,24 @@ fn a_lost_confirmation_is_recovered_by_the_cards_ticks() {
     );
 }
 
+/// The voucher state in `state`, a card's.
+fn vouchers_in(state: &tenet_card::state::CardState) -> tenet_voucher::card::VoucherCard {
+    tenet_voucher::card::VoucherCard::decode(&state.applets[&tenet_voucher_app::applet::APPLET_ID])
+        .unwrap()
+}
+
+/// Card `c`'s voucher state.
+fn vouchers(c: &Card<MemStore>) -> tenet_voucher::card::VoucherCard {
+    vouchers_in(c.state())
+}
+
 /// The voucher state a card's store keeps after a power cut: its last
 /// synced record.
 fn after_power_cut(c: &Card<MemStore>) -> tenet_voucher::card::VoucherCard {
     let mut store = c.store().clone();
     store.power_cut();
     let record = tenet_card::Storage::load(&mut store).unwrap().unwrap();
-    let state = tenet_card::state::CardState::decode(&record).unwrap();
-    tenet_voucher::card::VoucherCard::decode(&state.applets[&tenet_voucher_app::applet::APPLET_ID])
-        .unwrap()
+    vouchers_in(&tenet_card::state::CardState::decode(&record).unwrap())
 }
 
 /// Only the initiator's start and commitment are written unsynced
@@ -1105,10 +1095,7 @@ fn after_power_cut(c: &Card<MemStore>) -> tenet_voucher::card::VoucherCard {
 fn the_initiators_offer_is_unsynced_until_a_balance_query() {
     let mut w = World::new();
     w.order_offer();
-    let now = tenet_voucher::card::VoucherCard::decode(
-        &w.a.state().applets[&tenet_voucher_app::applet::APPLET_ID],
-    )
-    .unwrap();
+    let now = vouchers(&w.a);
     assert_eq!(now.offers.len(), 1, "the card holds its offer");
     assert!(
         after_power_cut(&w.a).offers.is_empty(),
@@ -1156,13 +1143,7 @@ fn a_power_cut_after_m4_is_settled_by_the_ttp() {
     select_and_log_in(&mut c, A);
     w.a = c;
     assert_eq!(w.balances(), [3, 0, 2, 2], "A's ticket is pending again");
-    w.send(Message::new(
-        wallet(A),
-        dom(A).owner(),
-        msg::RECOVER,
-        id.to_bytes(),
-    ));
-    w.run();
+    w.recover(A, id);
     assert_eq!(w.balances(), [3, 1, 2, 2], "resolved: both swapped");
     assert_eq!(w.decisions.decided.len(), 1);
 }

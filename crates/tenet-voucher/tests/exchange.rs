@@ -180,6 +180,20 @@ impl World {
         }
     }
 
+    /// Delivers what is in flight, and what that causes, losing the first
+    /// message of `mtype` (there must be one).
+    fn run_losing(&mut self, mtype: Mtype) {
+        let mut dropped = false;
+        while let Some(m) = self.net.pop_front() {
+            if !dropped && m.mtype == mtype {
+                dropped = true;
+                continue;
+            }
+            self.deliver(m);
+        }
+        assert!(dropped, "no {mtype} was sent");
+    }
+
     /// Both wallets recover everything pending.
     fn recover_all(&mut self) {
         for who in [A, B] {
@@ -234,15 +248,7 @@ fn with_lost(mtype: Mtype) -> World {
     let mut w = World::new();
     w.start();
     w.accept_offers();
-    let mut dropped = false;
-    while let Some(m) = w.net.pop_front() {
-        if !dropped && m.mtype == mtype {
-            dropped = true;
-            continue;
-        }
-        w.deliver(m);
-    }
-    assert!(dropped);
+    w.run_losing(mtype);
     w
 }
 
@@ -1278,14 +1284,7 @@ fn a_broken_gift_ends_delivered_or_refunded() {
         let mut w = World::new();
         start_gift(&mut w);
         w.accept_offers();
-        let mut lost = false;
-        while let Some(m) = w.net.pop_front() {
-            if !lost && m.mtype == msg::CONFIRMATION {
-                lost = true;
-                continue;
-            }
-            w.deliver(m);
-        }
+        w.run_losing(msg::CONFIRMATION);
         assert_eq!(w.holdings(), [3, 0, 0, 3], "the coffees are in flight");
         let first = if payer_first { A } else { B };
         let card = if payer_first { &w.a } else { &w.b };
@@ -1418,14 +1417,7 @@ fn a_broken_redemption_ends_with_a_receipt_or_the_vouchers_back() {
         w.a.balances.credit(&ticket(2)).unwrap();
         start_redeem(&mut w, ticket(2));
         w.accept_offers();
-        let mut lost = false;
-        while let Some(m) = w.net.pop_front() {
-            if !lost && m.mtype == msg::CONFIRMATION {
-                lost = true;
-                continue;
-            }
-            w.deliver(m);
-        }
+        w.run_losing(msg::CONFIRMATION);
         assert_eq!(w.holdings(), [5, 0, 0, 3], "the tickets are in flight");
         let first = if holder_first { A } else { B };
         let card = if holder_first { &w.a } else { &w.b };
@@ -1823,15 +1815,7 @@ fn a_card_keeps_a_peers_certificate_once_and_recovers_with_it_after_a_reload() {
     // The next run loses m3: both cards stay pending.
     w.start();
     w.accept_offers();
-    let mut dropped = false;
-    while let Some(m) = w.net.pop_front() {
-        if !dropped && m.mtype == msg::CONFIRMATION {
-            dropped = true;
-            continue;
-        }
-        w.deliver(m);
-    }
-    assert!(dropped);
+    w.run_losing(msg::CONFIRMATION);
     for card in [&w.a, &w.b] {
         let (_, e) = card.pending().next().expect("pending");
         assert_eq!(e.agreement.certificate, cert_b);

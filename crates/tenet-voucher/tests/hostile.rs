@@ -528,22 +528,30 @@ fn worst_case_shapes_stay_within_the_bounds() {
         &invalid_amounts,
         decode_balances,
     );
+    // A small offer between two fixed cards, and `i` as the first bytes of
+    // an array.
+    let offer = |give: Amount, want: Option<Amount>, n1: [u8; 16]| Offer {
+        knows: None,
+        redeem: None,
+        initiator: EntityId::from_array([1; 16]),
+        responder: EntityId::from_array([2; 16]),
+        give,
+        want,
+        n1,
+        expires: None,
+    };
+    fn numbered<const N: usize>(i: u32) -> [u8; N] {
+        let mut a = [0u8; N];
+        a[..4].copy_from_slice(&i.to_be_bytes());
+        a
+    }
     let summaries: Vec<Vec<u8>> = (0..500u32)
         .map(|i| {
             ExchangeSummary {
                 id: ExchangeId([i as u8; 32]),
                 role: Role::Initiator,
                 phase: Phase::Committed,
-                offer: Offer {
-                    knows: None,
-                    redeem: None,
-                    initiator: EntityId::from_array([1; 16]),
-                    responder: EntityId::from_array([2; 16]),
-                    give: tiny(i),
-                    want: Some(tiny(i + 1)),
-                    n1: [0; 16],
-                    expires: None,
-                },
+                offer: offer(tiny(i), Some(tiny(i + 1)), [0; 16]),
             }
             .to_bytes()
         })
@@ -557,29 +565,12 @@ fn worst_case_shapes_stay_within_the_bounds() {
 
     let mut voucher = VoucherCard {
         balances,
-        accepted: (0..300u32)
-            .map(|i| {
-                let mut d = [0u8; 32];
-                d[..4].copy_from_slice(&i.to_be_bytes());
-                d
-            })
-            .collect(),
+        accepted: (0..300u32).map(numbered).collect(),
         ..VoucherCard::default()
     };
     for i in 0..100u32 {
-        let mut n1 = [0u8; 16];
-        n1[..4].copy_from_slice(&i.to_be_bytes());
-        let o = Offer {
-            knows: None,
-            redeem: None,
-            initiator: EntityId::from_array([1; 16]),
-            responder: EntityId::from_array([2; 16]),
-            give: tiny(i),
-            want: Some(tiny(i)),
-            n1,
-            expires: None,
-        };
-        voucher.offers.insert(n1, o);
+        let n1 = numbered(i);
+        voucher.offers.insert(n1, offer(tiny(i), Some(tiny(i)), n1));
     }
     let voucher = voucher.to_bytes();
     shape(
@@ -597,18 +588,8 @@ fn worst_case_shapes_stay_within_the_bounds() {
         .certificates
         .push_back(KeptCertificate::new(cert.clone()));
     for i in 0u32.. {
-        let mut n2 = [0u8; 16];
-        n2[..4].copy_from_slice(&i.to_be_bytes());
-        let offer = Offer {
-            knows: None,
-            redeem: None,
-            initiator: EntityId::from_array([1; 16]),
-            responder: EntityId::from_array([2; 16]),
-            give: tiny(0),
-            want: None,
-            n1: [0; 16],
-            expires: None,
-        };
+        let n2 = numbered(i);
+        let offer = offer(tiny(0), None, [0; 16]);
         let id = ExchangeId::for_offer(&offer, &n2);
         let agreement = tenet_voucher::msg::Agreement {
             offer_digest: offer.digest(),
@@ -618,8 +599,7 @@ fn worst_case_shapes_stay_within_the_bounds() {
             delegation: None,
             knows: None,
         };
-        let mut next = named.clone();
-        next.exchanges.insert(
+        named.exchanges.insert(
             id,
             Exchange {
                 role: Role::Responder,
@@ -633,10 +613,10 @@ fn worst_case_shapes_stay_within_the_bounds() {
                 seq: None,
             },
         );
-        if next.to_bytes().len() > max {
+        if named.to_bytes().len() > max {
+            named.exchanges.remove(&id);
             break;
         }
-        named = next;
     }
     let named_bytes = named.to_bytes();
     assert!(named.exchanges.len() > 100, "{}", named.exchanges.len());

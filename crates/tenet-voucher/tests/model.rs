@@ -143,6 +143,19 @@ struct Cfg {
 }
 
 impl Cfg {
+    /// The exchange on a duplicating network, decisions keyed on `h(n2)`,
+    /// nothing else: each model names what it changes.
+    const BASE: Cfg = Cfg {
+        net: Net::Duplicating,
+        key: DecisionKey::ExchangeHash,
+        forgetful: false,
+        cap: Cap::Off,
+        gift: false,
+        redeem: false,
+        mixed: false,
+        lose_m2: false,
+    };
+
     /// Whether actors crash (the interleaving models leave crashes to the
     /// single-run ones).
     fn crashes(&self) -> bool {
@@ -1001,16 +1014,7 @@ fn check(cfg: Cfg) -> usize {
 
 #[test]
 fn keyed_on_h_n2_the_exchange_is_safe_with_duplication_and_crashes() {
-    let n = check(Cfg {
-        net: Net::Duplicating,
-        key: DecisionKey::ExchangeHash,
-        forgetful: false,
-        cap: Cap::Off,
-        gift: false,
-        redeem: false,
-        mixed: false,
-        lose_m2: false,
-    });
+    let n = check(Cfg::BASE);
     assert_eq!(n, 18_798);
 }
 
@@ -1018,13 +1022,7 @@ fn keyed_on_h_n2_the_exchange_is_safe_with_duplication_and_crashes() {
 fn keyed_on_h_n2_the_exchange_is_safe_with_loss_and_crashes() {
     let n = check(Cfg {
         net: Net::Lossy,
-        key: DecisionKey::ExchangeHash,
-        forgetful: false,
-        cap: Cap::Off,
-        gift: false,
-        redeem: false,
-        mixed: false,
-        lose_m2: false,
+        ..Cfg::BASE
     });
     assert_eq!(n, 57_444);
 }
@@ -1035,14 +1033,8 @@ fn keyed_on_h_n2_the_exchange_is_safe_with_loss_and_crashes() {
 #[test]
 fn keyed_on_h_n2_even_forgetful_cards_stay_safe() {
     let n = check(Cfg {
-        net: Net::Duplicating,
-        key: DecisionKey::ExchangeHash,
         forgetful: true,
-        cap: Cap::Off,
-        gift: false,
-        redeem: false,
-        mixed: false,
-        lose_m2: false,
+        ..Cfg::BASE
     });
     assert_eq!(n, 1_007_268);
 }
@@ -1051,14 +1043,9 @@ fn keyed_on_h_n2_even_forgetful_cards_stay_safe() {
 #[test]
 fn keyed_on_n1_the_model_checker_finds_the_appendix_attack() {
     let c = model(Cfg {
-        net: Net::Duplicating,
         key: DecisionKey::OfferNonce,
         forgetful: true,
-        cap: Cap::Off,
-        gift: false,
-        redeem: false,
-        mixed: false,
-        lose_m2: false,
+        ..Cfg::BASE
     })
     .checker()
     .threads(2)
@@ -1089,14 +1076,8 @@ fn keyed_on_n1_the_model_checker_finds_the_appendix_attack() {
 #[test]
 fn an_unsynced_m2_step_would_duplicate_a_voucher_and_the_model_checker_finds_it() {
     let c = model(Cfg {
-        net: Net::Duplicating,
-        key: DecisionKey::ExchangeHash,
-        forgetful: false,
-        cap: Cap::Off,
-        gift: false,
-        redeem: false,
-        mixed: false,
         lose_m2: true,
+        ..Cfg::BASE
     })
     .checker()
     .threads(2)
@@ -1122,14 +1103,8 @@ fn an_unsynced_m2_step_would_duplicate_a_voucher_and_the_model_checker_finds_it(
 #[test]
 fn at_the_cap_a_mint_cannot_take_the_room_of_a_pending_refund() {
     let n = check(Cfg {
-        net: Net::Duplicating,
-        key: DecisionKey::ExchangeHash,
-        forgetful: false,
         cap: Cap::MintRace,
-        gift: false,
-        redeem: false,
-        mixed: false,
-        lose_m2: false,
+        ..Cfg::BASE
     });
     assert_eq!(n, 49_980);
 }
@@ -1140,14 +1115,8 @@ fn at_the_cap_a_mint_cannot_take_the_room_of_a_pending_refund() {
 #[test]
 fn at_the_cap_an_initiator_cannot_overreach_the_responder() {
     let n = check(Cfg {
-        net: Net::Duplicating,
-        key: DecisionKey::ExchangeHash,
-        forgetful: false,
         cap: Cap::Overreach,
-        gift: false,
-        redeem: false,
-        mixed: false,
-        lose_m2: false,
+        ..Cfg::BASE
     });
     assert_eq!(n, 473_490);
 }
@@ -1159,14 +1128,8 @@ fn at_the_cap_an_initiator_cannot_overreach_the_responder() {
 #[test]
 fn gifts_are_safe_with_duplication_and_crashes() {
     let n = check(Cfg {
-        net: Net::Duplicating,
-        key: DecisionKey::ExchangeHash,
-        forgetful: false,
-        cap: Cap::Off,
         gift: true,
-        redeem: false,
-        mixed: false,
-        lose_m2: false,
+        ..Cfg::BASE
     });
     assert_eq!(n, 18_798);
 }
@@ -1175,13 +1138,8 @@ fn gifts_are_safe_with_duplication_and_crashes() {
 fn gifts_are_safe_with_loss_and_crashes() {
     let n = check(Cfg {
         net: Net::Lossy,
-        key: DecisionKey::ExchangeHash,
-        forgetful: false,
-        cap: Cap::Off,
         gift: true,
-        redeem: false,
-        mixed: false,
-        lose_m2: false,
+        ..Cfg::BASE
     });
     assert_eq!(n, 57_444);
 }
@@ -1195,14 +1153,8 @@ fn gifts_are_safe_with_loss_and_crashes() {
 fn redemptions_are_safe_with_duplication_and_crashes() {
     const REDEEM_STATES: usize = 18_798;
     let n = check(Cfg {
-        net: Net::Duplicating,
-        key: DecisionKey::ExchangeHash,
-        forgetful: false,
-        cap: Cap::Off,
-        gift: false,
         redeem: true,
-        mixed: false,
-        lose_m2: false,
+        ..Cfg::BASE
     });
     assert_eq!(n, REDEEM_STATES);
 }
@@ -1212,13 +1164,8 @@ fn redemptions_are_safe_with_loss_and_crashes() {
     const REDEEM_STATES: usize = 57_444;
     let n = check(Cfg {
         net: Net::Lossy,
-        key: DecisionKey::ExchangeHash,
-        forgetful: false,
-        cap: Cap::Off,
-        gift: false,
         redeem: true,
-        mixed: false,
-        lose_m2: false,
+        ..Cfg::BASE
     });
     assert_eq!(n, REDEEM_STATES);
 }
@@ -1230,14 +1177,9 @@ fn redemptions_are_safe_with_loss_and_crashes() {
 #[test]
 fn an_exchange_and_a_gift_interleave_safely() {
     let n = check(Cfg {
-        net: Net::Duplicating,
-        key: DecisionKey::ExchangeHash,
-        forgetful: false,
-        cap: Cap::Off,
         gift: true,
-        redeem: false,
         mixed: true,
-        lose_m2: false,
+        ..Cfg::BASE
     });
     assert_eq!(n, 468_663);
 }
@@ -1247,14 +1189,9 @@ fn an_exchange_and_a_gift_interleave_safely() {
 #[test]
 fn an_exchange_and_a_redemption_interleave_safely() {
     let n = check(Cfg {
-        net: Net::Duplicating,
-        key: DecisionKey::ExchangeHash,
-        forgetful: false,
-        cap: Cap::Off,
-        gift: false,
         redeem: true,
         mixed: true,
-        lose_m2: false,
+        ..Cfg::BASE
     });
     assert_eq!(n, 468_960);
 }
