@@ -34,7 +34,7 @@ use tenet_voucher::crypto::{Crypto, KeyCrypto};
 use tenet_voucher::model::{Amount, VoucherClass};
 use tenet_voucher::msg::{self, Agreement, ExchangeId, Kind, Offer, RecoveryRequest};
 
-use crate::exchange::{Pair, Setup, Trader, domain};
+use crate::exchange::{Pair, Setup, Trader, domain, run_all};
 use crate::report::{Plot, Section, progress};
 
 /// Requests in flight from the load client at once.
@@ -259,16 +259,13 @@ async fn drive(url: &str, ttp: EntityId, requests: Vec<Message>) -> Result<f64> 
 async fn exchanges(pairs: &[Pair], n: usize, exchanges: u32) -> Result<f64> {
     // Wallets opened and vouchers minted first: only the exchanges are timed.
     let ready = pairs[..n].iter().map(|p| Trader::ready(p, exchanges));
-    let mut traders = futures_util::future::join_all(ready)
+    let traders = futures_util::future::join_all(ready)
         .await
         .into_iter()
         .collect::<Result<Vec<_>>>()?;
     let t0 = Instant::now();
-    let runs = futures_util::future::join_all(traders.iter_mut().map(Trader::run)).await;
+    let (traders, _) = run_all(traders).await?;
     let elapsed = t0.elapsed();
-    for r in runs {
-        r?;
-    }
     for t in traders {
         t.check().await?;
     }
