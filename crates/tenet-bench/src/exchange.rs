@@ -22,6 +22,7 @@ use tenet_voucher_app::applet::verify_known;
 
 use tenet_testkit::{CardSpec, HostSpec, PIN, Running, Topology, WAIT};
 
+use crate::affinity::OneCore;
 use crate::baseline::Pki;
 use crate::report::{Plot, Section, progress, ratio};
 use crate::stats::{Summary, summarize, us};
@@ -407,7 +408,7 @@ pub async fn run(exchanges: u32, pairs: &[usize], stores: &[Stores]) -> Result<S
     let mut latency = Vec::new();
     // Time the card links were busy per exchange (A, B), by store kind.
     let mut cards = Vec::new();
-    let bar = progress(2 + (pairs.len() * stores.len()) as u64, "exchange");
+    let bar = progress(3 + (pairs.len() * stores.len()) as u64, "exchange");
     let mut floor = Floor::default();
     // Store commits and fdatasync calls per exchange, both cards, on disk.
     let (mut commits_per, mut syncs) = (0.0, 0.0);
@@ -453,6 +454,21 @@ pub async fn run(exchanges: u32, pairs: &[usize], stores: &[Stores]) -> Result<S
         latency.push((kind, summarize(t)));
         bar.inc(1);
     }
+    // The same on tmpfs with every thread on one core, as `taskset -c`
+    // would start the process: no hand-off between tasks wakes the other
+    // core, so this is the exchange's own work.
+    let one_core = {
+        let dir = store_dir(Stores::Tmpfs)?;
+        let setup = Setup::new(dir.path())?;
+        let pinned = OneCore::pin()?;
+        let pair = setup.pair(0).await?;
+        trade(&pair, 20).await?; // warm-up
+        let t = trade(&pair, exchanges).await;
+        pair.hosts.shutdown().await;
+        drop(pinned);
+        summarize(t?)
+    };
+    bar.inc(1);
     let mut throughput = Vec::new();
     for (&kind, &n) in stores
         .iter()
@@ -504,7 +520,7 @@ pub async fn run(exchanges: u32, pairs: &[usize], stores: &[Stores]) -> Result<S
         exchanges,
         pairs,
         stores,
-        &latency,
+        (&latency, &one_core),
         (&cards, commits_per, syncs),
         floor,
         &throughput,
@@ -515,7 +531,7 @@ fn section(
     exchanges: u32,
     pairs: &[usize],
     stores: &[Stores],
-    latency: &[(Stores, Summary)],
+    (latency, one_core): (&[(Stores, Summary)], &Summary),
     (cards, commits, syncs): (&[(Stores, Duration, Duration)], f64, f64),
     floor: Floor,
     throughput: &[Run],
@@ -541,6 +557,12 @@ fn section(
             ratio(l.p50.as_secs_f64(), floor.repeat.as_secs_f64())
         ));
     }
+    md.push_str(&format!(
+        "| exchange, stores on tmpfs, every thread on one core | {:.0} | {:.0} | {} |\n",
+        us(one_core.p50),
+        us(one_core.p99),
+        ratio(one_core.p50.as_secs_f64(), floor.repeat.as_secs_f64())
+    ));
     md.push_str(
         "\nThe same two cards trade again and again, so after the first exchange each \
          card verifies the other's signature but not the CA's signature over its \
@@ -568,6 +590,7 @@ fn section(
     let (tmpfs_p50, disk_p50) = (p50_of(Stores::Tmpfs), p50_of(Stores::Disk));
     let over_floor = tmpfs_p50 / us(floor.repeat).max(1e-9);
     let disk_over_tmpfs = disk_p50 / tmpfs_p50.max(1e-9);
+    let one_core_over_floor = us(one_core.p50) / us(floor.repeat).max(1e-9);
     let met = |ok: bool| if ok { "met" } else { "NOT met" };
     md.push_str(&format!(
         "\nStore commits per exchange, both cards: {commits:.2}; fdatasync calls: {syncs:.2}. \
@@ -582,7 +605,10 @@ fn section(
          reached the card, the m2 step's sync covers it, hence fewer than 4 fdatasync calls). \
          The exchange p50 on tmpfs is \
          **{over_floor:.2}x** the repeat crypto floor (aim 2.5x: {}); on disk \
-         **{disk_over_tmpfs:.2}x** its p50 on tmpfs (aim 1.5x: {}).\n",
+         **{disk_over_tmpfs:.2}x** its p50 on tmpfs (aim 1.5x: {}). With every thread of the \
+         process on one core (pinned to one CPU, as `taskset -c` would start it) the p50 on \
+         tmpfs is **{one_core_over_floor:.2}x** the floor: the exchange's own work, with no \
+         hand-off between its tasks waking the other core (docs/benchmarks-notes.md).\n",
         met(over_floor <= 2.5),
         met(disk_over_tmpfs <= 1.5),
     ));
@@ -658,6 +684,12 @@ fn section(
         "store_syncs_per_exchange": syncs,
         "p50_tmpfs_over_floor": over_floor,
         "p50_disk_over_tmpfs": disk_over_tmpfs,
+        "p50_tmpfs_one_core_over_floor": one_core_over_floor,
+        "one_core": serde_json::json!({
+            "stores": "tmpfs",
+            "p50_us": us(one_core.p50),
+            "p99_us": us(one_core.p99),
+        }),
         "card_busy_per_exchange": cards.iter().map(|(s, a, b)| serde_json::json!({
             "stores": format!("{s:?}").to_lowercase(),
             "card_a_us": us(*a),
@@ -696,6 +728,10 @@ fn section(
                 .iter()
                 .map(|(s, l)| (name(*s).to_string(), us(l.p50))),
         )
+        .chain(std::iter::once((
+            "stores on tmpfs, one core".to_string(),
+            us(one_core.p50),
+        )))
         .collect(),
     }];
     plots.push(Plot {

@@ -28,6 +28,7 @@ use clap::Subcommand;
 
 use crate::report::{Section, emit, write_report};
 
+mod affinity;
 mod baseline;
 mod card;
 mod cluster;

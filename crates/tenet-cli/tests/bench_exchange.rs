@@ -34,6 +34,16 @@ fn bench_exchange_runs_end_to_end_on_small_counts() {
     for l in latency {
         assert!(l["p50_us"].as_f64().unwrap() <= l["p99_us"].as_f64().unwrap());
     }
+    // The same on tmpfs with every thread on one core.
+    let one = &r["one_core"];
+    assert_eq!(one["stores"], "tmpfs");
+    assert!(one["p50_us"].as_f64().unwrap() <= one["p99_us"].as_f64().unwrap());
+    let ratio = r["p50_tmpfs_one_core_over_floor"].as_f64().unwrap();
+    let floor = r["crypto_floor_us"].as_f64().unwrap();
+    assert!(
+        (ratio - one["p50_us"].as_f64().unwrap() / floor).abs() < 1e-6,
+        "{ratio}"
+    );
     let t = r["throughput"].as_array().unwrap();
     let runs: Vec<(&str, u64)> = t
         .iter()
