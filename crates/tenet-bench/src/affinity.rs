@@ -1,52 +1,74 @@
-//! Every thread of this process on one CPU for a while, as `taskset -c`
-//! would start it: the exchange's hand-offs between tasks then never wake
-//! another core.
+//! Every thread of this process on one CPU for a while: the threads that
+//! run (both runtime workers among them) share that CPU, so a hand-off
+//! between tasks never wakes another core.
 
+use std::collections::BTreeSet;
 use std::io;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
+
+/// Passes over the process's threads, at most, until one finds no thread
+/// the previous did not (a thread started during a pass may have taken its
+/// starter's mask from before the pass).
+const PASSES: usize = 5;
 
 /// While it lives, every thread of the process runs on one CPU (the first
-/// it may use), and so do the threads they start; dropped, every thread
-/// goes back to the CPUs the process had.
+/// this thread may use), and so do the threads they start. [`restore`]
+/// (or, failing that, dropping it) gives every thread of the process the
+/// CPUs this thread had before [`pin`](Self::pin).
+///
+/// [`restore`]: Self::restore
 pub(crate) struct OneCore {
     before: libc::cpu_set_t,
+    restored: bool,
 }
 
 impl OneCore {
     pub(crate) fn pin() -> Result<Self> {
         let before = this_thread()?;
-        // SAFETY: CPU_ISSET reads the set it is given, within CPU_SETSIZE.
+        // The guard first: if pinning fails part-way, dropping it gives
+        // back the CPUs of the threads already pinned.
+        let guard = Self {
+            before,
+            restored: false,
+        };
         let cpu = (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: CPU_ISSET reads the set it is given; `c` is below
+            // CPU_SETSIZE.
             .find(|&c| unsafe { libc::CPU_ISSET(c, &before) })
             .context("this process may run on no CPU")?;
-        // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes
-        // within it.
+        // SAFETY: an all-zero cpu_set_t is the empty set.
         let mut one: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: CPU_SET writes within the set it is given; `cpu` is below
+        // CPU_SETSIZE.
         unsafe { libc::CPU_SET(cpu, &mut one) };
-        // Twice: a thread started while the first pass ran may have taken
-        // its starter's mask from before.
-        every_thread(&one)?;
-        every_thread(&one)?;
-        Ok(Self { before })
+        every_thread(&one).context("pinning the threads to one CPU")?;
+        Ok(guard)
+    }
+
+    /// Gives every thread of the process the CPUs the pinning thread had
+    /// before.
+    pub(crate) fn restore(mut self) -> Result<()> {
+        self.restored = true;
+        every_thread(&self.before).context("giving the threads their CPUs back")
     }
 }
 
 impl Drop for OneCore {
     fn drop(&mut self) {
-        for _ in 0..2 {
-            if let Err(e) = every_thread(&self.before) {
-                eprintln!("tenet bench: could not give the threads their CPUs back: {e:#}");
-            }
+        if !self.restored
+            && let Err(e) = every_thread(&self.before)
+        {
+            eprintln!("tenet bench: could not give the threads their CPUs back: {e:#}");
         }
     }
 }
 
 /// The CPUs the calling thread may run on.
 fn this_thread() -> Result<libc::cpu_set_t> {
-    // SAFETY: a zeroed cpu_set_t is a valid set for sched_getaffinity to
-    // fill; it writes at most the size given.
+    // SAFETY: an all-zero cpu_set_t is a valid set to fill.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sched_getaffinity writes at most the size given into `set`.
     let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
     if r != 0 {
         return Err(io::Error::last_os_error()).context("reading this thread's CPUs");
@@ -54,25 +76,104 @@ fn this_thread() -> Result<libc::cpu_set_t> {
     Ok(set)
 }
 
-/// Sets the CPUs of every thread of the process (those in /proc/self/task;
-/// one that ended meanwhile is skipped).
+/// Sets the CPUs of every thread of the process, those in /proc/self/task,
+/// pass after pass until one finds no new thread. A thread that ended
+/// meanwhile is skipped; any other failure is the error, after every
+/// other thread was set.
 fn every_thread(set: &libc::cpu_set_t) -> Result<()> {
-    for entry in std::fs::read_dir("/proc/self/task").context("listing this process's threads")? {
-        let name = entry.context("listing this process's threads")?.file_name();
-        let tid: libc::pid_t = name
-            .to_str()
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("a thread id in /proc/self/task: {name:?}"))?;
-        // SAFETY: sched_setaffinity reads the set it is given, of the size
-        // given.
-        let r =
-            unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), set) };
-        if r != 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::ESRCH) {
-                return Err(e).with_context(|| format!("setting the CPUs of thread {tid}"));
+    let mut seen = BTreeSet::new();
+    for _ in 0..PASSES {
+        let mut first_error = None;
+        let mut new = false;
+        for tid in threads()? {
+            new |= seen.insert(tid);
+            // SAFETY: sched_setaffinity reads `set`, of the size given. The
+            // id is one of this process's threads, or, if that thread
+            // ended and its id was reused at once, a thread this user may
+            // set anyway: the worst is another process of this user pinned
+            // for the benchmark's run.
+            let r = unsafe {
+                libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), set)
+            };
+            if r != 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::ESRCH) && first_error.is_none() {
+                    first_error = Some(anyhow!(e).context(format!("thread {tid}")));
+                }
             }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        if !new {
+            return Ok(());
         }
     }
     Ok(())
+}
+
+/// The ids of this process's threads now.
+fn threads() -> Result<Vec<libc::pid_t>> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/task").context("listing this process's threads")? {
+        let name = entry.context("listing this process's threads")?.file_name();
+        let tid = name
+            .to_str()
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("a thread id in /proc/self/task: {name:?}"))?;
+        ids.push(tid);
+    }
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+
+    /// The CPUs of thread `tid`.
+    fn cpus_of(tid: libc::pid_t) -> Vec<usize> {
+        // SAFETY: as in `this_thread`.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        let r = unsafe {
+            libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set)
+        };
+        assert_eq!(r, 0, "{}", io::Error::last_os_error());
+        (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: as in `OneCore::pin`.
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+            .collect()
+    }
+
+    /// A thread that reports its id, then waits until `stop` is dropped.
+    fn parked() -> (libc::pid_t, mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+        let (id_tx, id_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let h = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            id_tx.send(unsafe { libc::gettid() }).unwrap();
+            let _ = stop_rx.recv();
+        });
+        (id_rx.recv().unwrap(), stop_tx, h)
+    }
+
+    #[test]
+    fn every_thread_runs_on_one_cpu_while_pinned_and_gets_its_cpus_back() {
+        // SAFETY: gettid has no preconditions.
+        let before = cpus_of(unsafe { libc::gettid() });
+        let (old, stop_old, old_h) = parked();
+        let pinned = OneCore::pin().unwrap();
+        let (new, stop_new, new_h) = parked();
+        for tid in [old, new] {
+            assert_eq!(cpus_of(tid), before[..1], "thread {tid} while pinned");
+        }
+        pinned.restore().unwrap();
+        for tid in [old, new] {
+            assert_eq!(cpus_of(tid), before, "thread {tid} after");
+        }
+        drop((stop_old, stop_new));
+        old_h.join().unwrap();
+        new_h.join().unwrap();
+    }
 }
