@@ -1110,14 +1110,37 @@ struct Session {
 
 async fn serve(shared: Arc<Shared>, conn: Arc<Conn>) {
     let writer = tokio::spawn(writer(shared.clone(), conn.clone()));
+    let _registered = Registered {
+        shared: shared.clone(),
+        conn: conn.clone(),
+        writer,
+    };
     let mut session = Session { id: None };
     let reason = read_loop(&shared, &conn, &mut session).await;
     debug!(endpoint = conn.ep.0, id = ?session.id, reason, "app disconnected");
-    lock(&conn.out).closed = true;
-    conn.kick.notify_one();
-    lock(&shared.conns).remove(&conn.ep);
-    shared.with_core(|t| t.remove_endpoint(conn.ep, Instant::now()));
-    writer.abort();
+}
+
+/// An app's connection, unregistered however its task ends: it returns,
+/// it is cancelled, or it panics (a bug, say in a guard a plug-in added,
+/// which runs in the task that stores the app's message). The socket then
+/// closes, so the app sees the end rather than waiting for an answer; its
+/// endpoint leaves the table, so messages to its id are undeliverable
+/// rather than queued for no one.
+struct Registered {
+    shared: Arc<Shared>,
+    conn: Arc<Conn>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        lock(&self.conn.out).closed = true;
+        self.conn.kick.notify_one();
+        lock(&self.shared.conns).remove(&self.conn.ep);
+        self.shared
+            .with_core(|t| t.remove_endpoint(self.conn.ep, Instant::now()));
+        self.writer.abort();
+    }
 }
 
 async fn read_loop(shared: &Shared, conn: &Conn, session: &mut Session) -> &'static str {

@@ -364,3 +364,60 @@ async fn apps_sending_to_the_card_at_once_each_get_every_answer_in_order() {
     );
     h.shutdown().await;
 }
+
+/// A guard that panics on mtype 0x8077, as a bug in a plug-in's guard
+/// would: it runs in the task that stores the sender's message.
+struct PanicsOn8077;
+
+impl tenet_dispatch::Guard for PanicsOn8077 {
+    fn name(&self) -> &str {
+        "panics-on-0x8077"
+    }
+
+    fn check(
+        &mut self,
+        _: &tenet_dispatch::GuardContext,
+        _: tenet_dispatch::Ingress,
+        h: &tenet_proto::Header,
+        _: std::time::Instant,
+    ) -> tenet_dispatch::Verdict {
+        assert_ne!(h.mtype, Mtype(0x8077), "a guard's bug");
+        tenet_dispatch::Verdict::Pass
+    }
+}
+
+/// A panic in an app's connection task (a plug-in guard's bug) closes that
+/// app's socket and takes its endpoint out of the table: the app sees the
+/// end instead of waiting, messages to its id are undeliverable instead of
+/// queued for no one, and the host serves the others.
+#[tokio::test]
+async fn a_panic_while_storing_an_apps_message_unregisters_that_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let card = make_card(dir.path());
+    let cfg = config(dir.path(), &card);
+    let h = tenet_host::HostBuilder::new(&cfg)
+        .card_guard(Box::new(PanicsOn8077))
+        .start()
+        .await
+        .unwrap();
+    let mut a = Capability::acquire(h.socket_path()).await.unwrap();
+    let mut b = Capability::acquire(h.socket_path()).await.unwrap();
+    let a_id = a.id();
+    let sent = tokio::time::timeout(WAIT, a.send(b.id(), Mtype(0x8077), vec![]))
+        .await
+        .expect("the app sees its connection end, not silence");
+    assert!(sent.is_err(), "{sent:?}");
+    let err = b
+        .echo(a_id, b"are you there", WAIT)
+        .await
+        .expect_err("the app's id is gone");
+    assert!(
+        matches!(err, tenet_client::ClientError::Undeliverable { dst, .. } if dst == a_id),
+        "{err}"
+    );
+    // The host goes on: a new app is served, and so is the other one.
+    let mut c = Capability::acquire(h.socket_path()).await.unwrap();
+    c.echo(DOMAIN.owner(), b"still here", WAIT).await.unwrap();
+    b.echo(DOMAIN.owner(), b"still here", WAIT).await.unwrap();
+    h.shutdown().await;
+}
