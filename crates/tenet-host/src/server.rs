@@ -806,14 +806,23 @@ async fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
                         drained: Notify::new(),
                     });
                     lock(&shared.conns).insert(ep, conn.clone());
-                    conns.spawn(serve(shared.clone(), conn));
+                    // Made before the task: a task cancelled before it
+                    // first runs still unregisters its connection.
+                    let registered = Registered::new(shared.clone(), conn);
+                    conns.spawn(serve(shared.clone(), registered));
                 }
                 Err(e) => {
                     warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            Some(ended) = conns.join_next(), if !conns.is_empty() => {
+                if let Err(e) = ended
+                    && e.is_panic()
+                {
+                    tracing::error!(error = %e, "an app connection's task panicked; its connection is closed");
+                }
+            }
         }
     }
 }
@@ -1108,16 +1117,12 @@ struct Session {
     id: Option<EntityId>,
 }
 
-async fn serve(shared: Arc<Shared>, conn: Arc<Conn>) {
-    let writer = tokio::spawn(writer(shared.clone(), conn.clone()));
-    let _registered = Registered {
-        shared: shared.clone(),
-        conn: conn.clone(),
-        writer,
-    };
+async fn serve(shared: Arc<Shared>, registered: Registered) {
+    let conn = registered.conn.clone();
     let mut session = Session { id: None };
     let reason = read_loop(&shared, &conn, &mut session).await;
     debug!(endpoint = conn.ep.0, id = ?session.id, reason, "app disconnected");
+    drop(registered);
 }
 
 /// An app's connection, unregistered however its task ends: it returns,
@@ -1132,13 +1137,35 @@ struct Registered {
     writer: tokio::task::JoinHandle<()>,
 }
 
+impl Registered {
+    /// Starts the connection's writer task.
+    fn new(shared: Arc<Shared>, conn: Arc<Conn>) -> Self {
+        let writer = tokio::spawn(writer(shared.clone(), conn.clone()));
+        Self {
+            shared,
+            conn,
+            writer,
+        }
+    }
+}
+
 impl Drop for Registered {
     fn drop(&mut self) {
         lock(&self.conn.out).closed = true;
         self.conn.kick.notify_one();
         lock(&self.shared.conns).remove(&self.conn.ep);
-        self.shared
-            .with_core(|t| t.remove_endpoint(self.conn.ep, Instant::now()));
+        // This may run while the task unwinds from a panic: a second panic
+        // here, let out, would abort the daemon.
+        let (shared, ep) = (&self.shared, self.conn.ep);
+        let removed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            shared.with_core(|t| t.remove_endpoint(ep, Instant::now()));
+        }));
+        if removed.is_err() {
+            tracing::error!(
+                endpoint = ep.0,
+                "removing a closed app connection's endpoint panicked"
+            );
+        }
         self.writer.abort();
     }
 }

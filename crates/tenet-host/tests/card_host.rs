@@ -403,6 +403,8 @@ async fn a_panic_while_storing_an_apps_message_unregisters_that_app() {
     let mut a = Capability::acquire(h.socket_path()).await.unwrap();
     let mut b = Capability::acquire(h.socket_path()).await.unwrap();
     let a_id = a.id();
+    let apps = |s: &tenet_proto::status::Status| s.count("apps_connected", &[]);
+    assert_eq!(apps(&b.status().await.unwrap()), 2);
     let sent = tokio::time::timeout(WAIT, a.send(b.id(), Mtype(0x8077), vec![]))
         .await
         .expect("the app sees its connection end, not silence");
@@ -415,6 +417,7 @@ async fn a_panic_while_storing_an_apps_message_unregisters_that_app() {
         matches!(err, tenet_client::ClientError::Undeliverable { dst, .. } if dst == a_id),
         "{err}"
     );
+    assert_eq!(apps(&b.status().await.unwrap()), 1);
     // The host goes on: a new app is served, and so is the other one.
     let mut c = Capability::acquire(h.socket_path()).await.unwrap();
     c.echo(DOMAIN.owner(), b"still here", WAIT).await.unwrap();
