@@ -25,7 +25,7 @@ pub(crate) struct OneCore {
 
 impl OneCore {
     pub(crate) fn pin() -> Result<Self> {
-        let before = this_thread()?;
+        let before = cpus_of(0)?;
         // The guard first: if pinning fails part-way, dropping it gives
         // back the CPUs of the threads already pinned.
         let guard = Self {
@@ -64,14 +64,16 @@ impl Drop for OneCore {
     }
 }
 
-/// The CPUs the calling thread may run on.
-fn this_thread() -> Result<libc::cpu_set_t> {
+/// The CPUs thread `tid` may run on (0: the calling thread).
+fn cpus_of(tid: libc::pid_t) -> Result<libc::cpu_set_t> {
     // SAFETY: an all-zero cpu_set_t is a valid set to fill.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: sched_getaffinity writes at most the size given into `set`.
-    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let r =
+        unsafe { libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
     if r != 0 {
-        return Err(io::Error::last_os_error()).context("reading this thread's CPUs");
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("reading the CPUs of thread {tid}"));
     }
     Ok(set)
 }
@@ -132,14 +134,9 @@ mod tests {
 
     use super::*;
 
-    /// The CPUs of thread `tid`.
-    fn cpus_of(tid: libc::pid_t) -> Vec<usize> {
-        // SAFETY: as in `this_thread`.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        let r = unsafe {
-            libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set)
-        };
-        assert_eq!(r, 0, "{}", io::Error::last_os_error());
+    /// The CPUs of thread `tid`, listed.
+    fn cpus(tid: libc::pid_t) -> Vec<usize> {
+        let set = cpus_of(tid).unwrap();
         (0..libc::CPU_SETSIZE as usize)
             // SAFETY: as in `OneCore::pin`.
             .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
@@ -161,16 +158,16 @@ mod tests {
     #[test]
     fn every_thread_runs_on_one_cpu_while_pinned_and_gets_its_cpus_back() {
         // SAFETY: gettid has no preconditions.
-        let before = cpus_of(unsafe { libc::gettid() });
+        let before = cpus(unsafe { libc::gettid() });
         let (old, stop_old, old_h) = parked();
         let pinned = OneCore::pin().unwrap();
         let (new, stop_new, new_h) = parked();
         for tid in [old, new] {
-            assert_eq!(cpus_of(tid), before[..1], "thread {tid} while pinned");
+            assert_eq!(cpus(tid), before[..1], "thread {tid} while pinned");
         }
         pinned.restore().unwrap();
         for tid in [old, new] {
-            assert_eq!(cpus_of(tid), before, "thread {tid} after");
+            assert_eq!(cpus(tid), before, "thread {tid} after");
         }
         drop((stop_old, stop_new));
         old_h.join().unwrap();

@@ -34,7 +34,7 @@ fn bench_exchange_runs_end_to_end_on_small_counts() {
     for l in latency {
         assert!(l["p50_us"].as_f64().unwrap() <= l["p99_us"].as_f64().unwrap());
     }
-    // The same on tmpfs with every thread on one core.
+    // The same on tmpfs with every thread on one CPU.
     let one = &r["one_core"];
     assert_eq!(one["stores"], "tmpfs");
     assert!(one["p50_us"].as_f64().unwrap() <= one["p99_us"].as_f64().unwrap());

@@ -808,8 +808,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
                     lock(&shared.conns).insert(ep, conn.clone());
                     // Made before the task: a task cancelled before it
                     // first runs still unregisters its connection.
-                    let registered = Registered::new(shared.clone(), conn);
-                    conns.spawn(serve(shared.clone(), registered));
+                    conns.spawn(serve(Registered::new(shared.clone(), conn)));
                 }
                 Err(e) => {
                     warn!(error = %e, "accept failed");
@@ -1117,12 +1116,13 @@ struct Session {
     id: Option<EntityId>,
 }
 
-async fn serve(shared: Arc<Shared>, registered: Registered) {
-    let conn = registered.conn.clone();
+/// Serves one app's connection; `registered` unregisters it when this
+/// ends, however it ends.
+async fn serve(registered: Registered) {
+    let Registered { shared, conn, .. } = &registered;
     let mut session = Session { id: None };
-    let reason = read_loop(&shared, &conn, &mut session).await;
+    let reason = read_loop(shared, conn, &mut session).await;
     debug!(endpoint = conn.ep.0, id = ?session.id, reason, "app disconnected");
-    drop(registered);
 }
 
 /// An app's connection, unregistered however its task ends: it returns,
